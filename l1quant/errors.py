@@ -1,0 +1,58 @@
+"""One exception hierarchy for everything l1quant refuses.
+
+Every error carries a one-line message that names the file, tensor or key at fault and what was expected versus
+found; the CLI prints ``str(err)`` and exits non-zero, never a traceback (``--debug`` shows one).
+
+Example:
+    >>> try:
+    ...     raise ConfigError("config.json: num_attention_heads=7 does not divide hidden_size=1536")
+    ... except L1QuantError as e:
+    ...     print(e)
+    config.json: num_attention_heads=7 does not divide hidden_size=1536
+"""
+
+from __future__ import annotations
+
+
+class L1QuantError(Exception):
+    """Base class: a clean, user-facing refusal. ``exit_code`` is what the CLI returns."""
+
+    exit_code: int = 1
+
+
+class InputError(L1QuantError):
+    """The model folder or one of its files is missing, unreadable or malformed."""
+
+
+class ConfigError(InputError):
+    """config.json (or generation_config.json) lacks a key, has a wrong type, or inconsistent values."""
+
+
+class SafetensorsError(InputError):
+    """A safetensors file or its shard index is malformed, truncated or inconsistent."""
+
+
+class TensorError(InputError):
+    """A tensor is missing, unexpected, has the wrong shape/dtype, or holds NaN/Inf."""
+
+
+class TokenizerError(InputError):
+    """Tokenizer files don't parse, don't fit the config, or hash to an unknown pre-tokenizer."""
+
+
+class GGUFFormatError(L1QuantError):
+    """A GGUF file cannot be read: bad magic, truncated, hostile lengths or offsets."""
+
+    exit_code = 2
+
+
+class OutputError(L1QuantError):
+    """The output cannot be written (unwritable folder, disk full, target is a directory...)."""
+
+
+class VerifyError(L1QuantError):
+    """A verification check failed (used when verify is asked to raise rather than report)."""
+
+
+class RuntimeMissingError(L1QuantError):
+    """An optional extra (llama-cpp-python, matplotlib, huggingface_hub) is needed but not installed."""
