@@ -1,0 +1,189 @@
+"""Typed, validated model configuration read from ``config.json`` (transformers 4 and 5 styles).
+
+transformers 4 writes ``rope_theta`` / ``rope_scaling`` / ``torch_dtype``; transformers 5 writes
+``rope_parameters`` / ``dtype``. Both normalise to the same :class:`ModelConfig`. Unknown keys are kept in
+``raw`` and otherwise ignored; the keys a conversion needs are checked for presence, type and consistency
+before anything is written.
+
+Example:
+    >>> cfg = ModelConfig.from_dict({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
+    ...     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    ...     "num_key_value_heads": 2, "vocab_size": 1000, "rope_theta": 10000.0})
+    >>> cfg.head_dim, cfg.rope_theta, cfg.rope_scaling
+    (16, 10000.0, None)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+# Defaults are transformers' Qwen2Config defaults: the reference converter loads config.json through
+# AutoConfig, so a key missing from the file takes these values there too.
+_DEFAULTS: dict[str, Any] = {
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+}
+_REQUIRED_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "vocab_size")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The hyperparameters a qwen2-family conversion needs, validated.
+
+    ``rope_scaling`` is the normalised scaling dict (``rope_type`` plus its parameters) or None for plain RoPE;
+    ``rope_params`` is the full rope dict as the reference sees it (theta and type included).
+    """
+
+    architecture: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_params: dict[str, Any]
+    tie_word_embeddings: bool
+    head_dim_override: int | None
+    dtype: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    source: str = "config.json"
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_dim_override or self.hidden_size // self.num_attention_heads
+
+    @property
+    def rope_scaling(self) -> dict[str, Any] | None:
+        t = self.rope_params.get("rope_type")
+        return None if t in (None, "default") else dict(self.rope_params)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        """Build and validate from a parsed config dict.
+
+        Example:
+            >>> ModelConfig.from_dict({"architectures": ["Qwen2ForCausalLM"]})
+            Traceback (most recent call last):
+            ...
+            l1quant.errors.ConfigError: config.json: missing required key 'hidden_size'
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: not a JSON object")
+        if "text_config" in d and isinstance(d["text_config"], dict):
+            d = {**d, **d["text_config"]}  # multimodal wrappers keep the LM config nested, as the reference flattens
+        arches = d.get("architectures")
+        if not isinstance(arches, list) or not arches or not isinstance(arches[0], str):
+            raise ConfigError(f"{source}: missing 'architectures' (expected e.g. [\"Qwen2ForCausalLM\"])")
+        for k in _REQUIRED_INTS:
+            if k not in d:
+                raise ConfigError(f"{source}: missing required key {k!r}")
+            if not _is_int(d[k]):
+                raise ConfigError(f"{source}: {k} must be an integer, found {d[k]!r}")
+            if d[k] <= 0:
+                raise ConfigError(f"{source}: {k} must be positive, found {d[k]}")
+        vals = {k: d.get(k, v) for k, v in _DEFAULTS.items()}
+        if not _is_int(vals["max_position_embeddings"]) or vals["max_position_embeddings"] <= 0:
+            raise ConfigError(f"{source}: max_position_embeddings must be a positive integer, "
+                              f"found {vals['max_position_embeddings']!r}")
+        if not _is_num(vals["rms_norm_eps"]) or not 0 < vals["rms_norm_eps"] < 1:
+            raise ConfigError(f"{source}: rms_norm_eps must be a number in (0, 1), found {vals['rms_norm_eps']!r}")
+        if not isinstance(vals["tie_word_embeddings"], bool):
+            raise ConfigError(f"{source}: tie_word_embeddings must be true/false, found {vals['tie_word_embeddings']!r}")
+
+        # Rope: transformers 5 puts everything in rope_parameters; transformers 4 has rope_theta + rope_scaling.
+        rp_src = d.get("rope_parameters", d.get("rope_scaling"))
+        if rp_src is not None and not isinstance(rp_src, dict):
+            raise ConfigError(f"{source}: rope_parameters/rope_scaling must be an object, found {rp_src!r}")
+        rope_params: dict[str, Any] = dict(rp_src or {})
+        if "rope_type" not in rope_params and "type" in rope_params:
+            rope_params["rope_type"] = rope_params["type"]
+        theta = rope_params.get("rope_theta", d.get("rope_theta", _DEFAULTS["rope_theta"]))
+        if not _is_num(theta) or theta <= 0:
+            raise ConfigError(f"{source}: rope_theta must be a positive number, found {theta!r}")
+        rope_params.setdefault("rope_theta", theta)
+        rtype = rope_params.get("rope_type")
+        if rtype in ("linear", "yarn"):
+            factor = rope_params.get("factor")
+            if not _is_num(factor) or factor <= 0:
+                raise ConfigError(f"{source}: rope scaling {rtype!r} needs a positive 'factor', found {factor!r}")
+            if rtype == "yarn":
+                omp = rope_params.get("original_max_position_embeddings",
+                                      d.get("original_max_position_embeddings"))
+                if not _is_int(omp) or omp <= 0:
+                    raise ConfigError(f"{source}: yarn rope scaling needs original_max_position_embeddings, "
+                                      f"found {omp!r}")
+                rope_params.setdefault("original_max_position_embeddings", omp)
+        elif rtype not in (None, "default"):
+            raise ConfigError(f"{source}: unsupported rope scaling type {rtype!r} (supported: linear, yarn)")
+
+        hd = d.get("head_dim")
+        if hd is not None and (not _is_int(hd) or hd <= 0):
+            raise ConfigError(f"{source}: head_dim must be a positive integer, found {hd!r}")
+        n_embd, n_head, n_kv = d["hidden_size"], d["num_attention_heads"], d["num_key_value_heads"]
+        if hd is None and n_embd % n_head:
+            raise ConfigError(f"{source}: num_attention_heads={n_head} does not divide hidden_size={n_embd}")
+        if n_head % n_kv:
+            raise ConfigError(f"{source}: num_key_value_heads={n_kv} does not divide num_attention_heads={n_head}")
+        head_dim = hd or n_embd // n_head
+        if head_dim % 2:
+            raise ConfigError(f"{source}: head dimension {head_dim} must be even for RoPE")
+        dtype = d.get("dtype", d.get("torch_dtype"))
+        return cls(
+            architecture=arches[0],
+            hidden_size=n_embd,
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=n_head,
+            num_key_value_heads=n_kv,
+            vocab_size=d["vocab_size"],
+            max_position_embeddings=vals["max_position_embeddings"],
+            rms_norm_eps=float(vals["rms_norm_eps"]),
+            rope_theta=float(theta),
+            rope_params=rope_params,
+            tie_word_embeddings=vals["tie_word_embeddings"],
+            head_dim_override=hd,
+            dtype=dtype if isinstance(dtype, str) else None,
+            raw=d,
+            source=source,
+        )
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ModelConfig:
+        """Read ``MODEL_DIR/config.json``.
+
+        Example:
+            >>> ModelConfig.load("L1-Qwen-1.5B-Max").hidden_size  # doctest: +SKIP
+            1536
+        """
+        path = Path(model_dir) / "config.json"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: not found (is {model_dir} a Hugging Face model folder?)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from e
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: invalid JSON: {e}") from e
+        return cls.from_dict(d, source=str(path))

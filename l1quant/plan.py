@@ -1,0 +1,182 @@
+"""The conversion plan: every output tensor, its source, its type, its size and its place in the file.
+
+Planning validates the whole checkpoint against the architecture table before a byte is written, and fixes every
+tensor's offset, so the data section can then be filled in any order by any number of threads.
+
+Type rules (llama.cpp's): 1-D tensors, names ending in ``_norm.weight`` and every non-``.weight`` tensor (the
+biases) are F32; everything else takes the requested type; a row length that is not a multiple of the type's
+block size falls back to F16 with a warning.
+
+Example:
+    >>> plan = make_plan(open_checkpoint(d), ModelConfig.load(d), get_arch("qwen2"), "q8_0")  # doctest: +SKIP
+    >>> plan.tensors[0].name, plan.tensors[0].qtype.name                                     # doctest: +SKIP
+    ('output.weight', 'Q8_0')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import gguf
+
+from .arch import Arch
+from .config import ModelConfig
+from .errors import ConfigError, TensorError
+from .kernels import QuantType, get_quant_type
+from .safetensors import Checkpoint, SafeTensor, require_float
+
+ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT
+OUT_TYPES = ("auto", "f32", "f16", "bf16", "q8_0")
+
+
+def pad(n: int, align: int = ALIGNMENT) -> int:
+    """Round ``n`` up to a multiple of ``align``.
+
+    Example:
+        >>> pad(33)
+        64
+    """
+    return -(-n // align) * align
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor: GGUF name, source tensor, output type and byte placement (relative to the data section).
+
+    ``shape`` is the source (row-major, HF) shape; GGUF stores it reversed (``gguf_dims``).
+    """
+
+    name: str
+    source: SafeTensor
+    qtype: QuantType
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def n_rows(self) -> int:
+        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def row_nbytes(self) -> int:
+        return self.qtype.row_nbytes(self.n_cols)
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_rows * self.row_nbytes
+
+    @property
+    def gguf_dims(self) -> tuple[int, ...]:
+        return tuple(reversed(self.shape))
+
+
+@dataclass
+class ConversionPlan:
+    """An ordered, validated list of output tensors with their offsets, plus the file type."""
+
+    cfg: ModelConfig
+    arch: Arch
+    out_type: QuantType
+    tensors: list[PlannedTensor]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def file_type(self) -> int:
+        return self.out_type.file_type
+
+    @property
+    def data_nbytes(self) -> int:
+        """Size of the data section, trailing padding included."""
+        return sum(pad(t.nbytes) for t in self.tensors)
+
+    @property
+    def source_nbytes(self) -> int:
+        return sum(t.source.nbytes for t in self.tensors)
+
+    @property
+    def n_params(self) -> int:
+        return sum(math.prod(t.shape) for t in self.tensors)
+
+
+def resolve_out_type(requested: str, ckpt: Checkpoint, skip_suffixes: tuple[str, ...] = ()) -> QuantType:
+    """Map ``auto`` to bf16/f16 from the first 2-D bf16/f16 source tensor, as llama.cpp does; else look up the name.
+
+    Example:
+        >>> resolve_out_type("q8_0", ckpt).name  # doctest: +SKIP
+        'Q8_0'
+    """
+    req = requested.lower()
+    if req not in OUT_TYPES:
+        raise ConfigError(f"--type {requested!r} is not one of {', '.join(OUT_TYPES)}")
+    if req != "auto":
+        return get_quant_type(req)
+    for t in ckpt.tensors.values():
+        if len(t.shape) < 2 or t.name.endswith(skip_suffixes):
+            continue
+        if t.dtype == "BF16":
+            return get_quant_type("bf16")
+        if t.dtype == "F16":
+            return get_quant_type("f16")
+        # an F32 tensor says nothing: keep looking, and default to F16 like the reference
+    return get_quant_type("f16")
+
+
+def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str) -> ConversionPlan:
+    """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
+
+    Refuses (``TensorError``): a tensor name the architecture cannot map, a non-float weight, a tensor with the
+    wrong shape, a tensor missing, or two source tensors mapping to one GGUF name.
+
+    Example:
+        >>> [t.name for t in make_plan(ckpt, cfg, arch, "f16").tensors][:3]  # doctest: +SKIP
+        ['output.weight', 'token_embd.weight', 'blk.0.attn_k.bias']
+    """
+    qt = resolve_out_type(out_type, ckpt, arch.skip_suffixes)
+    f32, f16 = get_quant_type("f32"), get_quant_type("f16")
+    name_map = arch.tensor_name_map(cfg.num_hidden_layers)
+    expected = arch.expected_tensors(cfg)
+    plan = ConversionPlan(cfg, arch, qt, [])
+    seen: dict[str, str] = {}
+    offset = 0
+    for src_name, st in ckpt.tensors.items():
+        if src_name.endswith(arch.skip_suffixes):
+            continue
+        name = name_map.get_name(src_name, try_suffixes=(".weight", ".bias"))
+        where = f"{st.path.name}: tensor {src_name!r}"
+        if name is None:
+            raise TensorError(f"{where} is not part of a {arch.name} model with "
+                              f"{cfg.num_hidden_layers} layers (cannot map it to a GGUF name)")
+        if name in seen:
+            raise TensorError(f"{where} maps to {name} like {seen[name]!r}")
+        seen[name] = src_name
+        require_float(st)
+        want = expected.get(name)
+        if want is None:
+            if name == "output.weight" and cfg.tie_word_embeddings:
+                # config says tied but lm_head is present: llama.cpp keeps it, and so do we.
+                want = (cfg.vocab_size, cfg.hidden_size)
+                plan.warnings.append(f"{where}: present although tie_word_embeddings is true; written as output.weight")
+            else:
+                raise TensorError(f"{where} ({name}) is not expected by a {arch.name} model with this config")
+        if tuple(st.shape) != want:
+            raise TensorError(f"{where} ({name}) has shape {list(st.shape)}, config implies {list(want)}")
+        if len(st.shape) <= 1 or name.endswith(arch.f32_suffixes) or not name.endswith(".weight"):
+            t_qt = f32
+        else:
+            t_qt = qt
+        if st.shape[-1] % t_qt.block_size:
+            plan.warnings.append(f"{name}: row length {st.shape[-1]} is not a multiple of {t_qt.block_size} "
+                                 f"({t_qt.name}); falling back to F16")
+            t_qt = f16
+        pt = PlannedTensor(name, st, t_qt, tuple(st.shape), offset)
+        offset += pad(pt.nbytes)
+        plan.tensors.append(pt)
+    missing = [n for n in expected if n not in seen]
+    if missing:
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise TensorError(f"{ckpt.model_dir}: tensor {missing[0]} is missing from the checkpoint{more}")
+    return plan

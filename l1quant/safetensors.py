@@ -1,0 +1,274 @@
+"""A hardened, torch-free safetensors reader that streams tensors in row chunks.
+
+Why not the ``safetensors`` package: ``safe_open(..., framework="numpy")`` cannot return bf16 tensors (numpy has
+no bfloat16, and L1 is bf16), and it memory-maps whole files, so every page a conversion touches stays resident
+and counts against RSS. This reader parses the JSON header with explicit bounds, then reads row ranges with
+``os.preadv`` into caller-owned buffers: memory stays flat whatever the model size, and bf16 comes back as raw
+``uint16`` bits for :mod:`l1quant.kernels` to decode exactly.
+
+Example:
+    >>> ckpt = open_checkpoint("L1-Qwen-1.5B-Max")            # doctest: +SKIP
+    >>> t = ckpt.tensors["model.embed_tokens.weight"]         # doctest: +SKIP
+    >>> t.dtype, t.shape                                      # doctest: +SKIP
+    ('BF16', (151936, 1536))
+    >>> rows = t.read_rows(0, 8)                              # doctest: +SKIP  (uint16 array, shape (8, 1536))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SafetensorsError, TensorError
+
+#: safetensors dtype -> (item size, numpy dtype used to hold the raw values). bf16 is kept as raw uint16 bits.
+DTYPES: dict[str, tuple[int, np.dtype[Any]]] = {
+    "BF16": (2, np.dtype(np.uint16)),
+    "F16": (2, np.dtype(np.float16)),
+    "F32": (4, np.dtype(np.float32)),
+    "F64": (8, np.dtype(np.float64)),
+    "I8": (1, np.dtype(np.int8)),
+    "U8": (1, np.dtype(np.uint8)),
+    "BOOL": (1, np.dtype(np.bool_)),
+    "I16": (2, np.dtype(np.int16)),
+    "U16": (2, np.dtype(np.uint16)),
+    "I32": (4, np.dtype(np.int32)),
+    "U32": (4, np.dtype(np.uint32)),
+    "I64": (8, np.dtype(np.int64)),
+    "U64": (8, np.dtype(np.uint64)),
+    "F8_E4M3": (1, np.dtype(np.uint8)),
+    "F8_E5M2": (1, np.dtype(np.uint8)),
+}
+#: The float dtypes a conversion can read as weights.
+FLOAT_DTYPES = ("BF16", "F16", "F32")
+
+#: The safetensors format caps the JSON header at 100 MB; a larger length is a corrupt or hostile file.
+MAX_HEADER_BYTES = 100_000_000
+MAX_DIMS = 8
+
+
+@dataclass(frozen=True)
+class SafeTensor:
+    """One tensor inside a safetensors file: where its bytes are and how to read them in row chunks.
+
+    Example:
+        >>> t.read_rows(0, 2).shape  # doctest: +SKIP
+        (2, 1536)
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    path: Path
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype][0]
+
+    @property
+    def np_dtype(self) -> np.dtype[Any]:
+        return DTYPES[self.dtype][1]
+
+    @property
+    def n_rows(self) -> int:
+        """Rows when viewed as 2-D (all leading dims flattened); a 1-D tensor is one row."""
+        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[-1] if self.shape else 1
+
+    def read_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Read rows ``[start, stop)`` of the 2-D view into ``out`` (or a new array) with one ``preadv``.
+
+        Example:
+            >>> t.read_rows(0, 4).dtype  # doctest: +SKIP
+            dtype('uint16')
+        """
+        if not 0 <= start <= stop <= self.n_rows:
+            raise ValueError(f"{self.name}: rows [{start}, {stop}) outside [0, {self.n_rows})")
+        n = (stop - start) * self.n_cols
+        if out is None:
+            out = np.empty((stop - start, self.n_cols), dtype=self.np_dtype)
+        elif out.size != n or out.dtype != self.np_dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{self.name}: output buffer does not fit rows [{start}, {stop})")
+        want = n * self.itemsize
+        pos = self.offset + start * self.n_cols * self.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            view = memoryview(out.reshape(-1).view(np.uint8))
+            got = 0
+            while got < want:  # preadv may return short counts; loop until done or EOF
+                r = os.preadv(fd, [view[got:]], pos + got)
+                if r <= 0:
+                    raise SafetensorsError(
+                        f"{self.path.name}: tensor {self.name!r} is truncated: wanted {want} bytes at {pos}, "
+                        f"file ends after {got}")
+                got += r
+        finally:
+            os.close(fd)
+        return out
+
+    def read(self) -> np.ndarray:
+        """The whole tensor in its source shape (small tensors only: norms, biases, tests)."""
+        return self.read_rows(0, self.n_rows).reshape(self.shape)
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], dict[str, str]]:
+    """Parse and validate one safetensors file's header; no tensor data is read.
+
+    Returns ``(tensors by name in file order, __metadata__)``. Every length, offset and shape is checked before
+    it is trusted: header length within the file and below 100 MB, valid JSON object, known dtypes, shapes of
+    non-negative ints, ``data_offsets`` inside the data section, consistent with shape x dtype, not overlapping.
+
+    Example:
+        >>> tensors, meta = read_header("model.safetensors")  # doctest: +SKIP
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise SafetensorsError(f"{p}: file too short for a safetensors header ({size} bytes)")
+            n = int.from_bytes(head, "little")
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise SafetensorsError(
+                    f"{p}: header length {n} is impossible for a {size}-byte file (truncated or not safetensors)")
+            raw = f.read(n)
+    except OSError as e:
+        raise SafetensorsError(f"{p}: cannot read: {e.strerror or e}") from e
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsError(f"{p}: header is not valid JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{p}: header is not a JSON object")
+    data_start = 8 + n
+    data_size = size - data_start
+    meta_raw = header.pop("__metadata__", None) or {}
+    meta = {str(k): str(v) for k, v in meta_raw.items()} if isinstance(meta_raw, dict) else {}
+    tensors: dict[str, SafeTensor] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        where = f"{p.name}: tensor {name!r}"
+        if not isinstance(info, dict):
+            raise SafetensorsError(f"{where}: entry is not an object")
+        dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in DTYPES:
+            raise SafetensorsError(f"{where}: unknown dtype {dtype!r}")
+        if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise SafetensorsError(f"{where}: bad shape {shape!r}")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise SafetensorsError(f"{where}: bad data_offsets {offs!r}")
+        begin, end = offs
+        itemsize = DTYPES[dtype][0]
+        expect = math.prod(shape) * itemsize
+        if not 0 <= begin <= end <= data_size:
+            raise SafetensorsError(
+                f"{where}: data_offsets [{begin}, {end}] outside the {data_size}-byte data section (truncated file?)")
+        if end - begin != expect:
+            raise SafetensorsError(
+                f"{where}: data_offsets span {end - begin} bytes but shape {shape} x {dtype} needs {expect}")
+        tensors[name] = SafeTensor(name, dtype, tuple(shape), p, data_start + begin, end - begin)
+        if end > begin:
+            spans.append((begin, end, name))
+    spans.sort()
+    for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise SafetensorsError(f"{p.name}: tensors {n0!r} and {n1!r} overlap at byte {b1}")
+    return tensors, meta
+
+
+@dataclass
+class Checkpoint:
+    """All safetensors shards of a model folder, indexed by tensor name in the reference converter's order.
+
+    The order is llama.cpp's: shards sorted by file name, tensors sorted by name within each shard.
+
+    Example:
+        >>> ckpt = open_checkpoint("model_dir")  # doctest: +SKIP
+        >>> list(ckpt.tensors)[:2]                # doctest: +SKIP
+        ['lm_head.weight', 'model.embed_tokens.weight']
+    """
+
+    model_dir: Path
+    files: list[Path]
+    tensors: dict[str, SafeTensor] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _shard_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
+    index_path = model_dir / "model.safetensors.index.json"
+    if index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{index_path}: not valid JSON: {e}") from e
+        wm = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+            raise SafetensorsError(f"{index_path}: missing or malformed 'weight_map'")
+        names = sorted(set(wm.values()))
+        for nm in names:
+            if Path(nm).name != nm:
+                raise SafetensorsError(f"{index_path}: shard name {nm!r} is not a plain file name")
+        missing = [nm for nm in names if not (model_dir / nm).is_file()]
+        if missing:
+            raise SafetensorsError(f"{index_path}: shard file(s) missing: {', '.join(missing)}")
+        return [model_dir / nm for nm in names], {str(k): v for k, v in wm.items()}
+    files = sorted(f for f in model_dir.iterdir() if f.name.startswith("model") and f.name.endswith(".safetensors"))
+    if not files:
+        raise SafetensorsError(f"{model_dir}: no model*.safetensors files (and no model.safetensors.index.json)")
+    return files, None
+
+
+def open_checkpoint(model_dir: str | os.PathLike[str]) -> Checkpoint:
+    """Index every tensor of a model folder (single file or shards with an index) without reading tensor data.
+
+    With an index, every shard it names must exist and every tensor must be in the shard the index says; a tensor
+    in two shards is an error.
+
+    Example:
+        >>> open_checkpoint("tiny-qwen2").files  # doctest: +SKIP
+        [PosixPath('tiny-qwen2/model.safetensors')]
+    """
+    d = Path(model_dir)
+    files, weight_map = _shard_files(d)
+    ck = Checkpoint(d, files)
+    for f in files:
+        tensors, meta = read_header(f)
+        ck.metadata[f.name] = meta
+        for name in sorted(tensors):
+            if name in ck.tensors:
+                raise SafetensorsError(f"{f.name}: tensor {name!r} also appears in {ck.tensors[name].path.name}")
+            ck.tensors[name] = tensors[name]
+    if weight_map is not None:
+        for name, shard in weight_map.items():
+            t = ck.tensors.get(name)
+            if t is None:
+                raise SafetensorsError(f"model.safetensors.index.json: tensor {name!r} is not in {shard}")
+            if t.path.name != shard:
+                raise SafetensorsError(
+                    f"model.safetensors.index.json: tensor {name!r} is in {t.path.name}, index says {shard}")
+        extra = [n for n in ck.tensors if n not in weight_map]
+        if extra:
+            raise SafetensorsError(
+                f"model.safetensors.index.json: tensor {extra[0]!r} ({ck.tensors[extra[0]].path.name}) "
+                f"is not listed in the index" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+    return ck
+
+
+def require_float(t: SafeTensor) -> None:
+    """Refuse a weight whose dtype a conversion cannot read (only BF16, F16, F32 are weights)."""
+    if t.dtype not in FLOAT_DTYPES:
+        raise TensorError(f"{t.path.name}: tensor {t.name!r} has dtype {t.dtype}; expected one of BF16, F16, F32")

@@ -1,0 +1,170 @@
+"""Tokenizer export for GPT-2-style BPE (qwen2 family), computed with ``tokenizers`` alone (no transformers).
+
+Tokens and token types follow llama.cpp's converter: every id below config ``vocab_size`` gets a token (holes
+become ``[PAD{i}]``, UNUSED); added tokens that are marked special or look special (``<|...|>``, ``<｜...｜>``)
+are CONTROL, other added tokens USER_DEFINED, everything else NORMAL. The pre-tokenizer name comes from the
+sha256 of the ids of a fixed check text. Merges, special ids, add_bos/add_eos and the chat template come from
+gguf's own :class:`gguf.SpecialVocab`, the same code the reference uses.
+
+Example:
+    >>> v = load_vocab("L1-Qwen-1.5B-Max", vocab_size=151936)  # doctest: +SKIP
+    >>> v.pre, v.tokens[151646]                                 # doctest: +SKIP
+    ('deepseek-r1-qwen', '<｜begin▁of▁sentence｜>')
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from .errors import TokenizerError
+
+#: The text whose token ids identify a BPE pre-tokenizer (llama.cpp's ``get_vocab_base_pre`` check text).
+CHECK_TEXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ "
+    "🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
+    "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
+    "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
+
+#: sha256(str(ids of CHECK_TEXT)) -> llama.cpp pre-tokenizer name. Only names llama.cpp implements belong here.
+PRE_TOKENIZERS: dict[str, str] = {
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2 / Qwen2.5
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3-Embedding
+    "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",  # R1-Distill-Qwen, L1
+}
+
+
+def looks_special(token: str) -> bool:
+    """True for added tokens that ought to be CONTROL even when not flagged special (llama.cpp's heuristic).
+
+    Example:
+        >>> looks_special("<|im_end|>"), looks_special("<｜User｜>"), looks_special("<think>")
+        (True, True, False)
+    """
+    return (
+        token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+        or (token.startswith("<|") and token.endswith("|>"))
+        or (token.startswith("<｜") and token.endswith("｜>"))
+        or (token.startswith("<unused") and token.endswith(">"))
+    )
+
+
+@dataclass
+class Vocab:
+    """Everything the tokenizer section of a GGUF holds."""
+
+    tokens: list[str]
+    token_types: list[int]
+    pre: str
+    check_hash: str
+    special: gguf.SpecialVocab = field(repr=False)
+
+    @property
+    def merges(self) -> list[str]:
+        return list(self.special.merges)
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise TokenizerError(f"{path}: not found (only fast BPE tokenizers, tokenizer.json, are supported)")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exception subclasses with long messages
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TokenizerError(f"{path}: cannot be parsed: {msg}") from e
+
+
+def pre_tokenizer_hash(tokenizer: Any) -> str:
+    """sha256 of ``str(ids)`` for :data:`CHECK_TEXT`, special tokens added as the tokenizer's post-processor does.
+
+    Example:
+        >>> pre_tokenizer_hash(Tokenizer.from_file("tokenizer.json"))  # doctest: +SKIP
+        'b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5'
+    """
+    ids = tokenizer.encode(CHECK_TEXT).ids
+    return sha256(str(ids).encode()).hexdigest()
+
+
+def load_vocab(model_dir: str | Path, vocab_size: int, *, pre: str | None = None) -> Vocab:
+    """Read ``tokenizer.json`` (+ tokenizer_config.json) and build the GGUF vocab for ``vocab_size`` ids.
+
+    ``pre`` overrides the pre-tokenizer name (for a tokenizer whose check-text hash is not in the table).
+
+    Example:
+        >>> load_vocab("model_dir", 151936, pre="qwen2").pre  # doctest: +SKIP
+        'qwen2'
+    """
+    d = Path(model_dir)
+    tok = _tokenizer(d)
+    vocab: dict[str, int] = tok.get_vocab(with_added_tokens=True)
+    if not vocab:
+        raise TokenizerError(f"{d / 'tokenizer.json'}: empty vocabulary")
+    top = max(vocab.values())
+    if top >= vocab_size:
+        raise TokenizerError(
+            f"{d / 'tokenizer.json'}: token id {top} does not fit config vocab_size={vocab_size}")
+    chk = pre_tokenizer_hash(tok)
+    name = pre or PRE_TOKENIZERS.get(chk)
+    if name is None:
+        raise TokenizerError(
+            f"{d / 'tokenizer.json'}: unknown BPE pre-tokenizer (check-text hash {chk}); known: "
+            f"{', '.join(sorted(set(PRE_TOKENIZERS.values())))}; pass --pre NAME if you know which one it is")
+
+    added = {t.content: (i, t) for i, t in tok.get_added_tokens_decoder().items()}
+    reverse: dict[int, str] = {i: s for s, i in vocab.items()}
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(vocab_size):
+        s = reverse.get(i)
+        if s is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        at = added.get(s)
+        if at is not None and at[0] == i:
+            t = at[1]
+            if not t.normalized:
+                # llama.cpp assumes CONTROL/USER_DEFINED tokens are pre-normalized: round-trip them as the
+                # reference does (encode without specials, decode keeping specials).
+                s = tok.decode(tok.encode(s, add_special_tokens=False).ids, skip_special_tokens=False)
+            if t.special or looks_special(s):
+                types.append(gguf.TokenType.CONTROL)
+            else:
+                s = s.replace("\u2581", " ")  # pre-normalize user-defined spaces, as the reference does
+                types.append(gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+        tokens.append(s)
+
+    special = _special_vocab(d)
+    for typ, tid in special.special_token_ids.items():
+        if not 0 <= tid < vocab_size:
+            raise TokenizerError(f"{d}: special token {typ}={tid} is outside the vocabulary (size {vocab_size})")
+    if not special.merges:
+        raise TokenizerError(f"{d / 'tokenizer.json'}: no BPE merges found (model.merges is empty)")
+    return Vocab(tokens, [int(t) for t in types], name, chk, special)
+
+
+def _special_vocab(d: Path) -> gguf.SpecialVocab:
+    # tokenizer_config.json is optional, but when present it must parse: SpecialVocab would silently skip it and
+    # lose the bos/eos ids and the chat template.
+    for fname in ("tokenizer_config.json", "config.json", "generation_config.json"):
+        p = d / fname
+        if p.is_file():
+            try:
+                json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise TokenizerError(f"{p}: invalid JSON: {e}") from e
+    try:
+        return gguf.SpecialVocab(d, load_merges=True)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TokenizerError(f"{d}: tokenizer files are malformed: {e}") from e
