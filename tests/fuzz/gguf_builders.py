@@ -1,0 +1,116 @@
+"""Raw GGUF byte builders for the reader tests and fuzzers (test tooling only, not part of l1quant).
+
+``build`` serializes exactly what it is given, so tests can produce files that no honest writer would:
+lying lengths, bad dims, overlapping offsets. ``valid_spec``/``valid_file`` give a small well-formed baseline
+that ``gguf.GGUFReader`` and ``l1quant.gguf_reader.read_gguf`` both accept.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+from gguf import quants
+from gguf.constants import GGMLQuantizationType as Q
+from gguf.constants import GGUFValueType as V
+
+
+def s(text: str | bytes) -> bytes:
+    b = text.encode("utf-8") if isinstance(text, str) else text
+    return struct.pack("<Q", len(b)) + b
+
+
+def kv(key: str | bytes, vtype: int, payload: bytes) -> bytes:
+    return s(key) + struct.pack("<I", vtype) + payload
+
+
+def kv_str(key: str, value: str | bytes) -> bytes:
+    return kv(key, V.STRING, s(value))
+
+
+def kv_u32(key: str, value: int) -> bytes:
+    return kv(key, V.UINT32, struct.pack("<I", value))
+
+
+def arr(elem_type: int, count: int, items: bytes) -> bytes:
+    return struct.pack("<IQ", elem_type, count) + items
+
+
+@dataclass
+class T:
+    name: str | bytes
+    dims: list[int]
+    ggml_type: int
+    offset: int
+    data: bytes = b""
+
+    def info(self) -> bytes:
+        return (s(self.name) + struct.pack("<I", len(self.dims)) + b"".join(struct.pack("<Q", d) for d in self.dims)
+                + struct.pack("<IQ", self.ggml_type, self.offset))
+
+
+@dataclass
+class Spec:
+    kvs: list[bytes] = field(default_factory=list)
+    tensors: list[T] = field(default_factory=list)
+    version: int = 3
+    magic: bytes = b"GGUF"
+    n_tensors: int | None = None
+    n_kv: int | None = None
+    alignment: int = 32
+    pad_end: bool = False
+
+
+def build(spec: Spec) -> bytes:
+    """Serialize ``spec``: header, KVs, tensor infos, zero padding to the alignment, then each tensor's data at
+    ``data_offset + offset`` (zero-filled gaps). The file ends right after the last tensor unless ``pad_end``."""
+    n_t = len(spec.tensors) if spec.n_tensors is None else spec.n_tensors
+    n_kv = len(spec.kvs) if spec.n_kv is None else spec.n_kv
+    head = spec.magic + struct.pack("<IQQ", spec.version, n_t, n_kv) + b"".join(spec.kvs)
+    head += b"".join(t.info() for t in spec.tensors)
+    data_offset = -(-len(head) // spec.alignment) * spec.alignment
+    out = bytearray(head + b"\0" * (data_offset - len(head)))
+    for t in spec.tensors:
+        if not t.data:
+            continue
+        start = data_offset + t.offset
+        if len(out) < start + len(t.data):
+            out += b"\0" * (start + len(t.data) - len(out))
+        out[start:start + len(t.data)] = t.data
+    if spec.pad_end:
+        out += b"\0" * (-len(out) % spec.alignment)
+    return bytes(out)
+
+
+def tensor_payloads() -> dict[str, tuple[list[int], int, bytes]]:
+    """Name -> (GGUF dims, ggml type, bytes) for one tensor of each type we write."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 64)).astype(np.float32)
+    return {
+        "blk.0.attn_q.weight": ([64, 3], Q.Q8_0, quants.quantize(w, Q.Q8_0).tobytes()),
+        "blk.0.attn_norm.weight": ([64], Q.F32, w[0].tobytes()),
+        "blk.0.ffn_up.weight": ([64, 2], Q.F16, w[:2].astype(np.float16).tobytes()),
+        "output.weight": ([64, 3], Q.BF16, quants.quantize(w, Q.BF16).tobytes()),
+    }
+
+
+def valid_spec() -> Spec:
+    kvs = [
+        kv_str("general.architecture", "qwen2"),
+        kv_str("general.name", "tiny"),
+        kv_u32("qwen2.block_count", 1),
+        kv("tokenizer.ggml.tokens", V.ARRAY, arr(V.STRING, 3, s("a") + s("bb") + s("ccc"))),
+        kv("tokenizer.ggml.token_type", V.ARRAY, arr(V.INT32, 3, struct.pack("<3i", 1, 1, 3))),
+        kv("x.flag", V.BOOL, b"\x01"),
+    ]
+    tensors = []
+    off = 0
+    for name, (dims, gt, data) in tensor_payloads().items():
+        tensors.append(T(name, dims, gt, off, data))
+        off += -(-len(data) // 32) * 32
+    return Spec(kvs=kvs, tensors=tensors)
+
+
+def valid_file() -> bytes:
+    return build(valid_spec())
