@@ -1,0 +1,535 @@
+"""Reference qwen2 forward pass in pure numpy, for ``l1quant verify --logits``.
+
+The same function runs on the source checkpoint (bf16 weights upcast to float32) and on the dequantized GGUF, so
+the two logit matrices differ only by what quantization did. Semantics follow Hugging Face ``Qwen2ForCausalLM``
+exactly (RMSNorm, biased q/k/v, NEOX-layout RoPE, grouped-query causal attention, SwiGLU MLP, final norm, lm_head),
+computed in float32 with float64 where it is cheap (norm statistics, log-softmax in the metrics).
+
+Weights are pulled through a callback, one layer at a time, so peak memory is about one layer's weights plus the
+activations plus whichever of the embedding / lm_head matrix is in use (for the 1.5B L1 model: ~0.93 GB for the
+151936 x 1536 embedding, ~0.2 GB per layer, ~0.16 GB of logits for 256 tokens).
+
+Example:
+    >>> import numpy as np
+    >>> hp = Qwen2Hparams(n_layer=1, n_embd=8, n_head=2, n_head_kv=1, n_ff=16, n_vocab=10,
+    ...                   rope_theta=10000.0, rms_eps=1e-6)
+    >>> weights = random_qwen2_weights(hp, seed=0)
+    >>> logits = qwen2_logits(weights.__getitem__, hp, [1, 2, 3])
+    >>> logits.shape, logits.dtype
+    ((3, 10), dtype('float32'))
+    >>> report = compare_logits(logits, logits, [1, 2, 3])
+    >>> report.mean_kld, report.top1_agreement
+    (0.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from l1quant.errors import ConfigError, TensorError, VerifyError
+
+__all__ = [
+    "LogitReport",
+    "Qwen2Hparams",
+    "compare_logits",
+    "default_text",
+    "qwen2_logits",
+    "random_qwen2_weights",
+]
+
+# RoPE scaling types that change nothing (HF "default", GGUF "none").
+_NO_SCALING = (None, "", "none", "default")
+# Query rows processed together in attention: bounds the score buffer to group * block * n_tokens floats.
+_ATTN_QUERY_BLOCK = 512
+# Rows of logits processed together in compare_logits: bounds the float64 temporaries.
+_METRIC_ROW_BLOCK = 64
+
+
+@dataclass(frozen=True)
+class Qwen2Hparams:
+    """Shape and numeric hyperparameters of a qwen2 decoder.
+
+    ``head_dim`` defaults to ``n_embd // n_head``. ``rope_scaling_type`` is ``None``/``"none"``/``"default"`` (no
+    scaling) or ``"linear"`` (positions divided by ``rope_scaling_factor``, as HF and llama.cpp do); ``"yarn"`` and
+    other schemes are accepted here but :func:`qwen2_logits` refuses them with ``NotImplementedError``.
+
+    Example:
+        >>> hp = Qwen2Hparams(n_layer=28, n_embd=1536, n_head=12, n_head_kv=2, n_ff=8960, n_vocab=151936,
+        ...                   rope_theta=10000.0, rms_eps=1e-6)
+        >>> hp.d_head, hp.n_group
+        (128, 6)
+    """
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_vocab: int
+    rope_theta: float
+    rms_eps: float
+    rope_scaling_type: str | None = None
+    rope_scaling_factor: float = 1.0
+    head_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("n_layer", "n_embd", "n_head", "n_head_kv", "n_ff", "n_vocab"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ConfigError(f"Qwen2Hparams: {key} must be a positive integer, found {value!r}")
+        if self.head_dim is not None and (not isinstance(self.head_dim, (int, np.integer)) or self.head_dim <= 0):
+            raise ConfigError(f"Qwen2Hparams: head_dim must be a positive integer or None, found {self.head_dim!r}")
+        if self.n_head % self.n_head_kv:
+            raise ConfigError(f"Qwen2Hparams: n_head={self.n_head} is not a multiple of n_head_kv={self.n_head_kv}")
+        if self.head_dim is None and self.n_embd % self.n_head:
+            raise ConfigError(f"Qwen2Hparams: n_head={self.n_head} does not divide n_embd={self.n_embd}")
+        if self.d_head % 2:
+            raise ConfigError(f"Qwen2Hparams: head dimension must be even for RoPE, found {self.d_head}")
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise ConfigError(f"Qwen2Hparams: rope_theta must be a positive finite number, found {self.rope_theta!r}")
+        if not (math.isfinite(self.rms_eps) and self.rms_eps >= 0):
+            raise ConfigError(f"Qwen2Hparams: rms_eps must be a finite number >= 0, found {self.rms_eps!r}")
+        if not (math.isfinite(self.rope_scaling_factor) and self.rope_scaling_factor > 0):
+            raise ConfigError(
+                f"Qwen2Hparams: rope_scaling_factor must be a positive finite number, found {self.rope_scaling_factor!r}"
+            )
+
+    @property
+    def d_head(self) -> int:
+        """Per-head dimension: ``head_dim`` if set, else ``n_embd // n_head``."""
+        return int(self.head_dim) if self.head_dim is not None else self.n_embd // self.n_head
+
+    @property
+    def n_group(self) -> int:
+        """Query heads per key/value head (GQA group size)."""
+        return self.n_head // self.n_head_kv
+
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any]) -> Qwen2Hparams:
+        """Build from a parsed ``config.json`` (transformers 4 ``rope_theta``/``rope_scaling`` or 5 ``rope_parameters``).
+
+        Example:
+            >>> hp = Qwen2Hparams.from_hf_config({"num_hidden_layers": 2, "hidden_size": 64,
+            ...     "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+            ...     "vocab_size": 300, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+            ...     "rope_scaling": {"type": "linear", "factor": 2.0}})
+            >>> hp.rope_scaling_type, hp.rope_scaling_factor
+            ('linear', 2.0)
+        """
+        try:
+            rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+            theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+            scaling_type = rope.get("rope_type", rope.get("type"))
+            return cls(
+                n_layer=int(config["num_hidden_layers"]),
+                n_embd=int(config["hidden_size"]),
+                n_head=int(config["num_attention_heads"]),
+                n_head_kv=int(config.get("num_key_value_heads") or config["num_attention_heads"]),
+                n_ff=int(config["intermediate_size"]),
+                n_vocab=int(config["vocab_size"]),
+                rope_theta=float(theta),
+                rms_eps=float(config.get("rms_norm_eps", 1e-6)),
+                rope_scaling_type=None if scaling_type in _NO_SCALING else str(scaling_type),
+                rope_scaling_factor=float(rope.get("factor", 1.0)),
+                head_dim=int(config["head_dim"]) if config.get("head_dim") else None,
+            )
+        except KeyError as exc:
+            raise ConfigError(
+                f"config.json: key {exc.args[0]!r} is missing (needed by the reference forward)"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config.json: cannot read qwen2 hyperparameters: {exc}") from None
+
+    @classmethod
+    def from_gguf_fields(cls, fields: Mapping[str, Any], n_vocab: int, arch: str = "qwen2") -> Qwen2Hparams:
+        """Build from GGUF metadata already decoded to plain Python values (``{"qwen2.block_count": 28, ...}``).
+
+        ``n_vocab`` is passed in (rows of ``token_embd.weight`` or the token list length) because ``{arch}.vocab_size``
+        is optional in GGUF.
+
+        Example:
+            >>> hp = Qwen2Hparams.from_gguf_fields({"qwen2.block_count": 2, "qwen2.embedding_length": 64,
+            ...     "qwen2.attention.head_count": 4, "qwen2.attention.head_count_kv": 2,
+            ...     "qwen2.feed_forward_length": 128, "qwen2.rope.freq_base": 10000.0,
+            ...     "qwen2.attention.layer_norm_rms_epsilon": 1e-6}, n_vocab=300)
+            >>> hp.n_layer, hp.rope_scaling_type
+            (2, None)
+        """
+
+        def key(suffix: str) -> str:
+            return f"{arch}.{suffix}"
+
+        try:
+            scaling_type = fields.get(key("rope.scaling.type"))
+            key_length = fields.get(key("attention.key_length"))
+            return cls(
+                n_layer=int(fields[key("block_count")]),
+                n_embd=int(fields[key("embedding_length")]),
+                n_head=int(fields[key("attention.head_count")]),
+                n_head_kv=int(fields.get(key("attention.head_count_kv"), fields[key("attention.head_count")])),
+                n_ff=int(fields[key("feed_forward_length")]),
+                n_vocab=int(n_vocab),
+                rope_theta=float(fields.get(key("rope.freq_base"), 10000.0)),
+                rms_eps=float(fields[key("attention.layer_norm_rms_epsilon")]),
+                rope_scaling_type=None if scaling_type in _NO_SCALING else str(scaling_type),
+                rope_scaling_factor=float(fields.get(key("rope.scaling.factor"), 1.0)),
+                head_dim=int(key_length) if key_length is not None else None,
+            )
+        except KeyError as exc:
+            raise ConfigError(
+                f"GGUF metadata: key {exc.args[0]!r} is missing (needed by the reference forward)"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"GGUF metadata: cannot read qwen2 hyperparameters: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------- forward pass
+
+
+class _Absent(TensorError):
+    """get_weight raised KeyError: the tensor is not in the checkpoint."""
+
+
+def _fetch(get_weight: Callable[[str], np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """get_weight(name) as a float32 array of exactly ``shape``; TensorError if absent or misshapen."""
+    try:
+        raw = get_weight(name)
+    except KeyError:
+        raise _Absent(f"reference forward: tensor {name!r} is missing (expected shape {shape})") from None
+    w = np.asarray(raw, dtype=np.float32)
+    if w.shape != shape:
+        raise TensorError(f"reference forward: tensor {name!r} has shape {w.shape}, expected {shape}")
+    return w
+
+
+def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    # Mean of squares in float64 (cheap: one row vector per token); the scaling itself stays float32 as in HF.
+    var = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
+    inv = (1.0 / np.sqrt(var + eps)).astype(np.float32)
+    return (x * inv) * w
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x), in place on x (a fresh matmul product). exp(-x) may overflow to inf: x / inf = -0, correct."""
+    with np.errstate(over="ignore"):
+        denom = np.exp(-x)
+    denom += np.float32(1.0)
+    x /= denom
+    return x
+
+
+def _rope_tables(hp: Qwen2Hparams, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of shape (n_tokens, 1, d_head/2) for the NEOX (rotate_half) layout."""
+    stype = hp.rope_scaling_type.lower() if isinstance(hp.rope_scaling_type, str) else hp.rope_scaling_type
+    if stype in _NO_SCALING:
+        scale = 1.0
+    elif stype == "linear":
+        scale = 1.0 / hp.rope_scaling_factor
+    else:
+        raise NotImplementedError(
+            f"reference forward: rope scaling type {hp.rope_scaling_type!r} is not implemented "
+            "(supported: none, linear); skip --logits for this model"
+        )
+    d = hp.d_head
+    # float64 angles, cast once: as accurate as HF's float32 tables or better, never worse.
+    inv_freq = 1.0 / (hp.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    angles = (np.arange(n_tokens, dtype=np.float64) * scale)[:, None] * inv_freq[None, :]
+    return np.cos(angles).astype(np.float32)[:, None, :], np.sin(angles).astype(np.float32)[:, None, :]
+
+
+def _apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x: (n_tokens, n_heads, d_head). rotate_half layout: pairs are (i, i + d/2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate((x1 * cos - x2 * sin, x2 * cos + x1 * sin), axis=-1)
+
+
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_group: int) -> np.ndarray:
+    """Causal GQA attention. q: (T, H, D), k/v: (T, H_kv, D) -> (T, H, D)."""
+    n_tokens, _, d = q.shape
+    scale = np.float32(1.0 / math.sqrt(d))
+    out = np.empty_like(q)
+    for start in range(0, n_tokens, _ATTN_QUERY_BLOCK):
+        stop = min(start + _ATTN_QUERY_BLOCK, n_tokens)
+        # Queries start..stop-1 see keys 0..stop-1 only; the causal mask is added as -inf above the diagonal.
+        mask = np.where(np.arange(stop)[None, :] > np.arange(start, stop)[:, None], -np.inf, 0.0).astype(np.float32)
+        for kv in range(k.shape[1]):
+            heads = slice(kv * n_group, (kv + 1) * n_group)  # HF repeat_kv: query head h reads kv head h // n_group
+            q_g = q[start:stop, heads, :].transpose(1, 0, 2)  # (G, B, D)
+            scores = q_g @ k[:stop, kv, :].T  # (G, B, stop)
+            scores *= scale
+            scores += mask
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            out[start:stop, heads, :] = (scores @ v[:stop, kv, :]).transpose(1, 0, 2)
+    return out
+
+
+def qwen2_logits(
+    get_weight: Callable[[str], np.ndarray],
+    hp: Qwen2Hparams,
+    tokens: Sequence[int],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Logits of HF ``Qwen2ForCausalLM`` for one sequence, as float32 of shape (len(tokens), n_vocab).
+
+    ``get_weight(name)`` takes GGUF tensor names (``token_embd.weight``, ``blk.{i}.attn_q.weight``, ...,
+    ``output_norm.weight``, ``output.weight``) and returns the tensor in HF orientation (rows = output features);
+    it must raise ``KeyError`` for an absent tensor: a missing ``output.weight`` means tied embeddings.
+    Weights are requested layer by layer and dropped after use, so a lazy ``get_weight`` keeps memory flat.
+    ``progress(done, total)`` is called after each of the ``n_layer + 2`` steps (embed, layers, head).
+
+    Raises TensorError for a missing/misshapen tensor, VerifyError for empty or out-of-range tokens,
+    NotImplementedError for rope scaling other than none/linear.
+
+    Example:
+        >>> hp = Qwen2Hparams(n_layer=2, n_embd=16, n_head=4, n_head_kv=2, n_ff=32, n_vocab=50,
+        ...                   rope_theta=10000.0, rms_eps=1e-6)
+        >>> w = random_qwen2_weights(hp, seed=1, tied=True)
+        >>> "output.weight" in w
+        False
+        >>> qwen2_logits(w.__getitem__, hp, [5, 7, 9, 11]).shape
+        (4, 50)
+    """
+    toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if toks.size == 0:
+        raise VerifyError("reference forward: the token sequence is empty")
+    bad = np.flatnonzero((toks < 0) | (toks >= hp.n_vocab))
+    if bad.size:
+        i = int(bad[0])
+        raise VerifyError(
+            f"reference forward: token id {int(toks[i])} at position {i} is outside the vocabulary (n_vocab={hp.n_vocab})"
+        )
+    n_tokens = int(toks.size)
+    total_steps = hp.n_layer + 2
+    E, D, H, Hkv, F, V = hp.n_embd, hp.d_head, hp.n_head, hp.n_head_kv, hp.n_ff, hp.n_vocab
+    cos, sin = _rope_tables(hp, n_tokens)  # before any weight is read: unsupported scaling fails fast
+
+    emb = _fetch(get_weight, "token_embd.weight", (V, E))
+    x = np.array(emb[toks], dtype=np.float32)  # own copy: the embedding matrix is released right away
+    del emb
+    if progress is not None:
+        progress(1, total_steps)
+
+    for il in range(hp.n_layer):
+        p = f"blk.{il}."
+        h = _rms_norm(x, _fetch(get_weight, p + "attn_norm.weight", (E,)), hp.rms_eps)
+        q = h @ _fetch(get_weight, p + "attn_q.weight", (H * D, E)).T + _fetch(get_weight, p + "attn_q.bias", (H * D,))
+        k = h @ _fetch(get_weight, p + "attn_k.weight", (Hkv * D, E)).T + _fetch(
+            get_weight, p + "attn_k.bias", (Hkv * D,)
+        )
+        v = h @ _fetch(get_weight, p + "attn_v.weight", (Hkv * D, E)).T + _fetch(
+            get_weight, p + "attn_v.bias", (Hkv * D,)
+        )
+        q = _apply_rope(q.reshape(n_tokens, H, D), cos, sin)
+        k = _apply_rope(k.reshape(n_tokens, Hkv, D), cos, sin)
+        attn = _attention(q, k, v.reshape(n_tokens, Hkv, D), hp.n_group).reshape(n_tokens, H * D)
+        del q, k, v
+        x += attn @ _fetch(get_weight, p + "attn_output.weight", (E, H * D)).T
+        del attn
+
+        h = _rms_norm(x, _fetch(get_weight, p + "ffn_norm.weight", (E,)), hp.rms_eps)
+        gate = h @ _fetch(get_weight, p + "ffn_gate.weight", (F, E)).T
+        up = h @ _fetch(get_weight, p + "ffn_up.weight", (F, E)).T
+        act = _silu(gate)  # in place: gate is not needed afterwards
+        act *= up
+        del gate, up
+        x += act @ _fetch(get_weight, p + "ffn_down.weight", (E, F)).T
+        del act, h
+        if progress is not None:
+            progress(il + 2, total_steps)
+
+    h = _rms_norm(x, _fetch(get_weight, "output_norm.weight", (E,)), hp.rms_eps)
+    del x
+    try:
+        head = _fetch(get_weight, "output.weight", (V, E))
+    except _Absent:
+        head = _fetch(get_weight, "token_embd.weight", (V, E))  # tied embeddings: lm_head is the embedding matrix
+    logits = np.ascontiguousarray(h @ head.T, dtype=np.float32)
+    del head
+    if progress is not None:
+        progress(total_steps, total_steps)
+    return logits
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class LogitReport:
+    """Agreement between reference and test logits over one sequence.
+
+    ``*_kld`` are per-position KL(P_ref || P_test) in nats; ``top1_agreement`` is the fraction of positions whose
+    argmax matches; ``ppl_*`` are perplexities of ``tokens[1:]`` predicted from positions ``0..n-2`` (NaN when
+    fewer than 2 tokens). NaN/Inf in the test logits propagate into the numbers: they are never hidden.
+
+    Example:
+        >>> import numpy as np
+        >>> r = compare_logits(np.zeros((3, 4)), np.zeros((3, 4)), [0, 1, 2])
+        >>> r.to_dict()["ppl_ref"]
+        4.0
+    """
+
+    mean_kld: float
+    max_kld: float
+    p99_kld: float
+    top1_agreement: float
+    ppl_ref: float
+    ppl_test: float
+    n_tokens: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain-Python dict (JSON-ready; NaN stays NaN)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def summary(self) -> str:
+        """One line for the CLI.
+
+        Example:
+            >>> import numpy as np
+            >>> compare_logits(np.zeros((2, 2)), np.zeros((2, 2)), [0, 1]).summary()
+            'n=2 mean KLD 0.000000 p99 0.000000 max 0.000000 top1 100.00% ppl 2.000 -> 2.000'
+        """
+        return (
+            f"n={self.n_tokens} mean KLD {self.mean_kld:.6f} p99 {self.p99_kld:.6f} max {self.max_kld:.6f} "
+            f"top1 {100.0 * self.top1_agreement:.2f}% ppl {self.ppl_ref:.3f} -> {self.ppl_test:.3f}"
+        )
+
+
+def _log_softmax64(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)  # an all -inf (or inf/NaN) row must not turn the shift itself into NaN
+    z = x - m
+    with np.errstate(divide="ignore"):
+        return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+def compare_logits(ref: np.ndarray, test: np.ndarray, tokens: Sequence[int]) -> LogitReport:
+    """KL divergence, top-1 agreement and perplexities of ``test`` logits against ``ref`` logits.
+
+    Both are (n_tokens, n_vocab); ``tokens`` is the sequence they were computed on. Work is done in float64 in
+    row blocks, so memory stays bounded for a 151936-entry vocabulary.
+
+    Example:
+        >>> import numpy as np
+        >>> ref = np.log(np.array([[0.5, 0.5]]))
+        >>> test = np.log(np.array([[0.9, 0.1]]))
+        >>> round(compare_logits(ref, test, [0]).mean_kld, 6)  # 0.5*ln(0.5/0.9) + 0.5*ln(0.5/0.1)
+        0.510826
+    """
+    ref = np.asarray(ref)
+    test = np.asarray(test)
+    toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if ref.ndim != 2 or ref.shape != test.shape:
+        raise VerifyError(f"compare_logits: reference logits {ref.shape} and test logits {test.shape} differ")
+    n_tokens, n_vocab = ref.shape
+    if n_tokens == 0 or n_tokens != toks.size:
+        raise VerifyError(f"compare_logits: {n_tokens} logit rows for {toks.size} tokens (need equal and non-zero)")
+    if np.any((toks < 0) | (toks >= n_vocab)):
+        raise VerifyError(f"compare_logits: a token id is outside 0..{n_vocab - 1}")
+
+    kld = np.empty(n_tokens, dtype=np.float64)
+    agree = np.empty(n_tokens, dtype=bool)
+    nll_ref = np.empty(max(n_tokens - 1, 0), dtype=np.float64)
+    nll_test = np.empty_like(nll_ref)
+    for start in range(0, n_tokens, _METRIC_ROW_BLOCK):
+        stop = min(start + _METRIC_ROW_BLOCK, n_tokens)
+        lp = _log_softmax64(ref[start:stop])
+        lq = _log_softmax64(test[start:stop])
+        p = np.exp(lp)
+        with np.errstate(invalid="ignore"):
+            # 0 * log(0/q) = 0 by convention; p > 0 with q = 0 gives +inf, as it should.
+            terms = np.where(p > 0, p * (lp - lq), 0.0)
+        kld[start:stop] = np.maximum(terms.sum(axis=-1), 0.0)  # tiny negatives are rounding, KL is >= 0
+        agree[start:stop] = np.argmax(ref[start:stop], axis=-1) == np.argmax(test[start:stop], axis=-1)
+        # Row i predicts tokens[i + 1]; the last row predicts nothing.
+        pred = np.arange(start, min(stop, n_tokens - 1))
+        if pred.size:
+            nll_ref[pred] = -lp[pred - start, toks[pred + 1]]
+            nll_test[pred] = -lq[pred - start, toks[pred + 1]]
+        del lp, lq, p, terms
+
+    def ppl(nll: np.ndarray) -> float:
+        if nll.size == 0:
+            return float("nan")
+        with np.errstate(over="ignore"):
+            return float(np.exp(np.mean(nll)))
+
+    return LogitReport(
+        mean_kld=float(np.mean(kld)),
+        max_kld=float(np.max(kld)),
+        # "higher": an observed value, so an infinite KLD reads as inf rather than an interpolated NaN.
+        p99_kld=float(np.percentile(kld, 99, method="higher")),
+        top1_agreement=float(np.mean(agree)),
+        ppl_ref=ppl(nll_ref),
+        ppl_test=ppl(nll_test),
+        n_tokens=int(n_tokens),
+    )
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def default_text() -> str:
+    """The shipped evaluation text (``l1quant/data/logit_text.txt``): original prose with a little math and code.
+
+    Example:
+        >>> len(default_text().split()) > 300
+        True
+    """
+    return resources.files("l1quant").joinpath("data").joinpath("logit_text.txt").read_text(encoding="utf-8")
+
+
+def random_qwen2_weights(
+    hp: Qwen2Hparams, seed: int = 0, *, tied: bool = False, scale: float = 0.5
+) -> dict[str, np.ndarray]:
+    """A random qwen2 checkpoint in GGUF names and HF orientation (float32), for tests and benchmarks.
+
+    Linear weights are N(0, scale / sqrt(fan_in)) so activations stay O(1); norms are 1 + N(0, 0.1); biases N(0, 0.1).
+    ``tied=True`` omits ``output.weight``.
+
+    Example:
+        >>> hp = Qwen2Hparams(n_layer=1, n_embd=8, n_head=2, n_head_kv=1, n_ff=16, n_vocab=10,
+        ...                   rope_theta=10000.0, rms_eps=1e-6)
+        >>> w = random_qwen2_weights(hp)
+        >>> w["blk.0.attn_k.weight"].shape, w["token_embd.weight"].shape
+        ((4, 8), (10, 8))
+    """
+    rng = np.random.default_rng(seed)
+    E, D, H, Hkv, F, V = hp.n_embd, hp.d_head, hp.n_head, hp.n_head_kv, hp.n_ff, hp.n_vocab
+
+    def lin(rows: int, cols: int) -> np.ndarray:
+        return rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(scale / math.sqrt(cols))
+
+    def vec(n: int, center: float) -> np.ndarray:
+        return (center + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+
+    w: dict[str, np.ndarray] = {"token_embd.weight": rng.standard_normal((V, E), dtype=np.float32)}
+    for il in range(hp.n_layer):
+        p = f"blk.{il}."
+        w[p + "attn_norm.weight"] = vec(E, 1.0)
+        w[p + "attn_q.weight"] = lin(H * D, E)
+        w[p + "attn_q.bias"] = vec(H * D, 0.0)
+        w[p + "attn_k.weight"] = lin(Hkv * D, E)
+        w[p + "attn_k.bias"] = vec(Hkv * D, 0.0)
+        w[p + "attn_v.weight"] = lin(Hkv * D, E)
+        w[p + "attn_v.bias"] = vec(Hkv * D, 0.0)
+        w[p + "attn_output.weight"] = lin(E, H * D)
+        w[p + "ffn_norm.weight"] = vec(E, 1.0)
+        w[p + "ffn_gate.weight"] = lin(F, E)
+        w[p + "ffn_up.weight"] = lin(F, E)
+        w[p + "ffn_down.weight"] = lin(E, F)
+    w["output_norm.weight"] = vec(E, 1.0)
+    if not tied:
+        w["output.weight"] = lin(V, E) * np.float32(math.sqrt(E))
+    return w
