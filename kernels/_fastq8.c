@@ -1,0 +1,436 @@
+/*
+ * l1quant.kernels._fastq8: optional compiled accelerator for the kernels (the numpy code is the reference and the
+ * fallback; tests assert both give identical bytes).
+ *
+ * Every function takes raw addresses that the Python wrapper (kernels/_native.py) has validated, runs with the
+ * GIL released, and returns the flat index of the first NaN/Inf in the source, or -1.
+ *
+ *   q8_0(src, kind, rows, ncols, dst, dst_row_stride)   Q8_0 like ggml's quantize_row_q8_0_ref (+ NaN policy)
+ *   f16 (src, kind, rows, ncols, dst, dst_row_stride)   F16: RNE, NaN -> 0x7E00 | sign
+ *   bf16(src, kind, rows, ncols, dst, dst_row_stride)   BF16: ggml_compute_fp32_to_bf16 (RNE, NaN quieted)
+ *   f32 (src, kind, rows, ncols, dst, dst_row_stride)   F32: exact widening / copy
+ *   first_nonfinite(src, kind, n)
+ *
+ * kind: 0 = float32, 1 = float16, 2 = bf16 (uint16 bits). Source rows are contiguous (row r at r * ncols).
+ *
+ * Exactness notes: build without -ffast-math and with -ffp-contract=off: x * id + h must round twice, an FMA would
+ * change results. Q8_0 rounding uses (int)(v + copysignf(0.49999997f, v)), equal to roundf(v) for |v| <= 128
+ * (see kernels/q8_0.py); the int conversion truncates, as C requires.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+/* Build a generic and an AVX2 clone of the hot loops and pick one at load time (GCC/Clang on x86-64 ELF). */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES)
+#define HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT
+#endif
+
+enum { KIND_F32 = 0, KIND_F16 = 1, KIND_BF16 = 2 };
+enum { QK = 32, Q8_BYTES = 34 };
+
+static uint16_t bf16_to_f16_table[65536];
+static uint32_t f16_to_f32_table[65536];
+
+static inline float bits_to_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint32_t f32_to_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* float32 bits -> float16 bits, round to nearest even; NaN -> 0x7E00 | sign (ggml's rule). */
+static uint16_t f32_to_f16_bits(uint32_t x) {
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t a = x & 0x7FFFFFFFu;
+    if (a > 0x7F800000u) return (uint16_t)(sign | 0x7E00u);
+    if (a >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* >= 65520 rounds to Inf */
+    if (a >= 0x38800000u) {                                  /* normal f16 range */
+        a += 0xFFFu + ((a >> 13) & 1u);
+        return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
+    }
+    if (a <= 0x33000000u) return (uint16_t)sign; /* <= 2**-25: rounds to (signed) zero, ties to even */
+    {
+        uint32_t e = a >> 23;
+        uint32_t m = (a & 0x7FFFFFu) | 0x800000u;
+        uint32_t shift = 126u - e; /* 14..24 */
+        uint32_t r = m >> shift;
+        uint32_t rem = m & ((1u << shift) - 1u);
+        uint32_t half = 1u << (shift - 1u);
+        if (rem > half || (rem == half && (r & 1u))) r++;
+        return (uint16_t)(sign | r);
+    }
+}
+
+/* float16 bits -> float32 bits, exact. */
+static uint32_t f16_to_f32_bits(uint16_t h) {
+    uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
+    uint32_t e = ((uint32_t)h >> 10) & 0x1Fu;
+    uint32_t m = (uint32_t)h & 0x3FFu;
+    if (e == 0x1F) return sign | 0x7F800000u | (m << 13);
+    if (e != 0) return sign | ((e + 112u) << 23) | (m << 13);
+    if (m == 0) return sign;
+    {
+        float f = (float)m * 5.9604644775390625e-08f; /* m * 2**-24, exact */
+        return sign | f32_to_bits(f);
+    }
+}
+
+/* ggml_compute_fp32_to_bf16 */
+static inline uint16_t f32_to_bf16_bits(uint32_t u) {
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 64u);
+    return (uint16_t)((u + (0x7FFFu + ((u >> 16) & 1u))) >> 16);
+}
+
+static void init_tables(void) {
+    for (uint32_t i = 0; i < 65536u; i++) {
+        bf16_to_f16_table[i] = f32_to_f16_bits(i << 16);
+        f16_to_f32_table[i] = f16_to_f32_bits((uint16_t)i);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Q8_0 */
+
+static inline float q8_inverse(float d) {
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (isinf(id)) id = 0.0f; /* 1/d overflowed (subnormal-scale block): gguf ends with qs = 0 */
+    return id;
+}
+
+static inline void q8_store_bad(uint8_t *blk) {
+    blk[0] = 0x00;
+    blk[1] = 0x7E; /* f16 NaN 0x7E00, little endian */
+    memset(blk + 2, 0, QK);
+}
+
+static inline void q8_store_d(uint8_t *blk, float d) {
+    uint16_t h = f32_to_f16_bits(f32_to_bits(d));
+    blk[0] = (uint8_t)(h & 0xFF);
+    blk[1] = (uint8_t)(h >> 8);
+}
+
+/* One row of bf16 bits; returns the index (within the row) of the first non-finite value or -1. */
+HOT static int64_t q8_row_bf16(const uint16_t *restrict x, int64_t ncols, uint8_t *restrict y) {
+    int64_t first = -1;
+    const int64_t nb = ncols / QK;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint16_t *restrict xb = x + b * QK;
+        uint8_t *restrict yb = y + b * Q8_BYTES;
+        /* magnitude bits order like |x| (signed 16-bit max is fine: they are <= 0x7FFF) */
+        int16_t mx = 0;
+        for (int j = 0; j < QK; j++) {
+            int16_t m = (int16_t)(xb[j] & 0x7FFF);
+            mx = m > mx ? m : mx;
+        }
+        if (mx >= 0x7F80) {
+            if (first < 0) {
+                for (int j = 0; j < QK; j++) {
+                    if ((xb[j] & 0x7FFF) >= 0x7F80) {
+                        first = b * QK + j;
+                        break;
+                    }
+                }
+            }
+            q8_store_bad(yb);
+            continue;
+        }
+        const float d = bits_to_f32((uint32_t)(uint16_t)mx << 16) / 127.0f;
+        const float id = q8_inverse(d);
+        q8_store_d(yb, d);
+        int8_t *restrict q = (int8_t *)(yb + 2);
+        for (int j = 0; j < QK; j++) {
+            const uint32_t bits = (uint32_t)xb[j] << 16;
+            const float v = bits_to_f32(bits) * id;
+            const float h = bits_to_f32((bits & 0x80000000u) | 0x3EFFFFFFu); /* copysign(0.49999997f, x) */
+            q[j] = (int8_t)(int32_t)(v + h);
+        }
+    }
+    return first;
+}
+
+HOT static int64_t q8_row_f32(const float *restrict x, int64_t ncols, uint8_t *restrict y) {
+    int64_t first = -1;
+    const int64_t nb = ncols / QK;
+    const uint32_t *restrict xu = (const uint32_t *)x;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint32_t *restrict xb = xu + b * QK;
+        uint8_t *restrict yb = y + b * Q8_BYTES;
+        int32_t mx = 0;
+        for (int j = 0; j < QK; j++) {
+            int32_t m = (int32_t)(xb[j] & 0x7FFFFFFFu);
+            mx = m > mx ? m : mx;
+        }
+        if (mx >= 0x7F800000) {
+            if (first < 0) {
+                for (int j = 0; j < QK; j++) {
+                    if ((xb[j] & 0x7FFFFFFFu) >= 0x7F800000u) {
+                        first = b * QK + j;
+                        break;
+                    }
+                }
+            }
+            q8_store_bad(yb);
+            continue;
+        }
+        const float d = bits_to_f32((uint32_t)mx) / 127.0f;
+        const float id = q8_inverse(d);
+        q8_store_d(yb, d);
+        int8_t *restrict q = (int8_t *)(yb + 2);
+        for (int j = 0; j < QK; j++) {
+            const float v = bits_to_f32(xb[j]) * id;
+            const float h = bits_to_f32((xb[j] & 0x80000000u) | 0x3EFFFFFFu);
+            q[j] = (int8_t)(int32_t)(v + h);
+        }
+    }
+    return first;
+}
+
+static int64_t q8_row_f16(const uint16_t *restrict x, int64_t ncols, uint8_t *restrict y) {
+    float buf[256];
+    int64_t first = -1;
+    for (int64_t s = 0; s < ncols; s += 256) {
+        int64_t n = ncols - s < 256 ? ncols - s : 256;
+        for (int64_t j = 0; j < n; j++) buf[j] = bits_to_f32(f16_to_f32_table[x[s + j]]);
+        int64_t f = q8_row_f32(buf, n, y + (s / QK) * Q8_BYTES);
+        if (f >= 0 && first < 0) first = s + f;
+    }
+    return first;
+}
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Float outputs (one row each) */
+
+HOT static int64_t first_bad_bf16(const uint16_t *restrict x, int64_t n) {
+    for (int64_t s = 0; s < n; s += 1024) {
+        int64_t e = n - s < 1024 ? n - s : 1024;
+        int16_t mx = 0;
+        for (int64_t j = 0; j < e; j++) {
+            int16_t m = (int16_t)(x[s + j] & 0x7FFF);
+            mx = m > mx ? m : mx;
+        }
+        if (mx >= 0x7F80) {
+            for (int64_t j = 0; j < e; j++)
+                if ((x[s + j] & 0x7FFF) >= 0x7F80) return s + j;
+        }
+    }
+    return -1;
+}
+
+HOT static int64_t first_bad_f16(const uint16_t *restrict x, int64_t n) {
+    for (int64_t s = 0; s < n; s += 1024) {
+        int64_t e = n - s < 1024 ? n - s : 1024;
+        int16_t mx = 0;
+        for (int64_t j = 0; j < e; j++) {
+            int16_t m = (int16_t)(x[s + j] & 0x7FFF);
+            mx = m > mx ? m : mx;
+        }
+        if (mx >= 0x7C00) {
+            for (int64_t j = 0; j < e; j++)
+                if ((x[s + j] & 0x7FFF) >= 0x7C00) return s + j;
+        }
+    }
+    return -1;
+}
+
+HOT static int64_t first_bad_f32(const uint32_t *restrict x, int64_t n) {
+    for (int64_t s = 0; s < n; s += 1024) {
+        int64_t e = n - s < 1024 ? n - s : 1024;
+        int32_t mx = 0;
+        for (int64_t j = 0; j < e; j++) {
+            int32_t m = (int32_t)(x[s + j] & 0x7FFFFFFFu);
+            mx = m > mx ? m : mx;
+        }
+        if (mx >= 0x7F800000) {
+            for (int64_t j = 0; j < e; j++)
+                if ((x[s + j] & 0x7FFFFFFFu) >= 0x7F800000u) return s + j;
+        }
+    }
+    return -1;
+}
+
+static int64_t first_bad(const void *x, int kind, int64_t n) {
+    if (kind == KIND_BF16) return first_bad_bf16((const uint16_t *)x, n);
+    if (kind == KIND_F16) return first_bad_f16((const uint16_t *)x, n);
+    return first_bad_f32((const uint32_t *)x, n);
+}
+
+static void f16_row(const void *src, int kind, int64_t n, uint8_t *dst) {
+    uint16_t *restrict y = (uint16_t *)dst;
+    if (kind == KIND_BF16) {
+        const uint16_t *restrict x = (const uint16_t *)src;
+        for (int64_t j = 0; j < n; j++) y[j] = bf16_to_f16_table[x[j]];
+    } else if (kind == KIND_F16) {
+        const uint16_t *restrict x = (const uint16_t *)src;
+        for (int64_t j = 0; j < n; j++) {
+            uint16_t h = x[j];
+            y[j] = (h & 0x7FFFu) > 0x7C00u ? (uint16_t)(0x7E00u | (h & 0x8000u)) : h;
+        }
+    } else {
+        const uint32_t *restrict x = (const uint32_t *)src;
+        for (int64_t j = 0; j < n; j++) y[j] = f32_to_f16_bits(x[j]);
+    }
+}
+
+HOT static void bf16_row_from_bf16(const uint16_t *restrict x, int64_t n, uint16_t *restrict y) {
+    for (int64_t j = 0; j < n; j++) {
+        uint16_t h = x[j];
+        y[j] = (h & 0x7FFFu) > 0x7F80u ? (uint16_t)(h | 64u) : h;
+    }
+}
+
+HOT static void bf16_row_from_f32(const uint32_t *restrict x, int64_t n, uint16_t *restrict y) {
+    for (int64_t j = 0; j < n; j++) y[j] = f32_to_bf16_bits(x[j]);
+}
+
+static void bf16_row(const void *src, int kind, int64_t n, uint8_t *dst) {
+    uint16_t *restrict y = (uint16_t *)dst;
+    if (kind == KIND_BF16) {
+        bf16_row_from_bf16((const uint16_t *)src, n, y);
+    } else if (kind == KIND_F16) {
+        const uint16_t *restrict x = (const uint16_t *)src;
+        for (int64_t j = 0; j < n; j++) y[j] = f32_to_bf16_bits(f16_to_f32_table[x[j]]);
+    } else {
+        bf16_row_from_f32((const uint32_t *)src, n, y);
+    }
+}
+
+HOT static void f32_row_from_bf16(const uint16_t *restrict x, int64_t n, uint32_t *restrict y) {
+    for (int64_t j = 0; j < n; j++) y[j] = (uint32_t)x[j] << 16;
+}
+
+static void f32_row(const void *src, int kind, int64_t n, uint8_t *dst) {
+    uint32_t *restrict y = (uint32_t *)dst;
+    if (kind == KIND_BF16) {
+        f32_row_from_bf16((const uint16_t *)src, n, y);
+    } else if (kind == KIND_F16) {
+        const uint16_t *restrict x = (const uint16_t *)src;
+        for (int64_t j = 0; j < n; j++) y[j] = f16_to_f32_table[x[j]];
+    } else {
+        memcpy(dst, src, (size_t)n * 4);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Python glue */
+
+static size_t kind_size(int kind) { return kind == KIND_F32 ? 4 : 2; }
+
+static int parse_rows(PyObject *args, const void **src, int *kind, int64_t *rows, int64_t *ncols, uint8_t **dst,
+                      int64_t *stride) {
+    unsigned long long s, d;
+    long long r, c, st;
+    if (!PyArg_ParseTuple(args, "KiLLKL", &s, kind, &r, &c, &d, &st)) return 0;
+    if (*kind < 0 || *kind > 2 || r < 0 || c < 0) {
+        PyErr_SetString(PyExc_ValueError, "_fastq8: bad kind or shape");
+        return 0;
+    }
+    *src = (const void *)(uintptr_t)s;
+    *dst = (uint8_t *)(uintptr_t)d;
+    *rows = r;
+    *ncols = c;
+    *stride = st;
+    return 1;
+}
+
+typedef void (*row_fn)(const void *, int, int64_t, uint8_t *);
+
+static PyObject *run_float(PyObject *args, row_fn fn) {
+    const void *src;
+    int kind;
+    int64_t rows, ncols, stride, first = -1;
+    uint8_t *dst;
+    if (!parse_rows(args, &src, &kind, &rows, &ncols, &dst, &stride)) return NULL;
+    const size_t es = kind_size(kind);
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *xr = (const uint8_t *)src + (size_t)r * (size_t)ncols * es;
+        if (first < 0) {
+            int64_t f = first_bad(xr, kind, ncols);
+            if (f >= 0) first = r * ncols + f;
+        }
+        fn(xr, kind, ncols, dst + r * stride);
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(first);
+}
+
+static PyObject *py_f16(PyObject *self, PyObject *args) { return run_float(args, f16_row); }
+static PyObject *py_bf16(PyObject *self, PyObject *args) { return run_float(args, bf16_row); }
+static PyObject *py_f32(PyObject *self, PyObject *args) { return run_float(args, f32_row); }
+
+static PyObject *py_q8_0(PyObject *self, PyObject *args) {
+    const void *src;
+    int kind;
+    int64_t rows, ncols, stride, first = -1;
+    uint8_t *dst;
+    if (!parse_rows(args, &src, &kind, &rows, &ncols, &dst, &stride)) return NULL;
+    if (ncols % QK != 0) {
+        PyErr_SetString(PyExc_ValueError, "_fastq8.q8_0: ncols must be a multiple of 32");
+        return NULL;
+    }
+    const size_t es = kind_size(kind);
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t r = 0; r < rows; r++) {
+        const void *xr = (const uint8_t *)src + (size_t)r * (size_t)ncols * es;
+        uint8_t *yr = dst + r * stride;
+        int64_t f;
+        if (kind == KIND_BF16)
+            f = q8_row_bf16((const uint16_t *)xr, ncols, yr);
+        else if (kind == KIND_F16)
+            f = q8_row_f16((const uint16_t *)xr, ncols, yr);
+        else
+            f = q8_row_f32((const float *)xr, ncols, yr);
+        if (f >= 0 && first < 0) first = r * ncols + f;
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(first);
+}
+
+static PyObject *py_first_nonfinite(PyObject *self, PyObject *args) {
+    unsigned long long s;
+    int kind;
+    long long n;
+    int64_t first;
+    if (!PyArg_ParseTuple(args, "KiL", &s, &kind, &n)) return NULL;
+    if (kind < 0 || kind > 2 || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "_fastq8.first_nonfinite: bad kind or size");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    first = first_bad((const void *)(uintptr_t)s, kind, n);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(first);
+}
+
+static PyMethodDef methods[] = {
+    {"q8_0", py_q8_0, METH_VARARGS, "q8_0(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
+    {"f16", py_f16, METH_VARARGS, "f16(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
+    {"bf16", py_bf16, METH_VARARGS, "bf16(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
+    {"f32", py_f32, METH_VARARGS, "f32(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
+    {"first_nonfinite", py_first_nonfinite, METH_VARARGS, "first_nonfinite(src, kind, n) -> index or -1"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_fastq8", "Optional compiled kernels for l1quant (see kernels/_native.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__fastq8(void) {
+    init_tables();
+    return PyModule_Create(&moduledef);
+}

@@ -1,0 +1,73 @@
+"""Wrapper around the optional compiled accelerator ``l1quant.kernels._fastq8`` (see kernels/_fastq8.c).
+
+``AVAILABLE`` says whether it loaded; ``L1QUANT_NO_NATIVE=1`` in the environment turns it off. Each wrapper has the
+kernel signature ``(x, out) -> first non-finite flat index or -1``; inputs were validated by the caller (2-D,
+C-contiguous source; uint8 output with contiguous rows), so passing raw addresses to C is safe. The C code releases
+the GIL, so two converter threads quantize in parallel.
+
+Example:
+    >>> import numpy as np
+    >>> from l1quant.kernels import _native
+    >>> if _native.AVAILABLE:
+    ...     out = np.empty((1, 34), np.uint8)
+    ...     _native.q8_0(np.ones((1, 32), np.float32), out)
+    ... else:
+    ...     -1
+    -1
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import numpy as np
+
+_mod: ModuleType | None
+try:
+    if os.environ.get("L1QUANT_NO_NATIVE", "") not in ("", "0"):
+        raise ImportError("disabled by L1QUANT_NO_NATIVE")
+    from . import _fastq8 as _mod  # type: ignore[attr-defined,no-redef]
+except ImportError:
+    _mod = None
+
+AVAILABLE: bool = _mod is not None
+
+_KIND = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint16): 2}
+
+
+def _call(fn_name: str, x: np.ndarray, out: np.ndarray) -> int:
+    assert _mod is not None
+    rows, ncols = x.shape
+    if rows == 0 or ncols == 0:
+        return -1
+    fn = getattr(_mod, fn_name)
+    return int(fn(x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data, out.strides[0]))
+
+
+def q8_0(x: np.ndarray, out: np.ndarray) -> int:
+    """Q8_0 kernel (compiled)."""
+    return _call("q8_0", x, out)
+
+
+def f16(x: np.ndarray, out: np.ndarray) -> int:
+    """F16 kernel (compiled)."""
+    return _call("f16", x, out)
+
+
+def bf16(x: np.ndarray, out: np.ndarray) -> int:
+    """BF16 kernel (compiled)."""
+    return _call("bf16", x, out)
+
+
+def f32(x: np.ndarray, out: np.ndarray) -> int:
+    """F32 kernel (compiled)."""
+    return _call("f32", x, out)
+
+
+def first_nonfinite(x: np.ndarray) -> int:
+    """Flat index of the first NaN/Inf of a C-contiguous float32/float16/uint16(bf16) array, or -1 (compiled)."""
+    assert _mod is not None
+    if x.size == 0:
+        return -1
+    return int(_mod.first_nonfinite(x.ctypes.data, _KIND[x.dtype], x.size))

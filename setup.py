@@ -1,0 +1,25 @@
+"""Optional compiled accelerator for l1quant.kernels (everything else is configured in pyproject.toml).
+
+The extension is ``optional=True``: if no C compiler is available the build still succeeds and the kernels use the
+numpy path (byte-identical, slower). ``L1QUANT_NO_NATIVE=1`` disables the compiled path at run time.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from setuptools import Extension, setup
+
+# -ffp-contract=off: x * id + 0.49999997 must round twice; a fused multiply-add would change Q8_0 bytes.
+_UNIX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c99"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "l1quant.kernels._fastq8",
+            sources=["kernels/_fastq8.c"],
+            extra_compile_args=[] if sys.platform == "win32" else _UNIX_FLAGS,
+            optional=True,
+        )
+    ]
+)
