@@ -1,0 +1,53 @@
+"""``l1quant convert``: parses options and calls :func:`l1quant.convert.convert` with the same parameters."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from ..convert import convert
+from ..pipeline import DEFAULT_CHUNK_BYTES
+from ..plan import OUT_TYPES
+from . import main
+
+
+@main.command("convert")
+@click.argument("model", metavar="MODEL")
+@click.option("-t", "--type", "type_", type=click.Choice(OUT_TYPES, case_sensitive=False), default="auto",
+              show_default=True,
+              help="Output type. q8_0: 8-bit blocks (about half of bf16's size, near-lossless); f16/bf16: 16-bit; "
+                   "f32: full precision; auto: bf16 or f16, matching the checkpoint's dtype. Norms and biases "
+                   "always stay F32.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output file or folder. Default: a name like L1-Qwen-1.5B-Max-Q8_0.gguf in the current "
+                   "folder. '{ftype}' in the name is replaced by the type.")
+@click.option("--name", default=None, help="Model name for general.name (default: from README/config/folder).")
+@click.option("--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="JSON file of general.* keys overriding the naming/sampling metadata (as llama.cpp's "
+                   "--metadata).")
+@click.option("--pre", default=None, metavar="NAME",
+              help="Pre-tokenizer name (e.g. qwen2, deepseek-r1-qwen) when the tokenizer's hash is unknown.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Worker threads (default: all cores). Output bytes do not depend on it.")
+@click.option("--chunk-mb", type=click.FloatRange(min=0.001), default=DEFAULT_CHUNK_BYTES / 2**20,
+              show_default=True, help="Source MiB per work item; bounds memory (about 3 x threads x chunk).")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Convert even if weights hold NaN/Inf (refused by default, naming the tensor and index).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
+def convert_cmd(model: str, type_: str, output: Path | None, name: str | None, metadata: Path | None,
+                pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, quiet: bool) -> None:
+    """Convert a Hugging Face qwen2 checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF.
+
+    MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
+    l3lab/L1-Qwen-1.5B-Max (needs `pip install 'l1quant[hub]'`; a local folder always wins).
+
+    The tensors are byte-identical to llama.cpp's convert_hf_to_gguf.py and the metadata equal. Everything is
+    checked before writing; the file appears atomically, and nothing is left behind on error or Ctrl-C.
+    """
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="l1quant: warning: %(message)s")
+    out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, threads=threads,
+                  chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite,
+                  progress=not quiet)
+    click.echo(str(out))

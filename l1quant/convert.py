@@ -1,0 +1,197 @@
+"""``l1quant.convert``: a Hugging Face qwen2 checkpoint folder (or hub id) to a GGUF file.
+
+Pipeline: read config, tokenizer and safetensors headers -> validate and plan -> build the header (metadata in
+llama.cpp's key order) -> stream every tensor through the kernels to its planned offset -> atomic rename.
+
+Example:
+    >>> import l1quant
+    >>> l1quant.convert("L1-Qwen-1.5B-Max", type="q8_0")  # doctest: +SKIP
+    PosixPath('L1-Qwen-1.5B-Max-Q8_0.gguf')
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from .arch import get_arch
+from .config import ModelConfig
+from .errors import ConfigError, InputError, OutputError
+from .pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
+from .plan import ConversionPlan, make_plan
+from .safetensors import open_checkpoint
+from .vocab import Vocab, load_vocab
+from .writer import AtomicOutput, new_header, write_header
+
+log = logging.getLogger("l1quant")
+
+
+@dataclass
+class Prepared:
+    """Everything decided before the first byte is written (exposed for verify, the card and tests)."""
+
+    model_dir: Path
+    cfg: ModelConfig
+    plan: ConversionPlan
+    vocab: Vocab
+    header: gguf.GGUFWriter
+    metadata: gguf.Metadata
+    output: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+def _resolve_model(model: str | os.PathLike[str]) -> Path:
+    p = Path(model)
+    if p.is_dir():
+        return p
+    try:
+        from .hub import resolve_model
+    except ImportError:  # pragma: no cover - hub module always ships
+        resolve_model = None
+    if resolve_model is not None and not p.exists() and "/" in str(model) and not str(model).startswith((".", "/")):
+        return Path(resolve_model(str(model)))
+    if p.exists():
+        raise InputError(f"{p}: not a folder (expected a Hugging Face model folder with config.json)")
+    raise InputError(f"{p}: no such folder")
+
+
+def _load_metadata(model_dir: Path, metadata: str | os.PathLike[str] | None, name: str | None,
+                   total_params: int) -> gguf.Metadata:
+    override = None
+    if metadata is not None:
+        override = Path(metadata)
+        try:
+            json.loads(override.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{override}: metadata override file not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"{override}: metadata override is not valid JSON: {e}") from e
+    try:
+        md = gguf.Metadata.load(override, model_dir, name, total_params)
+    except Exception as e:  # README front matter (yaml) or generation_config.json that gguf cannot parse
+        raise InputError(f"{model_dir}: cannot read model card / generation config metadata: {e}") from e
+    if md.name is None:
+        md.name = model_dir.name
+    return md
+
+
+def prepare(
+    model: str | os.PathLike[str],
+    type: str = "auto",
+    output: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    metadata: str | os.PathLike[str] | None = None,
+    pre: str | None = None,
+) -> Prepared:
+    """Read and validate everything, build the header and decide the output path; write nothing.
+
+    Example:
+        >>> p = prepare("tiny-qwen2", "q8_0")  # doctest: +SKIP
+        >>> p.output.name                      # doctest: +SKIP
+        'Tiny-Qwen2-Q8_0.gguf'
+    """
+    model_dir = _resolve_model(model)
+    cfg = ModelConfig.load(model_dir)
+    arch = get_arch(cfg.architecture)
+    ckpt = open_checkpoint(model_dir)
+    vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
+    plan = make_plan(ckpt, cfg, arch, type)
+
+    gw = new_header(plan)
+    total, shared, expert, n_expert = gw.get_total_parameter_count()
+    md = _load_metadata(model_dir, metadata, name, total)
+    if md.size_label is None and total > 0:
+        md.size_label = gguf.size_label(total, shared, expert, n_expert)
+    # Key order is the reference's: architecture (GGUFWriter adds it), type, sampling + naming, hparams,
+    # file type, quantization version, tokenizer.
+    gw.add_type(gguf.GGUFType.MODEL)
+    md.set_gguf_meta_model(gw)
+    for key, value, vtype in arch.kv_rows(cfg):
+        gw.add_key_value(key, value, vtype)
+    gw.add_file_type(plan.file_type)
+    gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    gw.add_tokenizer_model("gpt2")
+    gw.add_tokenizer_pre(vocab.pre)
+    gw.add_token_list(vocab.tokens)
+    gw.add_token_types(vocab.token_types)
+    vocab.special.add_to_gguf(gw, quiet=True)
+
+    out_type = plan.out_type.name
+    if output is None:
+        out = Path.cwd() / (gguf.naming_convention(md.name, md.basename, md.finetune, md.version, md.size_label,
+                                                   out_type) + ".gguf")
+    else:
+        out = Path(output)
+        if out.is_dir():
+            out = out / (gguf.naming_convention(md.name, md.basename, md.finetune, md.version, md.size_label,
+                                                out_type) + ".gguf")
+        else:
+            out = out.parent / gguf.fill_templated_filename(out.name, out_type)
+    if out.resolve().parent == model_dir.resolve() and output is None:
+        raise OutputError(f"{out}: refusing to write into the input folder; pass -o")
+    return Prepared(model_dir, cfg, plan, vocab, gw, md, out, list(plan.warnings))
+
+
+def convert(
+    model: str | os.PathLike[str],
+    type: str = "auto",
+    output: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    metadata: str | os.PathLike[str] | None = None,
+    pre: str | None = None,
+    threads: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    allow_nonfinite: bool = False,
+    progress: bool | Callable[[int], None] = False,
+) -> Path:
+    """Convert a qwen2 checkpoint (folder or Hugging Face repo id) to GGUF; return the output path.
+
+    ``type`` is one of ``auto`` (bf16/f16 from the source dtype), ``f32``, ``f16``, ``bf16``, ``q8_0``.
+    ``output`` is a file path (``{ftype}`` in it is replaced by the type), a folder, or None for a name like
+    ``L1-Qwen-1.5B-Max-Q8_0.gguf`` in the current folder. ``name`` and ``metadata`` (a JSON file of
+    ``general.*`` keys) override the naming metadata; ``pre`` overrides the pre-tokenizer name. ``threads``
+    defaults to every core; the output bytes do not depend on it or on ``chunk_bytes``. ``progress`` is True
+    for a progress bar on stderr, or a callback receiving processed source bytes.
+
+    Nothing is written until everything has been validated; the output appears atomically, and on any error
+    no partial file is left and an existing file at ``output`` is untouched.
+
+    Example:
+        >>> convert("L1-Qwen-1.5B-Max", "q8_0", "out.gguf", threads=2)  # doctest: +SKIP
+        PosixPath('out.gguf')
+    """
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, found {threads}")
+    p = prepare(model, type, output, name=name, metadata=metadata, pre=pre)
+    for w in p.warnings:
+        log.warning(w)
+    plan = p.plan
+    bar: Any = None
+    cb: Callable[[int], None] | None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=plan.source_nbytes, unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=p.output.name, leave=False)
+        cb = bar.update
+    else:
+        cb = progress or None
+    try:
+        with AtomicOutput(p.output, 0) as out:
+            data_offset = write_header(p.header, out.path)
+            out.reserve(data_offset + plan.data_nbytes)
+            stream_tensors(plan, out.fd, data_offset, threads=threads, chunk_bytes=chunk_bytes,
+                           allow_nonfinite=allow_nonfinite, on_progress=cb)
+    finally:
+        if bar is not None:
+            bar.close()
+    return p.output
