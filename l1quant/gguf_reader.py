@@ -194,7 +194,7 @@ class GGUFFile:
                 got = f.readinto(memoryview(out.reshape(-1)))  # type: ignore[arg-type]
                 if got != out.nbytes:
                     raise GGUFFormatError(
-                        f"{self.path}: tensor '{info.name}': file ends inside rows {row0}..{row0 + rows} "
+                        f"{self.path}: tensor {_q(info.name)}: file ends inside rows {row0}..{row0 + rows} "
                         f"(expected {out.nbytes} bytes, got {got}); was it truncated after opening?")
                 yield row0, out
 
@@ -236,9 +236,14 @@ class GGUFFile:
         got = f.readinto(buf) or 0
         if got != n:
             raise GGUFFormatError(
-                f"{self.path}: tensor '{info.name}': expected {n} bytes at offset {pos}, got {got}; "
+                f"{self.path}: tensor {_q(info.name)}: expected {n} bytes at offset {pos}, got {got}; "
                 "was it truncated after opening?")
         return bytes(buf)
+
+
+def _q(name: str) -> str:
+    """Quote a key or tensor name for a one-line message: non-printable characters (newlines...) escaped."""
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in name) + "'"
 
 
 class _Cursor:
@@ -350,8 +355,8 @@ def _read_kvs(cur: _Cursor, n_kv: int) -> tuple[dict[str, Any], dict[str, KVType
         if not key:
             raise cur.fail(f"KV #{i}: key is empty")
         if key in kv:
-            raise cur.fail(f"KV #{i}: duplicate key '{key}'")
-        what = f"key '{key}'"
+            raise cur.fail(f"KV #{i}: duplicate key {_q(key)}")
+        what = f"key {_q(key)}"
         vtype = _value_type(cur, cur.u32(f"{what} type"), f"{what} type")
         value: Any
         if vtype == GGUFValueType.STRING:
@@ -377,9 +382,9 @@ def _read_tensor_infos(cur: _Cursor, n_tensors: int) -> list[tuple[str, tuple[in
         if len(name.encode("utf-8")) >= GGML_MAX_NAME:  # pragma: no cover - max_len above already enforces it
             raise cur.fail(f"tensor #{i}: name longer than {GGML_MAX_NAME - 1} bytes")
         if name in seen:
-            raise cur.fail(f"tensor #{i}: duplicate tensor name '{name}'")
+            raise cur.fail(f"tensor #{i}: duplicate tensor name {_q(name)}")
         seen.add(name)
-        what = f"tensor '{name}'"
+        what = f"tensor {_q(name)}"
         n_dims = cur.u32(f"{what} n_dims")
         if not 1 <= n_dims <= GGML_MAX_DIMS:
             raise cur.fail(f"{what}: n_dims is {n_dims}, expected 1..{GGML_MAX_DIMS}")
@@ -487,7 +492,7 @@ def _parse(f: BinaryIO, p: Path, file_size: int, max_header_bytes: int) -> GGUFF
     expected = 0  # llama.cpp requires each tensor at the previous one's end, padded to the alignment
     prev: TensorInfo | None = None
     for name, shape, gtype, offset, nbytes in infos:
-        what = f"tensor '{name}'"
+        what = f"tensor {_q(name)}"
         if offset % alignment:
             raise cur.fail(f"{what}: offset {offset} is not a multiple of the alignment {alignment}")
         abs_off = data_offset + offset
@@ -495,7 +500,7 @@ def _parse(f: BinaryIO, p: Path, file_size: int, max_header_bytes: int) -> GGUFF
             raise cur.fail(f"{what}: data [{abs_off}, {abs_off + nbytes}) extends past the end of the file "
                            f"(size {file_size}): file truncated or offset corrupt")
         if prev is not None and offset < prev.offset + prev.nbytes:
-            raise cur.fail(f"{what}: data at offset {offset} overlaps tensor '{prev.name}' "
+            raise cur.fail(f"{what}: data at offset {offset} overlaps tensor {_q(prev.name)} "
                            f"[{prev.offset}, {prev.offset + prev.nbytes})")
         if offset != expected:
             raise cur.fail(f"{what}: offset {offset}, expected {expected} "

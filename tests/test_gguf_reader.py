@@ -481,3 +481,11 @@ def test_cli_inspect_hostile(tmp_path: Path, mutation: str) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("l1quant: error: ") and str(p) in lines[0]
     assert "Traceback" not in r.output
+
+
+def test_control_characters_escaped_in_messages(tmp_path: Path) -> None:
+    # Found by atheris: a key holding a newline made a two-line error. Names are quoted with escapes now.
+    spec = valid_spec()
+    spec.kvs.append(kv("evil\nkey\x1b[2J", 99, b""))
+    msg = _reject(tmp_path, build(spec), "key 'evil\\nkey\\x1b[2J' type", "unknown GGUF value type 99")
+    assert "\x1b" not in msg
