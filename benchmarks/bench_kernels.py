@@ -20,8 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 from gguf.quants import quantize as gguf_quantize
-
-from l1quant.kernels import decode_bf16, get_quant_type, native_available
+from l1quant.kernels import QuantType, decode_bf16, get_quant_type, native_available
 
 
 def _rate(fn: Callable[[], object], nparams: int, seconds: float) -> float:
@@ -90,16 +89,16 @@ def main() -> None:
         out = np.empty((args.rows, qt.row_nbytes(args.cols)), dtype=np.uint8)
         rates = {}
         for impl in impls:
-            rates[impl] = _rate(lambda impl=impl: qt.quantize(x, out, impl=impl), n, args.seconds)
+            rates[impl] = _rate(lambda impl=impl, qt=qt, x=x, out=out: qt.quantize(x, out, impl=impl), n, args.seconds)
 
-        def reference() -> object:
+        def reference(qt: QuantType = qt, x: np.ndarray = x) -> object:
             f = decode_bf16(x) if x.dtype == np.uint16 else x.astype(np.float32, copy=False)
             return gguf_quantize(f, qt.ggml_type)
 
         with np.errstate(all="ignore"):
             rates["gguf"] = _rate(reference, n, args.seconds)
 
-        def make_fn(qt=qt, x=x) -> Callable[[], object]:
+        def make_fn(qt: QuantType = qt, x: np.ndarray = x) -> Callable[[], object]:
             o = np.empty((args.rows, qt.row_nbytes(args.cols)), dtype=np.uint8)
             return lambda: qt.quantize(x, o)
 

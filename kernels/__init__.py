@@ -33,8 +33,8 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from . import _native, floats, q8_0
 from ._common import (
-    KernelArgumentError,
     Kernel,
+    KernelArgumentError,
     check_out,
     check_source,
     decode_bf16,

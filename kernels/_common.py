@@ -64,9 +64,7 @@ def check_source(x: np.ndarray, what: str) -> np.ndarray:
     if x.ndim != 2:
         raise KernelArgumentError(f"{what}: expected a 2-D (rows, ncols) array, found shape {x.shape}")
     if x.dtype not in SOURCE_DTYPES:
-        raise KernelArgumentError(
-            f"{what}: expected dtype float32, float16 or uint16 (bf16 bits), found {x.dtype}"
-        )
+        raise KernelArgumentError(f"{what}: expected dtype float32, float16 or uint16 (bf16 bits), found {x.dtype}")
     if not x.flags.c_contiguous:
         raise KernelArgumentError(f"{what}: input must be C-contiguous (got strides {x.strides})")
     return x

@@ -203,4 +203,3 @@ def bf16_numpy(x: np.ndarray, out: np.ndarray) -> int:
         if first < 0 and i >= 0:
             first = base + i
     return first
-

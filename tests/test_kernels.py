@@ -12,8 +12,6 @@ from gguf.quants import quantize as gguf_quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from l1quant.errors import L1QuantError
 from l1quant.kernels import (
     QUANT_TYPES,
     KernelArgumentError,
@@ -23,7 +21,9 @@ from l1quant.kernels import (
     native_available,
 )
 from l1quant.kernels._common import SUBCHUNK
-from l1quant.kernels.q8_0 import roundf_exact, roundf_trick
+from l1quant.kernels.q8_0 import MIN_SCALE_BITS, roundf_exact, roundf_trick
+
+from l1quant.errors import L1QuantError
 
 T = gguf.GGMLQuantizationType
 TYPES = ["f32", "f16", "bf16", "q8_0"]
@@ -187,9 +187,24 @@ def test_q8_0_special_blocks(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_q8_0_scale_underflow_threshold(impl: str) -> None:
+    """Around the smallest amax whose 1/d is finite, every implementation agrees with gguf (qs = 0 below it)."""
+    blocks = []
+    for amax_bits in range(MIN_SCALE_BITS - 3, MIN_SCALE_BITS + 4):
+        amax = np.uint32(amax_bits).view(np.float32)
+        blocks.append(q8_block([amax, -amax / 2, amax / 3]))
+    x = np.concatenate(blocks, axis=1)
+    got = get_quant_type("q8_0").quantize(x, impl=impl)
+    np.testing.assert_array_equal(got, gguf_bytes(x, "q8_0"))
+    qs = got.reshape(-1, 34)[:, 2:].view(np.int8)
+    assert not qs[:3].any() and qs[3:, 0].tolist() == [127] * 4
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
 def test_float_edge_values(impl: str) -> None:
-    vals = np.array([[0.0, -0.0, 1e-45, -1e-40, 6e-8, 2.0**-25, 65504.0, 65519.0, 65520.0, -1e38, 3.0e-39, 1.0]],
-                    dtype=np.float32)
+    vals = np.array(
+        [[0.0, -0.0, 1e-45, -1e-40, 6e-8, 2.0**-25, 65504.0, 65519.0, 65520.0, -1e38, 3.0e-39, 1.0]], dtype=np.float32
+    )
     for name in ("f32", "f16", "bf16"):
         np.testing.assert_array_equal(get_quant_type(name).quantize(vals, impl=impl), gguf_bytes(vals, name))
     f16 = get_quant_type("f16").quantize(vals, impl=impl).view(np.uint16)[0].tolist()
@@ -263,9 +278,7 @@ def test_nonfinite_policy(impl: str) -> None:
     ]
     # f16 input NaN -> 0x7E00 | sign
     h = np.array([[0x7C01, 0xFE55, 0x7C00, 0x3C00]], dtype=np.uint16).view(np.float16)
-    assert get_quant_type("f16").quantize(h, impl=impl).view(np.uint16).tolist() == [
-        [0x7E00, 0xFE00, 0x7C00, 0x3C00]
-    ]
+    assert get_quant_type("f16").quantize(h, impl=impl).view(np.uint16).tolist() == [[0x7E00, 0xFE00, 0x7C00, 0x3C00]]
 
 
 @pytest.mark.parametrize("impl", ALL_IMPLS)
