@@ -53,27 +53,21 @@ static inline uint32_t f32_to_bits(float f) {
     return u;
 }
 
-/* float32 bits -> float16 bits, round to nearest even; NaN -> 0x7E00 | sign (ggml's rule). */
-static uint16_t f32_to_f16_bits(uint32_t x) {
-    uint32_t sign = (x >> 16) & 0x8000u;
-    uint32_t a = x & 0x7FFFFFFFu;
-    if (a > 0x7F800000u) return (uint16_t)(sign | 0x7E00u);
-    if (a >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* >= 65520 rounds to Inf */
-    if (a >= 0x38800000u) {                                  /* normal f16 range */
-        a += 0xFFFu + ((a >> 13) & 1u);
-        return (uint16_t)(sign | ((a - 0x38000000u) >> 13));
-    }
-    if (a <= 0x33000000u) return (uint16_t)sign; /* <= 2**-25: rounds to (signed) zero, ties to even */
-    {
-        uint32_t e = a >> 23;
-        uint32_t m = (a & 0x7FFFFFu) | 0x800000u;
-        uint32_t shift = 126u - e; /* 14..24 */
-        uint32_t r = m >> shift;
-        uint32_t rem = m & ((1u << shift) - 1u);
-        uint32_t half = 1u << (shift - 1u);
-        if (rem > half || (rem == half && (r & 1u))) r++;
-        return (uint16_t)(sign | r);
-    }
+/* float32 bits -> float16 bits, round to nearest even; NaN -> 0x7E00 | sign (ggml's rule).
+ * Branch-free selects so the compiler vectorizes it. Normal range: add the rounding bias to the bits (a carry into
+ * the exponent is the right answer, up to Inf). Below 2**-14: adding 0.5f lands in [0.5, 1) whose ulp is 2**-24,
+ * the f16 subnormal quantum, so the FPU does the RNE for us and the low bits are the f16 bits. */
+static inline uint16_t f32_to_f16_bits(uint32_t x) {
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    const uint32_t a = x & 0x7FFFFFFFu;
+    const uint32_t normal = (a + 0xC8000FFFu + ((a >> 13) & 1u)) >> 13; /* 0xC8000000 = (15 - 127) << 23 */
+    const uint32_t sub = f32_to_bits(bits_to_f32(a) + 0.5f) - 0x3F000000u;
+    const uint32_t big = 0x7C00u | ((uint32_t)(a > 0x7F800000u) << 9); /* Inf, or NaN 0x7E00 */
+    const uint32_t m_small = 0u - (uint32_t)(a < 0x38800000u);      /* all-ones masks: no branches */
+    const uint32_t m_big = 0u - (uint32_t)(a >= 0x47800000u);
+    uint32_t o = (sub & m_small) | (normal & ~m_small);
+    o = (big & m_big) | (o & ~m_big);
+    return (uint16_t)(sign | o);
 }
 
 /* float16 bits -> float32 bits, exact. */
@@ -269,6 +263,10 @@ static int64_t first_bad(const void *x, int kind, int64_t n) {
     return first_bad_f32((const uint32_t *)x, n);
 }
 
+HOT static void f16_row_from_f32(const uint32_t *restrict x, int64_t n, uint16_t *restrict y) {
+    for (int64_t j = 0; j < n; j++) y[j] = f32_to_f16_bits(x[j]);
+}
+
 static void f16_row(const void *src, int kind, int64_t n, uint8_t *dst) {
     uint16_t *restrict y = (uint16_t *)dst;
     if (kind == KIND_BF16) {
@@ -281,8 +279,7 @@ static void f16_row(const void *src, int kind, int64_t n, uint8_t *dst) {
             y[j] = (h & 0x7FFFu) > 0x7C00u ? (uint16_t)(0x7E00u | (h & 0x8000u)) : h;
         }
     } else {
-        const uint32_t *restrict x = (const uint32_t *)src;
-        for (int64_t j = 0; j < n; j++) y[j] = f32_to_f16_bits(x[j]);
+        f16_row_from_f32((const uint32_t *)src, n, y);
     }
 }
 
