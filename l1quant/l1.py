@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import GGUFFormatError, InputError, L1QuantError, OutputError, RuntimeMissingError, TokenizerError
+from .errors import InputError, L1QuantError, OutputError, RuntimeMissingError, TokenizerError
 
 __all__ = [
     "EXACT_TOLERANCE",
@@ -126,7 +126,7 @@ def _make_env() -> Any:
 
     class _Generation(jinja2.ext.Extension):
         # HF templates may mark assistant spans with {% generation %}...{% endgeneration %}; render the body as is.
-        tags = {"generation"}
+        tags = {"generation"}  # noqa: RUF012 (jinja's own class attribute, overridden as jinja expects)
 
         def parse(self, parser: Any) -> Any:
             lineno = next(parser.stream).lineno
@@ -242,25 +242,14 @@ def _token_content(value: Any) -> str:
 
 
 def _gguf_kv(path: Path) -> Mapping[str, Any]:
-    """Key/value metadata of a GGUF file, through l1quant's hardened reader when it is there."""
-    try:
-        from .gguf_reader import read_gguf
-    except ImportError:
-        read_gguf = None
-    if read_gguf is not None:
-        return read_gguf(path).kv
-    # Fallback for when the hardened reader is absent: gguf-py's reader (memory-mapped, trusts the file more).
-    import gguf
+    """Key/value metadata of a GGUF file, through l1quant's hardened reader (bounded reads, clear errors)."""
+    from .gguf_reader import read_gguf
 
-    try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except (ValueError, OSError, IndexError, KeyError) as e:
-        raise GGUFFormatError(f"{path}: cannot read GGUF metadata: {e}") from None
-    return {name: f.contents() for name, f in reader.fields.items()}
+    return read_gguf(path).kv
 
 
-def _gguf_chat_info(path: Path) -> tuple[str, str, str]:
-    kv = _gguf_kv(path)
+def _gguf_chat_info(path: Path, kv: Mapping[str, Any] | None = None) -> tuple[str, str, str]:
+    kv = _gguf_kv(path) if kv is None else kv
     template = kv.get("tokenizer.chat_template")
     if not isinstance(template, str) or not template.strip():
         raise ChatTemplateError(f"{path}: no tokenizer.chat_template key in the GGUF metadata")
@@ -516,26 +505,63 @@ def _sampling_from_kv(kv: Mapping[str, Any]) -> dict[str, Any]:
                            ("general.sampling.top_k", "top_k", int), ("general.sampling.min_p", "min_p", float)):
         value = kv.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[name] = typ(value)
+            # GGUF stores float32: 7 significant digits give back the decimal that was written (0.6, not 0.6000000238).
+            out[name] = int(value) if typ is int else float(f"{value:.7g}")
     return out
+
+
+class _ThinkCounter:
+    """Counts generated tokens and marks the one that closes the reasoning (``</think>``).
+
+    The closing token is recognised by id when the vocabulary has ``</think>`` as one token (R1/L1), and by text
+    otherwise (or when a model spells the tag out over several tokens): the token whose text completes
+    ``</think>`` is the last reasoning token.
+
+    Example:
+        >>> c = _ThinkCounter(None)
+        >>> for i, piece in enumerate(["ok", "</", "think", ">", "5"]):
+        ...     c.feed(i, piece)
+        >>> c.generated, c.reasoning_tokens
+        (5, 4)
+    """
+
+    def __init__(self, close_id: int | None) -> None:
+        self.close_id = close_id
+        self.generated = 0
+        self.reasoning_tokens: int | None = None
+        self._tail = ""
+
+    def feed(self, token: int, piece: str) -> None:
+        self.generated += 1
+        if self.reasoning_tokens is not None:
+            return
+        buf = self._tail + piece
+        if token == self.close_id or THINK_CLOSE in buf:
+            self.reasoning_tokens = self.generated
+        # Keep just enough text to catch a tag split across tokens.
+        self._tail = buf[-(len(THINK_CLOSE) - 1):]
 
 
 class _Runner:
     """One loaded GGUF (llama-cpp-python) plus what l1quant needs around it; reused across runs."""
 
-    def __init__(self, model_path: str | Path, *, n_ctx: int, n_threads: int | None = None) -> None:
+    def __init__(self, model_path: str | Path, *, n_ctx: int, n_threads: int | None = None,
+                 kv: Mapping[str, Any] | None = None) -> None:
         llama_cpp = _import_llama()
         self.path = Path(model_path).expanduser()
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such GGUF file")
-        self.template, self.bos_text, self.eos_text = _gguf_chat_info(self.path)
-        self.sampling = _sampling_from_kv(_gguf_kv(self.path))
+        # The header is read once (151k token strings are not free); callers that already read it pass it in.
+        kv = _gguf_kv(self.path) if kv is None else kv
+        self.template, self.bos_text, self.eos_text = _gguf_chat_info(self.path, kv)
+        self.sampling = _sampling_from_kv(kv)
         self.n_ctx = n_ctx
         try:
             self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
         except (ValueError, RuntimeError, OSError) as e:
             raise InputError(f"{self.path}: llama.cpp could not load the model: {e}") from None
         self._llama_cpp = llama_cpp
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.llm._model.vocab))
         # </think> is one special token in R1/L1 vocabularies; when it is, count by id (exact, no text matching).
         ids = self.llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=True)
         self.think_close_id: int | None = ids[0] if len(ids) == 1 else None
@@ -544,12 +570,12 @@ class _Runner:
         return bool(self._llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
-        # add_bos=True lets llama.cpp add bos exactly when the GGUF says so; templates that already render
-        # bos_token (R1) would then get two, so drop the duplicate as llama.cpp's own chat path does.
-        toks = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        # Add bos exactly when the GGUF asks for it (tokenizer.ggml.add_bos_token) and the rendered template has
+        # not already put it there (R1 templates render bos_token themselves); never two.
+        toks = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         bos = self.llm.token_bos()
-        if len(toks) >= 2 and toks[0] == bos and toks[1] == bos:
-            toks = toks[1:]
+        if self.add_bos and bos >= 0 and (not toks or toks[0] != bos):
+            toks = [bos] + toks
         return toks
 
     def generate(self, question: str, budget: int, *, max_mode: bool, sampling: Mapping[str, Any],
@@ -567,32 +593,24 @@ class _Runner:
         self.llm.reset()
 
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        counter = _ThinkCounter(self.think_close_id)
         pieces: list[str] = []
-        generated = 0
-        reasoning_tokens: int | None = None
         stop_reason = "length"
         start = time.perf_counter()
-        for tok in self.llm.generate(toks, temp=sampling["temperature"], top_p=sampling["top_p"],
-                                     top_k=sampling["top_k"], min_p=sampling["min_p"], repeat_penalty=1.0,
-                                     reset=True):
-            if self.is_eog(tok):
-                stop_reason = "eos"
-                break
-            generated += 1
-            piece = decoder.decode(self.llm.detokenize([tok], special=True))
-            pieces.append(piece)
-            if stream_to is not None and piece:
-                stream_to(piece)
-            if reasoning_tokens is None:
-                if self.think_close_id is not None:
-                    if tok == self.think_close_id:
-                        reasoning_tokens = generated
-                elif THINK_CLOSE in "".join(pieces[-len(THINK_CLOSE):]):
-                    # Vocabulary without a </think> token: the tag is spelt over several tokens; the token that
-                    # completes it is the last reasoning token.
-                    reasoning_tokens = generated
-            if generated >= max_tokens:
-                break
+        if max_tokens > 0:
+            for tok in self.llm.generate(toks, temp=sampling["temperature"], top_p=sampling["top_p"],
+                                         top_k=sampling["top_k"], min_p=sampling["min_p"], repeat_penalty=1.0,
+                                         reset=True):
+                if self.is_eog(tok):
+                    stop_reason = "eos"
+                    break
+                piece = decoder.decode(self.llm.detokenize([tok], special=True))
+                counter.feed(tok, piece)
+                pieces.append(piece)
+                if stream_to is not None and piece:
+                    stream_to(piece)
+                if counter.generated >= max_tokens:
+                    break
         tail = decoder.decode(b"", final=True)
         if tail:
             pieces.append(tail)
@@ -601,6 +619,8 @@ class _Runner:
         elapsed = time.perf_counter() - start
         text = "".join(pieces)
         parsed = parse_response(text)
+        generated = counter.generated
+        reasoning_tokens = counter.reasoning_tokens
         n = reasoning_tokens if reasoning_tokens is not None else generated
         return RunResult(
             model=str(self.path), question=question, budget=budget, mode="max" if max_mode else "exact",
@@ -663,10 +683,12 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
     path = Path(model_path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such GGUF file")
+    _import_llama()  # fail on a missing extra before reading the model
+    kv = _gguf_kv(path)
     if n_ctx is None:
-        template, bos, eos = chat_template_from(path)
+        template, bos, eos = _gguf_chat_info(path, kv)
         n_ctx = _auto_ctx(len(render_chat(user, template, bos_token=bos, eos_token=eos).encode("utf-8")), max_tokens)
-    runner = _Runner(path, n_ctx=n_ctx)
+    runner = _Runner(path, n_ctx=n_ctx, kv=kv)
     try:
         sampling = _resolve_sampling(runner.sampling, temperature, top_p, top_k)
         return runner.generate(question, budget, max_mode=max_mode, sampling=sampling, seed=seed,
@@ -891,12 +913,13 @@ def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_
                           budgets=list(budgets), models=[str(m) for m in models], problems_path=str(problems_path),
                           problem_ids=[q.id for q in problems], seed=seed, sampling_overrides=overrides)
     for model, path in zip(report.models, paths):
-        template, bos, eos = chat_template_from(path)
+        kv = _gguf_kv(path)
+        template, bos, eos = _gguf_chat_info(path, kv)
         # One context for the whole model: the longest prompt plus the largest generation cap.
         longest = max(len(render_chat(l1_prompt(q.question, max(budgets), max_mode=max_mode), template,
                                       bos_token=bos, eos_token=eos).encode("utf-8")) for q in problems)
         cap = max(max_tokens if max_tokens is not None else default_max_tokens(b) for b in budgets)
-        runner = _Runner(path, n_ctx=_auto_ctx(longest, cap))
+        runner = _Runner(path, n_ctx=_auto_ctx(longest, cap), kv=kv)
         try:
             sampling = _resolve_sampling(runner.sampling, temperature, top_p, top_k)
             for budget in budgets:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,53 @@ def test_folder_copy_is_not_needed(offline_cache: Path, tmp_path: Path, monkeypa
     assert resolve_model("l3lab/L1-Qwen-1.5B-Max") == resolve_model("l3lab/L1-Qwen-1.5B-Max")
     after = sorted(p.relative_to(offline_cache) for p in offline_cache.rglob("*"))
     assert before == after
+
+
+
+@pytest.fixture(scope="module")
+def hub_and_dir_ggufs(tiny_r1: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny checkpoint converted twice: from an offline hub cache (as l3lab/L1-Tiny-Test) and from a folder."""
+    try:
+        from l1quant.convert import convert
+    except ImportError as e:
+        pytest.skip(f"l1quant.convert is not available: {e}")
+    tmp = tmp_path_factory.mktemp("hub-convert")
+    files = {p.name: p.read_bytes() for p in tiny_r1.iterdir() if p.is_file()}
+    fill_hub_cache(tmp / "cache", "l3lab/L1-Tiny-Test", files)
+    local = tmp / "local" / "L1-Tiny-Test"  # same folder name as the repo, so naming metadata can match
+    shutil.copytree(tiny_r1, local)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_HUB_CACHE", str(tmp / "cache"))
+        mp.chdir(tmp)
+        from_hub = Path(convert("l3lab/L1-Tiny-Test", type="q8_0", output=tmp / "hub.gguf"))
+    from_dir = Path(convert(local, type="q8_0", output=tmp / "dir.gguf"))
+    return from_hub, from_dir
+
+
+def _kv_and_tensors(path: Path) -> tuple[dict[str, object], dict[str, bytes]]:
+    read_gguf = pytest.importorskip("l1quant.gguf_reader").read_gguf
+    gf = read_gguf(path)
+    return dict(gf.kv), {t.name: gf.read_tensor_bytes(t) for t in gf.tensors}
+
+
+@pytest.mark.slow  # two conversions of the tiny model (~10 s on 2 cores)
+def test_convert_from_offline_cache(hub_and_dir_ggufs: tuple[Path, Path]) -> None:
+    """Issue 6: ``convert l3lab/...`` works from a pre-filled cache with HF_HUB_OFFLINE=1: same model as a folder."""
+    hub_kv, hub_t = _kv_and_tensors(hub_and_dir_ggufs[0])
+    dir_kv, dir_t = _kv_and_tensors(hub_and_dir_ggufs[1])
+    assert hub_t == dir_t and len(hub_t) > 0
+    naming = {"general.name", "general.finetune", "general.basename", "general.size_label", "general.version"}
+    diff = sorted(k for k in set(hub_kv) | set(dir_kv) if k not in naming and hub_kv.get(k) != dir_kv.get(k))
+    assert diff == []
+    assert hub_kv["tokenizer.ggml.pre"] == "deepseek-r1-qwen"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="convert names a hub snapshot after its folder (the commit hash), not the "
+                                       "repo name; convert should name it from the repo id")
+def test_convert_from_offline_cache_names_after_repo(hub_and_dir_ggufs: tuple[Path, Path]) -> None:
+    hub_kv, _ = _kv_and_tensors(hub_and_dir_ggufs[0])
+    dir_kv, _ = _kv_and_tensors(hub_and_dir_ggufs[1])
+    assert hub_kv == dir_kv
+    assert hub_and_dir_ggufs[0].read_bytes() == hub_and_dir_ggufs[1].read_bytes()

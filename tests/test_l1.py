@@ -336,3 +336,130 @@ def test_run_without_llama_cpp_names_the_extra(monkeypatch: pytest.MonkeyPatch, 
         l1.run(path, Q, 64, n_ctx=512)
     with pytest.raises(RuntimeMissingError, match=r"pip install 'l1quant\[run\]'"):
         l1.budget_check([path], [64], PROBLEMS)
+
+
+# --- reasoning token counting (the counter the runtime loop feeds) ----------------------------------------------
+
+
+def test_think_counter_by_token_id_and_by_text() -> None:
+    by_id = l1._ThinkCounter(151649)
+    for tok, piece in [(1, "a"), (2, "b"), (151649, "</think>"), (3, "\n\n"), (4, "x")]:
+        by_id.feed(tok, piece)
+    assert (by_id.generated, by_id.reasoning_tokens) == (5, 3)
+    split = l1._ThinkCounter(None)  # a vocabulary without a </think> token: the tag spans tokens
+    for i, piece in enumerate(["so", " 8", "</", "thi", "nk", ">", "\\boxed{8}"]):
+        split.feed(i, piece)
+    assert (split.generated, split.reasoning_tokens) == (7, 6)
+    never = l1._ThinkCounter(151649)
+    for i, piece in enumerate(["<", "/think", " >", "think>"]):
+        never.feed(i, piece)
+    assert (never.generated, never.reasoning_tokens) == (4, None)
+    first = l1._ThinkCounter(151649)
+    for tok, piece in [(151649, "</think>"), (151649, "</think>")]:
+        first.feed(tok, piece)
+    assert first.reasoning_tokens == 1  # the first close counts
+
+
+# --- end to end: a tiny converted GGUF through llama-cpp-python ---------------------------------------------------
+
+GEN_CONFIG = {"bos_token_id": 151646, "eos_token_id": 151643, "do_sample": True, "temperature": 0.7, "top_p": 0.9,
+              "top_k": 20}
+
+
+@pytest.fixture(scope="module")
+def tiny_ggufs(tiny_factory: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny R1-tokenizer checkpoint converted to q8_0 and f16 (generation config with distinctive sampling)."""
+    pytest.importorskip("llama_cpp", reason="l1quant run needs the run extra: pip install 'l1quant[run]'")
+    try:
+        from l1quant.convert import convert
+    except ImportError as e:
+        pytest.skip(f"l1quant.convert is not available: {e}")
+    ckpt = tiny_factory("r1", generation_config=GEN_CONFIG)  # type: ignore[operator]
+    out = tmp_path_factory.mktemp("l1-gguf")
+    return {t: Path(convert(ckpt, type=t, output=out / f"tiny-{t}.gguf")) for t in ("q8_0", "f16")}
+
+
+def test_run_end_to_end(tiny_ggufs: dict[str, Path]) -> None:
+    from tokenizers import Tokenizer
+
+    pieces: list[str] = []
+    r = l1.run(tiny_ggufs["q8_0"], Q, 16, seed=3, max_tokens=10, stream_to=pieces.append)
+    assert "".join(pieces) == r.text
+    assert r.prompt == ("<｜begin▁of▁sentence｜><｜User｜>" + l1_prompt(Q, 16) + "<｜Assistant｜><think>\n")
+    # llama.cpp's tokenization of the rendered prompt equals the HF tokenizer's (one bos, special tokens parsed).
+    hf = Tokenizer.from_file(str(R1 / "tokenizer.json")).encode(r.prompt, add_special_tokens=False).ids
+    assert r.prompt_tokens == len(hf)
+    assert 1 <= r.total_tokens <= 10 and r.max_tokens == 10
+    assert (r.stop_reason == "length") == (r.total_tokens == 10)
+    if not r.think_closed:
+        assert r.reasoning_tokens == r.total_tokens and r.reasoning == r.text and r.answer_text == ""
+    assert r.reasoning_tokens <= r.total_tokens
+    assert r.rel_deviation == abs(r.reasoning_tokens - 16) / 16
+    assert r.budget_kept == budget_kept(r.reasoning_tokens, 16) and r.tolerance == l1.EXACT_TOLERANCE
+    # Sampling comes from the GGUF's general.sampling.* (written from generation_config.json).
+    assert r.sampling == {"temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.0}
+    again = l1.run(tiny_ggufs["q8_0"], Q, 16, seed=3, max_tokens=10)
+    assert again.text == r.text and again.reasoning_tokens == r.reasoning_tokens
+    assert json.loads(json.dumps(r.to_dict()))["reasoning_tokens"] == r.reasoning_tokens
+
+
+def test_run_max_mode_and_overrides(tiny_ggufs: dict[str, Path]) -> None:
+    a = l1.run(tiny_ggufs["f16"], Q, 4, max_mode=True, temperature=0.0, top_p=0.5, top_k=3, seed=1, max_tokens=6)
+    b = l1.run(tiny_ggufs["f16"], Q, 4, max_mode=True, temperature=0.0, top_p=0.5, top_k=3, seed=2, max_tokens=6)
+    assert a.sampling == {"temperature": 0.0, "top_p": 0.5, "top_k": 3, "min_p": 0.0}
+    assert a.text == b.text  # greedy: the seed does not matter
+    assert a.mode == "max" and "Think for maximum 4 tokens." in a.prompt and a.tolerance is None
+    assert a.budget_kept == (a.reasoning_tokens <= 4)
+    with pytest.raises(InputError, match="top_p"):
+        l1.run(tiny_ggufs["f16"], Q, 4, top_p=0.0)
+
+
+@pytest.mark.slow  # ~5 s on 2 cores: 2 model loads and 8 runs; test_cli_budget_check covers the mechanics quickly
+def test_budget_check_end_to_end(tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    models = [tiny_ggufs["q8_0"], tiny_ggufs["f16"]]
+    seen: list[l1.RunResult] = []
+    rep = l1.budget_check(models, [8, 4], PROBLEMS, limit=2, max_tokens=5, seed=7, progress=seen.append)
+    data = json.loads(rep.to_json())
+    assert data["budgets"] == [4, 8] and data["mode"] == "exact" and data["tolerance"] == l1.EXACT_TOLERANCE
+    assert data["problems"]["count"] == 2 and len(seen) == 8 and len(data["runs"]) == 8
+    assert [(r["model"], r["budget"]) for r in data["results"]] == [
+        (str(models[0]), 4), (str(models[0]), 8), (str(models[1]), 4), (str(models[1]), 8)]
+    for row in data["results"]:
+        runs = [r for r in data["runs"] if r["model"] == row["model"] and r["budget"] == row["budget"]]
+        assert row["runs"] == 2 and [r["seed"] for r in runs] == [7, 8]
+        assert row["mean_reasoning_tokens"] == sum(r["reasoning_tokens"] for r in runs) / 2
+        assert row["mean_rel_deviation"] == sum(r["rel_deviation"] for r in runs) / 2
+        assert row["share_within_budget"] == sum(r["reasoning_tokens"] <= row["budget"] for r in runs) / 2
+        assert row["accuracy"] == sum(r["correct"] for r in runs) / 2
+        assert all(1 <= r["total_tokens"] <= 5 and r["expected"] in (16, 56) for r in runs)
+    out = rep.plot(tmp_path / "len.png")
+    assert out.stat().st_size > 1000
+
+
+def test_cli_run(tiny_ggufs: dict[str, Path]) -> None:
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", str(tiny_ggufs["q8_0"]), Q, "-b", "8", "--seed", "0", "--max-tokens", "4"])
+    assert res.exit_code == 0, res.output
+    assert "reasoning tokens: " in res.stderr and "budget kept (|n-N|/N <= 0.2): " in res.stderr
+    assert "reasoning tokens" not in res.stdout
+    res = runner.invoke(main, ["run", str(tiny_ggufs["q8_0"]), Q, "-b", "8", "--max", "--max-tokens", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["mode"] == "max"
+
+
+def test_cli_budget_check(tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    runner = CliRunner()
+    plot = tmp_path / "p.png"
+    res = runner.invoke(main, ["budget-check", str(tiny_ggufs["q8_0"]), "--budgets", "4,8", "--problems",
+                               str(PROBLEMS), "--limit", "1", "--max-tokens", "3", "--max", "--json", "-q",
+                               "--plot", str(plot)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["mode"] == "max" and data["tolerance"] is None and len(data["results"]) == 2
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    res = runner.invoke(main, ["budget-check", str(tiny_ggufs["q8_0"]), "--budgets", "4", "--problems",
+                               str(PROBLEMS), "--limit", "1", "--max-tokens", "2", "-q"])
+    assert res.exit_code == 0 and res.stdout.splitlines()[0].split()[:3] == ["model", "budget", "runs"]
+    assert res.stdout.splitlines()[2].startswith("tiny-q8_0.gguf")
