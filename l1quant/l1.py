@@ -259,8 +259,9 @@ def _gguf_chat_info(path: Path, kv: Mapping[str, Any] | None = None) -> tuple[st
         tid = kv.get(key)
         if tid is None:
             return ""
-        if not isinstance(tokens, Sequence) or not isinstance(tid, int) or not 0 <= tid < len(tokens):
-            n = len(tokens) if isinstance(tokens, Sequence) else 0
+        if not isinstance(tokens, list) or isinstance(tid, bool) or not isinstance(tid, int) \
+                or not 0 <= tid < len(tokens):
+            n = len(tokens) if isinstance(tokens, list) else 0
             raise TokenizerError(f"{path}: {key}={tid!r} is not an index into tokenizer.ggml.tokens (0..{n - 1})")
         text = tokens[tid]
         return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
@@ -286,11 +287,24 @@ def _folder_chat_info(folder: Path) -> tuple[str, str, str]:
     if not template:
         jinja_path = folder / "chat_template.jinja"
         if jinja_path.is_file():
-            template = jinja_path.read_text(encoding="utf-8")
+            try:
+                template = jinja_path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise TokenizerError(f"{jinja_path}: not readable UTF-8 text: {e}") from None
     if not isinstance(template, str) or not template.strip():
         raise ChatTemplateError(f"{folder}: no chat template (tokenizer_config.json chat_template or "
                                 "chat_template.jinja)")
-    return template, _token_content(cfg.get("bos_token")), _token_content(cfg.get("eos_token"))
+    specials = {k: cfg.get(k) for k in ("bos_token", "eos_token")}
+    map_path = folder / "special_tokens_map.json"
+    if any(v is None for v in specials.values()) and map_path.is_file():
+        # Older folders keep bos/eos only in special_tokens_map.json.
+        try:
+            smap = json.loads(map_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TokenizerError(f"{map_path}: not readable JSON: {e}") from None
+        if isinstance(smap, dict):
+            specials = {k: v if v is not None else smap.get(k) for k, v in specials.items()}
+    return template, _token_content(specials["bos_token"]), _token_content(specials["eos_token"])
 
 
 def chat_template_from(model: str | Path) -> tuple[str, str, str]:
@@ -597,20 +611,19 @@ class _Runner:
         pieces: list[str] = []
         stop_reason = "length"
         start = time.perf_counter()
-        if max_tokens > 0:
-            for tok in self.llm.generate(toks, temp=sampling["temperature"], top_p=sampling["top_p"],
-                                         top_k=sampling["top_k"], min_p=sampling["min_p"], repeat_penalty=1.0,
-                                         reset=True):
-                if self.is_eog(tok):
-                    stop_reason = "eos"
-                    break
-                piece = decoder.decode(self.llm.detokenize([tok], special=True))
-                counter.feed(tok, piece)
-                pieces.append(piece)
-                if stream_to is not None and piece:
-                    stream_to(piece)
-                if counter.generated >= max_tokens:
-                    break
+        for tok in self.llm.generate(toks, temp=sampling["temperature"], top_p=sampling["top_p"],
+                                     top_k=sampling["top_k"], min_p=sampling["min_p"], repeat_penalty=1.0,
+                                     reset=True):
+            if self.is_eog(tok):
+                stop_reason = "eos"
+                break
+            piece = decoder.decode(self.llm.detokenize([tok], special=True))
+            counter.feed(tok, piece)
+            pieces.append(piece)
+            if stream_to is not None and piece:
+                stream_to(piece)
+            if counter.generated >= max_tokens:
+                break
         tail = decoder.decode(b"", final=True)
         if tail:
             pieces.append(tail)

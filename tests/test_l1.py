@@ -463,3 +463,11 @@ def test_cli_budget_check(tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
                                str(PROBLEMS), "--limit", "1", "--max-tokens", "2", "-q"])
     assert res.exit_code == 0 and res.stdout.splitlines()[0].split()[:3] == ["model", "budget", "runs"]
     assert res.stdout.splitlines()[2].startswith("tiny-q8_0.gguf")
+
+
+def test_folder_special_tokens_map_fallback(tmp_path: Path) -> None:
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ bos_token }}|{{ eos_token }}"}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": {"content": "<s>"}, "eos_token": "</s>"}))
+    template, bos, eos = chat_template_from(tmp_path)
+    assert render_chat("x", template, bos_token=bos, eos_token=eos) == "<s>|</s>"
