@@ -1,0 +1,66 @@
+"""``l1quant verify FILE.gguf``: parses options, calls :func:`l1quant.verify.verify`, prints the report.
+
+Exit status: 0 when every check passes, 1 when a check fails (or the arguments/source are unusable), 2 when the
+file cannot be read as GGUF at all.
+
+Example:
+    $ l1quant verify L1-Qwen-1.5B-Max-Q8_0.gguf --source L1-Qwen-1.5B-Max
+    $ l1quant verify out.gguf --source model --logits --tokens 128 --json | jq .logits.mean_kld
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import GGUFFormatError
+from ..verify import format_report, verify
+from . import main
+
+
+@main.command("verify")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--source", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="MODEL_DIR",
+              help="The checkpoint folder FILE was converted from: compares metadata and every tensor (bytes must "
+                   "equal re-quantizing the source; Q8_0 errors within the 8-bit bound).")
+@click.option("--logits", is_flag=True,
+              help="Also run a reference forward pass on the source and on FILE and compare the logits "
+                   "(KL divergence, top-1 agreement, perplexity). Needs --source.")
+@click.option("--text", "text_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              metavar="FILE", help="UTF-8 text for the logit check (default: the bundled evaluation text).")
+@click.option("--tokens", "n_tokens", type=click.IntRange(min=2), default=256, show_default=True,
+              help="How many tokens of the text the logit check uses.")
+@click.option("--runtime", type=click.Choice(["llama.cpp"]), default=None,
+              help="Also run FILE through llama.cpp (llama-cpp-python) and compare its logits with the source's; "
+                   "implies --logits.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Worker threads (default: all cores).")
+def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | None, n_tokens: int,
+               runtime: str | None, as_json: bool, threads: int | None) -> None:
+    """Check that FILE is a sound GGUF, faithful to its source checkpoint, down to the logits.
+
+    Always: header, key types, hparams, tokenizer arrays, tensor names/shapes/types, no NaN/Inf. With --source:
+    metadata and every tensor against the checkpoint. With --logits/--runtime: logit agreement.
+    """
+    if (logits or runtime) and source is None:
+        raise click.UsageError("--logits and --runtime need --source MODEL_DIR")
+    text = None
+    if text_file is not None:
+        try:
+            text = text_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.BadParameter(f"{text_file}: cannot read as UTF-8 text: {e}", param_hint="--text") from None
+    try:
+        rep = verify(file, source=source, logits=logits, text=text, n_tokens=n_tokens, runtime=runtime,
+                     threads=threads)
+    except GGUFFormatError as e:
+        if not as_json:
+            raise  # the command group prints one line and exits 2
+        click.echo(json.dumps({"file": str(file), "passed": False, "verdict": f"UNREADABLE: {e}",
+                               "error": str(e)}, indent=2, ensure_ascii=False))
+        click.get_current_context().exit(e.exit_code)
+    click.echo(rep.to_json() if as_json else format_report(rep))
+    if not rep.passed:
+        click.get_current_context().exit(1)
