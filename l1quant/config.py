@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, clip
 
 # Defaults are transformers' Qwen2Config defaults: the reference converter loads config.json through
 # AutoConfig, so a key missing from the file takes these values there too.
@@ -33,6 +33,12 @@ _DEFAULTS: dict[str, Any] = {
 }
 _REQUIRED_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "vocab_size")
+#: GGUF stores these as uint32 and llama.cpp reads them into int32: anything larger is corrupt, not a model.
+MAX_INT = 2**31 - 1
+#: Largest finite float32: rope/eps values are written as GGUF FLOAT32.
+MAX_F32 = 3.4028234663852886e38
+#: Optional numeric rope parameters written as FLOAT32 when present.
+_ROPE_FLOATS = ("factor", "extrapolation_factor", "attention_factor", "attn_factor", "beta_fast", "beta_slow")
 
 
 def _is_int(v: Any) -> bool:
@@ -40,7 +46,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number that float32 can hold (GGUF writes these as FLOAT32)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_F32
 
 
 @dataclass(frozen=True)
@@ -98,47 +105,54 @@ class ModelConfig:
             if k not in d:
                 raise ConfigError(f"{source}: missing required key {k!r}")
             if not _is_int(d[k]):
-                raise ConfigError(f"{source}: {k} must be an integer, found {d[k]!r}")
-            if d[k] <= 0:
-                raise ConfigError(f"{source}: {k} must be positive, found {d[k]}")
+                raise ConfigError(f"{source}: {k} must be an integer, found {clip(d[k])}")
+            if not 0 < d[k] <= MAX_INT:
+                raise ConfigError(f"{source}: {k} must be a positive integer up to {MAX_INT}, found {clip(d[k], 40)}")
         vals = {k: d.get(k, v) for k, v in _DEFAULTS.items()}
-        if not _is_int(vals["max_position_embeddings"]) or vals["max_position_embeddings"] <= 0:
-            raise ConfigError(f"{source}: max_position_embeddings must be a positive integer, "
-                              f"found {vals['max_position_embeddings']!r}")
+        mpe = vals["max_position_embeddings"]
+        if not _is_int(mpe) or not 0 < mpe <= MAX_INT:
+            raise ConfigError(f"{source}: max_position_embeddings must be a positive integer up to {MAX_INT}, "
+                              f"found {clip(mpe, 40)}")
         if not _is_num(vals["rms_norm_eps"]) or not 0 < vals["rms_norm_eps"] < 1:
-            raise ConfigError(f"{source}: rms_norm_eps must be a number in (0, 1), found {vals['rms_norm_eps']!r}")
+            raise ConfigError(f"{source}: rms_norm_eps must be a number in (0, 1), found {clip(vals['rms_norm_eps'])}")
         if not isinstance(vals["tie_word_embeddings"], bool):
-            raise ConfigError(f"{source}: tie_word_embeddings must be true/false, found {vals['tie_word_embeddings']!r}")
+            raise ConfigError(
+                f"{source}: tie_word_embeddings must be true/false, found {clip(vals['tie_word_embeddings'])}")
 
         # Rope: transformers 5 puts everything in rope_parameters; transformers 4 has rope_theta + rope_scaling.
         rp_src = d.get("rope_parameters", d.get("rope_scaling"))
         if rp_src is not None and not isinstance(rp_src, dict):
-            raise ConfigError(f"{source}: rope_parameters/rope_scaling must be an object, found {rp_src!r}")
+            raise ConfigError(f"{source}: rope_parameters/rope_scaling must be an object, found {clip(rp_src)}")
         rope_params: dict[str, Any] = dict(rp_src or {})
         if "rope_type" not in rope_params and "type" in rope_params:
             rope_params["rope_type"] = rope_params["type"]
         theta = rope_params.get("rope_theta", d.get("rope_theta", _DEFAULTS["rope_theta"]))
         if not _is_num(theta) or theta <= 0:
-            raise ConfigError(f"{source}: rope_theta must be a positive number, found {theta!r}")
+            raise ConfigError(f"{source}: rope_theta must be a positive float32 number, found {clip(theta)}")
         rope_params.setdefault("rope_theta", theta)
         rtype = rope_params.get("rope_type")
         if rtype in ("linear", "yarn"):
             factor = rope_params.get("factor")
             if not _is_num(factor) or factor <= 0:
-                raise ConfigError(f"{source}: rope scaling {rtype!r} needs a positive 'factor', found {factor!r}")
+                raise ConfigError(
+                    f"{source}: rope scaling {rtype!r} needs a positive 'factor', found {clip(factor)}")
             if rtype == "yarn":
                 omp = rope_params.get("original_max_position_embeddings",
                                       d.get("original_max_position_embeddings"))
-                if not _is_int(omp) or omp <= 0:
-                    raise ConfigError(f"{source}: yarn rope scaling needs original_max_position_embeddings, "
-                                      f"found {omp!r}")
+                if not _is_int(omp) or not 0 < omp <= MAX_INT:
+                    raise ConfigError(f"{source}: yarn rope scaling needs original_max_position_embeddings "
+                                      f"(a positive integer), found {clip(omp)}")
                 rope_params.setdefault("original_max_position_embeddings", omp)
         elif rtype not in (None, "default"):
-            raise ConfigError(f"{source}: unsupported rope scaling type {rtype!r} (supported: linear, yarn)")
+            raise ConfigError(f"{source}: unsupported rope scaling type {clip(rtype)} (supported: linear, yarn)")
+        if rtype in ("linear", "yarn"):
+            for k in _ROPE_FLOATS:
+                if rope_params.get(k) is not None and not _is_num(rope_params[k]):
+                    raise ConfigError(f"{source}: rope scaling {k} must be a number, found {clip(rope_params[k])}")
 
         hd = d.get("head_dim")
-        if hd is not None and (not _is_int(hd) or hd <= 0):
-            raise ConfigError(f"{source}: head_dim must be a positive integer, found {hd!r}")
+        if hd is not None and (not _is_int(hd) or not 0 < hd <= MAX_INT):
+            raise ConfigError(f"{source}: head_dim must be a positive integer, found {clip(hd)}")
         n_embd, n_head, n_kv = d["hidden_size"], d["num_attention_heads"], d["num_key_value_heads"]
         if hd is None and n_embd % n_head:
             raise ConfigError(f"{source}: num_attention_heads={n_head} does not divide hidden_size={n_embd}")
@@ -177,6 +191,8 @@ class ModelConfig:
         """
         path = Path(model_dir) / "config.json"
         try:
+            if path.is_file() and path.stat().st_size > 16 << 20:  # a config is a few KB; never slurp a huge file
+                raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a config.json")
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{path}: not found (is {model_dir} a Hugging Face model folder?)") from None
@@ -184,6 +200,8 @@ class ModelConfig:
             raise ConfigError(f"{path}: cannot read: {e}") from e
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: invalid JSON: {e}") from e
+        except ValueError as e:  # JSONDecodeError, or an integer with too many digits
+            raise ConfigError(f"{path}: invalid JSON: {str(e)[:200]}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
         return cls.from_dict(d, source=str(path))

@@ -56,3 +56,33 @@ class VerifyError(L1QuantError):
 
 class RuntimeMissingError(L1QuantError):
     """An optional extra (llama-cpp-python, matplotlib, huggingface_hub) is needed but not installed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM arrives during output, so cleanup runs exactly as for Ctrl-C.
+
+    A KeyboardInterrupt subclass on purpose: ``except Exception`` must not swallow it. The CLI exits 143.
+    """
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a hostile value cannot flood a one-line message.
+
+    ``repr`` also escapes newlines and control characters, which keeps messages on one line.
+
+    Example:
+        >>> clip("x" * 100, 12)
+        "'xxxxxxx...'"
+        >>> clip([1, 2])
+        '[1, 2]'
+    """
+    if isinstance(value, (list, dict, tuple)) and len(value) > 1000:
+        return f"<{type(value).__name__} of {len(value)} items>"  # repr of a huge container would be slow
+    try:
+        r = repr(value)
+    except RecursionError:  # a deeply nested JSON value
+        return f"<deeply nested {type(value).__name__}>"
+    if len(r) > limit:
+        q = r[0] if r[:1] in ("'", '"') else ""
+        r = r[: limit - 3 - len(q)] + "..." + q
+    return r

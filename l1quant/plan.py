@@ -16,13 +16,14 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import gguf
 
 from .arch import Arch
 from .config import ModelConfig
-from .errors import ConfigError, TensorError
+from .errors import ConfigError, TensorError, clip
 from .kernels import QuantType, get_quant_type
 from .safetensors import Checkpoint, SafeTensor, require_float
 
@@ -125,6 +126,33 @@ def resolve_out_type(requested: str, ckpt: Checkpoint, skip_suffixes: tuple[str,
     return get_quant_type("f16")
 
 
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def check_layer_count(ckpt: Checkpoint, cfg: ModelConfig) -> None:
+    """Refuse a config whose ``num_hidden_layers`` disagrees with the layers the checkpoint holds.
+
+    Checked first because every per-layer table (name map, expected tensors) is sized by the config: a corrupt
+    ``num_hidden_layers: 1000000000`` must fail in microseconds, not build a billion-entry map. Naming the key
+    is also clearer than a list of "missing" tensors.
+
+    Example:
+        >>> check_layer_count(ckpt, cfg)  # doctest: +SKIP
+    """
+    top, where = -1, ""
+    for name in ckpt.tensors:
+        m = _LAYER.search(name)
+        if m and int(m.group(1)) > top:
+            top, where = int(m.group(1)), name
+    n = cfg.num_hidden_layers
+    if top + 1 < n:
+        held = f"layers 0..{top} only" if top >= 0 else "no per-layer tensors"
+        raise ConfigError(f"{cfg.source}: num_hidden_layers={n} but the checkpoint in {ckpt.model_dir} has {held}")
+    if top + 1 > n:
+        raise TensorError(f"{ckpt.tensors[where].path.name}: tensor {clip(where)} is in layer {top}, but "
+                          f"{cfg.source} says num_hidden_layers={n}")
+
+
 def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str) -> ConversionPlan:
     """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
 
@@ -135,6 +163,7 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str) -> 
         >>> [t.name for t in make_plan(ckpt, cfg, arch, "f16").tensors][:3]  # doctest: +SKIP
         ['output.weight', 'token_embd.weight', 'blk.0.attn_k.bias']
     """
+    check_layer_count(ckpt, cfg)
     qt = resolve_out_type(out_type, ckpt, arch.skip_suffixes)
     f32, f16 = get_quant_type("f32"), get_quant_type("f16")
     name_map = arch.tensor_name_map(cfg.num_hidden_layers)
@@ -146,12 +175,12 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str) -> 
         if src_name.endswith(arch.skip_suffixes):
             continue
         name = name_map.get_name(src_name, try_suffixes=(".weight", ".bias"))
-        where = f"{st.path.name}: tensor {src_name!r}"
+        where = f"{st.path.name}: tensor {clip(src_name)}"
         if name is None:
             raise TensorError(f"{where} is not part of a {arch.name} model with "
                               f"{cfg.num_hidden_layers} layers (cannot map it to a GGUF name)")
         if name in seen:
-            raise TensorError(f"{where} maps to {name} like {seen[name]!r}")
+            raise TensorError(f"{where} maps to {name} like {clip(seen[name])}")
         seen[name] = src_name
         require_float(st)
         want = expected.get(name)

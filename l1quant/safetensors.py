@@ -16,16 +16,18 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import SafetensorsError, TensorError
+from .errors import SafetensorsError, TensorError, clip
 
 #: safetensors dtype -> (item size, numpy dtype used to hold the raw values). bf16 is kept as raw uint16 bits.
 DTYPES: dict[str, tuple[int, np.dtype[Any]]] = {
@@ -51,6 +53,22 @@ FLOAT_DTYPES = ("BF16", "F16", "F32")
 #: The safetensors format caps the JSON header at 100 MB; a larger length is a corrupt or hostile file.
 MAX_HEADER_BYTES = 100_000_000
 MAX_DIMS = 8
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a key given twice would let one entry silently hide another, so refuse it."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return d
 
 
 @dataclass(frozen=True)
@@ -86,8 +104,11 @@ class SafeTensor:
     def n_cols(self) -> int:
         return self.shape[-1] if self.shape else 1
 
-    def read_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    def read_rows(self, start: int, stop: int, out: np.ndarray | None = None, *, fd: int | None = None) -> np.ndarray:
         """Read rows ``[start, stop)`` of the 2-D view into ``out`` (or a new array) with one ``preadv``.
+
+        ``fd``, when given, is an open read-only descriptor of ``self.path`` that the caller keeps open across many
+        calls (the converter reads thousands of chunks; one open/close each is measurable); it is not closed here.
 
         Example:
             >>> t.read_rows(0, 4).dtype  # doctest: +SKIP
@@ -102,19 +123,29 @@ class SafeTensor:
             raise ValueError(f"{self.name}: output buffer does not fit rows [{start}, {stop})")
         want = n * self.itemsize
         pos = self.offset + start * self.n_cols * self.itemsize
-        fd = os.open(self.path, os.O_RDONLY)
+        own = fd is None
+        if fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError as e:  # the file vanished or changed permissions since its header was read
+                raise SafetensorsError(f"{self.path}: cannot read tensor {self.name!r}: {e.strerror or e}") from e
         try:
             view = memoryview(out.reshape(-1).view(np.uint8))
             got = 0
             while got < want:  # preadv may return short counts; loop until done or EOF
-                r = os.preadv(fd, [view[got:]], pos + got)
+                try:
+                    r = os.preadv(fd, [view[got:]], pos + got)
+                except OSError as e:  # input-side (EIO...): must not be reported as an output write error
+                    raise SafetensorsError(
+                        f"{self.path}: cannot read tensor {self.name!r}: {e.strerror or e}") from e
                 if r <= 0:
                     raise SafetensorsError(
                         f"{self.path.name}: tensor {self.name!r} is truncated: wanted {want} bytes at {pos}, "
                         f"file ends after {got}")
                 got += r
         finally:
-            os.close(fd)
+            if own:
+                os.close(fd)
         return out
 
     def read(self) -> np.ndarray:
@@ -134,7 +165,10 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], di
     """
     p = Path(path)
     try:
-        size = p.stat().st_size
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block open() forever; a folder is not a file
+            raise SafetensorsError(f"{p}: not a regular file")
+        size = st.st_size
         with open(p, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -146,47 +180,60 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], di
             raw = f.read(n)
     except OSError as e:
         raise SafetensorsError(f"{p}: cannot read: {e.strerror or e}") from e
+    if len(raw) != n:  # the file shrank between stat and read
+        raise SafetensorsError(f"{p}: header truncated while reading ({len(raw)} of {n} bytes)")
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{p}: header is not valid JSON: {e}") from e
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise SafetensorsError(f"{p}: header has the key {clip(e.args[0])} twice") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and int-digit limits are ValueErrors
+        raise SafetensorsError(f"{p}: header is not valid JSON: {str(e)[:200]}") from None
+    except RecursionError:
+        raise SafetensorsError(f"{p}: header is not valid JSON: nested too deeply") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{p}: header is not a JSON object")
     data_start = 8 + n
     data_size = size - data_start
     meta_raw = header.pop("__metadata__", None) or {}
-    meta = {str(k): str(v) for k, v in meta_raw.items()} if isinstance(meta_raw, dict) else {}
+    if not isinstance(meta_raw, dict) or not all(isinstance(v, str) for v in meta_raw.values()):
+        # the format says a str -> str map; anything else is a corrupt header, not something to str() blindly
+        raise SafetensorsError(f"{p}: __metadata__ must map strings to strings, found {clip(meta_raw)}")
+    meta = dict(meta_raw)
     tensors: dict[str, SafeTensor] = {}
     spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
-        where = f"{p.name}: tensor {name!r}"
+        where = f"{p.name}: tensor {clip(name)}"
         if not isinstance(info, dict):
             raise SafetensorsError(f"{where}: entry is not an object")
         dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype not in DTYPES:
-            raise SafetensorsError(f"{where}: unknown dtype {dtype!r}")
+            raise SafetensorsError(f"{where}: unknown dtype {clip(dtype)} (known: {', '.join(DTYPES)})")
         if (not isinstance(shape, list) or len(shape) > MAX_DIMS
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-            raise SafetensorsError(f"{where}: bad shape {shape!r}")
+            raise SafetensorsError(f"{where}: bad shape {clip(shape)} (expected a list of at most {MAX_DIMS} "
+                                   f"non-negative integers)")
         if (not isinstance(offs, list) or len(offs) != 2
                 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-            raise SafetensorsError(f"{where}: bad data_offsets {offs!r}")
+            raise SafetensorsError(f"{where}: bad data_offsets {clip(offs)} (expected [begin, end] integers)")
         begin, end = offs
         itemsize = DTYPES[dtype][0]
         expect = math.prod(shape) * itemsize
         if not 0 <= begin <= end <= data_size:
             raise SafetensorsError(
-                f"{where}: data_offsets [{begin}, {end}] outside the {data_size}-byte data section (truncated file?)")
+                f"{where}: data_offsets [{clip(begin, 24)}, {clip(end, 24)}] outside the {data_size}-byte data "
+                f"section (truncated file?)")
         if end - begin != expect:
             raise SafetensorsError(
-                f"{where}: data_offsets span {end - begin} bytes but shape {shape} x {dtype} needs {expect}")
+                f"{where}: data_offsets span {end - begin} bytes but shape {clip(shape)} x {dtype} needs "
+                f"{clip(expect, 24)}")
         tensors[name] = SafeTensor(name, dtype, tuple(shape), p, data_start + begin, end - begin)
         if end > begin:
             spans.append((begin, end, name))
     spans.sort()
-    for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
+    for (_b0, e0, n0), (b1, _e1, n1) in itertools.pairwise(spans):
         if b1 < e0:
-            raise SafetensorsError(f"{p.name}: tensors {n0!r} and {n1!r} overlap at byte {b1}")
+            raise SafetensorsError(
+                f"{p.name}: tensors {clip(n0)} and {clip(n1)} overlap at byte {b1} of the data section")
     return tensors, meta
 
 
@@ -212,19 +259,29 @@ def _shard_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
     index_path = model_dir / "model.safetensors.index.json"
     if index_path.is_file():
         try:
+            if index_path.stat().st_size > MAX_HEADER_BYTES:  # bound the read: an index is a few hundred KB
+                raise SafetensorsError(f"{index_path}: {index_path.stat().st_size} bytes is too large for an index")
             index = json.loads(index_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SafetensorsError(f"{index_path}: not valid JSON: {e}") from e
+        except OSError as e:
+            raise SafetensorsError(f"{index_path}: cannot read: {e.strerror or e}") from e
+        except (UnicodeDecodeError, ValueError) as e:
+            raise SafetensorsError(f"{index_path}: not valid JSON: {str(e)[:200]}") from None
+        except RecursionError:
+            raise SafetensorsError(f"{index_path}: not valid JSON: nested too deeply") from None
         wm = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
-            raise SafetensorsError(f"{index_path}: missing or malformed 'weight_map'")
+            raise SafetensorsError(f"{index_path}: missing or malformed 'weight_map' (expected tensor name -> "
+                                   f"shard file name)")
         names = sorted(set(wm.values()))
         for nm in names:
-            if Path(nm).name != nm:
-                raise SafetensorsError(f"{index_path}: shard name {nm!r} is not a plain file name")
+            if not nm or Path(nm).name != nm or nm in (".", ".."):
+                raise SafetensorsError(f"{index_path}: shard name {clip(nm)} is not a plain file name")
         missing = [nm for nm in names if not (model_dir / nm).is_file()]
         if missing:
-            raise SafetensorsError(f"{index_path}: shard file(s) missing: {', '.join(missing)}")
+            more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+            users = sum(1 for v in wm.values() if v == missing[0])
+            raise SafetensorsError(f"{index_path}: shard {clip(missing[0])} is missing ({users} tensors listed "
+                                   f"in it){more}; incomplete download?")
         return [model_dir / nm for nm in names], {str(k): v for k, v in wm.items()}
     files = sorted(f for f in model_dir.iterdir() if f.name.startswith("model") and f.name.endswith(".safetensors"))
     if not files:
@@ -250,20 +307,22 @@ def open_checkpoint(model_dir: str | os.PathLike[str]) -> Checkpoint:
         ck.metadata[f.name] = meta
         for name in sorted(tensors):
             if name in ck.tensors:
-                raise SafetensorsError(f"{f.name}: tensor {name!r} also appears in {ck.tensors[name].path.name}")
+                raise SafetensorsError(
+                    f"{f.name}: tensor {clip(name)} also appears in {ck.tensors[name].path.name}")
             ck.tensors[name] = tensors[name]
     if weight_map is not None:
         for name, shard in weight_map.items():
             t = ck.tensors.get(name)
             if t is None:
-                raise SafetensorsError(f"model.safetensors.index.json: tensor {name!r} is not in {shard}")
+                raise SafetensorsError(f"model.safetensors.index.json: tensor {clip(name)} is not in {shard} "
+                                       f"(nor in any other shard)")
             if t.path.name != shard:
                 raise SafetensorsError(
-                    f"model.safetensors.index.json: tensor {name!r} is in {t.path.name}, index says {shard}")
+                    f"model.safetensors.index.json: tensor {clip(name)} is in {t.path.name}, index says {shard}")
         extra = [n for n in ck.tensors if n not in weight_map]
         if extra:
             raise SafetensorsError(
-                f"model.safetensors.index.json: tensor {extra[0]!r} ({ck.tensors[extra[0]].path.name}) "
+                f"model.safetensors.index.json: tensor {clip(extra[0])} ({ck.tensors[extra[0]].path.name}) "
                 f"is not listed in the index" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
     return ck
 

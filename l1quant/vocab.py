@@ -22,7 +22,7 @@ from typing import Any
 
 import gguf
 
-from .errors import TokenizerError
+from .errors import TokenizerError, clip
 
 #: The text whose token ids identify a BPE pre-tokenizer (llama.cpp's ``get_vocab_base_pre`` check text).
 CHECK_TEXT = (
@@ -38,6 +38,10 @@ PRE_TOKENIZERS: dict[str, str] = {
     "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3-Embedding
     "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",  # R1-Distill-Qwen, L1
 }
+
+
+#: Largest vocabulary accepted (16x the largest real ones, ~256k): the list of tokens is allocated up front.
+MAX_VOCAB = 1 << 22
 
 
 def looks_special(token: str) -> bool:
@@ -104,6 +108,9 @@ def load_vocab(model_dir: str | Path, vocab_size: int, *, pre: str | None = None
         'qwen2'
     """
     d = Path(model_dir)
+    if not 0 < vocab_size <= MAX_VOCAB:
+        # the token list is built for every id below vocab_size: bound it before allocating from a config value
+        raise TokenizerError(f"{d / 'config.json'}: vocab_size={vocab_size} is outside 1..{MAX_VOCAB}")
     tok = _tokenizer(d)
     vocab: dict[str, int] = tok.get_vocab(with_added_tokens=True)
     if not vocab:
@@ -161,10 +168,21 @@ def _special_vocab(d: Path) -> gguf.SpecialVocab:
         p = d / fname
         if p.is_file():
             try:
-                json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise TokenizerError(f"{p}: invalid JSON: {e}") from e
+                obj = json.loads(p.read_text(encoding="utf-8"))
+            except OSError as e:
+                raise TokenizerError(f"{p}: cannot read: {e.strerror or e}") from e
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                raise TokenizerError(f"{p}: invalid JSON: {str(e)[:200]}") from None
+            if not isinstance(obj, dict):
+                raise TokenizerError(f"{p}: expected a JSON object, found a {type(obj).__name__}")
     try:
-        return gguf.SpecialVocab(d, load_merges=True)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise TokenizerError(f"{d}: tokenizer files are malformed: {e}") from e
+        sv = gguf.SpecialVocab(d, load_merges=True)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise TokenizerError(f"{d}: tokenizer files are malformed: {str(e)[:200]}") from e
+    ct = sv.chat_template
+    # gguf accepts any list here and would crash while writing it: a list must be named templates.
+    if isinstance(ct, list) and not all(isinstance(c, dict) and isinstance(c.get("name"), str)
+                                        and isinstance(c.get("template"), str) for c in ct):
+        raise TokenizerError(f"{d / 'tokenizer_config.json'}: chat_template must be a string or a list of "
+                             f"{{\"name\", \"template\"}} objects, found {clip(ct)}")
+    return sv

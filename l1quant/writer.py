@@ -26,12 +26,10 @@ from typing import Any
 import gguf
 import numpy as np
 
-from .errors import OutputError
+from .errors import OutputError, Terminated
+
+__all__ = ["AtomicOutput", "Terminated", "new_header", "pwrite_all", "write_header"]
 from .plan import ConversionPlan, pad
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread when SIGTERM arrives, so cleanup runs exactly as for Ctrl-C."""
 
 
 def new_header(plan: ConversionPlan) -> gguf.GGUFWriter:
@@ -42,12 +40,82 @@ def new_header(plan: ConversionPlan) -> gguf.GGUFWriter:
         >>> gw.get_total_parameter_count()[0]  # doctest: +SKIP
         1777088000
     """
-    gw = gguf.GGUFWriter(path=None, arch=plan.arch.name)
+    gw = BulkKVWriter(path=None, arch=plan.arch.name)
     for t in plan.tensors:
         # GGUFWriter takes the numpy-order shape and reverses it when writing tensor infos. With raw_dtype set it
         # reinterprets the shape only for uint8 (byte-shaped) arrays; we pass element shapes, so say float32.
         gw.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype.ggml_type)
     return gw
+
+
+_INT_ARRAY_DTYPES: dict[gguf.GGUFValueType, str] = {
+    gguf.GGUFValueType.UINT8: "<u1", gguf.GGUFValueType.INT8: "<i1",
+    gguf.GGUFValueType.UINT16: "<u2", gguf.GGUFValueType.INT16: "<i2",
+    gguf.GGUFValueType.UINT32: "<u4", gguf.GGUFValueType.INT32: "<i4",
+    gguf.GGUFValueType.UINT64: "<u8", gguf.GGUFValueType.INT64: "<i8",
+}
+
+
+def _pack_array_bulk(val: Any, sub_type: gguf.GGUFValueType | None) -> bytes | None:
+    """The GGUF bytes of a long list of str or int (item type, count, items), or None to let gguf pack it.
+
+    Only lists whose items are all exactly ``str`` (-> STRING) or all exactly ``int`` (-> INT32, gguf's
+    inference, or the given integer ``sub_type``) take this path; anything else, including out-of-range ints
+    (gguf raises for those), goes back to gguf's item-by-item packer, so the bytes and errors stay gguf's.
+    """
+    if not isinstance(val, list) or len(val) < 256:
+        return None
+    kind = type(val[0])
+    if kind not in (str, int):
+        return None
+    ltype = sub_type if sub_type is not None else (gguf.GGUFValueType.STRING if kind is str
+                                                   else gguf.GGUFValueType.INT32)
+    head = np.array([int(ltype)], "<u4").tobytes() + np.array([len(val)], "<u8").tobytes()
+    if kind is str and ltype == gguf.GGUFValueType.STRING:
+        try:
+            # any item without .encode (bytes, int, ...) is a mixed list: gguf decides what to do with it
+            enc = [v.encode("utf-8") for v in val]
+        except AttributeError:
+            return None
+        lens = np.fromiter(map(len, enc), dtype="<u8", count=len(enc)).tobytes()
+        parts: list[bytes] = [b""] * (2 * len(enc))
+        parts[0::2] = [lens[i:i + 8] for i in range(0, len(lens), 8)]
+        parts[1::2] = enc
+        return head + b"".join(parts)
+    dt = _INT_ARRAY_DTYPES.get(ltype)
+    if kind is int and dt is not None and all(type(v) is int for v in val):  # no bool/float sneaking in
+        try:
+            a = np.array(val, dtype=np.int64 if dt != "<u8" else np.uint64)
+        except OverflowError:
+            return None
+        info = np.iinfo(np.dtype(dt))
+        if int(a.min()) < info.min or int(a.max()) > info.max:
+            return None
+        return head + a.astype(dt).tobytes()
+    return None
+
+
+class BulkKVWriter(gguf.GGUFWriter):
+    """A :class:`gguf.GGUFWriter` that packs long str/int metadata arrays in bulk: same bytes, much faster.
+
+    The tokenizer arrays (~152k tokens, ~151k merges, ~152k token types for Qwen) are ~455k items that gguf packs
+    one ``struct.pack`` at a time, about 2 s on this project's 2-core machine, more than the whole Q8_0 data
+    pass. Every other value goes through gguf unchanged.
+
+    Example:
+        >>> gw = BulkKVWriter(path=None, arch="qwen2")
+        >>> gw._pack_val(["a"] * 300, gguf.GGUFValueType.ARRAY, True) == gguf.GGUFWriter._pack_val(
+        ...     gw, ["a"] * 300, gguf.GGUFValueType.ARRAY, True)
+        True
+    """
+
+    def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool,
+                  sub_type: gguf.GGUFValueType | None = None) -> bytes:
+        if vtype == gguf.GGUFValueType.ARRAY and self.endianess == gguf.GGUFEndian.LITTLE:
+            body = _pack_array_bulk(val, sub_type)
+            if body is not None:
+                return (np.array([int(vtype)], "<u4").tobytes() if add_vtype else b"") + body
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
 def write_header(gw: gguf.GGUFWriter, path: Path) -> int:
@@ -61,34 +129,44 @@ def write_header(gw: gguf.GGUFWriter, path: Path) -> int:
     return pad(end, gw.data_alignment)
 
 
+_UNSET: Any = object()
+
+
 class AtomicOutput:
     """A hidden temporary file beside ``target`` that becomes ``target`` only on success.
 
     On exception (including KeyboardInterrupt and SIGTERM, which is turned into :class:`Terminated` while the
     context is active in the main thread) the temporary file is removed and an existing ``target`` is untouched.
+    OS errors (disk full, file too large, permission denied) become one-line :class:`OutputError` messages.
+
+    Example:
+        >>> with AtomicOutput(Path("out.gguf"), 1 << 20) as out:   # doctest: +SKIP
+        ...     os.pwrite(out.fd, b"GGUF", 0)
     """
 
     def __init__(self, target: Path, size: int) -> None:
-        self.target = target
+        self.target = Path(target)
         self.size = size
-        self.path = target
+        self.path = self.target  # the temporary file once __enter__ has created it
         self.fd = -1
-        self._old_term: Any = None
+        self._tmp: Path | None = None  # only this path is ever unlinked: never the target
+        self._old_term: Any = _UNSET
 
     def __enter__(self) -> AtomicOutput:
         parent = self.target.parent
         if self.target.is_dir():
-            raise OutputError(f"{self.target}: is a directory")
+            raise OutputError(f"{self.target}: is a directory (expected a file path)")
         if not parent.is_dir():
-            raise OutputError(f"{self.target}: folder {parent} does not exist")
+            what = "is not a folder" if parent.exists() else "does not exist"
+            raise OutputError(f"{self.target}: output folder {parent} {what}")
         if threading.current_thread() is threading.main_thread():
             self._old_term = signal.signal(signal.SIGTERM, self._on_term)
         try:
             fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part", dir=parent)
         except OSError as e:
             self._restore()
-            raise OutputError(f"{self.target}: cannot create a file in {parent}: {e.strerror}") from e
-        self.fd, self.path = fd, Path(name)
+            raise _os_error(self.target, e, f"cannot create a file in {parent}") from e
+        self.fd, self.path, self._tmp = fd, Path(name), Path(name)
         try:
             os.fchmod(fd, 0o644 & ~_umask())
             self.reserve(self.size)
@@ -98,7 +176,7 @@ class AtomicOutput:
         return self
 
     def reserve(self, size: int) -> None:
-        """Pre-allocate ``size`` bytes so a full disk fails now, before any work is done."""
+        """Pre-allocate ``size`` bytes so a full disk (or a file-size limit) fails now, before any work is done."""
         self.size = size
         try:
             os.ftruncate(self.fd, size)
@@ -106,33 +184,45 @@ class AtomicOutput:
                 try:
                     os.posix_fallocate(self.fd, 0, size)
                 except OSError as e:
+                    # filesystems without fallocate: writes will still report ENOSPC, just later
                     if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                         raise
         except OSError as e:
-            raise _os_error(self.target, e) from e
+            raise _os_error(self.target, e, f"cannot reserve {size} bytes") from e
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         raise Terminated()
 
     def _restore(self) -> None:
-        if self._old_term is not None:
-            signal.signal(signal.SIGTERM, self._old_term)
-            self._old_term = None
+        if self._old_term is not _UNSET:
+            # None means the previous handler was not set from Python: put back the default action
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._old_term is None else self._old_term)
+            self._old_term = _UNSET
 
     def _cleanup(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        # A second Ctrl-C/SIGTERM must not interrupt the removal of the temporary file.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        self._restore()
+            if self.fd >= 0:
+                try:
+                    os.close(self.fd)
+                except OSError:
+                    pass
+                self.fd = -1
+            if self._tmp is not None:
+                try:
+                    os.unlink(self._tmp)
+                except OSError:
+                    pass
+                self._tmp = None
+            self._restore()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         if et is not None:
             self._cleanup()
-            if isinstance(ev, OSError) and not isinstance(ev, OutputError):
+            if isinstance(ev, OSError):
                 raise _os_error(self.target, ev) from ev
             return
         try:
@@ -140,10 +230,29 @@ class AtomicOutput:
             os.close(self.fd)
             self.fd = -1
             os.replace(self.path, self.target)
+            self._tmp = None
         except OSError as e:
             self._cleanup()
             raise _os_error(self.target, e) from e
+        except BaseException:  # Ctrl-C/SIGTERM during fsync: still leave nothing behind
+            self._cleanup()
+            raise
         self._restore()
+        _fsync_dir(self.target.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    """Make the rename durable (best effort: some filesystems cannot fsync a directory)."""
+    try:
+        fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -152,12 +261,16 @@ def _umask() -> int:
     return m
 
 
-def _os_error(target: Path, e: OSError) -> OutputError:
-    if e.errno == errno.ENOSPC:
-        return OutputError(f"{target}: no space left on device")
+def _os_error(target: Path, e: OSError, doing: str = "write failed") -> OutputError:
+    """One line for an OS error on the output side, naming the target."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"{target}: {doing}: no space left on device (or quota exceeded)")
+    if e.errno == errno.EFBIG:
+        return OutputError(f"{target}: {doing}: file too large for this filesystem or the process's file-size "
+                           f"limit (ulimit -f)")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"{target}: not writable ({e.strerror})")
-    return OutputError(f"{target}: write failed: {e.strerror or e}")
+        return OutputError(f"{target}: {doing}: not writable ({e.strerror})")
+    return OutputError(f"{target}: {doing}: {e.strerror or e}")
 
 
 def pwrite_all(fd: int, data: Any, offset: int) -> None:

@@ -16,25 +16,52 @@ from typing import Any
 
 import click
 
-from ..errors import L1QuantError
+from ..errors import L1QuantError, Terminated
 
 
 class _Group(click.Group):
-    """Turns library errors into one clean line and an exit code, for every subcommand."""
+    """Turns library errors into one clean line and an exit code, for every subcommand.
+
+    ``L1QuantError`` -> ``l1quant: error: <message>`` and its exit code; Ctrl-C -> 130, SIGTERM -> 143; any other
+    exception is a bug in l1quant: one line saying so (exit 70, EX_SOFTWARE) rather than a wall of traceback.
+    ``--debug`` re-raises everything.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
+        def debug() -> bool:  # set by main()'s callback, which runs inside super().invoke
+            return bool(ctx.obj and ctx.obj.get("debug"))
+
         try:
             return super().invoke(ctx)
         except L1QuantError as e:
-            if ctx.obj and ctx.obj.get("debug"):
+            if debug():
                 raise
-            click.echo(f"l1quant: error: {e}", err=True)
+            _say(f"l1quant: error: {e}")
             ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
-            if ctx.obj and ctx.obj.get("debug"):
+        except Terminated:
+            if debug():
                 raise
-            click.echo("l1quant: interrupted", err=True)
+            _say("l1quant: terminated (SIGTERM)")
+            ctx.exit(143)
+        except KeyboardInterrupt:
+            if debug():
+                raise
+            _say("l1quant: interrupted (SIGINT)")
             ctx.exit(130)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors, --help, ctx.exit: click's own handling
+        except Exception as e:
+            if debug():
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            _say(f"l1quant: internal error: {type(e).__name__}: {first[:300]} (a bug; rerun with --debug for the "
+                 f"traceback and please report it)")
+            ctx.exit(70)
+
+
+def _say(line: str) -> None:
+    # One line, whatever the message holds: a stray newline must not split it.
+    click.echo(line.replace("\r", "\\r").replace("\n", "\\n"), err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
