@@ -1,14 +1,36 @@
 """l1quant: L1 (qwen2) Hugging Face checkpoints to GGUF, byte-identical to llama.cpp's converter.
 
+The library is the product; the ``l1quant`` command is a thin layer over these functions.
+
 Example:
     >>> import l1quant
     >>> l1quant.convert("L1-Qwen-1.5B-Max", type="q8_0")  # doctest: +SKIP
     PosixPath('L1-Qwen-1.5B-Max-Q8_0.gguf')
+    >>> l1quant.verify("L1-Qwen-1.5B-Max-Q8_0.gguf", source="L1-Qwen-1.5B-Max").passed  # doctest: +SKIP
+    True
+    >>> l1quant.l1_prompt("What is 2+2?", 256)  # doctest: +SKIP
+    "What is 2+2? Let's think step by step and output the final answer within \\\\boxed{}. Think for 256 tokens."
 """
 
 from __future__ import annotations
 
+# The functions are bound after their submodules are imported, so ``l1quant.convert`` is the function.
+from .convert import convert, prepare
 from .errors import L1QuantError
+from .kernels import QUANT_TYPES, get_quant_type
 
-__all__ = ["L1QuantError"]
+__all__ = ["QUANT_TYPES", "L1QuantError", "convert", "get_quant_type", "prepare"]
 __version__ = "0.1.0"
+
+try:  # modules that land independently; each adds its public names when present
+    from .verify import VerifyReport, verify
+
+    __all__ += ["VerifyReport", "verify"]
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from .l1 import budget_check, l1_prompt, render_chat, run
+
+    __all__ += ["budget_check", "l1_prompt", "render_chat", "run"]
+except ImportError:  # pragma: no cover
+    pass

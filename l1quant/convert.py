@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import gguf
 from .arch import get_arch
 from .config import ModelConfig
 from .errors import ConfigError, InputError, OutputError
+from .hub import is_repo_id, resolve_model
 from .pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
 from .plan import ConversionPlan, make_plan
 from .safetensors import open_checkpoint
@@ -47,23 +49,20 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
 
 
-def _resolve_model(model: str | os.PathLike[str]) -> Path:
+def _resolve_model(model: str | os.PathLike[str]) -> tuple[Path, str]:
+    """(local folder, the name naming heuristics should see): a hub id is named after its repo, not its snapshot."""
     p = Path(model)
     if p.is_dir():
-        return p
-    try:
-        from .hub import resolve_model
-    except ImportError:  # pragma: no cover - hub module always ships
-        resolve_model = None
-    if resolve_model is not None and not p.exists() and "/" in str(model) and not str(model).startswith((".", "/")):
-        return Path(resolve_model(str(model)))
+        return p, p.name
+    if not p.exists() and is_repo_id(str(model)):
+        return Path(resolve_model(str(model))), str(model).rsplit("/", 1)[-1]
     if p.exists():
         raise InputError(f"{p}: not a folder (expected a Hugging Face model folder with config.json)")
-    raise InputError(f"{p}: no such folder")
+    raise InputError(f"{p}: no such folder (nor a Hugging Face repo id like org/name)")
 
 
-def _load_metadata(model_dir: Path, metadata: str | os.PathLike[str] | None, name: str | None,
-                   total_params: int) -> gguf.Metadata:
+def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLike[str] | None,
+                   name: str | None, total_params: int) -> gguf.Metadata:
     override = None
     if metadata is not None:
         override = Path(metadata)
@@ -74,11 +73,19 @@ def _load_metadata(model_dir: Path, metadata: str | os.PathLike[str] | None, nam
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InputError(f"{override}: metadata override is not valid JSON: {e}") from e
     try:
-        md = gguf.Metadata.load(override, model_dir, name, total_params)
+        if display_name == model_dir.name:
+            md = gguf.Metadata.load(override, model_dir, name, total_params)
+        else:
+            # gguf's naming heuristics fall back to the folder's name; show them the repo name through a link
+            # rather than the hub cache's snapshot folder (a commit hash).
+            with tempfile.TemporaryDirectory() as td:
+                link = Path(td) / display_name
+                link.symlink_to(model_dir.resolve(), target_is_directory=True)
+                md = gguf.Metadata.load(override, link, name, total_params)
     except Exception as e:  # README front matter (yaml) or generation_config.json that gguf cannot parse
         raise InputError(f"{model_dir}: cannot read model card / generation config metadata: {e}") from e
     if md.name is None:
-        md.name = model_dir.name
+        md.name = display_name
     return md
 
 
@@ -98,7 +105,7 @@ def prepare(
         >>> p.output.name                      # doctest: +SKIP
         'Tiny-Qwen2-Q8_0.gguf'
     """
-    model_dir = _resolve_model(model)
+    model_dir, display_name = _resolve_model(model)
     cfg = ModelConfig.load(model_dir)
     arch = get_arch(cfg.architecture)
     ckpt = open_checkpoint(model_dir)
@@ -107,7 +114,7 @@ def prepare(
 
     gw = new_header(plan)
     total, shared, expert, n_expert = gw.get_total_parameter_count()
-    md = _load_metadata(model_dir, metadata, name, total)
+    md = _load_metadata(model_dir, display_name, metadata, name, total)
     if md.size_label is None and total > 0:
         md.size_label = gguf.size_label(total, shared, expert, n_expert)
     # Key order is the reference's: architecture (GGUFWriter adds it), type, sampling + naming, hparams,

@@ -186,8 +186,6 @@ def test_convert_from_offline_cache(hub_and_dir_ggufs: tuple[Path, Path]) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="convert names a hub snapshot after its folder (the commit hash), not the "
-                                       "repo name; convert should name it from the repo id")
 def test_convert_from_offline_cache_names_after_repo(hub_and_dir_ggufs: tuple[Path, Path]) -> None:
     hub_kv, _ = _kv_and_tensors(hub_and_dir_ggufs[0])
     dir_kv, _ = _kv_and_tensors(hub_and_dir_ggufs[1])
