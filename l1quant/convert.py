@@ -61,6 +61,16 @@ def _resolve_model(model: str | os.PathLike[str]) -> tuple[Path, str]:
     raise InputError(f"{p}: no such folder (nor a Hugging Face repo id like org/name)")
 
 
+def resolve_source(model: str | os.PathLike[str]) -> Path:
+    """The local folder for ``model`` (a folder, or a hub id resolved through the local cache/hub).
+
+    Example:
+        >>> resolve_source("l3lab/L1-Qwen-1.5B-Max")  # doctest: +SKIP
+        PosixPath('/root/.cache/huggingface/hub/models--l3lab--L1-Qwen-1.5B-Max/snapshots/...')
+    """
+    return _resolve_model(model)[0]
+
+
 def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLike[str] | None,
                    name: str | None, total_params: int) -> gguf.Metadata:
     override = None

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -175,10 +176,18 @@ def _special_vocab(d: Path) -> gguf.SpecialVocab:
                 raise TokenizerError(f"{p}: invalid JSON: {str(e)[:200]}") from None
             if not isinstance(obj, dict):
                 raise TokenizerError(f"{p}: expected a JSON object, found a {type(obj).__name__}")
+    # gguf's SpecialVocab warns that it cannot resolve the bos of a TemplateProcessing post-processor that
+    # names the token by content (R1-distill tokenizers); it then reads add_bos correctly anyway, so the
+    # warning is noise for our users. Keep it at debug level.
+    vlog = logging.getLogger("gguf.vocab")
+    old = vlog.level
+    vlog.setLevel(logging.ERROR)
     try:
         sv = gguf.SpecialVocab(d, load_merges=True)
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
         raise TokenizerError(f"{d}: tokenizer files are malformed: {str(e)[:200]}") from e
+    finally:
+        vlog.setLevel(old)
     ct = sv.chat_template
     # gguf accepts any list here and would crash while writing it: a list must be named templates.
     if isinstance(ct, list) and not all(isinstance(c, dict) and isinstance(c.get("name"), str)

@@ -35,9 +35,13 @@ from . import main
               show_default=True, help="Source MiB per work item; bounds memory (about 3 x threads x chunk).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Convert even if weights hold NaN/Inf (refused by default, naming the tensor and index).")
+@click.option("--card", is_flag=True,
+              help="Also verify the result against the source and write a model card (README.md) beside it: "
+                   "source, type, sizes, verify summary, and the L1 budget prompt format.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def convert_cmd(model: str, type_: str, output: Path | None, name: str | None, metadata: Path | None,
-                pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, quiet: bool) -> None:
+                pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, card: bool,
+                quiet: bool) -> None:
     """Convert a Hugging Face qwen2 checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF.
 
     MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
@@ -51,3 +55,13 @@ def convert_cmd(model: str, type_: str, output: Path | None, name: str | None, m
                   chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite,
                   progress=not quiet)
     click.echo(str(out))
+    if card:
+        from ..card import write_card
+        from ..convert import resolve_source
+        from ..verify import verify
+
+        src = resolve_source(model)
+        report = verify(out, source=src, threads=threads)
+        click.echo(str(write_card(out, src, report)))
+        if not report.passed:
+            raise click.ClickException(f"verify: {report.verdict}")
