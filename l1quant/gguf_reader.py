@@ -71,6 +71,8 @@ MAX_ARRAY_DEPTH = 8
 # A 256k-token vocabulary with merges is ~20 MB; 256 MiB leaves a wide margin.
 DEFAULT_MAX_HEADER_BYTES = 256 << 20
 INT64_MAX = (1 << 63) - 1
+_READ_AHEAD = 1 << 20  # header bytes read per system call
+_U64 = struct.Struct("<Q")
 
 # Minimal encoded sizes, used to refuse a count before looping over it.
 _MIN_KV_BYTES = 8 + 1 + 4 + 1  # key length, 1-byte key, type, 1-byte value
@@ -252,10 +254,13 @@ class _Cursor:
     def __init__(self, f: BinaryIO, path: Path, file_size: int, max_header_bytes: int) -> None:
         self.f = f
         self.path = path
-        self.pos = 0
+        self.pos = 0  # logical position in the file
         self.file_size = file_size
         self.end = min(file_size, max_header_bytes)
         self.limited = max_header_bytes < file_size
+        # Our own read-ahead window: it never extends past ``end``, so bytes in it need no further length check.
+        self.buf = b""
+        self.bpos = 0
 
     def fail(self, msg: str) -> GGUFFormatError:
         return GGUFFormatError(f"{self.path}: {msg}")
@@ -273,12 +278,58 @@ class _Cursor:
             raise self.fail(f"{what}: needs {n} bytes at offset {self.pos}, only {self.where()}")
 
     def read(self, n: int, what: str) -> bytes:
+        """``n`` bytes, after checking that the file (and header budget) still holds them."""
         self.need(n, what)
-        b = self.f.read(n)
-        if len(b) != n:  # the file shrank under us
-            raise self.fail(f"{what}: expected {n} bytes at offset {self.pos}, got {len(b)} (file truncated?)")
+        buf, bp = self.buf, self.bpos
+        if bp + n <= len(buf):
+            self.bpos = bp + n
+            self.pos += n
+            return buf[bp:bp + n]
+        have = buf[bp:]
+        want = n - len(have)
+        # Read what is missing plus up to _READ_AHEAD more, never past ``end`` (n <= left() was checked above).
+        chunks = []
+        todo = min(max(want, _READ_AHEAD), self.end - self.pos - len(have))
+        got = 0
+        while got < todo:
+            c = self.f.read(todo - got)
+            if not c:
+                break
+            chunks.append(c)
+            got += len(c)
+        if got < want:  # the file shrank under us
+            raise self.fail(f"{what}: expected {n} bytes at offset {self.pos}, got {len(have) + got} "
+                            "(file truncated while reading?)")
+        self.buf = have + b"".join(chunks)
+        self.bpos = n
         self.pos += n
-        return b
+        return self.buf[:n]
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """``n`` length-prefixed UTF-8 strings (the vocabulary): a fast path inside the window, checked reads
+        at its edges. The caller has already checked that ``n * 8`` bytes are left."""
+        out: list[str] = []
+        append, unpack = out.append, _U64.unpack_from
+        buf, bp = self.buf, self.bpos  # kept in locals: this loop runs ~300k times for a real vocabulary
+        blen = len(buf)
+        for i in range(n):
+            if bp + 8 <= blen:
+                e = bp + 8 + unpack(buf, bp)[0]
+                if e <= blen:
+                    try:
+                        append(buf[bp + 8:e].decode("utf-8"))
+                    except UnicodeDecodeError as err:
+                        raise self.fail(f"{what}[{i}]: invalid UTF-8 at byte {err.start} of {e - bp - 8}") from None
+                    bp = e
+                    continue
+            self.pos += bp - self.bpos  # sync, then a fully checked read across the window's edge
+            self.bpos = bp
+            append(self.string(f"{what}[{i}]"))
+            buf, bp = self.buf, self.bpos
+            blen = len(buf)
+        self.pos += bp - self.bpos
+        self.bpos = bp
+        return out
 
     def u32(self, what: str) -> int:
         return int(struct.unpack("<I", self.read(4, what))[0])
@@ -335,7 +386,7 @@ def _read_array(cur: _Cursor, what: str, depth: int) -> tuple[list[Any], tuple[G
             return arr.astype(bool).tolist(), (GGUFValueType.ARRAY, etype)
         return arr.tolist(), (GGUFValueType.ARRAY, etype)
     if etype == GGUFValueType.STRING:
-        return [cur.string(f"{what}[{i}]") for i in range(n)], (GGUFValueType.ARRAY, etype)
+        return cur.strings(n, what), (GGUFValueType.ARRAY, etype)
     # Nested arrays: each inner array carries its own element type; report the first one's (as gguf-py does).
     items: list[Any] = []
     inner: tuple[GGUFValueType, ...] = (GGUFValueType.ARRAY,)
@@ -436,14 +487,11 @@ def read_gguf(path: PathLike, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTE
         if not _is_regular(st.st_mode):
             raise InputError(f"{p}: not a regular file")
         file_size = st.st_size
-        # Buffered reads of at most 1 MiB at a time; nothing is mapped.
-        f = io.BufferedReader(raw, buffer_size=1 << 20)  # type: ignore[arg-type]
+        # Plain reads of at most 1 MiB beyond what is asked (see _Cursor.read); nothing is mapped.
         try:
-            return _parse(f, p, file_size, max_header_bytes)
+            return _parse(raw, p, file_size, max_header_bytes)
         except OSError as e:
             raise InputError(f"{p}: read error: {e.strerror or e}") from None
-        finally:
-            f.detach()
 
 
 def _is_regular(mode: int) -> bool:

@@ -23,7 +23,7 @@ from l1quant.errors import GGUFFormatError, InputError
 from l1quant.gguf_reader import GGUFFile, describe, format_description, read_gguf
 
 sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
-from gguf_builders import arr, build, kv, kv_str, kv_u32, s, tensor_payloads, valid_file, valid_spec
+from gguf_builders import T, arr, build, kv, kv_str, kv_u32, s, tensor_payloads, valid_file, valid_spec
 
 # ---------------------------------------------------------------------------------------------------------------
 # valid files written by gguf.GGUFWriter
@@ -132,6 +132,25 @@ def test_tensor_reads(written: tuple[Path, dict[str, bytes]]) -> None:
         gf.read_tensor_bytes(t, 1, t.nbytes)
     with pytest.raises(ValueError):
         next(gf.tensor_rows(t, 0))
+
+
+def test_read_tensor_f32_paths(tmp_path: Path) -> None:
+    # Q8_0 goes through l1quant.kernels; Q4_0 (not a kernels type) falls back to gguf.quants.
+    from l1quant.kernels import get_quant_type
+
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    spec = valid_spec().__class__(kvs=[kv_str("general.architecture", "qwen2")])
+    q8, q4 = quants.quantize(x, Q.Q8_0).tobytes(), quants.quantize(x, Q.Q4_0).tobytes()
+    spec.tensors = [T("q8", [64, 2], Q.Q8_0, 0, q8), T("q4", [64, 2], Q.Q4_0, 160, q4)]
+    p = tmp_path / "q.gguf"
+    p.write_bytes(build(spec))
+    gf = read_gguf(p)
+    got8 = gf.read_tensor_f32(gf.tensor("q8"))
+    np.testing.assert_array_equal(got8, get_quant_type("q8_0").dequantize(np.frombuffer(q8, np.uint8), (2, 64)))
+    np.testing.assert_allclose(got8, x, atol=0.05)
+    got4 = gf.read_tensor_f32(gf.tensor("q4"))
+    np.testing.assert_array_equal(got4, quants.dequantize(np.frombuffer(q4, np.uint8).reshape(2, -1), Q.Q4_0))
+    assert got4.shape == (2, 64) and got4.dtype == np.float32
 
 
 def test_builder_matches_gguf_writer(tmp_path: Path) -> None:
@@ -489,3 +508,42 @@ def test_control_characters_escaped_in_messages(tmp_path: Path) -> None:
     spec.kvs.append(kv("evil\nkey\x1b[2J", 99, b""))
     msg = _reject(tmp_path, build(spec), "key 'evil\\nkey\\x1b[2J' type", "unknown GGUF value type 99")
     assert "\x1b" not in msg
+
+
+@pytest.mark.parametrize("read_ahead", [1, 7, 64])
+def test_small_read_ahead_window(written: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch,
+                                 read_ahead: int) -> None:
+    # Every value straddles the read-ahead window's edge somewhere: the fast and checked paths must agree.
+    import l1quant.gguf_reader as gr
+
+    expected = read_gguf(written[0])
+    monkeypatch.setattr(gr, "_READ_AHEAD", read_ahead)
+    got = read_gguf(written[0])
+    assert got.kv == expected.kv and got.kv_types == expected.kv_types and got.tensors == expected.tensors
+    spec = valid_spec()
+    spec.kvs[3] = kv("tokenizer.ggml.tokens", V.ARRAY, arr(V.STRING, 3, s("a") + s("bb") + s(b"c\xffc")))
+    msg = _reject(written[0].parent, build(spec), "key 'tokenizer.ggml.tokens'[2]", "invalid UTF-8 at byte 1 of 3",
+                  name=f"ra{read_ahead}.gguf")
+    assert msg
+
+
+def test_real_vocabulary_size(tmp_path: Path) -> None:
+    # The Qwen2.5 vocabulary (151,665 tokens, 151,387 merges) parses identically to gguf.GGUFReader's view.
+    tok = json.loads((Path(__file__).parent / "data" / "qwen2.5-tokenizer" / "tokenizer.json").read_text())
+    vocab = [t for t, _ in sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    p = tmp_path / "vocab.gguf"
+    w = gguf.GGUFWriter(str(p), "qwen2")
+    w.add_token_list(vocab)
+    w.add_token_merges(merges)
+    w.add_tensor("t", np.zeros((2, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    t0 = time.perf_counter()
+    gf = read_gguf(p)
+    elapsed = time.perf_counter() - t0
+    assert gf.kv["tokenizer.ggml.tokens"] == vocab and gf.kv["tokenizer.ggml.merges"] == merges
+    assert gf.kv_types["tokenizer.ggml.merges"] == (V.ARRAY, V.STRING)
+    assert elapsed < 5.0, f"{elapsed:.2f}s"

@@ -114,3 +114,51 @@ def valid_spec() -> Spec:
 
 def valid_file() -> bytes:
     return build(valid_spec())
+
+
+def field_offsets(path: str) -> tuple[list[int], list[int]]:
+    """Offsets of every u64 (lengths, counts, dims, tensor offsets) and u32 (types, n_dims) field of a *valid*
+    GGUF file, found by walking ``gguf.GGUFReader``'s parts (contiguous per field). Fuzzers aim overwrites here."""
+    import gguf
+
+    r = gguf.GGUFReader(path)
+    u64: list[int] = []
+    u32: list[int] = []
+    fields = [f for f in r.fields.values()] + [t.field for t in r.tensors]
+    for f in fields:
+        off = f.offset
+        for part in f.parts:
+            if part.dtype == np.uint64:
+                u64 += range(off, off + part.nbytes, 8)
+            elif part.dtype == np.uint32:
+                u32 += range(off, off + part.nbytes, 4)
+            off += part.nbytes
+    return sorted(set(u64)), sorted(set(u32))
+
+
+def all_types_file(path: str) -> bytes:
+    """A GGUFWriter-made file with every value type, arrays, a nested array and Q8_0/F32/F16/BF16 tensors."""
+    import gguf
+
+    w = gguf.GGUFWriter(path, "qwen2")
+    w.add_uint8("t.u8", 7)
+    w.add_int16("t.i16", -3)
+    w.add_uint32("t.u32", 5)
+    w.add_float32("t.f32", 0.5)
+    w.add_uint64("t.u64", 2**40)
+    w.add_float64("t.f64", 1.25)
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "héllo")
+    w.add_array("a.str", ["a", "bb", "Ġx"])
+    w.add_array("a.i32", [1, 2, 3])
+    w.add_key_value("a.bool", [True, False], V.ARRAY, sub_type=V.BOOL)
+    w.add_array("a.nested", [[1, 2], [3]])
+    for name, (dims, gt, data) in tensor_payloads().items():
+        raw = np.frombuffer(data, dtype=np.uint8)
+        w.add_tensor(name, raw.reshape(*dims[:0:-1], -1), raw_dtype=gt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,161 @@
+"""Property fuzz of ``read_gguf``: mutated valid files give a GGUFFile or a GGUFFormatError, never anything else,
+and each parse is fast. ``L1QUANT_FUZZ_EXAMPLES`` sets the budget (default 300; see README.md in this folder).
+
+Inputs that break the property are saved to ``corpus_gguf/`` (``crash-<sha1>``) and replayed forever after by
+``test_corpus_replay``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from l1quant.errors import GGUFFormatError
+from l1quant.gguf_reader import describe, read_gguf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gguf_builders import all_types_file, field_offsets, valid_file
+
+EXAMPLES = int(os.environ.get("L1QUANT_FUZZ_EXAMPLES", "300"))
+MAX_PARSE_S = float(os.environ.get("L1QUANT_FUZZ_MAX_PARSE_S", "1.0"))
+CORPUS = Path(__file__).parent / "corpus_gguf"
+_TMP = Path(tempfile.mkdtemp(prefix="l1quant-fuzz-"))
+
+HUGE = [0, 1, 2**8, 2**16 - 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**60, 2**62, 2**63 - 1, 2**63,
+        2**64 - 32, 2**64 - 1]
+
+
+@functools.lru_cache(maxsize=1)
+def seeds() -> list[tuple[bytes, list[int], list[int]]]:
+    out = []
+    p = _TMP / "seed-builder.gguf"
+    p.write_bytes(valid_file())
+    out.append((p.read_bytes(), *field_offsets(str(p))))
+    p = _TMP / "seed-writer.gguf"
+    data = all_types_file(str(p))
+    out.append((data, *field_offsets(str(p))))
+    return out
+
+
+def check_input(data: bytes, name: str = "case.gguf") -> str:
+    """The property: GGUFFile or GGUFFormatError, within MAX_PARSE_S; a parsed file is self-consistent."""
+    p = _TMP / name
+    p.write_bytes(data)
+    t0 = time.perf_counter()
+    try:
+        gf = read_gguf(p)
+    except GGUFFormatError as e:
+        assert "\n" not in str(e)
+        gf = None
+        # Group refusals by what was wrong (the text after the path, numbers and names dropped).
+        why = re.sub(r"\d+", "N", re.sub(r"'(?:[^'\\]|\\.)*'", "'…'", str(e)[len(str(p)) + 2:]))
+        outcome = "refused: " + " ".join(why.split()[:5])
+    elapsed = time.perf_counter() - t0
+    assert elapsed < MAX_PARSE_S, f"parse took {elapsed:.3f}s"
+    if gf is None:
+        return outcome
+    # Accepted: everything the reader promises must hold, and the consumers must not trip on it.
+    end = gf.data_offset
+    for t in gf.tensors:
+        assert t.abs_offset == gf.data_offset + t.offset and t.abs_offset % gf.alignment == 0
+        assert t.abs_offset >= end and t.abs_offset + t.nbytes <= gf.file_size
+        assert 1 <= len(t.shape) <= 4 and all(d >= 1 for d in t.shape)
+        end = t.abs_offset + t.nbytes
+        assert len(gf.read_tensor_bytes(t)) == t.nbytes
+    json.dumps(describe(gf, tokens=3))
+    return "accepted"
+
+
+# Shortest failing input per failure kind; written at module teardown so that hypothesis' shrinking does not
+# flood the corpus with every intermediate example.
+_FAILURES: dict[str, bytes] = {}
+
+
+def _failure_kind(e: BaseException) -> str:
+    return type(e).__name__ + ":" + "".join(c for c in str(e).split(":")[-1][:60] if not c.isdigit())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _save_failures() -> Iterator[None]:
+    yield
+    for data in _FAILURES.values():
+        CORPUS.mkdir(exist_ok=True)
+        p = CORPUS / f"crash-{hashlib.sha1(data).hexdigest()}"  # libFuzzer's naming, so both fuzzers share it
+        if not p.exists():
+            p.write_bytes(data)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data, u64s, u32s = seeds()[draw(st.integers(0, len(seeds()) - 1))]
+    buf = bytearray(data)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "truncate", "u64", "u32", "insert", "delete", "byte"]))
+        n = len(buf)
+        if n == 0:
+            break
+        if kind == "flip":
+            i = draw(st.integers(0, n - 1))
+            buf[i] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "byte":
+            buf[draw(st.integers(0, n - 1))] = draw(st.integers(0, 255))
+        elif kind == "truncate":
+            del buf[draw(st.integers(0, n - 1)):]
+        elif kind in ("u64", "u32"):
+            offs = [o for o in (u64s if kind == "u64" else u32s) if o + 8 <= n] or [0]
+            # Aim at a real length/count/type field most of the time, anywhere in the header otherwise.
+            o = draw(st.sampled_from(offs) | st.integers(0, max(0, min(n, len(data)) - 8)))
+            v = draw(st.sampled_from(HUGE) | st.integers(0, 2**64 - 1) | st.integers(0, 2 * n))
+            if kind == "u64":
+                buf[o:o + 8] = struct.pack("<Q", v % 2**64)
+            else:
+                buf[o:o + 4] = struct.pack("<I", v % 2**32)
+        elif kind == "insert":
+            i = draw(st.integers(0, n))
+            buf[i:i] = draw(st.binary(min_size=1, max_size=64))
+        else:
+            i = draw(st.integers(0, n - 1))
+            del buf[i:i + draw(st.integers(1, 64))]
+    return bytes(buf)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                       HealthCheck.data_too_large])
+@given(mutated())
+def test_fuzz_read_gguf(data: bytes) -> None:
+    try:
+        event(check_input(data))
+    except BaseException as e:
+        kind = _failure_kind(e)
+        if kind not in _FAILURES or len(data) < len(_FAILURES[kind]):
+            _FAILURES[kind] = data
+        raise
+
+
+def test_seeds_are_valid() -> None:
+    # The fuzz starts from files the reader accepts, so mutations probe every field, not just the magic.
+    for data, u64s, u32s in seeds():
+        check_input(data)
+        assert len(u64s) > 20 and len(u32s) > 10
+
+
+def corpus_files() -> list[Path]:
+    return sorted(p for p in CORPUS.glob("[!.]*") if p.is_file() and p.suffix != ".md")
+
+
+@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.name)
+def test_corpus_replay(path: Path) -> None:
+    check_input(path.read_bytes(), name=path.name)
