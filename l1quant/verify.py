@@ -365,7 +365,7 @@ def _check_hparams(gf: GGUFFile, arch: Arch) -> tuple[Check, ModelConfig | None]
     except ConfigError as e:
         msg = str(e)
         prefix = f"{gf.path}: "
-        return Check("hparams", FAIL, msg[len(prefix):] if msg.startswith(prefix) else msg), None
+        return Check("hparams", FAIL, msg.removeprefix(prefix)), None
     problems = []
     a = arch.name
     kl, vl = (gf.kv.get(k.format(arch=a)) for k in (gguf.Keys.Attention.KEY_LENGTH, gguf.Keys.Attention.VALUE_LENGTH))
@@ -578,7 +578,7 @@ def _values_differ(key: str, exp: Any, exp_type: Any, found: Any, found_type: An
         elem = exp_type[-1] if isinstance(exp_type, tuple) else None
         if elem in (_T.FLOAT32,):
             e, f = np.asarray(exp, np.float32), np.asarray(found, np.float32)
-            diff = np.flatnonzero(e != f)
+            diff: list[int] = np.flatnonzero(e != f).tolist()
         else:
             diff = [i for i, (a, b) in enumerate(zip(exp, found)) if a != b]
         if len(diff):
@@ -590,7 +590,8 @@ def _values_differ(key: str, exp: Any, exp_type: Any, found: Any, found_type: An
         if np.float32(exp) == np.float32(found):
             return None
         ratio = f" (x{found / exp:.6g})" if exp else ""
-        return f"{key}: expected {float(np.float32(exp))!r}, found {float(found)!r}{ratio}"
+        # float32 values shown at float32 precision: 1e-06, not 9.999999974752427e-07
+        return f"{key}: expected {np.float32(exp)!s}, found {np.float32(found)!s}{ratio}"
     if exp != found:
         off = f" (off by {found - exp:+})" if isinstance(exp, int) and not isinstance(exp, bool) else ""
         return f"{key}: expected {exp!r}, found {found!r}{off}"
@@ -691,7 +692,13 @@ def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1
     expect = qt.quantize(src)
     got = np.empty((rows, rnb), dtype=np.uint8)
     pos = info.abs_offset + r0 * rnb
-    n = os.preadv(fd, [memoryview(got.reshape(-1))], pos)
+    view = memoryview(got.reshape(-1))  # type: ignore[arg-type]
+    n = 0
+    while n < got.nbytes:  # preadv may return short counts; 0 means end of file
+        r = os.preadv(fd, [view[n:]], pos + n)
+        if r <= 0:
+            break
+        n += r
     if n != got.nbytes:
         from .errors import GGUFFormatError
 
@@ -782,7 +789,7 @@ def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFid
             problems.append(f"rel RMSE {rel:.4g} above the bound {threshold:.4g}")
     passed = not problems
     if passed:
-        msg = "bytes identical" + (f"; all errors within the Q8_0 bound" if qt.name == "Q8_0" else "")
+        msg = "bytes identical" + ("; all errors within the Q8_0 bound" if qt.name == "Q8_0" else "")
     else:
         msg = "; ".join(problems)
         if math.isfinite(rel) and a.ssr > 0:
@@ -797,9 +804,10 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int) -> tuple[list[Check],
     for t in gf.tensors:
         if t.name not in planned:
             pres.append(f"tensor {_q(t.name)} has no source tensor (the converter would not write it)")
-    for name in planned:
-        if name not in {t.name for t in gf.tensors}:
-            pres.append(f"tensor {_q(name)} is missing (the source has {planned[name].source.name!r})")
+    in_file = {t.name for t in gf.tensors}
+    for name, pt in planned.items():
+        if name not in in_file:
+            pres.append(f"tensor {_q(name)} is missing (the source has {pt.source.name!r})")
     rows: list[TensorFidelity] = []
     jobs: list[tuple[TensorInfo, Any, int, int]] = []
     for t in gf.tensors:
@@ -1097,7 +1105,7 @@ def _prepare_like(prepare: Any, src: Path, ftype: str, gf: GGUFFile) -> Any:
     file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done)."""
     from .errors import TokenizerError
 
-    key = (_fingerprint(src), ftype.lower())
+    key: tuple[Any, ...] = (_fingerprint(src), ftype.lower())
     if key in _PREPARED:
         return _PREPARED[key]
     try:
@@ -1152,8 +1160,8 @@ def format_report(rep: VerifyReport, *, max_tensors: int = 12) -> str:
         shown += [t for t in rep.tensors if t.passed][: max(0, max_tensors - len(shown))]
         nw = max(6, *(len(t.name) for t in shown))
         lines += ["", f"tensors, worst first ({len(shown)} of {len(rep.tensors)}; --json for all):",
-                  f"  {'tensor':<{nw}}  {'type':<5} {'rel_rmse':>9} {'bound':>9} {'max_abs':>9} {'cosine':>10} "
-                  f"{'snr_db':>7}  bytes  ok"]
+                  (f"  {'tensor':<{nw}}  {'type':<5} {'rel_rmse':>9} {'bound':>9} {'max_abs':>9} {'cosine':>10} "
+                   f"{'snr_db':>7}  bytes  ok")]
         for t in shown:
             lines.append(
                 f"  {t.name:<{nw}}  {t.type:<5} {_fmt(t.rel_rmse, '9.3e')} {_fmt(t.threshold, '9.3e')} "
