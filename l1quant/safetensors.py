@@ -53,6 +53,8 @@ FLOAT_DTYPES = ("BF16", "F16", "F32")
 #: The safetensors format caps the JSON header at 100 MB; a larger length is a corrupt or hostile file.
 MAX_HEADER_BYTES = 100_000_000
 MAX_DIMS = 8
+#: No real tensor comes near 256 TiB; the bound keeps every shape product inside numpy's int64 arithmetic.
+MAX_TENSOR_BYTES = 1 << 48
 
 
 class _DuplicateKey(Exception):
@@ -206,7 +208,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], di
         if not isinstance(info, dict):
             raise SafetensorsError(f"{where}: entry is not an object")
         dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:  # a list/dict here is unhashable (found by fuzzing)
             raise SafetensorsError(f"{where}: unknown dtype {clip(dtype)} (known: {', '.join(DTYPES)})")
         if (not isinstance(shape, list) or len(shape) > MAX_DIMS
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
@@ -217,6 +219,9 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], di
             raise SafetensorsError(f"{where}: bad data_offsets {clip(offs)} (expected [begin, end] integers)")
         begin, end = offs
         itemsize = DTYPES[dtype][0]
+        if math.prod(max(d, 1) for d in shape) * itemsize > MAX_TENSOR_BYTES:
+            # even with a zero dim making it empty: [2**40, 2**40, 0] breaks numpy's shape arithmetic (fuzzing)
+            raise SafetensorsError(f"{where}: shape {clip(shape)} is impossibly large")
         expect = math.prod(shape) * itemsize
         if not 0 <= begin <= end <= data_size:
             raise SafetensorsError(
