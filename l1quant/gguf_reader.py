@@ -6,7 +6,8 @@ without advancing (out-of-range slices of the memmap are silently empty), still 
 resident and growing; a string length of 2**60, a tensor count of 2**60 or a kv count of 2**60 end in a bare
 ``IndexError`` (after the string silently swallowed the rest of the file); a tensor offset past the end gives
 ``ValueError: cannot reshape array of size 0``; and a misaligned (+4) or overlapping (offset 0 for the second
-tensor) offset is accepted without complaint.
+tensor) offset is accepted without complaint. It is also slow on real headers: a file holding the Qwen2.5
+vocabulary (151,936 tokens + 151,387 merges) takes 35-43 s to open with it, 0.6 s with :func:`read_gguf`.
 
 This reader instead:
 

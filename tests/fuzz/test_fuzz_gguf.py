@@ -107,13 +107,15 @@ def mutated(draw: st.DrawFn) -> bytes:
         n = len(buf)
         if n == 0:
             break
+        # Positions: anywhere, or near a real field (hypothesis favours small integers, i.e. the magic, otherwise).
+        near_field = st.tuples(st.sampled_from(u64s + u32s), st.integers(0, 7)).map(lambda t, n=n: min(t[0] + t[1], n - 1))
         if kind == "flip":
-            i = draw(st.integers(0, n - 1))
+            i = draw(st.integers(0, n - 1) | near_field)
             buf[i] ^= 1 << draw(st.integers(0, 7))
         elif kind == "byte":
-            buf[draw(st.integers(0, n - 1))] = draw(st.integers(0, 255))
+            buf[draw(st.integers(0, n - 1) | near_field)] = draw(st.integers(0, 255))
         elif kind == "truncate":
-            del buf[draw(st.integers(0, n - 1)):]
+            del buf[draw(st.integers(0, n - 1) | near_field):]
         elif kind in ("u64", "u32"):
             offs = [o for o in (u64s if kind == "u64" else u32s) if o + 8 <= n] or [0]
             # Aim at a real length/count/type field most of the time, anywhere in the header otherwise.
@@ -124,10 +126,10 @@ def mutated(draw: st.DrawFn) -> bytes:
             else:
                 buf[o:o + 4] = struct.pack("<I", v % 2**32)
         elif kind == "insert":
-            i = draw(st.integers(0, n))
+            i = draw(st.integers(0, n) | near_field)
             buf[i:i] = draw(st.binary(min_size=1, max_size=64))
         else:
-            i = draw(st.integers(0, n - 1))
+            i = draw(st.integers(0, n - 1) | near_field)
             del buf[i:i + draw(st.integers(1, 64))]
     return bytes(buf)
 
