@@ -622,8 +622,9 @@ def describe(gf: GGUFFile, tokens: int = 8) -> dict[str, Any]:
     }
 
 
-def _fmt_value(v: Any, max_chars: int = 160) -> str:
-    s = repr(v)
+def _fmt_value(v: Any, max_chars: int = 160, f32: bool = False) -> str:
+    # float32 values print as their shortest float32 repr (0.95, not 0.949999988079071)
+    s = str(np.float32(v)) if f32 and isinstance(v, float) else repr(v)
     return s if len(s) <= max_chars else f"{s[:max_chars]}… ({len(s)} chars)"
 
 
@@ -647,11 +648,11 @@ def format_description(d: dict[str, Any]) -> str:
     kw = max((len(k["key"]) for k in d["kv"]), default=0)
     for k in d["kv"]:
         if "length" in k:
-            items = ", ".join(_fmt_value(v, 60) for v in k["value"])
+            items = ", ".join(_fmt_value(v, 60, "FLOAT32" in k["type"]) for v in k["value"])
             more = f", … {k['length'] - len(k['value'])} more" if k["truncated"] else ""
             val = f"[{items}{more}] (length {k['length']})"
         else:
-            val = _fmt_value(k["value"])
+            val = _fmt_value(k["value"], f32=k["type"] == "FLOAT32")
         lines.append(f"  {k['key']:<{kw}}  {k['type']:<10} {val}")
     lines += ["", "tensors:"]
     if d["tensors"]:

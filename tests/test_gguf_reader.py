@@ -208,6 +208,7 @@ def test_describe(written: tuple[Path, dict[str, bytes]]) -> None:
     assert d["totals"]["n_tensors"] == 4 and d["totals"]["data_bytes"] == sum(len(b) for b in written[1].values())
     text = format_description(d)
     assert "blk.0.attn_q.weight" in text and "Q8_0" in text and "… 2 more" in text
+    assert "t.f32                 FLOAT32    0.1\n" in text and "[0.5, -1.25, … 1 more] (length 3)" in text
 
 
 # ---------------------------------------------------------------------------------------------------------------
