@@ -380,9 +380,14 @@ def _check_hparams(gf: GGUFFile, arch: Arch) -> tuple[Check, ModelConfig | None]
 def _check_tokenizer(gf: GGUFFile, arch: Arch, n_vocab: int | None) -> Check:
     kv = gf.kv
     problems: list[str] = []
-    tokens = kv.get(_TK.LIST)
-    types = kv.get(_TK.TOKEN_TYPE)
-    merges = kv.get(_TK.MERGES)
+
+    def typed(key: str, want: Any) -> Any:
+        # A value of the wrong type is reported by the "keys" check; here it is simply not inspected.
+        return kv.get(key) if gf.kv_types.get(key) == want else None
+
+    tokens = typed(_TK.LIST, (_T.ARRAY, _T.STRING))
+    types = typed(_TK.TOKEN_TYPE, (_T.ARRAY, _T.INT32))
+    merges = typed(_TK.MERGES, (_T.ARRAY, _T.STRING))
     if kv.get(_TK.MODEL) not in (None, "gpt2") and arch.name == "qwen2":
         problems.append(f"{_TK.MODEL} is {kv.get(_TK.MODEL)!r}, expected 'gpt2' (BPE) for {arch.name}")
     if isinstance(tokens, list):
@@ -413,11 +418,11 @@ def _check_tokenizer(gf: GGUFFile, arch: Arch, n_vocab: int | None) -> Check:
             problems.append(f"{_TK.MERGES} is empty")
     size = n_vocab if n_vocab is not None else (len(tokens) if isinstance(tokens, list) else None)
     for key in _SPECIAL_ID_KEYS:
-        v = kv.get(key)
-        if isinstance(v, int) and size is not None and not 0 <= v < size:
+        v = typed(key, _T.UINT32)
+        if v is not None and size is not None and not 0 <= v < size:
             problems.append(f"{key} is {v}, outside the vocabulary (size {size})")
-    tmpl = kv.get(_TK.CHAT_TEMPLATE)
-    if isinstance(tmpl, str):
+    tmpl = typed(_TK.CHAT_TEMPLATE, _T.STRING)
+    if tmpl is not None:
         if not tmpl.strip():
             problems.append(f"{_TK.CHAT_TEMPLATE} is empty")
         else:
@@ -673,7 +678,6 @@ class _Acc:
     sse: float = 0.0
     ssr: float = 0.0
     sst: float = 0.0
-    dot: float = 0.0
     maxerr: float = 0.0
     max_bound: float = 0.0
     bound_ss: float = 0.0  # sum of bound^2 over elements (Q8_0)
@@ -722,7 +726,6 @@ def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1
     with np.errstate(over="ignore", invalid="ignore"):
         acc.ssr = float(np.dot(ref, ref))
         acc.sst = float(np.dot(deq, deq))
-        acc.dot = float(np.dot(ref, deq))
         err = np.subtract(deq, ref, out=deq)  # in place: deq is not needed any more
         acc.sse = float(np.dot(err, err))
         np.abs(err, out=err)
@@ -753,7 +756,6 @@ def _merge(a: _Acc, b: _Acc) -> None:
     a.sse += b.sse
     a.ssr += b.ssr
     a.sst += b.sst
-    a.dot += b.dot
     if not b.maxerr <= a.maxerr:  # NaN propagates
         a.maxerr = b.maxerr
     a.max_bound = max(a.max_bound, b.max_bound)
@@ -773,8 +775,15 @@ def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFid
     snr = math.inf if a.sse == 0 else (10 * math.log10(a.ssr / a.sse) if a.ssr > 0 else -math.inf)
     if math.isnan(a.sse):
         snr = math.nan
-    denom = math.sqrt(a.ssr) * math.sqrt(a.sst)
-    cos = a.dot / denom if denom > 0 else (1.0 if a.sse == 0 else 0.0)
+    # cos = a.b / (|a||b|) rewritten with |a-b|^2 = |a|^2 + |b|^2 - 2 a.b as 1 - (|a-b|^2 - (|a|-|b|)^2) / (2|a||b|):
+    # near 1 (what quantization gives) a direct float32-accumulated a.b loses the digits that matter, while
+    # |a-b|^2 is summed from the errors themselves and keeps them.
+    na, nb = math.sqrt(a.ssr), math.sqrt(a.sst)
+    if na > 0 and nb > 0:
+        cos = 1.0 - (a.sse - (na - nb) ** 2) / (2 * na * nb)
+        cos = max(-1.0, min(1.0, cos)) if not math.isnan(cos) else cos
+    else:
+        cos = 1.0 if a.sse == 0 else 0.0
     problems = []
     if not a.identical:
         problems.append(f"bytes differ from re-quantizing the source at {a.first_diff}")
@@ -830,7 +839,8 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int) -> tuple[list[Check],
     accs: dict[str, _Acc] = {}
     fd = os.open(gf.path, os.O_RDONLY)
     try:
-        with ThreadPoolExecutor(max_workers=threads) as ex:
+        ex = ThreadPoolExecutor(max_workers=threads)
+        try:
             results = ex.map(lambda j: (j[0].name, _fidelity_job(fd, j[0], j[1].source, j[1].qtype, j[2], j[3])),
                              jobs)
             for name, acc in results:
@@ -838,6 +848,10 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int) -> tuple[list[Check],
                     _merge(accs[name], acc)
                 else:
                     accs[name] = acc
+        except BaseException:
+            ex.shutdown(wait=True, cancel_futures=True)  # a read error or Ctrl-C: do not run the remaining jobs
+            raise
+        ex.shutdown(wait=True)
     finally:
         os.close(fd)
     for t in gf.tensors:
@@ -927,6 +941,8 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
                             ("" if logits_d["passed"] else f"mean KLD {rep.mean_kld:.4g} > {limit:g}: ") + msg))
     except NotImplementedError as e:
         checks.append(Check("logits", SKIP, str(e)))
+    except KeyError as e:
+        checks.append(Check("logits", FAIL, f"the file lacks tensor {e.args[0]!r} needed by the reference forward"))
     except L1QuantError as e:
         checks.append(Check("logits", FAIL, f"the file's weights cannot run the reference forward: {e}"))
 
@@ -1055,7 +1071,9 @@ def verify(
 
     if source is None:
         checks.append(_check_finite(gf, n_threads))
-    elif arch is not None:
+    elif arch is None:
+        checks.append(Check("source", SKIP, "the architecture is not supported: nothing to compare with the source"))
+    else:
         src = Path(source)
         prep = None
         ftype = _file_type_name(gf)

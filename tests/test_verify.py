@@ -423,3 +423,18 @@ def test_bf16_widening_matches_kernels() -> None:
     amax = v._block_amax(bits, v._to_f32(bits).reshape(-1), 8)
     assert np.array_equal(amax, np.abs(decode_bf16(bits)).reshape(8, 32).max(axis=1))
     assert get_quant_type("q8_0").row_nbytes(64) == 68
+
+
+def test_cosine_stays_accurate_near_one() -> None:
+    """Cosine comes from |a-b|^2 and the norms, so quantization-sized differences keep their digits."""
+    import importlib
+
+    v = importlib.import_module("l1quant.verify")
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(100_000)
+    for b in (a + 0.005 * rng.standard_normal(a.size), rng.standard_normal(a.size), -a):
+        acc = v._Acc(sse=float(np.sum((b - a) ** 2)), ssr=float(a @ a), sst=float(b @ b))
+        row = v._row("x", get_quant_type("f32"), (a.size,), acc)
+        exact = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        assert abs(row.cosine - exact) < 1e-12
+        assert math.isclose(row.rel_rmse, float(np.linalg.norm(b - a) / np.linalg.norm(a)), rel_tol=1e-12)
