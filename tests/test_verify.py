@@ -438,3 +438,26 @@ def test_cosine_stays_accurate_near_one() -> None:
         exact = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
         assert abs(row.cosine - exact) < 1e-12
         assert math.isclose(row.rel_rmse, float(np.linalg.norm(b - a) / np.linalg.norm(a)), rel_tol=1e-12)
+
+
+def test_naming_metadata_difference_is_reported_not_failed(q8: Path, tiny_r1: Path, tmp_path: Path) -> None:
+    """general.name depends on --name/--metadata, not on the weights: noted, but the file still passes."""
+    bad = _copy(q8, tmp_path)
+    name = read_gguf(bad).kv["general.name"]
+    off, vtype = _value_offset(bad, "general.name")
+    assert vtype == gguf.GGUFValueType.STRING
+    _patch(bad, off + 8, b"X" * len(name.encode()))
+    code, doc, _ = _cli(str(bad), "--source", str(tiny_r1))
+    assert code == 0 and doc is not None
+    general = _checks(doc)["source.general"]
+    assert general["status"] == "pass" and "naming metadata differs" in general["message"]
+    assert f"general.name: expected {name!r}, found {'X' * len(name)!r}" in general["details"]
+
+
+def test_trailing_bytes_after_last_tensor(q8: Path, tmp_path: Path) -> None:
+    bad = _copy(q8, tmp_path)
+    with open(bad, "ab") as f:
+        f.write(b"\0" * 64)
+    code, doc, _ = _cli(str(bad))
+    assert code == 1 and doc is not None and _failed(doc) == ["header"]
+    assert "64 unexpected bytes after the last tensor" in _checks(doc)["header"]["message"]
