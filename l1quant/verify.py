@@ -49,7 +49,7 @@ from gguf.constants import GGMLQuantizationType, GGUFValueType
 
 from .arch import Arch, get_arch
 from .config import ModelConfig
-from .errors import ConfigError, L1QuantError
+from .errors import ConfigError, GGUFFormatError, InputError, L1QuantError
 from .gguf_reader import GGUFFile, TensorInfo, read_gguf
 from .kernels import QUANT_TYPES, QuantType, first_nonfinite, get_quant_type
 
@@ -706,8 +706,6 @@ def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1
             break
         n += r
     if n != got.nbytes:
-        from .errors import GGUFFormatError
-
         raise GGUFFormatError(f"tensor {_q(info.name)}: expected {got.nbytes} bytes at offset {pos}, got {n}; "
                               "was the file truncated while verifying?")
     acc = _Acc()
@@ -1045,7 +1043,10 @@ def verify(
         raise ConfigError(f"threads must be >= 1, found {threads}")
     n_threads = threads or _default_threads()
 
-    gf = read_gguf(gguf_path)
+    try:
+        gf = read_gguf(gguf_path)
+    except InputError as e:  # missing, unreadable, not a regular file: "cannot be read" like a malformed one
+        raise GGUFFormatError(str(e)) from None
     checks: list[Check] = [_check_layout(gf)]
     rows: list[TensorFidelity] = []
     logits_d = runtime_d = None

@@ -461,3 +461,8 @@ def test_trailing_bytes_after_last_tensor(q8: Path, tmp_path: Path) -> None:
     code, doc, _ = _cli(str(bad))
     assert code == 1 and doc is not None and _failed(doc) == ["header"]
     assert "64 unexpected bytes after the last tensor" in _checks(doc)["header"]["message"]
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    code, doc, _ = _cli(str(tmp_path / "nope.gguf"))
+    assert code == 2 and doc is not None and "nope.gguf" in doc["error"]
