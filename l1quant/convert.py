@@ -96,6 +96,12 @@ def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLi
         raise InputError(f"{model_dir}: cannot read model card / generation config metadata: {e}") from e
     if md.name is None:
         md.name = display_name
+    # The pinned reference's gguf-py also reads generation_config's "repetition_penalty" (PyPI gguf 0.19.0 only
+    # reads "penalty_repeat"); an override file still wins, as for every sampling key.
+    gen = gguf.Metadata.load_generation_config(model_dir)
+    if md.sampling_penalty_repeat is None and "repetition_penalty" in gen and not (
+            override and gguf.Keys.General.SAMPLING_PENALTY_REPEAT in gguf.Metadata.load_metadata_override(override)):
+        md.sampling_penalty_repeat = gen["repetition_penalty"]
     return md
 
 
@@ -139,7 +145,7 @@ def prepare(
     gw.add_tokenizer_pre(vocab.pre)
     gw.add_token_list(vocab.tokens)
     gw.add_token_types(vocab.token_types)
-    vocab.special.add_to_gguf(gw, quiet=True)
+    vocab.special.add_to(gw)
 
     out_type = plan.out_type.name
     if output is None:

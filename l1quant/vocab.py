@@ -4,7 +4,7 @@ Tokens and token types follow llama.cpp's converter: every id below config ``voc
 become ``[PAD{i}]``, UNUSED); added tokens that are marked special or look special (``<|...|>``, ``<｜...｜>``)
 are CONTROL, other added tokens USER_DEFINED, everything else NORMAL. The pre-tokenizer name comes from the
 sha256 of the ids of a fixed check text. Merges, special ids, add_bos/add_eos and the chat template come from
-gguf's own :class:`gguf.SpecialVocab`, the same code the reference uses.
+:mod:`l1quant.special_vocab`, which follows the reference converter's rules (see there why not gguf's class).
 
 Example:
     >>> v = load_vocab("L1-Qwen-1.5B-Max", vocab_size=151936)  # doctest: +SKIP
@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import gguf
 
 from .errors import TokenizerError, clip
+from .special_vocab import SpecialVocab, load_special_vocab
 
 #: The text whose token ids identify a BPE pre-tokenizer (llama.cpp's ``get_vocab_base_pre`` check text).
 CHECK_TEXT = (
@@ -68,7 +68,7 @@ class Vocab:
     token_types: list[int]
     pre: str
     check_hash: str
-    special: gguf.SpecialVocab = field(repr=False)
+    special: SpecialVocab = field(repr=False)
 
     @property
     def merges(self) -> list[str]:
@@ -154,7 +154,7 @@ def load_vocab(model_dir: str | Path, vocab_size: int, *, pre: str | None = None
         tokens.append(s)
 
     special = _special_vocab(d)
-    for typ, tid in special.special_token_ids.items():
+    for typ, tid in special.ids.items():
         if not 0 <= tid < vocab_size:
             raise TokenizerError(f"{d}: special token {typ}={tid} is outside the vocabulary (size {vocab_size})")
     if not special.merges:
@@ -162,7 +162,7 @@ def load_vocab(model_dir: str | Path, vocab_size: int, *, pre: str | None = None
     return Vocab(tokens, [int(t) for t in types], name, chk, special)
 
 
-def _special_vocab(d: Path) -> gguf.SpecialVocab:
+def _special_vocab(d: Path) -> SpecialVocab:
     # tokenizer_config.json is optional, but when present it must parse: SpecialVocab would silently skip it and
     # lose the bos/eos ids and the chat template.
     for fname in ("tokenizer_config.json", "config.json", "generation_config.json"):
@@ -176,18 +176,7 @@ def _special_vocab(d: Path) -> gguf.SpecialVocab:
                 raise TokenizerError(f"{p}: invalid JSON: {str(e)[:200]}") from None
             if not isinstance(obj, dict):
                 raise TokenizerError(f"{p}: expected a JSON object, found a {type(obj).__name__}")
-    # gguf's SpecialVocab warns that it cannot resolve the bos of a TemplateProcessing post-processor that
-    # names the token by content (R1-distill tokenizers); it then reads add_bos correctly anyway, so the
-    # warning is noise for our users. Keep it at debug level.
-    vlog = logging.getLogger("gguf.vocab")
-    old = vlog.level
-    vlog.setLevel(logging.ERROR)
-    try:
-        sv = gguf.SpecialVocab(d, load_merges=True)
-    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise TokenizerError(f"{d}: tokenizer files are malformed: {str(e)[:200]}") from e
-    finally:
-        vlog.setLevel(old)
+    sv = load_special_vocab(d)
     ct = sv.chat_template
     # gguf accepts any list here and would crash while writing it: a list must be named templates.
     if isinstance(ct, list) and not all(isinstance(c, dict) and isinstance(c.get("name"), str)
