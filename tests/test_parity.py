@@ -54,6 +54,12 @@ CHECKPOINTS: dict[str, dict[str, Any]] = {
     "ff80-qwen-t4": dict(tok="qwen2.5", style="t4", ff=80, generation_config=None),
     "src-f16-r1-t5": dict(tok="r1", style="t5", dtype="f16"),
     "src-f32-qwen-t4": dict(tok="qwen2.5", style="t4", dtype="f32"),
+    # Qwen's own tokenizer.json format (ByteLevel post-processor -> add_bos/add_eos false, 151643 BPE entries ->
+    # [PAD] fillers) and Qwen2.5's generation_config (repetition_penalty -> general.sampling.penalty_repeat)
+    "orig-qwen-t4": dict(tok="qwen2.5-orig", style="t4",
+                         generation_config={"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
+                                            "pad_token_id": 151643, "repetition_penalty": 1.05, "temperature": 0.7,
+                                            "top_k": 20, "top_p": 0.8}),
 }
 
 #: (checkpoint id, --outtype)
@@ -73,6 +79,7 @@ CASES: list[tuple[str, str]] = [
     ("src-f32-qwen-t4", "auto"),  # f32 source -> F16 (the reference's fallback when no 16-bit tensor is seen)
     ("src-f32-qwen-t4", "q8_0"),
     ("src-f32-qwen-t4", "f32"),
+    ("orig-qwen-t4", "q8_0"),
 ]
 
 #: the case whose two files are also read with gguf.GGUFReader (slow on a 151k vocabulary, so only one)
@@ -201,11 +208,14 @@ def test_parity_with_reference(case: tuple[str, str], parity_env: ParityEnv, tmp
     if ckpt_id.startswith("ff80") and outtype == "q8_0":
         assert types["blk.0.ffn_down.weight"] == GGMLQuantizationType.F16
         assert types["blk.0.ffn_up.weight"] == GGMLQuantizationType.Q8_0
+    if ckpt_id.startswith("orig-qwen"):
+        assert fields["tokenizer.ggml.add_bos_token"] is False and fields["tokenizer.ggml.add_eos_token"] is False
+        assert fields["general.sampling.penalty_repeat"] == pytest.approx(1.05)
     if CHECKPOINTS[ckpt_id].get("tied"):
         assert "output.weight" not in types
     else:
         assert "output.weight" in types
-    pre = {"r1": "deepseek-r1-qwen", "qwen2.5": "qwen2"}[CHECKPOINTS[ckpt_id]["tok"]]
+    pre = {"r1": "deepseek-r1-qwen", "qwen2.5": "qwen2", "qwen2.5-orig": "qwen2"}[CHECKPOINTS[ckpt_id]["tok"]]
     assert fields["tokenizer.ggml.pre"] == pre
 
 
