@@ -50,6 +50,12 @@ class _Group(click.Group):
             ctx.exit(130)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # usage errors, --help, ctx.exit: click's own handling
+        except BrokenPipeError:
+            # `l1quant inspect x.gguf | head`: the reader went away; not an error worth a message. Point stdout
+            # at /dev/null so the interpreter's final flush does not raise again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(141)
         except Exception as e:
             if debug():
                 raise
