@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -81,7 +82,7 @@ def main() -> None:
     n = args.rows * args.cols
     x32 = (rng.standard_normal(shape) * 0.02).astype(np.float32)
     bf16 = (x32.view(np.uint32) >> 16).astype(np.uint16)
-    sources = {"bf16": bf16, "f32": x32, "f16": x32.astype(np.float16)}
+    sources: dict[str, np.ndarray] = {"bf16": bf16, "f32": x32, "f16": x32.astype(np.float16)}
     cases = [("bf16", "q8_0"), ("bf16", "f16"), ("bf16", "bf16"), ("f32", "q8_0"), ("f16", "q8_0"), ("f32", "f16")]
 
     impls = ["native", "numpy"] if native_available() else ["numpy"]
@@ -97,11 +98,10 @@ def main() -> None:
         x = sources[src_name]
         qt = get_quant_type(type_name)
         out = np.empty((args.rows, qt.row_nbytes(args.cols)), dtype=np.uint8)
-        rates = {}
+        rates: dict[str, float] = {}
         for impl in impls:
-            rates[impl] = _rate(
-                lambda impl=impl, qt=qt, x=x, out=out: qt.quantize(x, out, impl=impl), n, args.seconds, clock
-            )
+            call = functools.partial(qt.quantize, x, out, impl=impl)
+            rates[impl] = _rate(call, n, args.seconds, clock)
 
         def reference(qt: QuantType = qt, x: np.ndarray = x) -> object:
             f = decode_bf16(x) if x.dtype == np.uint16 else x.astype(np.float32, copy=False)

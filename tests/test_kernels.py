@@ -305,7 +305,7 @@ def test_q8_0_nonfinite_block_is_nan(impl: str, bad_value: float, dtype: type) -
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16])
 def test_first_nonfinite(dtype: type) -> None:
-    x = np.zeros(5000, dtype=dtype)
+    x: np.ndarray = np.zeros(5000, dtype=dtype)
     assert first_nonfinite(x) is None
     for pos, bits in ((4321, 0x7F80), (17, 0xFFC0), (4999, 0x7F81)):
         y = x.copy()
