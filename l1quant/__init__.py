@@ -18,19 +18,9 @@ from __future__ import annotations
 from .convert import convert, prepare
 from .errors import L1QuantError
 from .kernels import QUANT_TYPES, get_quant_type
+from .l1 import budget_check, l1_prompt, render_chat, run
+from .verify import VerifyReport, verify
 
-__all__ = ["QUANT_TYPES", "L1QuantError", "convert", "get_quant_type", "prepare"]
+__all__ = ["QUANT_TYPES", "L1QuantError", "VerifyReport", "budget_check", "convert", "get_quant_type", "l1_prompt",
+           "prepare", "render_chat", "run", "verify"]
 __version__ = "0.1.0"
-
-try:  # modules that land independently; each adds its public names when present
-    from .verify import VerifyReport, verify
-
-    __all__ += ["VerifyReport", "verify"]
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from .l1 import budget_check, l1_prompt, render_chat, run
-
-    __all__ += ["budget_check", "l1_prompt", "render_chat", "run"]
-except ImportError:  # pragma: no cover
-    pass
