@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import ConfigError, clip
 
@@ -41,11 +41,11 @@ MAX_F32 = 3.4028234663852886e38
 _ROPE_FLOATS = ("factor", "extrapolation_factor", "attention_factor", "attn_factor", "beta_fast", "beta_slow")
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
+def _is_num(v: Any) -> TypeGuard[float]:
     """A finite number that float32 can hold (GGUF writes these as FLOAT32)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_F32
 

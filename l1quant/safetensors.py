@@ -132,7 +132,7 @@ class SafeTensor:
             except OSError as e:  # the file vanished or changed permissions since its header was read
                 raise SafetensorsError(f"{self.path}: cannot read tensor {self.name!r}: {e.strerror or e}") from e
         try:
-            view = memoryview(out.reshape(-1).view(np.uint8))
+            view = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # ndarray is a buffer
             got = 0
             while got < want:  # preadv may return short counts; loop until done or EOF
                 try:
