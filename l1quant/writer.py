@@ -73,17 +73,13 @@ def _pack_array_bulk(val: Any, sub_type: gguf.GGUFValueType | None) -> bytes | N
     head = np.array([int(ltype)], "<u4").tobytes() + np.array([len(val)], "<u8").tobytes()
     if kind is str and ltype == gguf.GGUFValueType.STRING:
         try:
-            # any item without .encode (bytes, int, ...) is a mixed list: gguf decides what to do with it
-            enc = [v.encode("utf-8") for v in val]
-        except AttributeError:
+            # map(str.encode) loops in C; any non-str item (bytes, int, ...) makes a mixed list: gguf decides
+            enc = list(map(str.encode, val))
+        except TypeError:
             return None
-        lens = np.fromiter(map(len, enc), dtype="<u8", count=len(enc)).tobytes()
-        parts: list[bytes] = [b""] * (2 * len(enc))
-        parts[0::2] = [lens[i:i + 8] for i in range(0, len(lens), 8)]
-        parts[1::2] = enc
-        return head + b"".join(parts)
+        return head + _interleave_lengths(enc)
     dt = _INT_ARRAY_DTYPES.get(ltype)
-    if kind is int and dt is not None and all(type(v) is int for v in val):  # no bool/float sneaking in
+    if kind is int and dt is not None and set(map(type, val)) == {int}:  # no bool/float sneaking in
         try:
             a = np.array(val, dtype=np.int64 if dt != "<u8" else np.uint64)
         except OverflowError:
@@ -93,6 +89,28 @@ def _pack_array_bulk(val: Any, sub_type: gguf.GGUFValueType | None) -> bytes | N
             return None
         return head + a.astype(dt).tobytes()
     return None
+
+
+def _interleave_lengths(items: list[bytes]) -> bytes:
+    """``len(item)`` as little-endian u64 before each item, concatenated (GGUF strings), without a per-item loop.
+
+    Example:
+        >>> _interleave_lengths([b"ab", b""])
+        b'\\x02\\x00\\x00\\x00\\x00\\x00\\x00\\x00ab\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00'
+    """
+    n = len(items)
+    lens = np.fromiter(map(len, items), dtype=np.int64, count=n)
+    blob = np.frombuffer(b"".join(items), dtype=np.uint8)
+    out = np.empty(8 * n + blob.size, dtype=np.uint8)
+    # item i's length field starts after i length fields and the bytes of items 0..i-1
+    starts = 8 * np.arange(n, dtype=np.int64)
+    starts[1:] += np.cumsum(lens[:-1])
+    is_len = np.zeros(out.size, dtype=bool)
+    len_pos = (starts[:, None] + np.arange(8)).reshape(-1)
+    is_len[len_pos] = True
+    out[len_pos] = lens.astype("<u8").view(np.uint8)
+    out[~is_len] = blob
+    return out.tobytes()
 
 
 class BulkKVWriter(gguf.GGUFWriter):
