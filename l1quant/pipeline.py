@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -87,13 +87,17 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@functools.cache
 def _sync_file_range() -> Callable[[int, int, int], None] | None:
-    """``start_writeback(fd, offset, nbytes)`` via Linux's sync_file_range, or None where it is unavailable."""
+    """``start_writeback(fd, offset, nbytes)`` via Linux's sync_file_range, or None where it is unavailable.
+
+    Looked up on first use through the symbols already loaded into the process (no ``find_library``, which can
+    spawn ``ldconfig``).
+    """
     if os.uname().sysname != "Linux":  # pragma: no cover - other systems
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):  # pragma: no cover - exotic libc
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -105,9 +109,6 @@ def _sync_file_range() -> Callable[[int, int, int], None] | None:
         fn(fd, offset, nbytes, write_flag)
 
     return start
-
-
-_START_WRITEBACK = _sync_file_range()
 
 
 class _Sources:
@@ -167,7 +168,7 @@ def stream_tensors(
     stop = threading.Event()
     errors: list[BaseException] = []
     sources = _Sources()
-    start_writeback = _START_WRITEBACK if writeback else None
+    start_writeback = _sync_file_range() if writeback else None
     unflushed = [0]  # output bytes written since writeback was last started (all threads; under ``lock``)
 
     def next_job(written: int) -> tuple[Job | None, bool]:
