@@ -125,8 +125,8 @@ def prepare(
     cfg = ModelConfig.load(model_dir)
     arch = get_arch(cfg.architecture)
     ckpt = open_checkpoint(model_dir)
+    plan = make_plan(ckpt, cfg, arch, type)  # before the vocab: tensor problems are refused seconds sooner
     vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
-    plan = make_plan(ckpt, cfg, arch, type)
 
     gw = new_header(plan)
     total, shared, expert, n_expert = gw.get_total_parameter_count()
@@ -148,18 +148,17 @@ def prepare(
     vocab.special.add_to(gw)
 
     out_type = plan.out_type.name
-    if output is None:
-        out = Path.cwd() / (gguf.naming_convention(md.name, md.basename, md.finetune, md.version, md.size_label,
-                                                   out_type) + ".gguf")
+    # the reference's default name (e.g. L1-Qwen-1.5B-Max-Q8_0.gguf) in a folder, or a templated file name
+    default_name = gguf.naming_convention(md.name, md.basename, md.finetune, md.version, md.size_label,
+                                          out_type) + ".gguf"
+    out = Path.cwd() if output is None else Path(output)
+    if out.is_dir():
+        out = out / default_name
     else:
-        out = Path(output)
-        if out.is_dir():
-            out = out / (gguf.naming_convention(md.name, md.basename, md.finetune, md.version, md.size_label,
-                                                out_type) + ".gguf")
-        else:
-            out = out.parent / gguf.fill_templated_filename(out.name, out_type)
-    if out.resolve().parent == model_dir.resolve() and output is None:
-        raise OutputError(f"{out}: refusing to write into the input folder; pass -o")
+        out = out.parent / gguf.fill_templated_filename(out.name, out_type)
+    # The input folder is only ever read: no output (let alone one named like an input file) goes into it.
+    if out.resolve().parent == model_dir.resolve():
+        raise OutputError(f"{out}: refusing to write into the input folder {model_dir}; pass -o elsewhere")
     return Prepared(model_dir, cfg, plan, vocab, gw, md, out, list(plan.warnings))
 
 

@@ -159,16 +159,16 @@ def test_default_output_name_and_templates(tiny_r1: Path, tmp_path: Path, monkey
     out2 = l1quant.convert(tiny_r1, "f16", tmp_path / "folder")
     assert out2.parent == tmp_path / "folder" and out2.name.endswith("-F16.gguf")
     out3 = l1quant.convert(tiny_r1, "auto", tmp_path / "m-{ftype}.gguf")
-    assert out3.name == "m-BF16.gguf"
+    assert out3.name == "m-bf16.gguf"  # gguf's template rule: {ftype} lower case, {FTYPE} upper case
 
 
 def test_name_and_metadata_overrides(tiny_r1: Path, tmp_path: Path) -> None:
     kv = fields(gguf.GGUFReader(l1quant.convert(tiny_r1, "q8_0", tmp_path / "n.gguf", name="My L1")))
     assert kv["general.name"] == "My L1"
     meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"general.author": "l1quant tests", "general.license": "mit"}))
+    meta.write_text(json.dumps({"general.author": "l1quant tests", "general.description": "tiny"}))
     kv = fields(gguf.GGUFReader(l1quant.convert(tiny_r1, "q8_0", tmp_path / "m.gguf", metadata=meta)))
-    assert kv["general.author"] == "l1quant tests" and kv["general.license"] == "mit"
+    assert kv["general.author"] == "l1quant tests" and kv["general.description"] == "tiny"
 
 
 def test_prepare_writes_nothing(tiny_r1: Path, tmp_path: Path) -> None:

@@ -433,8 +433,6 @@ def test_debug_shows_traceback(bases: dict[str, Path], tmp_path: Path) -> None:
     assert not (tmp_path / TARGET).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="convert.prepare does not yet refuse an output path that is one of the "
-                                       "input files (reported to the lead); remove this marker once it does")
 def test_output_onto_an_input_file_is_refused(bases: dict[str, Path], tmp_path: Path) -> None:
     """``-o MODEL/model.safetensors`` must not replace the checkpoint's weights with the GGUF."""
     model = tmp_path / "Tiny-Qwen2-Test"
