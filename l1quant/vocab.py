@@ -99,16 +99,46 @@ def pre_tokenizer_hash(tokenizer: Any) -> str:
     return sha256(str(ids).encode()).hexdigest()
 
 
+#: Files whose content the vocab depends on (the cache key includes their identity and modification time).
+_VOCAB_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "chat_template.jinja",
+                "chat_template.json", "merges.txt")
+_cache: dict[tuple[Any, ...], Vocab] = {}
+
+
+def _files_key(d: Path) -> tuple[Any, ...]:
+    out: list[Any] = [str(d.resolve())]
+    for f in _VOCAB_FILES:
+        try:
+            st = (d / f).stat()
+            out.append((f, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((f, None))
+    return tuple(out)
+
+
 def load_vocab(model_dir: str | Path, vocab_size: int, *, pre: str | None = None) -> Vocab:
     """Read ``tokenizer.json`` (+ tokenizer_config.json) and build the GGUF vocab for ``vocab_size`` ids.
 
     ``pre`` overrides the pre-tokenizer name (for a tokenizer whose check-text hash is not in the table).
+    Parsing a 151k-token tokenizer takes a few seconds, so the result is kept for the process while the files
+    are unchanged (``convert`` then ``verify --source`` read it once); treat the returned lists as read-only.
 
     Example:
         >>> load_vocab("model_dir", 151936, pre="qwen2").pre  # doctest: +SKIP
         'qwen2'
     """
     d = Path(model_dir)
+    key = (_files_key(d), vocab_size, pre)
+    hit = _cache.get(key)
+    if hit is None:
+        hit = _load_vocab(d, vocab_size, pre)
+        if len(_cache) >= 4:
+            _cache.pop(next(iter(_cache)))
+        _cache[key] = hit
+    return hit
+
+
+def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:
     if not 0 < vocab_size <= MAX_VOCAB:
         # the token list is built for every id below vocab_size: bound it before allocating from a config value
         raise TokenizerError(f"{d / 'config.json'}: vocab_size={vocab_size} is outside 1..{MAX_VOCAB}")
