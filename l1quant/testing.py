@@ -125,12 +125,14 @@ def make_checkpoint(
     rope_scaling: dict[str, Any] | None = None,
     generation_config: dict[str, Any] | None = R1_GENERATION_CONFIG,
     name_or_path: str | None = None,
+    extra_config: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> Path:
     """Build a qwen2 checkpoint folder with random weights and the tokenizer files from ``tokenizer_dir``.
 
     ``style`` is ``t4`` (transformers 4: rope_theta/rope_scaling/torch_dtype) or ``t5`` (rope_parameters/dtype).
     ``shards`` > 1 writes ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``.
+    ``extra_config`` entries are merged into config.json last (e.g. token ids for a small test tokenizer).
 
     Example:
         >>> make_checkpoint(tmp / "m", tokenizer_dir=tok, shards=2, style="t5")  # doctest: +SKIP
@@ -153,6 +155,7 @@ def make_checkpoint(
     }
     if name_or_path is not None:
         cfg["_name_or_path"] = name_or_path
+    cfg.update(extra_config or {})
     if style == "t4":
         cfg.update({"rope_theta": 10000.0, "rope_scaling": rope_scaling, "torch_dtype": torch_dtype,
                     "transformers_version": "4.44.0"})

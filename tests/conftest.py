@@ -31,17 +31,40 @@ def original_qwen_tokenizer(out: Path) -> Path:
     return out
 
 
+def toy_tokenizer(out: Path) -> Path:
+    """A 333-token byte-level BPE trained here on a few lines (pre-tokenizer hash unknown: convert with
+    ``pre="qwen2"``). Headers with it are small, so gguf's own (slow) GGUFReader can read them back quickly."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["The quick brown fox jumps over the lazy dog. ", "def f(x):\n    return x * 2\n",
+                             "我想在apple工作 🚀 3.14"] * 20, trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+        "chat_template": (QWEN_TOK / "chat_template.jinja").read_text(encoding="utf-8")}))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Build (once per distinct arguments) a tiny random qwen2 checkpoint: ``tiny_factory(tok="r1", **kw)``.
 
-    ``tok`` is "r1", "qwen2.5", or "qwen2.5-orig" (see :func:`original_qwen_tokenizer`)."""
+    ``tok`` is "r1", "qwen2.5", "qwen2.5-orig" (see :func:`original_qwen_tokenizer`) or "toy" (see
+    :func:`toy_tokenizer`; pass ``vocab=352`` or so, and convert with ``pre="qwen2"``)."""
     cache: dict[tuple[Any, ...], Path] = {}
     toks = dict(TOKENIZERS)
 
     def make(tok: str = "r1", **kw: Any) -> Path:
-        if tok == "qwen2.5-orig" and tok not in toks:
-            toks[tok] = original_qwen_tokenizer(tmp_path_factory.mktemp("qwen-orig-tok"))
+        if tok not in toks:
+            make_tok = {"qwen2.5-orig": original_qwen_tokenizer, "toy": toy_tokenizer}[tok]
+            toks[tok] = make_tok(tmp_path_factory.mktemp(f"{tok}-tok"))
         key = (tok, tuple(sorted((k, repr(v)) for k, v in kw.items())))
         if key not in cache:
             d = tmp_path_factory.mktemp(f"tiny-{tok}")

@@ -1,4 +1,8 @@
-"""End-to-end conversion of tiny checkpoints built by the tests, read back with gguf's own reader."""
+"""End-to-end conversion of tiny checkpoints built by the tests.
+
+Files with the real 151k-token tokenizers are read back with l1quant's read_gguf (gguf.GGUFReader needs ~40 s per
+such header); the writer round-trip through gguf's own GGUFReader uses a toy tokenizer, so it stays fast.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from click.testing import CliRunner
 import l1quant
 from l1quant.cli import main
 from l1quant.convert import prepare
+from l1quant.gguf_reader import read_gguf
 from l1quant.kernels import decode_bf16
 from l1quant.safetensors import open_checkpoint
 
@@ -26,6 +31,10 @@ FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7}
 
 def fields(r: gguf.GGUFReader) -> dict[str, Any]:
     return {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+
+
+def kv(path: Path) -> dict[str, Any]:
+    return read_gguf(path).kv
 
 
 def source_f32(model_dir: Path) -> dict[str, np.ndarray]:
@@ -45,8 +54,10 @@ HF_OF = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_
 
 
 @pytest.mark.parametrize("qtype", list(TYPES))
-def test_every_type_round_trips(tiny_r1: Path, tmp_path: Path, qtype: str) -> None:
-    out = l1quant.convert(tiny_r1, qtype, tmp_path / "out.gguf")
+def test_every_type_round_trips_through_gguf_reader(tiny_factory: Callable[..., Path], tmp_path: Path,
+                                                    qtype: str) -> None:
+    d = tiny_factory("toy", vocab=352, extra_config={"bos_token_id": 0, "eos_token_id": 2})
+    out = l1quant.convert(d, qtype, tmp_path / "out.gguf", pre="qwen2")
     r = gguf.GGUFReader(out)
     kv = fields(r)
     assert kv["general.architecture"] == "qwen2"
@@ -55,32 +66,47 @@ def test_every_type_round_trips(tiny_r1: Path, tmp_path: Path, qtype: str) -> No
     assert kv["qwen2.block_count"] == 2 and kv["qwen2.embedding_length"] == 64
     assert kv["qwen2.attention.head_count"] == 4 and kv["qwen2.attention.head_count_kv"] == 2
     assert kv["qwen2.rope.freq_base"] == 10000.0
-    assert kv["tokenizer.ggml.pre"] == "deepseek-r1-qwen"
-    assert kv["tokenizer.ggml.bos_token_id"] == 151646  # tokenizer's bos, not config.json's 151643
-    assert kv["tokenizer.ggml.eos_token_id"] == 151643
-    assert kv["tokenizer.ggml.add_bos_token"] is True
-    assert len(kv["tokenizer.ggml.tokens"]) == 151936 == len(kv["tokenizer.ggml.token_type"])
+    assert kv["qwen2.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
+    assert kv["tokenizer.ggml.pre"] == "qwen2"
+    assert len(kv["tokenizer.ggml.tokens"]) == 352 == len(kv["tokenizer.ggml.token_type"])
+    assert kv["tokenizer.ggml.tokens"][351] == "[PAD351]" and kv["tokenizer.ggml.token_type"][351] == 5
+    assert kv["tokenizer.ggml.token_type"][:3] == [3, 3, 3]  # the special added tokens are CONTROL
+    assert kv["tokenizer.ggml.eos_token_id"] == 2 and kv["tokenizer.ggml.padding_token_id"] == 0
+    assert kv["tokenizer.ggml.add_bos_token"] is False  # ByteLevel post-processor
     assert kv["general.sampling.temp"] == pytest.approx(0.6) and kv["general.sampling.top_p"] == pytest.approx(0.95)
-    assert "<｜Assistant｜><think>" in kv["tokenizer.chat_template"]
+    assert "<|im_start|>" in kv["tokenizer.chat_template"]
+    # the same keys, in the same order, as l1quant's own reader sees
+    assert list(kv) == list(read_gguf(out).kv)
 
     names = [t.name for t in r.tensors]
     assert names[:4] == ["output.weight", "token_embd.weight", "blk.0.attn_norm.weight", "blk.0.ffn_down.weight"]
     assert names[-1] == "output_norm.weight" and len(names) == 27
-    src = source_f32(tiny_r1)
+    src = source_f32(d)
     by_name = {t.name: t for t in r.tensors}
     for gname, hf in HF_OF.items():
         t = by_name[gname]
         want_type = TYPES[qtype] if gname.endswith(".weight") and src[hf].ndim == 2 else gguf.GGMLQuantizationType.F32
         assert t.tensor_type == want_type, gname
+        assert [int(x) for x in t.shape] == list(reversed(src[hf].shape)), gname
         deq = gguf.quants.dequantize(t.data, t.tensor_type).reshape(src[hf].shape)
         err = np.abs(deq - src[hf]).max() / np.abs(src[hf]).max()
         bound = {"f32": 0, "bf16": 0, "f16": 1e-3, "q8_0": 1e-2}[qtype] if want_type != gguf.GGMLQuantizationType.F32 else 0
         assert err <= bound, (gname, err)
 
 
+def test_r1_metadata(tiny_r1: Path, tmp_path: Path) -> None:
+    k = kv(l1quant.convert(tiny_r1, "q8_0", tmp_path / "r1.gguf"))
+    assert k["tokenizer.ggml.pre"] == "deepseek-r1-qwen"
+    assert k["tokenizer.ggml.bos_token_id"] == 151646  # the tokenizer's bos, not config.json's 151643
+    assert k["tokenizer.ggml.eos_token_id"] == 151643
+    assert k["tokenizer.ggml.add_bos_token"] is True
+    assert len(k["tokenizer.ggml.tokens"]) == 151936 == len(k["tokenizer.ggml.token_type"])
+    assert "<｜Assistant｜><think>" in k["tokenizer.chat_template"]
+
+
 def test_token_types_and_special_ids(tiny_r1: Path, tiny_qwen: Path, tmp_path: Path) -> None:
-    r1 = fields(gguf.GGUFReader(l1quant.convert(tiny_r1, "q8_0", tmp_path / "r1.gguf")))
-    qw = fields(gguf.GGUFReader(l1quant.convert(tiny_qwen, "q8_0", tmp_path / "qw.gguf")))
+    r1 = kv(l1quant.convert(tiny_r1, "q8_0", tmp_path / "r1.gguf"))
+    qw = kv(l1quant.convert(tiny_qwen, "q8_0", tmp_path / "qw.gguf"))
     assert qw["tokenizer.ggml.pre"] == "qwen2"
     assert qw["tokenizer.ggml.bos_token_id"] == 151643 and qw["tokenizer.ggml.eos_token_id"] == 151645
     toks, types = r1["tokenizer.ggml.tokens"], r1["tokenizer.ggml.token_type"]
@@ -93,20 +119,19 @@ def test_token_types_and_special_ids(tiny_r1: Path, tiny_qwen: Path, tmp_path: P
 
 def test_tied_embeddings_write_no_output(tiny_factory: Callable[..., Path], tmp_path: Path) -> None:
     d = tiny_factory("qwen2.5", tied=True)
-    r = gguf.GGUFReader(l1quant.convert(d, "f16", tmp_path / "t.gguf"))
-    names = [t.name for t in r.tensors]
+    names = [t.name for t in read_gguf(l1quant.convert(d, "f16", tmp_path / "t.gguf")).tensors]
     assert "output.weight" not in names and "token_embd.weight" in names
 
 
 def test_sharded_equals_single(tiny_factory: Callable[..., Path], tmp_path: Path) -> None:
     a = l1quant.convert(tiny_factory("r1"), "q8_0", tmp_path / "a.gguf")
     b = l1quant.convert(tiny_factory("r1", shards=3), "q8_0", tmp_path / "b.gguf")
-    ra, rb = gguf.GGUFReader(a), gguf.GGUFReader(b)
-    assert fields(ra) == fields(rb)
+    ra, rb = read_gguf(a), read_gguf(b)
+    assert ra.kv == rb.kv
     # tensor order follows the shards (sorted within each), as in llama.cpp, so compare by name
     assert [t.name for t in ra.tensors] != [t.name for t in rb.tensors]
-    da = {t.name: t.data.tobytes() for t in ra.tensors}
-    assert da == {t.name: t.data.tobytes() for t in rb.tensors}
+    da = {t.name: ra.read_tensor_bytes(t) for t in ra.tensors}
+    assert da == {t.name: rb.read_tensor_bytes(t) for t in rb.tensors}
 
 
 def test_transformers5_config_equals_transformers4(tiny_factory: Callable[..., Path], tmp_path: Path) -> None:
@@ -124,31 +149,28 @@ def test_transformers5_config_equals_transformers4(tiny_factory: Callable[..., P
 def test_rope_scaling_keys(tiny_factory: Callable[..., Path], tmp_path: Path, scaling: dict[str, Any],
                            keys: dict[str, Any]) -> None:
     for style in ("t4", "t5"):
-        kv = fields(gguf.GGUFReader(l1quant.convert(tiny_factory("r1", rope_scaling=scaling, style=style), "f16",
-                                                    tmp_path / f"{style}.gguf")))
+        got = kv(l1quant.convert(tiny_factory("r1", rope_scaling=scaling, style=style), "f16",
+                                 tmp_path / f"{style}.gguf"))
         for k, v in keys.items():
-            assert kv[k] == v, (style, k)
-        order = list(kv)
+            assert got[k] == v, (style, k)
+        order = list(got)
         assert order.index("qwen2.rope.scaling.type") < order.index("qwen2.rope.freq_base")
 
 
 def test_odd_rows_fall_back_to_f16(tiny_factory: Callable[..., Path], tmp_path: Path,
                                    caplog: pytest.LogCaptureFixture) -> None:
     d = tiny_factory("r1", ff=80)
-    r = gguf.GGUFReader(l1quant.convert(d, "q8_0", tmp_path / "o.gguf"))
-    types = {t.name: t.tensor_type for t in r.tensors}
+    types = {t.name: t.ggml_type for t in read_gguf(l1quant.convert(d, "q8_0", tmp_path / "o.gguf")).tensors}
     assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.F16  # rows of 80 values
     assert types["blk.0.ffn_up.weight"] == gguf.GGMLQuantizationType.Q8_0  # rows of 64 values
     assert any("falling back to F16" in m for m in caplog.messages)
 
 
 def test_auto_type_follows_source_dtype(tiny_factory: Callable[..., Path], tmp_path: Path) -> None:
-    kv = fields(gguf.GGUFReader(l1quant.convert(tiny_factory("r1"), "auto", tmp_path / "a.gguf")))
-    assert kv["general.file_type"] == 32  # bf16 source -> BF16
-    kv = fields(gguf.GGUFReader(l1quant.convert(tiny_factory("r1", dtype="f16"), "auto", tmp_path / "b.gguf")))
-    assert kv["general.file_type"] == 1
-    kv = fields(gguf.GGUFReader(l1quant.convert(tiny_factory("r1", dtype="f32"), "auto", tmp_path / "c.gguf")))
-    assert kv["general.file_type"] == 1  # llama.cpp's default when nothing is 16-bit
+    assert kv(l1quant.convert(tiny_factory("r1"), "auto", tmp_path / "a.gguf"))["general.file_type"] == 32
+    assert kv(l1quant.convert(tiny_factory("r1", dtype="f16"), "auto", tmp_path / "b.gguf"))["general.file_type"] == 1
+    # llama.cpp's default when nothing is 16-bit
+    assert kv(l1quant.convert(tiny_factory("r1", dtype="f32"), "auto", tmp_path / "c.gguf"))["general.file_type"] == 1
 
 
 def test_default_output_name_and_templates(tiny_r1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,12 +185,11 @@ def test_default_output_name_and_templates(tiny_r1: Path, tmp_path: Path, monkey
 
 
 def test_name_and_metadata_overrides(tiny_r1: Path, tmp_path: Path) -> None:
-    kv = fields(gguf.GGUFReader(l1quant.convert(tiny_r1, "q8_0", tmp_path / "n.gguf", name="My L1")))
-    assert kv["general.name"] == "My L1"
+    assert kv(l1quant.convert(tiny_r1, "q8_0", tmp_path / "n.gguf", name="My L1"))["general.name"] == "My L1"
     meta = tmp_path / "meta.json"
     meta.write_text(json.dumps({"general.author": "l1quant tests", "general.description": "tiny"}))
-    kv = fields(gguf.GGUFReader(l1quant.convert(tiny_r1, "q8_0", tmp_path / "m.gguf", metadata=meta)))
-    assert kv["general.author"] == "l1quant tests" and kv["general.description"] == "tiny"
+    got = kv(l1quant.convert(tiny_r1, "q8_0", tmp_path / "m.gguf", metadata=meta))
+    assert got["general.author"] == "l1quant tests" and got["general.description"] == "tiny"
 
 
 def test_prepare_writes_nothing(tiny_r1: Path, tmp_path: Path) -> None:
@@ -181,7 +202,7 @@ def test_cli_convert(tiny_r1: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["convert", str(tiny_r1), "--type", "q8_0", "-o", str(tmp_path / "c.gguf"), "-q"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().endswith("c.gguf")
-    assert gguf.GGUFReader(tmp_path / "c.gguf").fields["general.file_type"].contents() == 7
+    assert kv(tmp_path / "c.gguf")["general.file_type"] == 7
 
 
 def test_cli_help_explains_every_option() -> None:
