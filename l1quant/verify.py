@@ -51,7 +51,7 @@ from .arch import Arch, get_arch
 from .config import ModelConfig
 from .errors import ConfigError, GGUFFormatError, InputError, L1QuantError
 from .gguf_reader import GGUFFile, TensorInfo, read_gguf
-from .kernels import QUANT_TYPES, QuantType, first_nonfinite, get_quant_type
+from .kernels import QUANT_TYPES, QuantType, decode_bf16, first_nonfinite, get_quant_type
 
 __all__ = [
     "LOGIT_KLD_LIMITS",
@@ -657,10 +657,9 @@ def _short(v: Any) -> str:
 
 
 def _to_f32(x: np.ndarray) -> np.ndarray:
-    """Source values as float32 (bf16 bits widened exactly; the same result as ``kernels.decode_bf16``, in one
-    numpy pass instead of two)."""
+    """Source values as float32 (uint16 arrays are raw bf16 bits, widened exactly)."""
     if x.dtype == np.uint16:
-        return np.left_shift(x, 16, dtype=np.uint32).view(np.float32)
+        return decode_bf16(x)
     return np.asarray(x, dtype=np.float32)
 
 
