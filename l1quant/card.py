@@ -66,15 +66,15 @@ def render_card(gguf_path: Path, source: Path | None, report: Any | None = None)
         MARKER,
         f"# {name} — GGUF {ftype}",
         "",
-        f"Converted with [l1quant](https://pypi.org/project/l1quant/) from `{source.name if source else '?'}`; "
-        "tensors byte-identical to llama.cpp's `convert_hf_to_gguf.py`.",
+        (f"Converted with [l1quant](https://pypi.org/project/l1quant/) from `{source.name if source else '?'}`; "
+         "tensors byte-identical to llama.cpp's `convert_hf_to_gguf.py`."),
         "",
         "| | |",
         "|---|---|",
         f"| file | `{gguf_path.name}` |",
         f"| sha256 | `{_sha256(gguf_path)}` |",
-        f"| size | {_human(gguf_path.stat().st_size)}"
-        + (f" (source safetensors: {_human(src_size)})" if src_size else "") + " |",
+        (f"| size | {_human(gguf_path.stat().st_size)}"
+         + (f" (source safetensors: {_human(src_size)})" if src_size else "") + " |"),
         f"| architecture | {arch}, {kv.get(f'{arch}.block_count', '?')} layers, "
         f"hidden {kv.get(f'{arch}.embedding_length', '?')}, "
         f"{kv.get(f'{arch}.attention.head_count', '?')}/{kv.get(f'{arch}.attention.head_count_kv', '?')} heads |",

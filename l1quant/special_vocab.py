@@ -267,7 +267,8 @@ def load_special_vocab(model_dir: str | Path) -> SpecialVocab:
     if cfg_path.is_file():
         cfg = _read_json(cfg_path)
         if isinstance(cfg, dict):
-            text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+            tc_raw = cfg.get("text_config")
+            text_cfg: dict[str, Any] = tc_raw if isinstance(tc_raw, dict) else {}
             for typ in sv.types:
                 tid = cfg.get(f"{typ}_token_id")
                 if tid is None:

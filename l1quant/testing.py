@@ -103,8 +103,7 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[tuple[int, ...], str]
         f.write(struct.pack("<Q", len(hb)))
         f.write(hb)
         for name in tensors:
-            for b in chunks(name):
-                f.write(b)
+            f.writelines(chunks(name))
 
 
 def make_checkpoint(
