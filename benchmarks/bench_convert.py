@@ -109,17 +109,12 @@ def build(cache: Path, name: str, shape: dict[str, object]) -> Path:
     return d
 
 
-# Measurement-only variant: the same CLI with os.fsync and the pipeline's early writeback (sync_file_range, which
-# blocks when the disk queue is full) turned off, i.e. what a conversion costs when, like llama.cpp's converter,
-# it leaves the data dirty in the page cache for the kernel to write back later.
-NO_FSYNC = ("import os; os.fsync = lambda fd: None; import l1quant.pipeline as P; "
-            "P._sync_file_range = lambda: None; ")
-
-
 def ours_cmd(model: Path, typ: str, out: Path, threads: int | None, chunk_mb: float | None,
-             fsync: bool = True) -> list[str]:
-    code = ("" if fsync else NO_FSYNC) + "import sys; from l1quant.cli import main; sys.exit(main())"
-    cmd = [sys.executable, "-c", code, "convert", str(model), "--type", typ, "-o", str(out)]
+             durable: bool = False) -> list[str]:
+    """The l1quant CLI; ``durable`` adds ``--fsync`` (file and folder flushed to disk before publishing)."""
+    cmd = [sys.executable, "-m", "l1quant", "convert", str(model), "--type", typ, "-o", str(out)]
+    if durable:
+        cmd.append("--fsync")
     if threads:
         cmd += ["--threads", str(threads)]
     if chunk_mb:
@@ -201,8 +196,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="also the Qwen2.5-0.5B shape (RSS flatness), l1quant only")
     ap.add_argument("--small-reference", action="store_true", help="also run the reference on the 0.5B shape")
     ap.add_argument("--no-kernels", action="store_true", help="skip the kernel throughput table")
-    ap.add_argument("--nofsync-variant", action="store_true",
-                    help="also time l1quant with fsync disabled (measurement only: what durability costs)")
+    ap.add_argument("--fsync-variant", action="store_true",
+                    help="also time `l1quant convert --fsync` (what durability across a power loss costs)")
     args = ap.parse_args()
 
     from l1quant.pipeline import default_threads
@@ -226,7 +221,7 @@ def main() -> None:
     results: list[tuple[str, str, Series, Series | None, bool | None]] = []
     for label, model in shapes:
         for typ in types:
-            ours, ref, nofs = Series("l1quant"), Series("llama.cpp"), Series("l1quant no-fsync")
+            ours, ref, durable = Series("l1quant"), Series("llama.cpp"), Series("l1quant --fsync")
             run_ref = use_ref and (label == "L1-1.5B" or args.small_reference)
             identical: bool | None = None
             for i in range(args.repeat):
@@ -234,10 +229,10 @@ def main() -> None:
                 ours.runs.append(timed(ours_cmd(model, typ, o, args.threads, args.chunk_mb)))
                 print(f"  {label} {typ} l1quant   run {i + 1}: {ours.runs[-1].wall:6.2f} s "
                       f"{ours.runs[-1].rss / 2**20:7.0f} MiB", flush=True)
-                if args.nofsync_variant:
+                if args.fsync_variant:
                     o.unlink()
-                    nofs.runs.append(timed(ours_cmd(model, typ, o, args.threads, args.chunk_mb, fsync=False)))
-                    print(f"  {label} {typ} l1quant (no fsync) run {i + 1}: {nofs.runs[-1].wall:6.2f} s",
+                    durable.runs.append(timed(ours_cmd(model, typ, o, args.threads, args.chunk_mb, durable=True)))
+                    print(f"  {label} {typ} l1quant --fsync run {i + 1}: {durable.runs[-1].wall:6.2f} s",
                           flush=True)
                 if run_ref:
                     r = out_dir / f"ref-{typ}.gguf"
@@ -263,8 +258,8 @@ def main() -> None:
                     results.append((label, "q8_0*", q, None, None))
                 o.unlink()
             results.append((label, typ, ours, ref if ref.runs else None, identical))
-            if nofs.runs:
-                results.append((label, typ, nofs, ref if ref.runs else None, None))
+            if durable.runs:
+                results.append((label, typ, durable, ref if ref.runs else None, None))
 
     rows = [["shape", "type", "tool", "wall s (med)", "min", "cpu s", "peak RSS MiB", "ref/ours wall",
              "ours/ref RSS", "bytes equal"]]

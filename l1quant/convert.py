@@ -173,6 +173,7 @@ def convert(
     threads: int | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     allow_nonfinite: bool = False,
+    durable: bool = False,
     progress: bool | Callable[[int], None] = False,
 ) -> Path:
     """Convert a qwen2 checkpoint (folder or Hugging Face repo id) to GGUF; return the output path.
@@ -181,7 +182,8 @@ def convert(
     ``output`` is a file path (``{ftype}`` in it is replaced by the type), a folder, or None for a name like
     ``L1-Qwen-1.5B-Max-Q8_0.gguf`` in the current folder. ``name`` and ``metadata`` (a JSON file of
     ``general.*`` keys) override the naming metadata; ``pre`` overrides the pre-tokenizer name. ``threads``
-    defaults to every core; the output bytes do not depend on it or on ``chunk_bytes``. ``progress`` is True
+    defaults to every core; the output bytes do not depend on it or on ``chunk_bytes``. ``durable`` fsyncs the
+    output (and its folder) before publishing it, so it survives a power loss too. ``progress`` is True
     for a progress bar on stderr, or a callback receiving processed source bytes.
 
     Nothing is written until everything has been validated; the output appears atomically, and on any error
@@ -208,11 +210,12 @@ def convert(
     else:
         cb = progress or None
     try:
-        with AtomicOutput(p.output, 0) as out:
+        with AtomicOutput(p.output, 0, durable=durable) as out:
             data_offset = write_header(p.header, out.path)
             out.reserve(data_offset + plan.data_nbytes)
+            # early writeback only pays off when a final fsync will wait for the disk anyway
             stream_tensors(plan, out.fd, data_offset, threads=threads, chunk_bytes=chunk_bytes,
-                           allow_nonfinite=allow_nonfinite, on_progress=cb)
+                           allow_nonfinite=allow_nonfinite, on_progress=cb, writeback=durable)
     finally:
         if bar is not None:
             bar.close()

@@ -3,8 +3,11 @@
 The header (magic, version, KV pairs, tensor infos) is serialized by :class:`gguf.GGUFWriter`, so every value
 type is exactly what llama.cpp's converter writes. The data section is ours: the file is pre-allocated (a full
 disk fails here, before any work), tensors are written with ``pwrite`` at their planned offsets by the pipeline,
-then the file is fsynced and renamed over the target. Until that rename the output exists only as a hidden
-temporary file beside the target, which is removed on any error, Ctrl-C or SIGTERM.
+then the file is renamed over the target (after an fsync of the file, and of the folder after the rename, when
+``durable``). Until that rename the output exists only as a hidden temporary file beside the target, which is
+removed on any error, Ctrl-C or SIGTERM. Atomicity needs no fsync; durability across a power loss does, and
+costs the time the disk needs to write the whole output, so it is opt-in (``--fsync``), as in llama.cpp (which
+never fsyncs).
 
 Example:
     >>> with AtomicOutput(Path("out.gguf")) as out:     # doctest: +SKIP
@@ -162,9 +165,10 @@ class AtomicOutput:
         ...     os.pwrite(out.fd, b"GGUF", 0)
     """
 
-    def __init__(self, target: Path, size: int) -> None:
+    def __init__(self, target: Path, size: int, *, durable: bool = False) -> None:
         self.target = Path(target)
         self.size = size
+        self.durable = durable
         self.path = self.target  # the temporary file once __enter__ has created it
         self.fd = -1
         self._tmp: Path | None = None  # only this path is ever unlinked: never the target
@@ -244,7 +248,8 @@ class AtomicOutput:
                 raise _os_error(self.target, ev) from ev
             return
         try:
-            os.fsync(self.fd)
+            if self.durable:
+                os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
             os.replace(self.path, self.target)
@@ -256,7 +261,8 @@ class AtomicOutput:
             self._cleanup()
             raise
         self._restore()
-        _fsync_dir(self.target.parent)
+        if self.durable:
+            _fsync_dir(self.target.parent)
 
 
 def _fsync_dir(d: Path) -> None:

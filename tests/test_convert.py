@@ -123,6 +123,13 @@ def test_tied_embeddings_write_no_output(tiny_factory: Callable[..., Path], tmp_
     assert "output.weight" not in names and "token_embd.weight" in names
 
 
+def test_durable_output_is_the_same_file(tiny_r1: Path, tmp_path: Path) -> None:
+    a = l1quant.convert(tiny_r1, "q8_0", tmp_path / "a.gguf")
+    b = l1quant.convert(tiny_r1, "q8_0", tmp_path / "b.gguf", durable=True)
+    assert a.read_bytes() == b.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf", "b.gguf"]  # no temporary file left
+
+
 def test_sharded_equals_single(tiny_factory: Callable[..., Path], tmp_path: Path) -> None:
     a = l1quant.convert(tiny_factory("r1"), "q8_0", tmp_path / "a.gguf")
     b = l1quant.convert(tiny_factory("r1", shards=3), "q8_0", tmp_path / "b.gguf")
@@ -209,5 +216,5 @@ def test_cli_help_explains_every_option() -> None:
     res = subprocess.run([sys.executable, "-m", "l1quant.cli", "convert", "--help"], capture_output=True, text=True)
     assert res.returncode == 0
     for opt in ("--type", "--output", "--name", "--metadata", "--pre", "--threads", "--chunk-mb",
-                "--allow-nonfinite", "--quiet"):
+                "--allow-nonfinite", "--fsync", "--card", "--quiet"):
         assert opt in res.stdout, opt

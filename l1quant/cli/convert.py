@@ -35,13 +35,17 @@ from . import main
               show_default=True, help="Source MiB per work item; bounds memory (about 3 x threads x chunk).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Convert even if weights hold NaN/Inf (refused by default, naming the tensor and index).")
+@click.option("--fsync", "durable", is_flag=True,
+              help="Flush the output to disk (file and folder) before publishing it, so it also survives a power "
+                   "loss. Costs the time the disk needs to write the whole file. Without it the output is still "
+                   "atomic: complete under its name, or absent.")
 @click.option("--card", is_flag=True,
               help="Also verify the result against the source and write a model card (README.md) beside it: "
                    "source, type, sizes, verify summary, and the L1 budget prompt format.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def convert_cmd(model: str, type_: str, output: Path | None, name: str | None, metadata: Path | None,
-                pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, card: bool,
-                quiet: bool) -> None:
+                pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, durable: bool,
+                card: bool, quiet: bool) -> None:
     """Convert a Hugging Face qwen2 checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF.
 
     MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
@@ -52,7 +56,7 @@ def convert_cmd(model: str, type_: str, output: Path | None, name: str | None, m
     """
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="l1quant: warning: %(message)s")
     out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, threads=threads,
-                  chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite,
+                  chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite, durable=durable,
                   progress=not quiet)
     click.echo(str(out))
     if card:
