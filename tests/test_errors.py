@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,22 +33,7 @@ DATA = Path(__file__).parent / "data"
 R1_TOK = DATA / "r1-distill-tokenizer"
 #: The tiny valid checkpoint every case starts from (tied: one 151936 x 32 embedding, ~10 MB).
 TINY: dict[str, Any] = {"hidden": 32, "heads": 4, "kv_heads": 2, "ff": 64, "layers": 2, "tied": True}
-TARGET = "model.gguf"
-PRECIOUS = b"an existing GGUF the user cares about\n" * 10
-
-
-def cli() -> list[str]:
-    """The installed ``l1quant`` entry point next to this interpreter, else the same ``main`` via ``-c``."""
-    exe = Path(sys.executable).parent / "l1quant"
-    if exe.is_file():
-        return [str(exe)]
-    return [sys.executable, "-c", "import sys; from l1quant.cli import main; sys.exit(main(prog_name='l1quant'))"]
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "L1QUANT_DEBUG"}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the input folder check must not see stray caches
-    return env
+from cliutil import PRECIOUS, TARGET, clean_env, cli  # tests/ is on sys.path (pytest rootdir import)
 
 
 def tree_hash(d: Path) -> dict[str, str]:

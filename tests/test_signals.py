@@ -32,21 +32,7 @@ import l1quant
 from l1quant.errors import OutputError
 from l1quant.writer import AtomicOutput
 
-TARGET = "model.gguf"
-PRECIOUS = b"an existing GGUF the user cares about\n" * 10
-
-
-def cli() -> list[str]:
-    exe = Path(sys.executable).parent / "l1quant"
-    if exe.is_file():
-        return [str(exe)]
-    return [sys.executable, "-c", "import sys; from l1quant.cli import main; sys.exit(main(prog_name='l1quant'))"]
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "L1QUANT_DEBUG"}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+from cliutil import PRECIOUS, TARGET, clean_env, cli  # tests/ is on sys.path (pytest rootdir import)
 
 
 def tree_hash(d: Path) -> dict[str, str]:
