@@ -21,6 +21,7 @@
 #include <Python.h>
 
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -38,7 +39,6 @@
 enum { KIND_F32 = 0, KIND_F16 = 1, KIND_BF16 = 2 };
 enum { QK = 32, Q8_BYTES = 34 };
 
-static uint16_t bf16_to_f16_table[65536];
 static uint32_t f16_to_f32_table[65536];
 
 static inline float bits_to_f32(uint32_t u) {
@@ -92,7 +92,6 @@ static inline uint16_t f32_to_bf16_bits(uint32_t u) {
 
 static void init_tables(void) {
     for (uint32_t i = 0; i < 65536u; i++) {
-        bf16_to_f16_table[i] = f32_to_f16_bits(i << 16);
         f16_to_f32_table[i] = f16_to_f32_bits((uint16_t)i);
     }
 }
@@ -249,15 +248,86 @@ static int64_t first_bad(const void *x, int kind, int64_t n) {
     return first_bad_f32((const uint32_t *)x, n);
 }
 
-HOT static void f16_row_from_f32(const uint32_t *restrict x, int64_t n, uint16_t *restrict y) {
+HOT static void f16_row_from_f32_generic(const uint32_t *restrict x, int64_t n, uint16_t *restrict y) {
     for (int64_t j = 0; j < n; j++) y[j] = f32_to_f16_bits(x[j]);
+}
+
+HOT static void f16_row_from_bf16_generic(const uint16_t *restrict x, int64_t n, uint16_t *restrict y) {
+    for (int64_t j = 0; j < n; j++) y[j] = f32_to_f16_bits((uint32_t)x[j] << 16);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(L1Q_NO_CLONES)
+/* F16C: vcvtps2ph with an explicit round-to-nearest-even immediate is IEEE conversion, the same bits as
+ * f32_to_f16_bits for every non-NaN input (the tests compare all 65536 bf16 patterns and f32 edge values with
+ * gguf's numpy). NaN lanes get ggml's 0x7E00 | sign instead of the hardware's payload-keeping quiet NaN.
+ * Measured on the project's EPYC: the branch-free auto-vectorized loop converts ~1.4 G values/s per core, a 64k
+ * lookup table ~2.0 G/s (gather-bound); this several times that, and the F16 output was the slowest of the three
+ * float outputs end to end. */
+#include <immintrin.h>
+#define L1Q_HAVE_F16C 1
+
+__attribute__((target("avx2,f16c"))) static inline __m128i f16c_fix_nan(__m128i r, __m128i nan16, __m128i sign16) {
+    const __m128i qnan = _mm_or_si128(sign16, _mm_set1_epi16(0x7E00));
+    return _mm_blendv_epi8(r, qnan, nan16);
+}
+
+__attribute__((target("avx2,f16c"))) static void f16_row_from_bf16_f16c(const uint16_t *restrict x, int64_t n,
+                                                                          uint16_t *restrict y) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m128i h = _mm_loadu_si128((const __m128i *)(x + j));
+        const __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        __m128i r = _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m128i mag = _mm_and_si128(h, _mm_set1_epi16(0x7FFF));
+        const __m128i nan = _mm_cmpgt_epi16(mag, _mm_set1_epi16(0x7F80));
+        if (!_mm_testz_si128(nan, nan)) r = f16c_fix_nan(r, nan, _mm_andnot_si128(_mm_set1_epi16(0x7FFF), h));
+        _mm_storeu_si128((__m128i *)(y + j), r);
+    }
+    for (; j < n; j++) y[j] = f32_to_f16_bits((uint32_t)x[j] << 16);
+}
+
+__attribute__((target("avx2,f16c"))) static void f16_row_from_f32_f16c(const uint32_t *restrict x, int64_t n,
+                                                                         uint16_t *restrict y) {
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(x + j));
+        __m128i r = _mm256_cvtps_ph(_mm256_castsi256_ps(w), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256i mag = _mm256_and_si256(w, _mm256_set1_epi32(0x7FFFFFFF));
+        const __m256i nan32 = _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7F800000));
+        if (!_mm256_testz_si256(nan32, nan32)) {
+            /* 32-bit lane masks -> 16-bit lane masks (all-ones/all-zeros survive signed saturation) */
+            const __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan32), _mm256_extracti128_si256(nan32, 1));
+            const __m128i sign16 = _mm_and_si128(_mm_set1_epi16((short)0x8000), r); /* vcvtps2ph keeps the sign */
+            r = f16c_fix_nan(r, nan16, sign16);
+        }
+        _mm_storeu_si128((__m128i *)(y + j), r);
+    }
+    for (; j < n; j++) y[j] = f32_to_f16_bits(x[j]);
+}
+#endif
+
+typedef void (*f16_from_bf16_fn)(const uint16_t *, int64_t, uint16_t *);
+typedef void (*f16_from_f32_fn)(const uint32_t *, int64_t, uint16_t *);
+static f16_from_bf16_fn f16_row_from_bf16 = f16_row_from_bf16_generic;
+static f16_from_f32_fn f16_row_from_f32 = f16_row_from_f32_generic;
+
+/* Called once at import; L1QUANT_NO_F16C=1 keeps the portable loops (for tests and comparisons). */
+static void pick_f16_kernels(void) {
+#ifdef L1Q_HAVE_F16C
+    const char *off = getenv("L1QUANT_NO_F16C");
+    __builtin_cpu_init();
+    if ((off == NULL || off[0] == '\0' || off[0] == '0') && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("f16c")) {
+        f16_row_from_bf16 = f16_row_from_bf16_f16c;
+        f16_row_from_f32 = f16_row_from_f32_f16c;
+    }
+#endif
 }
 
 static void f16_row(const void *src, int kind, int64_t n, uint8_t *dst) {
     uint16_t *restrict y = (uint16_t *)dst;
     if (kind == KIND_BF16) {
-        const uint16_t *restrict x = (const uint16_t *)src;
-        for (int64_t j = 0; j < n; j++) y[j] = bf16_to_f16_table[x[j]];
+        f16_row_from_bf16((const uint16_t *)src, n, y);
     } else if (kind == KIND_F16) {
         const uint16_t *restrict x = (const uint16_t *)src;
         for (int64_t j = 0; j < n; j++) {
@@ -415,5 +485,6 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__fastq8(void) {
     init_tables();
+    pick_f16_kernels();
     return PyModule_Create(&moduledef);
 }

@@ -451,6 +451,38 @@ def test_native_threads_give_same_bytes() -> None:
         np.testing.assert_array_equal(got, exp)
 
 
+_F16_PATHS_SCRIPT = """
+import numpy as np
+from l1quant.kernels import get_quant_type
+q = get_quant_type("f16")
+bits = np.arange(1 << 16, dtype=np.uint16).reshape(8, -1)  # every bf16 pattern, NaN payloads included
+assert np.array_equal(q.quantize(bits, impl="native"), q.quantize(bits, impl="ref"))
+rng = np.random.default_rng(5)
+u = rng.integers(0, 1 << 32, size=(4, 1 << 16), dtype=np.uint64).astype(np.uint32)
+u[:, ::7] |= np.uint32(0x7F800000)  # many Inf/NaN lanes, with and without the sign bit, any payload
+for n in (1, 7, 8, 9, 4096):  # vector body and scalar tail
+    x = np.ascontiguousarray(u[:, :n]).view(np.float32)
+    assert np.array_equal(q.quantize(x, impl="native"), q.quantize(x, impl="ref")), n
+    b = np.ascontiguousarray(bits[:, :n])
+    assert np.array_equal(q.quantize(b, impl="native"), q.quantize(b, impl="ref")), n
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not native_available(), reason="compiled accelerator not built")
+@pytest.mark.parametrize("no_f16c", ["0", "1"])
+def test_native_f16_paths_equal_reference_on_all_patterns(no_f16c: str) -> None:
+    """The F16C and the portable f16 loops (chosen once at import) both give the reference bytes, NaN included."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "L1QUANT_NO_F16C": no_f16c}
+    r = subprocess.run([sys.executable, "-c", _F16_PATHS_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Property: every implementation gives the reference bytes and first-non-finite index, on arbitrary bit patterns
 
