@@ -1,9 +1,10 @@
 """Wrapper around the optional compiled accelerator ``l1quant.kernels._fastq8`` (see kernels/_fastq8.c).
 
-``AVAILABLE`` says whether it loaded; ``L1QUANT_NO_NATIVE=1`` in the environment turns it off. Each wrapper has the
-kernel signature ``(x, out) -> first non-finite flat index or -1``; inputs were validated by the caller (2-D,
-C-contiguous source; uint8 output with contiguous rows), so passing raw addresses to C is safe. The C code releases
-the GIL, so two converter threads quantize in parallel.
+``AVAILABLE`` says whether it loaded; ``L1QUANT_NO_NATIVE=1`` in the environment turns it off, and
+``L1QUANT_NO_F16C=1`` keeps its portable f16 loops instead of the F16C ones it picks at import on x86-64. Each
+wrapper has the kernel signature ``(x, out) -> first non-finite flat index or -1``; inputs were validated by the
+caller (2-D, C-contiguous source; uint8 output with contiguous rows), so passing raw addresses to C is safe. The C
+code releases the GIL, so two converter threads quantize in parallel.
 
 Example:
     >>> import numpy as np
