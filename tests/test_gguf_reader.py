@@ -23,7 +23,19 @@ from l1quant.errors import GGUFFormatError, InputError
 from l1quant.gguf_reader import GGUFFile, describe, format_description, read_gguf
 
 sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
-from gguf_builders import T, arr, build, kv, kv_str, kv_u32, s, tensor_payloads, valid_file, valid_spec
+from gguf_builders import (
+    T,
+    arr,
+    build,
+    gguf_writer_file,
+    kv,
+    kv_str,
+    kv_u32,
+    s,
+    tensor_payloads,
+    valid_file,
+    valid_spec,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # valid files written by gguf.GGUFWriter
@@ -155,22 +167,15 @@ def test_read_tensor_f32_paths(tmp_path: Path) -> None:
 
 def test_builder_matches_gguf_writer(tmp_path: Path) -> None:
     # The raw builder used for hostile files writes the same bytes as gguf.GGUFWriter for a valid spec.
-    p = tmp_path / "w.gguf"
-    w = gguf.GGUFWriter(str(p), "qwen2")
-    w.add_string("general.name", "tiny")
-    w.add_uint32("qwen2.block_count", 1)
-    w.add_array("tokenizer.ggml.tokens", ["a", "bb", "ccc"])
-    w.add_array("tokenizer.ggml.token_type", [1, 1, 3])
-    w.add_bool("x.flag", True)
-    for name, (dims, gt, data) in tensor_payloads().items():
-        raw = np.frombuffer(data, dtype=np.uint8)
-        w.add_tensor(name, raw.reshape(*dims[:0:-1], -1), raw_dtype=gt)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    def add_kvs(w: gguf.GGUFWriter) -> None:
+        w.add_string("general.name", "tiny")
+        w.add_uint32("qwen2.block_count", 1)
+        w.add_array("tokenizer.ggml.tokens", ["a", "bb", "ccc"])
+        w.add_array("tokenizer.ggml.token_type", [1, 1, 3])
+        w.add_bool("x.flag", True)
+
+    theirs = gguf_writer_file(str(tmp_path / "w.gguf"), add_kvs)
     mine = build(valid_spec())
-    theirs = p.read_bytes()
     assert theirs[:len(mine)] == mine and set(theirs[len(mine):]) <= {0}
 
 

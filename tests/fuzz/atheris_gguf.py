@@ -28,6 +28,7 @@ with atheris.instrument_imports(include=["l1quant"]):
     from l1quant.errors import GGUFFormatError
     from l1quant.gguf_reader import describe, read_gguf
 
+from fuzzkit import MAX_PARSE_S, CrashCorpus, assert_one_line
 from gguf_builders import all_types_file, valid_file
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="l1quant-atheris-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
@@ -40,11 +41,10 @@ def test_one_input(data: bytes) -> None:
     try:
         gf = read_gguf(_CASE)
     except GGUFFormatError as e:
-        if "\n" in str(e):
-            raise AssertionError("multi-line error message") from e
+        assert_one_line(str(e))
         gf = None
     elapsed = time.perf_counter() - t0
-    if elapsed > 1.0:
+    if elapsed > MAX_PARSE_S:
         raise AssertionError(f"parse took {elapsed:.2f}s")
     if gf is not None:
         for t in gf.tensors:
@@ -61,9 +61,8 @@ def main() -> None:
         work.mkdir()
         (work / "seed-builder.gguf").write_bytes(valid_file())
         all_types_file(str(work / "seed-writer.gguf"))
-        for p in (HERE / "corpus_gguf").glob("[!.]*"):
-            if p.is_file() and p.suffix != ".md":
-                shutil.copy(p, work / p.name)
+        for p in CrashCorpus(HERE / "corpus_gguf").files():
+            shutil.copy(p, work / p.name)
         argv.append(str(work))
     if not any(a.startswith("-artifact_prefix=") for a in argv):
         argv.append(f"-artifact_prefix={HERE / 'corpus_gguf'}/")

@@ -8,7 +8,9 @@ that ``gguf.GGUFReader`` and ``l1quant.gguf_reader.read_gguf`` both accept.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from gguf import quants
@@ -136,23 +138,13 @@ def field_offsets(path: str) -> tuple[list[int], list[int]]:
     return sorted(set(u64)), sorted(set(u32))
 
 
-def all_types_file(path: str) -> bytes:
-    """A GGUFWriter-made file with every value type, arrays, a nested array and Q8_0/F32/F16/BF16 tensors."""
+def gguf_writer_file(path: str, add_kvs: Callable[[Any], None]) -> bytes:
+    """The bytes of a file written by ``gguf.GGUFWriter`` at ``path``: ``add_kvs(writer)`` adds the metadata, then
+    the :func:`tensor_payloads` tensors are added and everything is written."""
     import gguf
 
     w = gguf.GGUFWriter(path, "qwen2")
-    w.add_uint8("t.u8", 7)
-    w.add_int16("t.i16", -3)
-    w.add_uint32("t.u32", 5)
-    w.add_float32("t.f32", 0.5)
-    w.add_uint64("t.u64", 2**40)
-    w.add_float64("t.f64", 1.25)
-    w.add_bool("t.bool", True)
-    w.add_string("t.str", "héllo")
-    w.add_array("a.str", ["a", "bb", "Ġx"])
-    w.add_array("a.i32", [1, 2, 3])
-    w.add_key_value("a.bool", [True, False], V.ARRAY, sub_type=V.BOOL)
-    w.add_array("a.nested", [[1, 2], [3]])
+    add_kvs(w)
     for name, (dims, gt, data) in tensor_payloads().items():
         raw = np.frombuffer(data, dtype=np.uint8)
         w.add_tensor(name, raw.reshape(*dims[:0:-1], -1), raw_dtype=gt)
@@ -162,3 +154,23 @@ def all_types_file(path: str) -> bytes:
     w.close()
     with open(path, "rb") as f:
         return f.read()
+
+
+def all_types_file(path: str) -> bytes:
+    """A GGUFWriter-made file with every value type, arrays, a nested array and Q8_0/F32/F16/BF16 tensors."""
+
+    def add_kvs(w: Any) -> None:
+        w.add_uint8("t.u8", 7)
+        w.add_int16("t.i16", -3)
+        w.add_uint32("t.u32", 5)
+        w.add_float32("t.f32", 0.5)
+        w.add_uint64("t.u64", 2**40)
+        w.add_float64("t.f64", 1.25)
+        w.add_bool("t.bool", True)
+        w.add_string("t.str", "héllo")
+        w.add_array("a.str", ["a", "bb", "Ġx"])
+        w.add_array("a.i32", [1, 2, 3])
+        w.add_key_value("a.bool", [True, False], V.ARRAY, sub_type=V.BOOL)
+        w.add_array("a.nested", [[1, 2], [3]])
+
+    return gguf_writer_file(path, add_kvs)

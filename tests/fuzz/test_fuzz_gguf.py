@@ -8,9 +8,7 @@ Inputs that break the property are saved to ``corpus_gguf/`` (``crash-<sha1>``) 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import os
 import re
 import struct
 import sys
@@ -27,11 +25,10 @@ from l1quant.errors import GGUFFormatError
 from l1quant.gguf_reader import describe, read_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
+from fuzzkit import EXAMPLES, MAX_PARSE_S, CrashCorpus, assert_one_line
 from gguf_builders import all_types_file, field_offsets, valid_file
 
-EXAMPLES = int(os.environ.get("L1QUANT_FUZZ_EXAMPLES", "300"))
-MAX_PARSE_S = float(os.environ.get("L1QUANT_FUZZ_MAX_PARSE_S", "1.0"))
-CORPUS = Path(__file__).parent / "corpus_gguf"
+CRASHES = CrashCorpus(Path(__file__).parent / "corpus_gguf")
 _TMP = Path(tempfile.mkdtemp(prefix="l1quant-fuzz-"))
 
 HUGE = [0, 1, 2**8, 2**16 - 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**60, 2**62, 2**63 - 1, 2**63,
@@ -58,7 +55,7 @@ def check_input(data: bytes, name: str = "case.gguf") -> str:
     try:
         gf = read_gguf(p)
     except GGUFFormatError as e:
-        assert "\n" not in str(e)
+        assert_one_line(str(e))
         gf = None
         # Group refusals by what was wrong (the text after the path, numbers and names dropped).
         why = re.sub(r"\d+", "N", re.sub(r"'(?:[^'\\]|\\.)*'", "'…'", str(e)[len(str(p)) + 2:]))
@@ -79,23 +76,10 @@ def check_input(data: bytes, name: str = "case.gguf") -> str:
     return "accepted"
 
 
-# Shortest failing input per failure kind; written at module teardown so that hypothesis' shrinking does not
-# flood the corpus with every intermediate example.
-_FAILURES: dict[str, bytes] = {}
-
-
-def _failure_kind(e: BaseException) -> str:
-    return type(e).__name__ + ":" + "".join(c for c in str(e).split(":")[-1][:60] if not c.isdigit())
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _save_failures() -> Iterator[None]:
     yield
-    for data in _FAILURES.values():
-        CORPUS.mkdir(exist_ok=True)
-        p = CORPUS / f"crash-{hashlib.sha1(data).hexdigest()}"  # libFuzzer's naming, so both fuzzers share it
-        if not p.exists():
-            p.write_bytes(data)
+    CRASHES.save()
 
 
 @st.composite
@@ -141,9 +125,7 @@ def test_fuzz_read_gguf(data: bytes) -> None:
     try:
         event(check_input(data))
     except BaseException as e:
-        kind = _failure_kind(e)
-        if kind not in _FAILURES or len(data) < len(_FAILURES[kind]):
-            _FAILURES[kind] = data
+        CRASHES.remember(e, data)
         raise
 
 
@@ -154,10 +136,6 @@ def test_seeds_are_valid() -> None:
         assert len(u64s) > 20 and len(u32s) > 10
 
 
-def corpus_files() -> list[Path]:
-    return sorted(p for p in CORPUS.glob("[!.]*") if p.is_file() and p.suffix != ".md")
-
-
-@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CRASHES.files(), ids=lambda p: p.name)
 def test_corpus_replay(path: Path) -> None:
     check_input(path.read_bytes(), name=path.name)

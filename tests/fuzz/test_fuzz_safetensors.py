@@ -12,7 +12,6 @@ by ``test_corpus_replay``, together with the hand-made ``hostile-*`` files there
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -27,17 +26,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fuzzkit import EXAMPLES, MAX_PARSE_S, CrashCorpus, assert_one_line  # this folder: pytest puts it on sys.path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from l1quant.errors import L1QuantError, TensorError
 from l1quant.safetensors import DTYPES, open_checkpoint, require_float
 
-EXAMPLES = int(os.environ.get("L1QUANT_FUZZ_EXAMPLES", "300"))
-MAX_PARSE_S = float(os.environ.get("L1QUANT_FUZZ_MAX_PARSE_S", "1.0"))
 #: Peak Python+numpy allocation allowed while parsing and reading one (small) input.
 MAX_PEAK = 32 << 20
-CORPUS = Path(__file__).parent / "corpus_safetensors"
+CRASHES = CrashCorpus(Path(__file__).parent / "corpus_safetensors")
 _TMP = Path(tempfile.mkdtemp(prefix="l1quant-fuzz-st-"))
 
 HUGE = [-(2**63), -1, 0, 1, 7, 2**16, 2**31 - 1, 2**32, 2**53 + 1, 2**62, 2**63 - 1, 2**63, 2**64 - 1, 2**64,
@@ -99,7 +97,7 @@ def check_dir(d: Path) -> str:
             ck = open_checkpoint(d)
         except L1QuantError as e:
             msg = str(e)
-            assert "\n" not in msg and "\r" not in msg, f"multi-line message: {msg!r}"
+            assert_one_line(msg)
             assert len(msg) < 2000, f"message of {len(msg)} characters"
             words = msg.split(": ", 2)[-1].split()[:3]
             return "refused: " + " ".join(w for w in words if not w[:1].isdigit() and "'" not in w)
@@ -111,7 +109,8 @@ def check_dir(d: Path) -> str:
             try:
                 require_float(t)
             except TensorError as e:
-                assert t.dtype not in ("BF16", "F16", "F32") and "\n" not in str(e)
+                assert t.dtype not in ("BF16", "F16", "F32")
+                assert_one_line(str(e))
             n = t.n_rows
             if t.n_cols and n:
                 head = t.read_rows(0, min(n, 4))
@@ -138,29 +137,10 @@ def check_input(data: bytes, name: str = "case") -> str:
     return check_dir(d)
 
 
-# Shortest failing input per failure kind, written at module teardown (hypothesis' shrinking would otherwise
-# flood the corpus with every intermediate example).
-_FAILURES: dict[str, bytes] = {}
-
-
-def _failure_kind(e: BaseException) -> str:
-    return type(e).__name__ + ":" + "".join(c for c in str(e).split(":")[-1][:60] if not c.isdigit())
-
-
-def _remember(e: BaseException, data: bytes) -> None:
-    kind = _failure_kind(e)
-    if kind not in _FAILURES or len(data) < len(_FAILURES[kind]):
-        _FAILURES[kind] = data
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _save_failures() -> Iterator[None]:
     yield
-    for data in _FAILURES.values():
-        CORPUS.mkdir(exist_ok=True)
-        p = CORPUS / f"crash-{hashlib.sha1(data).hexdigest()}"  # libFuzzer's naming, shared with atheris
-        if not p.exists():
-            p.write_bytes(data)
+    CRASHES.save()
 
 
 # ----------------------------------------------------------------------------------------------- mutations
@@ -306,7 +286,7 @@ def test_fuzz_open_checkpoint(data: bytes) -> None:
     try:
         event(check_input(data))
     except BaseException as e:
-        _remember(e, data)
+        CRASHES.remember(e, data)
         raise
 
 
@@ -353,11 +333,7 @@ def test_fifo_is_refused_not_waited_on() -> None:
     assert check_dir(d).startswith("refused: not a regular")
 
 
-def corpus_files() -> list[Path]:
-    return sorted(p for p in CORPUS.glob("[!.]*") if p.is_file() and p.suffix != ".md")
-
-
-@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CRASHES.files(), ids=lambda p: p.name)
 def test_corpus_replay(path: Path) -> None:
     outcome = check_input(path.read_bytes(), name=path.name)
     if path.name.startswith("hostile-"):
