@@ -79,8 +79,9 @@ _U64 = struct.Struct("<Q")
 _MIN_KV_BYTES = 8 + 1 + 4 + 1  # key length, 1-byte key, type, 1-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8  # name length, 1-byte name, n_dims, one dim, type, offset
 
-# (struct format, size, numpy dtype) per scalar value type, all little-endian.
-_SCALARS: dict[GGUFValueType, tuple[str, int, str]] = {
+#: (struct format, size, numpy dtype) per scalar GGUF value type, all little-endian (the writer's bulk packer
+#: uses it too).
+SCALAR_FORMATS: dict[GGUFValueType, tuple[str, int, str]] = {
     GGUFValueType.UINT8: ("<B", 1, "<u1"),
     GGUFValueType.INT8: ("<b", 1, "<i1"),
     GGUFValueType.UINT16: ("<H", 2, "<u2"),
@@ -93,7 +94,7 @@ _SCALARS: dict[GGUFValueType, tuple[str, int, str]] = {
     GGUFValueType.INT64: ("<q", 8, "<i8"),
     GGUFValueType.FLOAT64: ("<d", 8, "<f8"),
 }
-_MIN_ELEM_BYTES: dict[GGUFValueType, int] = {t: s for t, (_, s, _) in _SCALARS.items()}
+_MIN_ELEM_BYTES: dict[GGUFValueType, int] = {t: s for t, (_, s, _) in SCALAR_FORMATS.items()}
 _MIN_ELEM_BYTES[GGUFValueType.STRING] = 8
 _MIN_ELEM_BYTES[GGUFValueType.ARRAY] = 4 + 8
 
@@ -357,7 +358,7 @@ def _value_type(cur: _Cursor, raw: int, what: str) -> GGUFValueType:
 
 
 def _read_scalar(cur: _Cursor, vtype: GGUFValueType, what: str) -> Any:
-    fmt, size, _ = _SCALARS[vtype]
+    fmt, size, _ = SCALAR_FORMATS[vtype]
     v = struct.unpack(fmt, cur.read(size, what))[0]
     if vtype == GGUFValueType.BOOL:
         if v > 1:
@@ -377,8 +378,8 @@ def _read_array(cur: _Cursor, what: str, depth: int) -> tuple[list[Any], tuple[G
     if min_bytes > cur.left():
         raise cur.fail(f"{what}: array of {n} {etype.name} elements needs at least {min_bytes} bytes, "
                        f"only {cur.where()}")
-    if etype in _SCALARS:
-        _, size, dtype = _SCALARS[etype]
+    if etype in SCALAR_FORMATS:
+        _, size, dtype = SCALAR_FORMATS[etype]
         arr = np.frombuffer(cur.read(n * size, f"{what} data"), dtype=dtype)
         if etype == GGUFValueType.BOOL:
             if n and int(arr.max()) > 1:

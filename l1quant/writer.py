@@ -30,9 +30,10 @@ import gguf
 import numpy as np
 
 from .errors import OutputError, Terminated
+from .gguf_reader import SCALAR_FORMATS
+from .plan import ConversionPlan, pad
 
 __all__ = ["AtomicOutput", "Terminated", "new_header", "pwrite_all", "write_header"]
-from .plan import ConversionPlan, pad
 
 
 def new_header(plan: ConversionPlan) -> gguf.GGUFWriter:
@@ -51,12 +52,9 @@ def new_header(plan: ConversionPlan) -> gguf.GGUFWriter:
     return gw
 
 
+#: numpy dtype per integer value type (bool is stored as a byte but is not an int array here)
 _INT_ARRAY_DTYPES: dict[gguf.GGUFValueType, str] = {
-    gguf.GGUFValueType.UINT8: "<u1", gguf.GGUFValueType.INT8: "<i1",
-    gguf.GGUFValueType.UINT16: "<u2", gguf.GGUFValueType.INT16: "<i2",
-    gguf.GGUFValueType.UINT32: "<u4", gguf.GGUFValueType.INT32: "<i4",
-    gguf.GGUFValueType.UINT64: "<u8", gguf.GGUFValueType.INT64: "<i8",
-}
+    t: dt for t, (_, _, dt) in SCALAR_FORMATS.items() if dt[1] in "iu" and t != gguf.GGUFValueType.BOOL}
 
 
 def _pack_array_bulk(val: Any, sub_type: gguf.GGUFValueType | None) -> bytes | None:
