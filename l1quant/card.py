@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import gguf
 
 from .gguf_reader import read_gguf
 from .l1 import l1_prompt
+from .writer import AtomicOutput, pwrite_all
 
 MARKER = "<!-- written by l1quant; safe to regenerate -->"
 
@@ -138,12 +138,7 @@ def write_card(gguf_path: str | os.PathLike[str], source: str | os.PathLike[str]
     target = g.parent / "README.md"
     if target.exists() and MARKER not in target.read_text(encoding="utf-8", errors="replace")[:200]:
         target = g.parent / f"{g.stem}.README.md"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = text.encode("utf-8")
+    with AtomicOutput(target, len(data)) as out:  # same temp-file, mode and cleanup rules as the GGUF itself
+        pwrite_all(out.fd, data, 0)
     return target

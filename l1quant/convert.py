@@ -156,9 +156,6 @@ def prepare(
         out = out / default_name
     else:
         out = out.parent / gguf.fill_templated_filename(out.name, out_type)
-    # The input folder is only ever read: no output (let alone one named like an input file) goes into it.
-    if out.resolve().parent == model_dir.resolve():
-        raise OutputError(f"{out}: refusing to write into the input folder {model_dir}; pass -o elsewhere")
     return Prepared(model_dir, cfg, plan, vocab, gw, md, out, list(plan.warnings))
 
 
@@ -196,6 +193,10 @@ def convert(
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, found {threads}")
     p = prepare(model, type, output, name=name, metadata=metadata, pre=pre)
+    # The input folder is only ever read: no output (let alone one named like an input file) goes into it. Checked
+    # here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its source.
+    if p.output.resolve().parent == p.model_dir.resolve():
+        raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; pass -o elsewhere")
     for w in p.warnings:
         log.warning(w)
     plan = p.plan

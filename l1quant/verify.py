@@ -50,7 +50,8 @@ from gguf.constants import GGMLQuantizationType, GGUFValueType
 from .arch import Arch, get_arch
 from .config import ModelConfig
 from .errors import ConfigError, GGUFFormatError, InputError, L1QuantError
-from .gguf_reader import GGUFFile, TensorInfo, read_gguf
+from .gguf_reader import GGUFFile, TensorInfo, _q, read_gguf  # one quoting/type-naming rule for reader and verifier
+from .gguf_reader import _type_name as _tname
 from .kernels import QUANT_TYPES, QuantType, decode_bf16, first_nonfinite, get_quant_type
 
 __all__ = [
@@ -264,17 +265,6 @@ def _check(name: str, problems: list[str], ok_message: str) -> Check:
         return Check(name, PASS, ok_message)
     more = f" (+{len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
     return Check(name, FAIL, "; ".join(problems[:_MAX_LISTED]) + more, list(problems))
-
-
-def _q(s: str) -> str:
-    """Quote a name for a one-line message (control characters escaped)."""
-    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in s) + "'"
-
-
-def _tname(t: Any) -> str:
-    if isinstance(t, tuple):
-        return "[" * (len(t) - 1) + t[-1].name + "]" * (len(t) - 1)
-    return t.name
 
 
 # --------------------------------------------------------------------------------------------------- structure
@@ -1106,8 +1096,8 @@ def _default_text() -> str:
     return default_text()
 
 
-# A few recent ``prepare`` results, keyed by the source folder's file listing (names, sizes, mtimes): verifying
-# several files against one source in one process (every type, a test suite) reads the tokenizer once.
+# A few recent ``prepare`` results, keyed by the source folder's file listing (names, sizes, mtimes) and the type:
+# verifying a file again against the same source in one process (a notebook, a test suite) skips the tokenizer.
 _PREPARED: dict[tuple[Any, ...], Any] = {}
 _PREPARED_MAX = 4
 
@@ -1134,8 +1124,7 @@ def _prepare_like(prepare: Any, src: Path, ftype: str, gf: GGUFFile) -> Any:
         pre = gf.kv.get(_TK.PRE)
         if "unknown BPE pre-tokenizer" not in str(e) or not isinstance(pre, str):
             raise
-        prep = prepare(src, ftype.lower(), gf.path, pre=pre)
-        key = (*key, pre)
+        prep = prepare(src, ftype.lower(), gf.path, pre=pre)  # cached under the same key: the retry is the answer
     while len(_PREPARED) >= _PREPARED_MAX:
         _PREPARED.pop(next(iter(_PREPARED)))
     _PREPARED[key] = prep
