@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from reference import require_module
 
 from l1quant.card import MARKER, write_card
 from l1quant.cli import main
@@ -41,8 +41,8 @@ def test_verify_report() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs the run extra (llama-cpp-python)")
 def test_budgeted_run() -> None:
+    require_module("llama_cpp")  # the run extra; skips locally without it, fails under CI
     out = run_example("budgeted_run.py")
     assert "Think for maximum 32 tokens." in out and "total tokens:" in out
 

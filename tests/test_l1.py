@@ -14,6 +14,7 @@ from pathlib import Path
 import gguf
 import pytest
 from click.testing import CliRunner
+from reference import require_module
 
 from l1quant import l1
 from l1quant.cli import main
@@ -137,7 +138,7 @@ def test_gguf_without_template_or_bad_bos(tmp_path: Path) -> None:
 
 def test_rendering_matches_transformers_for_both_fixtures() -> None:
     # Independent check of the environment (trim_blocks, lstrip_blocks, helpers) against transformers' renderer.
-    ctu = pytest.importorskip("transformers.utils.chat_template_utils")
+    ctu = require_module("transformers.utils.chat_template_utils")
     if not hasattr(ctu, "render_jinja_template"):
         pytest.skip("this transformers has no render_jinja_template")
     for folder, prompt in ((QWEN, EXACT), (R1, MAX)):
@@ -280,7 +281,7 @@ def test_report_json_schema_is_stable() -> None:
 
 
 def test_report_table_and_plot(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    require_module("matplotlib")
     rep = _report()
     lines = rep.table().splitlines()
     assert "mean |n-N|/N" in lines[0] and len(lines) == 2 + 4
@@ -369,11 +370,9 @@ GEN_CONFIG = {"bos_token_id": 151646, "eos_token_id": 151643, "do_sample": True,
 @pytest.fixture(scope="module")
 def tiny_ggufs(tiny_factory: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny R1-tokenizer checkpoint converted to q8_0 and f16 (generation config with distinctive sampling)."""
-    pytest.importorskip("llama_cpp", reason="l1quant run needs the run extra: pip install 'l1quant[run]'")
-    try:
-        from l1quant.convert import convert
-    except ImportError as e:
-        pytest.skip(f"l1quant.convert is not available: {e}")
+    require_module("llama_cpp")  # the run extra; skips locally without it, fails under CI
+    from l1quant.convert import convert
+
     ckpt = tiny_factory("r1", generation_config=GEN_CONFIG)  # type: ignore[operator]
     out = tmp_path_factory.mktemp("l1-gguf")
     return {t: Path(convert(ckpt, type=t, output=out / f"tiny-{t}.gguf")) for t in ("q8_0", "f16")}
@@ -416,7 +415,7 @@ def test_run_max_mode_and_overrides(tiny_ggufs: dict[str, Path]) -> None:
 
 @pytest.mark.slow  # ~5 s on 2 cores: 2 model loads and 8 runs; test_cli_budget_check covers the mechanics quickly
 def test_budget_check_end_to_end(tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    require_module("matplotlib")
     models = [tiny_ggufs["q8_0"], tiny_ggufs["f16"]]
     seen: list[l1.RunResult] = []
     rep = l1.budget_check(models, [8, 4], PROBLEMS, limit=2, max_tokens=5, seed=7, progress=seen.append)
@@ -449,7 +448,7 @@ def test_cli_run(tiny_ggufs: dict[str, Path]) -> None:
 
 
 def test_cli_budget_check(tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    require_module("matplotlib")
     runner = CliRunner()
     plot = tmp_path / "p.png"
     res = runner.invoke(main, ["budget-check", str(tiny_ggufs["q8_0"]), "--budgets", "4,8", "--problems",

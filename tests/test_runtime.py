@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
+from reference import require_module
 
 import l1quant
 from l1quant.gguf_reader import read_gguf
-from reference import require_module
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,7 @@ def _gguf_weights(path: Path) -> tuple[Callable[[str], np.ndarray], dict[str, An
 
 
 def _reference_logits(path: Path, tokens: list[int]) -> np.ndarray:
-    forward = pytest.importorskip("l1quant.forward", reason="l1quant.forward (numpy reference forward) not built yet")
+    from l1quant import forward
     get, fields = _gguf_weights(path)
     hp = forward.Qwen2Hparams.from_gguf_fields(fields, n_vocab=get("token_embd.weight").shape[0])
     return forward.qwen2_logits(get, hp, tokens)

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from l1quant.kernels import decode_bf16, get_quant_type
+from reference import require_module
 
 from l1quant.cli import main
 from l1quant.convert import convert
@@ -411,7 +412,7 @@ def test_logits_corrupted_layer_orders_of_magnitude_worse(q8: Path, tiny_r1: Pat
 
 @pytest.mark.slow
 def test_runtime_llama_cpp(q8: Path, tiny_r1: Path) -> None:
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp")
     rep = verify(q8, source=tiny_r1, runtime="llama.cpp", n_tokens=N_TOK, threads=2)
     checks = {c.name: c for c in rep.checks}
     assert checks["runtime.tokenize"].status == "pass"
