@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -24,7 +23,7 @@ import gguf
 
 from .arch import get_arch
 from .config import ModelConfig
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError, OutputError, read_json
 from .hub import is_repo_id, resolve_model
 from .pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
 from .plan import ConversionPlan, make_plan
@@ -76,12 +75,9 @@ def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLi
     override = None
     if metadata is not None:
         override = Path(metadata)
-        try:
-            json.loads(override.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{override}: metadata override file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{override}: metadata override is not valid JSON: {e}") from e
+        if not override.is_file():
+            raise InputError(f"{override}: metadata override file not found")
+        read_json(override, InputError)  # gguf would crash on JSON it cannot parse: refuse it in one line first
     try:
         if display_name == model_dir.name:
             md = gguf.Metadata.load(override, model_dir, name, total_params)

@@ -13,6 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 
 class L1QuantError(Exception):
     """Base class: a clean, user-facing refusal. ``exit_code`` is what the CLI returns."""
@@ -86,3 +90,34 @@ def clip(value: object, limit: int = 80) -> str:
         q = r[0] if r[:1] in ("'", '"') else ""
         r = r[: limit - 3 - len(q)] + "..." + q
     return r
+
+
+def read_text(path: Path, error: type[L1QuantError]) -> str:
+    """The UTF-8 text of ``path``, or ``error`` with one line naming the file (unreadable, or not UTF-8).
+
+    Example:
+        >>> read_text(Path("chat_template.jinja"), TokenizerError)  # doctest: +SKIP
+        '{% for message in messages %}...'
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text: {str(e)[:200]}") from None
+
+
+def read_json(path: Path, error: type[L1QuantError]) -> Any:
+    """The parsed JSON of ``path``, or ``error`` with one line naming the file. Hostile JSON (5000-digit numbers,
+    deep nesting, bad UTF-8) is a clean refusal too, never a traceback.
+
+    Example:
+        >>> read_json(Path("tokenizer_config.json"), TokenizerError)["add_bos_token"]  # doctest: +SKIP
+        False
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror or e}") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise error(f"{path}: invalid JSON: {str(e)[:200]}") from None

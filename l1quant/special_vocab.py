@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import ascii_letters, digits
@@ -29,7 +28,7 @@ from typing import Any
 
 import gguf
 
-from .errors import TokenizerError
+from .errors import TokenizerError, read_json, read_text
 
 TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 K = gguf.Keys.Tokenizer
@@ -108,15 +107,6 @@ class SpecialVocab:
             gw.add_string(K.CHAT_TEMPLATE, default)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from e
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise TokenizerError(f"{path}: invalid JSON: {str(e)[:200]}") from None
-
-
 def _merges(tok: dict[str, Any], path: Path) -> list[str]:
     merges = (tok.get("model") or {}).get("merges")
     if not isinstance(merges, list) or not merges:
@@ -135,7 +125,7 @@ def _merges_txt(path: Path) -> list[str]:
     if not p.is_file():
         return []
     out = []
-    lines = p.read_text(encoding="utf-8").splitlines()
+    lines = read_text(p, TokenizerError).splitlines()
     start = 1 if lines and lines[0].strip().startswith("#") else 0
     for line in lines[start:]:
         parts = line.strip().split(None, 3)
@@ -246,7 +236,7 @@ def load_special_vocab(model_dir: str | Path) -> SpecialVocab:
     d = Path(model_dir)
     sv = SpecialVocab()
     tok_path = d / "tokenizer.json"
-    tok = _read_json(tok_path) if tok_path.is_file() else None
+    tok = read_json(tok_path, TokenizerError) if tok_path.is_file() else None
     if tok is not None and not isinstance(tok, dict):
         raise TokenizerError(f"{tok_path}: expected a JSON object")
     added: list[Any] = []
@@ -256,7 +246,7 @@ def load_special_vocab(model_dir: str | Path) -> SpecialVocab:
             _normalizer(sv, tok["normalizer"])
         added = tok.get("added_tokens") or []
     tc_path = d / "tokenizer_config.json"
-    tc = _read_json(tc_path) if tc_path.is_file() else None
+    tc = read_json(tc_path, TokenizerError) if tc_path.is_file() else None
     if tc is not None and not isinstance(tc, dict):
         raise TokenizerError(f"{tc_path}: expected a JSON object")
     if tok is not None and isinstance(tok.get("post_processor"), dict):
@@ -265,7 +255,7 @@ def load_special_vocab(model_dir: str | Path) -> SpecialVocab:
         _from_tokenizer_config(sv, d, tc, added)
     cfg_path = d / "config.json"
     if cfg_path.is_file():
-        cfg = _read_json(cfg_path)
+        cfg = read_json(cfg_path, TokenizerError)
         if isinstance(cfg, dict):
             tc_raw = cfg.get("text_config")
             text_cfg: dict[str, Any] = tc_raw if isinstance(tc_raw, dict) else {}
@@ -283,13 +273,13 @@ def _from_tokenizer_config(sv: SpecialVocab, d: Path, tc: dict[str, Any], added:
     alt: str | list[dict[str, Any]] | None = None
     jinja, js = d / "chat_template.jinja", d / "chat_template.json"
     if jinja.is_file():
-        alt = jinja.read_text(encoding="utf-8")
+        alt = read_text(jinja, TokenizerError)
         extra = sorted((d / "additional_chat_templates").glob("*.jinja"))
         if extra:
             alt = [{"name": "default", "template": alt}] + [
-                {"name": p.stem, "template": p.read_text(encoding="utf-8")} for p in extra]
+                {"name": p.stem, "template": read_text(p, TokenizerError)} for p in extra]
     elif js.is_file():
-        obj = _read_json(js)
+        obj = read_json(js, TokenizerError)
         alt = obj.get("chat_template") if isinstance(obj, dict) else None
     ct = tc.get("chat_template", alt)
     if ct is None or isinstance(ct, (str, list)):

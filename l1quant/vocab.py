@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import gguf
 
-from .errors import TokenizerError, clip
+from .errors import TokenizerError, clip, read_json
 from .special_vocab import SpecialVocab, load_special_vocab
 
 #: The text whose token ids identify a BPE pre-tokenizer (llama.cpp's ``get_vocab_base_pre`` check text).
@@ -198,12 +197,7 @@ def _special_vocab(d: Path) -> SpecialVocab:
     for fname in ("tokenizer_config.json", "config.json", "generation_config.json"):
         p = d / fname
         if p.is_file():
-            try:
-                obj = json.loads(p.read_text(encoding="utf-8"))
-            except OSError as e:
-                raise TokenizerError(f"{p}: cannot read: {e.strerror or e}") from e
-            except (UnicodeDecodeError, ValueError, RecursionError) as e:
-                raise TokenizerError(f"{p}: invalid JSON: {str(e)[:200]}") from None
+            obj = read_json(p, TokenizerError)
             if not isinstance(obj, dict):
                 raise TokenizerError(f"{p}: expected a JSON object, found a {type(obj).__name__}")
     sv = load_special_vocab(d)

@@ -274,6 +274,8 @@ CASES: list[Case] = [
          ("tokenizer.json", "unknown BPE pre-tokenizer", "--pre")),
     Case("tokenizer_config_not_json", write_bytes("tokenizer_config.json", b'{"bos_token": '),
          ("tokenizer_config.json", "invalid JSON")),
+    Case("chat_template_not_utf8", write_bytes("chat_template.jinja", b"\xff{{ messages }}"),
+         ("chat_template.jinja", "not UTF-8")),
     Case("tokenizer_config_not_object", write_bytes("tokenizer_config.json", b'["bos"]'),
          ("tokenizer_config.json", "expected a JSON object")),
     Case("chat_template_bad_list", edit_json("tokenizer_config.json", lambda t: t.__setitem__("chat_template", [1])),
@@ -403,6 +405,22 @@ def test_allow_nonfinite_converts_nan(bases: dict[str, Path], tmp_path: Path) ->
     r = run_convert(model, out, "--allow-nonfinite")
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == [TARGET]
+
+
+@pytest.mark.parametrize("text, why", [(b'{"general.author": ' + b"9" * 5000 + b"}", "invalid JSON"),
+                                       (b"[" * 100_000 + b"]" * 100_000, "invalid JSON"),
+                                       (b'{"general.author": "\xff"}', "invalid JSON")])
+def test_hostile_metadata_override_refused_in_one_line(bases: dict[str, Path], tmp_path: Path, text: bytes,
+                                                       why: str) -> None:
+    meta = tmp_path / "meta.json"
+    meta.write_bytes(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_convert(bases["single"], out, "--metadata", str(meta))
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("l1quant: error: ") and str(meta) in lines[0] and why in lines[0]
+    assert os.listdir(out) == []
 
 
 def test_debug_shows_traceback(bases: dict[str, Path], tmp_path: Path) -> None:
