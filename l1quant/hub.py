@@ -30,6 +30,9 @@ CONVERT_FILES: tuple[str, ...] = (
     "tokenizer.json",
     "tokenizer_config.json",
     "chat_template.jinja",
+    "chat_template.json",
+    "additional_chat_templates/*.jinja",
+    "merges.txt",
     "special_tokens_map.json",
     "README.md",
 )

@@ -112,6 +112,9 @@ def _files_key(d: Path) -> tuple[Any, ...]:
             out.append((f, st.st_ino, st.st_size, st.st_mtime_ns))
         except OSError:
             out.append((f, None))
+    extra = d / "additional_chat_templates"  # named templates, read beside chat_template.jinja
+    out.append(tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in extra.glob("*.jinja")))
+               if extra.is_dir() else None)
     return tuple(out)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -23,3 +24,9 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "L1QUANT_DEBUG"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
+
+
+def tree_hash(d: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file below ``d`` (folders as ``<dir>``): "the input folder is unchanged"."""
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+            for p in sorted(d.rglob("*"))}

@@ -14,7 +14,6 @@ minute on 2 cores.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,17 +32,7 @@ DATA = Path(__file__).parent / "data"
 R1_TOK = DATA / "r1-distill-tokenizer"
 #: The tiny valid checkpoint every case starts from (tied: one 151936 x 32 embedding, ~10 MB).
 TINY: dict[str, Any] = {"hidden": 32, "heads": 4, "kv_heads": 2, "ff": 64, "layers": 2, "tied": True}
-from cliutil import PRECIOUS, TARGET, clean_env, cli  # tests/ is on sys.path (pytest rootdir import)
-
-
-def tree_hash(d: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file below ``d`` (and the folder list, as empty digests)."""
-    out: dict[str, str] = {}
-    for p in sorted(d.rglob("*")):
-        rel = str(p.relative_to(d))
-        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-    return out
-
+from cliutil import PRECIOUS, TARGET, clean_env, cli, tree_hash  # tests/ is on sys.path (pytest rootdir import)
 
 # ---------------------------------------------------------------------------------------------- file surgery
 

@@ -13,7 +13,6 @@ the operating system, not the code under test).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import resource
@@ -27,17 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cliutil import PRECIOUS, TARGET, clean_env, cli, tree_hash  # tests/ is on sys.path (pytest rootdir import)
 
 import l1quant
 from l1quant.errors import OutputError
 from l1quant.writer import AtomicOutput
-
-from cliutil import PRECIOUS, TARGET, clean_env, cli  # tests/ is on sys.path (pytest rootdir import)
-
-
-def tree_hash(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-            for p in sorted(d.rglob("*"))}
 
 
 def out_dir_with_target(root: Path) -> Path:
