@@ -42,14 +42,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def render_card(gguf_path: Path, source: Path | None, report: Any | None = None) -> str:
+def render_card(gguf_path: Path, source: Path | None, report: Any | None = None, *,
+                source_name: str | None = None) -> str:
     """The card's Markdown for ``gguf_path`` (converted from ``source``), with ``report`` (a VerifyReport) if given.
+
+    ``source_name`` is how the card names the source (default: the folder's name); pass the repo id for a hub
+    checkout, whose folder is a snapshot hash.
 
     Example:
         >>> print(render_card(Path("tiny-Q8_0.gguf"), Path("tiny"))[:30])  # doctest: +SKIP
         <!-- written by l1quant; safe
     """
     gf = read_gguf(gguf_path)
+    shown = source_name or (source.name if source else "?")
     kv = gf.kv
     name = kv.get("general.name", gguf_path.stem)
     arch = kv.get("general.architecture", "?")
@@ -66,7 +71,7 @@ def render_card(gguf_path: Path, source: Path | None, report: Any | None = None)
         MARKER,
         f"# {name} — GGUF {ftype}",
         "",
-        (f"Converted with [l1quant](https://pypi.org/project/l1quant/) from `{source.name if source else '?'}`; "
+        (f"Converted with [l1quant](https://pypi.org/project/l1quant/) from `{shown}`; "
          "tensors byte-identical to llama.cpp's `convert_hf_to_gguf.py`."),
         "",
         "| | |",
@@ -91,7 +96,7 @@ def render_card(gguf_path: Path, source: Path | None, report: Any | None = None)
     if report is None:
         lines.append(f"Not verified. Run `l1quant verify {gguf_path.name} --source SOURCE_DIR`.")
     else:
-        lines += [f"`l1quant verify {gguf_path.name} --source {source.name if source else '?'}`:", "",
+        lines += [f"`l1quant verify {gguf_path.name} --source {shown}`:", "",
                   f"**{report.verdict}** ({report.elapsed_s:.1f} s)", ""]
         if report.tensors:
             lines += ["Worst tensors (relative RMSE vs the source weights):", "",
@@ -126,7 +131,7 @@ def _prod(shape: Any) -> int:
 
 
 def write_card(gguf_path: str | os.PathLike[str], source: str | os.PathLike[str] | None,
-               report: Any | None = None) -> Path:
+               report: Any | None = None, *, source_name: str | None = None) -> Path:
     """Write the card beside ``gguf_path`` (atomically); return its path.
 
     Example:
@@ -134,7 +139,7 @@ def write_card(gguf_path: str | os.PathLike[str], source: str | os.PathLike[str]
         PosixPath('README.md')
     """
     g = Path(gguf_path)
-    text = render_card(g, Path(source) if source is not None else None, report)
+    text = render_card(g, Path(source) if source is not None else None, report, source_name=source_name)
     target = g.parent / "README.md"
     if target.exists() and MARKER not in target.read_text(encoding="utf-8", errors="replace")[:200]:
         target = g.parent / f"{g.stem}.README.md"

@@ -173,21 +173,31 @@ def _kv_and_tensors(path: Path) -> tuple[dict[str, object], dict[str, bytes]]:
     return dict(gf.kv), {t.name: gf.read_tensor_bytes(t) for t in gf.tensors}
 
 
-@pytest.mark.slow  # two conversions of the tiny model (~10 s on 2 cores)
-def test_convert_from_offline_cache(hub_and_dir_ggufs: tuple[Path, Path]) -> None:
-    """Issue 6: ``convert l3lab/...`` works from a pre-filled cache with HF_HUB_OFFLINE=1: same model as a folder."""
-    hub_kv, hub_t = _kv_and_tensors(hub_and_dir_ggufs[0])
-    dir_kv, dir_t = _kv_and_tensors(hub_and_dir_ggufs[1])
-    assert hub_t == dir_t and len(hub_t) > 0
-    naming = {"general.name", "general.finetune", "general.basename", "general.size_label", "general.version"}
-    diff = sorted(k for k in set(hub_kv) | set(dir_kv) if k not in naming and hub_kv.get(k) != dir_kv.get(k))
-    assert diff == []
-    assert hub_kv["tokenizer.ggml.pre"] == "deepseek-r1-qwen"
+@pytest.mark.slow
+def test_convert_from_offline_cache_names_after_repo(hub_and_dir_ggufs: tuple[Path, Path]) -> None:
+    """Issue 6: ``convert l3lab/...`` works from a pre-filled cache with HF_HUB_OFFLINE=1, named after the repo:
+    the very file a folder of the same name gives."""
+    hub_kv, _ = _kv_and_tensors(hub_and_dir_ggufs[0])
+    dir_kv, _ = _kv_and_tensors(hub_and_dir_ggufs[1])
+    assert hub_kv == dir_kv and hub_kv["tokenizer.ggml.pre"] == "deepseek-r1-qwen"
+    assert hub_and_dir_ggufs[0].read_bytes() == hub_and_dir_ggufs[1].read_bytes()
 
 
 @pytest.mark.slow
-def test_convert_from_offline_cache_names_after_repo(hub_and_dir_ggufs: tuple[Path, Path]) -> None:
-    hub_kv, _ = _kv_and_tensors(hub_and_dir_ggufs[0])
-    dir_kv, _ = _kv_and_tensors(hub_and_dir_ggufs[1])
-    assert hub_kv == dir_kv
-    assert hub_and_dir_ggufs[0].read_bytes() == hub_and_dir_ggufs[1].read_bytes()
+def test_card_names_the_repo_not_the_snapshot(tiny_r1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from l1quant.cli import main
+
+    fill_hub_cache(tmp_path / "cache", "l3lab/L1-Tiny-Test",
+                   {p.name: p.read_bytes() for p in tiny_r1.iterdir() if p.is_file()})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    out.mkdir()
+    res = CliRunner().invoke(main, ["convert", "l3lab/L1-Tiny-Test", "-t", "q8_0", "-o", str(out / "t.gguf"), "-q",
+                                    "--card"])
+    assert res.exit_code == 0, res.output
+    card = (out / "README.md").read_text()
+    assert "from `l3lab/L1-Tiny-Test`" in card and "--source l3lab/L1-Tiny-Test`" in card
+    assert COMMIT not in card

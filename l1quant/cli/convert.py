@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..convert import convert
+from ..errors import VerifyError
 from ..pipeline import DEFAULT_CHUNK_BYTES
 from ..plan import OUT_TYPES
 from . import main
@@ -66,6 +67,8 @@ def convert_cmd(model: str, type_: str, output: Path | None, name: str | None, m
 
         src = resolve_source(model)
         report = verify(out, source=src, threads=threads)
-        click.echo(str(write_card(out, src, report)))
+        # a hub checkout's folder is named after its snapshot hash: the card names the repo id instead
+        shown = None if Path(model).is_dir() else str(model)
+        click.echo(str(write_card(out, src, report, source_name=shown)))
         if not report.passed:
-            raise click.ClickException(f"verify: {report.verdict}")
+            raise VerifyError(f"{out}: verify: {report.verdict}")
