@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, L1QuantError, OutputError, RuntimeMissingError, TokenizerError
+from .errors import InputError, L1QuantError, OutputError, RuntimeMissingError, TokenizerError, read_json, read_text
 
 __all__ = [
     "EXACT_TOLERANCE",
@@ -273,10 +273,7 @@ def _folder_chat_info(folder: Path) -> tuple[str, str, str]:
     cfg_path = folder / "tokenizer_config.json"
     cfg: dict[str, Any] = {}
     if cfg_path.is_file():
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerError(f"{cfg_path}: not readable JSON: {e}") from None
+        cfg = read_json(cfg_path, TokenizerError)
         if not isinstance(cfg, dict):
             raise TokenizerError(f"{cfg_path}: expected a JSON object, found {type(cfg).__name__}")
     template: Any = cfg.get("chat_template")
@@ -287,10 +284,7 @@ def _folder_chat_info(folder: Path) -> tuple[str, str, str]:
     if not template:
         jinja_path = folder / "chat_template.jinja"
         if jinja_path.is_file():
-            try:
-                template = jinja_path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise TokenizerError(f"{jinja_path}: not readable UTF-8 text: {e}") from None
+            template = read_text(jinja_path, TokenizerError)
     if not isinstance(template, str) or not template.strip():
         raise ChatTemplateError(f"{folder}: no chat template (tokenizer_config.json chat_template or "
                                 "chat_template.jinja)")
@@ -298,10 +292,7 @@ def _folder_chat_info(folder: Path) -> tuple[str, str, str]:
     map_path = folder / "special_tokens_map.json"
     if any(v is None for v in specials.values()) and map_path.is_file():
         # Older folders keep bos/eos only in special_tokens_map.json.
-        try:
-            smap = json.loads(map_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerError(f"{map_path}: not readable JSON: {e}") from None
+        smap = read_json(map_path, TokenizerError)
         if isinstance(smap, dict):
             specials = {k: v if v is not None else smap.get(k) for k, v in specials.items()}
     return template, _token_content(specials["bos_token"]), _token_content(specials["eos_token"])
@@ -559,14 +550,13 @@ class _ThinkCounter:
 class _Runner:
     """One loaded GGUF (llama-cpp-python) plus what l1quant needs around it; reused across runs."""
 
-    def __init__(self, model_path: str | Path, *, n_ctx: int, n_threads: int | None = None,
-                 kv: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, model_path: str | Path, *, n_ctx: int, kv: Mapping[str, Any],
+                 n_threads: int | None = None) -> None:
         llama_cpp = _import_llama()
         self.path = Path(model_path).expanduser()
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such GGUF file")
-        # The header is read once (151k token strings are not free); callers that already read it pass it in.
-        kv = _gguf_kv(self.path) if kv is None else kv
+        # ``kv``: the header its caller already read (151k token strings are not free to read twice)
         self.template, self.bos_text, self.eos_text = _gguf_chat_info(self.path, kv)
         self.sampling = _sampling_from_kv(kv)
         self.n_ctx = n_ctx
