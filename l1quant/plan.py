@@ -153,6 +153,30 @@ def check_layer_count(ckpt: Checkpoint, cfg: ModelConfig) -> None:
                           f"{cfg.source} says num_hidden_layers={n}")
 
 
+def stays_f32(name: str, ndim: int, arch: Arch) -> bool:
+    """1-D tensors, norms and every non-``.weight`` tensor (biases) are written F32 whatever the output type.
+
+    Example:
+        >>> stays_f32("blk.0.attn_q.bias", 1, arch), stays_f32("blk.0.attn_q.weight", 2, arch)  # doctest: +SKIP
+        (True, False)
+    """
+    return ndim <= 1 or name.endswith(arch.f32_suffixes) or not name.endswith(".weight")
+
+
+def tensor_qtype(name: str, row_len: int, ndim: int, arch: Arch, qt: QuantType) -> QuantType:
+    """The type a tensor gets when the matrices become ``qt`` (the converter's rule, also what verify checks):
+    1-D tensors, norms and every non-``.weight`` tensor (biases) stay F32; a row that does not fill whole
+    ``qt`` blocks falls back to F16.
+
+    Example:
+        >>> tensor_qtype("blk.0.attn_norm.weight", 1536, 1, arch, get_quant_type("q8_0")).name  # doctest: +SKIP
+        'F32'
+    """
+    if stays_f32(name, ndim, arch):
+        return get_quant_type("f32")
+    return qt if row_len % qt.block_size == 0 else get_quant_type("f16")
+
+
 def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str) -> ConversionPlan:
     """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
 
@@ -193,14 +217,11 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str) -> 
                 raise TensorError(f"{where} ({name}) is not expected by a {arch.name} model with this config")
         if tuple(st.shape) != want:
             raise TensorError(f"{where} ({name}) has shape {list(st.shape)}, config implies {list(want)}")
-        if len(st.shape) <= 1 or name.endswith(arch.f32_suffixes) or not name.endswith(".weight"):
-            t_qt = f32
-        else:
-            t_qt = qt
-        if st.shape[-1] % t_qt.block_size:
-            plan.warnings.append(f"{name}: row length {st.shape[-1]} is not a multiple of {t_qt.block_size} "
-                                 f"({t_qt.name}); falling back to F16")
-            t_qt = f16
+        row_len = st.shape[-1] if st.shape else 1
+        t_qt = tensor_qtype(name, row_len, len(st.shape), arch, qt)
+        if t_qt is not qt and t_qt is not f32:  # the F16 fallback
+            plan.warnings.append(f"{name}: row length {row_len} is not a multiple of {qt.block_size} "
+                                 f"({qt.name}); falling back to F16")
         pt = PlannedTensor(name, st, t_qt, tuple(st.shape), offset)
         offset += pad(pt.nbytes)
         plan.tensors.append(pt)

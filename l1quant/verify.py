@@ -52,7 +52,8 @@ from .config import ModelConfig
 from .errors import ConfigError, GGUFFormatError, InputError, L1QuantError
 from .gguf_reader import GGUFFile, TensorInfo, _q, read_gguf  # one quoting/type-naming rule for reader and verifier
 from .gguf_reader import _type_name as _tname
-from .kernels import QUANT_TYPES, QuantType, decode_bf16, first_nonfinite, get_quant_type
+from .kernels import QUANT_TYPES, QuantType, decode_bf16, first_nonfinite
+from .plan import stays_f32, tensor_qtype
 
 __all__ = [
     "LOGIT_KLD_LIMITS",
@@ -462,11 +463,6 @@ def _matrix_types(gf: GGUFFile) -> QuantType | None:
     return None
 
 
-def _is_f32_tensor(name: str, ndim: int, arch: Arch) -> bool:
-    """The converter's type rule: 1-D tensors, norms and every non-``.weight`` tensor (biases) stay F32."""
-    return ndim <= 1 or name.endswith(arch.f32_suffixes) or not name.endswith(".weight")
-
-
 def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig) -> list[Check]:
     expected = arch.expected_tensors(cfg)
     by_name = {t.name: t for t in gf.tensors}
@@ -481,14 +477,13 @@ def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig) -> list[Check]:
             shapes.append(f"tensor {_q(name)} has shape {list(t.shape)}, the hparams imply "
                           f"{list(reversed(hf_shape))} (ggml order)")
     ftype = _matrix_types(gf)
-    f16 = get_quant_type("f16")
     types = []
     ft_val = gf.kv.get(gguf.Keys.General.FILE_TYPE)
     if ft_val is not None and ftype is None:
         types.append(f"general.file_type is {ft_val!r}, not one of "
                      f"{', '.join(f'{q.file_type} ({q.name})' for q in QUANT_TYPES.values())}")
     for t in gf.tensors:
-        if _is_f32_tensor(t.name, len(t.shape), arch):
+        if stays_f32(t.name, len(t.shape), arch):
             if t.ggml_type != GGMLQuantizationType.F32:
                 types.append(f"tensor {_q(t.name)} is {t.ggml_type.name}, norms/biases/1-D tensors must be F32")
             continue
@@ -497,12 +492,9 @@ def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig) -> list[Check]:
                 types.append(f"tensor {_q(t.name)} has type {t.ggml_type.name}, which l1quant does not write "
                              f"({', '.join(QUANT_TYPES)})")
             continue
-        allowed = {ftype.ggml_type}
-        if t.shape[0] % ftype.block_size:
-            allowed = {f16.ggml_type}  # the converter's fallback for rows that do not fit the block
-        if t.ggml_type not in allowed:
-            types.append(f"tensor {_q(t.name)} is {t.ggml_type.name}, general.file_type says "
-                         f"{'/'.join(sorted(a.name for a in allowed))}")
+        want = tensor_qtype(t.name, t.shape[0], len(t.shape), arch, ftype)  # ggml order: shape[0] is the row
+        if t.ggml_type != want.ggml_type:
+            types.append(f"tensor {_q(t.name)} is {t.ggml_type.name}, general.file_type says {want.name}")
     return [
         _check("tensors.present", pres, f"all {len(expected)} expected tensors present, none unexpected"),
         _check("tensors.shapes", shapes, "every tensor has the shape the hparams imply"),
