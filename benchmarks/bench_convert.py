@@ -35,13 +35,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from bench_kernels import _rate  # this folder: the script's own directory is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_REFERENCE = Path("/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py")
+_REF_REL = Path("llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py")
+#: Where the reference is looked for when L1QUANT_REFERENCE is unset: beside the clone (where .ci/run unpacks the
+#: sdist) first, then the development machine's copy.
+REFERENCE_CANDIDATES = (REPO.parent / "l1quant-ref" / _REF_REL, Path("/work/ref") / _REF_REL)
 TOKENIZER = REPO / "tests" / "data" / "r1-distill-tokenizer"
 
 #: Qwen2.5-0.5B's shapes (tied embeddings, as the real model) for the memory-flatness check.
@@ -162,15 +167,8 @@ def kernel_throughput(seconds: float = 0.5) -> list[list[str]]:
     x = (x32.view(np.uint32) >> 16).astype(np.uint16)
     n = x.size
 
-    def rate(fn: object) -> float:
-        fn()  # type: ignore[operator]
-        best, end = float("inf"), time.perf_counter() + seconds
-        while True:
-            t = time.perf_counter()
-            fn()  # type: ignore[operator]
-            best = min(best, time.perf_counter() - t)
-            if time.perf_counter() > end:
-                return n / best / 1e6
+    def rate(fn: Callable[[], object]) -> float:
+        return _rate(fn, n, seconds, time.thread_time)  # CPU clock: steadier when other jobs share the cores
 
     impls = (["native"] if native_available() else []) + ["numpy"]
     rows = [["bf16 -> type", *[f"l1quant {i}" for i in impls], "gguf.quants", "speedup"]]
@@ -203,7 +201,9 @@ def main() -> None:
     from l1quant.pipeline import default_threads
     from l1quant.testing import L1_SHAPE
 
-    reference = Path(os.environ.get("L1QUANT_REFERENCE", DEFAULT_REFERENCE))
+    env_ref = os.environ.get("L1QUANT_REFERENCE")
+    reference = Path(env_ref) if env_ref else next((p for p in REFERENCE_CANDIDATES if p.is_file()),
+                                                   REFERENCE_CANDIDATES[0])
     use_ref = not args.no_reference
     if use_ref and not reference.is_file():
         raise SystemExit(f"{reference}: reference converter not found (set L1QUANT_REFERENCE or --no-reference)")
@@ -292,7 +292,8 @@ def main() -> None:
     if not args.no_kernels:
         print()
         print(fmt_table(kernel_throughput()))
-        print("(M params/s, one thread, bf16 slab 1024 x 1536; gguf.quants = the reference converter's numpy path)")
+        print("(M params/s, one thread, CPU clock, bf16 slab 1024 x 1536; gguf.quants = the reference converter's "
+              "numpy path)")
     print(f"load avg at end {os.getloadavg()[0]:.1f}")
 
 
