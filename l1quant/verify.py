@@ -1088,39 +1088,19 @@ def _default_text() -> str:
     return default_text()
 
 
-# A few recent ``prepare`` results, keyed by the source folder's file listing (names, sizes, mtimes) and the type:
-# verifying a file again against the same source in one process (a notebook, a test suite) skips the tokenizer.
-_PREPARED: dict[tuple[Any, ...], Any] = {}
-_PREPARED_MAX = 4
-
-
-def _fingerprint(src: Path) -> tuple[Any, ...]:
-    try:
-        entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in src.iterdir() if p.is_file())
-    except OSError:
-        return (str(src), None)
-    return (str(src.resolve()), tuple(entries))
-
-
 def _prepare_like(prepare: Any, src: Path, ftype: str, gf: GGUFFile) -> Any:
     """``convert.prepare`` for the file's type; if the source's pre-tokenizer hash is unknown, retry with the
-    file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done)."""
+    file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls are cheap: the tokenizer, the
+    slow part, is cached by :func:`l1quant.vocab.load_vocab` while the source files are unchanged."""
     from .errors import TokenizerError
 
-    key: tuple[Any, ...] = (_fingerprint(src), ftype.lower())
-    if key in _PREPARED:
-        return _PREPARED[key]
     try:
-        prep = prepare(src, ftype.lower(), gf.path)
+        return prepare(src, ftype.lower(), gf.path)
     except TokenizerError as e:
         pre = gf.kv.get(_TK.PRE)
         if "unknown BPE pre-tokenizer" not in str(e) or not isinstance(pre, str):
             raise
-        prep = prepare(src, ftype.lower(), gf.path, pre=pre)  # cached under the same key: the retry is the answer
-    while len(_PREPARED) >= _PREPARED_MAX:
-        _PREPARED.pop(next(iter(_PREPARED)))
-    _PREPARED[key] = prep
-    return prep
+        return prepare(src, ftype.lower(), gf.path, pre=pre)
 
 
 # --------------------------------------------------------------------------------------------------- text output
