@@ -78,6 +78,11 @@ def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLi
         if not override.is_file():
             raise InputError(f"{override}: metadata override file not found")
         read_json(override, InputError)  # gguf would crash on JSON it cannot parse: refuse it in one line first
+    # Read once here, where it is used: gguf's Metadata would fail on it with a message that names no file.
+    gen_path = model_dir / "generation_config.json"
+    gen = read_json(gen_path, InputError) if gen_path.is_file() else {}
+    if not isinstance(gen, dict):
+        raise InputError(f"{gen_path}: expected a JSON object, found a {type(gen).__name__}")
     try:
         if display_name == model_dir.name:
             md = gguf.Metadata.load(override, model_dir, name, total_params)
@@ -94,7 +99,6 @@ def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLi
         md.name = display_name
     # The pinned reference's gguf-py also reads generation_config's "repetition_penalty" (PyPI gguf 0.19.0 only
     # reads "penalty_repeat"); an override file still wins, as for every sampling key.
-    gen = gguf.Metadata.load_generation_config(model_dir)
     if md.sampling_penalty_repeat is None and "repetition_penalty" in gen and not (
             override and gguf.Keys.General.SAMPLING_PENALTY_REPEAT in gguf.Metadata.load_metadata_override(override)):
         md.sampling_penalty_repeat = gen["repetition_penalty"]

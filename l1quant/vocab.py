@@ -21,7 +21,7 @@ from typing import Any
 
 import gguf
 
-from .errors import TokenizerError, clip, read_json
+from .errors import TokenizerError, clip
 from .special_vocab import SpecialVocab, load_special_vocab
 
 #: The text whose token ids identify a BPE pre-tokenizer (llama.cpp's ``get_vocab_base_pre`` check text).
@@ -195,14 +195,8 @@ def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:
 
 
 def _special_vocab(d: Path) -> SpecialVocab:
-    # tokenizer_config.json is optional, but when present it must parse: SpecialVocab would silently skip it and
-    # lose the bos/eos ids and the chat template.
-    for fname in ("tokenizer_config.json", "config.json", "generation_config.json"):
-        p = d / fname
-        if p.is_file():
-            obj = read_json(p, TokenizerError)
-            if not isinstance(obj, dict):
-                raise TokenizerError(f"{p}: expected a JSON object, found a {type(obj).__name__}")
+    # load_special_vocab refuses a tokenizer_config.json that does not parse (rather than losing the bos/eos ids
+    # and the chat template); config.json was validated by ModelConfig, generation_config.json by the metadata.
     sv = load_special_vocab(d)
     ct = sv.chat_template
     # gguf accepts any list here and would crash while writing it: a list must be named templates.

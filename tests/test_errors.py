@@ -263,6 +263,8 @@ CASES: list[Case] = [
          ("tokenizer.json", "unknown BPE pre-tokenizer", "--pre")),
     Case("tokenizer_config_not_json", write_bytes("tokenizer_config.json", b'{"bos_token": '),
          ("tokenizer_config.json", "invalid JSON")),
+    Case("generation_config_not_json", write_bytes("generation_config.json", b'{"temperature": '),
+         ("generation_config.json", "invalid JSON")),
     Case("chat_template_not_utf8", write_bytes("chat_template.jinja", b"\xff{{ messages }}"),
          ("chat_template.jinja", "not UTF-8")),
     Case("tokenizer_config_not_object", write_bytes("tokenizer_config.json", b'["bos"]'),
