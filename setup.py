@@ -17,7 +17,7 @@ setup(
     ext_modules=[
         Extension(
             "l1quant.kernels._fastq8",
-            sources=["kernels/_fastq8.c"],
+            sources=["l1quant/kernels/_fastq8.c"],
             extra_compile_args=[] if sys.platform == "win32" else _UNIX_FLAGS,
             optional=True,
         )

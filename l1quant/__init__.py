@@ -14,17 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util as _ilu
-import os as _os
-
-# kernels/ sits beside l1quant/ in the source tree and is installed as l1quant.kernels. Installed and editable
-# layouts map it already; only when Python imports l1quant straight from a checkout (``python -m l1quant`` in the
-# repo root next to a non-editable install) does the root join the package path, so the subpackage is found there.
-if _ilu.find_spec(__name__ + ".kernels") is None:
-    _root = _os.path.dirname(__path__[0])
-    if _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")):
-        __path__.append(_root)
-
 # The functions are bound after their submodules are imported, so ``l1quant.convert`` is the function.
 from .convert import convert, prepare
 from .errors import L1QuantError
