@@ -160,6 +160,7 @@ def fmt_table(rows: list[list[str]]) -> str:
 def kernel_throughput(seconds: float = 0.5) -> list[list[str]]:
     """M params/s, one thread, bf16 slab (1024 x 1536) -> each type: l1quant (native, numpy) vs gguf.quants."""
     from gguf.quants import quantize as gguf_quantize
+
     from l1quant.kernels import decode_bf16, get_quant_type, native_available
 
     rng = np.random.default_rng(0)
@@ -198,7 +199,7 @@ def main() -> None:
                     help="also time `l1quant convert --fsync` (what durability across a power loss costs)")
     args = ap.parse_args()
 
-    from l1quant.pipeline import default_threads
+    from l1quant.conversion.pipeline import default_threads
     from l1quant.testing import L1_SHAPE
 
     env_ref = os.environ.get("L1QUANT_REFERENCE")

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 from gguf.quants import quantize as gguf_quantize
+
 from l1quant.kernels import QuantType, decode_bf16, get_quant_type, native_available
 
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import l1quant
-from l1quant.gguf_reader import read_gguf
+from l1quant.gguf.reader import read_gguf
 
 HERE = Path(__file__).parent
 out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())

@@ -1,5 +1,5 @@
 """``python -m l1quant`` runs the ``l1quant`` command."""
 
-from .cli import main
+from l1quant.cli import main
 
 main()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from reference import require_module, unavailable
 
 

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 
 import l1quant
 from l1quant.cli import main
-from l1quant.convert import prepare
-from l1quant.gguf_reader import read_gguf
+from l1quant.conversion.convert import prepare
+from l1quant.gguf.reader import read_gguf
 from l1quant.kernels import decode_bf16
-from l1quant.safetensors import open_checkpoint
+from l1quant.source.safetensors import open_checkpoint
 
 TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
          "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}

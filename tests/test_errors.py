@@ -381,7 +381,7 @@ def test_pre_flag_fixes_unknown_pre_tokenizer(bases: dict[str, Path], tmp_path: 
     r = run_convert(model, out, "--pre", "deepseek-r1-qwen")
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == [TARGET]
-    from l1quant.gguf_reader import read_gguf
+    from l1quant.gguf.reader import read_gguf
 
     gf = read_gguf(out / TARGET)
     assert gf.kv["tokenizer.ggml.pre"] == "deepseek-r1-qwen"

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from reference import require_module
 
-from l1quant.card import MARKER, write_card
 from l1quant.cli import main
+from l1quant.conversion.card import MARKER, write_card
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -1,4 +1,4 @@
-"""Tests for l1quant.forward: the numpy qwen2 reference forward and the logit metrics."""
+"""Tests for l1quant.check.forward: the numpy qwen2 reference forward and the logit metrics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from l1quant.errors import ConfigError, TensorError, VerifyError
-from l1quant.forward import (
+from l1quant.check.forward import (
     LogitReport,
     Qwen2Hparams,
     compare_logits,
@@ -18,6 +17,7 @@ from l1quant.forward import (
     qwen2_logits,
     random_qwen2_weights,
 )
+from l1quant.errors import ConfigError, TensorError, VerifyError
 
 TINY = Qwen2Hparams(
     n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=300, rope_theta=10000.0, rms_eps=1e-6

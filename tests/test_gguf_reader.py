@@ -1,4 +1,4 @@
-"""l1quant.gguf_reader: agrees with gguf.GGUFReader on valid files, refuses hostile ones with one clean line."""
+"""l1quant.gguf.reader: agrees with gguf.GGUFReader on valid files, refuses hostile ones with one clean line."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from gguf.constants import GGUFValueType as V
 
 from l1quant.cli import main as cli_main
 from l1quant.errors import GGUFFormatError, InputError
-from l1quant.gguf_reader import GGUFFile, describe, format_description, read_gguf
+from l1quant.gguf.reader import GGUFFile, describe, format_description, read_gguf
 
 sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
 from gguf_builders import (
@@ -519,7 +519,7 @@ def test_control_characters_escaped_in_messages(tmp_path: Path) -> None:
 def test_small_read_ahead_window(written: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch,
                                  read_ahead: int) -> None:
     # Every value straddles the read-ahead window's edge somewhere: the fast and checked paths must agree.
-    import l1quant.gguf_reader as gr
+    import l1quant.gguf.reader as gr
 
     expected = read_gguf(written[0])
     monkeypatch.setattr(gr, "_READ_AHEAD", read_ahead)

@@ -11,7 +11,7 @@ import pytest
 from reference import in_ci
 
 from l1quant.errors import InputError, RuntimeMissingError
-from l1quant.hub import CONVERT_FILES, is_repo_id, resolve_model
+from l1quant.source.hub import CONVERT_FILES, is_repo_id, resolve_model
 
 if not in_ci():  # CI installs the hub extra: there a missing huggingface_hub must fail, not skip
     pytest.importorskip("huggingface_hub")
@@ -151,7 +151,7 @@ def test_folder_copy_is_not_needed(offline_cache: Path, tmp_path: Path, monkeypa
 @pytest.fixture(scope="module")
 def hub_and_dir_ggufs(tiny_r1: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The tiny checkpoint converted twice: from an offline hub cache (as l3lab/L1-Tiny-Test) and from a folder."""
-    from l1quant.convert import convert
+    from l1quant.conversion.convert import convert
 
     tmp = tmp_path_factory.mktemp("hub-convert")
     files = {p.name: p.read_bytes() for p in tiny_r1.iterdir() if p.is_file()}
@@ -168,7 +168,7 @@ def hub_and_dir_ggufs(tiny_r1: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _kv_and_tensors(path: Path) -> tuple[dict[str, object], dict[str, bytes]]:
-    from l1quant.gguf_reader import read_gguf
+    from l1quant.gguf.reader import read_gguf
     gf = read_gguf(path)
     return dict(gf.kv), {t.name: gf.read_tensor_bytes(t) for t in gf.tensors}
 

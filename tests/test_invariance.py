@@ -18,15 +18,15 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from l1quant.kernels import native_available
 
 import l1quant
-from l1quant.convert import prepare
+from l1quant.conversion.convert import prepare
+from l1quant.conversion.pipeline import iter_jobs, stream_tensors
+from l1quant.conversion.plan import ConversionPlan
 from l1quant.errors import TensorError
-from l1quant.pipeline import iter_jobs, stream_tensors
-from l1quant.plan import ConversionPlan
-from l1quant.safetensors import read_header
-from l1quant.writer import AtomicOutput, BulkKVWriter, write_header
+from l1quant.gguf.writer import AtomicOutput, BulkKVWriter, write_header
+from l1quant.kernels import native_available
+from l1quant.source.safetensors import read_header
 
 # 1 byte -> one row per job (the most jobs, the most interleaving); 4097 -> odd row counts per job, and a last job
 # shorter than the others in most tensors; 1 MiB -> whole small tensors per job.

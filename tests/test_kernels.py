@@ -12,6 +12,8 @@ from gguf.quants import quantize as gguf_quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from l1quant.errors import L1QuantError
 from l1quant.kernels import (
     QUANT_TYPES,
     KernelArgumentError,
@@ -22,8 +24,6 @@ from l1quant.kernels import (
 )
 from l1quant.kernels._common import SUBCHUNK
 from l1quant.kernels.q8_0 import MIN_SCALE_BITS, roundf_exact, roundf_trick
-
-from l1quant.errors import L1QuantError
 
 T = gguf.GGMLQuantizationType
 TYPES = ["f32", "f16", "bf16", "q8_0"]

@@ -32,6 +32,7 @@ from l1quant.l1 import (
     parse_response,
     render_chat,
 )
+from l1quant.l1.runner import _ThinkCounter
 
 DATA = Path(__file__).parent / "data"
 QWEN = DATA / "qwen2.5-tokenizer"
@@ -343,19 +344,19 @@ def test_run_without_llama_cpp_names_the_extra(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_think_counter_by_token_id_and_by_text() -> None:
-    by_id = l1._ThinkCounter(151649)
+    by_id = _ThinkCounter(151649)
     for tok, piece in [(1, "a"), (2, "b"), (151649, "</think>"), (3, "\n\n"), (4, "x")]:
         by_id.feed(tok, piece)
     assert (by_id.generated, by_id.reasoning_tokens) == (5, 3)
-    split = l1._ThinkCounter(None)  # a vocabulary without a </think> token: the tag spans tokens
+    split = _ThinkCounter(None)  # a vocabulary without a </think> token: the tag spans tokens
     for i, piece in enumerate(["so", " 8", "</", "thi", "nk", ">", "\\boxed{8}"]):
         split.feed(i, piece)
     assert (split.generated, split.reasoning_tokens) == (7, 6)
-    never = l1._ThinkCounter(151649)
+    never = _ThinkCounter(151649)
     for i, piece in enumerate(["<", "/think", " >", "think>"]):
         never.feed(i, piece)
     assert (never.generated, never.reasoning_tokens) == (4, None)
-    first = l1._ThinkCounter(151649)
+    first = _ThinkCounter(151649)
     for tok, piece in [(151649, "</think>"), (151649, "</think>")]:
         first.feed(tok, piece)
     assert first.reasoning_tokens == 1  # the first close counts
@@ -371,7 +372,7 @@ GEN_CONFIG = {"bos_token_id": 151646, "eos_token_id": 151643, "do_sample": True,
 def tiny_ggufs(tiny_factory: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny R1-tokenizer checkpoint converted to q8_0 and f16 (generation config with distinctive sampling)."""
     require_module("llama_cpp")  # the run extra; skips locally without it, fails under CI
-    from l1quant.convert import convert
+    from l1quant.conversion.convert import convert
 
     ckpt = tiny_factory("r1", generation_config=GEN_CONFIG)  # type: ignore[operator]
     out = tmp_path_factory.mktemp("l1-gguf")

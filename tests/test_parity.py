@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
+from reference import require_reference, run_reference
 
 import l1quant
-from l1quant.gguf_reader import read_gguf
-from reference import run_reference, require_reference
+from l1quant.gguf.reader import read_gguf
 
 pytestmark = pytest.mark.slow
 

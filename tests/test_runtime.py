@@ -22,7 +22,7 @@ from gguf.quants import dequantize
 from reference import require_module
 
 import l1quant
-from l1quant.gguf_reader import read_gguf
+from l1quant.gguf.reader import read_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,7 @@ def test_generates_tokens(llms: dict[str, Any]) -> None:
 
 
 def _gguf_weights(path: Path) -> tuple[Callable[[str], np.ndarray], dict[str, Any]]:
-    """(get_weight for l1quant.forward: GGUF name -> float32 in HF orientation, decoded metadata).
+    """(get_weight for l1quant.check.forward: GGUF name -> float32 in HF orientation, decoded metadata).
 
     Headers via l1quant's read_gguf (gguf.GGUFReader takes ~40 s on a 151k-token vocabulary); dequantization via
     gguf.quants (llama.cpp's Python reference), not l1quant's kernels.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from l1quant.kernels import decode_bf16
-from l1quant.safetensors import open_checkpoint, read_header
+from l1quant.source.safetensors import open_checkpoint, read_header
 from l1quant.testing import write_safetensors
 
 st_numpy = pytest.importorskip("safetensors.numpy")

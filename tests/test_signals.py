@@ -30,7 +30,7 @@ from cliutil import PRECIOUS, TARGET, clean_env, cli, tree_hash  # tests/ is on 
 
 import l1quant
 from l1quant.errors import OutputError
-from l1quant.writer import AtomicOutput
+from l1quant.gguf.writer import AtomicOutput
 
 
 def out_dir_with_target(root: Path) -> Path:

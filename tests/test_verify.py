@@ -21,14 +21,14 @@ import gguf
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from l1quant.kernels import decode_bf16, get_quant_type
 from reference import require_module
 
+from l1quant.check import LOGIT_KLD_LIMITS, config_from_gguf, format_report, verify
 from l1quant.cli import main
-from l1quant.convert import convert
+from l1quant.conversion.convert import convert
 from l1quant.errors import ConfigError, GGUFFormatError
-from l1quant.gguf_reader import read_gguf
-from l1quant.verify import LOGIT_KLD_LIMITS, config_from_gguf, format_report, verify
+from l1quant.gguf.reader import read_gguf
+from l1quant.kernels import decode_bf16, get_quant_type
 
 N_TOK = 32  # logit checks: enough tokens for stable numbers on the tiny model, cheap to compare
 
@@ -200,7 +200,7 @@ def test_gguf_kept_inside_its_source_folder(tiny_r1: Path, tmp_path: Path) -> No
 
 def test_config_from_gguf_matches_source(q8: Path, tiny_r1: Path) -> None:
     from l1quant.arch import get_arch
-    from l1quant.config import ModelConfig
+    from l1quant.source.config import ModelConfig
 
     cfg = config_from_gguf(read_gguf(q8), get_arch("qwen2"))
     src = ModelConfig.load(tiny_r1)
@@ -426,7 +426,7 @@ def test_runtime_llama_cpp(q8: Path, tiny_r1: Path) -> None:
 def test_block_amax_of_bf16_bits() -> None:
     import importlib
 
-    v = importlib.import_module("l1quant.verify")
+    v = importlib.import_module("l1quant.check.fidelity")
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     bits = (x.view(np.uint32) >> 16).astype(np.uint16)
     amax = v._block_amax(bits, v._to_f32(bits).reshape(-1), 8)
@@ -437,7 +437,7 @@ def test_cosine_stays_accurate_near_one() -> None:
     """Cosine comes from |a-b|^2 and the norms, so quantization-sized differences keep their digits."""
     import importlib
 
-    v = importlib.import_module("l1quant.verify")
+    v = importlib.import_module("l1quant.check.fidelity")
     rng = np.random.default_rng(1)
     a = rng.standard_normal(100_000)
     for b in (a + 0.005 * rng.standard_normal(a.size), rng.standard_normal(a.size), -a):

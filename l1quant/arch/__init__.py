@@ -20,8 +20,8 @@ from typing import Any
 
 import gguf
 
-from ..config import ModelConfig
-from ..errors import ConfigError
+from l1quant.errors import ConfigError
+from l1quant.source.config import ModelConfig
 
 #: A KV row: (key template with ``{arch}``, getter from config -> value or None to omit, GGUF value type).
 KeyRow = tuple[str, Callable[[ModelConfig], Any], gguf.GGUFValueType]

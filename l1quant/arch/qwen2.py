@@ -11,8 +11,8 @@ from typing import Any
 
 import gguf
 
-from ..config import ModelConfig
-from . import Arch, KeyRow
+from l1quant.arch import Arch, KeyRow
+from l1quant.source.config import ModelConfig
 
 K = gguf.Keys
 T = gguf.GGUFValueType

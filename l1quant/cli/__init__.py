@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ..errors import L1QuantError, Terminated
+from l1quant.errors import L1QuantError, Terminated
 
 
 class _Group(click.Group):

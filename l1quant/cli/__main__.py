@@ -1,5 +1,5 @@
 """``python -m l1quant.cli`` runs the ``l1quant`` command."""
 
-from . import main
+from l1quant.cli import main
 
 main()

@@ -1,4 +1,4 @@
-"""``l1quant convert``: parses options and calls :func:`l1quant.convert.convert` with the same parameters."""
+"""``l1quant convert``: parses options and calls :func:`l1quant.conversion.convert.convert` with the same parameters."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..convert import convert
-from ..errors import VerifyError
-from ..pipeline import DEFAULT_CHUNK_BYTES
-from ..plan import OUT_TYPES
-from . import main
+from l1quant.cli import main
+from l1quant.conversion.convert import convert
+from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
+from l1quant.conversion.plan import OUT_TYPES
+from l1quant.errors import VerifyError
 
 
 @main.command("convert")
@@ -61,9 +61,9 @@ def convert_cmd(model: str, type_: str, output: Path | None, name: str | None, m
                   progress=not quiet)
     click.echo(str(out))
     if card:
-        from ..card import write_card
-        from ..convert import resolve_source
-        from ..verify import verify
+        from l1quant.check.verifier import verify
+        from l1quant.conversion.card import write_card
+        from l1quant.conversion.convert import resolve_source
 
         src = resolve_source(model)
         report = verify(out, source=src, threads=threads)

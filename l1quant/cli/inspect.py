@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from ..gguf_reader import describe, format_description, read_gguf
-from . import main
+from l1quant.cli import main
+from l1quant.gguf.reader import describe, format_description, read_gguf
 
 
 @main.command("inspect")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import click
 
-from .. import l1
-from ..errors import RuntimeMissingError
-from . import main
+from l1quant import l1
+from l1quant.cli import main
+from l1quant.errors import RuntimeMissingError
 
 
 def _budgets(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:

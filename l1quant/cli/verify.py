@@ -1,4 +1,4 @@
-"""``l1quant verify FILE.gguf``: parses options, calls :func:`l1quant.verify.verify`, prints the report.
+"""``l1quant verify FILE.gguf``: parses options, calls :func:`l1quant.check.verifier.verify`, prints the report.
 
 Exit status: 0 when every check passes, 1 when a check fails (or the arguments/source are unusable), 2 when the
 file cannot be read as GGUF at all.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import GGUFFormatError
-from ..verify import format_report, verify
-from . import main
+from l1quant.check import format_report, verify
+from l1quant.cli import main
+from l1quant.errors import GGUFFormatError
 
 
 @main.command("verify")

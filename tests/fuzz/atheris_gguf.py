@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Coverage-guided fuzzing of ``l1quant.gguf_reader.read_gguf`` with atheris (libFuzzer). Not collected by pytest.
+"""Coverage-guided fuzzing of ``l1quant.gguf.reader.read_gguf`` with atheris (libFuzzer). Not collected by pytest.
 
 The property is the same as test_fuzz_gguf.py: a GGUFFile or a GGUFFormatError, never another exception, and
 no parse slower than 1 s. Crashes land in tests/fuzz/corpus_gguf/ as ``crash-<sha1>`` (replayed by pytest).
@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 
 with atheris.instrument_imports(include=["l1quant"]):
     from l1quant.errors import GGUFFormatError
-    from l1quant.gguf_reader import describe, read_gguf
+    from l1quant.gguf.reader import describe, read_gguf
 
 from fuzzkit import MAX_PARSE_S, CrashCorpus, assert_one_line
 from gguf_builders import all_types_file, valid_file

@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 with atheris.instrument_imports(include=["l1quant"]):
     from l1quant.errors import L1QuantError
-    from l1quant.safetensors import open_checkpoint
+    from l1quant.source.safetensors import open_checkpoint
 
 from fuzzkit import MAX_PARSE_S, CrashCorpus, assert_one_line
 from test_fuzz_safetensors import seeds  # noqa: E402 - after the instrumented imports on purpose

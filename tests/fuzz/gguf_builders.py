@@ -2,7 +2,7 @@
 
 ``build`` serializes exactly what it is given, so tests can produce files that no honest writer would:
 lying lengths, bad dims, overlapping offsets. ``valid_spec``/``valid_file`` give a small well-formed baseline
-that ``gguf.GGUFReader`` and ``l1quant.gguf_reader.read_gguf`` both accept.
+that ``gguf.GGUFReader`` and ``l1quant.gguf.reader.read_gguf`` both accept.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from l1quant.errors import GGUFFormatError
-from l1quant.gguf_reader import describe, read_gguf
+from l1quant.gguf.reader import describe, read_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fuzzkit import EXAMPLES, MAX_PARSE_S, CrashCorpus, assert_one_line

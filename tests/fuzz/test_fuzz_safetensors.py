@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from l1quant.errors import L1QuantError, TensorError
-from l1quant.safetensors import DTYPES, open_checkpoint, require_float
+from l1quant.source.safetensors import DTYPES, open_checkpoint, require_float
 
 #: Peak Python+numpy allocation allowed while parsing and reading one (small) input.
 MAX_PEAK = 32 << 20

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import gguf
 
-from .arch import Arch
-from .config import ModelConfig
-from .errors import ConfigError, TensorError, clip
-from .kernels import QuantType, get_quant_type
-from .safetensors import Checkpoint, SafeTensor, require_float
+from l1quant.arch import Arch
+from l1quant.errors import ConfigError, TensorError, clip
+from l1quant.kernels import QuantType, get_quant_type
+from l1quant.source.config import ModelConfig
+from l1quant.source.safetensors import Checkpoint, SafeTensor, require_float
 
 ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT
 OUT_TYPES = ("auto", "f32", "f16", "bf16", "q8_0")

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, RuntimeMissingError
+from l1quant.errors import InputError, RuntimeMissingError
 
 __all__ = ["CONVERT_FILES", "is_repo_id", "resolve_model"]
 

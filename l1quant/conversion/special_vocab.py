@@ -28,7 +28,7 @@ from typing import Any
 
 import gguf
 
-from .errors import TokenizerError, read_json, read_text
+from l1quant.errors import TokenizerError, read_json, read_text
 
 TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 K = gguf.Keys.Tokenizer

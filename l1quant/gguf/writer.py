@@ -29,9 +29,9 @@ from typing import Any
 import gguf
 import numpy as np
 
-from .errors import OutputError, Terminated
-from .gguf_reader import SCALAR_FORMATS
-from .plan import ConversionPlan, pad
+from l1quant.conversion.plan import ConversionPlan, pad
+from l1quant.errors import OutputError, Terminated
+from l1quant.gguf.reader import SCALAR_FORMATS
 
 __all__ = ["AtomicOutput", "Terminated", "new_header", "pwrite_all", "write_header"]
 

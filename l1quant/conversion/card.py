@@ -19,9 +19,9 @@ from typing import Any
 
 import gguf
 
-from .gguf_reader import read_gguf
-from .l1 import l1_prompt
-from .writer import AtomicOutput, pwrite_all
+from l1quant.gguf.reader import read_gguf
+from l1quant.gguf.writer import AtomicOutput, pwrite_all
+from l1quant.l1 import l1_prompt
 
 MARKER = "<!-- written by l1quant; safe to regenerate -->"
 

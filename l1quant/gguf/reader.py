@@ -46,7 +46,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .errors import GGUFFormatError, InputError, L1QuantError
+from l1quant.errors import GGUFFormatError, InputError, L1QuantError
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",

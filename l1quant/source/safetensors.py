@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SafetensorsError, TensorError, clip
+from l1quant.errors import SafetensorsError, TensorError, clip
 
 #: safetensors dtype -> (item size, numpy dtype used to hold the raw values). bf16 is kept as raw uint16 bits.
 DTYPES: dict[str, tuple[int, np.dtype[Any]]] = {

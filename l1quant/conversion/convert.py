@@ -21,15 +21,15 @@ from typing import Any
 
 import gguf
 
-from .arch import get_arch
-from .config import ModelConfig
-from .errors import ConfigError, InputError, OutputError, read_json
-from .hub import is_repo_id, resolve_model
-from .pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
-from .plan import ConversionPlan, make_plan
-from .safetensors import open_checkpoint
-from .vocab import Vocab, load_vocab
-from .writer import AtomicOutput, new_header, write_header
+from l1quant.arch import get_arch
+from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
+from l1quant.conversion.plan import ConversionPlan, make_plan
+from l1quant.conversion.vocab import Vocab, load_vocab
+from l1quant.errors import ConfigError, InputError, OutputError, read_json
+from l1quant.gguf.writer import AtomicOutput, new_header, write_header
+from l1quant.source.config import ModelConfig
+from l1quant.source.hub import is_repo_id, resolve_model
+from l1quant.source.safetensors import open_checkpoint
 
 log = logging.getLogger("l1quant")
 

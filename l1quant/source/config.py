@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from .errors import ConfigError, clip
+from l1quant.errors import ConfigError, clip
 
 # Defaults are transformers' Qwen2Config defaults: the reference converter loads config.json through
 # AutoConfig, so a key missing from the file takes these values there too.

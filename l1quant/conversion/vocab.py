@@ -4,7 +4,7 @@ Tokens and token types follow llama.cpp's converter: every id below config ``voc
 become ``[PAD{i}]``, UNUSED); added tokens that are marked special or look special (``<|...|>``, ``<｜...｜>``)
 are CONTROL, other added tokens USER_DEFINED, everything else NORMAL. The pre-tokenizer name comes from the
 sha256 of the ids of a fixed check text. Merges, special ids, add_bos/add_eos and the chat template come from
-:mod:`l1quant.special_vocab`, which follows the reference converter's rules (see there why not gguf's class).
+:mod:`l1quant.conversion.special_vocab`, which follows the reference converter's rules (see there why not gguf's class).
 
 Example:
     >>> v = load_vocab("L1-Qwen-1.5B-Max", vocab_size=151936)  # doctest: +SKIP
@@ -21,8 +21,8 @@ from typing import Any
 
 import gguf
 
-from .errors import TokenizerError, clip
-from .special_vocab import SpecialVocab, load_special_vocab
+from l1quant.conversion.special_vocab import SpecialVocab, load_special_vocab
+from l1quant.errors import TokenizerError, clip
 
 #: The text whose token ids identify a BPE pre-tokenizer (llama.cpp's ``get_vocab_base_pre`` check text).
 CHECK_TEXT = (

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TensorError
-from .plan import ConversionPlan, PlannedTensor
-from .writer import pwrite_all
+from l1quant.conversion.plan import ConversionPlan, PlannedTensor
+from l1quant.errors import TensorError
+from l1quant.gguf.writer import pwrite_all
 
 #: Default bytes of source data per job. Measured on the L1 shape (2-core EPYC, 1 MiB L2 per core): 1-8 MiB are
 #: within noise of each other; much smaller chunks pay per-job Python overhead (~20 us), much larger ones fall out

@@ -1,0 +1,330 @@
+"""Fidelity checks against the source checkpoint: metadata key by key, tensor bytes and error metrics."""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import gguf
+import numpy as np
+
+from l1quant.arch import Arch
+from l1quant.check.report import Check, TensorFidelity, _check
+from l1quant.check.structure import _STRICT_GENERAL, _T, CHUNK_BYTES
+from l1quant.errors import GGUFFormatError
+from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
+    GGUFFile,
+    TensorInfo,
+    _q,
+)
+from l1quant.gguf.reader import _type_name as _tname
+from l1quant.kernels import QuantType, decode_bf16
+
+Q8_0_BOUND_DOC = (
+    "Q8_0 bound: per block of 32, d = amax/127 (float32) and q = round(x/d), so |x - q*d| <= d/2; the stored "
+    "scale is f16(d), adding |q|*|f16(d) - d| <= 127*|f16(d) - d|. Each element must satisfy "
+    "|err| <= d/2 + 127*|f16(d) - d| + 2^-20*amax (float32 rounding slack), with d computed from the source "
+    "block. The tensor's rel-RMSE threshold is that bound's RMS over the tensor divided by the source RMS; the "
+    "expected value (uniform rounding noise, d/sqrt(12) per element) is about amax/(127*sqrt(12)*rms), 0.5-1% "
+    "for Gaussian-like weights."
+)
+
+
+# --------------------------------------------------------------------------------------------------- fidelity
+
+
+def _values_differ(key: str, exp: Any, exp_type: Any, found: Any, found_type: Any) -> str | None:
+    """A one-line description of how ``found`` differs from ``exp`` (None when equal)."""
+    if exp_type != found_type:
+        return f"key {_q(key)} has type {_tname(found_type)}, the source gives {_tname(exp_type)}"
+    if isinstance(exp, list):
+        if len(exp) != len(found):
+            return f"key {_q(key)} has {len(found)} items, the source gives {len(exp)}"
+        elem = exp_type[-1] if isinstance(exp_type, tuple) else None
+        if elem in (_T.FLOAT32,):
+            e, f = np.asarray(exp, np.float32), np.asarray(found, np.float32)
+            diff: list[int] = np.flatnonzero(e != f).tolist()
+        else:
+            diff = [i for i, (a, b) in enumerate(zip(exp, found)) if a != b]
+        if len(diff):
+            i = int(diff[0])
+            return (f"{key}[{i}]: expected {exp[i]!r}, found {found[i]!r} "
+                    f"({len(diff)} of {len(exp)} items differ)")
+        return None
+    if exp_type in (_T.FLOAT32,):
+        if np.float32(exp) == np.float32(found):
+            return None
+        ratio = f" (x{found / exp:.6g})" if exp else ""
+        # float32 values shown at float32 precision: 1e-06, not 9.999999974752427e-07
+        return f"{key}: expected {np.float32(exp)!s}, found {np.float32(found)!s}{ratio}"
+    if exp != found:
+        off = f" (off by {found - exp:+})" if isinstance(exp, int) and not isinstance(exp, bool) else ""
+        return f"{key}: expected {exp!r}, found {found!r}{off}"
+    return None
+
+
+def _check_metadata(gf: GGUFFile, header: gguf.GGUFWriter, arch: Arch) -> list[Check]:
+    expected: dict[str, Any] = header.kv_data[0]
+    groups: dict[str, list[str]] = {"source.hparams": [], "source.tokenizer": [], "source.general": []}
+    notes: list[str] = []
+
+    def group(key: str) -> str:
+        if key.startswith("tokenizer."):
+            return "source.tokenizer"
+        if key.startswith(f"{arch.name}."):
+            return "source.hparams"
+        return "source.general"
+
+    for key, gv in expected.items():
+        etype: Any = gv.type
+        if gv.type == _T.ARRAY:
+            sub = gv.sub_type
+            if sub is None:
+                sub = _T.get_type(gv.value[0]) if gv.value else _T.STRING
+            etype = (_T.ARRAY, sub)
+        if key not in gf.kv:
+            (notes if key.startswith("general.") and key not in _STRICT_GENERAL else groups[group(key)]).append(
+                f"key {_q(key)} is missing (the source gives {_short(gv.value)})")
+            continue
+        d = _values_differ(key, gv.value, etype, gf.kv[key], gf.kv_types[key])
+        if d:
+            (notes if key.startswith("general.") and key not in _STRICT_GENERAL else groups[group(key)]).append(d)
+    for key in gf.kv:
+        if key not in expected and key != "general.alignment":
+            if key.startswith("general.") and key not in _STRICT_GENERAL:
+                notes.append(f"key {_q(key)} is not what the converter writes for this source")
+            else:
+                groups[group(key)].append(f"key {_q(key)} is not what the converter writes for this source")
+    ok = {
+        "source.hparams": "hparams (layers, context, sizes, heads, rope, eps) equal the source config",
+        "source.tokenizer": "tokens, token types, merges, special ids, chat template equal the source tokenizer",
+        "source.general": "architecture, file type, quantization version as the converter writes them",
+    }
+    checks = [_check(n, p, ok[n]) for n, p in groups.items()]
+    if notes:
+        # Naming keys (general.name, size label, sampling...) depend on --name/--metadata: reported, not failed.
+        checks[-1].message += f"; naming metadata differs (allowed, set by --name/--metadata): {notes[0]}" + (
+            f" (+{len(notes) - 1} more)" if len(notes) > 1 else "")
+        checks[-1].details += notes
+    return checks
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _to_f32(x: np.ndarray) -> np.ndarray:
+    """Source values as float32 (uint16 arrays are raw bf16 bits, widened exactly)."""
+    if x.dtype == np.uint16:
+        return decode_bf16(x)
+    return np.asarray(x, dtype=np.float32)
+
+
+def _block_amax(src: np.ndarray, ref: np.ndarray, nb: int) -> np.ndarray:
+    """max |x| per block of 32 values, as float32. For bf16 sources the max runs on the 15 magnitude bits
+    (they order like |x|), which is half the memory traffic of the float32 path."""
+    if src.dtype == np.uint16:
+        mag = np.bitwise_and(src.reshape(-1), np.uint16(0x7FFF))
+        return np.left_shift(np.max(mag.reshape(nb, 32), axis=1), 16, dtype=np.uint32).view(np.float32)
+    return np.max(np.abs(ref).reshape(nb, 32), axis=1)
+
+
+@dataclass
+class _Acc:
+    """Running sums for one tensor (float64 across chunks)."""
+
+    sse: float = 0.0
+    ssr: float = 0.0
+    sst: float = 0.0
+    maxerr: float = 0.0
+    max_bound: float = 0.0
+    bound_ss: float = 0.0  # sum of bound^2 over elements (Q8_0)
+    noise_ss: float = 0.0  # sum of (d^2/12) over elements (Q8_0)
+    identical: bool = True
+    first_diff: str | None = None
+    n_viol: int = 0
+    first_viol: str | None = None
+
+
+def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1: int) -> _Acc:
+    """Compare rows [r0, r1) of one tensor: bytes against re-quantizing the source, then the error metrics."""
+    rows, ncols = r1 - r0, st.n_cols
+    rnb = qt.row_nbytes(ncols)
+    src = st.read_rows(r0, r1)
+    expect = qt.quantize(src)
+    got = np.empty((rows, rnb), dtype=np.uint8)
+    pos = info.abs_offset + r0 * rnb
+    view = memoryview(got.reshape(-1))  # type: ignore[arg-type]
+    n = 0
+    while n < got.nbytes:  # preadv may return short counts; 0 means end of file
+        r = os.preadv(fd, [view[n:]], pos + n)
+        if r <= 0:
+            break
+        n += r
+    if n != got.nbytes:
+        raise GGUFFormatError(f"tensor {_q(info.name)}: expected {got.nbytes} bytes at offset {pos}, got {n}; "
+                              "was the file truncated while verifying?")
+    acc = _Acc()
+    if not np.array_equal(expect, got):
+        acc.identical = False
+        flat = int(np.flatnonzero(expect.reshape(-1) != got.reshape(-1))[0])
+        row, byte = divmod(flat, rnb)
+        where = f"row {r0 + row}"
+        if qt.block_size > 1:
+            blk, off = divmod(byte, qt.type_size)
+            where += f", block {blk} ({'scale' if off < 2 else f'value {off - 2}'})"
+        else:
+            where += f", column {byte // qt.type_size}"
+        acc.first_diff = where
+    del expect
+    ref = _to_f32(src).reshape(-1)
+    deq = qt.dequantize(got, (rows, ncols)).reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        acc.ssr = float(np.dot(ref, ref))
+        acc.sst = float(np.dot(deq, deq))
+        err = np.subtract(deq, ref, out=deq)  # in place: deq is not needed any more
+        acc.sse = float(np.dot(err, err))
+        np.abs(err, out=err)
+    acc.maxerr = float(err.max()) if err.size else 0.0
+    if qt.name == "Q8_0":
+        nb = ref.size // 32
+        amax = _block_amax(src, ref, nb)
+        d = amax / np.float32(127)
+        d16 = d.astype(np.float16).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            bound = d * np.float32(0.5) + np.float32(127) * np.abs(d16 - d) + amax * np.float32(2.0 ** -20)
+            inside = np.less_equal(err.reshape(nb, 32), bound[:, None])  # NaN compares False: a violation
+        acc.max_bound = float(bound.max()) if nb else 0.0
+        acc.bound_ss = float(np.dot(bound, bound)) * 32
+        acc.noise_ss = float(np.dot(d, d)) * 32 / 12
+        if not inside.all():
+            viol = ~inside.all(axis=1)
+            acc.n_viol = int(viol.sum())
+            b = int(np.flatnonzero(viol)[0])
+            bmax = float(np.max(err.reshape(nb, 32)[b]))
+            per_row = ncols // 32
+            acc.first_viol = (f"row {r0 + b // per_row}, block {b % per_row} "
+                              f"(|err| {bmax:.4g} > bound {float(bound[b]):.4g})")
+    return acc
+
+
+def _merge(a: _Acc, b: _Acc) -> None:
+    a.sse += b.sse
+    a.ssr += b.ssr
+    a.sst += b.sst
+    if not b.maxerr <= a.maxerr:  # NaN propagates
+        a.maxerr = b.maxerr
+    a.max_bound = max(a.max_bound, b.max_bound)
+    a.bound_ss += b.bound_ss
+    a.noise_ss += b.noise_ss
+    if a.identical and not b.identical:
+        a.identical, a.first_diff = False, b.first_diff
+    if b.n_viol and a.first_viol is None:
+        a.first_viol = b.first_viol
+    a.n_viol += b.n_viol
+
+
+def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFidelity:
+    rel = math.sqrt(a.sse / a.ssr) if a.ssr > 0 else (0.0 if a.sse == 0 else math.inf)
+    if math.isnan(a.sse):
+        rel = math.nan
+    snr = math.inf if a.sse == 0 else (10 * math.log10(a.ssr / a.sse) if a.ssr > 0 else -math.inf)
+    if math.isnan(a.sse):
+        snr = math.nan
+    # cos = a.b / (|a||b|) rewritten with |a-b|^2 = |a|^2 + |b|^2 - 2 a.b as 1 - (|a-b|^2 - (|a|-|b|)^2) / (2|a||b|):
+    # near 1 (what quantization gives) a direct float32-accumulated a.b loses the digits that matter, while
+    # |a-b|^2 is summed from the errors themselves and keeps them.
+    na, nb = math.sqrt(a.ssr), math.sqrt(a.sst)
+    if na > 0 and nb > 0:
+        cos = 1.0 - (a.sse - (na - nb) ** 2) / (2 * na * nb)
+        cos = max(-1.0, min(1.0, cos)) if not math.isnan(cos) else cos
+    else:
+        cos = 1.0 if a.sse == 0 else 0.0
+    problems = []
+    if not a.identical:
+        problems.append(f"bytes differ from re-quantizing the source at {a.first_diff}")
+    threshold = err_bound = expected = None
+    if qt.name == "Q8_0":
+        threshold = math.sqrt(a.bound_ss / a.ssr) if a.ssr > 0 else 0.0
+        expected = math.sqrt(a.noise_ss / a.ssr) if a.ssr > 0 else 0.0
+        err_bound = a.max_bound
+        if a.n_viol:
+            problems.append(f"{a.n_viol} block(s) outside the Q8_0 error bound, first at {a.first_viol}")
+        if not rel <= threshold:
+            problems.append(f"rel RMSE {rel:.4g} above the bound {threshold:.4g}")
+    passed = not problems
+    if passed:
+        msg = "bytes identical" + ("; all errors within the Q8_0 bound" if qt.name == "Q8_0" else "")
+    else:
+        msg = "; ".join(problems)
+        if math.isfinite(rel) and a.ssr > 0:
+            msg += f" (rel RMSE {rel:.3g}, max abs err {a.maxerr:.3g})"
+    return TensorFidelity(name, qt.name, shape, rel, a.maxerr, cos, snr, a.identical, threshold, err_bound,
+                          expected, passed, msg)
+
+
+def _check_fidelity(gf: GGUFFile, plan: Any, threads: int) -> tuple[list[Check], list[TensorFidelity]]:
+    planned = {pt.name: pt for pt in plan.tensors}
+    pres: list[str] = []
+    for t in gf.tensors:
+        if t.name not in planned:
+            pres.append(f"tensor {_q(t.name)} has no source tensor (the converter would not write it)")
+    in_file = {t.name for t in gf.tensors}
+    for name, pt in planned.items():
+        if name not in in_file:
+            pres.append(f"tensor {_q(name)} is missing (the source has {pt.source.name!r})")
+    rows: list[TensorFidelity] = []
+    jobs: list[tuple[TensorInfo, Any, int, int]] = []
+    for t in gf.tensors:
+        pt = planned.get(t.name)
+        if pt is None:
+            continue
+        if t.shape != pt.gguf_dims:
+            pres.append(f"tensor {_q(t.name)} has shape {list(t.shape)}, the source {pt.source.name!r} gives "
+                        f"{list(pt.gguf_dims)}")
+            continue
+        if t.ggml_type != pt.qtype.ggml_type:
+            rows.append(TensorFidelity(t.name, t.ggml_type.name, pt.shape, math.nan, math.nan, math.nan, math.nan,
+                                       False, None, None, None, False,
+                                       f"type {t.ggml_type.name}, the converter writes {pt.qtype.name} for this "
+                                       "source and type"))
+            continue
+        step = max(1, CHUNK_BYTES // max(1, pt.n_cols * pt.source.itemsize))
+        jobs += [(t, pt, r, min(pt.n_rows, r + step)) for r in range(0, pt.n_rows, step)]
+
+    accs: dict[str, _Acc] = {}
+    fd = os.open(gf.path, os.O_RDONLY)
+    try:
+        ex = ThreadPoolExecutor(max_workers=threads)
+        try:
+            results = ex.map(lambda j: (j[0].name, _fidelity_job(fd, j[0], j[1].source, j[1].qtype, j[2], j[3])),
+                             jobs)
+            for name, acc in results:
+                if name in accs:
+                    _merge(accs[name], acc)
+                else:
+                    accs[name] = acc
+        except BaseException:
+            ex.shutdown(wait=True, cancel_futures=True)  # a read error or Ctrl-C: do not run the remaining jobs
+            raise
+        ex.shutdown(wait=True)
+    finally:
+        os.close(fd)
+    for t in gf.tensors:
+        if t.name in accs:
+            pt = planned[t.name]
+            rows.append(_row(t.name, pt.qtype, pt.shape, accs[t.name]))
+    rows.sort(key=lambda r: (r.passed, -(r.rel_rmse if not math.isnan(r.rel_rmse) else math.inf)))
+    bad = [f"{r.name}: {r.message}" for r in rows if not r.passed]
+    worst = next((r for r in rows if r.passed), None)
+    ok = f"{len(rows)} tensors byte-identical to re-quantizing the source"
+    if worst is not None:
+        ok += f"; worst rel RMSE {worst.rel_rmse:.3g} ({worst.name})"
+    if any(r.type == "Q8_0" for r in rows):
+        ok += "; every Q8_0 element within the 8-bit absmax bound"
+    return [_check("source.tensors.present", pres, "the file has exactly the tensors the source yields"),
+            _check("source.tensors", bad, ok)], rows

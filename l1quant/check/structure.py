@@ -1,0 +1,342 @@
+"""Structural checks of a GGUF file against its architecture's description (no source needed)."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf.constants import GGMLQuantizationType, GGUFValueType
+
+from l1quant.arch import Arch
+from l1quant.check.report import FAIL, Check, _check
+from l1quant.conversion.plan import stays_f32, tensor_qtype
+from l1quant.errors import ConfigError
+from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
+    GGUFFile,
+    TensorInfo,
+    _q,
+)
+from l1quant.gguf.reader import _type_name as _tname
+from l1quant.kernels import QUANT_TYPES, QuantType, first_nonfinite
+from l1quant.source.config import ModelConfig
+
+#: Source bytes per scan/fidelity job. Each job makes ~10 passes over its float32 copies, so they should stay in
+#: cache: measured on the L1-shaped checkpoint, 512 KiB is ~30% less CPU than 4 MiB (and than 128 KiB).
+CHUNK_BYTES = 512 << 10
+
+# Keys every qwen2-family file needs (the converter always writes them); their types come from the arch table.
+_REQUIRED_HPARAMS = (
+    gguf.Keys.LLM.BLOCK_COUNT, gguf.Keys.LLM.CONTEXT_LENGTH, gguf.Keys.LLM.EMBEDDING_LENGTH,
+    gguf.Keys.LLM.FEED_FORWARD_LENGTH, gguf.Keys.Attention.HEAD_COUNT, gguf.Keys.Attention.HEAD_COUNT_KV,
+    gguf.Keys.Rope.FREQ_BASE, gguf.Keys.Attention.LAYERNORM_RMS_EPS,
+)
+_T = GGUFValueType
+_TK = gguf.Keys.Tokenizer
+# (key, type, required). Array types are (ARRAY, element type), as the reader reports them.
+_GENERIC_KEYS: tuple[tuple[str, Any, bool], ...] = (
+    (gguf.Keys.General.ARCHITECTURE, _T.STRING, True),
+    (gguf.Keys.General.FILE_TYPE, _T.UINT32, False),
+    (gguf.Keys.General.QUANTIZATION_VERSION, _T.UINT32, False),
+    (_TK.MODEL, _T.STRING, True),
+    (_TK.PRE, _T.STRING, False),
+    (_TK.LIST, (_T.ARRAY, _T.STRING), True),
+    (_TK.TOKEN_TYPE, (_T.ARRAY, _T.INT32), True),
+    (_TK.MERGES, (_T.ARRAY, _T.STRING), True),
+    (_TK.BOS_ID, _T.UINT32, False), (_TK.EOS_ID, _T.UINT32, False), (_TK.UNK_ID, _T.UINT32, False),
+    (_TK.SEP_ID, _T.UINT32, False), (_TK.PAD_ID, _T.UINT32, False),
+    (_TK.ADD_BOS, _T.BOOL, False), (_TK.ADD_EOS, _T.BOOL, False), (_TK.ADD_SEP, _T.BOOL, False),
+    (_TK.CHAT_TEMPLATE, _T.STRING, True),
+)
+_SPECIAL_ID_KEYS = tuple(k for k, t, _ in _GENERIC_KEYS if k.endswith("_token_id"))
+# general.* keys that depend on naming options (--name, --metadata, README), not on the weights.
+_STRICT_GENERAL = (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.TYPE, gguf.Keys.General.FILE_TYPE,
+                   gguf.Keys.General.QUANTIZATION_VERSION, "general.alignment")
+
+
+# --------------------------------------------------------------------------------------------------- structure
+
+
+def config_from_gguf(gf: GGUFFile, arch: Arch) -> ModelConfig:
+    """The :class:`ModelConfig` a GGUF's hparams imply (vocab size from ``token_embd`` rows, else the token list;
+    tied embeddings when there is no ``output.weight``), so the arch table can say which tensors must exist.
+
+    Raises :class:`ConfigError` (naming GGUF keys) when a required key is missing, mistyped or inconsistent.
+
+    Example:
+        >>> cfg = config_from_gguf(read_gguf("model.gguf"), get_arch("qwen2"))   # doctest: +SKIP
+        >>> cfg.num_hidden_layers, cfg.head_dim                                  # doctest: +SKIP
+        (28, 128)
+    """
+    kv, a = gf.kv, arch.name
+
+    def get(key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        full = key.format(arch=a)
+        v = kv.get(full, default)
+        if v is None:
+            raise ConfigError(f"{gf.path}: missing required key {_q(full)}")
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise ConfigError(f"{gf.path}: key {_q(full)} is {v!r}, expected a number")
+        return v
+
+    n_embd = get(gguf.Keys.LLM.EMBEDDING_LENGTH, int)
+    n_head = get(gguf.Keys.Attention.HEAD_COUNT, int)
+    n_kv = get(gguf.Keys.Attention.HEAD_COUNT_KV, int, n_head)
+    key_len = kv.get(gguf.Keys.Attention.KEY_LENGTH.format(arch=a))
+    for key, v in ((gguf.Keys.Attention.HEAD_COUNT, n_head), (gguf.Keys.Attention.HEAD_COUNT_KV, n_kv)):
+        if v <= 0:
+            raise ConfigError(f"{gf.path}: {key.format(arch=a)} is {v}, expected a positive integer")
+    if key_len is None and n_embd % n_head:
+        raise ConfigError(f"{gf.path}: {a}.attention.head_count={n_head} does not divide "
+                          f"{a}.embedding_length={n_embd}")
+    if n_head % n_kv:
+        raise ConfigError(f"{gf.path}: {a}.attention.head_count_kv={n_kv} does not divide "
+                          f"{a}.attention.head_count={n_head}")
+    names = {t.name for t in gf.tensors}
+    emb = next((t for t in gf.tensors if t.name == "token_embd.weight"), None)
+    tokens = kv.get(_TK.LIST)
+    if emb is not None and len(emb.shape) == 2:
+        n_vocab = emb.shape[1]
+    elif isinstance(tokens, list) and tokens:
+        n_vocab = len(tokens)
+    else:
+        raise ConfigError(f"{gf.path}: cannot tell the vocabulary size (no token_embd.weight, no {_TK.LIST})")
+    d: dict[str, Any] = {
+        "architectures": [arch.hf_architectures[0]],
+        "hidden_size": n_embd,
+        "intermediate_size": get(gguf.Keys.LLM.FEED_FORWARD_LENGTH, int),
+        "num_hidden_layers": get(gguf.Keys.LLM.BLOCK_COUNT, int),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv,
+        "vocab_size": n_vocab,
+        "max_position_embeddings": get(gguf.Keys.LLM.CONTEXT_LENGTH, int),
+        "rms_norm_eps": get(gguf.Keys.Attention.LAYERNORM_RMS_EPS, (int, float)),
+        "rope_theta": get(gguf.Keys.Rope.FREQ_BASE, (int, float), 10000.0),
+        "tie_word_embeddings": "output.weight" not in names,
+    }
+    if key_len is not None:
+        d["head_dim"] = key_len
+    return ModelConfig.from_dict(d, source=f"{gf.path} (GGUF hparams)")
+
+
+def _check_keys(gf: GGUFFile, arch: Arch) -> Check:
+    spec: list[tuple[str, Any, bool]] = list(_GENERIC_KEYS)
+    required = {k.format(arch=arch.name) for k in _REQUIRED_HPARAMS}
+    for key, _get, vtype in arch.hparam_rows:
+        full = key.format(arch=arch.name)
+        spec.append((full, vtype, full in required))
+    problems = []
+    for key, vtype, req in spec:
+        if key not in gf.kv:
+            if req:
+                problems.append(f"missing required key {_q(key)}")
+            continue
+        found = gf.kv_types[key]
+        if found != vtype:
+            problems.append(f"key {_q(key)} has type {_tname(found)}, expected {_tname(vtype)}")
+    return _check("keys", problems, f"{len(gf.kv)} keys; the {sum(r for *_, r in spec)} required keys present, "
+                                    "value types as the converter writes them")
+
+
+def _check_hparams(gf: GGUFFile, arch: Arch) -> tuple[Check, ModelConfig | None]:
+    try:
+        cfg = config_from_gguf(gf, arch)
+    except ConfigError as e:
+        msg = str(e)
+        prefix = f"{gf.path}: "
+        return Check("hparams", FAIL, msg.removeprefix(prefix)), None
+    problems = []
+    a = arch.name
+    kl, vl = (gf.kv.get(k.format(arch=a)) for k in (gguf.Keys.Attention.KEY_LENGTH, gguf.Keys.Attention.VALUE_LENGTH))
+    if kl is not None and vl is not None and kl != vl:
+        problems.append(f"{a}.attention.key_length={kl} differs from value_length={vl}")
+    return _check("hparams", problems,
+                  f"{cfg.num_hidden_layers} layers, embedding {cfg.hidden_size}, ff {cfg.intermediate_size}, "
+                  f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} kv heads (head dim {cfg.head_dim}), "
+                  f"vocab {cfg.vocab_size}"), cfg
+
+
+def _check_tokenizer(gf: GGUFFile, arch: Arch, n_vocab: int | None) -> Check:
+    kv = gf.kv
+    problems: list[str] = []
+
+    def typed(key: str, want: Any) -> Any:
+        # A value of the wrong type is reported by the "keys" check; here it is simply not inspected.
+        return kv.get(key) if gf.kv_types.get(key) == want else None
+
+    tokens = typed(_TK.LIST, (_T.ARRAY, _T.STRING))
+    types = typed(_TK.TOKEN_TYPE, (_T.ARRAY, _T.INT32))
+    merges = typed(_TK.MERGES, (_T.ARRAY, _T.STRING))
+    if kv.get(_TK.MODEL) not in (None, "gpt2") and arch.name == "qwen2":
+        problems.append(f"{_TK.MODEL} is {kv.get(_TK.MODEL)!r}, expected 'gpt2' (BPE) for {arch.name}")
+    if isinstance(tokens, list):
+        if n_vocab is not None and len(tokens) != n_vocab:
+            problems.append(f"{_TK.LIST} has {len(tokens)} tokens, token_embd.weight has {n_vocab} rows")
+        if len(set(tokens)) != len(tokens):  # fast path; find the first duplicate only when there is one
+            seen: dict[str, int] = {}
+            for i, t in enumerate(tokens):
+                j = seen.setdefault(t, i)
+                if j != i:
+                    problems.append(f"{_TK.LIST}[{i}] {_q(t)} duplicates token {j}")
+                    break
+    if isinstance(types, list):
+        if isinstance(tokens, list) and len(types) != len(tokens):
+            problems.append(f"{_TK.TOKEN_TYPE} has {len(types)} entries, {_TK.LIST} has {len(tokens)}")
+        arr = np.asarray(types, dtype=np.int64) if types else np.zeros(0, np.int64)
+        bad = np.flatnonzero((arr < 1) | (arr > 6))
+        if bad.size:
+            i = int(bad[0])
+            problems.append(f"{_TK.TOKEN_TYPE}[{i}] is {int(arr[i])}, expected 1..6 "
+                            f"({bad.size} invalid)")
+    if isinstance(merges, list):
+        bad_m = _bad_merges(merges)
+        if bad_m:
+            problems.append(f"{_TK.MERGES}[{bad_m[0]}] {_q(str(merges[bad_m[0]]))} is not two space-separated "
+                            f"parts ({len(bad_m)} malformed)")
+        if not merges:
+            problems.append(f"{_TK.MERGES} is empty")
+    size = n_vocab if n_vocab is not None else (len(tokens) if isinstance(tokens, list) else None)
+    for key in _SPECIAL_ID_KEYS:
+        v = typed(key, _T.UINT32)
+        if v is not None and size is not None and not 0 <= v < size:
+            problems.append(f"{key} is {v}, outside the vocabulary (size {size})")
+    tmpl = typed(_TK.CHAT_TEMPLATE, _T.STRING)
+    if tmpl is not None:
+        if not tmpl.strip():
+            problems.append(f"{_TK.CHAT_TEMPLATE} is empty")
+        else:
+            try:
+                from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+                ImmutableSandboxedEnvironment().parse(tmpl)
+            except ImportError:  # pragma: no cover - jinja2 ships with the CLI extras
+                pass
+            except Exception as e:  # noqa: BLE001 - any template syntax error
+                problems.append(f"{_TK.CHAT_TEMPLATE} does not parse as Jinja: {str(e).splitlines()[0]}")
+    n_tok = len(tokens) if isinstance(tokens, list) else 0
+    n_merge = len(merges) if isinstance(merges, list) else 0
+    return _check("tokenizer", problems, f"{n_tok} tokens, {n_merge} merges, token types valid, special ids in "
+                                         "range, chat template present and parses")
+
+
+_MERGE_RE = re.compile(r"^[^ \n]+ [^ \n]+$", re.MULTILINE)
+
+
+def _bad_merges(merges: list[Any]) -> list[int]:
+    """Indices of merges that are not exactly two non-empty parts separated by one space.
+
+    One regex over the joined list (C speed) confirms the common all-good case; the per-item loop runs only
+    when something is off.
+
+    Example:
+        >>> _bad_merges(["a b", "ab", "a  b", "Ġ t"])
+        [1, 2]
+    """
+    if all(isinstance(m, str) for m in merges):
+        joined = "\n".join(merges)
+        if joined.count("\n") == len(merges) - 1 and len(_MERGE_RE.findall(joined)) == len(merges):
+            return []
+    return [i for i, m in enumerate(merges)
+            if not isinstance(m, str) or len(parts := m.split(" ")) != 2 or not all(parts) or "\n" in m]
+
+
+def _matrix_types(gf: GGUFFile) -> QuantType | None:
+    """The kernel type general.file_type names (None when absent or not one l1quant writes)."""
+    ft = gf.kv.get(gguf.Keys.General.FILE_TYPE)
+    for qt in QUANT_TYPES.values():
+        if qt.file_type == ft:
+            return qt
+    return None
+
+
+def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig) -> list[Check]:
+    expected = arch.expected_tensors(cfg)
+    by_name = {t.name: t for t in gf.tensors}
+    missing = [n for n in expected if n not in by_name]
+    extra = [t.name for t in gf.tensors if t.name not in expected]
+    pres = [f"tensor {_q(n)} is missing" for n in missing] + \
+           [f"tensor {_q(n)} is not expected by a {arch.name} model with these hparams" for n in extra]
+    shapes = []
+    for name, hf_shape in expected.items():
+        t = by_name.get(name)
+        if t is not None and t.shape != tuple(reversed(hf_shape)):
+            shapes.append(f"tensor {_q(name)} has shape {list(t.shape)}, the hparams imply "
+                          f"{list(reversed(hf_shape))} (ggml order)")
+    ftype = _matrix_types(gf)
+    types = []
+    ft_val = gf.kv.get(gguf.Keys.General.FILE_TYPE)
+    if ft_val is not None and ftype is None:
+        types.append(f"general.file_type is {ft_val!r}, not one of "
+                     f"{', '.join(f'{q.file_type} ({q.name})' for q in QUANT_TYPES.values())}")
+    for t in gf.tensors:
+        if stays_f32(t.name, len(t.shape), arch):
+            if t.ggml_type != GGMLQuantizationType.F32:
+                types.append(f"tensor {_q(t.name)} is {t.ggml_type.name}, norms/biases/1-D tensors must be F32")
+            continue
+        if ftype is None:
+            if t.ggml_type.name not in QUANT_TYPES:
+                types.append(f"tensor {_q(t.name)} has type {t.ggml_type.name}, which l1quant does not write "
+                             f"({', '.join(QUANT_TYPES)})")
+            continue
+        want = tensor_qtype(t.name, t.shape[0], len(t.shape), arch, ftype)  # ggml order: shape[0] is the row
+        if t.ggml_type != want.ggml_type:
+            types.append(f"tensor {_q(t.name)} is {t.ggml_type.name}, general.file_type says {want.name}")
+    return [
+        _check("tensors.present", pres, f"all {len(expected)} expected tensors present, none unexpected"),
+        _check("tensors.shapes", shapes, "every tensor has the shape the hparams imply"),
+        _check("tensors.types", types,
+               f"norms/biases F32, matrices {ftype.name if ftype else 'a known type'} (the converter's type rules)"),
+    ]
+
+
+def _check_layout(gf: GGUFFile) -> Check:
+    end = gf.data_offset
+    if gf.tensors:
+        last = gf.tensors[-1]
+        end = last.abs_offset + -(-last.nbytes // gf.alignment) * gf.alignment
+    problems = []
+    if gf.file_size > end:
+        problems.append(f"{gf.file_size - end} unexpected bytes after the last tensor's padded end "
+                        f"(offset {end}, file size {gf.file_size})")
+    return _check("header", problems,
+                  f"GGUF v{gf.version}, {len(gf.kv)} keys, {len(gf.tensors)} tensors, alignment {gf.alignment}, "
+                  f"offsets aligned, packed and inside the file")
+
+
+def _check_finite(gf: GGUFFile, threads: int) -> Check:
+    """Scan every tensor (Q8_0: its scales) for NaN/Inf, in parallel row chunks."""
+    jobs = []
+    for t in gf.tensors:
+        step = max(1, CHUNK_BYTES // max(1, t.row_nbytes))
+        jobs += [(t, r, min(t.n_rows, r + step)) for r in range(0, t.n_rows, step)]
+
+    def scan(job: tuple[TensorInfo, int, int]) -> str | None:
+        t, r0, r1 = job
+        raw = np.frombuffer(gf.read_tensor_bytes(t, r0 * t.row_nbytes, (r1 - r0) * t.row_nbytes), np.uint8)
+        name = t.ggml_type.name
+        if name == "Q8_0":
+            vals = raw.reshape(-1, 34)[:, :2].copy().view(np.float16).reshape(-1)
+            per = 32
+        elif name in ("F32", "F16", "BF16"):
+            vals = raw.view({"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[name])
+            per = 1
+        else:
+            return None
+        i = first_nonfinite(vals)
+        if i is None:
+            return None
+        flat = r0 * t.shape[0] + i * per
+        return f"tensor {_q(t.name)} holds NaN/Inf at row {flat // t.shape[0]}, column {flat % t.shape[0]}"
+
+    with ThreadPoolExecutor(max_workers=threads) as ex:
+        found = [m for m in ex.map(scan, jobs) if m is not None]
+    seen: set[str] = set()
+    problems = []
+    for m in found:  # one message per tensor
+        key = m.split(" holds")[0]
+        if key not in seen:
+            seen.add(key)
+            problems.append(m)
+    return _check("tensors.finite", problems, "no NaN/Inf in any tensor")

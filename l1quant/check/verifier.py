@@ -1,0 +1,184 @@
+"""``l1quant.verify``: prove a GGUF file is sound, faithful to its source checkpoint, and runs like it.
+
+Three layers, each a list of named checks (pass / fail / skip) in one :class:`VerifyReport`:
+
+* **Structure** (always). Everything :func:`l1quant.gguf.reader.read_gguf` enforces (header, version, counts,
+  bounded lengths, known types, aligned non-overlapping in-file offsets: a hostile or truncated file raises
+  :class:`~l1quant.errors.GGUFFormatError`, exit code 2), then for the architecture's table (qwen2): required keys
+  present with the right value types, head counts consistent, token arrays as long as ``token_embd``'s rows,
+  merges that parse, valid token types, special ids inside the vocabulary, a chat template that parses, every
+  expected tensor present with the shape the hparams imply, no unexpected tensor, tensor types allowed by the
+  type rules (norms, biases and 1-D tensors F32; matrices the file type, or F16 where the row length does not
+  fit the block), no NaN/Inf in any tensor (scanned only without ``source``: the fidelity pass covers it).
+* **Fidelity** (``source=MODEL_DIR``). The header the converter would write for this source
+  (:func:`l1quant.conversion.convert.prepare`, nothing written) is compared key by key: hparams, rope, eps, tokens, token
+  types, merges, special ids, chat template. Every tensor is streamed in row chunks (bounded memory, a thread
+  pool, the same kernels as the converter): its bytes must equal re-quantizing the source exactly (the converter
+  is deterministic and byte-identical with llama.cpp, so this is the strongest statement), and for Q8_0 every
+  element must also sit inside the documented 8-bit absmax error bound (see :data:`Q8_0_BOUND_DOC`). Relative
+  RMSE, max abs error, cosine and SNR are reported for every tensor.
+* **Logits** (``logits=True``). The reference numpy qwen2 forward (:mod:`l1quant.check.forward`) runs once on the
+  source weights and once on the GGUF's dequantized weights and hparams over the first ``n_tokens`` tokens of a
+  text; mean/max/p99 KL divergence, top-1 agreement and both perplexities are compared with a per-type limit
+  (:data:`LOGIT_KLD_LIMITS`). ``runtime="llama.cpp"`` also runs the file itself through llama-cpp-python.
+
+Example:
+    >>> from l1quant.check.verifier import verify
+    >>> rep = verify("L1-Qwen-1.5B-Max-Q8_0.gguf", source="L1-Qwen-1.5B-Max")   # doctest: +SKIP
+    >>> rep.passed, rep.verdict                                                # doctest: +SKIP
+    (True, 'PASS: 14 checks passed, 339 tensors byte-identical to re-quantizing the source')
+    >>> print(format_report(rep))                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from l1quant.arch import Arch, get_arch
+from l1quant.check.fidelity import _check_fidelity, _check_metadata
+from l1quant.check.logits import _file_type_name, _run_logits
+from l1quant.check.report import FAIL, PASS, SKIP, Check, TensorFidelity, VerifyReport
+from l1quant.check.structure import (
+    _TK,
+    _check_finite,
+    _check_hparams,
+    _check_keys,
+    _check_layout,
+    _check_tensors,
+    _check_tokenizer,
+)
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError
+from l1quant.gguf.reader import GGUFFile, read_gguf
+
+__all__ = ["verify"]
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def verify(
+    gguf_path: str | os.PathLike[str],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    logits: bool = False,
+    text: str | None = None,
+    n_tokens: int = 256,
+    runtime: str | None = None,
+    threads: int | None = None,
+) -> VerifyReport:
+    """Check ``gguf_path``; return a :class:`VerifyReport` (``report.passed``, ``report.verdict``).
+
+    ``source`` is the checkpoint folder it was converted from (enables the metadata and per-tensor fidelity
+    checks). ``logits`` runs the reference forward on the source and on the file (needs ``source``); ``text`` is
+    the text to tokenize (default: the bundled :func:`l1quant.check.forward.default_text`), of which the first
+    ``n_tokens`` tokens are used. ``runtime="llama.cpp"`` also runs the file through llama-cpp-python (implies
+    ``logits``; skipped with a message when it is not installed). ``threads`` defaults to every core.
+
+    Raises :class:`~l1quant.errors.GGUFFormatError` (exit code 2) when the file cannot be read at all, and
+    :class:`~l1quant.errors.ConfigError` for contradictory arguments; every other finding is a check in the
+    report.
+
+    Example:
+        >>> rep = verify("tiny-Q8_0.gguf", source="tiny", logits=True, n_tokens=64)   # doctest: +SKIP
+        >>> [c.name for c in rep.checks if c.failed]                                  # doctest: +SKIP
+        []
+    """
+    t0 = time.perf_counter()
+    if runtime is not None and runtime != "llama.cpp":
+        raise ConfigError(f"runtime must be 'llama.cpp', found {runtime!r}")
+    if runtime is not None:
+        logits = True
+    if logits and source is None:
+        raise ConfigError("the logit check (--logits / --runtime) needs --source MODEL_DIR")
+    if n_tokens < 2:
+        raise ConfigError(f"n_tokens must be at least 2, found {n_tokens}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, found {threads}")
+    n_threads = threads or _default_threads()
+
+    try:
+        gf = read_gguf(gguf_path)
+    except InputError as e:  # missing, unreadable, not a regular file: "cannot be read" like a malformed one
+        raise GGUFFormatError(str(e)) from None
+    checks: list[Check] = [_check_layout(gf)]
+    rows: list[TensorFidelity] = []
+    logits_d = runtime_d = None
+
+    arch_name = gf.kv.get(gguf.Keys.General.ARCHITECTURE)
+    arch: Arch | None = None
+    try:
+        arch = get_arch(arch_name) if isinstance(arch_name, str) else None
+    except ConfigError:
+        arch = None
+    if arch is None:
+        checks.append(Check("architecture", FAIL,
+                            f"general.architecture is {arch_name!r}; l1quant verifies only "
+                            "qwen2-family files (its architecture-specific checks cannot run)"))
+    else:
+        checks.append(Check("architecture", PASS, f"{arch.name}"))
+        checks.append(_check_keys(gf, arch))
+        hp_check, cfg = _check_hparams(gf, arch)
+        checks.append(hp_check)
+        checks.append(_check_tokenizer(gf, arch, cfg.vocab_size if cfg else None))
+        if cfg is not None:
+            checks += _check_tensors(gf, arch, cfg)
+        else:
+            checks.append(Check("tensors.shapes", SKIP, "hparams are inconsistent; expected shapes unknown"))
+
+    if source is None:
+        checks.append(_check_finite(gf, n_threads))
+    elif arch is None:
+        checks.append(Check("source", SKIP, "the architecture is not supported: nothing to compare with the source"))
+    else:
+        src = Path(source)
+        prep = None
+        ftype = _file_type_name(gf)
+        try:
+            from l1quant.conversion.convert import prepare
+
+            prep = _prepare_like(prepare, src, ftype or "auto", gf)
+        except L1QuantError as e:
+            checks.append(Check("source", FAIL, f"cannot prepare the source for comparison: {e}"))
+        if prep is not None:
+            checks.append(Check("source", PASS, f"{src}: {prep.cfg.architecture}, "
+                                                f"{len(prep.plan.tensors)} tensors, vocab {prep.cfg.vocab_size}"))
+            checks += _check_metadata(gf, prep.header, arch)
+            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads)
+            checks += fchecks
+            if logits:
+                lchecks, logits_d, runtime_d = _run_logits(
+                    gf, prep, src, text if text is not None else _default_text(), n_tokens, runtime, n_threads)
+                checks += lchecks
+
+    return VerifyReport(str(gf.path), None if source is None else str(source), checks, rows, logits_d, runtime_d,
+                        round(time.perf_counter() - t0, 3), _file_type_name(gf), len(gf.tensors), gf.file_size)
+
+
+def _default_text() -> str:
+    from l1quant.check.forward import default_text
+
+    return default_text()
+
+
+def _prepare_like(prepare: Any, src: Path, ftype: str, gf: GGUFFile) -> Any:
+    """``convert.prepare`` for the file's type; if the source's pre-tokenizer hash is unknown, retry with the
+    file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls are cheap: the tokenizer, the
+    slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the source files are unchanged."""
+    from l1quant.errors import TokenizerError
+
+    try:
+        return prepare(src, ftype.lower(), gf.path)
+    except TokenizerError as e:
+        pre = gf.kv.get(_TK.PRE)
+        if "unknown BPE pre-tokenizer" not in str(e) or not isinstance(pre, str):
+            raise
+        return prepare(src, ftype.lower(), gf.path, pre=pre)

@@ -1,0 +1,229 @@
+"""Chat templates: a model's own template rendered in a sandboxed Jinja environment."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from l1quant.errors import InputError, L1QuantError, TokenizerError, read_json, read_text
+
+# A rendered prompt larger than this is refused: a hostile template could otherwise fill memory.
+_MAX_RENDER_CHARS = 1 << 20
+
+
+class ChatTemplateError(TokenizerError):
+    """A chat template is missing, does not parse, raised, or tried something the sandbox forbids."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Chat templates (sandboxed Jinja, with the helpers Hugging Face templates expect)
+
+
+def _make_env() -> Any:
+    import jinja2
+    import jinja2.ext
+    import jinja2.nodes
+    import jinja2.utils
+    from jinja2.exceptions import SecurityError, TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _StrictSandbox(ImmutableSandboxedEnvironment):
+        # Jinja's sandbox returns an Undefined for unsafe attributes, which prints as "" and only raises when used
+        # further. A template that reaches for internals is hostile: refuse it outright.
+        def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+            raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+    class _Generation(jinja2.ext.Extension):
+        # HF templates may mark assistant spans with {% generation %}...{% endgeneration %}; render the body as is.
+        tags = {"generation"}  # noqa: RUF012 (jinja's own class attribute, overridden as jinja expects)
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render", []), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller: Callable[[], str]) -> str:
+            return caller()
+
+    class _Namespace(jinja2.utils.Namespace):
+        # As in transformers: namespaces refuse underscore names, so templates cannot plant dunder attributes.
+        def __init__(*args: Any, **kwargs: Any) -> None:
+            self, rest = args[0], args[1:]
+            attrs = dict(*rest, **kwargs)
+            for name in attrs:
+                _Namespace._check(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            _Namespace._check(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def _check(name: Any) -> None:
+            if isinstance(name, str) and name.startswith("_"):
+                raise SecurityError(f"namespace attribute {name!r} starts with an underscore")
+
+    class _Dict:
+        def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+            return dict.fromkeys(*args, **kwargs)
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
+               separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+        # HF semantics: plain json.dumps, no HTML escaping (Jinja's own tojson escapes <, >, &, ').
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    env = _StrictSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    env.globals["dict"] = _Dict()
+    env.globals["namespace"] = _Namespace
+    return env
+
+
+_ENV: Any = None
+
+
+def render_chat(prompt: str, chat_template: str, *, bos_token: str = "", eos_token: str = "",
+                add_generation_prompt: bool = True) -> str:
+    """Render one user message through a (Hugging Face style) chat template, in a sandbox.
+
+    The template sees ``messages`` (one user message), ``bos_token``, ``eos_token`` and ``add_generation_prompt``,
+    plus HF's helpers (``raise_exception``, ``strftime_now``, ``tojson``, ``namespace``, ``dict``), with HF's
+    ``trim_blocks``/``lstrip_blocks``. Anything the template does wrong -- syntax, ``raise_exception``, touching
+    internals -- becomes a :class:`ChatTemplateError`.
+
+    Example:
+        >>> render_chat("Hi", "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+        ...             "{% if add_generation_prompt %}<|assistant|>{% endif %}", bos_token="<s>")
+        '<s><|user|>Hi<|assistant|>'
+    """
+    global _ENV
+    import jinja2
+
+    if not isinstance(chat_template, str) or not chat_template.strip():
+        raise ChatTemplateError("chat template: expected a non-empty Jinja template, found none")
+    if _ENV is None:
+        _ENV = _make_env()
+    try:
+        template = _ENV.from_string(chat_template)
+        pieces: list[str] = []
+        size = 0
+        # Stream the output so a template that loops itself into gigabytes is stopped early.
+        for piece in template.generate(messages=[{"role": "user", "content": prompt}], bos_token=bos_token,
+                                       eos_token=eos_token, add_generation_prompt=add_generation_prompt):
+            size += len(piece)
+            if size > _MAX_RENDER_CHARS:
+                raise ChatTemplateError(f"chat template: rendered more than {_MAX_RENDER_CHARS} characters")
+            pieces.append(piece)
+    except jinja2.exceptions.SecurityError as e:
+        raise ChatTemplateError(f"chat template: refused by the sandbox: {e}") from None
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise ChatTemplateError(f"chat template: syntax error at line {e.lineno}: {e.message}") from None
+    except jinja2.exceptions.TemplateError as e:
+        raise ChatTemplateError(f"chat template: {type(e).__name__}: {e}") from None
+    except L1QuantError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError,
+            RecursionError, MemoryError) as e:
+        raise ChatTemplateError(f"chat template: failed while rendering: {type(e).__name__}: {e}") from None
+    return "".join(pieces)
+
+
+def _token_content(value: Any) -> str:
+    # tokenizer_config.json writes special tokens as a string or as an AddedToken dict; null means "none".
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise TokenizerError(f"tokenizer_config.json: expected a token string or AddedToken dict, found {value!r}")
+
+
+def _gguf_kv(path: Path) -> Mapping[str, Any]:
+    """Key/value metadata of a GGUF file, through l1quant's hardened reader (bounded reads, clear errors)."""
+    from l1quant.gguf.reader import read_gguf
+
+    return read_gguf(path).kv
+
+
+def _gguf_chat_info(path: Path, kv: Mapping[str, Any] | None = None) -> tuple[str, str, str]:
+    kv = _gguf_kv(path) if kv is None else kv
+    template = kv.get("tokenizer.chat_template")
+    if not isinstance(template, str) or not template.strip():
+        raise ChatTemplateError(f"{path}: no tokenizer.chat_template key in the GGUF metadata")
+    tokens = kv.get("tokenizer.ggml.tokens")
+
+    def token(key: str) -> str:
+        tid = kv.get(key)
+        if tid is None:
+            return ""
+        if not isinstance(tokens, list) or isinstance(tid, bool) or not isinstance(tid, int) \
+                or not 0 <= tid < len(tokens):
+            n = len(tokens) if isinstance(tokens, list) else 0
+            raise TokenizerError(f"{path}: {key}={tid!r} is not an index into tokenizer.ggml.tokens (0..{n - 1})")
+        text = tokens[tid]
+        return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+
+    return template, token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
+
+
+def _folder_chat_info(folder: Path) -> tuple[str, str, str]:
+    cfg_path = folder / "tokenizer_config.json"
+    cfg: dict[str, Any] = {}
+    if cfg_path.is_file():
+        cfg = read_json(cfg_path, TokenizerError)
+        if not isinstance(cfg, dict):
+            raise TokenizerError(f"{cfg_path}: expected a JSON object, found {type(cfg).__name__}")
+    template: Any = cfg.get("chat_template")
+    if isinstance(template, list):
+        # HF allows named templates: [{"name": "default", "template": "..."}, ...].
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+        template = named.get("default")
+    if not template:
+        jinja_path = folder / "chat_template.jinja"
+        if jinja_path.is_file():
+            template = read_text(jinja_path, TokenizerError)
+    if not isinstance(template, str) or not template.strip():
+        raise ChatTemplateError(f"{folder}: no chat template (tokenizer_config.json chat_template or "
+                                "chat_template.jinja)")
+    specials = {k: cfg.get(k) for k in ("bos_token", "eos_token")}
+    map_path = folder / "special_tokens_map.json"
+    if any(v is None for v in specials.values()) and map_path.is_file():
+        # Older folders keep bos/eos only in special_tokens_map.json.
+        smap = read_json(map_path, TokenizerError)
+        if isinstance(smap, dict):
+            specials = {k: v if v is not None else smap.get(k) for k, v in specials.items()}
+    return template, _token_content(specials["bos_token"]), _token_content(specials["eos_token"])
+
+
+def chat_template_from(model: str | Path) -> tuple[str, str, str]:
+    """``(chat_template, bos_token, eos_token)`` of a GGUF file or a Hugging Face model folder.
+
+    A GGUF gives ``tokenizer.chat_template`` and the texts of its bos/eos token ids; a folder gives
+    tokenizer_config.json's ``chat_template`` (else chat_template.jinja) and its ``bos_token``/``eos_token``.
+
+    Example:
+        >>> template, bos, eos = chat_template_from("L1-Qwen-1.5B-Max-Q8_0.gguf")  # doctest: +SKIP
+        >>> bos  # doctest: +SKIP
+        '<｜begin▁of▁sentence｜>'
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return _folder_chat_info(path)
+    if path.is_file():
+        return _gguf_chat_info(path)
+    raise InputError(f"{path}: no such GGUF file or model folder")

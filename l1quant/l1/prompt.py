@@ -1,0 +1,44 @@
+"""The prompt wording L1 was trained on (LCPO), and the L1 facts the other modules share."""
+
+from __future__ import annotations
+
+from l1quant.errors import InputError
+
+#: Exact mode: a run keeps its budget when ``|n - N| / N`` is at most this. LCPO-Exact is trained with a penalty
+#: proportional to ``|n - N|``, so a well-controlled model lands near N on average, but one sampled run scatters
+#: around its mean (more so at small budgets, where a sentence is a sizeable share of N). 0.2 lets that ordinary
+#: scatter pass while anything that ignores the budget (typically off by a factor, not by percent) fails. The
+#: per-(model, budget) mean deviation in :class:`BudgetReport` is the continuous measure; this is only the flag.
+EXACT_TOLERANCE = 0.2
+
+#: Sampling used when the GGUF carries no ``general.sampling.*``: DeepSeek-R1 / L1's recommended settings.
+#: top_k 0 disables top-k (as vLLM's -1 and HF generation configs that set none), min_p 0 disables min-p.
+DEFAULT_SAMPLING: dict[str, float | int] = {"temperature": 0.6, "top_p": 0.95, "top_k": 0, "min_p": 0.0}
+
+#: Version tag of :meth:`BudgetReport.to_json`; bumped only when a field changes meaning or disappears.
+REPORT_SCHEMA = "l1quant.budget-check/1"
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prompt wording
+
+
+def l1_prompt(question: str, budget: int, *, max_mode: bool = False) -> str:
+    """The user message L1 was trained on: the question, the boxed-answer instruction, the budget.
+
+    Exact models are trained on ``Think for N tokens.``; Max models on ``Think for maximum N tokens.``.
+
+    Example:
+        >>> l1_prompt("How many legs do 3 spiders have?", 256, max_mode=True)[-29:]
+        'Think for maximum 256 tokens.'
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+        raise InputError(f"budget: expected a positive integer number of tokens, found {budget!r}")
+    question = question.strip()
+    if not question:
+        raise InputError("question: expected a non-empty question, found an empty string")
+    limit = f"maximum {budget}" if max_mode else f"{budget}"
+    return f"{question} Let's think step by step and output the final answer within \\boxed{{}}. Think for {limit} tokens."
