@@ -10,6 +10,7 @@
  *   bf16(src, kind, rows, ncols, dst, dst_row_stride)   BF16: ggml_compute_fp32_to_bf16 (RNE, NaN quieted)
  *   f32 (src, kind, rows, ncols, dst, dst_row_stride)   F32: exact widening / copy
  *   first_nonfinite(src, kind, n)
+ *   kquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride)   Q4_0/Q4_1/Q5_0/Q5_1/Q2_K..Q6_K (_kquants.c)
  *
  * kind: 0 = float32, 1 = float16, 2 = bf16 (uint16 bits). Source rows are contiguous (row r at r * ncols).
  *
@@ -24,6 +25,8 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_halfconv.h" /* bits_to_f32, f32_to_bits, f32_to_f16_bits, f16_to_f32_bits */
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -40,49 +43,6 @@ enum { KIND_F32 = 0, KIND_F16 = 1, KIND_BF16 = 2 };
 enum { QK = 32, Q8_BYTES = 34 };
 
 static uint32_t f16_to_f32_table[65536];
-
-static inline float bits_to_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint32_t f32_to_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-/* float32 bits -> float16 bits, round to nearest even; NaN -> 0x7E00 | sign (ggml's rule).
- * Branch-free selects so the compiler vectorizes it. Normal range: add the rounding bias to the bits (a carry into
- * the exponent is the right answer, up to Inf). Below 2**-14: adding 0.5f lands in [0.5, 1) whose ulp is 2**-24,
- * the f16 subnormal quantum, so the FPU does the RNE for us and the low bits are the f16 bits. */
-static inline uint16_t f32_to_f16_bits(uint32_t x) {
-    const uint32_t sign = (x >> 16) & 0x8000u;
-    const uint32_t a = x & 0x7FFFFFFFu;
-    const uint32_t normal = (a + 0xC8000FFFu + ((a >> 13) & 1u)) >> 13; /* 0xC8000000 = (15 - 127) << 23 */
-    const uint32_t sub = f32_to_bits(bits_to_f32(a) + 0.5f) - 0x3F000000u;
-    const uint32_t big = 0x7C00u | ((uint32_t)(a > 0x7F800000u) << 9); /* Inf, or NaN 0x7E00 */
-    const uint32_t m_small = 0u - (uint32_t)(a < 0x38800000u);      /* all-ones masks: no branches */
-    const uint32_t m_big = 0u - (uint32_t)(a >= 0x47800000u);
-    uint32_t o = (sub & m_small) | (normal & ~m_small);
-    o = (big & m_big) | (o & ~m_big);
-    return (uint16_t)(sign | o);
-}
-
-/* float16 bits -> float32 bits, exact. */
-static uint32_t f16_to_f32_bits(uint16_t h) {
-    uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
-    uint32_t e = ((uint32_t)h >> 10) & 0x1Fu;
-    uint32_t m = (uint32_t)h & 0x3FFu;
-    if (e == 0x1F) return sign | 0x7F800000u | (m << 13);
-    if (e != 0) return sign | ((e + 112u) << 23) | (m << 13);
-    if (m == 0) return sign;
-    {
-        float f = (float)m * 5.9604644775390625e-08f; /* m * 2**-24, exact */
-        return sign | f32_to_bits(f);
-    }
-}
 
 /* ggml_compute_fp32_to_bf16 */
 static inline uint16_t f32_to_bf16_bits(uint32_t u) {
@@ -470,11 +430,16 @@ static PyObject *py_first_nonfinite(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(first);
 }
 
+/* K-quants and Q4_0/Q4_1/Q5_0/Q5_1 live in _kquants.c (a second source of this extension). */
+PyObject *l1q_py_kquant(PyObject *self, PyObject *args);
+
 static PyMethodDef methods[] = {
     {"q8_0", py_q8_0, METH_VARARGS, "q8_0(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
     {"f16", py_f16, METH_VARARGS, "f16(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
     {"bf16", py_bf16, METH_VARARGS, "bf16(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
     {"f32", py_f32, METH_VARARGS, "f32(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
+    {"kquant", l1q_py_kquant, METH_VARARGS,
+     "kquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
     {"first_nonfinite", py_first_nonfinite, METH_VARARGS, "first_nonfinite(src, kind, n) -> index or -1"},
     {NULL, NULL, 0, NULL},
 };

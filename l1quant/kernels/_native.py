@@ -66,6 +66,24 @@ def f32(x: np.ndarray, out: np.ndarray) -> int:
     return _call("f32", x, out)
 
 
+def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True) -> int:
+    """Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K kernel (compiled, kernels/_kquants.c).
+
+    ``ggml_type`` is the GGML type number (``gguf.GGMLQuantizationType``); ``x`` is (rows, ncols) float32, float16
+    or uint16 (bf16 bits), C-contiguous, ncols a multiple of the type's block (32, or 256 for the K types); ``out``
+    is uint8 (rows, >= ncols / block * block_bytes) with contiguous rows. Bytes equal ggml's
+    ``quantize_row_<type>_ref``; a block holding NaN/Inf is written as zeros with its f16 scale fields set to NaN.
+    Returns the flat index of the first non-finite value, or -1. ``lanes=False`` forces the portable C path instead
+    of the SSE2 one (same bytes; for tests).
+    """
+    assert _mod is not None
+    rows, ncols = x.shape
+    if rows == 0 or ncols == 0:
+        return -1
+    return int(_mod.kquant(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
+                           out.strides[0], lanes))
+
+
 def first_nonfinite(x: np.ndarray) -> int:
     """Flat index of the first NaN/Inf of a C-contiguous float32/float16/uint16(bf16) array, or -1 (compiled)."""
     assert _mod is not None
