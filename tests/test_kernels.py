@@ -69,12 +69,23 @@ def test_registry_geometry_and_file_types() -> None:
         "F16": (T.F16, 1, 2, 1),
         "BF16": (T.BF16, 1, 2, 32),
         "Q8_0": (T.Q8_0, 32, 34, 7),
+        "Q4_0": (T.Q4_0, 32, 18, 2),
+        "Q4_1": (T.Q4_1, 32, 20, 3),
+        "Q5_0": (T.Q5_0, 32, 22, 8),
+        "Q5_1": (T.Q5_1, 32, 24, 9),
+        # the K types' file type depends on the mix (Q4_K_S or Q4_K_M...), except Q6_K which has one mix
+        "Q2_K": (T.Q2_K, 256, 84, None),
+        "Q3_K": (T.Q3_K, 256, 110, None),
+        "Q4_K": (T.Q4_K, 256, 144, None),
+        "Q5_K": (T.Q5_K, 256, 176, None),
+        "Q6_K": (T.Q6_K, 256, 210, 18),
     }
     assert set(QUANT_TYPES) == set(expected)
     for name, (gt, bs, ts, ft) in expected.items():
         qt = QUANT_TYPES[name]
         assert (qt.name, qt.ggml_type, qt.block_size, qt.type_size, qt.file_type) == (name, gt, bs, ts, ft)
-        assert qt.file_type == int(getattr(gguf.LlamaFileType, {"F32": "ALL_F32"}.get(name, "MOSTLY_" + name)))
+        if ft is not None:
+            assert qt.file_type == int(getattr(gguf.LlamaFileType, {"F32": "ALL_F32"}.get(name, "MOSTLY_" + name)))
 
 
 @pytest.mark.parametrize("name", ["q8_0", "Q8_0", "Q8_0".lower().upper(), "BF16", "bf16", "F32", "f16"])
@@ -83,8 +94,8 @@ def test_get_quant_type_case_insensitive(name: str) -> None:
 
 
 def test_get_quant_type_unknown_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"q4_0.*f32, f16, bf16, q8_0") as ei:
-        get_quant_type("q4_0")
+    with pytest.raises(ValueError, match=r"iq4_nl.*f32, f16, bf16, q8_0, q4_0, .*q6_k") as ei:
+        get_quant_type("iq4_nl")
     assert isinstance(ei.value, L1QuantError)
 
 

@@ -24,14 +24,15 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from . import _native, floats, q8_0
+from . import _native, blockwise, floats, kquants_qkx2, kquants_qx, q4_q5, q8_0
 from ._common import (
     Kernel,
     KernelArgumentError,
@@ -53,9 +54,12 @@ __all__ = [
 
 IMPLS = ("auto", "native", "numpy", "ref")
 
+#: bytes of a tensor (flat uint8) and its numpy shape -> float32 values, as ggml computes them.
+Dequantizer = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+
 
 class UnknownQuantTypeError(KernelArgumentError):
-    """A quant type name that is not one of f32, f16, bf16, q8_0."""
+    """A quant type name that is not in :data:`QUANT_TYPES`."""
 
 
 def native_available() -> bool:
@@ -81,7 +85,12 @@ class QuantType:
     ggml_type: GGMLQuantizationType
     block_size: int
     type_size: int
-    file_type: int
+    #: ``general.file_type`` of a file whose matrices are all this type (None for the K types: the mix decides).
+    file_type: int | None
+    numpy_kernel: Kernel = field(repr=False, compare=False)
+    ref_kernel: Kernel = field(repr=False, compare=False)
+    native_kernel: Kernel | None = field(repr=False, compare=False)
+    dequantizer: Dequantizer = field(repr=False, compare=False)
 
     def row_nbytes(self, ncols: int) -> int:
         """Bytes of one row of ``ncols`` values (``ncols`` must be a multiple of ``block_size``).
@@ -111,12 +120,12 @@ class QuantType:
         if impl not in IMPLS:
             raise KernelArgumentError(f"{self.name}: impl must be one of {', '.join(IMPLS)}, found {impl!r}")
         if impl == "ref":
-            return _REF_KERNELS[self.name]
-        if impl == "native" or (impl == "auto" and _native.AVAILABLE):
-            if not _native.AVAILABLE:
+            return self.ref_kernel
+        if impl == "native" or (impl == "auto" and self.native_kernel is not None):
+            if self.native_kernel is None:
                 raise KernelArgumentError(f"{self.name}: the compiled accelerator l1quant.kernels._fastq8 is not built")
-            return _NATIVE_KERNELS[self.name]
-        return _NUMPY_KERNELS[self.name]
+            return self.native_kernel
+        return self.numpy_kernel
 
     def quantize_checked(
         self, x: np.ndarray, out: np.ndarray | None = None, *, impl: str = "auto"
@@ -163,65 +172,87 @@ class QuantType:
             raise KernelArgumentError(
                 f"{self.name}: {raw.size} bytes do not hold shape {shape} (expected {self.nbytes(shape)} bytes)"
             )
-        n = math.prod(shape)
-        if self.name == "F32":
-            vals = raw.view(np.float32).copy()
-        elif self.name == "F16":
-            vals = raw.view(np.float16).astype(np.float32)
-        elif self.name == "BF16":
-            vals = decode_bf16(raw.view(np.uint16))
-        else:
-            vals = q8_0.dequantize_q8_0(raw, n)
-        return vals.reshape(shape)
+        return self.dequantizer(raw, shape)
 
 
-def _make(ggml_type: GGMLQuantizationType, file_type: LlamaFileType) -> QuantType:
-    # Block geometry comes from gguf's table: defined once, upstream.
-    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    return QuantType(ggml_type.name, ggml_type, block_size, type_size, int(file_type))
+def _dequantize_q8_0(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return q8_0.dequantize_q8_0(raw, math.prod(shape)).reshape(shape)
 
 
-QUANT_TYPES: dict[str, QuantType] = {
-    qt.name: qt
-    for qt in (
-        _make(GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
-        _make(GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
-        _make(GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
-        _make(GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
-    )
-}
+def _dequantize_f32(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return raw.view(np.float32).copy().reshape(shape)
 
 
-def _ref_kernel(fn: object) -> Kernel:
+def _dequantize_f16(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return raw.view(np.float16).astype(np.float32).reshape(shape)
+
+
+def _dequantize_bf16(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return decode_bf16(raw.view(np.uint16)).reshape(shape)
+
+
+def _ref_kernel(fn: Callable[[np.ndarray], np.ndarray]) -> Kernel:
     def kernel(x: np.ndarray, out: np.ndarray) -> int:
-        out[...] = fn(x)  # type: ignore[operator]
+        out[...] = fn(x)
         return floats.first_nonfinite_flat(x.reshape(-1))
 
     return kernel
 
 
-_REF_KERNELS: dict[str, Kernel] = {
-    "F32": _ref_kernel(floats.f32_ref),
-    "F16": _ref_kernel(floats.f16_ref),
-    "BF16": _ref_kernel(floats.bf16_ref),
-    "Q8_0": _ref_kernel(q8_0.q8_0_ref),
-}
-_NUMPY_KERNELS: dict[str, Kernel] = {
-    "F32": floats.f32_numpy,
-    "F16": floats.f16_numpy,
-    "BF16": floats.bf16_numpy,
-    "Q8_0": q8_0.q8_0_numpy,
-}
-_NATIVE_KERNELS: dict[str, Kernel] = {
-    "F32": _native.f32,
-    "F16": _native.f16,
-    "BF16": _native.bf16,
-    "Q8_0": _native.q8_0,
+def _native_block_kernel(ggml_type: GGMLQuantizationType) -> Kernel | None:
+    # present once the compiled module carries the block kernels (kernels/_kquants.c)
+    kquant = getattr(_native, "kquant", None)
+    if not _native.AVAILABLE or kquant is None or not hasattr(_native._mod, "kquant"):
+        return None
+    return functools.partial(kquant, int(ggml_type))
+
+
+def _make(ggml_type: GGMLQuantizationType, file_type: LlamaFileType | None, *, numpy: Kernel, ref: Kernel,
+          native: Kernel | None, dequantize: Dequantizer) -> QuantType:
+    # Block geometry comes from gguf's table: defined once, upstream.
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    return QuantType(ggml_type.name, ggml_type, block_size, type_size, None if file_type is None else int(file_type),
+                     numpy, ref, native, dequantize)
+
+
+def _block(ggml_type: GGMLQuantizationType, quantize_blocks: Callable[[np.ndarray], np.ndarray],
+           file_type: LlamaFileType | None = None) -> QuantType:
+    """A 4/5-bit or K type: the lane-wise numpy block quantizer is also the reference (there is no plainer one)."""
+    kernel = blockwise.numpy_block_kernel(quantize_blocks, GGML_QUANT_SIZES[ggml_type][0])
+    name = ggml_type.name
+    return _make(ggml_type, file_type, numpy=kernel, ref=kernel, native=_native_block_kernel(ggml_type),
+                 dequantize=lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape))
+
+
+_T = GGMLQuantizationType
+_F = LlamaFileType
+QUANT_TYPES: dict[str, QuantType] = {
+    qt.name: qt
+    for qt in (
+        _make(_T.F32, _F.ALL_F32, numpy=floats.f32_numpy, ref=_ref_kernel(floats.f32_ref),
+              native=_native.f32 if _native.AVAILABLE else None, dequantize=_dequantize_f32),
+        _make(_T.F16, _F.MOSTLY_F16, numpy=floats.f16_numpy, ref=_ref_kernel(floats.f16_ref),
+              native=_native.f16 if _native.AVAILABLE else None, dequantize=_dequantize_f16),
+        _make(_T.BF16, _F.MOSTLY_BF16, numpy=floats.bf16_numpy, ref=_ref_kernel(floats.bf16_ref),
+              native=_native.bf16 if _native.AVAILABLE else None, dequantize=_dequantize_bf16),
+        _make(_T.Q8_0, _F.MOSTLY_Q8_0, numpy=q8_0.q8_0_numpy, ref=_ref_kernel(q8_0.q8_0_ref),
+              native=_native.q8_0 if _native.AVAILABLE else None, dequantize=_dequantize_q8_0),
+        # The file type of a K type depends on the mix (Q4_K_S vs Q4_K_M ...): the mix table owns it.
+        _block(_T.Q4_0, q4_q5.quantize_q4_0, _F.MOSTLY_Q4_0),
+        _block(_T.Q4_1, q4_q5.quantize_q4_1, _F.MOSTLY_Q4_1),
+        _block(_T.Q5_0, q4_q5.quantize_q5_0, _F.MOSTLY_Q5_0),
+        _block(_T.Q5_1, q4_q5.quantize_q5_1, _F.MOSTLY_Q5_1),
+        _block(_T.Q2_K, kquants_qkx2.quantize_q2_k),
+        _block(_T.Q3_K, kquants_qx.quantize_q3_k),
+        _block(_T.Q4_K, kquants_qkx2.quantize_q4_k),
+        _block(_T.Q5_K, kquants_qkx2.quantize_q5_k),
+        _block(_T.Q6_K, kquants_qx.quantize_q6_k, _F.MOSTLY_Q6_K),
+    )
 }
 
 
 def get_quant_type(name: str) -> QuantType:
-    """Look up a quant type by name, case-insensitively: "f32", "f16", "bf16", "q8_0".
+    """Look up a GGML tensor type by name, case-insensitively ("f16", "q8_0", "q4_k", ...; see QUANT_TYPES).
 
     Example:
         >>> get_quant_type("Q8_0").file_type
