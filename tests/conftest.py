@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any
 
 import pytest
+from reference import require_module
 
 from l1quant.testing import make_checkpoint
 
@@ -82,3 +85,12 @@ def tiny_r1(tiny_factory: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen(tiny_factory: Callable[..., Path]) -> Path:
     return tiny_factory("qwen2.5")
+
+
+@pytest.fixture(scope="module")
+def llama_cpp() -> Iterator[ModuleType]:
+    lc = require_module("llama_cpp")
+    # should llama.cpp ever abort in this process, die at once: its backtrace forks a debugger and can hang
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GGML_NO_BACKTRACE", "1")
+        yield lc
