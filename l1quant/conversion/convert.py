@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import gguf
 
 from l1quant.arch import get_arch
+from l1quant.conversion.mixes import QuantOptions, quant_options
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
 from l1quant.conversion.plan import ConversionPlan, make_plan
 from l1quant.conversion.vocab import Vocab, load_vocab
@@ -113,6 +114,7 @@ def prepare(
     name: str | None = None,
     metadata: str | os.PathLike[str] | None = None,
     pre: str | None = None,
+    options: QuantOptions | None = None,
 ) -> Prepared:
     """Read and validate everything, build the header and decide the output path; write nothing.
 
@@ -125,7 +127,7 @@ def prepare(
     cfg = ModelConfig.load(model_dir)
     arch = get_arch(cfg.architecture)
     ckpt = open_checkpoint(model_dir)
-    plan = make_plan(ckpt, cfg, arch, type)  # before the vocab: tensor problems are refused seconds sooner
+    plan = make_plan(ckpt, cfg, arch, type, options)  # before the vocab: tensor problems are refused seconds sooner
     vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
 
     gw = new_header(plan)
@@ -134,20 +136,25 @@ def prepare(
     if md.size_label is None and total > 0:
         md.size_label = gguf.size_label(total, shared, expert, n_expert)
     # Key order is the reference's: architecture (GGUFWriter adds it), type, sampling + naming, hparams,
-    # file type, quantization version, tokenizer.
+    # file type, quantization version, tokenizer. llama-quantize (a mix) removes the last two and appends them
+    # at the end, quantization version first: so does the one-pass mix (mixes.py, "the output file").
     gw.add_type(gguf.GGUFType.MODEL)
     md.set_gguf_meta_model(gw)
     for key, value, vtype in arch.kv_rows(cfg):
         gw.add_key_value(key, value, vtype)
-    gw.add_file_type(plan.file_type)
-    gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if not plan.quantized_layout:
+        gw.add_file_type(plan.file_type)
+        gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
     gw.add_tokenizer_model("gpt2")
     gw.add_tokenizer_pre(vocab.pre)
     gw.add_token_list(vocab.tokens)
     gw.add_token_types(vocab.token_types)
     vocab.special.add_to(gw)
+    if plan.quantized_layout:
+        gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        gw.add_file_type(plan.file_type)
 
-    out_type = plan.out_type.name
+    out_type = plan.type_name
     # the reference's default name (e.g. L1-Qwen-1.5B-Max-Q8_0.gguf) in a folder, or a templated file name
     default_name = gguf.naming_convention(md.name, md.basename, md.finetune, md.version, md.size_label,
                                           out_type) + ".gguf"
@@ -172,10 +179,21 @@ def convert(
     allow_nonfinite: bool = False,
     durable: bool = False,
     progress: bool | Callable[[int], None] = False,
+    pure: bool = False,
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+    tensor_types: Sequence[tuple[str, str]] | Sequence[str] = (),
+    leave_output_tensor: bool = False,
 ) -> Path:
-    """Convert a qwen2 checkpoint (folder or Hugging Face repo id) to GGUF; return the output path.
+    """Convert a checkpoint (folder or Hugging Face repo id) to GGUF in one pass; return the output path.
 
-    ``type`` is one of ``auto`` (bf16/f16 from the source dtype), ``f32``, ``f16``, ``bf16``, ``q8_0``.
+    ``type`` is a converter type -- ``auto`` (bf16/f16 from the source dtype), ``f32``, ``f16``, ``bf16``,
+    ``q8_0``: the bytes ``convert_hf_to_gguf.py --outtype`` writes -- or a llama-quantize mix (``q4_0``, ``q4_1``,
+    ``q5_0``, ``q5_1``, ``q2_k``, ``q3_k_s/m/l``, ``q4_k_s/m``, ``q5_k_s/m``, ``q6_k``; ``q3_k``, ``q4_k``, ``q5_k``
+    are aliases of the ``_m`` ones): the bytes of the converter's lossless output (BF16 for a bf16 checkpoint)
+    followed by ``llama-quantize`` with that type. ``pure``, ``output_tensor_type``, ``token_embedding_type``,
+    ``tensor_types`` (``"REGEX=TYPE"`` strings or (regex, type) pairs) and ``leave_output_tensor`` are
+    llama-quantize's per-tensor flags; with any of them a converter type is applied as a mix too.
     ``output`` is a file path (``{ftype}`` in it is replaced by the type), a folder, or None for a name like
     ``L1-Qwen-1.5B-Max-Q8_0.gguf`` in the current folder. ``name`` and ``metadata`` (a JSON file of
     ``general.*`` keys) override the naming metadata; ``pre`` overrides the pre-tokenizer name. ``threads``
@@ -192,7 +210,10 @@ def convert(
     """
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, found {threads}")
-    p = prepare(model, type, output, name=name, metadata=metadata, pre=pre)
+    options = quant_options(pure=pure, output_tensor_type=output_tensor_type,
+                            token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                            leave_output_tensor=leave_output_tensor)
+    p = prepare(model, type, output, name=name, metadata=metadata, pre=pre, options=options)
     # The input folder is only ever read: no output (let alone one named like an input file) goes into it. Checked
     # here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its source.
     if p.output.resolve().parent == p.model_dir.resolve():

@@ -3,9 +3,16 @@
 Planning validates the whole checkpoint against the architecture table before a byte is written, and fixes every
 tensor's offset, so the data section can then be filled in any order by any number of threads.
 
-Type rules (llama.cpp's): 1-D tensors, names ending in ``_norm.weight`` and every non-``.weight`` tensor (the
-biases) are F32; everything else takes the requested type; a row length that is not a multiple of the type's
-block size falls back to F16 with a warning.
+Two kinds of ``--type``, two rules, each llama.cpp's own:
+
+* **Converter types** (``auto``, ``f32``, ``f16``, ``bf16``, ``q8_0``): what ``convert_hf_to_gguf.py`` writes. 1-D
+  tensors, names ending in ``_norm.weight`` and every non-``.weight`` tensor (the biases) are F32; everything else
+  takes the requested type; a row length that is not a multiple of the type's block size falls back to F16 with a
+  warning. Tensors keep the checkpoint's order.
+* **llama-quantize mixes** (``q4_k_m``, ``q6_k``, ... :data:`l1quant.conversion.mixes.MIXES`), and any type when
+  per-tensor options are given: what the converter would write losslessly (BF16 for a bf16 checkpoint, F16 for
+  f16, F32 otherwise) followed by llama-quantize with that mix, in one pass. Each tensor's type comes from
+  :func:`l1quant.conversion.mixes.assign_types`, and tensors are laid out in llama-quantize's order.
 
 Example:
     >>> plan = make_plan(open_checkpoint(d), ModelConfig.load(d), get_arch("qwen2"), "q8_0")  # doctest: +SKIP
@@ -22,13 +29,18 @@ from dataclasses import dataclass, field
 import gguf
 
 from l1quant.arch import Arch
+from l1quant.conversion.mixes import Mix, QuantOptions, assign_types, get_mix
 from l1quant.errors import ConfigError, TensorError, clip
 from l1quant.kernels import QuantType, get_quant_type
 from l1quant.source.config import ModelConfig
 from l1quant.source.safetensors import Checkpoint, SafeTensor, require_float
 
 ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT
-OUT_TYPES = ("auto", "f32", "f16", "bf16", "q8_0")
+#: The converter's own types (``convert_hf_to_gguf.py --outtype``); every other ``--type`` is a llama-quantize mix.
+CONVERT_TYPES = ("auto", "f32", "f16", "bf16", "q8_0")
+#: Every ``--type`` value: the converter's types, then llama-quantize's mixes and aliases (lower case, as typed).
+OUT_TYPES = CONVERT_TYPES + ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k",
+                             "q4_k_s", "q4_k_m", "q4_k", "q5_k_s", "q5_k_m", "q5_k", "q6_k")
 
 
 def pad(n: int, align: int = ALIGNMENT) -> int:
@@ -77,17 +89,20 @@ class PlannedTensor:
 
 @dataclass
 class ConversionPlan:
-    """An ordered, validated list of output tensors with their offsets, plus the file type."""
+    """An ordered, validated list of output tensors with their offsets, plus the file type.
+
+    ``type_name`` names the file's type as llama.cpp spells it (``Q8_0``, ``Q4_K_M``: the output file name uses
+    it), ``file_type`` is its ``general.file_type``. ``quantized_layout`` says the file is laid out as
+    llama-quantize writes it (``general.quantization_version`` and ``general.file_type`` as the last keys).
+    """
 
     cfg: ModelConfig
     arch: Arch
-    out_type: QuantType
+    type_name: str
+    file_type: int
     tensors: list[PlannedTensor]
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def file_type(self) -> int:
-        return self.out_type.file_type
+    quantized_layout: bool = False
 
     @property
     def data_nbytes(self) -> int:
@@ -111,8 +126,8 @@ def resolve_out_type(requested: str, ckpt: Checkpoint, skip_suffixes: tuple[str,
         'Q8_0'
     """
     req = requested.lower()
-    if req not in OUT_TYPES:
-        raise ConfigError(f"--type {requested!r} is not one of {', '.join(OUT_TYPES)}")
+    if req not in CONVERT_TYPES:
+        raise ConfigError(f"--type {requested!r} is not one of {', '.join(CONVERT_TYPES)}")
     if req != "auto":
         return get_quant_type(req)
     for t in ckpt.tensors.values():
@@ -177,24 +192,62 @@ def tensor_qtype(name: str, row_len: int, ndim: int, arch: Arch, qt: QuantType) 
     return qt if row_len % qt.block_size == 0 else get_quant_type("f16")
 
 
-def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str) -> ConversionPlan:
+def lossless_type(ckpt: Checkpoint, skip_suffixes: tuple[str, ...] = ()) -> QuantType:
+    """The converter type that holds every matrix of ``ckpt`` exactly: BF16 for an all-bf16 checkpoint (L1), F16
+    for all-f16, F32 otherwise. A mix is applied to this, as llama-quantize would be to that file.
+
+    Example:
+        >>> lossless_type(ckpt).name  # doctest: +SKIP
+        'BF16'
+    """
+    dtypes = {t.dtype for t in ckpt.tensors.values() if len(t.shape) >= 2 and not t.name.endswith(skip_suffixes)}
+    if dtypes == {"BF16"}:
+        return get_quant_type("bf16")
+    if dtypes == {"F16"}:
+        return get_quant_type("f16")
+    return get_quant_type("f32")
+
+
+def resolve_mix(out_type: str, options: QuantOptions | None) -> Mix | None:
+    """The llama-quantize mix ``out_type`` names, or None for a converter type without per-tensor options.
+
+    Example:
+        >>> resolve_mix("q8_0", None) is None, resolve_mix("q4_k", None).name
+        (True, 'Q4_K_M')
+    """
+    req = str(out_type).lower()
+    if req in CONVERT_TYPES and (options is None or options == QuantOptions()):
+        return None
+    if req == "auto":
+        raise ConfigError("--type auto cannot be combined with per-tensor type options; name the type")
+    return get_mix(req)
+
+
+def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
+              options: QuantOptions | None = None) -> ConversionPlan:
     """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
 
-    Refuses (``TensorError``): a tensor name the architecture cannot map, a non-float weight, a tensor with the
-    wrong shape, a tensor missing, or two source tensors mapping to one GGUF name.
+    ``out_type`` is a converter type or a llama-quantize mix (see the module docstring); ``options`` are
+    llama-quantize's per-tensor flags. Refuses (``TensorError``): a tensor name the architecture cannot map, a
+    non-float weight, a tensor with the wrong shape, a tensor missing, or two source tensors mapping to one GGUF
+    name; (``ConfigError``) an unknown type or a per-tensor type l1quant has no kernel for.
 
     Example:
         >>> [t.name for t in make_plan(ckpt, cfg, arch, "f16").tensors][:3]  # doctest: +SKIP
         ['output.weight', 'token_embd.weight', 'blk.0.attn_k.bias']
     """
     check_layer_count(ckpt, cfg)
-    qt = resolve_out_type(out_type, ckpt, arch.skip_suffixes)
-    f32, f16 = get_quant_type("f32"), get_quant_type("f16")
+    req = str(out_type).lower()
+    if req not in OUT_TYPES:
+        raise ConfigError(f"--type {out_type!r} is not one of {', '.join(OUT_TYPES)}")
+    mix = resolve_mix(req, options)
+    qt = resolve_out_type(req, ckpt, arch.skip_suffixes) if mix is None else lossless_type(ckpt, arch.skip_suffixes)
+    f32 = get_quant_type("f32")
     name_map = arch.tensor_name_map(cfg.num_hidden_layers)
     expected = arch.expected_tensors(cfg)
-    plan = ConversionPlan(cfg, arch, qt, [])
+    planned: list[tuple[str, SafeTensor, QuantType]] = []
+    warnings: list[str] = []
     seen: dict[str, str] = {}
-    offset = 0
     for src_name, st in ckpt.tensors.items():
         if src_name.endswith(arch.skip_suffixes):
             continue
@@ -212,7 +265,7 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str) -> 
             if name == "output.weight" and cfg.tie_word_embeddings:
                 # config says tied but lm_head is present: llama.cpp keeps it, and so do we.
                 want = (cfg.vocab_size, cfg.hidden_size)
-                plan.warnings.append(f"{where}: present although tie_word_embeddings is true; written as output.weight")
+                warnings.append(f"{where}: present although tie_word_embeddings is true; written as output.weight")
             else:
                 raise TensorError(f"{where} ({name}) is not expected by a {arch.name} model with this config")
         if tuple(st.shape) != want:
@@ -220,13 +273,54 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str) -> 
         row_len = st.shape[-1] if st.shape else 1
         t_qt = tensor_qtype(name, row_len, len(st.shape), arch, qt)
         if t_qt is not qt and t_qt is not f32:  # the F16 fallback
-            plan.warnings.append(f"{name}: row length {row_len} is not a multiple of {qt.block_size} "
-                                 f"({qt.name}); falling back to F16")
-        pt = PlannedTensor(name, st, t_qt, tuple(st.shape), offset)
-        offset += pad(pt.nbytes)
-        plan.tensors.append(pt)
+            warnings.append(f"{name}: row length {row_len} is not a multiple of {qt.block_size} "
+                            f"({qt.name}); falling back to F16")
+        planned.append((name, st, t_qt))
     missing = [n for n in expected if n not in seen]
     if missing:
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
         raise TensorError(f"{ckpt.model_dir}: tensor {missing[0]} is missing from the checkpoint{more}")
+    if mix is None:
+        return layout(cfg, arch, qt.name, qt.file_type or 0, planned, warnings)
+    return apply_mix(cfg, arch, planned, mix, options, warnings)
+
+
+def apply_mix(cfg: ModelConfig, arch: Arch, planned: list[tuple[str, SafeTensor, QuantType]], mix: Mix,
+              options: QuantOptions | None, warnings: list[str]) -> ConversionPlan:
+    """Give each (GGUF name, source, input type) the type llama-quantize would, in its order, and lay them out.
+
+    ``planned`` holds every tensor of the (virtual or real) input file with its type there; the result is
+    llama-quantize's file for ``mix``. Raises ``ConfigError`` for a type l1quant has no kernel for.
+
+    Example:
+        >>> apply_mix(cfg, arch, planned, get_mix("q4_k_m"), None, []).type_name  # doctest: +SKIP
+        'Q4_K_M'
+    """
+    by_name = {name: (st, t) for name, st, t in planned}
+    a = assign_types([(name, tuple(reversed(st.shape)) or (1,)) for name, st, _ in planned], mix,
+                     n_layer=cfg.num_hidden_layers, n_head=cfg.num_attention_heads,
+                     n_head_kv=cfg.num_key_value_heads, arch=arch.name, options=options)
+    out: list[tuple[str, SafeTensor, QuantType]] = []
+    for name in a.order:
+        st, t_in = by_name[name]
+        chosen = a.types[name]
+        out.append((name, st, t_in if chosen is None else get_quant_type(chosen.name)))
+    return layout(cfg, arch, mix.name, mix.file_type, out, warnings + list(a.warnings), quantized_layout=True)
+
+
+def layout(cfg: ModelConfig, arch: Arch, type_name: str, file_type: int,
+           tensors: list[tuple[str, SafeTensor, QuantType]], warnings: list[str], *,
+           quantized_layout: bool = False) -> ConversionPlan:
+    """Place ``tensors`` (in the given order) at 32-byte aligned offsets of the data section.
+
+    Example:
+        >>> layout(cfg, arch, "F16", 1, [], []).data_nbytes  # doctest: +SKIP
+        0
+    """
+    plan = ConversionPlan(cfg, arch, type_name, file_type, [], warnings, quantized_layout)
+    offset = 0
+    for name, st, t in tensors:
+        pt = PlannedTensor(name, st, t, tuple(st.shape), offset)
+        offset += pad(pt.nbytes)
+        plan.tensors.append(pt)
     return plan
