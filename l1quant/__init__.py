@@ -18,10 +18,11 @@ from l1quant.check import VerifyReport, verify
 
 # The functions are bound after their submodules are imported, so ``l1quant.convert`` is the function.
 from l1quant.conversion.convert import convert, prepare
+from l1quant.conversion.quantize import quantize
 from l1quant.errors import L1QuantError
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.l1 import budget_check, l1_prompt, render_chat, run
 
 __all__ = ["QUANT_TYPES", "L1QuantError", "VerifyReport", "budget_check", "convert", "get_quant_type", "l1_prompt",
-           "prepare", "render_chat", "run", "verify"]
+           "prepare", "quantize", "render_chat", "run", "verify"]
 __version__ = "0.1.0"

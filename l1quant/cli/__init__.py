@@ -27,6 +27,22 @@ class _Group(click.Group):
     ``--debug`` re-raises everything.
     """
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Bare ``l1quant`` asks what the tool does: show the help and succeed (click would exit 2).
+        if not args and not ctx.resilient_parsing:
+            click.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click cuts each command's one-liner to the terminal width ("run each MODEL (GGUF) on each..."); the
+        # definition list wraps long lines itself, so show every first sentence whole.
+        rows = [(name, cmd.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
         def debug() -> bool:  # set by main()'s callback, which runs inside super().invoke
             return bool(ctx.obj and ctx.obj.get("debug"))
@@ -85,7 +101,7 @@ def _register() -> None:
     # Each command module adds itself to ``main``; a module that is not written yet is simply absent.
     import importlib
 
-    for mod in ("convert", "inspect", "verify", "l1"):
+    for mod in ("convert", "quantize", "inspect", "verify", "l1"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import logging
+import sys
 from pathlib import Path
 
 import click
 
 from l1quant.cli import main
+from l1quant.cli.options import per_tensor_options, setup_logging
 from l1quant.conversion.convert import convert
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
 from l1quant.conversion.plan import OUT_TYPES
@@ -16,15 +17,17 @@ from l1quant.errors import VerifyError
 
 @main.command("convert")
 @click.argument("model", metavar="MODEL")
-@click.option("-t", "--type", "type_", type=click.Choice(OUT_TYPES, case_sensitive=False), default="auto",
-              show_default=True,
-              help="Output type. q8_0: 8-bit blocks (about half of bf16's size, near-lossless); f16/bf16: 16-bit; "
-                   "f32: full precision; auto: bf16 or f16, matching the checkpoint's dtype. Norms and biases "
-                   "always stay F32.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Output file or folder. Default: a name like L1-Qwen-1.5B-Max-Q8_0.gguf in the current "
-                   "folder. '{ftype}' in the name is replaced by the type.")
-@click.option("--name", default=None, help="Model name for general.name (default: from README/config/folder).")
+@click.option("-t", "--type", "--outtype", "type_", type=click.Choice(OUT_TYPES, case_sensitive=False),
+              default="auto", show_default=True, metavar="TYPE",
+              help="Output type: q4_k_m (llama.cpp's usual choice), q5_k_m, q6_k, q3_k_m, ... (llama-quantize's "
+                   "mixes, same bytes), q8_0 (near-lossless), f16/bf16 (16-bit), f32, or auto (bf16 or f16 as "
+                   "the checkpoint). Choices: " + ", ".join(OUT_TYPES) + ".")
+@click.option("-o", "--output", "--outfile", type=click.Path(), default=None,
+              help="Output file or folder (a path ending in / is a folder, created if missing). Default: a "
+                   "name like L1-Qwen-1.5B-Max-Q4_K_M.gguf in the current folder. '{ftype}' in a file name is "
+                   "replaced by the type.")
+@click.option("--name", "--model-name", default=None,
+              help="Model name for general.name (default: from README/config/folder).")
 @click.option("--metadata", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="JSON file of general.* keys overriding the naming/sampling metadata (as llama.cpp's "
                    "--metadata).")
@@ -43,22 +46,28 @@ from l1quant.errors import VerifyError
 @click.option("--card", is_flag=True,
               help="Also verify the result against the source and write a model card (README.md) beside it: "
                    "source, type, sizes, verify summary, and the L1 budget prompt format.")
+@per_tensor_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
-def convert_cmd(model: str, type_: str, output: Path | None, name: str | None, metadata: Path | None,
+def convert_cmd(model: str, type_: str, output: str | None, name: str | None, metadata: Path | None,
                 pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, durable: bool,
-                card: bool, quiet: bool) -> None:
-    """Convert a Hugging Face qwen2 checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF.
+                card: bool, pure: bool, output_tensor_type: str | None, token_embedding_type: str | None,
+                tensor_types: tuple[str, ...], leave_output_tensor: bool, quiet: bool) -> None:
+    """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
 
     MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
     l3lab/L1-Qwen-1.5B-Max (needs `pip install 'l1quant[hub]'`; a local folder always wins).
 
-    The tensors are byte-identical to llama.cpp's convert_hf_to_gguf.py and the metadata equal. Everything is
-    checked before writing; the file appears atomically, and nothing is left behind on error or Ctrl-C.
+    The file is byte-identical to llama.cpp's convert_hf_to_gguf.py (f32/f16/bf16/q8_0), or to its lossless
+    output followed by llama-quantize (q4_k_m and the other mixes, and any type with a per-tensor option).
+    Everything is checked before writing; the file appears atomically, and nothing is left behind on error or
+    Ctrl-C.
     """
-    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="l1quant: warning: %(message)s")
+    setup_logging(quiet)
     out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, threads=threads,
                   chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite, durable=durable,
-                  progress=not quiet)
+                  progress=not quiet and sys.stderr.isatty(), pure=pure, output_tensor_type=output_tensor_type,
+                  token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                  leave_output_tensor=leave_output_tensor)
     click.echo(str(out))
     if card:
         from l1quant.check.verifier import verify

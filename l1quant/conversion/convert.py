@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ class Prepared:
     metadata: gguf.Metadata
     output: Path
     warnings: list[str] = field(default_factory=list)
+    #: the output names a folder that does not exist yet (``-o new/``): convert creates it
+    create_folder: bool = False
 
 
 def _resolve_model(model: str | os.PathLike[str]) -> tuple[Path, str]:
@@ -159,11 +162,14 @@ def prepare(
     default_name = gguf.naming_convention(md.name, md.basename, md.finetune, md.version, md.size_label,
                                           out_type) + ".gguf"
     out = Path.cwd() if output is None else Path(output)
-    if out.is_dir():
+    # "new/" (a trailing separator) names a folder, existing or not: never a file called "new"
+    names_folder = output is not None and str(output).endswith(("/", os.sep))
+    create = names_folder and not out.exists()
+    if out.is_dir() or names_folder:
         out = out / default_name
     else:
         out = out.parent / gguf.fill_templated_filename(out.name, out_type)
-    return Prepared(model_dir, cfg, plan, vocab, gw, md, out, list(plan.warnings))
+    return Prepared(model_dir, cfg, plan, vocab, gw, md, out, list(plan.warnings), create_folder=create)
 
 
 def convert(
@@ -199,7 +205,7 @@ def convert(
     ``general.*`` keys) override the naming metadata; ``pre`` overrides the pre-tokenizer name. ``threads``
     defaults to every core; the output bytes do not depend on it or on ``chunk_bytes``. ``durable`` fsyncs the
     output (and its folder) before publishing it, so it survives a power loss too. ``progress`` is True
-    for a progress bar on stderr, or a callback receiving processed source bytes.
+    for a progress bar on stderr, or a callback receiving the output bytes written.
 
     Nothing is written until everything has been validated; the output appears atomically, and on any error
     no partial file is left and an existing file at ``output`` is untouched.
@@ -220,14 +226,20 @@ def convert(
         raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; pass -o elsewhere")
     for w in p.warnings:
         log.warning(w)
+    if p.create_folder:
+        try:
+            p.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{p.output.parent}: cannot create the output folder: {e.strerror or e}") from e
     plan = p.plan
+    started = time.monotonic()
     bar: Any = None
     cb: Callable[[int], None] | None
     if progress is True:
         from tqdm import tqdm
 
-        bar = tqdm(total=plan.source_nbytes, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=p.output.name, leave=False)
+        bar = tqdm(total=sum(t.nbytes for t in plan.tensors), unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=p.output.name, leave=True)
         cb = bar.update
     else:
         cb = progress or None
@@ -241,4 +253,24 @@ def convert(
     finally:
         if bar is not None:
             bar.close()
+    log.info(summary_line(p.output, plan, time.monotonic() - started))
     return p.output
+
+
+def summary_line(path: Path, plan: ConversionPlan, seconds: float) -> str:
+    """One line saying what was written: path, size, file type, the tensor types and their counts, time.
+
+    Example:
+        >>> from l1quant.conversion.plan import layout
+        >>> summary_line(Path("m-Q4_K_M.gguf"), layout("qwen2", "Q4_K_M", 15, [], []), 7.25)
+        'wrote m-Q4_K_M.gguf (0.00 GB, Q4_K_M: no tensors) in 7.2 s'
+    """
+    counts: dict[str, int] = {}
+    for t in plan.tensors:
+        counts[t.qtype.name] = counts.get(t.qtype.name, 0) + 1
+    mix = ", ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no tensors"
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = plan.data_nbytes
+    return f"wrote {path} ({size / 1e9:.2f} GB, {plan.type_name}: {mix}) in {seconds:.1f} s"

@@ -155,6 +155,7 @@ def stream_tensors(
     ``threads`` defaults to every core; ``chunk_bytes`` is the source bytes per job (at least one row); neither
     changes the output bytes. Raises :class:`TensorError` naming the tensor and the index of its first NaN/Inf
     value unless ``allow_nonfinite``. The first error in any worker stops all workers and is re-raised here.
+    ``on_progress`` receives the output bytes of each finished job (their sum is the data section, padding aside).
     ``writeback`` starts asynchronous writeback of output pages as they are written (Linux; a no-op elsewhere).
 
     Example:
@@ -221,7 +222,7 @@ def stream_tensors(
                 pwrite_all(fd, out, pos)
                 written = out.nbytes
                 if on_progress is not None:
-                    on_progress(rows * t.n_cols * src.itemsize)
+                    on_progress(out.nbytes)  # output bytes: what the user waits for and sees on disk
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             with lock:
                 errors.append(e)

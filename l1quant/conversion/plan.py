@@ -96,8 +96,7 @@ class ConversionPlan:
     llama-quantize writes it (``general.quantization_version`` and ``general.file_type`` as the last keys).
     """
 
-    cfg: ModelConfig
-    arch: Arch
+    arch_name: str
     type_name: str
     file_type: int
     tensors: list[PlannedTensor]
@@ -281,43 +280,46 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
         raise TensorError(f"{ckpt.model_dir}: tensor {missing[0]} is missing from the checkpoint{more}")
     if mix is None:
-        return layout(cfg, arch, qt.name, qt.file_type or 0, planned, warnings)
-    return apply_mix(cfg, arch, planned, mix, options, warnings)
+        return layout(arch.name, qt.name, qt.file_type or 0, planned, warnings)
+    return apply_mix(arch.name, planned, mix, options, warnings, n_layer=cfg.num_hidden_layers,
+                     n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads)
 
 
-def apply_mix(cfg: ModelConfig, arch: Arch, planned: list[tuple[str, SafeTensor, QuantType]], mix: Mix,
-              options: QuantOptions | None, warnings: list[str]) -> ConversionPlan:
+def apply_mix(arch_name: str, planned: list[tuple[str, SafeTensor, QuantType]], mix: Mix,
+              options: QuantOptions | None, warnings: list[str], *, n_layer: int, n_head: int,
+              n_head_kv: int) -> ConversionPlan:
     """Give each (GGUF name, source, input type) the type llama-quantize would, in its order, and lay them out.
 
     ``planned`` holds every tensor of the (virtual or real) input file with its type there; the result is
-    llama-quantize's file for ``mix``. Raises ``ConfigError`` for a type l1quant has no kernel for.
+    llama-quantize's file for ``mix``. ``n_layer``, ``n_head``, ``n_head_kv`` are the model's block count and
+    head counts (the mix rule reads them). Raises ``ConfigError`` for a type l1quant has no kernel for.
 
     Example:
-        >>> apply_mix(cfg, arch, planned, get_mix("q4_k_m"), None, []).type_name  # doctest: +SKIP
+        >>> apply_mix("qwen2", planned, get_mix("q4_k_m"), None, [], n_layer=28, n_head=12,
+        ...           n_head_kv=2).type_name  # doctest: +SKIP
         'Q4_K_M'
     """
     by_name = {name: (st, t) for name, st, t in planned}
     a = assign_types([(name, tuple(reversed(st.shape)) or (1,)) for name, st, _ in planned], mix,
-                     n_layer=cfg.num_hidden_layers, n_head=cfg.num_attention_heads,
-                     n_head_kv=cfg.num_key_value_heads, arch=arch.name, options=options)
+                     n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, arch=arch_name, options=options)
     out: list[tuple[str, SafeTensor, QuantType]] = []
     for name in a.order:
         st, t_in = by_name[name]
         chosen = a.types[name]
         out.append((name, st, t_in if chosen is None else get_quant_type(chosen.name)))
-    return layout(cfg, arch, mix.name, mix.file_type, out, warnings + list(a.warnings), quantized_layout=True)
+    return layout(arch_name, mix.name, mix.file_type, out, warnings + list(a.warnings), quantized_layout=True)
 
 
-def layout(cfg: ModelConfig, arch: Arch, type_name: str, file_type: int,
+def layout(arch_name: str, type_name: str, file_type: int,
            tensors: list[tuple[str, SafeTensor, QuantType]], warnings: list[str], *,
            quantized_layout: bool = False) -> ConversionPlan:
     """Place ``tensors`` (in the given order) at 32-byte aligned offsets of the data section.
 
     Example:
-        >>> layout(cfg, arch, "F16", 1, [], []).data_nbytes  # doctest: +SKIP
+        >>> layout("qwen2", "F16", 1, [], []).data_nbytes
         0
     """
-    plan = ConversionPlan(cfg, arch, type_name, file_type, [], warnings, quantized_layout)
+    plan = ConversionPlan(arch_name, type_name, file_type, [], warnings, quantized_layout)
     offset = 0
     for name, st, t in tensors:
         pt = PlannedTensor(name, st, t, tuple(st.shape), offset)

@@ -44,7 +44,7 @@ def new_header(plan: ConversionPlan) -> gguf.GGUFWriter:
         >>> gw.get_total_parameter_count()[0]  # doctest: +SKIP
         1777088000
     """
-    gw = BulkKVWriter(path=None, arch=plan.arch.name)
+    gw = BulkKVWriter(path=None, arch=plan.arch_name)
     for t in plan.tensors:
         # GGUFWriter takes the numpy-order shape and reverses it when writing tensor infos. With raw_dtype set it
         # reinterprets the shape only for uint8 (byte-shaped) arrays; we pass element shapes, so say float32.

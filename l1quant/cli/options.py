@@ -1,0 +1,67 @@
+"""Options shared by ``convert`` and ``quantize``: llama-quantize's per-tensor flags, spelled as llama-quantize
+spells them, and the output/performance options both commands take.
+
+Example:
+    >>> import click
+    >>> @click.command()
+    ... @per_tensor_options
+    ... def cmd(**kw: object) -> None:
+    ...     pass
+    >>> sorted(p.name for p in cmd.params)[:2]
+    ['leave_output_tensor', 'output_tensor_type']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def per_tensor_options(f: F) -> F:
+    """Add ``--pure``, ``--output-tensor-type``, ``--token-embedding-type``, ``--tensor-type`` and
+    ``--leave-output-tensor`` (the parameters of the same names of ``convert``/``quantize``)."""
+    for opt in reversed((
+        click.option("--pure", is_flag=True,
+                     help="Every quantizable tensor gets the type's base type (no per-tensor mix), as "
+                          "llama-quantize --pure."),
+        click.option("--output-tensor-type", metavar="TYPE", default=None,
+                     help="Type of output.weight (and of a tied token_embd.weight), e.g. q8_0."),
+        click.option("--token-embedding-type", metavar="TYPE", default=None,
+                     help="Type of token_embd.weight, e.g. q8_0."),
+        click.option("--tensor-type", "tensor_types", metavar="REGEX=TYPE", multiple=True,
+                     help="Type of the tensors whose name matches REGEX (searched anywhere in the name; the "
+                          "first matching option wins). Repeatable, e.g. --tensor-type attn_v=q8_0."),
+        click.option("--leave-output-tensor", is_flag=True,
+                     help="Copy output.weight unquantized (as the input has it)."),
+    )):
+        f = opt(f)
+    return f
+
+
+class _Prefix(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        kind = "warning: " if record.levelno >= logging.WARNING else ""
+        return f"l1quant: {kind}{record.getMessage()}"
+
+
+def setup_logging(quiet: bool) -> None:
+    """Warnings (and, unless ``quiet``, the one-line summary) of the library on stderr, ``l1quant:``-prefixed.
+
+    Example:
+        >>> setup_logging(True)
+        >>> logging.getLogger("l1quant").level == logging.ERROR
+        True
+    """
+    logger = logging.getLogger("l1quant")
+    logger.setLevel(logging.ERROR if quiet else logging.INFO)
+    if not any(getattr(h, "_l1quant", False) for h in logger.handlers):
+        h = logging.StreamHandler()
+        h.setFormatter(_Prefix())
+        h._l1quant = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+        logger.propagate = False

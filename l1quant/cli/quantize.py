@@ -1,0 +1,56 @@
+"""``l1quant quantize``: parses options and calls :func:`l1quant.conversion.quantize.quantize` with the same
+parameters."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from l1quant.cli import main
+from l1quant.cli.options import per_tensor_options, setup_logging
+from l1quant.conversion.mixes import ALIASES, MIXES
+from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
+from l1quant.conversion.quantize import quantize
+
+_TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
+
+
+@main.command("quantize")
+@click.argument("input_", metavar="INPUT.gguf", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("args", metavar="[OUTPUT.gguf] TYPE", nargs=-1, required=True)
+@per_tensor_options
+@click.option("--allow-requantize", is_flag=True,
+              help="Accept an input whose tensors are already quantized (they are dequantized first; quality "
+                   "suffers: quantize from F32/F16/BF16 when you can).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Worker threads (default: all cores). Output bytes do not depend on it.")
+@click.option("--chunk-mb", type=click.FloatRange(min=0.001), default=DEFAULT_CHUNK_BYTES / 2**20,
+              show_default=True, help="Source MiB per work item; bounds memory.")
+@click.option("--allow-nonfinite", is_flag=True, help="Write the output even if tensors hold NaN/Inf.")
+@click.option("--fsync", "durable", is_flag=True, help="Flush the output to disk before publishing it.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
+def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_type: str | None,
+                 token_embedding_type: str | None, tensor_types: tuple[str, ...], leave_output_tensor: bool,
+                 allow_requantize: bool, threads: int | None, chunk_mb: float, allow_nonfinite: bool, durable: bool,
+                 quiet: bool) -> None:
+    """Quantize an F32/F16/BF16 GGUF to TYPE, byte-identical to llama-quantize.
+
+    TYPE is one of q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k q8_0 f16
+    bf16 f32 (q3_k, q4_k, q5_k mean the _m mixes). Without OUTPUT.gguf the result is written beside the input
+    as {name}-{TYPE}.gguf. Works on any qwen2, qwen3 or llama GGUF, not only l1quant's.
+    """
+    if len(args) > 2:
+        raise click.UsageError(f"expected INPUT.gguf [OUTPUT.gguf] TYPE, found {len(args) + 1} arguments")
+    type_ = args[-1]
+    if type_.lower() not in _TYPES:
+        raise click.UsageError(f"TYPE {type_!r} is not one of {', '.join(_TYPES)}")
+    output = args[0] if len(args) == 2 else None
+    setup_logging(quiet)
+    out = quantize(input_, output, type_, pure=pure, output_tensor_type=output_tensor_type,
+                   token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                   leave_output_tensor=leave_output_tensor, allow_requantize=allow_requantize, threads=threads,
+                   chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite, durable=durable,
+                   progress=not quiet and sys.stderr.isatty())
+    click.echo(str(out))
