@@ -1,4 +1,4 @@
-"""Run a GGUF with an L1 thinking budget through llama-cpp-python (pip install 'l1quant[run]').
+"""Run a GGUF with an L1 thinking budget through llama-cpp-python (the run extra: pip install '.[run]').
 
 Run: python examples/budgeted_run.py [MODEL.gguf]   (default: converts the bundled tiny model; its random
 weights produce gibberish, but every count and flag below is real)

@@ -387,6 +387,26 @@ def test_pre_flag_fixes_unknown_pre_tokenizer(bases: dict[str, Path], tmp_path: 
     assert gf.kv["tokenizer.ggml.pre"] == "deepseek-r1-qwen"
 
 
+def test_pre_flag_contradicting_the_hash_warns(bases: dict[str, Path], tmp_path: Path) -> None:
+    # The R1 tokenizer's check-text hash says deepseek-r1-qwen; --pre qwen2 is written as asked, never silently.
+    out = tmp_path / "out"
+    out.mkdir()
+    r = subprocess.run([*cli(), "convert", str(bases["single"]), "--type", "f32", "-o", str(out / TARGET),
+                        "--pre", "qwen2"], check=False, capture_output=True, text=True, timeout=120, env=clean_env())
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "--pre" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("l1quant: warning: ")
+    assert "--pre qwen2 contradicts" in warnings[0] and "(deepseek-r1-qwen," in warnings[0]
+    from l1quant.gguf.reader import read_gguf
+
+    assert read_gguf(out / TARGET).kv["tokenizer.ggml.pre"] == "qwen2"
+    # Agreeing with the hash is silent.
+    r = subprocess.run([*cli(), "convert", str(bases["single"]), "--type", "f32", "-o", str(out / TARGET),
+                        "--pre", "deepseek-r1-qwen"], check=False, capture_output=True, text=True, timeout=120,
+                       env=clean_env())
+    assert r.returncode == 0 and "contradicts" not in r.stderr
+
+
 def test_allow_nonfinite_converts_nan(bases: dict[str, Path], tmp_path: Path) -> None:
     model = tmp_path / "Tiny-Qwen2-Test"
     shutil.copytree(bases["single"], model)

@@ -44,7 +44,7 @@ def test_verify_report() -> None:
 def test_budgeted_run() -> None:
     require_module("llama_cpp")  # the run extra; skips locally without it, fails under CI
     out = run_example("budgeted_run.py")
-    assert "Think for maximum 32 tokens." in out and "total tokens:" in out
+    assert "Think for maximum 32 tokens." in out and "response tokens n:" in out
 
 
 def test_problems_file_is_valid() -> None:

@@ -6,11 +6,16 @@ when the ``run`` extra or the converter is not installed.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import shutil
+import statistics
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import click
 import gguf
 import pytest
 from click.testing import CliRunner
@@ -32,7 +37,7 @@ from l1quant.l1 import (
     parse_response,
     render_chat,
 )
-from l1quant.l1.runner import _ThinkCounter
+from l1quant.l1.runner import RUN_INSTALL_HINT, _generate_counted, _Generation, _result, _ThinkCounter
 
 DATA = Path(__file__).parent / "data"
 QWEN = DATA / "qwen2.5-tokenizer"
@@ -260,33 +265,44 @@ def test_problem_file_errors(tmp_path: Path, content: str, match: str) -> None:
 # --- report -----------------------------------------------------------------------------------------------------
 
 
-def _report() -> BudgetReport:
-    rep = BudgetReport(mode="exact", tolerance=0.2, budgets=[256, 512], models=["a/A.gguf", "b/B.gguf"],
-                       problems_path="p.jsonl", problem_ids=["x"], seed=0,
-                       sampling_overrides={"temperature": None, "top_p": None, "top_k": None})
+def _report(mode: str = "exact", hard_limit: bool = False) -> BudgetReport:
+    rep = BudgetReport(mode=mode, tolerance=0.2 if mode == "exact" else None, budgets=[256, 512],
+                       models=["a/A.gguf", "b/B.gguf"], problems_path="p.jsonl", problem_ids=["x"], seed=0,
+                       sampling_overrides={"temperature": None, "top_p": None, "top_k": None}, samples=4,
+                       hard_limit=hard_limit)
     for i, m in enumerate(rep.models):
         for b in rep.budgets:
-            rep.rows.append(BudgetRow(m, b, 1, b * (1 + 0.1 * i), b + 20.0, 0.1 * i, 1.0 - i, 1.0, 1.0, 0.5))
+            n = b * (1 + 0.1 * i)
+            rep.rows.append(BudgetRow(m, b, 4, n, n - 1, n - 30, 30.0, 0.1 * i, 1.0 - i, 1.0 - i / 2, 1.0, i, 0, 0.5))
     return rep
 
 
 def test_report_json_schema_is_stable() -> None:
     data = json.loads(_report().to_json())
-    assert data["schema"] == "l1quant.budget-check/1"
-    assert list(data) == ["schema", "mode", "tolerance", "budgets", "models", "problems", "seed",
-                          "sampling_overrides", "results", "runs"]
-    assert list(data["results"][0]) == ["model", "budget", "runs", "mean_reasoning_tokens", "mean_total_tokens",
-                                        "mean_rel_deviation", "share_within_budget", "share_kept",
-                                        "share_think_closed", "accuracy"]
+    assert data["schema"] == "l1quant.budget-check/2"
+    assert list(data) == ["schema", "counted", "mode", "tolerance", "budgets", "models", "problems", "samples",
+                          "max_tokens", "hard_limit", "seed", "sampling_overrides", "results", "runs"]
+    # The report says which count the verdict uses, and why.
+    assert "every generated token" in data["counted"] and "LCPO" in data["counted"]
+    assert list(data["results"][0]) == ["model", "budget", "runs", "mean_tokens", "median_tokens",
+                                        "mean_reasoning_tokens", "mean_answer_tokens", "mean_rel_deviation",
+                                        "share_within_budget", "share_kept", "share_think_closed", "cap_hits",
+                                        "forced", "accuracy"]
     assert data["problems"] == {"path": "p.jsonl", "count": 1, "ids": ["x"]}
+    assert (data["samples"], data["max_tokens"], data["hard_limit"]) == (4, None, False)
 
 
 def test_report_table_and_plot(tmp_path: Path) -> None:
     require_module("matplotlib")
     rep = _report()
     lines = rep.table().splitlines()
-    assert "mean |n-N|/N" in lines[0] and len(lines) == 2 + 4
-    assert lines[2].split()[:4] == ["A.gguf", "256", "1", "256.0"]
+    assert lines[0].split() == ["model", "budget", "runs", "mean", "n", "median", "n", "think", "answer", "|n-N|/N",
+                                "within", "±20%", "capped", "accuracy"]
+    assert len(lines) == 2 + 4 and len({len(line) for line in lines}) == 1  # every column padded to one width
+    assert lines[2].split() == ["A.gguf", "256", "4", "256.0", "255.0", "226.0", "30.0", "0.000", "100%", "0", "50%"]
+    assert lines[5].split()[-3:] == ["50%", "1", "50%"]
+    maxed = _report("max", hard_limit=True).table().splitlines()
+    assert "within N" in maxed[0] and maxed[0].split()[-2:] == ["forced", "accuracy"]
     out = rep.plot(tmp_path / "budget.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -295,7 +311,7 @@ def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
-    with pytest.raises(RuntimeMissingError, match=r"l1quant\[plot\]"):
+    with pytest.raises(RuntimeMissingError, match=r"pip install matplotlib \(l1quant's plot extra\)"):
         _report().plot(tmp_path / "x.png")
 
 
@@ -330,14 +346,135 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "comma-separated positive integers" in res.output
 
 
+def test_cli_mode_option_and_old_max_flag() -> None:
+    runner = CliRunner()
+    for args, expected in ((["--mode", "max"], MAX), (["--max"], MAX), (["--mode", "max", "--max"], MAX),
+                           (["--mode", "exact"], EXACT), ([], EXACT)):
+        res = runner.invoke(main, ["prompt", Q, "-b", "512", *args])
+        assert res.exit_code == 0 and res.output == expected + "\n", args
+    res = runner.invoke(main, ["prompt", Q, "-b", "512", "--mode", "exact", "--max"])
+    assert res.exit_code == 2 and "--max contradicts --mode exact" in res.output
+    res = runner.invoke(main, ["prompt", Q, "-b", "512", "--mode", "maximum"])
+    assert res.exit_code == 2 and "'exact', 'max'" in res.output
+    # --max is kept working but no longer shown beside --max-tokens.
+    for cmd in ("prompt", "run", "budget-check"):
+        help_text = runner.invoke(main, [cmd, "--help"]).output
+        assert "--mode [exact|max]" in help_text and "--max " not in help_text and "--max\n" not in help_text
+
+
+def _capture(monkeypatch: pytest.MonkeyPatch, name: str) -> dict[str, object]:
+    """Replace ``l1quant.l1.<name>`` (what the CLI calls) by a recorder; returns the recorded call."""
+    seen: dict[str, object] = {}
+
+    def fake(*args: object, **kwargs: object) -> object:
+        seen.update(kwargs, args=args)
+        if name == "run":
+            return l1.RunResult("m.gguf", Q, 8, "exact", "p", 3, "t", "t", "", None, None, 1, 1, False, "eos", False,
+                                0.875, 0.2, {}, None, 16, 0.1)
+        return _report()
+
+    monkeypatch.setattr(l1, name, fake)
+    return seen
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["-n", "64"], {"max_tokens": 64}),
+    (["--n-predict", "64"], {"max_tokens": 64}),
+    (["--max-tokens", "64"], {"max_tokens": 64}),
+    (["-c", "4096"], {"n_ctx": 4096}),
+    (["--ctx-size", "4096"], {"n_ctx": 4096}),
+    (["--n-ctx", "4096"], {"n_ctx": 4096}),
+    (["-t", "3"], {"n_threads": 3}),
+    (["--threads", "3"], {"n_threads": 3}),
+    (["-ngl", "99"], {"n_gpu_layers": 99}),
+    (["--n-gpu-layers", "-1"], {"n_gpu_layers": -1}),
+    (["--gpu-layers", "7"], {"n_gpu_layers": 7}),
+    (["--hard-limit"], {"hard_limit": True}),
+    (["--mode", "max"], {"max_mode": True}),
+    ([], {"max_tokens": None, "n_ctx": None, "n_threads": None, "n_gpu_layers": None, "hard_limit": False,
+          "max_mode": False}),
+])
+def test_cli_run_options_as_llama_cpp_spells_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 args: list[str], expected: dict[str, object]) -> None:
+    seen = _capture(monkeypatch, "run")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    res = CliRunner().invoke(main, ["run", str(model), Q, "-b", "8", *args])
+    assert res.exit_code == 0, res.output
+    assert {k: seen[k] for k in expected} == expected
+
+
+def test_cli_budget_check_defaults_follow_the_paper(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen = _capture(monkeypatch, "budget_check")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    res = CliRunner().invoke(main, ["budget-check", str(model), "--problems", str(PROBLEMS), "-q"])
+    assert res.exit_code == 0, res.output
+    assert seen["args"] == ([model], [512, 1024, 2048, 3600], PROBLEMS)
+    assert (seen["samples"], seen["max_tokens"], seen["temperature"], seen["top_p"], seen["hard_limit"]) == (
+        1, None, None, None, False)  # None: 2 x N per budget; sampling from the GGUF (L1: 0.6 / 0.95)
+    res = CliRunner().invoke(main, ["budget-check", str(model), "--problems", str(PROBLEMS), "-q", "--samples", "4",
+                                    "--budgets", "256,512", "-t", "2", "-ngl", "1", "--mode", "max"])
+    assert res.exit_code == 0, res.output
+    assert seen["args"] == ([model], [256, 512], PROBLEMS)
+    assert (seen["samples"], seen["n_threads"], seen["n_gpu_layers"], seen["max_mode"]) == (4, 2, 1, True)
+    assert "--samples" in CliRunner().invoke(main, ["budget-check", "--help"]).output
+    res = CliRunner().invoke(main, ["budget-check", str(model), "--problems", str(PROBLEMS), "--samples", "0"])
+    assert res.exit_code == 2
+
+
+def test_library_defaults_follow_the_paper() -> None:
+    assert l1.default_max_tokens(512) == 1024 and l1.default_max_tokens(3600) == 7200
+    assert l1.PAPER_BUDGETS == (512, 1024, 2048, 3600)
+    assert l1.DEFAULT_SAMPLING["temperature"] == 0.6 and l1.DEFAULT_SAMPLING["top_p"] == 0.95
+    assert l1.FORCED_THINK_END.startswith("</think>")
+
+
+def test_install_hint_pins_the_run_extras_version() -> None:
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    pin = re.search(r'^run = \["(llama-cpp-python==[^"]+)"\]', pyproject, re.M)
+    assert pin is not None and f"pip install '{pin.group(1)}'" in RUN_INSTALL_HINT
+
+
+def test_cli_run_and_budget_check_help_say_what_is_counted() -> None:
+    runner = CliRunner()
+    for cmd in ("run", "budget-check"):
+        text = " ".join(runner.invoke(main, [cmd, "--help"]).output.split())
+        assert "every generated token, reasoning and answer together" in text
+        assert "LCPO's reward compares the budget with the whole response" in text
+
+
+def test_bare_command_shows_help_and_succeeds() -> None:
+    res = CliRunner().invoke(main, [])
+    assert res.exit_code == 0 and "Commands:" in res.output
+
+
+def test_group_help_one_liners_are_not_cut() -> None:
+    res = CliRunner().invoke(main, ["--help"], terminal_width=80)
+    assert res.exit_code == 0
+    # Compared without whitespace: the help formatter wraps long lines, also after a hyphen ("llama-|quantize").
+    listing = "".join(res.output.split("Commands:")[1].split())
+    ctx = click.Context(main)
+    for name in main.list_commands(ctx):
+        cmd = main.get_command(ctx, name)
+        assert cmd is not None
+        whole = cmd.get_short_help_str(limit=10_000)  # the first sentence, never shortened
+        assert "".join(f"{name} {whole}".split()) in listing, name
+    assert "runeachMODEL(GGUF)oneachproblemateachbudget;needsl1quant[run]." in listing
+
+
 def test_run_without_llama_cpp_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     path = tmp_path / "m.gguf"
     path.write_bytes(b"GGUF")
-    with pytest.raises(RuntimeMissingError, match=r"pip install 'l1quant\[run\]'"):
+    # The hint installs the pinned runtime itself: l1quant is installed from a checkout, not from PyPI.
+    hint = r"needs llama-cpp-python: pip install 'llama-cpp-python==0\.3\.36' \(l1quant's run extra"
+    with pytest.raises(RuntimeMissingError, match=hint):
         l1.run(path, Q, 64, n_ctx=512)
-    with pytest.raises(RuntimeMissingError, match=r"pip install 'l1quant\[run\]'"):
+    with pytest.raises(RuntimeMissingError, match=hint):
         l1.budget_check([path], [64], PROBLEMS)
+    res = CliRunner().invoke(main, ["run", str(path), Q, "-b", "8"])
+    assert res.exit_code == 1 and res.output.startswith("l1quant: error: running a GGUF needs llama-cpp-python")
 
 
 # --- reasoning token counting (the counter the runtime loop feeds) ----------------------------------------------
@@ -360,6 +497,116 @@ def test_think_counter_by_token_id_and_by_text() -> None:
     for tok, piece in [(151649, "</think>"), (151649, "</think>")]:
         first.feed(tok, piece)
     assert first.reasoning_tokens == 1  # the first close counts
+
+
+# --- LCPO counting on scripted token streams (no model) --------------------------------------------------------
+#
+# _generate_counted is the runtime loop without llama.cpp: a script stands in for the sampler. Token ids: CLOSE is
+# </think> (one token, as in R1/L1 vocabularies), EOG ends generation, everything else is a word.
+
+CLOSE, EOG = 151649, 151643
+PROMPT = [151646, 11, 12]
+FORCE = [CLOSE, 90, 91]  # stands for FORCED_THINK_END's tokens: </think>, then the answer cue
+_PIECES = {CLOSE: "</think>", EOG: "", 60: "</", 61: "think", 62: ">"}
+
+
+def _piece(tok: int) -> bytes:
+    return _PIECES.get(tok, f"w{tok} ").encode()
+
+
+class _Script:
+    """A stand-in sampler: each start() yields the next script and records the sequence it was started after."""
+
+    def __init__(self, *scripts: Iterable[int]) -> None:
+        self.scripts = list(scripts)
+        self.starts: list[list[int]] = []
+
+    def __call__(self, seq: list[int]) -> Iterator[int]:
+        self.starts.append(list(seq))
+        return iter(self.scripts.pop(0))
+
+
+def _gen(script: _Script, *, max_tokens: int = 100, force_at: int | None = None,
+         force_ids: list[int] = FORCE, close_id: int | None = CLOSE) -> _Generation:
+    return _generate_counted(script, PROMPT, detokenize=_piece, is_eog=lambda t: t == EOG, think_close_id=close_id,
+                             max_tokens=max_tokens, force_at=force_at, force_ids=force_ids)
+
+
+def _verdict(gen: _Generation, budget: int, *, max_mode: bool, max_tokens: int = 100,
+             hard_limit: bool = False) -> l1.RunResult:
+    return _result(gen, model="m.gguf", question="q", budget=budget, max_mode=max_mode, prompt="p", prompt_tokens=3,
+                   sampling={}, seed=0, max_tokens=max_tokens, tolerance=0.2, hard_limit=hard_limit, elapsed_s=1.0)
+
+
+def test_budget_counts_the_whole_response_not_the_reasoning() -> None:
+    g = _gen(_Script([1, 2, 3, CLOSE, 4, 5, EOG]))
+    assert (g.total_tokens, g.reasoning_tokens, g.stop_reason, g.forced) == (6, 4, "eos", False)
+    assert g.text == "w1 w2 w3 </think>w4 w5 "
+    # Max, N=5: the reasoning (4) fits but the response (6) does not; LCPO judges the response.
+    r = _verdict(g, 5, max_mode=True)
+    assert (r.total_tokens, r.reasoning_tokens, r.answer_tokens, r.think_closed) == (6, 4, 2, True)
+    assert not r.budget_kept and r.rel_deviation == pytest.approx(0.2) and not r.hit_cap
+    # Exact, N=6: the response is exactly on budget although the reasoning alone is 33% short.
+    r = _verdict(g, 6, max_mode=False)
+    assert r.budget_kept and r.rel_deviation == 0.0
+    assert "response tokens n: 6 = reasoning 4 (through </think>) + answer 2" in r.summary()
+
+
+def test_budget_counts_a_response_that_never_closes_thinking() -> None:
+    g = _gen(_Script([1, 2, 3, EOG]))
+    r = _verdict(g, 3, max_mode=True)
+    assert (g.total_tokens, g.reasoning_tokens) == (3, None)
+    assert (r.total_tokens, r.reasoning_tokens, r.answer_tokens, r.think_closed) == (3, 3, 0, False)
+    assert r.budget_kept and r.stop_reason == "eos" and r.answer_text == "" and r.reasoning == r.text
+    assert "thinking never closed" in r.summary()
+    # Only an end-of-generation token: nothing generated, nothing counted.
+    empty = _verdict(_gen(_Script([EOG])), 4, max_mode=True)
+    assert (empty.total_tokens, empty.reasoning_tokens, empty.rel_deviation, empty.budget_kept) == (0, 0, 1.0, True)
+
+
+def test_budget_counts_a_response_cut_at_the_cap() -> None:
+    g = _gen(_Script(itertools.count(1)), max_tokens=8)
+    r = _verdict(g, 4, max_mode=False, max_tokens=8)
+    assert (r.total_tokens, r.reasoning_tokens, r.stop_reason, r.hit_cap) == (8, 8, "length", True)
+    assert r.rel_deviation == 1.0 and not r.budget_kept
+    assert "stop: hit the cap (cap 8 tokens)" in r.summary()
+    # Closed, then cut while answering: the cut answer counts.
+    r = _verdict(_gen(_Script([1, CLOSE, *range(2, 100)]), max_tokens=5), 5, max_mode=True, max_tokens=5)
+    assert (r.total_tokens, r.reasoning_tokens, r.answer_tokens, r.hit_cap, r.budget_kept) == (5, 2, 3, True, True)
+    # The cap is reached before the end-of-generation token is even sampled: "length", never more than the cap.
+    assert _gen(_Script([1, 2, 3, EOG]), max_tokens=3).stop_reason == "length"
+
+
+def test_forced_end_of_thinking() -> None:
+    script = _Script(itertools.count(1), [7, 8, EOG])
+    g = _gen(script, force_at=4)
+    # The response reached N=4 tokens with no </think>: </think> and the cue were appended, and sampling resumed
+    # after them, on the whole sequence so far.
+    assert script.starts == [PROMPT, PROMPT + [1, 2, 3, 4] + FORCE]
+    assert (g.total_tokens, g.reasoning_tokens, g.stop_reason, g.forced) == (9, 5, "eos", True)
+    assert g.text == "w1 w2 w3 w4 </think>w90 w91 w7 w8 "
+    r = _verdict(g, 4, max_mode=True, hard_limit=True)
+    assert (r.reasoning_tokens, r.answer_tokens, r.forced_think_end, r.hard_limit) == (5, 4, True, True)
+    assert not r.budget_kept  # the inserted tokens and the answer are response tokens too
+    assert "thinking forced to end at 4 tokens (--hard-limit)" in r.summary()
+
+
+def test_forced_end_respects_the_cap_and_the_models_own_close() -> None:
+    # Only the room the cap leaves is inserted, and sampling does not resume at the cap.
+    script = _Script(itertools.count(1), [7])
+    g = _gen(script, force_at=4, max_tokens=5)
+    assert (g.total_tokens, g.reasoning_tokens, g.stop_reason, g.forced) == (5, 5, "length", True)
+    assert len(script.starts) == 1
+    # At the cap itself nothing is forced.
+    g = _gen(_Script(itertools.count(1)), force_at=4, max_tokens=4)
+    assert (g.total_tokens, g.reasoning_tokens, g.forced) == (4, None, False)
+    # A model that closes its thinking within the budget is left alone.
+    script = _Script([1, CLOSE, 2, 3, 4, 5, 6, EOG])
+    g = _gen(script, force_at=3)
+    assert (g.total_tokens, g.reasoning_tokens, g.forced, len(script.starts)) == (7, 2, False, 1)
+    # A vocabulary without a </think> token: the inserted tag is recognised by its text.
+    g = _gen(_Script(itertools.count(1), [EOG]), force_at=2, force_ids=[60, 61, 62, 90], close_id=None)
+    assert (g.total_tokens, g.reasoning_tokens, g.forced) == (6, 5, True)
 
 
 # --- end to end: a tiny converted GGUF through llama-cpp-python ---------------------------------------------------
@@ -390,12 +637,13 @@ def test_run_end_to_end(tiny_ggufs: dict[str, Path]) -> None:
     hf = Tokenizer.from_file(str(R1 / "tokenizer.json")).encode(r.prompt, add_special_tokens=False).ids
     assert r.prompt_tokens == len(hf)
     assert 1 <= r.total_tokens <= 10 and r.max_tokens == 10
-    assert (r.stop_reason == "length") == (r.total_tokens == 10)
+    assert (r.stop_reason == "length") == (r.total_tokens == 10) == r.hit_cap
     if not r.think_closed:
         assert r.reasoning_tokens == r.total_tokens and r.reasoning == r.text and r.answer_text == ""
-    assert r.reasoning_tokens <= r.total_tokens
-    assert r.rel_deviation == abs(r.reasoning_tokens - 16) / 16
-    assert r.budget_kept == budget_kept(r.reasoning_tokens, 16) and r.tolerance == l1.EXACT_TOLERANCE
+    assert r.reasoning_tokens + r.answer_tokens == r.total_tokens and not r.forced_think_end
+    # The verdict is on every response token (LCPO's count), not on the reasoning.
+    assert r.rel_deviation == abs(r.total_tokens - 16) / 16
+    assert r.budget_kept == budget_kept(r.total_tokens, 16) and r.tolerance == l1.EXACT_TOLERANCE
     # Sampling comes from the GGUF's general.sampling.* (written from generation_config.json).
     assert r.sampling == {"temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.0}
     again = l1.run(tiny_ggufs["q8_0"], Q, 16, seed=3, max_tokens=10)
@@ -409,41 +657,66 @@ def test_run_max_mode_and_overrides(tiny_ggufs: dict[str, Path]) -> None:
     assert a.sampling == {"temperature": 0.0, "top_p": 0.5, "top_k": 3, "min_p": 0.0}
     assert a.text == b.text  # greedy: the seed does not matter
     assert a.mode == "max" and "Think for maximum 4 tokens." in a.prompt and a.tolerance is None
-    assert a.budget_kept == (a.reasoning_tokens <= 4)
+    assert a.budget_kept == (a.total_tokens <= 4)
     with pytest.raises(InputError, match="top_p"):
         l1.run(tiny_ggufs["f16"], Q, 4, top_p=0.0)
 
 
-@pytest.mark.slow  # ~5 s on 2 cores: 2 model loads and 8 runs; test_cli_budget_check covers the mechanics quickly
+def test_run_hard_limit_end_to_end(tiny_ggufs: dict[str, Path]) -> None:
+    # The tiny model's random weights never close their thinking: --hard-limit ends it at N and lets it answer.
+    r = l1.run(tiny_ggufs["q8_0"], Q, 4, max_mode=True, temperature=0.0, max_tokens=16, hard_limit=True)
+    assert r.forced_think_end and r.hard_limit and r.think_closed
+    assert r.reasoning_tokens == 5  # 4 sampled + the inserted </think> (one token in the R1 vocabulary)
+    assert r.text.startswith(r.reasoning) and l1.FORCED_THINK_END in r.text
+    assert r.answer_tokens == r.total_tokens - 5 and r.total_tokens <= 16
+    assert r.budget_kept == (r.total_tokens <= 4)
+    free = l1.run(tiny_ggufs["q8_0"], Q, 4, max_mode=True, temperature=0.0, max_tokens=16)
+    assert not free.forced_think_end and l1.FORCED_THINK_END not in free.text
+    assert free.text.startswith(r.text[: r.text.index("</think>")])  # greedy: the same reasoning up to N
+
+
+def test_run_default_cap_is_twice_the_budget(tiny_ggufs: dict[str, Path]) -> None:
+    r = l1.run(tiny_ggufs["f16"], Q, 6, temperature=0.0, n_threads=1, n_gpu_layers=0)
+    assert r.max_tokens == 12 and r.total_tokens <= 12
+
+
+@pytest.mark.slow  # ~5 s on 2 cores: 2 model loads and 12 runs; test_cli_budget_check covers the mechanics quickly
 def test_budget_check_end_to_end(tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
     require_module("matplotlib")
     models = [tiny_ggufs["q8_0"], tiny_ggufs["f16"]]
     seen: list[l1.RunResult] = []
-    rep = l1.budget_check(models, [8, 4], PROBLEMS, limit=2, max_tokens=5, seed=7, progress=seen.append)
+    rep = l1.budget_check(models, [8, 4], PROBLEMS, limit=2, samples=2, max_tokens=5, seed=7, progress=seen.append)
     data = json.loads(rep.to_json())
     assert data["budgets"] == [4, 8] and data["mode"] == "exact" and data["tolerance"] == l1.EXACT_TOLERANCE
-    assert data["problems"]["count"] == 2 and len(seen) == 8 and len(data["runs"]) == 8
+    assert data["problems"]["count"] == 2 and data["samples"] == 2 and len(seen) == 16 and len(data["runs"]) == 16
     assert [(r["model"], r["budget"]) for r in data["results"]] == [
         (str(models[0]), 4), (str(models[0]), 8), (str(models[1]), 4), (str(models[1]), 8)]
     for row in data["results"]:
         runs = [r for r in data["runs"] if r["model"] == row["model"] and r["budget"] == row["budget"]]
-        assert row["runs"] == 2 and [r["seed"] for r in runs] == [7, 8]
-        assert row["mean_reasoning_tokens"] == sum(r["reasoning_tokens"] for r in runs) / 2
-        assert row["mean_rel_deviation"] == sum(r["rel_deviation"] for r in runs) / 2
-        assert row["share_within_budget"] == sum(r["reasoning_tokens"] <= row["budget"] for r in runs) / 2
-        assert row["accuracy"] == sum(r["correct"] for r in runs) / 2
-        assert all(1 <= r["total_tokens"] <= 5 and r["expected"] in (16, 56) for r in runs)
+        assert row["runs"] == 4 and [(r["problem_id"], r["sample"], r["seed"]) for r in runs] == [
+            (runs[0]["problem_id"], 0, 7), (runs[0]["problem_id"], 1, 8), (runs[2]["problem_id"], 0, 9),
+            (runs[2]["problem_id"], 1, 10)]
+        assert row["mean_tokens"] == sum(r["tokens"] for r in runs) / 4
+        assert row["median_tokens"] == statistics.median(r["tokens"] for r in runs)
+        assert row["mean_reasoning_tokens"] + row["mean_answer_tokens"] == pytest.approx(row["mean_tokens"])
+        assert row["mean_rel_deviation"] == sum(abs(r["tokens"] - row["budget"]) / row["budget"] for r in runs) / 4
+        assert row["share_within_budget"] == sum(r["tokens"] <= row["budget"] for r in runs) / 4
+        assert row["cap_hits"] == sum(r["stop_reason"] == "length" for r in runs) and row["forced"] == 0
+        assert row["accuracy"] == sum(r["correct"] for r in runs) / 4
+        assert all(1 <= r["tokens"] <= 5 and r["expected"] in (16, 56) for r in runs)
     out = rep.plot(tmp_path / "len.png")
     assert out.stat().st_size > 1000
 
 
 def test_cli_run(tiny_ggufs: dict[str, Path]) -> None:
     runner = CliRunner()
-    res = runner.invoke(main, ["run", str(tiny_ggufs["q8_0"]), Q, "-b", "8", "--seed", "0", "--max-tokens", "4"])
+    res = runner.invoke(main, ["run", str(tiny_ggufs["q8_0"]), Q, "-b", "8", "--seed", "0", "-n", "4", "-t", "1"])
     assert res.exit_code == 0, res.output
-    assert "reasoning tokens: " in res.stderr and "budget kept (|n-N|/N <= 0.2): " in res.stderr
-    assert "reasoning tokens" not in res.stdout
-    res = runner.invoke(main, ["run", str(tiny_ggufs["q8_0"]), Q, "-b", "8", "--max", "--max-tokens", "3", "--json"])
+    assert "response tokens n: 4" in res.stderr and "budget kept (|n-N|/N <= 0.2): " in res.stderr
+    assert "stop: hit the cap (cap 4 tokens)" in res.stderr
+    assert "response tokens" not in res.stdout
+    res = runner.invoke(main, ["run", str(tiny_ggufs["q8_0"]), Q, "-b", "8", "--mode", "max", "--max-tokens", "3",
+                               "--json", "-c", "256"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["mode"] == "max"
 
@@ -460,9 +733,13 @@ def test_cli_budget_check(tiny_ggufs: dict[str, Path], tmp_path: Path) -> None:
     assert data["mode"] == "max" and data["tolerance"] is None and len(data["results"]) == 2
     assert plot.read_bytes()[:4] == b"\x89PNG"
     res = runner.invoke(main, ["budget-check", str(tiny_ggufs["q8_0"]), "--budgets", "4", "--problems",
-                               str(PROBLEMS), "--limit", "1", "--max-tokens", "2", "-q"])
-    assert res.exit_code == 0 and res.stdout.splitlines()[0].split()[:3] == ["model", "budget", "runs"]
-    assert res.stdout.splitlines()[2].startswith("tiny-q8_0.gguf")
+                               str(PROBLEMS), "--limit", "1", "--samples", "2", "-n", "2", "--hard-limit"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split()[:3] == ["model", "budget", "runs"] and "forced" in lines[0]
+    assert lines[2].split()[:3] == ["tiny-q8_0.gguf", "4", "2"]
+    # Progress: problems x samples x budgets, done of total, and tqdm's ETA.
+    assert "1 problems x 2 samples x 1 budgets" in res.stderr and "2/2" in res.stderr
 
 
 def test_folder_special_tokens_map_fallback(tmp_path: Path) -> None:

@@ -24,11 +24,13 @@ from click.testing import CliRunner
 from reference import require_module
 
 from l1quant.check import LOGIT_KLD_LIMITS, config_from_gguf, format_report, verify
+from l1quant.check.report import Check, TensorFidelity, VerifyReport
 from l1quant.cli import main
 from l1quant.conversion.convert import convert
-from l1quant.errors import ConfigError, GGUFFormatError
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, RuntimeMissingError
 from l1quant.gguf.reader import read_gguf
 from l1quant.kernels import decode_bf16, get_quant_type
+from l1quant.l1.runner import RUN_INSTALL_HINT
 
 N_TOK = 32  # logit checks: enough tokens for stable numbers on the tiny model, cheap to compare
 
@@ -371,6 +373,56 @@ def test_bad_arguments_are_clean_errors(q8: Path) -> None:
         verify(q8, logits=True)
     res = CliRunner().invoke(main, ["verify", str(q8), "--logits"])
     assert res.exit_code == 2 and "need --source" in res.output and "Traceback" not in res.output
+
+
+def test_missing_source_folder_is_a_usage_error(q8: Path, tmp_path: Path) -> None:
+    # The user's argument is wrong, not the file: exit 2 before any check, never "FAIL: source ..." about FILE.
+    for missing in (tmp_path / "nowhere", "L1-Qwen-1.5B-Max"):
+        res = CliRunner().invoke(main, ["verify", str(q8), "--source", str(missing)])
+        assert res.exit_code == 2, res.output
+        assert "Invalid value for '--source'" in res.output and "no such model folder" in res.output
+        assert "FAIL" not in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["verify", str(q8), "--source", str(q8)])  # a file, not a folder
+    assert res.exit_code == 2 and "'--source'" in res.output
+    with pytest.raises(InputError, match="no such model folder"):
+        verify(q8, source=tmp_path / "nowhere")
+
+
+def test_runtime_without_llama_cpp_fails(q8: Path, tiny_r1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A check the user asked for that cannot run is a failure (exit 1, the same install hint as `run`), not a skip.
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` raise ImportError
+    with pytest.raises(RuntimeMissingError, match=r"needs llama-cpp-python: pip install 'llama-cpp-python=="):
+        verify(q8, source=tiny_r1, runtime="llama.cpp")
+    for extra in ([], ["--json"]):
+        res = CliRunner().invoke(main, ["verify", str(q8), "--source", str(tiny_r1), "--runtime", "llama.cpp", *extra])
+        assert res.exit_code == 1, res.output
+        assert res.output == f"l1quant: error: --runtime llama.cpp needs llama-cpp-python: {RUN_INSTALL_HINT}\n"
+
+
+def test_help_states_exit_codes() -> None:
+    text = CliRunner().invoke(main, ["verify", "--help"]).output
+    assert "Exit status:" in text
+    for line in ("0  every check passed", "1  a check failed", "2  FILE cannot be read as GGUF, or a usage error"):
+        assert line in text
+
+
+def test_tensor_table_columns_are_padded() -> None:
+    # F16/BF16 rows have no error bound ("-") and exact rows an infinite SNR: both padded like the numbers.
+    rows = [TensorFidelity("blk.0.attn_q.weight", "F16", (8, 32), 0.0, 0.0, 1.0, math.inf, True, None, None, None,
+                           True, ""),
+            TensorFidelity("token_embd.weight", "Q8_0", (64, 32), 5.3e-3, 2.4e-4, 0.99998, 45.4, True, 9.9e-3, 3e-4,
+                           5e-3, True, ""),
+            TensorFidelity("output_norm.weight", "F32", (32,), math.nan, 0.0, math.nan, math.nan, True, None, None,
+                           None, True, "")]
+    rep = VerifyReport("x.gguf", "src", [Check("header", "pass", "ok")], rows, None, None, 0.1)
+    lines = format_report(rep).splitlines()
+    table = lines[lines.index(next(x for x in lines if x.startswith("  tensor "))):][:4]
+    assert len({len(x) for x in table}) == 1, table
+    header = table[0]
+    for row in table[1:]:
+        for col in ("bound", "snr_db"):  # right-aligned: each cell ends where its header ends
+            end = header.index(col) + len(col)
+            assert row[end - 1] != " " and row[end] == " ", (col, row)
 
 
 # --------------------------------------------------------------------------------------------------- logits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -170,13 +171,22 @@ def _check(name: str, problems: list[str], ok_message: str) -> Check:
 
 
 def _fmt(v: float | None, spec: str) -> str:
+    """``v`` formatted with ``spec``; None ("-"), NaN and Inf padded to the same width so columns stay aligned.
+
+    Example:
+        >>> [_fmt(v, "9.3e") for v in (0.5, None, math.inf)]
+        ['5.000e-01', '        -', '      inf']
+    """
+    width = int(m.group(1)) if (m := re.match(r"(\d+)", spec)) else 0
     if v is None:
-        return "-"
-    if isinstance(v, float) and math.isnan(v):
-        return "nan"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return format(v, spec)
+        text = "-"
+    elif isinstance(v, float) and math.isnan(v):
+        text = "nan"
+    elif isinstance(v, float) and math.isinf(v):
+        text = "inf" if v > 0 else "-inf"
+    else:
+        return format(v, spec)
+    return text.rjust(width)
 
 
 def format_report(rep: VerifyReport, *, max_tensors: int = 12) -> str:
@@ -203,12 +213,13 @@ def format_report(rep: VerifyReport, *, max_tensors: int = 12) -> str:
         shown = [t for t in rep.tensors if not t.passed]
         shown += [t for t in rep.tensors if t.passed][: max(0, max_tensors - len(shown))]
         nw = max(6, *(len(t.name) for t in shown))
+        tw = max(5, *(len(t.type) for t in shown))  # the type names of every registered type fit their column
         lines += ["", f"tensors, worst first ({len(shown)} of {len(rep.tensors)}; --json for all):",
-                  (f"  {'tensor':<{nw}}  {'type':<5} {'rel_rmse':>9} {'bound':>9} {'max_abs':>9} {'cosine':>10} "
+                  (f"  {'tensor':<{nw}}  {'type':<{tw}} {'rel_rmse':>9} {'bound':>9} {'max_abs':>9} {'cosine':>10} "
                    f"{'snr_db':>7}  bytes  ok")]
         for t in shown:
             lines.append(
-                f"  {t.name:<{nw}}  {t.type:<5} {_fmt(t.rel_rmse, '9.3e')} {_fmt(t.threshold, '9.3e')} "
+                f"  {t.name:<{nw}}  {t.type:<{tw}} {_fmt(t.rel_rmse, '9.3e')} {_fmt(t.threshold, '9.3e')} "
                 f"{_fmt(t.max_abs_err, '9.3e')} {_fmt(t.cosine, '10.7f')} {_fmt(t.snr_db, '7.2f')}  "
                 f"{'same ' if t.bytes_identical else 'DIFF '}  {'ok' if t.passed else 'FAIL'}")
     lines += ["", rep.verdict]

@@ -51,8 +51,9 @@ from l1quant.check.structure import (
     _check_layout,
     _check_tensors,
     _check_tokenizer,
+    file_mix,
 )
-from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, RuntimeMissingError
 from l1quant.gguf.reader import GGUFFile, read_gguf
 
 __all__ = ["verify"]
@@ -81,11 +82,13 @@ def verify(
     checks). ``logits`` runs the reference forward on the source and on the file (needs ``source``); ``text`` is
     the text to tokenize (default: the bundled :func:`l1quant.check.forward.default_text`), of which the first
     ``n_tokens`` tokens are used. ``runtime="llama.cpp"`` also runs the file through llama-cpp-python (implies
-    ``logits``; skipped with a message when it is not installed). ``threads`` defaults to every core.
+    ``logits``). ``threads`` defaults to every core.
 
-    Raises :class:`~l1quant.errors.GGUFFormatError` (exit code 2) when the file cannot be read at all, and
-    :class:`~l1quant.errors.ConfigError` for contradictory arguments; every other finding is a check in the
-    report.
+    Raises :class:`~l1quant.errors.GGUFFormatError` (exit code 2) when the file cannot be read at all,
+    :class:`~l1quant.errors.ConfigError` for contradictory arguments, :class:`~l1quant.errors.InputError` when
+    ``source`` is neither a folder nor a resolvable Hugging Face repo id, and
+    :class:`~l1quant.errors.RuntimeMissingError` when ``runtime`` is asked for without llama-cpp-python (a check
+    that was asked for and cannot run is a failure); every other finding is a check in the report.
 
     Example:
         >>> rep = verify("tiny-Q8_0.gguf", source="tiny", logits=True, n_tokens=64)   # doctest: +SKIP
@@ -104,6 +107,22 @@ def verify(
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, found {threads}")
     n_threads = threads or _default_threads()
+    if runtime is not None:
+        # A check the caller asked for that cannot run is a failure, not a skip: say so before any work.
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            from l1quant.l1.runner import RUN_INSTALL_HINT
+
+            raise RuntimeMissingError(f"--runtime llama.cpp needs llama-cpp-python: {RUN_INSTALL_HINT}") from None
+    src: Path | None = None
+    if source is not None:
+        # An unusable source is a wrong argument, not a fault of the file: refuse it before reading the file.
+        # (prepare() below resolves it again from the name as given, so a hub id keeps its repo name.)
+        from l1quant.source.hub import resolve_model
+
+        resolve_model(str(source))
+        src = Path(source)
 
     try:
         gf = read_gguf(gguf_path)
@@ -134,12 +153,11 @@ def verify(
         else:
             checks.append(Check("tensors.shapes", SKIP, "hparams are inconsistent; expected shapes unknown"))
 
-    if source is None:
+    if src is None:
         checks.append(_check_finite(gf, n_threads))
     elif arch is None:
         checks.append(Check("source", SKIP, "the architecture is not supported: nothing to compare with the source"))
     else:
-        src = Path(source)
         prep = None
         ftype = _file_type_name(gf)
         try:
@@ -152,7 +170,7 @@ def verify(
             checks.append(Check("source", PASS, f"{src}: {prep.cfg.architecture}, "
                                                 f"{len(prep.plan.tensors)} tensors, vocab {prep.cfg.vocab_size}"))
             checks += _check_metadata(gf, prep.header, arch)
-            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads)
+            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads, own_types=file_mix(gf) is not None)
             checks += fchecks
             if logits:
                 lchecks, logits_d, runtime_d = _run_logits(
@@ -175,10 +193,11 @@ def _prepare_like(prepare: Any, src: Path, ftype: str, gf: GGUFFile) -> Any:
     slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the source files are unchanged."""
     from l1quant.errors import TokenizerError
 
+    as_mix = file_mix(gf) is not None  # llama-quantize's Q8_0/F16... differ from the converter's (layout)
     try:
-        return prepare(src, ftype.lower(), gf.path)
+        return prepare(src, ftype.lower(), gf.path, as_mix=as_mix)
     except TokenizerError as e:
         pre = gf.kv.get(_TK.PRE)
         if "unknown BPE pre-tokenizer" not in str(e) or not isinstance(pre, str):
             raise
-        return prepare(src, ftype.lower(), gf.path, pre=pre)
+        return prepare(src, ftype.lower(), gf.path, pre=pre, as_mix=as_mix)

@@ -1,7 +1,8 @@
 """``l1quant verify FILE.gguf``: parses options, calls :func:`l1quant.check.verifier.verify`, prints the report.
 
-Exit status: 0 when every check passes, 1 when a check fails (or the arguments/source are unusable), 2 when the
-file cannot be read as GGUF at all.
+Exit status: 0 when every check passes, 1 when a check fails (or one that was asked for cannot run, such as
+``--runtime llama.cpp`` without llama-cpp-python), 2 when the file cannot be read as GGUF at all or the arguments
+are unusable (a usage error: ``--source`` names no folder, ``--logits`` without ``--source``).
 
 Example:
     $ l1quant verify L1-Qwen-1.5B-Max-Q8_0.gguf --source L1-Qwen-1.5B-Max
@@ -17,14 +18,16 @@ import click
 
 from l1quant.check import format_report, verify
 from l1quant.cli import main
-from l1quant.errors import GGUFFormatError
+from l1quant.errors import GGUFFormatError, InputError
+from l1quant.source.hub import resolve_model
 
 
 @main.command("verify")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--source", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="MODEL_DIR",
-              help="The checkpoint folder FILE was converted from: compares metadata and every tensor (bytes must "
-                   "equal re-quantizing the source; Q8_0 errors within the 8-bit bound).")
+              help="The checkpoint folder FILE was converted from (or its Hugging Face repo id): compares metadata "
+                   "and every tensor (bytes must equal re-quantizing the source; Q8_0 errors within the 8-bit "
+                   "bound).")
 @click.option("--logits", is_flag=True,
               help="Also run a reference forward pass on the source and on FILE and compare the logits "
                    "(KL divergence, top-1 agreement, perplexity). Needs --source.")
@@ -43,9 +46,24 @@ def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | 
 
     Always: header, key types, hparams, tokenizer arrays, tensor names/shapes/types, no NaN/Inf. With --source:
     metadata and every tensor against the checkpoint. With --logits/--runtime: logit agreement.
+
+    \b
+    Exit status:
+      0  every check passed
+      1  a check failed, or a check asked for cannot run
+         (--runtime llama.cpp without llama-cpp-python)
+      2  FILE cannot be read as GGUF, or a usage error
+         (a bad option, --source naming no model folder)
     """
     if (logits or runtime) and source is None:
         raise click.UsageError("--logits and --runtime need --source MODEL_DIR")
+    if source is not None:
+        # A missing source folder is the user's argument, not the file, failing: a usage error (exit 2), before
+        # any work, rather than a FAIL line in a report about FILE.
+        try:
+            resolve_model(str(source))
+        except InputError as e:
+            raise click.BadParameter(str(e), param_hint="'--source'") from None
     text = None
     if text_file is not None:
         try:

@@ -106,18 +106,20 @@ def render_card(gguf_path: Path, source: Path | None, report: Any | None = None,
     q = "What is the sum of the first 20 odd numbers?"
     lines += [
         "", "## Prompting L1 with a thinking budget", "",
-        "L1 was trained (LCPO) to follow a reasoning-length instruction at the end of the question:", "",
+        "L1 was trained (LCPO) to follow a length instruction at the end of the question:", "",
         "```text", l1_prompt("{question}", 512), "```",
         "(L1-Qwen-1.5B-Exact: aim for N tokens) or", "",
         "```text", l1_prompt("{question}", 512, max_mode=True), "```",
         "(L1-Qwen-1.5B-Max: at most N tokens).", "",
-        "With l1quant (`pip install 'l1quant[run]'`):", "",
+        "With l1quant (installed with its `run` extra, llama-cpp-python):", "",
         "```sh",
         f'l1quant prompt "{q}" --budget 512 --chat {gguf_path.name}',
         f'l1quant run {gguf_path.name} "{q}" --budget 512 --seed 0',
-        f"l1quant budget-check {gguf_path.name} --budgets 256,512,1024 --problems problems.jsonl --plot budget.png",
+        f"l1quant budget-check {gguf_path.name} --problems problems.jsonl --samples 4 --plot budget.png",
         "```", "",
-        "The run reports reasoning tokens (up to `</think>`), whether the budget was kept, and the `\\boxed{}` answer.",
+        "The run reports the response tokens n (reasoning through `</think>` plus answer: the length LCPO trains "
+        "L1 to match), whether the budget was kept, and the `\\boxed{}` answer. budget-check follows the paper: "
+        "budgets 512-3600, at most 2N tokens.",
         "",
     ]
     return "\n".join(lines)

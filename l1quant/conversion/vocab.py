@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -23,6 +24,8 @@ import gguf
 
 from l1quant.conversion.special_vocab import SpecialVocab, load_special_vocab
 from l1quant.errors import TokenizerError, clip
+
+log = logging.getLogger("l1quant")
 
 #: The text whose token ids identify a BPE pre-tokenizer (llama.cpp's ``get_vocab_base_pre`` check text).
 CHECK_TEXT = (
@@ -37,6 +40,7 @@ PRE_TOKENIZERS: dict[str, str] = {
     "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2 / Qwen2.5
     "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3-Embedding
     "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",  # R1-Distill-Qwen, L1
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3, R1-Distill-Llama
 }
 
 
@@ -137,7 +141,24 @@ def load_vocab(model_dir: str | Path, vocab_size: int, *, pre: str | None = None
         if len(_cache) >= 4:
             _cache.pop(next(iter(_cache)))
         _cache[key] = hit
+    _warn_pre_override(d, pre, hit.check_hash)
     return hit
+
+
+def _warn_pre_override(d: Path, pre: str | None, check_hash: str) -> None:
+    """Warn (logger ``l1quant``) when ``pre`` contradicts the pre-tokenizer the check-text hash identifies.
+
+    ``--pre`` exists for tokenizers the table does not know; overriding a known one changes how llama.cpp splits
+    text, silently. It is still written as asked (the user may know better), but never without a word.
+
+    Example:
+        >>> r1 = "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5"
+        >>> _warn_pre_override(Path("m"), "deepseek-r1-qwen", r1)  # agrees with the hash: silent
+    """
+    detected = PRE_TOKENIZERS.get(check_hash)
+    if pre is not None and detected is not None and pre != detected:
+        log.warning("%s: --pre %s contradicts the pre-tokenizer its check-text hash identifies (%s, hash %s...); "
+                    "writing %s as asked", d / "tokenizer.json", pre, detected, check_hash[:12], pre)
 
 
 def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:

@@ -11,11 +11,17 @@ for a number of tokens written into the prompt. This package (one module per con
 
 Counting rules (the same everywhere in l1quant):
 
-* ``reasoning_tokens`` = generated tokens up to **and including** the ``</think>`` token. The ``<think>\\n`` that
-  R1-style templates put in the generation prompt is prompt, not generation, so it is not counted. A run that never
-  closes its thinking counts every generated token as reasoning (``think_closed`` is then false).
+* n, the length judged against the budget N, is **every generated token of the response**, reasoning and answer
+  together (the end-of-generation token excluded): LCPO's reward compares N with the whole response, so that is
+  what L1 learned to control (``total_tokens``).
+* ``reasoning_tokens`` = generated tokens up to **and including** the ``</think>`` token; ``answer_tokens`` the
+  rest. The ``<think>\\n`` that R1-style templates put in the generation prompt is prompt, not generation, so it
+  is not counted. A run that never closes its thinking counts every generated token as reasoning
+  (``think_closed`` is then false).
 * Exact mode keeps the budget when ``|n - N| / N <= tolerance`` (default :data:`EXACT_TOLERANCE` = 0.2).
   Max mode keeps it when ``n <= N``.
+* Generation is capped at 2 x N tokens (the authors' protocol, Exact and Max alike); a capped run counts as it
+  stands and is reported as such.
 
 Example:
     >>> l1_prompt("What is 2+3?", 512)
@@ -34,12 +40,25 @@ from l1quant.l1.answers import (
 )
 from l1quant.l1.budget import BudgetReport, BudgetRow, Problem, budget_check, load_problems
 from l1quant.l1.chat import ChatTemplateError, chat_template_from, render_chat
-from l1quant.l1.prompt import DEFAULT_SAMPLING, EXACT_TOLERANCE, REPORT_SCHEMA, THINK_CLOSE, THINK_OPEN, l1_prompt
+from l1quant.l1.prompt import (
+    BUDGET_COUNT_RULE,
+    DEFAULT_SAMPLING,
+    EXACT_TOLERANCE,
+    FORCED_THINK_END,
+    PAPER_BUDGETS,
+    REPORT_SCHEMA,
+    THINK_CLOSE,
+    THINK_OPEN,
+    l1_prompt,
+)
 from l1quant.l1.runner import RunResult, run
 
 __all__ = [
+    "BUDGET_COUNT_RULE",
     "DEFAULT_SAMPLING",
     "EXACT_TOLERANCE",
+    "FORCED_THINK_END",
+    "PAPER_BUDGETS",
     "REPORT_SCHEMA",
     "THINK_CLOSE",
     "THINK_OPEN",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from l1quant.l1.prompt import EXACT_TOLERANCE, THINK_CLOSE, THINK_OPEN
+from l1quant.l1.prompt import EXACT_TOLERANCE, MAX_TOKENS_FACTOR, THINK_CLOSE, THINK_OPEN
 
 # --------------------------------------------------------------------------------------------------------------
 # Parsing responses
@@ -103,27 +103,28 @@ def parse_response(text: str, reasoning_tokens: int | None = None) -> ParsedResp
     return ParsedResponse(head, "", extract_boxed(text), False, reasoning_tokens)
 
 
-def budget_kept(reasoning_tokens: int, budget: int, *, max_mode: bool = False,
-                tolerance: float = EXACT_TOLERANCE) -> bool:
-    """Whether ``reasoning_tokens`` honours ``budget``: Max ``n <= N``; Exact ``|n - N| / N <= tolerance``.
+def budget_kept(tokens: int, budget: int, *, max_mode: bool = False, tolerance: float = EXACT_TOLERANCE) -> bool:
+    """Whether a response of ``tokens`` tokens honours ``budget``: Max ``n <= N``; Exact ``|n - N| / N <= tolerance``.
+
+    ``tokens`` is n as LCPO counts it: every generated token of the response, reasoning and answer together (the
+    end-of-generation token excluded); see :data:`l1quant.l1.prompt.BUDGET_COUNT_RULE`.
 
     Example:
         >>> budget_kept(560, 512), budget_kept(700, 512), budget_kept(300, 512, max_mode=True)
         (True, False, True)
     """
     if max_mode:
-        return reasoning_tokens <= budget
-    return abs(reasoning_tokens - budget) / budget <= tolerance
+        return tokens <= budget
+    return abs(tokens - budget) / budget <= tolerance
 
 
 def default_max_tokens(budget: int) -> int:
-    """Generation cap used when none is given: twice the budget plus 512 for the answer.
+    """Generation cap used when none is given: 2 x N, the L1 authors' evaluation protocol (Exact and Max alike).
 
-    Room enough for an Exact model that overshoots by 100% and then writes its answer, bounded so a model that
-    ignores the budget cannot run for ever.
+    A response cut at the cap counts as it stands (``stop_reason == "length"``): reports show how many were cut.
 
     Example:
         >>> default_max_tokens(1024)
-        2560
+        2048
     """
-    return 2 * budget + 512
+    return MAX_TOKENS_FACTOR * budget

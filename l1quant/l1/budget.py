@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,8 +12,15 @@ from typing import Any
 from l1quant.errors import InputError, OutputError, RuntimeMissingError
 from l1quant.l1.answers import default_max_tokens
 from l1quant.l1.chat import _gguf_chat_info, _gguf_kv, render_chat
-from l1quant.l1.prompt import EXACT_TOLERANCE, REPORT_SCHEMA, l1_prompt
-from l1quant.l1.runner import RunResult, _auto_ctx, _import_llama, _resolve_sampling, _Runner
+from l1quant.l1.prompt import BUDGET_COUNT_RULE, EXACT_TOLERANCE, REPORT_SCHEMA, l1_prompt
+from l1quant.l1.runner import (
+    RunResult,
+    _auto_ctx,
+    _check_resources,
+    _import_llama,
+    _resolve_sampling,
+    _Runner,
+)
 
 # --------------------------------------------------------------------------------------------------------------
 # Budget check: many models x budgets x problems
@@ -74,17 +82,21 @@ def load_problems(path: str | Path, *, limit: int | None = None) -> list[Problem
 
 @dataclass
 class BudgetRow:
-    """Aggregate for one (model, budget): see :meth:`BudgetReport.to_json` for the meaning of each field."""
+    """Aggregate for one (model, budget) over every problem and sample: see :meth:`BudgetReport.to_json`."""
 
     model: str
     budget: int
     runs: int
+    mean_tokens: float
+    median_tokens: float
     mean_reasoning_tokens: float
-    mean_total_tokens: float
+    mean_answer_tokens: float
     mean_rel_deviation: float
     share_within_budget: float
     share_kept: float
     share_think_closed: float
+    cap_hits: int
+    forced: int
     accuracy: float
 
 
@@ -100,6 +112,9 @@ class BudgetReport:
     problem_ids: list[str]
     seed: int
     sampling_overrides: dict[str, Any]
+    samples: int = 1
+    max_tokens: int | None = None
+    hard_limit: bool = False
     rows: list[BudgetRow] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -107,11 +122,15 @@ class BudgetReport:
         """The report as plain data; the schema is documented in :meth:`to_json`."""
         return {
             "schema": REPORT_SCHEMA,
+            "counted": BUDGET_COUNT_RULE,
             "mode": self.mode,
             "tolerance": self.tolerance,
             "budgets": list(self.budgets),
             "models": list(self.models),
             "problems": {"path": self.problems_path, "count": len(self.problem_ids), "ids": list(self.problem_ids)},
+            "samples": self.samples,
+            "max_tokens": self.max_tokens,
+            "hard_limit": self.hard_limit,
             "seed": self.seed,
             "sampling_overrides": dict(self.sampling_overrides),
             "results": [asdict(r) for r in self.rows],
@@ -119,42 +138,77 @@ class BudgetReport:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        """JSON text of the report. Schema ``l1quant.budget-check/1`` (fields are only ever added):
+        """JSON text of the report. Schema ``l1quant.budget-check/2``.
 
-        * ``schema`` (str), ``mode`` (``"exact"`` | ``"max"``), ``tolerance`` (float, Exact; null in Max mode),
-          ``budgets`` (list[int]), ``models`` (list[str], paths as given), ``seed`` (int: run for problem i uses
-          ``seed + i``), ``sampling_overrides`` (dict: the temperature/top_p/top_k given, null = GGUF default),
-          ``problems``: ``{"path", "count", "ids"}``.
-        * ``results``: one object per (model, budget), models in order, budgets ascending: ``model``, ``budget``,
-          ``runs``, ``mean_reasoning_tokens``, ``mean_total_tokens``, ``mean_rel_deviation`` (mean ``|n-N|/N``),
-          ``share_within_budget`` (share with ``n <= N``), ``share_kept`` (share keeping the mode's rule),
-          ``share_think_closed`` (share that emitted ``</think>``), ``accuracy`` (share whose boxed answer equals
-          the known integer). Shares are in [0, 1].
-        * ``runs``: one object per run: ``model``, ``budget``, ``problem_id``, ``reasoning_tokens``,
-          ``total_tokens``, ``think_closed``, ``stop_reason``, ``budget_kept``, ``rel_deviation``, ``boxed``,
-          ``answer`` (int or null), ``expected``, ``correct``, ``seed``, ``elapsed_s``.
+        Every length is n, LCPO's count: all generated tokens of a response, reasoning and answer together (the
+        end-of-generation token excluded), because that is what L1's reward compares with N. Schema 1 counted the
+        reasoning up to ``</think>`` instead; 2 renamed ``mean_total_tokens`` to ``mean_tokens`` and computes
+        deviation, within-budget and kept on n.
+
+        * ``schema`` (str), ``counted`` (str: the counting rule in words), ``mode`` (``"exact"`` | ``"max"``),
+          ``tolerance`` (float, Exact; null in Max mode), ``budgets`` (list[int], ascending), ``models``
+          (list[str], paths as given), ``problems``: ``{"path", "count", "ids"}``, ``samples`` (int: K runs per
+          problem), ``max_tokens`` (int, or null: 2 x N per budget), ``hard_limit`` (bool), ``seed`` (int: sample
+          s of problem i uses ``(seed + i * samples + s) mod 2**32``, the same for every model and budget),
+          ``sampling_overrides`` (dict: the temperature/top_p/top_k given, null = the GGUF's own).
+        * ``results``: one object per (model, budget), models in order, budgets ascending, over ``count x
+          samples`` runs: ``model``, ``budget``, ``runs``, ``mean_tokens`` and ``median_tokens`` (n),
+          ``mean_reasoning_tokens`` (through ``</think>``; all of n when it never closed), ``mean_answer_tokens``,
+          ``mean_rel_deviation`` (mean ``|n-N|/N``), ``share_within_budget`` (share with ``n <= N``),
+          ``share_kept`` (share keeping the mode's rule: Max ``n <= N``, Exact ``|n-N|/N <= tolerance``),
+          ``share_think_closed`` (share that emitted ``</think>``), ``cap_hits`` (int: runs cut at max_tokens),
+          ``forced`` (int: runs whose thinking ``hard_limit`` ended), ``accuracy`` (share of runs whose boxed
+          answer equals the known integer: the mean over problems of the mean over samples). Shares in [0, 1].
+        * ``runs``: one object per run: ``model``, ``budget``, ``problem_id``, ``sample``, ``seed``, ``tokens`` (n),
+          ``reasoning_tokens``, ``answer_tokens``, ``think_closed``, ``stop_reason`` (``"eos"`` | ``"length"``),
+          ``hit_cap``, ``forced``, ``budget_kept``, ``rel_deviation``, ``boxed``, ``answer`` (int or null),
+          ``expected``, ``correct``, ``elapsed_s``.
 
         Example:
-            >>> json.loads(report.to_json())["results"][0]["mean_reasoning_tokens"]  # doctest: +SKIP
+            >>> json.loads(report.to_json())["results"][0]["mean_tokens"]  # doctest: +SKIP
             497.3
         """
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     def table(self) -> str:
-        """Plain-text table, one line per (model, budget)."""
-        dev_head = "mean |n-N|/N" if self.mode == "exact" else "within budget"
-        header = f"{'model':<40} {'budget':>7} {'runs':>5} {'mean n':>9} {dev_head:>14} {'kept':>6} {'accuracy':>9}"
-        lines = [header, "-" * len(header)]
+        """Plain-text table, one line per (model, budget); columns padded to their widest cell.
+
+        ``n`` is every response token (LCPO's count); ``think`` / ``answer`` split its mean at ``</think>``.
+        Max mode's ``within N`` is the share with ``n <= N``; Exact's ``within ±tol`` the share with
+        ``|n-N|/N <= tolerance``. ``capped`` counts runs cut at the generation cap.
+
+        Example:
+            >>> rep = BudgetReport("max", None, [512], ["m.gguf"], "p.jsonl", ["a"], 0, {})
+            >>> rep.rows.append(BudgetRow("m.gguf", 512, 2, 480.0, 480.0, 400.0, 80.0, 0.0625, 1.0, 1.0, 1.0,
+            ...                           0, 0, 0.5))
+            >>> print(rep.table())
+            model   budget  runs  mean n  median n  think  answer  |n-N|/N  within N  capped  accuracy
+            ------  ------  ----  ------  --------  -----  ------  -------  --------  ------  --------
+            m.gguf     512     2   480.0     480.0  400.0    80.0    0.062      100%       0       50%
+        """
+        within = "within N" if self.mode == "max" else f"within ±{100 * (self.tolerance or 0):g}%"
+        head = ["model", "budget", "runs", "mean n", "median n", "think", "answer", "|n-N|/N", within, "capped",
+                "accuracy"]
+        if self.hard_limit:
+            head.insert(-1, "forced")
+        body: list[list[str]] = []
         for r in self.rows:
-            name = Path(r.model).name
-            name = name if len(name) <= 40 else "…" + name[-39:]
-            dev = f"{r.mean_rel_deviation:.3f}" if self.mode == "exact" else f"{100 * r.share_within_budget:.0f}%"
-            lines.append(f"{name:<40} {r.budget:>7} {r.runs:>5} {r.mean_reasoning_tokens:>9.1f} {dev:>14} "
-                         f"{100 * r.share_kept:>5.0f}% {100 * r.accuracy:>8.0f}%")
-        return "\n".join(lines)
+            cells = [Path(r.model).name, str(r.budget), str(r.runs), f"{r.mean_tokens:.1f}", f"{r.median_tokens:.1f}",
+                     f"{r.mean_reasoning_tokens:.1f}", f"{r.mean_answer_tokens:.1f}", f"{r.mean_rel_deviation:.3f}",
+                     f"{100 * r.share_kept:.0f}%", str(r.cap_hits), f"{100 * r.accuracy:.0f}%"]
+            if self.hard_limit:
+                cells.insert(-1, str(r.forced))
+            body.append(cells)
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+
+        def line(cells: list[str]) -> str:
+            # The model name reads left-aligned; every number right-aligned under its header.
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+        return "\n".join([line(head), line(["-" * w for w in widths]), *(line(c) for c in body)])
 
     def plot(self, path: str | Path) -> Path:
-        """Write a PNG (or any matplotlib format, by suffix) of mean reasoning tokens vs budget, one line per model.
+        """Write a PNG (or any matplotlib format, by suffix) of mean response tokens n vs budget, one line per model.
 
         The dashed diagonal is n = N (the Exact target; the Max ceiling). Needs matplotlib (``l1quant[plot]``).
 
@@ -166,7 +220,8 @@ class BudgetReport:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
         except ImportError:
-            raise RuntimeMissingError("plotting needs matplotlib: pip install 'l1quant[plot]'") from None
+            raise RuntimeMissingError("plotting needs matplotlib: pip install matplotlib (l1quant's plot "
+                                      "extra)") from None
         out = Path(path).expanduser()
         # Figure + Agg canvas directly: no pyplot, so no global backend switch in the caller's process.
         fig = Figure(figsize=(6.4, 4.8))
@@ -176,9 +231,9 @@ class BudgetReport:
         ax.plot(budgets, budgets, "--", color="grey", label="n = N")
         for model in self.models:
             rows = sorted((r for r in self.rows if r.model == model), key=lambda r: r.budget)
-            ax.plot([r.budget for r in rows], [r.mean_reasoning_tokens for r in rows], "o-", label=Path(model).name)
+            ax.plot([r.budget for r in rows], [r.mean_tokens for r in rows], "o-", label=Path(model).name)
         ax.set_xlabel("budget N (tokens)")
-        ax.set_ylabel("mean reasoning tokens n")
+        ax.set_ylabel("mean response tokens n (reasoning + answer)")
         ax.set_title(f"L1 length control ({self.mode})")
         ax.legend(fontsize="small")
         ax.grid(True, alpha=0.3)
@@ -194,19 +249,59 @@ def _mean(xs: Iterable[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def _row(model: str, budget: int, results: Sequence[tuple[Problem, RunResult]]) -> BudgetRow:
+    """Aggregate one (model, budget) cell; every length is n, all response tokens (LCPO's count)."""
+    rs = [r for _, r in results]
+    return BudgetRow(
+        model=model, budget=budget, runs=len(rs),
+        mean_tokens=_mean(r.total_tokens for r in rs),
+        median_tokens=float(statistics.median(r.total_tokens for r in rs)) if rs else float("nan"),
+        mean_reasoning_tokens=_mean(r.reasoning_tokens for r in rs),
+        mean_answer_tokens=_mean(r.answer_tokens for r in rs),
+        mean_rel_deviation=_mean(r.rel_deviation for r in rs),
+        share_within_budget=_mean(float(r.total_tokens <= budget) for r in rs),
+        share_kept=_mean(float(r.budget_kept) for r in rs),
+        share_think_closed=_mean(float(r.think_closed) for r in rs),
+        cap_hits=sum(r.hit_cap for r in rs),
+        forced=sum(r.forced_think_end for r in rs),
+        accuracy=_mean(float(r.answer == q.answer) for q, r in results),
+    )
+
+
+def _run_record(model: str, budget: int, q: Problem, sample: int, seed: int, r: RunResult) -> dict[str, Any]:
+    return {
+        "model": model, "budget": budget, "problem_id": q.id, "sample": sample, "seed": seed,
+        "tokens": r.total_tokens, "reasoning_tokens": r.reasoning_tokens, "answer_tokens": r.answer_tokens,
+        "think_closed": r.think_closed, "stop_reason": r.stop_reason, "hit_cap": r.hit_cap,
+        "forced": r.forced_think_end, "budget_kept": r.budget_kept, "rel_deviation": r.rel_deviation,
+        "boxed": r.boxed, "answer": r.answer, "expected": q.answer, "correct": r.answer == q.answer,
+        "elapsed_s": r.elapsed_s,
+    }
+
+
 def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_path: str | Path, *,
                  max_mode: bool = False, seed: int = 0, temperature: float | None = None,
                  top_p: float | None = None, top_k: int | None = None, max_tokens: int | None = None,
-                 limit: int | None = None, tolerance: float = EXACT_TOLERANCE,
+                 limit: int | None = None, tolerance: float = EXACT_TOLERANCE, samples: int = 1,
+                 hard_limit: bool = False, n_threads: int | None = None, n_gpu_layers: int | None = None,
                  progress: Callable[[RunResult], None] | None = None) -> BudgetReport:
-    """Run every model on every problem at every budget and aggregate length control and accuracy.
+    """Run every model on every problem, ``samples`` times, at every budget; aggregate length control and accuracy.
 
-    Run ``i`` (problem index) uses seed ``seed + i`` for every model and budget, so models are compared on the
-    same random stream. ``max_tokens`` defaults to :func:`default_max_tokens` of each budget. ``progress`` is
-    called after each run.
+    The L1 authors' protocol is the default: lengths count every response token (reasoning and answer, as LCPO's
+    reward does), at most 2 x N tokens per generation (``max_tokens`` overrides it for every budget), sampling
+    from the GGUF (R1/L1: temperature 0.6, top-p 0.95). The paper evaluates at budgets
+    :data:`~l1quant.l1.prompt.PAPER_BUDGETS` with several samples per problem; accuracy is the mean over samples.
+
+    Sample ``s`` of problem ``i`` uses seed ``(seed + i * samples + s) mod 2**32`` for every model and budget, so
+    models are compared on the same random streams. ``hard_limit``, ``n_threads`` and ``n_gpu_layers`` are as in
+    :func:`~l1quant.l1.runner.run`. ``progress`` is called after each run.
+
+    Raises :class:`~l1quant.errors.InputError` for bad arguments, an unreadable problems file or a missing model;
+    :class:`~l1quant.errors.RuntimeMissingError` without llama-cpp-python.
 
     Example:
-        >>> rep = budget_check(["L1-Q8_0.gguf", "L1-BF16.gguf"], [256, 512], "examples/problems.jsonl")  # doctest: +SKIP
+        >>> rep = budget_check(["L1-Q8_0.gguf", "L1-F16.gguf"], [512, 1024], "examples/problems.jsonl",
+        ...                    max_mode=True, samples=4)  # doctest: +SKIP
         >>> print(rep.table())  # doctest: +SKIP
     """
     if not models:
@@ -219,6 +314,9 @@ def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_
             raise InputError(f"budgets: expected positive integers, found {b!r}")
     if max_tokens is not None and max_tokens <= 0:
         raise InputError(f"max_tokens: expected a positive number, found {max_tokens}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise InputError(f"samples: expected a positive number of samples per problem, found {samples!r}")
+    _check_resources(n_threads, n_gpu_layers)
     problems = load_problems(problems_path, limit=limit)
     paths = [Path(m).expanduser() for m in models]
     for p in paths:
@@ -228,7 +326,8 @@ def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_
     overrides = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
     report = BudgetReport(mode="max" if max_mode else "exact", tolerance=None if max_mode else tolerance,
                           budgets=list(budgets), models=[str(m) for m in models], problems_path=str(problems_path),
-                          problem_ids=[q.id for q in problems], seed=seed, sampling_overrides=overrides)
+                          problem_ids=[q.id for q in problems], seed=seed, sampling_overrides=overrides,
+                          samples=samples, max_tokens=max_tokens, hard_limit=hard_limit)
     for model, path in zip(report.models, paths):
         kv = _gguf_kv(path)
         template, bos, eos = _gguf_chat_info(path, kv)
@@ -236,38 +335,24 @@ def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_
         longest = max(len(render_chat(l1_prompt(q.question, max(budgets), max_mode=max_mode), template,
                                       bos_token=bos, eos_token=eos).encode("utf-8")) for q in problems)
         cap = max(max_tokens if max_tokens is not None else default_max_tokens(b) for b in budgets)
-        runner = _Runner(path, n_ctx=_auto_ctx(longest, cap), kv=kv)
+        runner = _Runner(path, n_ctx=_auto_ctx(longest, cap), kv=kv, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
         try:
             sampling = _resolve_sampling(runner.sampling, temperature, top_p, top_k)
             for budget in budgets:
                 results: list[tuple[Problem, RunResult]] = []
                 for i, q in enumerate(problems):
-                    r = runner.generate(q.question, budget, max_mode=max_mode, sampling=sampling, seed=seed + i,
-                                        max_tokens=max_tokens if max_tokens is not None else default_max_tokens(budget),
-                                        tolerance=tolerance, stream_to=None)
-                    r.model = model
-                    results.append((q, r))
-                    report.runs.append({
-                        "model": model, "budget": budget, "problem_id": q.id,
-                        "reasoning_tokens": r.reasoning_tokens, "total_tokens": r.total_tokens,
-                        "think_closed": r.think_closed, "stop_reason": r.stop_reason, "budget_kept": r.budget_kept,
-                        "rel_deviation": r.rel_deviation, "boxed": r.boxed, "answer": r.answer,
-                        "expected": q.answer, "correct": r.answer == q.answer, "seed": seed + i,
-                        "elapsed_s": r.elapsed_s,
-                    })
-                    if progress is not None:
-                        progress(r)
-                rs = [r for _, r in results]
-                report.rows.append(BudgetRow(
-                    model=model, budget=budget, runs=len(rs),
-                    mean_reasoning_tokens=_mean(r.reasoning_tokens for r in rs),
-                    mean_total_tokens=_mean(r.total_tokens for r in rs),
-                    mean_rel_deviation=_mean(r.rel_deviation for r in rs),
-                    share_within_budget=_mean(float(r.reasoning_tokens <= budget) for r in rs),
-                    share_kept=_mean(float(r.budget_kept) for r in rs),
-                    share_think_closed=_mean(float(r.think_closed) for r in rs),
-                    accuracy=_mean(float(r.answer == q.answer) for q, r in results),
-                ))
+                    for s in range(samples):
+                        run_seed = (seed + i * samples + s) % 2**32
+                        r = runner.generate(q.question, budget, max_mode=max_mode, sampling=sampling, seed=run_seed,
+                                            max_tokens=max_tokens if max_tokens is not None
+                                            else default_max_tokens(budget),
+                                            tolerance=tolerance, stream_to=None, hard_limit=hard_limit)
+                        r.model = model
+                        results.append((q, r))
+                        report.runs.append(_run_record(model, budget, q, s, run_seed, r))
+                        if progress is not None:
+                            progress(r)
+                report.rows.append(_row(model, budget, results))
         finally:
             runner.close()
     return report

@@ -16,10 +16,28 @@ EXACT_TOLERANCE = 0.2
 DEFAULT_SAMPLING: dict[str, float | int] = {"temperature": 0.6, "top_p": 0.95, "top_k": 0, "min_p": 0.0}
 
 #: Version tag of :meth:`BudgetReport.to_json`; bumped only when a field changes meaning or disappears.
-REPORT_SCHEMA = "l1quant.budget-check/1"
+#: 2: lengths count every response token (LCPO's rule), not the reasoning up to ``</think>``; samples per problem.
+REPORT_SCHEMA = "l1quant.budget-check/2"
+
+#: The budgets the L1 authors evaluate at (their paper's tables and length-control plots).
+PAPER_BUDGETS: tuple[int, ...] = (512, 1024, 2048, 3600)
+
+#: The authors' evaluation generates at most this many times N tokens, for Exact and Max alike: room for an Exact
+#: model that overshoots by 100%, and a bound on a model that ignores the budget.
+MAX_TOKENS_FACTOR = 2
+
+#: What the budget is compared with, in words, for reports and ``--help``. LCPO's reward compares N with the
+#: length of the whole response, so a model is trained (and judged) on reasoning and answer together.
+BUDGET_COUNT_RULE = ("n = every generated token, reasoning and answer (the end-of-generation token excluded), "
+                     "the length LCPO trains L1 to match")
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+
+#: ``--hard-limit`` appends this when the response reaches N tokens with its thinking still open: the end of
+#: thinking, then the heading R1-style models put before their final answer and an opened box, so the model's
+#: next tokens are the answer itself (a gradable one even when the reasoning was cut short).
+FORCED_THINK_END = THINK_CLOSE + "\n\n**Final Answer**\n\\boxed{"
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 from l1quant.errors import InputError, RuntimeMissingError
 from l1quant.l1.answers import budget_kept, default_max_tokens, parse_integer_answer, parse_response
 from l1quant.l1.chat import _gguf_chat_info, _gguf_kv, render_chat
-from l1quant.l1.prompt import DEFAULT_SAMPLING, EXACT_TOLERANCE, THINK_CLOSE, l1_prompt
+from l1quant.l1.prompt import DEFAULT_SAMPLING, EXACT_TOLERANCE, FORCED_THINK_END, THINK_CLOSE, l1_prompt
 
 # --------------------------------------------------------------------------------------------------------------
 # Running a GGUF with llama-cpp-python
@@ -23,9 +23,17 @@ from l1quant.l1.prompt import DEFAULT_SAMPLING, EXACT_TOLERANCE, THINK_CLOSE, l1
 class RunResult:
     """One budgeted generation and what the model did with the budget.
 
-    ``reasoning_tokens`` counts generated tokens up to and including ``</think>``; ``total_tokens`` every generated
-    token (the end-of-generation token excluded). ``rel_deviation`` is ``|n - N| / N``. ``stop_reason`` is
-    ``"eos"`` (the model ended) or ``"length"`` (``max_tokens`` reached).
+    Token counts (all in tokens of the model's vocabulary, the end-of-generation token never counted):
+
+    * ``total_tokens`` (n): every token of the response, reasoning and answer together, including any that
+      ``hard_limit`` inserted. This is the length LCPO's reward compares with N, so ``budget_kept`` and
+      ``rel_deviation`` (``|n - N| / N``) are computed on it.
+    * ``reasoning_tokens``: up to and including ``</think>`` (every token when the thinking never closed);
+      ``answer_tokens`` = ``total_tokens - reasoning_tokens`` (0 when it never closed).
+
+    ``stop_reason`` is ``"eos"`` (the model ended) or ``"length"`` (``max_tokens`` reached: ``hit_cap``).
+    ``forced_think_end`` is true when ``hard_limit`` ended the thinking at N tokens (``</think>`` and an answer
+    cue were inserted, see :data:`l1quant.l1.prompt.FORCED_THINK_END`).
     """
 
     model: str
@@ -50,21 +58,42 @@ class RunResult:
     seed: int | None
     max_tokens: int
     elapsed_s: float
+    answer_tokens: int = 0
+    hit_cap: bool = False
+    hard_limit: bool = False
+    forced_think_end: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (field names as above)."""
         return asdict(self)
 
     def summary(self) -> str:
-        """Human-readable report, a few lines."""
+        """Human-readable report, a few lines.
+
+        Example:
+            >>> r = RunResult("m.gguf", "q", 512, "max", "p", 40, "t", "r", "a", "391", 391, 431, 498, True, "eos",
+            ...               True, 0.02734375, None, {}, 0, 1024, 2.0, answer_tokens=67)
+            >>> print(r.summary())
+            response tokens n: 498 = reasoning 431 (through </think>) + answer 67; budget 512 (max)
+            budget kept (n <= 512): yes; |n-N|/N = 0.027
+            stop: end of generation (cap 1024 tokens); prompt tokens: 40
+            answer: 391
+            time: 2.0 s, 249.0 tok/s
+        """
         mode = "max" if self.mode == "max" else "exact"
         rule = f"n <= {self.budget}" if mode == "max" else f"|n-N|/N <= {self.tolerance:g}"
-        closed = "" if self.think_closed else " (no </think>: thinking never closed)"
-        lines = [
-            f"reasoning tokens: {self.reasoning_tokens} of budget {self.budget} ({mode}){closed}",
-            f"deviation |n-N|/N: {self.rel_deviation:.3f}",
-            f"budget kept ({rule}): {'yes' if self.budget_kept else 'no'}",
-            f"total tokens: {self.total_tokens} (stop: {self.stop_reason}), prompt tokens: {self.prompt_tokens}",
+        if self.think_closed:
+            split = f" = reasoning {self.reasoning_tokens} (through </think>) + answer {self.answer_tokens}"
+        else:
+            split = ", all reasoning (no </think>: the thinking never closed)"
+        lines = [f"response tokens n: {self.total_tokens}{split}; budget {self.budget} ({mode})"]
+        if self.forced_think_end:
+            lines.append(f"thinking forced to end at {self.budget} tokens (--hard-limit): </think> and an answer cue "
+                         "inserted")
+        lines += [
+            f"budget kept ({rule}): {'yes' if self.budget_kept else 'no'}; |n-N|/N = {self.rel_deviation:.3f}",
+            ("stop: end of generation" if self.stop_reason == "eos" else "stop: hit the cap")
+            + f" (cap {self.max_tokens} tokens); prompt tokens: {self.prompt_tokens}",
             "answer: " + (self.boxed if self.boxed is not None else "(no \\boxed{} answer)"),
             f"time: {self.elapsed_s:.1f} s"
             + (f", {self.total_tokens / self.elapsed_s:.1f} tok/s" if self.elapsed_s > 0 else ""),
@@ -72,11 +101,16 @@ class RunResult:
         return "\n".join(lines)
 
 
+#: How to get llama-cpp-python, for every message that needs it. l1quant installs from a checkout (it is not on
+#: PyPI), so "pip install 'l1quant[run]'" would look for a package that is not there: name the pinned runtime.
+RUN_INSTALL_HINT = "pip install 'llama-cpp-python==0.3.36' (l1quant's run extra; in a checkout: pip install '.[run]')"
+
+
 def _import_llama() -> Any:
     try:
         import llama_cpp
     except ImportError:
-        raise RuntimeMissingError("running a GGUF needs llama-cpp-python: pip install 'l1quant[run]'") from None
+        raise RuntimeMissingError(f"running a GGUF needs llama-cpp-python: {RUN_INSTALL_HINT}") from None
     return llama_cpp
 
 
@@ -123,11 +157,111 @@ class _ThinkCounter:
         self._tail = buf[-(len(THINK_CLOSE) - 1):]
 
 
+@dataclass
+class _Generation:
+    """What :func:`_generate_counted` produced: the text and the counts :class:`RunResult` reports."""
+
+    text: str
+    total_tokens: int
+    reasoning_tokens: int | None  # None: </think> never came
+    stop_reason: str  # "eos" | "length"
+    forced: bool
+
+
+def _generate_counted(start: Callable[[list[int]], Iterator[int]], prompt: Sequence[int], *,
+                      detokenize: Callable[[int], bytes], is_eog: Callable[[int], bool], think_close_id: int | None,
+                      max_tokens: int, force_at: int | None = None, force_ids: Sequence[int] = (),
+                      stream_to: Callable[[str], None] | None = None) -> _Generation:
+    """Sample a response token by token, counting it as LCPO does, optionally forcing the thinking to end.
+
+    ``start(tokens)`` begins sampling after the token sequence ``tokens`` (prompt, then the response so far) and
+    yields token ids; it is called again, with the inserted tokens appended, after a forced end of thinking.
+    Every token it yields is a response token until an end-of-generation one (``is_eog``), which ends the
+    response uncounted; the response is cut at ``max_tokens`` tokens (then ``stop_reason`` is ``"length"``).
+    When ``force_at`` is set and the response reaches that many tokens with no ``</think>``, ``force_ids`` (the
+    tokens of :data:`FORCED_THINK_END`) are appended as response tokens, only as many as the cap leaves room for.
+
+    The model-free core of :meth:`_Runner.generate`, so tests can pin the counts on scripted token streams.
+
+    Example:
+        >>> text = {1: b"so", 2: b" 8", 9: b"</think>", 3: b"It is 8.", 0: b""}
+        >>> g = _generate_counted(lambda seq: iter([1, 2, 9, 3, 0]), [100], detokenize=text.__getitem__,
+        ...                       is_eog=lambda t: t == 0, think_close_id=9, max_tokens=16)
+        >>> g.total_tokens, g.reasoning_tokens, g.stop_reason, g.text
+        (4, 3, 'eos', 'so 8</think>It is 8.')
+    """
+    seq = list(prompt)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    counter = _ThinkCounter(think_close_id)
+    pieces: list[str] = []
+    stop_reason = "length"
+    forced = False
+
+    def emit(tok: int) -> None:
+        seq.append(tok)
+        piece = decoder.decode(detokenize(tok))
+        counter.feed(tok, piece)
+        pieces.append(piece)
+        if stream_to is not None and piece:
+            stream_to(piece)
+
+    stream = start(list(seq))
+    try:
+        while counter.generated < max_tokens:
+            tok = next(stream, None)
+            if tok is None or is_eog(tok):  # a backend that stops yielding has ended the response too
+                stop_reason = "eos"
+                break
+            emit(tok)
+            if (force_at is not None and not forced and counter.reasoning_tokens is None
+                    and counter.generated >= force_at and counter.generated < max_tokens and force_ids):
+                forced = True
+                for f in list(force_ids)[: max_tokens - counter.generated]:
+                    emit(f)
+                _close(stream)
+                if counter.generated < max_tokens:
+                    # Sampling resumes after the inserted tokens (llama.cpp reuses the evaluated prefix).
+                    stream = start(list(seq))
+    finally:
+        _close(stream)
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        pieces.append(tail)
+        if stream_to is not None:
+            stream_to(tail)
+    return _Generation("".join(pieces), counter.generated, counter.reasoning_tokens, stop_reason, forced)
+
+
+def _close(stream: Iterator[int]) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+
+
+def _result(gen: _Generation, *, model: str, question: str, budget: int, max_mode: bool, prompt: str,
+            prompt_tokens: int, sampling: Mapping[str, Any], seed: int | None, max_tokens: int, tolerance: float,
+            hard_limit: bool, elapsed_s: float) -> RunResult:
+    """The :class:`RunResult` of a generation: the verdict on every response token (LCPO's count)."""
+    parsed = parse_response(gen.text)
+    n = gen.total_tokens
+    reasoning = gen.reasoning_tokens if gen.reasoning_tokens is not None else n
+    return RunResult(
+        model=model, question=question, budget=budget, mode="max" if max_mode else "exact", prompt=prompt,
+        prompt_tokens=prompt_tokens, text=gen.text, reasoning=parsed.reasoning, answer_text=parsed.answer,
+        boxed=parsed.boxed, answer=parse_integer_answer(parsed.boxed), reasoning_tokens=reasoning, total_tokens=n,
+        think_closed=gen.reasoning_tokens is not None, stop_reason=gen.stop_reason,
+        budget_kept=budget_kept(n, budget, max_mode=max_mode, tolerance=tolerance),
+        rel_deviation=abs(n - budget) / budget, tolerance=None if max_mode else tolerance, sampling=dict(sampling),
+        seed=seed, max_tokens=max_tokens, elapsed_s=elapsed_s, answer_tokens=n - reasoning,
+        hit_cap=gen.stop_reason == "length", hard_limit=hard_limit, forced_think_end=gen.forced,
+    )
+
+
 class _Runner:
     """One loaded GGUF (llama-cpp-python) plus what l1quant needs around it; reused across runs."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int, kv: Mapping[str, Any],
-                 n_threads: int | None = None) -> None:
+                 n_threads: int | None = None, n_gpu_layers: int | None = None) -> None:
         llama_cpp = _import_llama()
         self.path = Path(model_path).expanduser()
         if not self.path.is_file():
@@ -136,8 +270,10 @@ class _Runner:
         self.template, self.bos_text, self.eos_text = _gguf_chat_info(self.path, kv)
         self.sampling = _sampling_from_kv(kv)
         self.n_ctx = n_ctx
+        extra: dict[str, Any] = {} if n_gpu_layers is None else {"n_gpu_layers": n_gpu_layers}
         try:
-            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads, verbose=False,
+                                       **extra)
         except (ValueError, RuntimeError, OSError) as e:
             raise InputError(f"{self.path}: llama.cpp could not load the model: {e}") from None
         self._llama_cpp = llama_cpp
@@ -145,6 +281,7 @@ class _Runner:
         # </think> is one special token in R1/L1 vocabularies; when it is, count by id (exact, no text matching).
         ids = self.llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=True)
         self.think_close_id: int | None = ids[0] if len(ids) == 1 else None
+        self.force_ids: list[int] = self.llm.tokenize(FORCED_THINK_END.encode(), add_bos=False, special=True)
 
     def is_eog(self, token: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
@@ -159,8 +296,8 @@ class _Runner:
         return toks
 
     def generate(self, question: str, budget: int, *, max_mode: bool, sampling: Mapping[str, Any],
-                 seed: int | None, max_tokens: int, tolerance: float,
-                 stream_to: Callable[[str], None] | None) -> RunResult:
+                 seed: int | None, max_tokens: int, tolerance: float, stream_to: Callable[[str], None] | None,
+                 hard_limit: bool = False) -> RunResult:
         user = l1_prompt(question, budget, max_mode=max_mode)
         prompt = render_chat(user, self.template, bos_token=self.bos_text, eos_token=self.eos_text)
         toks = self.tokenize_prompt(prompt)
@@ -172,44 +309,19 @@ class _Runner:
             self.llm.set_seed(seed)
         self.llm.reset()
 
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        counter = _ThinkCounter(self.think_close_id)
-        pieces: list[str] = []
-        stop_reason = "length"
-        start = time.perf_counter()
-        for tok in self.llm.generate(toks, temp=sampling["temperature"], top_p=sampling["top_p"],
-                                     top_k=sampling["top_k"], min_p=sampling["min_p"], repeat_penalty=1.0,
-                                     reset=True):
-            if self.is_eog(tok):
-                stop_reason = "eos"
-                break
-            piece = decoder.decode(self.llm.detokenize([tok], special=True))
-            counter.feed(tok, piece)
-            pieces.append(piece)
-            if stream_to is not None and piece:
-                stream_to(piece)
-            if counter.generated >= max_tokens:
-                break
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            pieces.append(tail)
-            if stream_to is not None:
-                stream_to(tail)
-        elapsed = time.perf_counter() - start
-        text = "".join(pieces)
-        parsed = parse_response(text)
-        generated = counter.generated
-        reasoning_tokens = counter.reasoning_tokens
-        n = reasoning_tokens if reasoning_tokens is not None else generated
-        return RunResult(
-            model=str(self.path), question=question, budget=budget, mode="max" if max_mode else "exact",
-            prompt=prompt, prompt_tokens=len(toks), text=text, reasoning=parsed.reasoning,
-            answer_text=parsed.answer, boxed=parsed.boxed, answer=parse_integer_answer(parsed.boxed),
-            reasoning_tokens=n, total_tokens=generated, think_closed=reasoning_tokens is not None,
-            stop_reason=stop_reason, budget_kept=budget_kept(n, budget, max_mode=max_mode, tolerance=tolerance),
-            rel_deviation=abs(n - budget) / budget, tolerance=None if max_mode else tolerance,
-            sampling=dict(sampling), seed=seed, max_tokens=max_tokens, elapsed_s=elapsed,
-        )
+        def start(seq: list[int]) -> Iterator[int]:
+            return iter(self.llm.generate(seq, temp=sampling["temperature"], top_p=sampling["top_p"],
+                                          top_k=sampling["top_k"], min_p=sampling["min_p"], repeat_penalty=1.0,
+                                          reset=True))
+
+        t0 = time.perf_counter()
+        gen = _generate_counted(start, toks, detokenize=lambda t: self.llm.detokenize([t], special=True),
+                                is_eog=self.is_eog, think_close_id=self.think_close_id, max_tokens=max_tokens,
+                                force_at=budget if hard_limit else None, force_ids=self.force_ids,
+                                stream_to=stream_to)
+        return _result(gen, model=str(self.path), question=question, budget=budget, max_mode=max_mode,
+                       prompt=prompt, prompt_tokens=len(toks), sampling=sampling, seed=seed, max_tokens=max_tokens,
+                       tolerance=tolerance, hard_limit=hard_limit, elapsed_s=time.perf_counter() - t0)
 
     def close(self) -> None:
         self.llm.close()
@@ -239,26 +351,45 @@ def _auto_ctx(prompt_bytes: int, max_tokens: int) -> int:
     return max(512, -(-need // 256) * 256)
 
 
+def _check_resources(n_threads: int | None, n_gpu_layers: int | None) -> None:
+    if n_threads is not None and (isinstance(n_threads, bool) or n_threads < 1):
+        raise InputError(f"n_threads: expected a positive number of threads, found {n_threads!r}")
+    if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or n_gpu_layers < -1):
+        raise InputError(f"n_gpu_layers: expected -1 (all) or a number of layers >= 0, found {n_gpu_layers!r}")
+
+
 def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = False,
         temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
         seed: int | None = None, max_tokens: int | None = None, n_ctx: int | None = None,
-        tolerance: float = EXACT_TOLERANCE, stream_to: Callable[[str], None] | None = None) -> RunResult:
-    """Ask an L1 GGUF ``question`` with a thinking budget and measure what it did with it.
+        tolerance: float = EXACT_TOLERANCE, stream_to: Callable[[str], None] | None = None,
+        hard_limit: bool = False, n_threads: int | None = None, n_gpu_layers: int | None = None) -> RunResult:
+    """Ask an L1 GGUF ``question`` with a thinking budget of ``budget`` tokens and measure what it did with it.
 
-    The prompt is :func:`l1_prompt` rendered through the GGUF's own chat template. Sampling defaults come from the
-    GGUF's ``general.sampling.temp/top_p/top_k/min_p`` when present, else temperature 0.6, top_p 0.95 (R1/L1);
-    each is overridable. ``max_tokens`` defaults to :func:`default_max_tokens`; ``n_ctx`` defaults to what the
-    prompt plus ``max_tokens`` need. ``stream_to`` receives the text as it is generated.
+    The prompt is :func:`l1_prompt` rendered through the GGUF's own chat template. The verdict
+    (``budget_kept``, ``rel_deviation``) counts every response token, reasoning and answer together, as LCPO's
+    reward does; reasoning and answer tokens are reported separately too (see :class:`RunResult`).
+
+    Sampling defaults come from the GGUF's ``general.sampling.temp/top_p/top_k/min_p`` when present, else
+    temperature 0.6, top_p 0.95 (R1/L1); each is overridable. ``max_tokens`` defaults to 2 x ``budget``
+    (:func:`default_max_tokens`, the authors' protocol); ``n_ctx`` defaults to what the prompt plus
+    ``max_tokens`` need. ``hard_limit`` ends the thinking when the response reaches ``budget`` tokens without
+    ``</think>`` (inserting :data:`FORCED_THINK_END`) and lets the model write its answer: budget forcing for
+    models that overshoot. ``n_threads`` and ``n_gpu_layers`` go to llama.cpp (default: its own choice; no GPU
+    layers). ``stream_to`` receives the text as it is generated.
+
+    Raises :class:`~l1quant.errors.InputError` for a bad argument, a missing or unloadable file, or a prompt
+    longer than ``n_ctx``; :class:`~l1quant.errors.RuntimeMissingError` without llama-cpp-python.
 
     Example:
-        >>> r = run("L1-Qwen-1.5B-Exact-Q8_0.gguf", "What is 17*3?", 512, seed=0)  # doctest: +SKIP
-        >>> r.reasoning_tokens, r.budget_kept, r.boxed  # doctest: +SKIP
-        (498, True, '51')
+        >>> r = run("L1-Qwen-1.5B-Max-Q8_0.gguf", "What is 17*3?", 512, max_mode=True, seed=0)  # doctest: +SKIP
+        >>> r.total_tokens, r.reasoning_tokens, r.budget_kept, r.boxed  # doctest: +SKIP
+        (402, 371, True, '51')
     """
     user = l1_prompt(question, budget, max_mode=max_mode)  # validates before loading anything
     max_tokens = default_max_tokens(budget) if max_tokens is None else max_tokens
     if max_tokens <= 0:
         raise InputError(f"max_tokens: expected a positive number, found {max_tokens}")
+    _check_resources(n_threads, n_gpu_layers)
     path = Path(model_path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such GGUF file")
@@ -267,10 +398,11 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
     if n_ctx is None:
         template, bos, eos = _gguf_chat_info(path, kv)
         n_ctx = _auto_ctx(len(render_chat(user, template, bos_token=bos, eos_token=eos).encode("utf-8")), max_tokens)
-    runner = _Runner(path, n_ctx=n_ctx, kv=kv)
+    runner = _Runner(path, n_ctx=n_ctx, kv=kv, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
     try:
         sampling = _resolve_sampling(runner.sampling, temperature, top_p, top_k)
         return runner.generate(question, budget, max_mode=max_mode, sampling=sampling, seed=seed,
-                               max_tokens=max_tokens, tolerance=tolerance, stream_to=stream_to)
+                               max_tokens=max_tokens, tolerance=tolerance, stream_to=stream_to,
+                               hard_limit=hard_limit)
     finally:
         runner.close()
