@@ -11,7 +11,8 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType, GGUFValueType
 
 from l1quant.arch import Arch
-from l1quant.check.report import FAIL, Check, _check
+from l1quant.check.report import FAIL, PASS, SKIP, Check, _check
+from l1quant.conversion.mixes import Mix, assign_types, get_mix
 from l1quant.conversion.plan import stays_f32, tensor_qtype
 from l1quant.errors import ConfigError
 from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
@@ -242,13 +243,69 @@ def _bad_merges(merges: list[Any]) -> list[int]:
             if not isinstance(m, str) or len(parts := m.split(" ")) != 2 or not all(parts) or "\n" in m]
 
 
+def file_mix(gf: GGUFFile) -> Mix | None:
+    """The llama-quantize mix a file was written as: its ``general.file_type`` names one and is the file's last
+    key (llama-quantize appends it; the converter writes it before the tokenizer keys). None otherwise.
+
+    Example:
+        >>> file_mix(read_gguf("m-Q4_K_M.gguf")).name  # doctest: +SKIP
+        'Q4_K_M'
+    """
+    keys = list(gf.kv)
+    ft = gf.kv.get(gguf.Keys.General.FILE_TYPE)
+    if not keys or keys[-1] != gguf.Keys.General.FILE_TYPE or isinstance(ft, bool) or not isinstance(ft, int):
+        return None
+    try:
+        return get_mix(ft)
+    except ConfigError:
+        return None
+
+
 def _matrix_types(gf: GGUFFile) -> QuantType | None:
-    """The kernel type general.file_type names (None when absent or not one l1quant writes)."""
+    """The converter type general.file_type names, for a file laid out as the converter writes it (None when
+    absent, not a converter type, or the file is a llama-quantize mix: see :func:`file_mix`)."""
+    if file_mix(gf) is not None:
+        return None
     ft = gf.kv.get(gguf.Keys.General.FILE_TYPE)
     for qt in QUANT_TYPES.values():
-        if qt.file_type == ft:
+        if qt.file_type == ft and qt.name in ("F32", "F16", "BF16", "Q8_0"):
             return qt
     return None
+
+
+def file_type_name(gf: GGUFFile) -> str | None:
+    """The file's type as llama.cpp names it (``Q4_K_M``, ``Q8_0``...), from ``general.file_type``.
+
+    Example:
+        >>> file_type_name(read_gguf("m-Q4_K_M.gguf"))  # doctest: +SKIP
+        'Q4_K_M'
+    """
+    mix = file_mix(gf)
+    if mix is not None:
+        return mix.name
+    qt = _matrix_types(gf)
+    return None if qt is None else qt.name
+
+
+def _mix_types(gf: GGUFFile, arch: Arch, cfg: ModelConfig, mix: Mix) -> tuple[list[str], list[str]]:
+    """(structural problems, deviations from the mix's default rule) of a llama-quantize file's tensor types."""
+    problems: list[str] = []
+    try:
+        a = assign_types([(t.name, t.shape) for t in gf.tensors], mix, n_layer=cfg.num_hidden_layers,
+                         n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads, arch=arch.name)
+    except ConfigError as e:
+        return [f"the {mix.name} rule cannot be applied: {e}"], []
+    deviations = []
+    for t in gf.tensors:
+        want = a.types.get(t.name)
+        if want is not None and t.ggml_type != want:
+            deviations.append(f"{_q(t.name)} is {t.ggml_type.name} (rule: {want.name})")
+        if want is None and t.ggml_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16,
+                                                 GGMLQuantizationType.BF16):
+            problems.append(f"tensor {_q(t.name)} is {t.ggml_type.name}; llama-quantize never quantizes it")
+    if a.order != tuple(t.name for t in gf.tensors):
+        problems.append("tensors are not in llama-quantize's order (non-blk names sorted, then layer by layer)")
+    return problems, deviations
 
 
 def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig) -> list[Check]:
@@ -264,31 +321,49 @@ def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig) -> list[Check]:
         if t is not None and t.shape != tuple(reversed(hf_shape)):
             shapes.append(f"tensor {_q(name)} has shape {list(t.shape)}, the hparams imply "
                           f"{list(reversed(hf_shape))} (ggml order)")
+    mix = file_mix(gf)
     ftype = _matrix_types(gf)
     types = []
     ft_val = gf.kv.get(gguf.Keys.General.FILE_TYPE)
-    if ft_val is not None and ftype is None:
-        types.append(f"general.file_type is {ft_val!r}, not one of "
-                     f"{', '.join(f'{q.file_type} ({q.name})' for q in QUANT_TYPES.values())}")
+    if ft_val is not None and ftype is None and mix is None:
+        types.append(f"general.file_type is {ft_val!r}, not a type l1quant knows (converter types "
+                     f"{', '.join(f'{q.file_type} ({q.name})' for q in QUANT_TYPES.values() if q.file_type in (0, 1, 7, 32))}"
+                     ", or a llama-quantize type as the last key)")
     for t in gf.tensors:
         if stays_f32(t.name, len(t.shape), arch):
             if t.ggml_type != GGMLQuantizationType.F32:
                 types.append(f"tensor {_q(t.name)} is {t.ggml_type.name}, norms/biases/1-D tensors must be F32")
             continue
+        if t.ggml_type.name not in QUANT_TYPES:
+            types.append(f"tensor {_q(t.name)} has type {t.ggml_type.name}, which l1quant does not write "
+                         f"({', '.join(QUANT_TYPES)})")
+            continue
         if ftype is None:
-            if t.ggml_type.name not in QUANT_TYPES:
-                types.append(f"tensor {_q(t.name)} has type {t.ggml_type.name}, which l1quant does not write "
-                             f"({', '.join(QUANT_TYPES)})")
             continue
         want = tensor_qtype(t.name, t.shape[0], len(t.shape), arch, ftype)  # ggml order: shape[0] is the row
         if t.ggml_type != want.ggml_type:
             types.append(f"tensor {_q(t.name)} is {t.ggml_type.name}, general.file_type says {want.name}")
-    return [
+    checks = [
         _check("tensors.present", pres, f"all {len(expected)} expected tensors present, none unexpected"),
         _check("tensors.shapes", shapes, "every tensor has the shape the hparams imply"),
-        _check("tensors.types", types,
-               f"norms/biases F32, matrices {ftype.name if ftype else 'a known type'} (the converter's type rules)"),
     ]
+    if mix is None:
+        checks.append(_check("tensors.types", types, f"norms/biases F32, matrices "
+                                                     f"{ftype.name if ftype else 'a known type'} (the converter's "
+                                                     "type rules)"))
+        return checks
+    problems, deviations = _mix_types(gf, arch, cfg, mix)
+    checks.append(_check("tensors.types", types + problems,
+                         f"norms/biases F32, every type known, in llama-quantize's order for {mix.name}"))
+    if deviations:
+        # per-tensor flags (--pure, --tensor-type ...) legitimately change types: said, not failed
+        checks.append(Check("tensors.mix", SKIP, f"{len(deviations)} tensor(s) differ from the default {mix.name} "
+                                                 f"rule (made with per-tensor options?): {'; '.join(deviations[:3])}"
+                                                 + (" ..." if len(deviations) > 3 else ""),
+                            deviations))
+    else:
+        checks.append(Check("tensors.mix", PASS, f"every tensor has the type llama-quantize's {mix.name} rule gives"))
+    return checks
 
 
 def _check_layout(gf: GGUFFile) -> Check:

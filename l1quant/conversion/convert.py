@@ -118,8 +118,12 @@ def prepare(
     metadata: str | os.PathLike[str] | None = None,
     pre: str | None = None,
     options: QuantOptions | None = None,
+    as_mix: bool = False,
 ) -> Prepared:
     """Read and validate everything, build the header and decide the output path; write nothing.
+
+    ``as_mix`` treats a converter type (``q8_0``, ``f16``...) as llama-quantize's mix of that name, the layout
+    of a file llama-quantize wrote (verify uses it to rebuild such a file).
 
     Example:
         >>> p = prepare("tiny-qwen2", "q8_0")  # doctest: +SKIP
@@ -130,7 +134,7 @@ def prepare(
     cfg = ModelConfig.load(model_dir)
     arch = get_arch(cfg.architecture)
     ckpt = open_checkpoint(model_dir)
-    plan = make_plan(ckpt, cfg, arch, type, options)  # before the vocab: tensor problems are refused seconds sooner
+    plan = make_plan(ckpt, cfg, arch, type, options, as_mix=as_mix)  # before the vocab: tensor problems are refused seconds sooner
     vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
 
     gw = new_header(plan)

@@ -223,11 +223,11 @@ def resolve_mix(out_type: str, options: QuantOptions | None) -> Mix | None:
 
 
 def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
-              options: QuantOptions | None = None) -> ConversionPlan:
+              options: QuantOptions | None = None, *, as_mix: bool = False) -> ConversionPlan:
     """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
 
     ``out_type`` is a converter type or a llama-quantize mix (see the module docstring); ``options`` are
-    llama-quantize's per-tensor flags. Refuses (``TensorError``): a tensor name the architecture cannot map, a
+    llama-quantize's per-tensor flags; ``as_mix`` applies a converter type as llama-quantize's mix of that name. Refuses (``TensorError``): a tensor name the architecture cannot map, a
     non-float weight, a tensor with the wrong shape, a tensor missing, or two source tensors mapping to one GGUF
     name; (``ConfigError``) an unknown type or a per-tensor type l1quant has no kernel for.
 
@@ -239,7 +239,7 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
     req = str(out_type).lower()
     if req not in OUT_TYPES:
         raise ConfigError(f"--type {out_type!r} is not one of {', '.join(OUT_TYPES)}")
-    mix = resolve_mix(req, options)
+    mix = get_mix(req) if as_mix and req != "auto" else resolve_mix(req, options)
     qt = resolve_out_type(req, ckpt, arch.skip_suffixes) if mix is None else lossless_type(ckpt, arch.skip_suffixes)
     f32 = get_quant_type("f32")
     name_map = arch.tensor_name_map(cfg.num_hidden_layers)

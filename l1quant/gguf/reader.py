@@ -598,12 +598,16 @@ def describe(gf: GGUFFile, tokens: int = 8) -> dict[str, Any]:
         else:
             item["value"] = value
         kvs.append(item)
-    by_type: dict[str, dict[str, int]] = {}
+    by_type: dict[str, dict[str, Any]] = {}
     for t in gf.tensors:
         e = by_type.setdefault(t.ggml_type.name, {"count": 0, "nbytes": 0, "n_elements": 0})
         e["count"] += 1
         e["nbytes"] += t.nbytes
         e["n_elements"] += t.n_elements
+    for e in by_type.values():  # bits per weight, llama.cpp's "BPW": stored bits over values, scales included
+        e["bpw"] = round(8 * e["nbytes"] / e["n_elements"], 4) if e["n_elements"] else 0.0
+    n_elem = sum(t.n_elements for t in gf.tensors)
+    data_bytes = sum(t.nbytes for t in gf.tensors)
     return {
         "file": str(gf.path),
         "file_size": gf.file_size,
@@ -616,8 +620,9 @@ def describe(gf: GGUFFile, tokens: int = 8) -> dict[str, Any]:
         "totals": {
             "n_kv": len(gf.kv),
             "n_tensors": len(gf.tensors),
-            "n_elements": sum(t.n_elements for t in gf.tensors),
-            "data_bytes": sum(t.nbytes for t in gf.tensors),
+            "n_elements": n_elem,
+            "data_bytes": data_bytes,
+            "bpw": round(8 * data_bytes / n_elem, 4) if n_elem else 0.0,
             "by_type": by_type,
         },
     }
@@ -663,7 +668,9 @@ def format_description(d: dict[str, Any]) -> str:
             shape = "[" + ", ".join(str(x) for x in t["shape"]) + "]"
             lines.append(f"  {t['name']:<{nw}}  {t['type']:<7} {shape:<22} {t['nbytes']:>14} {t['offset']:>14}")
     tot = d["totals"]
-    lines += ["", f"totals: {tot['n_tensors']} tensors, {tot['n_elements']} elements, {tot['data_bytes']} bytes"]
-    for name, e in sorted(tot["by_type"].items()):
-        lines.append(f"  {name:<7} {e['count']:>5} tensors {e['nbytes']:>14} bytes")
+    lines += ["", f"totals: {tot['n_tensors']} tensors, {tot['n_elements']} elements, {tot['data_bytes']} bytes, "
+                  f"{tot['bpw']:.2f} bits per weight"]
+    for name, e in sorted(tot["by_type"].items(), key=lambda kv: -kv[1]["nbytes"]):
+        lines.append(f"  {name:<7} {e['count']:>5} tensors {e['n_elements']:>14} elements {e['nbytes']:>14} bytes "
+                     f"{e['bpw']:>7.4f} bpw")
     return "\n".join(lines)
