@@ -11,7 +11,7 @@ Example:
     >>> t = ckpt.tensors["model.embed_tokens.weight"]         # doctest: +SKIP
     >>> t.dtype, t.shape                                      # doctest: +SKIP
     ('BF16', (151936, 1536))
-    >>> rows = t.read_rows(0, 8)                              # doctest: +SKIP  (uint16 array, shape (8, 1536))
+    >>> rows = t.read_rows(0, 8)  # a uint16 array of shape (8, 1536)  # doctest: +SKIP
 """
 
 from __future__ import annotations
