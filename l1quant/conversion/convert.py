@@ -235,7 +235,22 @@ def convert(
             p.output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"{p.output.parent}: cannot create the output folder: {e.strerror or e}") from e
-    plan = p.plan
+    write_gguf(p.plan, p.header, p.output, threads=threads, chunk_bytes=chunk_bytes,
+               allow_nonfinite=allow_nonfinite, durable=durable, progress=progress)
+    return p.output
+
+
+def write_gguf(plan: ConversionPlan, header: gguf.GGUFWriter, output: Path, *, threads: int | None = None,
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES, allow_nonfinite: bool = False, durable: bool = False,
+               progress: bool | Callable[[int], None] = False) -> None:
+    """Write ``header`` and stream every tensor of ``plan`` into ``output``, atomically; log one summary line.
+
+    The shared last step of ``convert`` and ``quantize`` (their parameters of the same names). ``progress``: True
+    for a bar on stderr counting output bytes, or a callback receiving them.
+
+    Example:
+        >>> write_gguf(plan, header, Path("out.gguf"), threads=2)  # doctest: +SKIP
+    """
     started = time.monotonic()
     bar: Any = None
     cb: Callable[[int], None] | None
@@ -243,13 +258,13 @@ def convert(
         from tqdm import tqdm
 
         bar = tqdm(total=sum(t.nbytes for t in plan.tensors), unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=p.output.name, leave=True)
+                   desc=output.name, leave=True)
         cb = bar.update
     else:
         cb = progress or None
     try:
-        with AtomicOutput(p.output, 0, durable=durable) as out:
-            data_offset = write_header(p.header, out.path)
+        with AtomicOutput(output, 0, durable=durable) as out:
+            data_offset = write_header(header, out.path)
             out.reserve(data_offset + plan.data_nbytes)
             # early writeback only pays off when a final fsync will wait for the disk anyway
             stream_tensors(plan, out.fd, data_offset, threads=threads, chunk_bytes=chunk_bytes,
@@ -257,8 +272,7 @@ def convert(
     finally:
         if bar is not None:
             bar.close()
-    log.info(summary_line(p.output, plan, time.monotonic() - started))
-    return p.output
+    log.info(summary_line(output, plan, time.monotonic() - started))
 
 
 def summary_line(path: Path, plan: ConversionPlan, seconds: float) -> str:

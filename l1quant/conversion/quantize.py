@@ -20,23 +20,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gguf
 import numpy as np
 from gguf.constants import GGMLQuantizationType
 
-from l1quant.conversion.convert import summary_line
+from l1quant.conversion.convert import write_gguf
 from l1quant.conversion.mixes import ARCHS, get_mix, quant_options
-from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
+from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
 from l1quant.conversion.plan import ConversionPlan, apply_mix
 from l1quant.errors import ConfigError, InputError, OutputError, clip
 from l1quant.gguf.reader import GGUFFile, TensorInfo, read_gguf
-from l1quant.gguf.writer import AtomicOutput, BulkKVWriter, write_header
+from l1quant.gguf.writer import BulkKVWriter
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.source.safetensors import SafeTensor
 
@@ -196,30 +194,11 @@ def quantize(
     for w in plan.warnings:
         log.warning(w)
     gw = _header(gf, plan, arch_name)
-    started = time.monotonic()
     if not out.parent.exists() and str(output).endswith(("/", os.sep)):
         try:
             out.parent.mkdir(parents=True)
         except OSError as e:
             raise OutputError(f"{out.parent}: cannot create the output folder: {e.strerror or e}") from e
-    bar: Any = None
-    cb: Callable[[int], None] | None
-    if progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(t.nbytes for t in plan.tensors), unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=out.name, leave=True)
-        cb = bar.update
-    else:
-        cb = progress or None
-    try:
-        with AtomicOutput(out, 0, durable=durable) as f:
-            data_offset = write_header(gw, f.path)
-            f.reserve(data_offset + plan.data_nbytes)
-            stream_tensors(plan, f.fd, data_offset, threads=threads, chunk_bytes=chunk_bytes,
-                           allow_nonfinite=allow_nonfinite, on_progress=cb, writeback=durable)
-    finally:
-        if bar is not None:
-            bar.close()
-    log.info(summary_line(out, plan, time.monotonic() - started))
+    write_gguf(plan, gw, out, threads=threads, chunk_bytes=chunk_bytes, allow_nonfinite=allow_nonfinite,
+               durable=durable, progress=progress)
     return out
