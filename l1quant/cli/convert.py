@@ -55,7 +55,7 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
     """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
 
     MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
-    l3lab/L1-Qwen-1.5B-Max (needs `pip install 'l1quant[hub]'`; a local folder always wins).
+    l3lab/L1-Qwen-1.5B-Max (needs huggingface_hub: `pip install '.[hub]'` in a checkout; a local folder wins).
 
     The file is byte-identical to llama.cpp's convert_hf_to_gguf.py (f32/f16/bf16/q8_0), or to its lossless
     output followed by llama-quantize (q4_k_m and the other mixes, and any type with a per-tensor option).

@@ -123,7 +123,7 @@ def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag:
             top_p: float | None, top_k: int | None, max_tokens: int | None, tolerance: float, hard_limit: bool,
             seed: int | None, n_ctx: int | None, n_threads: int | None, n_gpu_layers: int | None,
             as_json: bool) -> None:
-    """Answer QUESTION with MODEL (a GGUF) under a thinking budget; needs l1quant[run].
+    """Answer QUESTION with MODEL (a GGUF) under a thinking budget; needs llama-cpp-python (`pip install '.[run]'` in a checkout).
 
     Streams the reasoning and answer to stdout, then reports on stderr the response tokens n (reasoning through
     </think>, plus answer), whether the budget was kept, where generation stopped, and the \\boxed{} answer.
@@ -166,14 +166,14 @@ def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag:
 @click.option("--json", "as_json", is_flag=True,
               help=f"Print the report as JSON (schema {l1.REPORT_SCHEMA}).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a plot of mean response tokens vs budget (needs l1quant[plot]).")
+              help="Also write a plot of mean response tokens vs budget (needs matplotlib: `pip install '.[plot]'`).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def budget_check_cmd(models: tuple[Path, ...], budgets: list[int], problems_path: Path, mode: str | None,
                      max_flag: bool, temperature: float | None, top_p: float | None, top_k: int | None,
                      max_tokens: int | None, tolerance: float, hard_limit: bool, samples: int, seed: int,
                      limit: int | None, n_threads: int | None, n_gpu_layers: int | None, as_json: bool,
                      plot_path: Path | None, quiet: bool) -> None:
-    """Check length control: run each MODEL (GGUF) on each problem at each budget; needs l1quant[run].
+    """Check length control: run each MODEL (GGUF) on each problem at each budget; needs llama-cpp-python (`pip install '.[run]'` in a checkout).
 
     Defaults follow the L1 authors' evaluation: budgets 512,1024,2048,3600, at most 2 x N tokens per generation,
     sampling from the GGUF (L1: temperature 0.6, top-p 0.95). Prints per model and budget: mean and median n,

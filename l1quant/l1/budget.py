@@ -210,7 +210,7 @@ class BudgetReport:
     def plot(self, path: str | Path) -> Path:
         """Write a PNG (or any matplotlib format, by suffix) of mean response tokens n vs budget, one line per model.
 
-        The dashed diagonal is n = N (the Exact target; the Max ceiling). Needs matplotlib (``l1quant[plot]``).
+        The dashed diagonal is n = N (the Exact target; the Max ceiling). Needs matplotlib (the ``plot`` extra).
 
         Example:
             >>> report.plot("budget.png")  # doctest: +SKIP
