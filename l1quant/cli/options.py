@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -59,9 +60,10 @@ def setup_logging(quiet: bool) -> None:
     """
     logger = logging.getLogger("l1quant")
     logger.setLevel(logging.ERROR if quiet else logging.INFO)
-    if not any(getattr(h, "_l1quant", False) for h in logger.handlers):
-        h = logging.StreamHandler()
-        h.setFormatter(_Prefix())
-        h._l1quant = True  # type: ignore[attr-defined]
-        logger.addHandler(h)
-        logger.propagate = False
+    # one handler, bound to the stderr of this call (a caller such as click's test runner may have swapped it)
+    for old in [h for h in logger.handlers if getattr(h, "_l1quant", False)]:
+        logger.removeHandler(old)
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(_Prefix())
+    h._l1quant = True  # type: ignore[attr-defined]
+    logger.addHandler(h)
