@@ -5,9 +5,13 @@ Every finite case is byte-compared with ``ggml_quantize_chunk`` (tests/ggml_orac
 path, no importance matrix), for float32, float16 and bf16 sources (half sources are decoded exactly to float32
 for the oracle). The cases aim at what decides bytes: float32 operation order, ``nearest_int`` ties, f16 rounding
 of the scales, the 1e-15 all-zero threshold, subnormal scales whose inverse overflows, overflow inside the
-searches (x*x = Inf for |x| > 1.8e19), constant and all-zero blocks. Over 10**6 values per type (checked).
-All types but Q3_K have an SSE2 path (vector Q4_0..Q5_1 blocks, four-groups-at-once K fits) next to the portable
-C one that non-x86 builds run; both are checked against ggml.
+searches (x*x = Inf for |x| > 1.8e19), constant and all-zero blocks. Over 10**6 values per type (checked), plus
+a random fuzz corpus of 10**6 values per type at many scales.
+
+Every code path the machine supports runs every check (``PATHS``: portable C, the SSE2 code, and the K-quant group
+fits compiled for AVX2 and AVX-512, picked at run time; see kernels/_native.py); rows whose block count is not a
+multiple of a path's batch (the lane paths fit 16 or 32 groups per call and pad a short last batch) are checked
+too, and the dispatch is checked against the CPU's flags and the binary against fused multiply-adds.
 Non-finite blocks follow l1quant's policy: zero bytes, every f16 scale field = 0x7E00, index of the first bad value.
 
 The compiled module is optional: missing, these tests skip locally and fail under CI=true.
@@ -15,19 +19,28 @@ The compiled module is optional: missing, these tests skip locally and fail unde
 
 from __future__ import annotations
 
+import functools
+import platform
+import re
+import shutil
+import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from ggml_oracle import ggml_quantize
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from reference import unavailable
 
 from l1quant.kernels import _native
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-LANE_TYPES = [t for t in TYPES if t != "Q3_K"]  # the types with an SSE2 path (lanes=False: the portable C)
+K_TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+# every code path this build and CPU support (all give the same bytes); "portable" alone when the module is missing,
+# so that the tests still run and skip (or fail under CI) through kernel()
+PATHS = list(_native.KQUANT_PATHS) or ["portable"]
 # byte offsets of the f16 scale fields (d, and m/dmin) inside one block: the ones the NaN policy sets to 0x7E00
 SCALE_FIELDS = {
     "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2),
@@ -54,8 +67,9 @@ def kernel() -> Any:
     return _native
 
 
-def run(type_name: str, x: np.ndarray, *, lanes: bool = True, pad: int = 0) -> tuple[np.ndarray, int]:
-    """Quantize (rows, ncols) ``x`` with the compiled kernel: (uint8 (rows, row bytes), first non-finite index).
+def run(type_name: str, x: np.ndarray, *, path: str | None = None, pad: int = 0) -> tuple[np.ndarray, int]:
+    """Quantize (rows, ncols) ``x`` with the compiled kernel on code path ``path`` (default: the module's):
+    (uint8 (rows, row bytes), first non-finite index).
 
     ``pad`` > 0 writes into a wider buffer (row stride = row bytes + pad) and checks the padding is untouched."""
     t, block, size = geometry(type_name)
@@ -63,7 +77,7 @@ def run(type_name: str, x: np.ndarray, *, lanes: bool = True, pad: int = 0) -> t
     row_bytes = n // block * size
     buf = np.full((rows, row_bytes + pad), 0xA5, np.uint8)
     out = buf[:, :row_bytes]
-    first = kernel().kquant(t, np.ascontiguousarray(x), out, lanes=lanes)
+    first = kernel().kquant(t, np.ascontiguousarray(x), out, isa=path)
     assert (buf[:, row_bytes:] == 0xA5).all(), "kernel wrote past the row"
     return np.ascontiguousarray(out), first
 
@@ -196,14 +210,23 @@ F32_CASES = finite_f32_cases()
 HALF_CASES = finite_half_cases()
 
 
+@functools.lru_cache(maxsize=None)
+def ggml_f32_corpus(type_name: str) -> np.ndarray:
+    """ggml's bytes for the whole float32 corpus (every path is compared with the same)."""
+    return ggml_quantize(type_name, np.concatenate(list(F32_CASES.values())))
+
+
 def compare_cases(type_name: str, cases: dict[str, np.ndarray], srcs: dict[str, np.ndarray] | None = None,
-                  *, lanes: bool = True) -> list[str]:
+                  *, path: str | None = None) -> list[str]:
     """Concatenate the cases, quantize once with ggml (float32) and once with the kernel (from ``srcs`` if given,
     else the float32 arrays), and name the cases whose bytes differ."""
     names = list(cases)
-    want = ggml_quantize(type_name, np.concatenate([cases[k] for k in names]))
+    if cases is F32_CASES:
+        want = ggml_f32_corpus(type_name)
+    else:
+        want = ggml_quantize(type_name, np.concatenate([cases[k] for k in names]))
     src = np.concatenate([(srcs or cases)[k] for k in names])
-    got, first = run(type_name, src, lanes=lanes)
+    got, first = run(type_name, src, path=path)
     assert first == -1
     bad, start = [], 0
     for k in names:
@@ -225,38 +248,102 @@ def test_cases_cover_a_million_values_per_type() -> None:
         assert s.shape == f.shape and np.isfinite(f).all(), name
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("type_name", TYPES)
-def test_f32_bytes_match_ggml(type_name: str) -> None:
+def test_f32_bytes_match_ggml(type_name: str, path: str) -> None:
     kernel()
-    assert compare_cases(type_name, F32_CASES) == []
+    assert compare_cases(type_name, F32_CASES, path=path) == []
 
 
-@pytest.mark.parametrize("type_name", LANE_TYPES)
-def test_portable_path_matches_ggml(type_name: str) -> None:
-    """The portable C path (lanes=False: what non-x86 builds run) gives ggml's bytes too."""
-    kernel()
-    assert compare_cases(type_name, F32_CASES, lanes=False) == []
-
-
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("type_name", TYPES)
-def test_half_sources_match_ggml_on_decoded_values(type_name: str) -> None:
+def test_half_sources_match_ggml_on_decoded_values(type_name: str, path: str) -> None:
     kernel()
     f32 = {k: f for k, (_, f) in HALF_CASES.items()}
     for k, (s, _) in HALF_CASES.items():  # one call per source kind: they cannot be concatenated together
-        assert compare_cases(type_name, {k: f32[k]}, {k: s}) == [], k
-    if type_name in LANE_TYPES:
-        k = "bf16 all patterns"
-        assert compare_cases(type_name, {k: f32[k]}, {k: HALF_CASES[k][0]}, lanes=False) == []
+        assert compare_cases(type_name, {k: f32[k]}, {k: s}, path=path) == [], k
+
+
+def fuzz_corpus() -> np.ndarray:
+    """10**6 random float32 values (rows of 4096) at many scales: per row a scale 2**U(-40, 40) (one row in 8 at
+    2**U(-140, 120)), a shape (normal, uniform, one-signed, heavy-tailed, rounded to a grid so ties happen, sparse
+    with exact zeros and -0), and a few outliers."""
+    rng = np.random.default_rng(0xF022)
+    rows, n = 245, 4096
+    x = np.empty((rows, n), np.float64)
+    for r in range(rows):
+        kind = r % 6
+        if kind == 0:
+            v = rng.standard_normal(n)
+        elif kind == 1:
+            v = rng.uniform(-1, 1, n)
+        elif kind == 2:
+            v = np.abs(rng.standard_normal(n)) * rng.choice([-1, 1])
+        elif kind == 3:
+            v = rng.standard_t(2, n)
+        elif kind == 4:
+            v = np.round(rng.standard_normal(n) * 8) / 8
+        else:
+            v = rng.standard_normal(n) * (rng.random(n) < 0.3) * rng.choice([-1.0, 1.0], n)
+        v[rng.integers(0, n, 3)] *= rng.choice([30.0, -1000.0])
+        e = rng.uniform(-140, 120) if r % 8 == 7 else rng.uniform(-40, 40)
+        x[r] = v * 2.0**e
+    return np.clip(x, -3.4e38, 3.4e38).astype(np.float32)
+
+
+FUZZ = fuzz_corpus()
+
+
+@functools.lru_cache(maxsize=None)
+def ggml_fuzz(type_name: str) -> np.ndarray:
+    return ggml_quantize(type_name, FUZZ)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_fuzz_matches_ggml(type_name: str, path: str) -> None:
+    """A million random values per type and path at scales from subnormal to 2**120."""
+    kernel()
+    assert FUZZ.size >= 1_000_000 and np.isfinite(FUZZ).all()
+    got, first = run(type_name, FUZZ, path=path)
+    assert first == -1
+    bad = np.flatnonzero((got != ggml_fuzz(type_name)).any(axis=1))
+    assert bad.size == 0, f"{bad.size} rows differ, first {int(bad[0])}"
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_row_lengths_off_the_batch_size(type_name: str, path: str) -> None:
+    """Rows of 1..9 blocks, so the lane paths' batches (1, 2 or 4 super-blocks) end short: the padded tail must not
+    leak into the bytes, with non-finite blocks at the start, middle and end of batches, from float32 and float16
+    (the widening buffer) sources."""
+    kernel()
+    _, block, _ = geometry(type_name)
+    rng = np.random.default_rng(block)
+    for nblocks in range(1, 10):
+        x = (rng.standard_normal((5, nblocks * block)) * rng.choice([1e-3, 1.0, 300.0], (5, 1))).astype(np.float32)
+        x[1, -1] = np.nan  # last block of a row
+        x[2, 0] = np.inf  # first block
+        x[3, (nblocks // 2) * block + 3] = -np.inf
+        want = expected_with_policy(type_name, x)
+        got, first = run(type_name, x, path=path, pad=7)
+        assert first == 2 * x.shape[1] - 1, nblocks  # row 1, last value
+        np.testing.assert_array_equal(got, want, err_msg=f"{nblocks} blocks")
+        h = x.astype(np.float16)
+        got, first = run(type_name, h, path=path)
+        np.testing.assert_array_equal(got, expected_with_policy(type_name, h.astype(np.float32)),
+                                      err_msg=f"{nblocks} blocks, f16")
 
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_wide_row_stride_gives_same_bytes(type_name: str) -> None:
     x = F32_CASES["normal*1"][:16]
-    plain, _ = run(type_name, x)
-    for pad in (1, 37, 4096):
-        padded, _ = run(type_name, x, pad=pad)
-        np.testing.assert_array_equal(padded, plain)
-    np.testing.assert_array_equal(plain, ggml_quantize(type_name, x))
+    for path in PATHS:
+        plain, _ = run(type_name, x, path=path)
+        for pad in (1, 37, 4096):
+            padded, _ = run(type_name, x, path=path, pad=pad)
+            np.testing.assert_array_equal(padded, plain)
+        np.testing.assert_array_equal(plain, ggml_quantize(type_name, x))
 
 
 def expected_with_policy(type_name: str, x: np.ndarray) -> np.ndarray:
@@ -287,10 +374,10 @@ def test_nonfinite_blocks_follow_policy(type_name: str) -> None:
     x[3, 301:340] = np.nan  # spans a 32-block boundary
     x[5, 0] = -np.nan  # sign bit set
     want = expected_with_policy(type_name, x)
-    for lanes in (True, False):
-        got, first = run(type_name, x, lanes=lanes, pad=3)
-        assert first == 5
-        np.testing.assert_array_equal(got, want)
+    for path in PATHS:
+        got, first = run(type_name, x, path=path, pad=3)
+        assert first == 5, path
+        np.testing.assert_array_equal(got, want, err_msg=path)
     # only the later rows bad: the flat index counts whole rows
     got, first = run(type_name, x[1:])
     assert first == NCOLS - 1
@@ -312,15 +399,16 @@ def test_nonfinite_half_sources(type_name: str) -> None:
     hb[1, 700] = 0xFE01  # a NaN with payload
     hb[2, 255] = 0xFC00  # -Inf
     f = decode_f16(hb)
-    got, first = run(type_name, hb.view(np.float16))
-    assert first == NCOLS + 40
-    np.testing.assert_array_equal(got, expected_with_policy(type_name, f))
     b = (rng.standard_normal((3, NCOLS)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
     b[0, 511] = 0x7F80  # +Inf
     b[2, 3] = 0xFFC1  # NaN
-    got, first = run(type_name, b)
-    assert first == 511
-    np.testing.assert_array_equal(got, expected_with_policy(type_name, decode_bf16(b)))
+    for path in PATHS:
+        got, first = run(type_name, hb.view(np.float16), path=path)
+        assert first == NCOLS + 40
+        np.testing.assert_array_equal(got, expected_with_policy(type_name, f), err_msg=path)
+        got, first = run(type_name, b, path=path)
+        assert first == 511
+        np.testing.assert_array_equal(got, expected_with_policy(type_name, decode_bf16(b)), err_msg=path)
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_K", "Q6_K"])
@@ -357,3 +445,86 @@ def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="smaller than a quantized row"):
         k.kquant(int(GGMLQuantizationType.Q4_K), x, np.zeros((2, 100), np.uint8)[:, :72])
     assert k.kquant(int(GGMLQuantizationType.Q4_K), np.zeros((0, 256), np.float32), out[:0]) == -1
+    for bogus in ("avx1024", "SSE2"):
+        with pytest.raises(ValueError, match="code path"):
+            k.kquant(int(GGMLQuantizationType.Q4_K), x, out, isa=bogus)
+        with pytest.raises(ValueError, match="code path"):
+            k.kquant(int(GGMLQuantizationType.Q4_K), x[:0], out[:0], isa=bogus)
+
+
+def test_default_path_and_environment_switch() -> None:
+    """L1QUANT_KQUANT_ISA names the path (case and blanks ignored); unset, empty or "auto": the fastest one."""
+    k = kernel()
+    assert k.KQUANT_PATHS[0] == "portable" and set(k.KQUANT_PATHS) <= set(k.KQUANT_PATH_NAMES)
+    assert list(k.KQUANT_PATHS) == [p for p in k.KQUANT_PATH_NAMES if p in k.KQUANT_PATHS]  # fastest last
+    best = k.KQUANT_PATHS[-1]
+    for env in ({}, {"L1QUANT_KQUANT_ISA": ""}, {"L1QUANT_KQUANT_ISA": "auto"}):
+        assert k.default_kquant_path(env) == best
+    for path in k.KQUANT_PATH_NAMES:
+        assert k.default_kquant_path({"L1QUANT_KQUANT_ISA": f" {path.upper()} "}) == path
+    # what this process runs by default, and that lanes=False still means the portable code
+    want = k.default_kquant_path(__import__("os").environ)
+    assert k.KQUANT_PATH == want
+    x = F32_CASES["normal*1"][:4]
+    t, block, size = geometry("Q4_K")
+    a, b = np.empty((4, NCOLS // block * size), np.uint8), np.empty((4, NCOLS // block * size), np.uint8)
+    k.kquant(t, x, a, lanes=False)
+    k.kquant(t, x, b, isa="portable")
+    np.testing.assert_array_equal(a, b)
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else None
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 only")
+def test_paths_follow_the_cpu() -> None:
+    """On x86-64 (GCC/Clang build) the dispatch offers sse2, plus avx2 / avx512 exactly when the CPU has them: a
+    path silently missing would leave its code untested and unused."""
+    k = kernel()
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo")
+    want = ["portable", "sse2"]
+    if "avx2" in flags:
+        want.append("avx2")
+    if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+        want.append("avx512")
+    assert list(k.KQUANT_PATHS) == want
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 only")
+def test_binary_has_no_fused_multiply_add_and_baseline_code_stays_baseline() -> None:
+    """ggml's reference rounds every product and sum separately: no FMA instruction anywhere in the module. The
+    portable and sse2 entry points (and the row driver) must run on any x86-64: no VEX/EVEX (AVX) instructions;
+    the avx2 ones must not touch 512-bit registers."""
+    kernel()
+    objdump = shutil.which("objdump")
+    so = getattr(_native._mod, "__file__", None)
+    if objdump is None or so is None:
+        pytest.skip("objdump or the module's file is not available")
+    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", so], capture_output=True, text=True,
+                          check=True).stdout
+    funcs: dict[str, list[str]] = {}
+    cur: list[str] = []
+    for line in text.splitlines():
+        m = re.match(r"^[0-9a-f]+ <([^>]+)>:$", line)
+        if m:
+            cur = funcs.setdefault(m.group(1), [])
+        elif line.startswith(" ") and "\t" in line:
+            cur.append(line.split("\t", 1)[1])
+    fma = [f for f, ins in funcs.items() if any(re.match(r"v?f(n)?m(add|sub)", i) for i in ins)]
+    assert fma == []
+    for ty in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"):
+        for name in (f"{ty}_portable", f"{ty}_sse2", f"{ty}_avx2", f"{ty}_avx512"):
+            assert name in funcs, f"{name} missing (inlined away or renamed?)"
+        for name in (f"{ty}_portable", f"{ty}_sse2"):
+            avx = [i for i in funcs[name] if re.match(r"v[a-z]", i) or "%ymm" in i or "%zmm" in i]
+            assert avx == [], (name, avx[:3])
+        assert not any("%zmm" in i for i in funcs[f"{ty}_avx2"])
+        assert any("%zmm" in i for i in funcs[f"{ty}_avx512"])

@@ -10,9 +10,11 @@
  * first). Where the reference relies on x86 behaviour that C leaves undefined (float -> small int conversion of a
  * NaN/Inf/out-of-range value, int -> int8 narrowing), the helpers below state that behaviour explicitly.
  *
- * Two paths give the same bytes: portable C that follows the reference value by value, and on x86-64 an SSE2 path
- * (Q4_0..Q5_1 blocks as vectors; the K-quants' per-group fits run four groups per vector, one group per lane), both
- * checked against ggml by tests/test_kquants_native.py. Q3_K has only the portable path.
+ * Several code paths give the same bytes, all checked against ggml by tests/test_kquants_native.py: portable C that
+ * follows the reference value by value (what non-x86 builds run); on x86-64 with GCC/Clang, Q4_0..Q5_1 blocks as
+ * SSE2 vectors, and the K-quants' group fits run 4, 8 or 16 groups per vector, one group per lane, written once
+ * with vector extensions and compiled for baseline SSE2, AVX2 and AVX-512, picked at run time (see "Lane paths"
+ * and "Paths" below, and L1QUANT_KQUANT_ISA in kernels/_native.py).
  *
  * Non-finite policy (l1quant's, not ggml's): a block holding a NaN or Inf is written as zero bytes with every f16
  * scale field (d, and m/dmin where the type has one) set to 0x7E00 (f16 NaN), so it dequantizes to NaN; the caller
@@ -20,6 +22,7 @@
  *
  * Thread safety: no global state; each call works on stack buffers and runs with the GIL released.
  */
+#ifndef KQ_LANE_BODY /* the file proper; the lane body further down is compiled by including this file into itself */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -32,6 +35,13 @@
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
+#endif
+
+/* Helpers that must be compiled inside each code path's instance (see the lane paths below). */
+#if defined(__GNUC__) || defined(__clang__)
+#define KQ_INLINE static inline __attribute__((always_inline))
+#else
+#define KQ_INLINE static inline
 #endif
 
 /* GGML type numbers (gguf.GGMLQuantizationType). */
@@ -89,7 +99,7 @@ static inline uint16_t half_of(float f) { return f32_to_f16_bits(f32_to_bits(f))
 static inline float half_value(uint16_t h) { return bits_to_f32(f16_to_f32_bits(h)); }
 
 /* ------------------------------------------------------------------------------------------------------------ */
-/* SSE2 helpers (baseline x86-64) for the lane-wise paths below.
+/* SSE2 helpers (baseline x86-64) for the Q4_0..Q5_1 vector path below.
  *
  * SSE2 packed add/sub/mul/div/sqrt round each lane exactly as the scalar instructions do, the comparisons are the
  * same IEEE predicates, and cvttps2dq is the cvttss2si conversion per lane; so a lane can follow the reference's
@@ -103,51 +113,8 @@ static inline float half_value(uint16_t h) { return bits_to_f32(f16_to_f32_bits(
 typedef __m128 f4;
 typedef __m128i i4;
 
-static inline f4 sel_f4(f4 m, f4 a, f4 b) { return _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b)); }
 static inline i4 sel_i4(i4 m, i4 a, i4 b) { return _mm_or_si128(_mm_and_si128(m, a), _mm_andnot_si128(m, b)); }
 static inline f4 abs_f4(f4 v) { return _mm_and_ps(v, _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF))); }
-static inline f4 neg_f4(f4 v) { return _mm_xor_ps(v, _mm_castsi128_ps(_mm_set1_epi32((int)0x80000000u))); }
-
-/* round_magic per lane. */
-static inline i4 round_magic4(f4 f) {
-    const i4 u = _mm_castps_si128(_mm_add_ps(f, _mm_set1_ps(12582912.0f)));
-    return _mm_sub_epi32(_mm_and_si128(u, _mm_set1_epi32(0x007FFFFF)), _mm_set1_epi32(0x00400000));
-}
-
-/* clampi per lane (SSE2 has no 32-bit min/max; compare and select). */
-static inline i4 clamp4(i4 v, int lo, int hi) {
-    const i4 vlo = _mm_set1_epi32(lo), vhi = _mm_set1_epi32(hi);
-    v = sel_i4(_mm_cmpgt_epi32(v, vhi), vhi, v);
-    return sel_i4(_mm_cmplt_epi32(v, vlo), vlo, v);
-}
-
-/* Groups of n values (n a multiple of 4), `stride` floats apart, 4 * nv of them, into lanes: cols[i * nv + b]
- * holds value i of groups 4b .. 4b+3 (group 4b + g in lane g). */
-static inline void load_groups(const float *x, int stride, int n, int nv, f4 *cols) {
-    for (int b = 0; b < nv; b++) {
-        const float *g = x + 4 * b * stride;
-        for (int k = 0; k < n; k += 4) {
-            f4 r0 = _mm_loadu_ps(g + k), r1 = _mm_loadu_ps(g + stride + k);
-            f4 r2 = _mm_loadu_ps(g + 2 * stride + k), r3 = _mm_loadu_ps(g + 3 * stride + k);
-            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-            cols[k * nv + b] = r0;
-            cols[(k + 1) * nv + b] = r1;
-            cols[(k + 2) * nv + b] = r2;
-            cols[(k + 3) * nv + b] = r3;
-        }
-    }
-}
-
-/* Inverse of load_groups for small non-negative levels: L[group * stride + i]. */
-static inline void store_levels(const i4 *lv, int n, int nv, int stride, uint8_t *L) {
-    int32_t t[4];
-    for (int i = 0; i < n; i++) {
-        for (int b = 0; b < nv; b++) {
-            _mm_storeu_si128((i4 *)t, lv[i * nv + b]);
-            for (int g = 0; g < 4; g++) L[(4 * b + g) * stride + i] = (uint8_t)t[g];
-        }
-    }
-}
 #endif /* SSE2 helpers */
 
 /* ------------------------------------------------------------------------------------------------------------ */
@@ -403,17 +370,44 @@ static void blk_q5_1(const float *x, uint8_t *y, int lanes) {
 }
 
 /* ------------------------------------------------------------------------------------------------------------ */
-/* Group fitting used by the K-quants */
+/* Group fits used by the K-quants, one group at a time (the portable path) */
 
-/* Affine fit of one group of n values to levels 0..nmax with weights w: returns the scale, stores the offset
- * magnitude in *neg_min and the levels in L. Same search as ggml's make_qkx2_quants: a first guess from the
- * group's range, then nstep+1 trial scales (rmin + rdelta*is + nmax)/(hi - lo) each refined by weighted least
- * squares, keeping the fit of smallest weighted error (absolute if use_abs, else squared). The offset `lo` is
- * updated as better fits are found and later trials use the updated value, as in the reference. Inlined with
- * constant arguments so each caller gets its own specialized loop. */
-static inline float fit_affine(int n, int nmax, const float *restrict x, const float *restrict w,
-                               uint8_t *restrict L, float *neg_min, float rmin, float rdelta, int nstep,
-                               int use_abs) {
+enum { MAX_GROUPS = 32 }; /* the most groups one call fits: a lane batch (see "Lane paths") */
+
+/* Affine fits of up to MAX_GROUPS groups (ggml's make_qkx2_quants). Besides scale and offset each keeps the trial
+ * its levels came from: level i = clamp(nearest_int(iscale * (x[i] - lo)), 0, nmax), or 0 for a constant group.
+ * The encoders keep the fit's levels only for a group whose stored scale is 0 and recompute them from these two
+ * numbers (same operations, same values), so the searches never copy levels around. */
+typedef struct {
+    float scale[MAX_GROUPS], neg_min[MAX_GROUPS]; /* x ~ scale * level - neg_min */
+    float iscale[MAX_GROUPS], lo[MAX_GROUPS];      /* the chosen trial */
+    int32_t flat[MAX_GROUPS];                      /* nonzero: max == min, levels 0 and scale 0 */
+} affine_fits;
+
+/* Symmetric fits of up to MAX_GROUPS 16-value groups to -32..31 (make_qx_quants, Q6_K): level i =
+ * clamp(nearest_int(iscale * x[i]), -32, 31) + 32, or 0 (and scale 0) for a (near) all-zero group. */
+typedef struct {
+    float scale[MAX_GROUPS], iscale[MAX_GROUPS];
+    int32_t tiny[MAX_GROUPS];
+} qx_fits;
+
+static inline void affine_levels(const affine_fits *f, int g, const float *x, int n, int nmax, uint8_t *L) {
+    for (int i = 0; i < n; i++)
+        L[i] = f->flat[g] ? 0 : (uint8_t)clampi(round_magic(f->iscale[g] * (x[i] - f->lo[g])), 0, nmax);
+}
+
+static inline void qx_levels(const qx_fits *f, int g, const float *x, int8_t *L) {
+    for (int i = 0; i < 16; i++)
+        L[i] = f->tiny[g] ? 0 : (int8_t)(clampi(round_magic(f->iscale[g] * x[i]), -32, 31) + 32);
+}
+
+/* Affine fit of one group of n values to levels 0..nmax with weights w, into fits[g]. Same search as ggml's
+ * make_qkx2_quants: a first guess from the group's range, then nstep+1 trial scales (rmin + rdelta*is + nmax) /
+ * (max - min) each refined by weighted least squares, keeping the fit of smallest weighted error (absolute if
+ * use_abs, else squared). The offset `lo` is updated as better fits are found and later trials use the updated
+ * value, as in the reference. Inlined with constant arguments so each caller gets its own specialized loop. */
+static inline void fit_affine(int n, int nmax, const float *restrict x, const float *restrict w, float rmin,
+                              float rdelta, int nstep, int use_abs, affine_fits *out, int g) {
     uint8_t trial[32];
     float lo = x[0], hi = x[0];
     float sum_w = w[0];
@@ -425,17 +419,18 @@ static inline float fit_affine(int n, int nmax, const float *restrict x, const f
         sum_x += w[i] * x[i];
     }
     if (lo > 0) lo = 0;
+    out->flat[g] = hi == lo;
     if (hi == lo) {
-        memset(L, 0, (size_t)n);
-        *neg_min = -lo;
-        return 0.0f;
+        out->scale[g] = 0.0f;
+        out->neg_min[g] = -lo;
+        out->iscale[g] = out->lo[g] = 0.0f;
+        return;
     }
     float iscale = (float)nmax / (hi - lo);
     float scale = 1.0f / iscale;
-    float best_err = 0;
+    float best_err = 0, best_iscale = iscale, best_lo = lo;
     for (int i = 0; i < n; i++) {
         const int l = clampi(round_magic(iscale * (x[i] - lo)), 0, nmax);
-        L[i] = (uint8_t)l;
         float diff = scale * (float)l + lo - x[i];
         diff = use_abs ? fabsf(diff) : diff * diff;
         best_err += w[i] * diff;
@@ -466,15 +461,18 @@ static inline float fit_affine(int n, int nmax, const float *restrict x, const f
                 err += w[i] * diff;
             }
             if (err < best_err) {
-                memcpy(L, trial, (size_t)n);
                 best_err = err;
                 scale = t_scale;
+                best_iscale = iscale;
+                best_lo = lo;
                 lo = t_min;
             }
         }
     }
-    *neg_min = -lo;
-    return scale;
+    out->scale[g] = scale;
+    out->neg_min[g] = -lo;
+    out->iscale[g] = best_iscale;
+    out->lo[g] = best_lo;
 }
 
 /* The signed value of largest magnitude among n (first on ties) and that magnitude. */
@@ -536,21 +534,21 @@ static float fit_q3_group(const float *restrict x, int8_t *restrict L) {
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
-/* Symmetric fit of 16 values to signed levels -32..31 (stored +32 in L), weights x*x, by trying 19 scales:
- * ggml's make_qx_quants with nmax = 32, rmse_type = 1 and no importance weights. */
-static float fit_q6_group(const float *restrict x, int8_t *restrict L) {
+/* Symmetric fit of 16 values to signed levels -32..31, weights x*x, by trying 19 scales, into fits[g]: ggml's
+ * make_qx_quants with nmax = 32, rmse_type = 1 and no importance weights. */
+static void fit_q6_group(const float *restrict x, qx_fits *out, int g) {
     float amax;
     const float peak = signed_peak(16, x, &amax);
+    out->tiny[g] = amax < TINY_GROUP;
     if (amax < TINY_GROUP) {
-        memset(L, 0, 16);
-        return 0.0f;
+        out->scale[g] = out->iscale[g] = 0.0f;
+        return;
     }
     float w[16], wx[16];
-    float iscale = -32.0f / peak;
+    float iscale = -32.0f / peak, best_iscale = iscale;
     float sumlx = 0, suml2 = 0;
     for (int i = 0; i < 16; i++) {
         const int l = clampi(round_magic(iscale * x[i]), -32, 31);
-        L[i] = (int8_t)(l + 32);
         w[i] = x[i] * x[i];
         wx[i] = w[i] * x[i];
         sumlx += wx[i] * (float)l;
@@ -568,213 +566,21 @@ static float fit_q6_group(const float *restrict x, int8_t *restrict L) {
             suml2 += w[i] * (float)l * (float)l;
         }
         if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            /* recomputing the accepted levels (as the reference does) is cheaper than saving every trial's */
-            for (int i = 0; i < 16; i++) L[i] = (int8_t)(clampi(round_magic(iscale * x[i]), -32, 31) + 32);
             scale = sumlx / suml2;
             best = scale * sumlx;
+            best_iscale = iscale;
         }
     }
-    return scale;
+    out->scale[g] = scale;
+    out->iscale[g] = best_iscale;
 }
 
 /* ------------------------------------------------------------------------------------------------------------ */
-/* The same fits, 4 * nv groups at a time in SSE2 lanes
- *
- * Lane g of vector b follows group 4b + g's computation exactly (see the SSE2 helpers above); the sums stay
- * sequential within a lane, so the order of additions is the reference's. What this buys is throughput: the
- * scalar fits are bound by the latency of their running sums, and 4 * nv independent groups hide it (nv > 1 keeps
- * several vector chains in flight too). Arrays are indexed [i * nv + b]: value i, vector b. nv <= MAX_NV. */
-
-#ifdef KQ_HAVE_LANES
-#define MAX_NV 4
-
-static inline int any_lane(const f4 *m, int nv) {
-    int bits = 0;
-    for (int b = 0; b < nv; b++) bits |= _mm_movemask_ps(m[b]);
-    return bits;
-}
-
-/* fit_affine for 4 * nv groups of n values. Outputs per group: scale, -min (vectors [b]) and levels. */
-static inline void fit_affine_v(int nv, int n, int nmax, const f4 *restrict x, const f4 *restrict w,
-                                i4 *restrict L, f4 *scale_out, f4 *neg_min_out, float rmin, float rdelta, int nstep,
-                                int use_abs) {
-    i4 trial[32 * MAX_NV];
-    f4 lo[MAX_NV], hi[MAX_NV], sum_w[MAX_NV], sum_x[MAX_NV], flat[MAX_NV], lo_flat[MAX_NV], iscale[MAX_NV];
-    f4 scale[MAX_NV], best[MAX_NV], sum_l[MAX_NV], sum_l2[MAX_NV], sum_xl[MAX_NV], det_pos[MAX_NV];
-    f4 t_scale[MAX_NV], t_min[MAX_NV], err[MAX_NV], take[MAX_NV];
-    const f4 zero = _mm_setzero_ps();
-    for (int b = 0; b < nv; b++) {
-        lo[b] = hi[b] = x[b];
-        sum_w[b] = w[b];
-        sum_x[b] = _mm_mul_ps(sum_w[b], x[b]);
-    }
-    for (int i = 1; i < n; i++) {
-        for (int b = 0; b < nv; b++) {
-            const f4 xi = x[i * nv + b], wi = w[i * nv + b];
-            lo[b] = _mm_min_ps(xi, lo[b]); /* minps(a, b) is exactly a < b ? a : b, the reference's update */
-            hi[b] = _mm_max_ps(xi, hi[b]); /* a > b ? a : b */
-            sum_w[b] = _mm_add_ps(sum_w[b], wi);
-            sum_x[b] = _mm_add_ps(sum_x[b], _mm_mul_ps(wi, xi));
-        }
-    }
-    for (int b = 0; b < nv; b++) {
-        lo[b] = sel_f4(_mm_cmpgt_ps(lo[b], zero), zero, lo[b]); /* not minps: it would turn -0 into +0 */
-        flat[b] = _mm_cmpeq_ps(hi[b], lo[b]);                    /* these lanes return early in the reference */
-        lo_flat[b] = lo[b];
-        iscale[b] = _mm_div_ps(_mm_set1_ps((float)nmax), _mm_sub_ps(hi[b], lo[b]));
-        scale[b] = _mm_div_ps(_mm_set1_ps(1.0f), iscale[b]);
-        best[b] = zero;
-    }
-    for (int i = 0; i < n; i++) {
-        for (int b = 0; b < nv; b++) {
-            const int k = i * nv + b;
-            const i4 l = clamp4(round_magic4(_mm_mul_ps(iscale[b], _mm_sub_ps(x[k], lo[b]))), 0, nmax);
-            L[k] = l;
-            f4 diff = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(scale[b], _mm_cvtepi32_ps(l)), lo[b]), x[k]);
-            diff = use_abs ? abs_f4(diff) : _mm_mul_ps(diff, diff);
-            best[b] = _mm_add_ps(best[b], _mm_mul_ps(w[k], diff));
-        }
-    }
-    for (int is = 0; is <= nstep; is++) {
-        const f4 num = _mm_set1_ps(rmin + rdelta * (float)is + (float)nmax);
-        for (int b = 0; b < nv; b++) {
-            iscale[b] = _mm_div_ps(num, _mm_sub_ps(hi[b], lo[b]));
-            sum_l[b] = sum_l2[b] = sum_xl[b] = zero;
-        }
-        for (int i = 0; i < n; i++) {
-            for (int b = 0; b < nv; b++) {
-                const int k = i * nv + b;
-                const i4 l = clamp4(round_magic4(_mm_mul_ps(iscale[b], _mm_sub_ps(x[k], lo[b]))), 0, nmax);
-                trial[k] = l;
-                const f4 lf = _mm_cvtepi32_ps(l);
-                const f4 wl = _mm_mul_ps(w[k], lf);
-                sum_l[b] = _mm_add_ps(sum_l[b], wl);
-                sum_l2[b] = _mm_add_ps(sum_l2[b], _mm_mul_ps(wl, lf));
-                sum_xl[b] = _mm_add_ps(sum_xl[b], _mm_mul_ps(wl, x[k]));
-            }
-        }
-        for (int b = 0; b < nv; b++) {
-            const f4 det = _mm_sub_ps(_mm_mul_ps(sum_w[b], sum_l2[b]), _mm_mul_ps(sum_l[b], sum_l[b]));
-            det_pos[b] = _mm_cmpgt_ps(det, zero);
-            t_scale[b] = _mm_div_ps(_mm_sub_ps(_mm_mul_ps(sum_w[b], sum_xl[b]), _mm_mul_ps(sum_x[b], sum_l[b])), det);
-            t_min[b] = _mm_div_ps(_mm_sub_ps(_mm_mul_ps(sum_l2[b], sum_x[b]), _mm_mul_ps(sum_l[b], sum_xl[b])), det);
-            const f4 min_pos = _mm_cmpgt_ps(t_min[b], zero);
-            t_min[b] = sel_f4(min_pos, zero, t_min[b]);
-            t_scale[b] = sel_f4(min_pos, _mm_div_ps(sum_xl[b], sum_l2[b]), t_scale[b]);
-            err[b] = zero;
-        }
-        if (!any_lane(det_pos, nv)) continue; /* no lane takes the reference's `if (D > 0)` */
-        for (int i = 0; i < n; i++) {
-            for (int b = 0; b < nv; b++) {
-                const int k = i * nv + b;
-                f4 diff = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(t_scale[b], _mm_cvtepi32_ps(trial[k])), t_min[b]), x[k]);
-                diff = use_abs ? abs_f4(diff) : _mm_mul_ps(diff, diff);
-                err[b] = _mm_add_ps(err[b], _mm_mul_ps(w[k], diff));
-            }
-        }
-        for (int b = 0; b < nv; b++) {
-            take[b] = _mm_and_ps(det_pos[b], _mm_cmplt_ps(err[b], best[b]));
-            best[b] = sel_f4(take[b], err[b], best[b]);
-            scale[b] = sel_f4(take[b], t_scale[b], scale[b]);
-            lo[b] = sel_f4(take[b], t_min[b], lo[b]);
-        }
-        if (!any_lane(take, nv)) continue;
-        for (int i = 0; i < n; i++)
-            for (int b = 0; b < nv; b++)
-                L[i * nv + b] = sel_i4(_mm_castps_si128(take[b]), trial[i * nv + b], L[i * nv + b]);
-    }
-    for (int i = 0; i < n; i++)
-        for (int b = 0; b < nv; b++) L[i * nv + b] = _mm_andnot_si128(_mm_castps_si128(flat[b]), L[i * nv + b]);
-    for (int b = 0; b < nv; b++) {
-        scale_out[b] = _mm_andnot_ps(flat[b], scale[b]);
-        neg_min_out[b] = neg_f4(sel_f4(flat[b], lo_flat[b], lo[b]));
-    }
-}
-
-/* fit_q6_group for the 4 * nv groups of 16 values at x, x+16, ...: scales[0 .. 4nv-1] and L[0 .. 64nv-1] as that
- * many calls of fit_q6_group would write them. */
-static inline void fit_q6_groups_v(int nv, const float *x, int8_t *L, float *scales) {
-    f4 v[16 * MAX_NV], w[16 * MAX_NV], wx[16 * MAX_NV];
-    i4 lev[16 * MAX_NV], cand[16 * MAX_NV];
-    f4 amax[MAX_NV], peak[MAX_NV], tiny[MAX_NV], iscale[MAX_NV], sumlx[MAX_NV], suml2[MAX_NV], scale[MAX_NV];
-    f4 best[MAX_NV], take[MAX_NV];
-    const f4 zero = _mm_setzero_ps();
-    load_groups(x, 16, 16, nv, v);
-    for (int b = 0; b < nv; b++) amax[b] = peak[b] = zero;
-    for (int i = 0; i < 16; i++) {
-        for (int b = 0; b < nv; b++) {
-            const f4 ax = abs_f4(v[i * nv + b]);
-            const f4 bigger = _mm_cmpgt_ps(ax, amax[b]);
-            amax[b] = sel_f4(bigger, ax, amax[b]);
-            peak[b] = sel_f4(bigger, v[i * nv + b], peak[b]);
-        }
-    }
-    for (int b = 0; b < nv; b++) {
-        tiny[b] = _mm_cmplt_ps(amax[b], _mm_set1_ps(TINY_GROUP)); /* early return in the reference */
-        iscale[b] = _mm_div_ps(_mm_set1_ps(-32.0f), peak[b]);
-        sumlx[b] = suml2[b] = zero;
-    }
-    for (int i = 0; i < 16; i++) {
-        for (int b = 0; b < nv; b++) {
-            const int k = i * nv + b;
-            const i4 l = clamp4(round_magic4(_mm_mul_ps(iscale[b], v[k])), -32, 31);
-            lev[k] = l;
-            w[k] = _mm_mul_ps(v[k], v[k]);
-            wx[k] = _mm_mul_ps(w[k], v[k]);
-            const f4 lf = _mm_cvtepi32_ps(l);
-            sumlx[b] = _mm_add_ps(sumlx[b], _mm_mul_ps(wx[k], lf));
-            suml2[b] = _mm_add_ps(suml2[b], _mm_mul_ps(_mm_mul_ps(w[k], lf), lf));
-        }
-    }
-    for (int b = 0; b < nv; b++) {
-        /* suml2 ? sumlx/suml2 : 0 -- cmpneq is true for NaN, like C's truth test */
-        scale[b] = _mm_and_ps(_mm_cmpneq_ps(suml2[b], zero), _mm_div_ps(sumlx[b], suml2[b]));
-        best[b] = _mm_mul_ps(scale[b], sumlx[b]);
-    }
-    for (int is = -9; is <= 9; is++) {
-        if (is == 0) continue;
-        const f4 num = _mm_set1_ps(-(32.0f + 0.1f * (float)is));
-        for (int b = 0; b < nv; b++) {
-            iscale[b] = _mm_div_ps(num, peak[b]);
-            sumlx[b] = suml2[b] = zero;
-        }
-        for (int i = 0; i < 16; i++) {
-            for (int b = 0; b < nv; b++) {
-                const int k = i * nv + b;
-                const i4 l = clamp4(round_magic4(_mm_mul_ps(iscale[b], v[k])), -32, 31);
-                cand[k] = l;
-                const f4 lf = _mm_cvtepi32_ps(l);
-                sumlx[b] = _mm_add_ps(sumlx[b], _mm_mul_ps(wx[k], lf));
-                suml2[b] = _mm_add_ps(suml2[b], _mm_mul_ps(_mm_mul_ps(w[k], lf), lf));
-            }
-        }
-        for (int b = 0; b < nv; b++) {
-            take[b] = _mm_and_ps(_mm_cmpgt_ps(suml2[b], zero),
-                                 _mm_cmpgt_ps(_mm_mul_ps(sumlx[b], sumlx[b]), _mm_mul_ps(best[b], suml2[b])));
-            const f4 s = _mm_div_ps(sumlx[b], suml2[b]);
-            scale[b] = sel_f4(take[b], s, scale[b]);
-            best[b] = sel_f4(take[b], _mm_mul_ps(s, sumlx[b]), best[b]);
-        }
-        if (!any_lane(take, nv)) continue;
-        for (int i = 0; i < 16; i++)
-            for (int b = 0; b < nv; b++)
-                lev[i * nv + b] = sel_i4(_mm_castps_si128(take[b]), cand[i * nv + b], lev[i * nv + b]);
-    }
-    /* levels are stored +32; tiny lanes get level 0 (not 32) and scale 0, as the reference's early return */
-    for (int i = 0; i < 16; i++)
-        for (int b = 0; b < nv; b++)
-            lev[i * nv + b] = _mm_andnot_si128(_mm_castps_si128(tiny[b]),
-                                               _mm_add_epi32(lev[i * nv + b], _mm_set1_epi32(32)));
-    store_levels(lev, 16, nv, 16, (uint8_t *)L);
-    for (int b = 0; b < nv; b++) _mm_storeu_ps(scales + 4 * b, _mm_andnot_ps(tiny[b], scale[b]));
-}
-#endif /* KQ_HAVE_LANES */
-
-/* ------------------------------------------------------------------------------------------------------------ */
-/* K-quant super-blocks (256 values) */
+/* K-quant super-blocks (256 values): from the group fits to the block's bytes. Shared by both paths and inlined
+ * into each, so the lane instances compile (and vectorize) them for their own instruction set. */
 
 /* Pack four 2-bit planes: byte l of each 32-byte run holds values l, l+32, l+64, l+96 of a 128-value half. */
-static inline void pack_2bit(const uint8_t *L, uint8_t *qs) {
+KQ_INLINE void pack_2bit(const uint8_t *L, uint8_t *qs) {
     for (int h = 0; h < 2; h++) {
         const uint8_t *s = L + 128 * h;
         for (int l = 0; l < 32; l++)
@@ -782,34 +588,25 @@ static inline void pack_2bit(const uint8_t *L, uint8_t *qs) {
     }
 }
 
+/* Levels of n values against a stored scale d and offset dm: clamp(nearest_int((x + dm) / d), 0, nmax). */
+KQ_INLINE void affine_requant(const float *x, int n, float d, float dm, int nmax, uint8_t *L) {
+#pragma GCC unroll 1
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)clampi(round_magic((x[i] + dm) / d), 0, nmax);
+}
+
+/* Levels of 16 values against a stored scale d: clamp(nearest_int(x / d), lo, hi) - lo. (A loop of its own, as
+ * affine_requant, so that the compiler vectorizes it.) */
+KQ_INLINE void symmetric_requant(const float *x, float d, int lo, int hi, int8_t *L) {
+#pragma GCC unroll 1
+    for (int i = 0; i < 16; i++) L[i] = (int8_t)(clampi(round_magic(x[i] / d), lo, hi) - lo);
+}
+
 /* Q2_K: matches quantize_row_q2_K_ref.
  * Layout (84 bytes): scales[16] (low nibble scale, high nibble min) | qs[64] | f16 d | f16 dmin. */
-static void blk_q2_k(const float *x, uint8_t *y, int lanes) {
+KQ_INLINE void q2_k_encode(const float *x, uint8_t *y, const affine_fits *f, int g0) {
+    const float *scales = f->scale + g0, *mins = f->neg_min + g0;
     uint8_t L[SUPER];
-    float scales[16], mins[16];
     float max_scale = 0, max_min = 0;
-#ifdef KQ_HAVE_LANES
-    if (lanes) {
-        f4 v[16 * 4], w[16 * 4], sc4[4], mn4[4];
-        i4 lev[16 * 4];
-        load_groups(x, 16, 16, 4, v); /* all 16 groups: 4 vectors of 4 */
-        for (int k = 0; k < 16 * 4; k++) w[k] = abs_f4(v[k]);
-        fit_affine_v(4, 16, 3, v, w, lev, sc4, mn4, -0.5f, 0.1f, 15, 1);
-        for (int b = 0; b < 4; b++) {
-            _mm_storeu_ps(scales + 4 * b, sc4[b]);
-            _mm_storeu_ps(mins + 4 * b, mn4[b]);
-        }
-        store_levels(lev, 16, 4, 16, L);
-    } else
-#endif
-    {
-        (void)lanes;
-        for (int j = 0; j < 16; j++) {
-            float w[16];
-            for (int l = 0; l < 16; l++) w[l] = fabsf(x[16 * j + l]);
-            scales[j] = fit_affine(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, 1);
-        }
-    }
     for (int j = 0; j < 16; j++) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
@@ -831,26 +628,25 @@ static void blk_q2_k(const float *x, uint8_t *y, int lanes) {
     put_f16(y + 80, d16);
     put_f16(y + 82, m16);
     const float dd = half_value(d16), dm_all = half_value(m16);
+    float d[16];
     for (int j = 0; j < 16; j++) {
-        const float d = dd * (float)(sc[j] & 0xF);
-        if (d == 0.0f) continue; /* keep the fit's levels */
-        const float dm = dm_all * (float)(sc[j] >> 4);
-        for (int i = 0; i < 16; i++) L[16 * j + i] = (uint8_t)clampi(round_magic((x[16 * j + i] + dm) / d), 0, 3);
+        d[j] = dd * (float)(sc[j] & 0xF);
+        affine_requant(x + 16 * j, 16, d[j], dm_all * (float)(sc[j] >> 4), 3, L + 16 * j); /* garbage if d == 0 */
     }
+    for (int j = 0; j < 16; j++)
+        if (d[j] == 0.0f) affine_levels(f, g0 + j, x + 16 * j, 16, 3, L + 16 * j); /* keep the fit's levels */
     pack_2bit(L, qs);
 }
 
 /* Q3_K: matches quantize_row_q3_K_ref.
  * Layout (110 bytes): hmask[32] (bit b of byte m: high bit of value 32*b + m) | qs[64] (low 2 bits, as Q2_K) |
- * scales[12] (16 six-bit signed scales, +32: low nibbles in bytes 0..7, high 2-bit pairs in bytes 8..11) | f16 d. */
-static void blk_q3_k(const float *x, uint8_t *y, int lanes) {
-    (void)lanes; /* no lane-wise variant: its coordinate descent branches value by value */
+ * scales[12] (16 six-bit signed scales, +32: low nibbles in bytes 0..7, high 2-bit pairs in bytes 8..11) | f16 d.
+ * fitL: the fits' levels (0..7), value i of group j at fitL[j * sg + i * si]. */
+KQ_INLINE void q3_k_encode(const float *x, uint8_t *y, const float *scales, const int8_t *fitL, int si, int sg) {
     int8_t L[SUPER];
-    float scales[16];
     int lev[16]; /* the 6-bit codes written to the scales field, 0..63 */
     float max_scale = 0, amax = 0;
     for (int j = 0; j < 16; j++) {
-        scales[j] = fit_q3_group(x + 16 * j, L + 16 * j);
         const float a = fabsf(scales[j]);
         if (a > amax) {
             amax = a;
@@ -878,62 +674,30 @@ static void blk_q3_k(const float *x, uint8_t *y, int lanes) {
     }
     put_f16(y + 108, d16);
     const float dd = half_value(d16);
+    float d[16];
     for (int j = 0; j < 16; j++) {
-        const float d = dd * (float)(lev[j] - 32);
-        if (d == 0.0f) continue;
-        for (int i = 0; i < 16; i++)
-            L[16 * j + i] = (int8_t)(clampi(round_magic(x[16 * j + i] / d), -4, 3) + 4);
+        d[j] = dd * (float)(lev[j] - 32);
+        symmetric_requant(x + 16 * j, d[j], -4, 3, L + 16 * j); /* garbage where d == 0, replaced below */
     }
+    for (int j = 0; j < 16; j++)
+        if (d[j] == 0.0f)
+            for (int i = 0; i < 16; i++) L[16 * j + i] = fitL[j * sg + i * si]; /* keep the fit's levels */
+    /* levels 0..7: value j's bit 2 goes to bit j/32 of hmask[j%32] (the reference's `if (L > 3)`, subtracting 4),
+     * its low two bits to qs; written without branches so that it vectorizes */
     uint8_t lo2[SUPER];
     memset(hmask, 0, 32);
-    for (int j = 0; j < SUPER; j++) {
-        int l = L[j];
-        if (l > 3) {
-            hmask[j % 32] = (uint8_t)(hmask[j % 32] | (1u << (j / 32)));
-            l -= 4;
-        }
-        lo2[j] = (uint8_t)l;
-    }
+    for (int b = 0; b < 8; b++)
+        for (int m = 0; m < 32; m++) hmask[m] = (uint8_t)(hmask[m] | (((unsigned)L[32 * b + m] >> 2) << b));
+    for (int j = 0; j < SUPER; j++) lo2[j] = (uint8_t)(L[j] & 3);
     pack_2bit(lo2, qs);
 }
 
-/* Shared by Q4_K and Q5_K: per 32-value group an affine fit with weights av + |x| (av = RMS of the group), then
- * 6-bit codes for scales and mins against two f16 super-scales, then the levels recomputed with the stored scales.
- * Writes d, dmin and the 12 scale bytes at y[0..15]; returns the levels (0..nmax) in L. */
-static inline void kx_common(const float *x, uint8_t *y, uint8_t *L, int nmax, float rmin, int nstep, int lanes) {
-    float scales[8], mins[8];
+/* Shared by Q4_K and Q5_K: from the eight 32-value affine fits f[g0 .. g0+7] (weights av + |x|, av = RMS of the
+ * group), 6-bit codes for scales and mins against two f16 super-scales, then the levels recomputed with the stored
+ * scales. Writes d, dmin and the 12 scale bytes at y[0..15]; returns the levels (0..nmax) in L. */
+KQ_INLINE void kx_encode(const float *x, uint8_t *y, const affine_fits *f, int g0, int nmax, uint8_t *L) {
+    const float *scales = f->scale + g0, *mins = f->neg_min + g0;
     float max_scale = 0, max_min = 0;
-#ifdef KQ_HAVE_LANES
-    if (lanes) {
-        f4 v[32 * 2], w[32 * 2], sc4[2], mn4[2];
-        i4 lev[32 * 2];
-        load_groups(x, 32, 32, 2, v); /* all 8 groups: 2 vectors of 4 */
-        for (int b = 0; b < 2; b++) {
-            f4 sum_x2 = _mm_setzero_ps();
-            for (int i = 0; i < 32; i++) sum_x2 = _mm_add_ps(sum_x2, _mm_mul_ps(v[2 * i + b], v[2 * i + b]));
-            const f4 av = _mm_sqrt_ps(_mm_div_ps(sum_x2, _mm_set1_ps(32.0f)));
-            for (int i = 0; i < 32; i++) w[2 * i + b] = _mm_add_ps(av, abs_f4(v[2 * i + b]));
-        }
-        fit_affine_v(2, 32, nmax, v, w, lev, sc4, mn4, rmin, 0.1f, nstep, 0);
-        for (int b = 0; b < 2; b++) {
-            _mm_storeu_ps(scales + 4 * b, sc4[b]);
-            _mm_storeu_ps(mins + 4 * b, mn4[b]);
-        }
-        store_levels(lev, 32, 2, 32, L);
-    } else
-#endif
-    {
-        (void)lanes;
-        for (int j = 0; j < 8; j++) {
-            float w[32];
-            const float *g = x + 32 * j;
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; l++) sum_x2 += g[l] * g[l];
-            const float av = sqrtf(sum_x2 / 32.0f);
-            for (int l = 0; l < 32; l++) w[l] = av + fabsf(g[l]);
-            scales[j] = fit_affine(32, nmax, g, w, L + 32 * j, &mins[j], rmin, 0.1f, nstep, 0);
-        }
-    }
     for (int j = 0; j < 8; j++) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
@@ -960,19 +724,20 @@ static inline void kx_common(const float *x, uint8_t *y, uint8_t *L, int nmax, f
     put_f16(y, d16);
     put_f16(y + 2, m16);
     const float dd = half_value(d16), dm_all = half_value(m16);
+    float d[8];
     for (int j = 0; j < 8; j++) {
-        const float d = dd * (float)ls[j];
-        if (d == 0.0f) continue;
-        const float dm = dm_all * (float)lm[j];
-        for (int i = 0; i < 32; i++) L[32 * j + i] = (uint8_t)clampi(round_magic((x[32 * j + i] + dm) / d), 0, nmax);
+        d[j] = dd * (float)ls[j];
+        affine_requant(x + 32 * j, 32, d[j], dm_all * (float)lm[j], nmax, L + 32 * j); /* garbage if d == 0 */
     }
+    for (int j = 0; j < 8; j++)
+        if (d[j] == 0.0f) affine_levels(f, g0 + j, x + 32 * j, 32, nmax, L + 32 * j); /* keep the fit's levels */
 }
 
 /* Q4_K: matches quantize_row_q4_K_ref.
  * Layout (144 bytes): f16 d | f16 dmin | scales[12] | qs[128] (byte l of run r: value 64r+l low, 64r+32+l high). */
-static void blk_q4_k(const float *x, uint8_t *y, int lanes) {
+KQ_INLINE void q4_k_encode(const float *x, uint8_t *y, const affine_fits *f, int g0) {
     uint8_t L[SUPER];
-    kx_common(x, y, L, 15, -1.0f, 20, lanes);
+    kx_encode(x, y, f, g0, 15, L);
     uint8_t *q = y + 16;
     for (int r = 0; r < 4; r++)
         for (int l = 0; l < 32; l++) q[32 * r + l] = (uint8_t)(L[64 * r + l] | (L[64 * r + 32 + l] << 4));
@@ -981,9 +746,9 @@ static void blk_q4_k(const float *x, uint8_t *y, int lanes) {
 /* Q5_K: matches quantize_row_q5_K_ref.
  * Layout (176 bytes): f16 d | f16 dmin | scales[12] | qh[32] (bits 2r, 2r+1: fifth bit of values 64r+l,
  * 64r+32+l) | qs[128] (low nibbles, as Q4_K). */
-static void blk_q5_k(const float *x, uint8_t *y, int lanes) {
+KQ_INLINE void q5_k_encode(const float *x, uint8_t *y, const affine_fits *f, int g0) {
     uint8_t L[SUPER];
-    kx_common(x, y, L, 31, -0.5f, 15, lanes);
+    kx_encode(x, y, f, g0, 31, L);
     uint8_t *qh = y + 16, *q = y + 48;
     memset(qh, 0, 32);
     for (int r = 0; r < 4; r++) {
@@ -999,19 +764,10 @@ static void blk_q5_k(const float *x, uint8_t *y, int lanes) {
  * Layout (210 bytes): ql[128] (low nibbles) | qh[64] (top 2 bits) | int8 scales[16] | f16 d. Within each
  * 128-value half, byte l of ql holds values l and l+64 and byte l+32 values l+32 and l+96; qh byte l holds the
  * top bits of values l, l+32, l+64, l+96. */
-static void blk_q6_k(const float *x, uint8_t *y, int lanes) {
+KQ_INLINE void q6_k_encode(const float *x, uint8_t *y, const qx_fits *f, int g0) {
+    const float *scales = f->scale + g0;
     int8_t L[SUPER];
-    float scales[16];
     float max_scale = 0, max_abs = 0;
-#ifdef KQ_HAVE_LANES
-    if (lanes) {
-        fit_q6_groups_v(4, x, L, scales); /* all 16 groups: 4 vectors of 4 */
-    } else
-#endif
-    {
-        (void)lanes;
-        for (int j = 0; j < 16; j++) scales[j] = fit_q6_group(x + 16 * j, L + 16 * j);
-    }
     for (int j = 0; j < 16; j++) {
         const float a = fabsf(scales[j]);
         if (a > max_abs) {
@@ -1032,12 +788,13 @@ static void blk_q6_k(const float *x, uint8_t *y, int lanes) {
     }
     put_f16(y + 208, d16);
     const float dd = half_value(d16);
+    float d[16];
     for (int j = 0; j < 16; j++) {
-        const float d = dd * (float)sc[j];
-        if (d == 0.0f) continue;
-        for (int i = 0; i < 16; i++)
-            L[16 * j + i] = (int8_t)(clampi(round_magic(x[16 * j + i] / d), -32, 31) + 32);
+        d[j] = dd * (float)sc[j];
+        symmetric_requant(x + 16 * j, d[j], -32, 31, L + 16 * j); /* garbage where d == 0, replaced below */
     }
+    for (int j = 0; j < 16; j++)
+        if (d[j] == 0.0f) qx_levels(f, g0 + j, x + 16 * j, L + 16 * j); /* keep the fit's levels */
     uint8_t *ql = y, *qh = y + 128;
     for (int h = 0; h < 2; h++) {
         const int8_t *s = L + 128 * h;
@@ -1050,27 +807,718 @@ static void blk_q6_k(const float *x, uint8_t *y, int lanes) {
     }
 }
 
-/* ------------------------------------------------------------------------------------------------------------ */
-/* Formats table and the row driver */
+/* Portable path: one super-block, one group at a time. */
 
-/* lanes != 0: use the SSE2 code where there is some (same bytes; the tests check both paths). */
-typedef void (*block_fn)(const float *x, uint8_t *y, int lanes);
+/* Q4_K/Q5_K fits: weights av + |x| with av the group's RMS (sum_x2 in order from 0, then sqrtf(sum_x2 / 32)). */
+static inline void kx_fit(const float *x, int nmax, float rmin, int nstep, affine_fits *f) {
+    for (int j = 0; j < 8; j++) {
+        float w[32];
+        const float *g = x + 32 * j;
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; l++) sum_x2 += g[l] * g[l];
+        const float av = sqrtf(sum_x2 / 32.0f);
+        for (int l = 0; l < 32; l++) w[l] = av + fabsf(g[l]);
+        fit_affine(32, nmax, g, w, rmin, 0.1f, nstep, 0, f, j);
+    }
+}
+
+static void q2_k_portable(const float *x, uint8_t *y) {
+    affine_fits f;
+    for (int j = 0; j < 16; j++) {
+        float w[16];
+        for (int l = 0; l < 16; l++) w[l] = fabsf(x[16 * j + l]);
+        fit_affine(16, 3, x + 16 * j, w, -0.5f, 0.1f, 15, 1, &f, j);
+    }
+    q2_k_encode(x, y, &f, 0);
+}
+
+static void q3_k_portable(const float *x, uint8_t *y) {
+    int8_t L[SUPER];
+    float scales[16];
+    for (int j = 0; j < 16; j++) scales[j] = fit_q3_group(x + 16 * j, L + 16 * j);
+    q3_k_encode(x, y, scales, L, 1, 16);
+}
+
+static void q4_k_portable(const float *x, uint8_t *y) {
+    affine_fits f;
+    kx_fit(x, 15, -1.0f, 20, &f);
+    q4_k_encode(x, y, &f, 0);
+}
+
+static void q5_k_portable(const float *x, uint8_t *y) {
+    affine_fits f;
+    kx_fit(x, 31, -0.5f, 15, &f);
+    q5_k_encode(x, y, &f, 0);
+}
+
+static void q6_k_portable(const float *x, uint8_t *y) {
+    qx_fits f;
+    for (int j = 0; j < 16; j++) fit_q6_group(x + 16 * j, &f, j);
+    q6_k_encode(x, y, &f, 0);
+}
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Lane paths: the K-quants' group fits, several groups at a time, one group per lane
+ *
+ * The lane body (further down, between "#ifdef KQ_LANE_BODY" and its #endif) is written once with GCC/Clang vector
+ * extensions over vectors of LANES floats plus a small kit of intrinsics (min/max, rounding, masks), and this file
+ * includes itself to compile it three times, once per instruction set, each with native-width vectors (wider
+ * vector types would have their comparisons split into scalar code) and its own target attribute:
+ *   sse2    baseline x86-64, LANES 4        avx2    target("avx2"), LANES 8
+ *   avx512  target("avx512f,avx512bw,avx512vl"), LANES 16
+ * each with NV = 2 vectors in flight. Each instance defines the entry points q2_k_<isa> .. q6_k_<isa> that the
+ * formats table uses; the row driver picks one at run time (path_available: __builtin_cpu_supports), so the
+ * module still loads and runs on baseline x86-64. None of the targets enables FMA (and -ffp-contract=off keeps
+ * every a*b+c two roundings in any case; tests/test_kquants_native.py checks the binary for FMA instructions). The
+ * encoders above are always_inline, so each instance compiles (and auto-vectorizes) them for its target too.
+ *
+ * One call of an entry point fits BATCH = max(16, NV * LANES) groups: one or two super-blocks of 16 groups (Q2_K,
+ * Q3_K, Q6_K) or two or four of 8 groups (Q4_K, Q5_K); the row driver pads a short last batch with zero blocks.
+ *
+ * Exactness: vector add/sub/mul/div/sqrt are lane by lane the IEEE operations of the scalar code, comparisons are
+ * the same predicates (false on NaN), minps/maxps are exactly `a < b ? a : b` / `a > b ? a : b`, conversions of
+ * small exact integers are exact. Lane g follows group g's computation in the reference's order (running sums stay
+ * sequential within a lane); a branch becomes a select of values both sides computed (FP exceptions do not trap,
+ * so computing the discarded side changes nothing). A lane's result never depends on another lane; a test on all
+ * lanes ("does any lane take this trial?") only skips work whose result every lane would discard.
+ * Shortcuts, all value-preserving: (1) the levels of a search trial are computed in floating point (LV_FAST below)
+ * when bounds on the trial's products show that this gives the reference's integers, with only the clamps some
+ * lane needs; (2) the searches remember which trial won instead of copying levels, and the encoders recompute
+ * levels only where they keep the fit's levels. */
+
+#if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__)) && !defined(L1Q_NO_LANES)
+#define KQ_LANE_PATHS 1
+#include <immintrin.h>
+
+#define FAST_LIMIT 2097152.0f /* 2**21: below it both forms of a level agree */
+
+/* The forms of vlevel, clampi(round_magic(p), lo, hi) per lane as a float (`mode`, a constant after inlining):
+ *   LV_EXACT  the reference's bit trick on the float's bits, then the integer clamps: right for any p, including
+ *             the garbage that |p| >= 2**22, Inf or NaN give (subnormal scales, huge data).
+ *   LV_FAST   round to nearest, ties to even, in floating point (vrint), then MAX(lo, .) if LV_CLAMP_LO and
+ *             MIN(hi, .) if LV_CLAMP_HI. For |p| < FAST_LIMIT the bit trick is exactly that rounding, and the
+ *             rounded value can only fall outside [lo, hi] if p < lo - 0.5 or p >= hi + 0.5, so a clamp no p needs
+ *             can be left out. level_mode() picks the form for a whole pass from bounds on its p.
+ * LV_FAST may give -0 where the reference has level 0 (p in [-0.5, -0]: roundps keeps the sign, and MAX(0, .),
+ * which would make it +0, may be left out). That changes no result: a level only enters (a) products added to sums
+ * that start at +0 (round to nearest never makes such a sum -0, and y + (+-0) == y for any other y), and (b) the
+ * error term s*l + m - x, where the zero's sign can only reach a result that is zero, which is then squared or made
+ * absolute; an invalid product (Inf * 0) is the same default NaN whatever the zero's sign. The levels written to
+ * the blocks never come from here (the encoders recompute them with the integer form). */
+enum { LV_EXACT = 0, LV_FAST = 1, LV_CLAMP_LO = 2, LV_CLAMP_HI = 4 };
+
+/* Run `pass` (an always_inline function whose last argument is the level form) with `mode` as a constant. */
+#define WITH_LEVEL_MODE(mode, pass, ...)                                                                          \
+    do {                                                                                                         \
+        switch (mode) {                                                                                          \
+        case LV_FAST: pass(__VA_ARGS__, LV_FAST); break;                                                         \
+        case LV_FAST | LV_CLAMP_LO: pass(__VA_ARGS__, LV_FAST | LV_CLAMP_LO); break;                             \
+        case LV_FAST | LV_CLAMP_HI: pass(__VA_ARGS__, LV_FAST | LV_CLAMP_HI); break;                             \
+        case LV_FAST | LV_CLAMP_LO | LV_CLAMP_HI: pass(__VA_ARGS__, LV_FAST | LV_CLAMP_LO | LV_CLAMP_HI); break;   \
+        default: pass(__VA_ARGS__, LV_EXACT); break;                                                             \
+        }                                                                                                        \
+    } while (0)
+
+
+#define KQ_LANE_BODY 1
+
+#define LANES 4
+#define NV 2
+#define ISA(name) name##_sse2
+#define KQ_TARGET
+#include "_kquants.c"
+
+#define LANES 8
+#define NV 2
+#define ISA(name) name##_avx2
+#define KQ_TARGET __attribute__((target("avx2")))
+#include "_kquants.c"
+
+#define LANES 16
+#define NV 2
+#define ISA(name) name##_avx512
+#define KQ_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
+#include "_kquants.c"
+
+#undef KQ_LANE_BODY
+#endif /* lane paths */
+#endif /* !KQ_LANE_BODY: the file proper continues after the lane body */
+
+#ifdef KQ_LANE_BODY
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Lane body: one instance of the lane-wise fits and the K-quant entry points (see "Lane paths" above). Set by the
+ * includer (and #undef'd at its end): LANES (floats per vector), NV (vectors in flight: independent chains hide
+ * the latency of the running sums; arrays hold value i of vector b at [i * NV + b]), ISA(name) (the instance's
+ * name suffix) and KQ_TARGET (its target attribute, empty for baseline x86-64). */
+
+typedef float ISA(vf) __attribute__((vector_size(4 * LANES)));
+typedef int32_t ISA(vi) __attribute__((vector_size(4 * LANES)));
+
+/* Every function of the body is compiled for the instance's target (KQ_TARGET), the helpers always inlined. */
+#define LANE_FN KQ_INLINE KQ_TARGET
+
+/* This instance's names for the body's types and helpers (#undef'd at the end of the body). */
+#define vf ISA(vf)
+#define vi ISA(vi)
+#define vsplat ISA(vsplat)
+#define vsel ISA(vsel)
+#define vseli ISA(vseli)
+#define vabs ISA(vabs)
+#define vany ISA(vany)
+#define vsqrt ISA(vsqrt)
+#define vrint ISA(vrint)
+#define vmin ISA(vmin)
+#define vmax ISA(vmax)
+#define vlevel ISA(vlevel)
+#define in_range ISA(in_range)
+#define level_mode ISA(level_mode)
+#define affine_pass ISA(affine_pass)
+#define qx_pass ISA(qx_pass)
+#define lanes_load ISA(lanes_load)
+#define lanes_error ISA(lanes_error)
+#define lanes_trial ISA(lanes_trial)
+#define fit_affine_lanes ISA(fit_affine_lanes)
+#define lanes_peak ISA(lanes_peak)
+#define qx_trial ISA(qx_trial)
+#define fit_qx_lanes ISA(fit_qx_lanes)
+#define fit_q3_lanes ISA(fit_q3_lanes)
+#define kx_fit_lanes ISA(kx_fit_lanes)
+#define EACH(b) for (int b = 0; b < NV; b++)
+#define BATCH (NV * LANES > 16 ? NV * LANES : 16) /* groups per call: at least one super-block of 16 */
+
+/* The lane kit: the few operations that need more than the vector operators, on this instance's intrinsics
+ * (MM(name): _mm_name, _mm256_name or _mm512_name; MF: the matching float vector type). */
+#if LANES == 16
+#define MM(name) _mm512_##name
+#define MF __m512
+#elif LANES == 8
+#define MM(name) _mm256_##name
+#define MF __m256
+#else
+#define MM(name) _mm_##name
+#define MF __m128
+#endif
+
+LANE_FN vf vsplat(float a) {
+    vf v;
+    for (int k = 0; k < LANES; k++) v[k] = a;
+    return v;
+}
+
+LANE_FN vf vsel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); } /* m ? a : b, m all-ones/0 */
+LANE_FN vi vseli(vi m, vi a, vi b) { return (m & a) | (~m & b); }
+LANE_FN vf vabs(vf v) { return (vf)((vi)v & 0x7FFFFFFF); }
+
+/* Whether any lane of any of the NV masks is set. */
+LANE_FN int vany(const vi *m) {
+    vi a = m[0];
+    for (int b = 1; b < NV; b++) a |= m[b];
+#if LANES == 16
+    return _mm512_test_epi32_mask((__m512i)a, (__m512i)a) != 0;
+#else
+    return MM(movemask_ps)((MF)a) != 0;
+#endif
+}
+
+/* a < b ? a : b and a > b ? a : b per lane: exactly minps / maxps (b when a is NaN or both are zeros). */
+LANE_FN vf vmin(vf a, vf b) { return (vf)MM(min_ps)((MF)a, (MF)b); }
+LANE_FN vf vmax(vf a, vf b) { return (vf)MM(max_ps)((MF)a, (MF)b); }
+LANE_FN vf vsqrt(vf v) { return (vf)MM(sqrt_ps)((MF)v); }
+
+/* Round to nearest integer, ties to even, for |v| < 2**22: roundps where there is one (it keeps the sign of a
+ * zero result, -0 for v in [-0.5, -0]; see LV_FAST), else adding and removing 1.5 * 2**23. */
+LANE_FN vf vrint(vf v) {
+#if LANES == 16
+    return (vf)_mm512_roundscale_ps((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#elif LANES == 8
+    return (vf)_mm256_round_ps((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    return (v + 12582912.0f) - 12582912.0f;
+#endif
+}
+
+LANE_FN vf vlevel(vf p, int lo, int hi, int mode) {
+    if (mode & LV_FAST) {
+        vf r = vrint(p);
+        if (mode & LV_CLAMP_LO) r = vmax(r, vsplat((float)lo)); /* MAX(lo, .) */
+        if (mode & LV_CLAMP_HI) r = vmin(r, vsplat((float)hi)); /* MIN(hi, .) */
+        return r;
+    }
+    vi l = ((vi)(p + 12582912.0f) & 0x007FFFFF) - 0x00400000;
+    l = vseli(l < lo, (vi){0} + lo, l);
+    return __builtin_convertvector(vseli(l > hi, (vi){0} + hi, l), vf);
+}
+
+/* Lanes where |p| < FAST_LIMIT (false for NaN). */
+LANE_FN vi in_range(vf p) { return vabs(p) < FAST_LIMIT; }
+
+/* The form of vlevel for a pass whose every p lies between pa[b] and pb[b] in its lane (lanes in `skip` do not
+ * matter): LV_FAST when all are in range, with the clamps that some p may need (rounding below lo or above hi). */
+LANE_FN int level_mode(const vf *pa, const vf *pb, const vi *skip, int lo, int hi) {
+    vi out[NV], below[NV], above[NV];
+    EACH(b) {
+        out[b] = ~((in_range(pa[b]) & in_range(pb[b])) | skip[b]);
+        below[b] = ~skip[b] & (vmin(pa[b], pb[b]) < (float)lo - 0.5f);
+        above[b] = ~skip[b] & (vmax(pa[b], pb[b]) >= (float)hi + 0.5f);
+    }
+    if (vany(out)) return LV_EXACT;
+    return LV_FAST | (vany(below) ? LV_CLAMP_LO : 0) | (vany(above) ? LV_CLAMP_HI : 0);
+}
+
+/* NV * LANES groups of n values, `stride` floats apart, into lanes: v[i * NV + b] lane g = value i of group
+ * b * LANES + g. */
+LANE_FN void lanes_load(const float *x, int stride, int n, vf *v) {
+    float *o = (float *)v;
+    EACH(b) {
+        for (int g = 0; g < LANES; g++)
+            for (int i = 0; i < n; i++) o[(i * NV + b) * LANES + g] = x[(b * LANES + g) * stride + i];
+    }
+}
+
+/* Weighted error of levels lf against x: sum of w * |s*l + m - x| (use_abs) or w * (s*l + m - x)**2. */
+LANE_FN void lanes_error(int n, const vf *s, const vf *m, const vf *lf, const vf *x, const vf *w, int use_abs,
+                           vf *err) {
+    EACH(b) err[b] = (vf){0};
+    for (int i = 0; i < n; i++) {
+        EACH(b) {
+            const int k = i * NV + b;
+            vf diff = s[b] * lf[k] + m[b] - x[k];
+            diff = use_abs ? vabs(diff) : diff * diff;
+            err[b] += w[k] * diff;
+        }
+    }
+}
+
+/* One trial of the affine search: levels of p = iscale * (x - lo) into lf and, if `sums`, their weighted sums
+ * sum w*l, (w*l)*l and (w*l)*x. */
+LANE_FN void affine_pass(int n, int nmax, const vf *iscale, const vf *lo, const vf *x, const vf *w, vf *lf,
+                           vf *sum_l, vf *sum_l2, vf *sum_xl, int sums, int mode) {
+    EACH(b) sum_l[b] = sum_l2[b] = sum_xl[b] = (vf){0};
+    for (int i = 0; i < n; i++) {
+        EACH(b) {
+            const int k = i * NV + b;
+            const vf l = vlevel(iscale[b] * (x[k] - lo[b]), 0, nmax, mode);
+            lf[k] = l;
+            if (!sums) continue;
+            const vf wl = w[k] * l;
+            sum_l[b] += wl;
+            sum_l2[b] += wl * l;
+            sum_xl[b] += wl * x[k];
+        }
+    }
+}
+
+/* affine_pass in the form its bounds allow: p is monotone in x, so over a lane it lies between its values at the
+ * lane's smallest and largest x; flat lanes do not matter (their results are replaced). */
+LANE_FN void lanes_trial(int n, int nmax, const vf *iscale, const vf *lo, const vf *x_lo, const vf *x_hi,
+                           const vi *flat, const vf *x, const vf *w, vf *lf, vf *sum_l, vf *sum_l2, vf *sum_xl,
+                           int sums) {
+    vf pa[NV], pb[NV];
+    EACH(b) {
+        pa[b] = iscale[b] * (x_lo[b] - lo[b]);
+        pb[b] = iscale[b] * (x_hi[b] - lo[b]);
+    }
+    const int mode = level_mode(pa, pb, flat, 0, nmax);
+    if (sums)
+        WITH_LEVEL_MODE(mode, affine_pass, n, nmax, iscale, lo, x, w, lf, sum_l, sum_l2, sum_xl, 1);
+    else
+        WITH_LEVEL_MODE(mode, affine_pass, n, nmax, iscale, lo, x, w, lf, sum_l, sum_l2, sum_xl, 0);
+}
+
+/* fit_affine for NV * LANES groups of n values (lanes x, weights w), into out[g0 ..]. */
+LANE_FN void fit_affine_lanes(int n, int nmax, const vf *x, const vf *w, float rmin, float rdelta, int nstep,
+                                int use_abs, affine_fits *out, int g0) {
+    vf lf[32 * NV];
+    vf lo[NV], hi[NV], x_lo[NV], lo_flat[NV], sum_w[NV], sum_x[NV], iscale[NV], scale[NV], best[NV];
+    vf best_iscale[NV], best_lo[NV], sum_l[NV], sum_l2[NV], sum_xl[NV], det[NV], t_scale[NV], t_min[NV], err[NV];
+    vi flat[NV], det_pos[NV], min_pos[NV], take[NV];
+    const vf zero = {0};
+    EACH(b) {
+        lo[b] = hi[b] = x[b];
+        sum_w[b] = w[b];
+        sum_x[b] = w[b] * x[b];
+    }
+    for (int i = 1; i < n; i++) {
+        EACH(b) {
+            const vf xi = x[i * NV + b], wi = w[i * NV + b];
+            lo[b] = vmin(xi, lo[b]); /* if (x < min) min = x */
+            hi[b] = vmax(xi, hi[b]); /* if (x > max) max = x */
+            sum_w[b] += wi;
+            sum_x[b] += wi * xi;
+        }
+    }
+    EACH(b) {
+        x_lo[b] = lo[b]; /* every x of the lane lies in [x_lo, hi] */
+        lo[b] = vsel(lo[b] > 0.0f, zero, lo[b]);
+        lo_flat[b] = lo[b];
+        flat[b] = hi[b] == lo[b]; /* these lanes return early in the reference; their results are replaced below */
+        iscale[b] = (float)nmax / (hi[b] - lo[b]);
+        scale[b] = 1.0f / iscale[b];
+        best_iscale[b] = iscale[b];
+        best_lo[b] = lo[b];
+    }
+    /* the first guess: its levels' error is the one to beat */
+    lanes_trial(n, nmax, iscale, lo, x_lo, hi, flat, x, w, lf, sum_l, sum_l2, sum_xl, 0);
+    lanes_error(n, scale, lo, lf, x, w, use_abs, best);
+    for (int is = 0; is <= nstep; is++) {
+        const float num = rmin + rdelta * (float)is + (float)nmax;
+        EACH(b) iscale[b] = num / (hi[b] - lo[b]);
+        lanes_trial(n, nmax, iscale, lo, x_lo, hi, flat, x, w, lf, sum_l, sum_l2, sum_xl, 1);
+        EACH(b) {
+            det[b] = sum_w[b] * sum_l2[b] - sum_l[b] * sum_l[b];
+            det_pos[b] = det[b] > 0.0f;
+        }
+        if (!vany(det_pos)) continue; /* no lane takes the reference's `if (D > 0)` */
+        EACH(b) {
+            t_scale[b] = (sum_w[b] * sum_xl[b] - sum_x[b] * sum_l[b]) / det[b];
+            t_min[b] = (sum_l2[b] * sum_x[b] - sum_l[b] * sum_xl[b]) / det[b];
+            min_pos[b] = t_min[b] > 0.0f;
+        }
+        if (vany(min_pos)) { /* if (this_min > 0) { this_min = 0; this_scale = sum_xl / sum_l2; } */
+            EACH(b) {
+                t_min[b] = vsel(min_pos[b], zero, t_min[b]);
+                t_scale[b] = vsel(min_pos[b], sum_xl[b] / sum_l2[b], t_scale[b]);
+            }
+        }
+        lanes_error(n, t_scale, t_min, lf, x, w, use_abs, err);
+        EACH(b) take[b] = det_pos[b] & (err[b] < best[b]);
+        if (!vany(take)) continue;
+        EACH(b) {
+            best[b] = vsel(take[b], err[b], best[b]);
+            scale[b] = vsel(take[b], t_scale[b], scale[b]);
+            best_iscale[b] = vsel(take[b], iscale[b], best_iscale[b]);
+            best_lo[b] = vsel(take[b], lo[b], best_lo[b]);
+            lo[b] = vsel(take[b], t_min[b], lo[b]);
+        }
+    }
+    EACH(b) {
+        const int g = g0 + b * LANES;
+        const vf s = vsel(flat[b], zero, scale[b]), m = -vsel(flat[b], lo_flat[b], lo[b]);
+        memcpy(out->scale + g, &s, sizeof s);
+        memcpy(out->neg_min + g, &m, sizeof m);
+        memcpy(out->iscale + g, &best_iscale[b], sizeof s);
+        memcpy(out->lo + g, &best_lo[b], sizeof s);
+        memcpy(out->flat + g, &flat[b], sizeof s);
+    }
+}
+
+/* Largest magnitude of 16 values per lane and the signed value that has it (the first one: strict >). */
+LANE_FN void lanes_peak(const vf *x, vf *amax, vf *peak) {
+    EACH(b) amax[b] = peak[b] = (vf){0};
+    for (int i = 0; i < 16; i++) {
+        EACH(b) {
+            const vf ax = vabs(x[i * NV + b]);
+            const vi bigger = ax > amax[b];
+            amax[b] = vsel(bigger, ax, amax[b]);
+            peak[b] = vsel(bigger, x[i * NV + b], peak[b]);
+        }
+    }
+}
+
+/* Sums of one make_qx_quants trial: sum (w*x)*l and sum (w*l)*l over the levels of iscale * x. */
+LANE_FN void qx_pass(const vf *iscale, const vf *x, const vf *w, const vf *wx, vf *sumlx, vf *suml2, int mode) {
+    EACH(b) sumlx[b] = suml2[b] = (vf){0};
+    for (int i = 0; i < 16; i++) {
+        EACH(b) {
+            const int k = i * NV + b;
+            const vf l = vlevel(iscale[b] * x[k], -32, 31, mode);
+            sumlx[b] += wx[k] * l;
+            suml2[b] += w[k] * l * l;
+        }
+    }
+}
+
+/* One trial, iscale = num / peak, in the form its bounds allow (iscale * x is monotone in x; tiny lanes do not
+ * matter). */
+LANE_FN void qx_trial(float num, const vf *peak, const vf *x_lo, const vf *x_hi, const vi *tiny, const vf *x,
+                        const vf *w, const vf *wx, vf *iscale, vf *sumlx, vf *suml2) {
+    vf pa[NV], pb[NV];
+    EACH(b) {
+        iscale[b] = num / peak[b];
+        pa[b] = iscale[b] * x_lo[b];
+        pb[b] = iscale[b] * x_hi[b];
+    }
+    const int mode = level_mode(pa, pb, tiny, -32, 31);
+    WITH_LEVEL_MODE(mode, qx_pass, iscale, x, w, wx, sumlx, suml2);
+}
+
+/* fit_q6_group for NV * LANES groups of 16 values (lanes x), into out[g0 ..]. */
+LANE_FN void fit_qx_lanes(const vf *x, qx_fits *out, int g0) {
+    vf w[16 * NV], wx[16 * NV], amax[NV], peak[NV], x_lo[NV], x_hi[NV], iscale[NV], best_iscale[NV];
+    vf sumlx[NV], suml2[NV], scale[NV], best[NV];
+    vi tiny[NV], take[NV];
+    const vf zero = {0};
+    lanes_peak(x, amax, peak);
+    EACH(b) x_lo[b] = x_hi[b] = x[b];
+    for (int k = 0; k < 16 * NV; k++) {
+        w[k] = x[k] * x[k];
+        wx[k] = w[k] * x[k];
+        x_lo[k % NV] = vmin(x[k], x_lo[k % NV]);
+        x_hi[k % NV] = vmax(x[k], x_hi[k % NV]);
+    }
+    EACH(b) tiny[b] = amax[b] < TINY_GROUP; /* early return in the reference; replaced below */
+    qx_trial(-32.0f, peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2); /* the first guess, -nmax / max */
+    EACH(b) {
+        /* suml2 ? sumlx / suml2 : 0 (!= is true for NaN, like C's truth test) */
+        scale[b] = vsel(suml2[b] != 0.0f, sumlx[b] / suml2[b], zero);
+        best[b] = scale[b] * sumlx[b];
+        best_iscale[b] = iscale[b];
+    }
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        qx_trial(-(32.0f + 0.1f * (float)is), peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2);
+        EACH(b) take[b] = (suml2[b] > 0.0f) & (sumlx[b] * sumlx[b] > best[b] * suml2[b]);
+        if (!vany(take)) continue;
+        EACH(b) {
+            const vf s = sumlx[b] / suml2[b];
+            scale[b] = vsel(take[b], s, scale[b]);
+            best[b] = vsel(take[b], s * sumlx[b], best[b]);
+            best_iscale[b] = vsel(take[b], iscale[b], best_iscale[b]);
+        }
+    }
+    EACH(b) {
+        const int g = g0 + b * LANES;
+        const vf s = vsel(tiny[b], zero, scale[b]);
+        memcpy(out->scale + g, &s, sizeof s);
+        memcpy(out->iscale + g, &best_iscale[b], sizeof s);
+        memcpy(out->tiny + g, &tiny[b], sizeof s);
+    }
+}
+
+/* fit_q3_group for NV * LANES groups of 16 values (lanes x): scales[g0 ..] and levels L[i * BATCH + g]
+ * (lane-major, g from g0). A lane whose pass changes nothing would change nothing in the next pass either (same
+ * state, same computation), so running all lanes until none changes is the reference's per-group early exit. */
+LANE_FN void fit_q3_lanes(const vf *x, float *scales, int8_t *L, int g0) {
+    vf w[16 * NV], wx[16 * NV], lv[16 * NV], amax[NV], peak[NV], iscale[NV], sumlx[NV], suml2[NV];
+    vi tiny[NV], changed[NV];
+    const vf zero = {0};
+    lanes_peak(x, amax, peak);
+    EACH(b) {
+        tiny[b] = amax[b] < TINY_GROUP;
+        iscale[b] = -4.0f / peak[b];
+        sumlx[b] = suml2[b] = zero;
+    }
+    for (int i = 0; i < 16; i++) {
+        EACH(b) {
+            const int k = i * NV + b;
+            lv[k] = vlevel(iscale[b] * x[k], -4, 3, LV_EXACT);
+            w[k] = x[k] * x[k];
+            wx[k] = w[k] * x[k];
+            sumlx[b] += wx[k] * lv[k];
+            suml2[b] += w[k] * lv[k] * lv[k];
+        }
+    }
+    for (int pass = 0; pass < 5; pass++) {
+        EACH(b) changed[b] = (vi){0};
+        for (int i = 0; i < 16; i++) {
+            EACH(b) {
+                const int k = i * NV + b;
+                vf slx = sumlx[b] - wx[k] * lv[k];
+                vf sl2 = suml2[b] - w[k] * lv[k] * lv[k];
+                const vf nl = vlevel(x[k] * sl2 / slx, -4, 3, LV_EXACT);
+                const vi try_it = (slx > 0.0f) & (nl != lv[k]);
+                slx += wx[k] * nl;
+                sl2 += w[k] * nl * nl;
+                const vi take = try_it & (sl2 > 0.0f) & (slx * slx * suml2[b] > sumlx[b] * sumlx[b] * sl2);
+                lv[k] = vsel(take, nl, lv[k]);
+                sumlx[b] = vsel(take, slx, sumlx[b]);
+                suml2[b] = vsel(take, sl2, suml2[b]);
+                changed[b] |= take;
+            }
+        }
+        if (!vany(changed)) break;
+    }
+    EACH(b) {
+        const vf s = vsel(tiny[b], zero, vsel(suml2[b] > 0.0f, sumlx[b] / suml2[b], zero));
+        memcpy(scales + g0 + b * LANES, &s, sizeof s);
+        for (int i = 0; i < 16; i++) {
+            /* levels + 4 (exact small integers), or 0 for a tiny group */
+            const vi l = vseli(tiny[b], (vi){0}, __builtin_convertvector(lv[i * NV + b], vi) + 4);
+            for (int g = 0; g < LANES; g++) L[i * BATCH + g0 + b * LANES + g] = (int8_t)l[g];
+        }
+    }
+}
+
+/* Q4_K/Q5_K fits of NV * LANES 32-value groups at x, weights av + |x| (av: the group's RMS), into f[g0 ..]. */
+LANE_FN void kx_fit_lanes(const float *x, int nmax, float rmin, int nstep, affine_fits *f, int g0) {
+    vf v[32 * NV], w[32 * NV], sum_x2[NV];
+    lanes_load(x, 32, 32, v);
+    EACH(b) sum_x2[b] = (vf){0};
+    for (int i = 0; i < 32; i++) EACH(b) sum_x2[b] += v[i * NV + b] * v[i * NV + b];
+    EACH(b) {
+        const vf av = vsqrt(sum_x2[b] / 32.0f);
+        for (int i = 0; i < 32; i++) w[i * NV + b] = av + vabs(v[i * NV + b]);
+    }
+    fit_affine_lanes(32, nmax, v, w, rmin, 0.1f, nstep, 0, f, g0);
+}
+
+/* The entry points: BATCH groups per call, NV * LANES at a time (see "Lane paths"). */
+
+static KQ_TARGET void ISA(q2_k)(const float *x, uint8_t *y) {
+    affine_fits f;
+    for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) {
+        vf v[16 * NV], w[16 * NV];
+        lanes_load(x + 16 * g0, 16, 16, v);
+        for (int k = 0; k < 16 * NV; k++) w[k] = vabs(v[k]);
+        fit_affine_lanes(16, 3, v, w, -0.5f, 0.1f, 15, 1, &f, g0);
+    }
+    for (int j = 0; j < BATCH / 16; j++) q2_k_encode(x + SUPER * j, y + 84 * j, &f, 16 * j);
+}
+
+static KQ_TARGET void ISA(q3_k)(const float *x, uint8_t *y) {
+    int8_t L[16 * BATCH];
+    float scales[BATCH];
+    for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) {
+        vf v[16 * NV];
+        lanes_load(x + 16 * g0, 16, 16, v);
+        fit_q3_lanes(v, scales, L, g0);
+    }
+    for (int j = 0; j < BATCH / 16; j++) q3_k_encode(x + SUPER * j, y + 110 * j, scales + 16 * j, L + 16 * j, BATCH, 1);
+}
+
+static KQ_TARGET void ISA(q4_k)(const float *x, uint8_t *y) {
+    affine_fits f;
+    for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) kx_fit_lanes(x + 32 * g0, 15, -1.0f, 20, &f, g0);
+    for (int j = 0; j < BATCH / 8; j++) q4_k_encode(x + SUPER * j, y + 144 * j, &f, 8 * j);
+}
+
+static KQ_TARGET void ISA(q5_k)(const float *x, uint8_t *y) {
+    affine_fits f;
+    for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) kx_fit_lanes(x + 32 * g0, 31, -0.5f, 15, &f, g0);
+    for (int j = 0; j < BATCH / 8; j++) q5_k_encode(x + SUPER * j, y + 176 * j, &f, 8 * j);
+}
+
+static KQ_TARGET void ISA(q6_k)(const float *x, uint8_t *y) {
+    qx_fits f;
+    for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) {
+        vf v[16 * NV];
+        lanes_load(x + 16 * g0, 16, 16, v);
+        fit_qx_lanes(v, &f, g0);
+    }
+    for (int j = 0; j < BATCH / 16; j++) q6_k_encode(x + SUPER * j, y + 210 * j, &f, 16 * j);
+}
+
+/* For the formats table: groups per call of this instance's entry points. */
+enum { ISA(batch) = BATCH };
+
+#undef vf
+#undef vi
+#undef vsplat
+#undef vsel
+#undef vseli
+#undef vabs
+#undef vany
+#undef vsqrt
+#undef vrint
+#undef vmin
+#undef vmax
+#undef vlevel
+#undef in_range
+#undef level_mode
+#undef affine_pass
+#undef qx_pass
+#undef lanes_load
+#undef lanes_error
+#undef lanes_trial
+#undef BATCH
+#undef fit_affine_lanes
+#undef lanes_peak
+#undef qx_trial
+#undef fit_qx_lanes
+#undef fit_q3_lanes
+#undef kx_fit_lanes
+#undef EACH
+#undef LANE_FN
+#undef LANES
+#undef NV
+#undef ISA
+#undef KQ_TARGET
+#undef MM
+#undef MF
+#endif /* KQ_LANE_BODY */
+
+#ifndef KQ_LANE_BODY /* the file proper, continued */
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* Paths, formats table and the row driver */
+
+/* The code paths, by the names kquant() takes (kernels/_native.py reads L1QUANT_KQUANT_ISA into one):
+ *   portable  plain C, one value/group at a time (what non-x86 and non-GNU builds run)
+ *   sse2      Q4_0..Q5_1 as SSE2 vectors; the K-quant lane body with 4-lane vectors, for baseline x86-64
+ *   avx2      the lane body with 8-lane vectors, target("avx2") (Q4_0..Q5_1: the SSE2 code)
+ *   avx512    the lane body with 16-lane vectors, target("avx512f,avx512bw,avx512vl") (Q4_0..Q5_1: SSE2)
+ * All give the same bytes. The default is the last one this build and CPU support (__builtin_cpu_supports). */
+enum { PATH_PORTABLE, PATH_SSE2, PATH_AVX2, PATH_AVX512, N_PATHS };
+static const char *const PATH_NAMES[N_PATHS] = {"portable", "sse2", "avx2", "avx512"};
+
+static int path_available(int p) {
+    switch (p) {
+    case PATH_PORTABLE:
+        return 1;
+#if defined(KQ_LANE_PATHS) && defined(KQ_HAVE_LANES)
+    case PATH_SSE2:
+        return 1;
+    case PATH_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;
+    case PATH_AVX512:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl");
+#endif
+    default:
+        return 0;
+    }
+}
+
+typedef void (*block_fn)(const float *x, uint8_t *y);
 
 typedef struct {
-    int type;       /* GGML type number */
-    int qk;         /* values per block */
-    int bytes;      /* bytes per block */
-    int nan_at[2];  /* byte offsets of the f16 scale fields that the non-finite policy sets to NaN; -1: none */
-    block_fn quant; /* one block from float32 */
+    int type;                /* GGML type number */
+    int qk;                  /* values per block */
+    int bytes;               /* bytes per block */
+    int nan_at[2];           /* byte offsets of the f16 scale fields that the non-finite policy sets to NaN; -1: none */
+    block_fn portable;       /* one block */
+    int groups;              /* lane-fitted groups per block (8 or 16); 0: the lane functions take one block */
+    block_fn lanes[N_PATHS]; /* by path (PATH_SSE2 ..); NULL where the build has none */
 } kformat;
 
+/* Groups per call of each path's K-quant entry points (the instances' BATCH). */
+#if defined(KQ_LANE_PATHS) && defined(KQ_HAVE_LANES)
+static const int PATH_BATCH[N_PATHS] = {0, batch_sse2, batch_avx2, batch_avx512};
+#else
+static const int PATH_BATCH[N_PATHS] = {0};
+#endif
+
+#if defined(KQ_LANE_PATHS) && defined(KQ_HAVE_LANES)
+static void q4_0_sse2(const float *x, uint8_t *y) { blk_q4_0(x, y, 1); }
+static void q4_1_sse2(const float *x, uint8_t *y) { blk_q4_1(x, y, 1); }
+static void q5_0_sse2(const float *x, uint8_t *y) { blk_q5_0(x, y, 1); }
+static void q5_1_sse2(const float *x, uint8_t *y) { blk_q5_1(x, y, 1); }
+#define SSE2_ONLY(name) {NULL, name##_sse2, name##_sse2, name##_sse2}
+#define LANE_FNS(name) {NULL, name##_sse2, name##_avx2, name##_avx512}
+#else
+#define SSE2_ONLY(name) {NULL}
+#define LANE_FNS(name) {NULL}
+#endif
+static void q4_0_portable(const float *x, uint8_t *y) { blk_q4_0(x, y, 0); }
+static void q4_1_portable(const float *x, uint8_t *y) { blk_q4_1(x, y, 0); }
+static void q5_0_portable(const float *x, uint8_t *y) { blk_q5_0(x, y, 0); }
+static void q5_1_portable(const float *x, uint8_t *y) { blk_q5_1(x, y, 0); }
+
 static const kformat FORMATS[] = {
-    {GT_Q4_0, 32, 18, {0, -1}, blk_q4_0},   {GT_Q4_1, 32, 20, {0, 2}, blk_q4_1},
-    {GT_Q5_0, 32, 22, {0, -1}, blk_q5_0},   {GT_Q5_1, 32, 24, {0, 2}, blk_q5_1},
-    {GT_Q2_K, 256, 84, {80, 82}, blk_q2_k}, {GT_Q3_K, 256, 110, {108, -1}, blk_q3_k},
-    {GT_Q4_K, 256, 144, {0, 2}, blk_q4_k},  {GT_Q5_K, 256, 176, {0, 2}, blk_q5_k},
-    {GT_Q6_K, 256, 210, {208, -1}, blk_q6_k},
+    {GT_Q4_0, 32, 18, {0, -1}, q4_0_portable, 0, SSE2_ONLY(q4_0)},
+    {GT_Q4_1, 32, 20, {0, 2}, q4_1_portable, 0, SSE2_ONLY(q4_1)},
+    {GT_Q5_0, 32, 22, {0, -1}, q5_0_portable, 0, SSE2_ONLY(q5_0)},
+    {GT_Q5_1, 32, 24, {0, 2}, q5_1_portable, 0, SSE2_ONLY(q5_1)},
+    {GT_Q2_K, 256, 84, {80, 82}, q2_k_portable, 16, LANE_FNS(q2_k)},
+    {GT_Q3_K, 256, 110, {108, -1}, q3_k_portable, 16, LANE_FNS(q3_k)},
+    {GT_Q4_K, 256, 144, {0, 2}, q4_k_portable, 8, LANE_FNS(q4_k)},
+    {GT_Q5_K, 256, 176, {0, 2}, q5_k_portable, 8, LANE_FNS(q5_k)},
+    {GT_Q6_K, 256, 210, {208, -1}, q6_k_portable, 16, LANE_FNS(q6_k)},
 };
+
+enum { MAX_BATCH_BLOCKS = MAX_GROUPS / 8 > 1 ? MAX_GROUPS / 8 : 1, MAX_BLOCK_BYTES = 210 };
 
 static const kformat *find_format(int type) {
     for (size_t i = 0; i < sizeof FORMATS / sizeof FORMATS[0]; i++)
@@ -1095,7 +1543,7 @@ static void poison_block(const kformat *f, uint8_t *y) {
         if (f->nan_at[k] >= 0) put_f16(y + f->nan_at[k], 0x7E00u);
 }
 
-/* Widen qk source values (f16 or bf16 bits) into buf; exact. */
+/* Widen n source values (f16 or bf16 bits) into buf; exact. */
 static inline void widen(const uint16_t *src, int kind, int n, float *buf) {
     if (kind == SRC_BF16) {
         for (int i = 0; i < n; i++) buf[i] = bits_to_f32((uint32_t)src[i] << 16);
@@ -1104,48 +1552,86 @@ static inline void widen(const uint16_t *src, int kind, int n, float *buf) {
     }
 }
 
-/* One row of ncols values (a multiple of f->qk) of the given source kind -> ncols/qk blocks at y. Returns the
- * index within the row of the first non-finite value, or -1. Half-precision sources are widened one block at a
- * time into a stack buffer (1 KiB), so no allocation and nothing shared between threads. */
-static int64_t quant_row(const kformat *f, const void *src, int kind, int64_t ncols, uint8_t *y, int lanes) {
-    float buf[SUPER];
+/* One row of ncols values (a multiple of f->qk) of the given source kind -> ncols/qk blocks at y, with the code
+ * path `path` (available). Returns the index within the row of the first non-finite value, or -1.
+ *
+ * A call of the block function covers `per` blocks (a lane path's batch). Half-precision sources, and a last
+ * batch that the row cannot fill (its missing blocks are zeros, their bytes discarded), go through a stack buffer,
+ * so there is no allocation and nothing shared between threads. Blocks are quantized independently, so a batch
+ * holding a non-finite block gives its neighbours their usual bytes; that block is then overwritten by the
+ * policy's bytes. */
+static int64_t quant_row(const kformat *f, const void *src, int kind, int64_t ncols, uint8_t *y, int path) {
+    float buf[MAX_BATCH_BLOCKS * SUPER];
+    uint8_t tail[MAX_BATCH_BLOCKS * MAX_BLOCK_BYTES];
+    const block_fn fn = path == PATH_PORTABLE ? f->portable : f->lanes[path];
+    const int per = path == PATH_PORTABLE || f->groups == 0 ? 1 : PATH_BATCH[path] / f->groups;
     int64_t first = -1;
     const int64_t nb = ncols / f->qk;
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t b = 0; b < nb; b += per) {
+        const int m = nb - b < per ? (int)(nb - b) : per; /* real blocks in this batch */
         const float *xb;
-        if (kind == SRC_F32) {
+        if (kind == SRC_F32 && m == per) {
             xb = (const float *)src + b * f->qk;
         } else {
-            widen((const uint16_t *)src + b * f->qk, kind, f->qk, buf);
+            if (kind == SRC_F32)
+                memcpy(buf, (const float *)src + b * f->qk, (size_t)(m * f->qk) * sizeof(float));
+            else
+                widen((const uint16_t *)src + b * f->qk, kind, m * f->qk, buf);
+            memset(buf + m * f->qk, 0, (size_t)((per - m) * f->qk) * sizeof(float));
             xb = buf;
         }
         uint8_t *yb = y + b * f->bytes;
-        const int bad = first_bad_block(xb, f->qk);
-        if (bad >= 0) {
-            if (first < 0) first = b * f->qk + bad;
-            poison_block(f, yb);
-        } else {
-            f->quant(xb, yb, lanes);
+        int bad[MAX_BATCH_BLOCKS], any_bad = 0;
+        for (int k = 0; k < m; k++) any_bad |= (bad[k] = first_bad_block(xb + k * f->qk, f->qk)) >= 0;
+        if (!(any_bad && per == 1)) { /* a lone bad block needs no quantizing */
+            fn(xb, m == per ? yb : tail);
+            if (m < per) memcpy(yb, tail, (size_t)(m * f->bytes));
+        }
+        for (int k = 0; k < m && any_bad; k++) {
+            if (bad[k] >= 0) {
+                if (first < 0) first = (b + k) * f->qk + bad[k];
+                poison_block(f, yb + k * f->bytes);
+            }
         }
     }
     return first;
 }
 
-/* kquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride[, lanes=1]) -> flat index of the first non-finite
+/* kquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride[, path]) -> flat index of the first non-finite
  * value or -1. src: rows x ncols contiguous values of `kind` (0 float32, 1 float16, 2 bf16 bits); dst: row r at
- * dst + r * dst_row_stride, ncols / qk blocks each. Addresses were validated by kernels/_native.py. lanes=0 forces
- * the portable C path instead of the SSE2 one (for tests: both must give the same bytes). */
+ * dst + r * dst_row_stride, ncols / qk blocks each. Addresses were validated by kernels/_native.py. path: a name
+ * from PATH_NAMES (ValueError if unknown or not available here), or None / True for the default, False for
+ * "portable". All paths give the same bytes (the tests run each). */
 PyObject *l1q_py_kquant(PyObject *self, PyObject *args) {
-    int type, kind, lanes = 1;
+    int type, kind;
     unsigned long long s, d;
     long long rows, ncols, stride;
+    PyObject *path_obj = Py_None;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iKiLLKL|p", &type, &s, &kind, &rows, &ncols, &d, &stride, &lanes)) return NULL;
+    if (!PyArg_ParseTuple(args, "iKiLLKL|O", &type, &s, &kind, &rows, &ncols, &d, &stride, &path_obj)) return NULL;
+    int path = N_PATHS - 1;
+    while (path > 0 && !path_available(path)) path--;
+    if (PyUnicode_Check(path_obj)) {
+        const char *name = PyUnicode_AsUTF8(path_obj);
+        if (name == NULL) return NULL;
+        for (path = 0; path < N_PATHS && strcmp(name, PATH_NAMES[path]) != 0; path++) {
+        }
+        if (path == N_PATHS || !path_available(path)) {
+            PyErr_Format(PyExc_ValueError, "_fastq8.kquant: code path '%s' is %s", name,
+                         path == N_PATHS ? "unknown (portable, sse2, avx2, avx512)" : "not available on this CPU/build");
+            return NULL;
+        }
+    } else if (path_obj != Py_None) {
+        const int on = PyObject_IsTrue(path_obj);
+        if (on < 0) return NULL;
+        if (!on) path = PATH_PORTABLE;
+    }
     const kformat *f = find_format(type);
     if (f == NULL) {
         PyErr_Format(PyExc_ValueError, "_fastq8.kquant: unsupported ggml type %d", type);
         return NULL;
     }
+    if (path != PATH_PORTABLE && f->lanes[path] == NULL) path = PATH_PORTABLE;
     if (kind < SRC_F32 || kind > SRC_BF16 || rows < 0 || ncols < 0 || ncols % f->qk != 0) {
         PyErr_Format(PyExc_ValueError, "_fastq8.kquant: bad kind or shape (ncols must be a multiple of %d)", f->qk);
         return NULL;
@@ -1160,9 +1646,10 @@ PyObject *l1q_py_kquant(PyObject *self, PyObject *args) {
     int64_t first = -1;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t fr = quant_row(f, src + (size_t)r * src_row, kind, ncols, dst + r * stride, lanes);
+        const int64_t fr = quant_row(f, src + (size_t)r * src_row, kind, ncols, dst + r * stride, path);
         if (fr >= 0 && first < 0) first = r * ncols + fr;
     }
     Py_END_ALLOW_THREADS
     return PyLong_FromLongLong(first);
 }
+#endif /* !KQ_LANE_BODY */

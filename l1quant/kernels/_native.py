@@ -6,6 +6,13 @@ wrapper has the kernel signature ``(x, out) -> first non-finite flat index or -1
 caller (2-D, C-contiguous source; uint8 output with contiguous rows), so passing raw addresses to C is safe. The C
 code releases the GIL, so two converter threads quantize in parallel.
 
+The block kernels (``kquant``: Q4_0..Q5_1, Q2_K..Q6_K) have several code paths that write the same bytes:
+``portable`` (plain C), ``sse2`` (baseline x86-64 vectors), ``avx2`` and ``avx512`` (the K-quant group fits 8 or
+16 groups per instruction; Q4_0..Q5_1 keep their SSE2 code). ``KQUANT_PATHS`` lists those this build and CPU
+support, fastest last; ``KQUANT_PATH`` is the one ``kquant`` uses: the fastest, or the one named by
+``L1QUANT_KQUANT_ISA`` (``portable``, ``sse2``, ``avx2``, ``avx512``; ``auto`` or empty: the fastest). A name this
+machine cannot run makes each ``kquant`` call raise ValueError rather than quietly run another path.
+
 Example:
     >>> import numpy as np
     >>> from l1quant.kernels import _native
@@ -20,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from types import ModuleType
 
 import numpy as np
@@ -66,22 +74,61 @@ def f32(x: np.ndarray, out: np.ndarray) -> int:
     return _call("f32", x, out)
 
 
-def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True) -> int:
+#: Every code path of the block kernels, slowest to fastest (kernels/_kquants.c, "Paths").
+KQUANT_PATH_NAMES: tuple[str, ...] = ("portable", "sse2", "avx2", "avx512")
+
+
+def _kquant_paths() -> tuple[str, ...]:
+    # The C side refuses (ValueError) a path this build or CPU lacks; a call with no rows touches no memory.
+    if _mod is None or not hasattr(_mod, "kquant"):
+        return ()
+    found = []
+    for name in KQUANT_PATH_NAMES:
+        try:
+            _mod.kquant(12, 0, 0, 0, 0, 0, 0, name)
+        except ValueError:
+            continue
+        found.append(name)
+    return tuple(found)
+
+
+#: The block-kernel paths this build and CPU support, fastest last (empty without the compiled module).
+KQUANT_PATHS: tuple[str, ...] = _kquant_paths()
+
+
+def default_kquant_path(environ: Mapping[str, str]) -> str:
+    """The path ``kquant`` uses given an environment: ``L1QUANT_KQUANT_ISA`` if set (not checked here: a name this
+    machine cannot run fails at the call), else the fastest available one ("portable" without the module)."""
+    forced = environ.get("L1QUANT_KQUANT_ISA", "").strip().lower()
+    if forced not in ("", "auto"):
+        return forced
+    return KQUANT_PATHS[-1] if KQUANT_PATHS else "portable"
+
+
+#: The path ``kquant`` uses unless told otherwise (see the module docstring).
+KQUANT_PATH: str = default_kquant_path(os.environ)
+
+
+def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True, isa: str | None = None) -> int:
     """Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K kernel (compiled, kernels/_kquants.c).
 
     ``ggml_type`` is the GGML type number (``gguf.GGMLQuantizationType``); ``x`` is (rows, ncols) float32, float16
     or uint16 (bf16 bits), C-contiguous, ncols a multiple of the type's block (32, or 256 for the K types); ``out``
     is uint8 (rows, >= ncols / block * block_bytes) with contiguous rows. Bytes equal ggml's
     ``quantize_row_<type>_ref``; a block holding NaN/Inf is written as zeros with its f16 scale fields set to NaN.
-    Returns the flat index of the first non-finite value, or -1. ``lanes=False`` forces the portable C path instead
-    of the SSE2 one (same bytes; for tests).
+    Returns the flat index of the first non-finite value, or -1. ``isa`` picks a code path by name (one of
+    ``KQUANT_PATHS``; default ``KQUANT_PATH``), ``lanes=False`` the portable one; all give the same bytes (the tests
+    run each). An unknown or unavailable path raises ValueError.
     """
     assert _mod is not None
     rows, ncols = x.shape
+    path = isa if isa is not None else (KQUANT_PATH if lanes else "portable")
     if rows == 0 or ncols == 0:
+        if path not in KQUANT_PATHS:
+            raise ValueError(f"kquant: code path {path!r} is not available here (available: {KQUANT_PATHS})")
         return -1
     return int(_mod.kquant(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
-                           out.strides[0], lanes))
+                           out.strides[0], path))
 
 
 def first_nonfinite(x: np.ndarray) -> int:
