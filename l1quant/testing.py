@@ -1,12 +1,16 @@
-"""Synthetic qwen2 checkpoints for tests, examples and benchmarks (deterministic random weights, real tokenizers).
+"""Synthetic checkpoints of any described architecture for tests, examples and benchmarks (deterministic random
+weights, real tokenizers).
 
-The safetensors files are written directly (JSON header + raw little-endian data), tensor by tensor, so an
-L1-shaped 3.55 GB checkpoint is built with flat memory and without torch.
+The tensors come from the architecture's description (:mod:`l1quant.arch`): its tensor table in GGUF names, named
+back the way Hugging Face's decoder checkpoints name them (:data:`HF_MODULES`). The safetensors files are written
+directly (JSON header + raw little-endian data), tensor by tensor, so an L1-shaped 3.55 GB checkpoint is built
+with flat memory and without torch.
 
 Example:
-    >>> make_checkpoint("tiny", tokenizer_dir="tests/data/r1-distill-tokenizer")  # doctest: +SKIP
+    >>> make_checkpoint("tiny", tokenizer_dir="tests/data/r1-distill-tokenizer")                  # doctest: +SKIP
     PosixPath('tiny')
-    >>> make_checkpoint("l1-shaped", tokenizer_dir=tok, **L1_SHAPE)                # doctest: +SKIP
+    >>> make_checkpoint("l1-shaped", tokenizer_dir=tok, **L1_SHAPE)                               # doctest: +SKIP
+    >>> make_checkpoint("tiny-llama", tokenizer_dir=tok, arch="llama", vocab=128256)              # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from l1quant.arch import Arch, get_arch
+from l1quant.source.config import ModelConfig
+
 #: L1-Qwen-1.5B's exact shapes (1.78 B parameters, untied).
 L1_SHAPE: dict[str, Any] = dict(hidden=1536, layers=28, heads=12, kv_heads=2, ff=8960, vocab=151936, tied=False,
                                 max_pos=131072)
@@ -31,32 +38,47 @@ R1_GENERATION_CONFIG: dict[str, Any] = {"_from_model_config": True, "bos_token_i
 
 _ST_DTYPE = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 
+#: GGUF tensor kind -> the Hugging Face module that holds it in a decoder checkpoint (``model.layers.{i}.`` is
+#: prepended to per-layer ones). Only for building test checkpoints: conversion maps names with gguf's own map.
+HF_MODULES: dict[str, str] = {
+    "token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
 
-def hf_tensor_shapes(hidden: int, layers: int, heads: int, kv_heads: int, ff: int, vocab: int,
-                     tied: bool) -> dict[str, tuple[int, ...]]:
-    """HF names -> shapes of a qwen2 checkpoint.
+
+def hf_name(gguf_name: str) -> str:
+    """The Hugging Face name of a GGUF tensor in a decoder checkpoint.
 
     Example:
-        >>> hf_tensor_shapes(64, 1, 4, 2, 128, 1000, True)["model.layers.0.self_attn.k_proj.weight"]
+        >>> hf_name("blk.3.attn_q_norm.weight"), hf_name("output.weight")
+        ('model.layers.3.self_attn.q_norm.weight', 'lm_head.weight')
+    """
+    parts = gguf_name.split(".")
+    if parts[0] == "blk":
+        return f"model.layers.{parts[1]}.{HF_MODULES[parts[2]]}.{parts[3]}"
+    return f"{HF_MODULES[parts[0]]}.{parts[1]}"
+
+
+def hf_tensor_shapes(arch: Arch, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """HF names -> shapes of every checkpoint tensor ``cfg`` implies for ``arch`` (generated tensors excluded).
+
+    Order: global tensors, then per layer the two block norms first, then the rest in the table's order.
+
+    Example:
+        >>> cfg = ModelConfig.from_dict({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
+        ...     "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
+        ...     "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": True})
+        >>> hf_tensor_shapes(get_arch("qwen2"), cfg)["model.layers.0.self_attn.k_proj.weight"]
         (32, 64)
     """
-    hd = hidden // heads
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
-    if not tied:
-        out["lm_head.weight"] = (vocab, hidden)
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        out.update({
-            p + "input_layernorm.weight": (hidden,),
-            p + "post_attention_layernorm.weight": (hidden,),
-            p + "self_attn.q_proj.weight": (heads * hd, hidden), p + "self_attn.q_proj.bias": (heads * hd,),
-            p + "self_attn.k_proj.weight": (kv_heads * hd, hidden), p + "self_attn.k_proj.bias": (kv_heads * hd,),
-            p + "self_attn.v_proj.weight": (kv_heads * hd, hidden), p + "self_attn.v_proj.bias": (kv_heads * hd,),
-            p + "self_attn.o_proj.weight": (hidden, heads * hd),
-            p + "mlp.gate_proj.weight": (ff, hidden), p + "mlp.up_proj.weight": (ff, hidden),
-            p + "mlp.down_proj.weight": (hidden, ff),
-        })
-    return out
+    expected = arch.expected_tensors(cfg, generated=False)
+    first = (".attn_norm.weight", ".ffn_norm.weight")
+    order = sorted(expected, key=lambda n: (n.startswith("blk."), int(n.split(".")[1]) if n.startswith("blk.")
+                                            else 0, not n.endswith(first)))
+    return {hf_name(n): expected[n] for n in order}
 
 
 def _random_rows(rng: np.random.Generator, name: str, shape: tuple[int, ...], dtype: str,
@@ -110,14 +132,17 @@ def make_checkpoint(
     out_dir: str | os.PathLike[str],
     *,
     tokenizer_dir: str | os.PathLike[str],
+    arch: str = "qwen2",
     hidden: int = 64,
     layers: int = 2,
     heads: int = 4,
     kv_heads: int = 2,
     ff: int = 128,
     vocab: int = 151936,
+    head_dim: int | None = None,
     tied: bool = False,
     max_pos: int = 131072,
+    rope_theta: float = 10000.0,
     dtype: str = "bf16",
     shards: int = 1,
     style: str = "t4",
@@ -127,15 +152,19 @@ def make_checkpoint(
     extra_config: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Build a qwen2 checkpoint folder with random weights and the tokenizer files from ``tokenizer_dir``.
+    """Build a checkpoint folder of architecture ``arch`` (a name :func:`l1quant.arch.get_arch` knows) with
+    random weights and the tokenizer files from ``tokenizer_dir``.
 
-    ``style`` is ``t4`` (transformers 4: rope_theta/rope_scaling/torch_dtype) or ``t5`` (rope_parameters/dtype).
-    ``shards`` > 1 writes ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``.
-    ``extra_config`` entries are merged into config.json last (e.g. token ids for a small test tokenizer).
+    ``head_dim`` is written to config.json when given (otherwise the architecture's config default applies, e.g.
+    128 for qwen3). ``style`` is ``t4`` (transformers 4: rope_theta/rope_scaling/torch_dtype) or ``t5``
+    (rope_parameters/dtype). ``shards`` > 1 writes ``model-0000i-of-0000n.safetensors`` plus
+    ``model.safetensors.index.json``. ``extra_config`` entries are merged into config.json last (e.g. token ids
+    for a small test tokenizer).
 
     Example:
         >>> make_checkpoint(tmp / "m", tokenizer_dir=tok, shards=2, style="t5")  # doctest: +SKIP
     """
+    a = get_arch(arch)
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     tok = Path(tokenizer_dir)
@@ -144,24 +173,26 @@ def make_checkpoint(
             shutil.copyfile(tok / f, d / f)
     torch_dtype = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[dtype]
     cfg: dict[str, Any] = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+        "architectures": [a.hf_architectures[0]], "model_type": a.hf_model_type or a.name,
         "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
         "hidden_size": hidden, "initializer_range": 0.02, "intermediate_size": ff,
-        "max_position_embeddings": max_pos, "max_window_layers": 21, "num_attention_heads": heads,
+        "max_position_embeddings": max_pos, "num_attention_heads": heads,
         "num_hidden_layers": layers, "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-06,
-        "sliding_window": 4096, "tie_word_embeddings": tied, "use_cache": True, "use_sliding_window": False,
-        "vocab_size": vocab,
+        "tie_word_embeddings": tied, "use_cache": True, "vocab_size": vocab,
     }
+    if head_dim is not None:
+        cfg["head_dim"] = head_dim
     if name_or_path is not None:
         cfg["_name_or_path"] = name_or_path
     cfg.update(extra_config or {})
     if style == "t4":
-        cfg.update({"rope_theta": 10000.0, "rope_scaling": rope_scaling, "torch_dtype": torch_dtype,
+        cfg.update({"rope_theta": rope_theta, "rope_scaling": rope_scaling, "torch_dtype": torch_dtype,
                     "transformers_version": "4.44.0"})
     elif style == "t5":
-        rp: dict[str, Any] = {"rope_theta": 10000.0, "rope_type": "default"}
+        rp: dict[str, Any] = {"rope_theta": rope_theta, "rope_type": "default"}
         if rope_scaling:
-            rp = {"rope_theta": 10000.0, **{("rope_type" if k == "type" else k): v for k, v in rope_scaling.items()}}
+            rp = {"rope_theta": rope_theta,
+                  **{("rope_type" if k == "type" else k): v for k, v in rope_scaling.items()}}
         cfg.update({"rope_parameters": rp, "dtype": torch_dtype, "transformers_version": "5.0.0"})
     else:
         raise ValueError(f"style must be t4 or t5, not {style!r}")
@@ -169,7 +200,7 @@ def make_checkpoint(
     if generation_config is not None:
         (d / "generation_config.json").write_text(json.dumps(generation_config, indent=2))
 
-    shapes = hf_tensor_shapes(hidden, layers, heads, kv_heads, ff, vocab, tied)
+    shapes = hf_tensor_shapes(a, ModelConfig.from_dict(cfg, str(d / "config.json")))
     names = list(shapes)
     rng = np.random.default_rng(seed)
     per = -(-len(names) // shards)

@@ -1,4 +1,4 @@
-"""Shared fixtures: tokenizer fixture folders and tiny qwen2 checkpoints built once per session."""
+"""Shared fixtures: tokenizer fixture folders and tiny checkpoints (qwen2, qwen3, llama) built once per session."""
 
 from __future__ import annotations
 
@@ -17,7 +17,18 @@ from l1quant.testing import make_checkpoint
 DATA = Path(__file__).parent / "data"
 R1_TOK = DATA / "r1-distill-tokenizer"
 QWEN_TOK = DATA / "qwen2.5-tokenizer"
-TOKENIZERS = {"r1": R1_TOK, "qwen2.5": QWEN_TOK}
+QWEN3_TOK = DATA / "qwen3-tokenizer"
+R1_LLAMA_TOK = DATA / "r1-distill-llama-tokenizer"
+TOKENIZERS = {"r1": R1_TOK, "qwen2.5": QWEN_TOK, "qwen3": QWEN3_TOK, "r1-llama": R1_LLAMA_TOK}
+#: What a checkpoint built with each tokenizer defaults to besides it: the architecture the tokenizer ships with,
+#: its vocabulary size, its generation_config.json and config.json's token ids (as in the real repos).
+TOKENIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "qwen3": dict(arch="qwen3", generation_config=json.loads((QWEN3_TOK / "generation_config.json").read_text()),
+                  extra_config={"bos_token_id": 151643, "eos_token_id": 151645}),
+    "r1-llama": dict(arch="llama", vocab=128256,
+                     generation_config=json.loads((R1_LLAMA_TOK / "generation_config.json").read_text()),
+                     extra_config={"bos_token_id": 128000, "eos_token_id": 128001}),
+}
 
 
 def original_qwen_tokenizer(out: Path) -> Path:
@@ -31,6 +42,16 @@ def original_qwen_tokenizer(out: Path) -> Path:
     (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
     for f in ("tokenizer_config.json", "chat_template.jinja"):
         shutil.copyfile(QWEN_TOK / f, out / f)
+    return out
+
+
+def llama_tokenizer_with_prefix_space(out: Path) -> Path:
+    """The R1-Distill-Llama fixture with ``add_prefix_space: false`` in tokenizer_config.json, which llama's
+    converter writes as ``tokenizer.ggml.add_space_prefix`` (before the tokenizer model key)."""
+    shutil.copytree(R1_LLAMA_TOK, out, dirs_exist_ok=True)
+    tc = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tc["add_prefix_space"] = False
+    (out / "tokenizer_config.json").write_text(json.dumps(tc, ensure_ascii=False, indent=2), encoding="utf-8")
     return out
 
 
@@ -57,21 +78,27 @@ def toy_tokenizer(out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """Build (once per distinct arguments) a tiny random qwen2 checkpoint: ``tiny_factory(tok="r1", **kw)``.
+    """Build (once per distinct arguments) a tiny random checkpoint: ``tiny_factory(tok="r1", **kw)``.
 
     ``tok`` is "r1", "qwen2.5", "qwen2.5-orig" (see :func:`original_qwen_tokenizer`) or "toy" (see
-    :func:`toy_tokenizer`; pass ``vocab=352`` or so, and convert with ``pre="qwen2"``)."""
+    :func:`toy_tokenizer`; pass ``vocab=352`` or so, and convert with ``pre="qwen2"``) for a qwen2 checkpoint, or
+    "qwen3" / "r1-llama" for a qwen3 / llama one (:data:`TOKENIZER_DEFAULTS`; ``kw`` overrides them), or
+    "r1-llama-asp" (see :func:`llama_tokenizer_with_prefix_space`)."""
     cache: dict[tuple[Any, ...], Path] = {}
     toks = dict(TOKENIZERS)
 
     def make(tok: str = "r1", **kw: Any) -> Path:
         if tok not in toks:
-            make_tok = {"qwen2.5-orig": original_qwen_tokenizer, "toy": toy_tokenizer}[tok]
+            make_tok = {"qwen2.5-orig": original_qwen_tokenizer, "toy": toy_tokenizer,
+                        "r1-llama-asp": llama_tokenizer_with_prefix_space}[tok]
             toks[tok] = make_tok(tmp_path_factory.mktemp(f"{tok}-tok"))
         key = (tok, tuple(sorted((k, repr(v)) for k, v in kw.items())))
         if key not in cache:
             d = tmp_path_factory.mktemp(f"tiny-{tok}")
-            cache[key] = make_checkpoint(d / "Tiny-Qwen2-Test", tokenizer_dir=toks[tok], **kw)
+            args = {**TOKENIZER_DEFAULTS.get(tok.removesuffix("-asp"), {}), **kw}
+            folder = {"qwen3": "Tiny-Qwen3-Test", "llama": "Tiny-Llama-Test"}.get(args.get("arch", "qwen2"),
+                                                                                "Tiny-Qwen2-Test")
+            cache[key] = make_checkpoint(d / folder, tokenizer_dir=toks[tok], **args)
         return cache[key]
 
     return make

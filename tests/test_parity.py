@@ -1,7 +1,8 @@
 """Parity with llama.cpp's own converter: l1quant's GGUF must be the reference's GGUF, byte for byte.
 
-Each case converts one tiny random qwen2 checkpoint (built by ``l1quant.testing.make_checkpoint``, real tokenizers
-from tests/data) to one output type twice, with l1quant and with ``convert_hf_to_gguf.py`` from the
+Each case converts one tiny random checkpoint -- qwen2 (R1 and Qwen2.5 tokenizers), qwen3 (Qwen3's) or llama
+(R1-Distill-Llama's), built by ``l1quant.testing.make_checkpoint`` with real tokenizers from tests/data -- to one
+output type twice, with l1quant and with ``convert_hf_to_gguf.py`` from the
 llama-cpp-python==0.3.36 sdist (see tests/reference.py for where it is found; under CI=true a missing reference
 fails instead of skipping), then compares header by header (l1quant's read_gguf; one case also with
 ``gguf.GGUFReader``, which takes ~40 s per file on a 151k-token vocabulary):
@@ -15,6 +16,9 @@ fails instead of skipping), then compares header by header (l1quant's read_gguf;
 The reference costs ~10 s per run (torch/transformers imports + the 151k-token vocab), so a session fixture starts
 every selected reference conversion up front on a pool of two subprocesses; the tests then convert with l1quant
 while the remaining reference runs proceed in the background.
+
+For qwen3 and llama one K-quant mix is also checked: l1quant's one-pass ``convert(model, "q4_k_m")`` (and
+``quantize`` of the reference's BF16 file) against the reference's ``--outtype bf16`` followed by llama-quantize.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
+from llama_quantize import llama_quantize
 from reference import require_reference, run_reference
 
 import l1quant
@@ -37,6 +42,10 @@ from l1quant.gguf.reader import read_gguf
 pytestmark = pytest.mark.slow
 
 YARN = {"factor": 4.0, "original_max_position_embeddings": 32768}
+#: llama-3 rope scaling as R1-Distill-Llama-8B has it, but an original context of 64 so that the tiny head
+#: (16 values: 8 frequencies) has frequencies kept, blended and divided
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
 
 #: checkpoint id -> tiny_factory arguments. Both tokenizers, both config styles and every variant are spread over
 #: the checkpoints so that each combination asked for appears at least once without multiplying reference runs.
@@ -60,6 +69,16 @@ CHECKPOINTS: dict[str, dict[str, Any]] = {
                          generation_config={"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
                                             "pad_token_id": 151643, "repetition_penalty": 1.05, "temperature": 0.7,
                                             "top_k": 20, "top_p": 0.8}),
+    # qwen3: explicit head_dim (4 x 32 != hidden 64); tied + sharded with head_dim left to Qwen3Config's default 128
+    "qwen3-t4": dict(tok="qwen3", style="t4", head_dim=32),
+    "qwen3-tied-sharded2-t5": dict(tok="qwen3", tied=True, shards=2, style="t5"),
+    # llama: Q/K rows permuted; llama-3 rope scaling -> rope_freqs.weight, in both config styles
+    "llama-llama3-sharded3-t4": dict(tok="r1-llama", shards=3, style="t4", rope_theta=500000.0, rope_scaling=LLAMA3),
+    # ... and tokenizer_config's add_prefix_space, which llama's converter writes (tokenizer.ggml.add_space_prefix)
+    "llama-tied-llama3-t5": dict(tok="r1-llama-asp", tied=True, style="t5", rope_theta=500000.0, rope_scaling=LLAMA3),
+    # rows of 256 (K-quant blocks fit): the K-quant mix cases
+    "qwen3-h256": dict(tok="qwen3", hidden=256, ff=512, head_dim=64),
+    "llama-h256-llama3": dict(tok="r1-llama", hidden=256, ff=512, rope_theta=500000.0, rope_scaling=LLAMA3),
 }
 
 #: (checkpoint id, --outtype)
@@ -80,7 +99,20 @@ CASES: list[tuple[str, str]] = [
     ("src-f32-qwen-t4", "q8_0"),
     ("src-f32-qwen-t4", "f32"),
     ("orig-qwen-t4", "q8_0"),
+    *[(c, t) for c in ("qwen3-t4", "llama-llama3-sharded3-t4") for t in ("f16", "bf16", "q8_0")],
+    ("qwen3-tied-sharded2-t5", "q8_0"),
+    ("qwen3-tied-sharded2-t5", "f16"),
+    ("llama-tied-llama3-t5", "q8_0"),
+    ("qwen3-h256", "bf16"),
+    ("llama-h256-llama3", "bf16"),
 ]
+
+#: (checkpoint id, llama-quantize mix): the reference's BF16 output of the checkpoint, then llama-quantize
+KQUANT_CASES: list[tuple[str, str]] = [("qwen3-h256", "q4_k_m"), ("llama-h256-llama3", "q4_k_m")]
+
+#: the architecture each tokenizer's checkpoints have (tests/conftest.py)
+ARCH_OF_TOK = {"r1": "qwen2", "qwen2.5": "qwen2", "qwen2.5-orig": "qwen2", "qwen3": "qwen3", "r1-llama": "llama",
+               "r1-llama-asp": "llama"}
 
 #: the case whose two files are also read with gguf.GGUFReader (slow on a 151k vocabulary, so only one)
 VIEW_CASE = ("single-r1-t4", "q8_0")
@@ -118,6 +150,8 @@ def parity_env(request: pytest.FixtureRequest, tiny_factory: Callable[..., Path]
             selected.append(VIEW_CASE)
         elif hasattr(item, "callspec") and "case" in item.callspec.params:
             selected.append(item.callspec.params["case"])
+        elif hasattr(item, "callspec") and "kcase" in item.callspec.params:
+            selected.append((item.callspec.params["kcase"][0], "bf16"))
     wanted = list(dict.fromkeys(selected)) or CASES
     checkpoints = {cid: tiny_factory(**CHECKPOINTS[cid]) for cid in dict.fromkeys(c for c, _ in wanted)}
     out = tmp_path_factory.mktemp("reference")
@@ -202,9 +236,17 @@ def test_parity_with_reference(case: tuple[str, str], parity_env: ParityEnv, tmp
     types = {t.name: t.ggml_type for t in gf.tensors}
     if outtype == "auto":
         assert fields["general.file_type"] == AUTO_FILE_TYPE[ckpt_id]
+    arch = ARCH_OF_TOK[CHECKPOINTS[ckpt_id]["tok"]]
+    assert fields["general.architecture"] == arch
     if "rope_scaling" in CHECKPOINTS[ckpt_id]:
         kind = CHECKPOINTS[ckpt_id]["rope_scaling"].get("type") or CHECKPOINTS[ckpt_id]["rope_scaling"]["rope_type"]
-        assert fields["qwen2.rope.scaling.type"] == kind
+        if kind == "llama3":  # no scaling keys: a frequency-factor tensor, first in the file
+            assert f"{arch}.rope.scaling.type" not in fields and gf.tensors[0].name == "rope_freqs.weight"
+        else:
+            assert fields[f"{arch}.rope.scaling.type"] == kind
+    if arch == "qwen3":
+        assert "blk.1.attn_k_norm.weight" in types and "blk.1.attn_q.bias" not in types
+        assert fields["qwen3.attention.key_length"] == CHECKPOINTS[ckpt_id].get("head_dim", 128)
     if ckpt_id.startswith("ff80") and outtype == "q8_0":
         assert types["blk.0.ffn_down.weight"] == GGMLQuantizationType.F16
         assert types["blk.0.ffn_up.weight"] == GGMLQuantizationType.Q8_0
@@ -215,8 +257,26 @@ def test_parity_with_reference(case: tuple[str, str], parity_env: ParityEnv, tmp
         assert "output.weight" not in types
     else:
         assert "output.weight" in types
-    pre = {"r1": "deepseek-r1-qwen", "qwen2.5": "qwen2", "qwen2.5-orig": "qwen2"}[CHECKPOINTS[ckpt_id]["tok"]]
+    pre = {"r1": "deepseek-r1-qwen", "qwen2.5": "qwen2", "qwen2.5-orig": "qwen2", "qwen3": "qwen2",
+           "r1-llama": "llama-bpe", "r1-llama-asp": "llama-bpe"}[CHECKPOINTS[ckpt_id]["tok"]]
+    assert ("tokenizer.ggml.add_space_prefix" in fields) == CHECKPOINTS[ckpt_id]["tok"].endswith("-asp")
     assert fields["tokenizer.ggml.pre"] == pre
+
+
+@pytest.mark.parametrize("kcase", KQUANT_CASES, ids=_case_id)
+def test_kquant_mix_equals_reference_then_llama_quantize(kcase: tuple[str, str], parity_env: ParityEnv,
+                                                         llama_cpp: Any, tmp_path: Path) -> None:
+    """The one-pass ``convert(model, mix)`` and ``quantize(reference BF16, mix)`` equal the reference's BF16
+    output run through llama-quantize, for qwen3 and llama (Q/K permuted, rope_freqs) as for qwen2."""
+    ckpt_id, mix = kcase
+    ref_bf16 = parity_env.reference((ckpt_id, "bf16"))
+    want = llama_quantize(llama_cpp, ref_bf16, tmp_path / "llama-quantize.gguf", mix.upper())
+    assert want.rc == 0, want.log[-2000:]
+    assert_same_gguf(l1quant.convert(parity_env.checkpoints[ckpt_id], mix, tmp_path / "convert.gguf", threads=2),
+                     want.path)
+    assert_same_gguf(l1quant.quantize(ref_bf16, tmp_path / "quantize.gguf", mix, threads=2), want.path)
+    types = {t.name: t.ggml_type for t in read_gguf(want.path).tensors}
+    assert types["blk.0.attn_q.weight"] == GGMLQuantizationType.Q4_K  # the case quantizes what it claims
 
 
 def test_gguf_reader_view_agrees(parity_env: ParityEnv, tmp_path: Path) -> None:

@@ -1,9 +1,17 @@
-"""Reference qwen2 forward pass in pure numpy, for ``l1quant verify --logits``.
+"""Reference decoder forward pass in pure numpy, for ``l1quant verify --logits``.
 
-The same function runs on the source checkpoint (bf16 weights upcast to float32) and on the dequantized GGUF, so
-the two logit matrices differ only by what quantization did. Semantics follow Hugging Face ``Qwen2ForCausalLM``
-exactly (RMSNorm, biased q/k/v, NEOX-layout RoPE, grouped-query causal attention, SwiGLU MLP, final norm, lm_head),
-computed in float32 with float64 where it is cheap (norm statistics, log-softmax in the metrics).
+The same function runs on the source checkpoint (bf16 weights upcast to float32, through the architecture's
+transforms, so in the file's layout) and on the dequantized GGUF, so the two logit matrices differ only by what
+quantization did. One function covers every described architecture (:mod:`l1quant.arch`); what differs is data in
+:class:`Hparams`, built from a config by :meth:`Hparams.from_config`:
+
+* qkv biases (qwen2), per-head RMS norms of q and k before rope (qwen3);
+* the rope layout of the weights: ``neox`` rotates the two halves of each head (Hugging Face's layout, kept by
+  qwen2/qwen3), ``norm`` rotates adjacent pairs (llama after the converter's Q/K row permutation);
+* rope frequency divisors from a ``rope_freqs.weight`` tensor when there is one (llama-3 scaling);
+
+and otherwise Hugging Face's decoder (RMSNorm, grouped-query causal attention, SwiGLU MLP, final norm, lm_head),
+computed in float32 with float64 where it is cheap (norm statistics, rope angles, log-softmax in the metrics).
 
 Weights are pulled through a callback, one layer at a time, so peak memory is about one layer's weights plus the
 activations plus whichever of the embedding / lm_head matrix is in use (for the 1.5B L1 model: ~0.93 GB for the
@@ -11,10 +19,10 @@ activations plus whichever of the embedding / lm_head matrix is in use (for the 
 
 Example:
     >>> import numpy as np
-    >>> hp = Qwen2Hparams(n_layer=1, n_embd=8, n_head=2, n_head_kv=1, n_ff=16, n_vocab=10,
-    ...                   rope_theta=10000.0, rms_eps=1e-6)
-    >>> weights = random_qwen2_weights(hp, seed=0)
-    >>> logits = qwen2_logits(weights.__getitem__, hp, [1, 2, 3])
+    >>> hp = Hparams(n_layer=1, n_embd=8, n_head=2, n_head_kv=1, n_ff=16, n_vocab=10,
+    ...              rope_theta=10000.0, rms_eps=1e-6, qk_norm=True)
+    >>> weights = random_weights(hp, seed=0)
+    >>> logits = decoder_logits(weights.__getitem__, hp, [1, 2, 3])
     >>> logits.shape, logits.dtype
     ((3, 10), dtype('float32'))
     >>> report = compare_logits(logits, logits, [1, 2, 3])
@@ -26,22 +34,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from l1quant.errors import ConfigError, TensorError, VerifyError
 
+if TYPE_CHECKING:
+    from l1quant.arch import Arch
+    from l1quant.source.config import ModelConfig
+
 __all__ = [
+    "Hparams",
     "LogitReport",
-    "Qwen2Hparams",
     "compare_logits",
+    "decoder_logits",
     "default_text",
-    "qwen2_logits",
-    "random_qwen2_weights",
+    "random_weights",
 ]
 
 # RoPE scaling types that change nothing (HF "default", GGUF "none").
@@ -50,19 +62,23 @@ _NO_SCALING = (None, "", "none", "default")
 _ATTN_QUERY_BLOCK = 512
 # Rows of logits processed together in compare_logits: bounds the float64 temporaries.
 _METRIC_ROW_BLOCK = 64
+_ROPE_STYLES = ("neox", "norm")
 
 
 @dataclass(frozen=True)
-class Qwen2Hparams:
-    """Shape and numeric hyperparameters of a qwen2 decoder.
+class Hparams:
+    """Shape, numeric hyperparameters and features of a decoder.
 
     ``head_dim`` defaults to ``n_embd // n_head``. ``rope_scaling_type`` is ``None``/``"none"``/``"default"`` (no
-    scaling) or ``"linear"`` (positions divided by ``rope_scaling_factor``, as HF and llama.cpp do); ``"yarn"`` and
-    other schemes are accepted here but :func:`qwen2_logits` refuses them with ``NotImplementedError``.
+    scaling), ``"linear"`` (positions divided by ``rope_scaling_factor``, as HF and llama.cpp do) or ``"llama3"``
+    (frequencies divided by the ``rope_freqs.weight`` tensor, which must then exist); ``"yarn"`` and other schemes
+    are accepted here but :func:`decoder_logits` refuses them with ``NotImplementedError``. ``qkv_bias`` adds
+    ``attn_{q,k,v}.bias``, ``qk_norm`` applies ``attn_{q,k}_norm.weight`` to each head before rope,
+    ``rope_style`` is ``neox`` (rotate halves) or ``norm`` (rotate adjacent pairs).
 
     Example:
-        >>> hp = Qwen2Hparams(n_layer=28, n_embd=1536, n_head=12, n_head_kv=2, n_ff=8960, n_vocab=151936,
-        ...                   rope_theta=10000.0, rms_eps=1e-6)
+        >>> hp = Hparams(n_layer=28, n_embd=1536, n_head=12, n_head_kv=2, n_ff=8960, n_vocab=151936,
+        ...              rope_theta=10000.0, rms_eps=1e-6, qkv_bias=True)
         >>> hp.d_head, hp.n_group
         (128, 6)
     """
@@ -78,28 +94,33 @@ class Qwen2Hparams:
     rope_scaling_type: str | None = None
     rope_scaling_factor: float = 1.0
     head_dim: int | None = None
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    rope_style: str = "neox"
 
     def __post_init__(self) -> None:
         for key in ("n_layer", "n_embd", "n_head", "n_head_kv", "n_ff", "n_vocab"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ConfigError(f"Qwen2Hparams: {key} must be a positive integer, found {value!r}")
+                raise ConfigError(f"Hparams: {key} must be a positive integer, found {value!r}")
         if self.head_dim is not None and (not isinstance(self.head_dim, (int, np.integer)) or self.head_dim <= 0):
-            raise ConfigError(f"Qwen2Hparams: head_dim must be a positive integer or None, found {self.head_dim!r}")
+            raise ConfigError(f"Hparams: head_dim must be a positive integer or None, found {self.head_dim!r}")
         if self.n_head % self.n_head_kv:
-            raise ConfigError(f"Qwen2Hparams: n_head={self.n_head} is not a multiple of n_head_kv={self.n_head_kv}")
+            raise ConfigError(f"Hparams: n_head={self.n_head} is not a multiple of n_head_kv={self.n_head_kv}")
         if self.head_dim is None and self.n_embd % self.n_head:
-            raise ConfigError(f"Qwen2Hparams: n_head={self.n_head} does not divide n_embd={self.n_embd}")
+            raise ConfigError(f"Hparams: n_head={self.n_head} does not divide n_embd={self.n_embd}")
         if self.d_head % 2:
-            raise ConfigError(f"Qwen2Hparams: head dimension must be even for RoPE, found {self.d_head}")
+            raise ConfigError(f"Hparams: head dimension must be even for RoPE, found {self.d_head}")
         if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
-            raise ConfigError(f"Qwen2Hparams: rope_theta must be a positive finite number, found {self.rope_theta!r}")
+            raise ConfigError(f"Hparams: rope_theta must be a positive finite number, found {self.rope_theta!r}")
         if not (math.isfinite(self.rms_eps) and self.rms_eps >= 0):
-            raise ConfigError(f"Qwen2Hparams: rms_eps must be a finite number >= 0, found {self.rms_eps!r}")
+            raise ConfigError(f"Hparams: rms_eps must be a finite number >= 0, found {self.rms_eps!r}")
         if not (math.isfinite(self.rope_scaling_factor) and self.rope_scaling_factor > 0):
             raise ConfigError(
-                f"Qwen2Hparams: rope_scaling_factor must be a positive finite number, found {self.rope_scaling_factor!r}"
+                f"Hparams: rope_scaling_factor must be a positive finite number, found {self.rope_scaling_factor!r}"
             )
+        if self.rope_style not in _ROPE_STYLES:
+            raise ConfigError(f"Hparams: rope_style must be one of {', '.join(_ROPE_STYLES)}, found {self.rope_style!r}")
 
     @property
     def d_head(self) -> int:
@@ -112,82 +133,29 @@ class Qwen2Hparams:
         return self.n_head // self.n_head_kv
 
     @classmethod
-    def from_hf_config(cls, config: Mapping[str, Any]) -> Qwen2Hparams:
-        """Build from a parsed ``config.json`` (transformers 4 ``rope_theta``/``rope_scaling`` or 5 ``rope_parameters``).
+    def from_config(cls, cfg: ModelConfig, arch: Arch) -> Hparams:
+        """From a validated config (read from config.json, or back from a GGUF by
+        :func:`l1quant.check.structure.config_from_gguf`) and the architecture's forward-pass features.
 
         Example:
-            >>> hp = Qwen2Hparams.from_hf_config({"num_hidden_layers": 2, "hidden_size": 64,
-            ...     "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
-            ...     "vocab_size": 300, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
-            ...     "rope_scaling": {"type": "linear", "factor": 2.0}})
-            >>> hp.rope_scaling_type, hp.rope_scaling_factor
-            ('linear', 2.0)
+            >>> from l1quant.arch import get_arch
+            >>> from l1quant.source.config import ModelConfig
+            >>> cfg = ModelConfig.from_dict({"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64,
+            ...     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            ...     "num_key_value_heads": 2, "vocab_size": 300, "rope_scaling": {"type": "linear", "factor": 2.0}})
+            >>> hp = Hparams.from_config(cfg, get_arch("qwen3"))
+            >>> hp.d_head, hp.qk_norm, hp.qkv_bias, hp.rope_scaling_type, hp.rope_scaling_factor
+            (128, True, False, 'linear', 2.0)
         """
-        try:
-            rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
-            theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-            scaling_type = rope.get("rope_type", rope.get("type"))
-            return cls(
-                n_layer=int(config["num_hidden_layers"]),
-                n_embd=int(config["hidden_size"]),
-                n_head=int(config["num_attention_heads"]),
-                n_head_kv=int(config.get("num_key_value_heads") or config["num_attention_heads"]),
-                n_ff=int(config["intermediate_size"]),
-                n_vocab=int(config["vocab_size"]),
-                rope_theta=float(theta),
-                rms_eps=float(config.get("rms_norm_eps", 1e-6)),
-                rope_scaling_type=None if scaling_type in _NO_SCALING else str(scaling_type),
-                rope_scaling_factor=float(rope.get("factor", 1.0)),
-                head_dim=int(config["head_dim"]) if config.get("head_dim") else None,
-            )
-        except KeyError as exc:
-            raise ConfigError(
-                f"config.json: key {exc.args[0]!r} is missing (needed by the reference forward)"
-            ) from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"config.json: cannot read qwen2 hyperparameters: {exc}") from None
-
-    @classmethod
-    def from_gguf_fields(cls, fields: Mapping[str, Any], n_vocab: int, arch: str = "qwen2") -> Qwen2Hparams:
-        """Build from GGUF metadata already decoded to plain Python values (``{"qwen2.block_count": 28, ...}``).
-
-        ``n_vocab`` is passed in (rows of ``token_embd.weight`` or the token list length) because ``{arch}.vocab_size``
-        is optional in GGUF.
-
-        Example:
-            >>> hp = Qwen2Hparams.from_gguf_fields({"qwen2.block_count": 2, "qwen2.embedding_length": 64,
-            ...     "qwen2.attention.head_count": 4, "qwen2.attention.head_count_kv": 2,
-            ...     "qwen2.feed_forward_length": 128, "qwen2.rope.freq_base": 10000.0,
-            ...     "qwen2.attention.layer_norm_rms_epsilon": 1e-6}, n_vocab=300)
-            >>> hp.n_layer, hp.rope_scaling_type
-            (2, None)
-        """
-
-        def key(suffix: str) -> str:
-            return f"{arch}.{suffix}"
-
-        try:
-            scaling_type = fields.get(key("rope.scaling.type"))
-            key_length = fields.get(key("attention.key_length"))
-            return cls(
-                n_layer=int(fields[key("block_count")]),
-                n_embd=int(fields[key("embedding_length")]),
-                n_head=int(fields[key("attention.head_count")]),
-                n_head_kv=int(fields.get(key("attention.head_count_kv"), fields[key("attention.head_count")])),
-                n_ff=int(fields[key("feed_forward_length")]),
-                n_vocab=int(n_vocab),
-                rope_theta=float(fields.get(key("rope.freq_base"), 10000.0)),
-                rms_eps=float(fields[key("attention.layer_norm_rms_epsilon")]),
-                rope_scaling_type=None if scaling_type in _NO_SCALING else str(scaling_type),
-                rope_scaling_factor=float(fields.get(key("rope.scaling.factor"), 1.0)),
-                head_dim=int(key_length) if key_length is not None else None,
-            )
-        except KeyError as exc:
-            raise ConfigError(
-                f"GGUF metadata: key {exc.args[0]!r} is missing (needed by the reference forward)"
-            ) from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"GGUF metadata: cannot read qwen2 hyperparameters: {exc}") from None
+        f = arch.features
+        factor = cfg.param("rope_scaling.factor") if cfg.rope_type in ("linear", "yarn") else None
+        return cls(
+            n_layer=cfg.num_hidden_layers, n_embd=cfg.hidden_size, n_head=cfg.num_attention_heads,
+            n_head_kv=cfg.num_key_value_heads, n_ff=cfg.intermediate_size, n_vocab=cfg.vocab_size,
+            rope_theta=float(cfg.rope_theta), rms_eps=float(cfg.rms_norm_eps), rope_scaling_type=cfg.rope_type,
+            rope_scaling_factor=float(factor) if factor is not None else 1.0, head_dim=cfg.head_dim,
+            qkv_bias=f.qkv_bias, qk_norm=f.qk_norm, rope_style=f.rope_style,
+        )
 
 
 # --------------------------------------------------------------------------------------------------- forward pass
@@ -225,27 +193,35 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _rope_tables(hp: Qwen2Hparams, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin of shape (n_tokens, 1, d_head/2) for the NEOX (rotate_half) layout."""
+def _rope_tables(hp: Hparams, n_tokens: int, freq_factors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of shape (n_tokens, 1, d_head/2): angle of pair i at position p is p * scale * theta^(-2i/d) / f_i."""
     stype = hp.rope_scaling_type.lower() if isinstance(hp.rope_scaling_type, str) else hp.rope_scaling_type
-    if stype in _NO_SCALING:
-        scale = 1.0
+    if stype in _NO_SCALING or stype == "llama3":
+        scale = 1.0  # llama3 scales through freq_factors (rope_freqs.weight), not positions
     elif stype == "linear":
         scale = 1.0 / hp.rope_scaling_factor
     else:
         raise NotImplementedError(
             f"reference forward: rope scaling type {hp.rope_scaling_type!r} is not implemented "
-            "(supported: none, linear); skip --logits for this model"
+            "(supported: none, linear, llama3); skip --logits for this model"
         )
     d = hp.d_head
     # float64 angles, cast once: as accurate as HF's float32 tables or better, never worse.
     inv_freq = 1.0 / (hp.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.astype(np.float64)
     angles = (np.arange(n_tokens, dtype=np.float64) * scale)[:, None] * inv_freq[None, :]
     return np.cos(angles).astype(np.float32)[:, None, :], np.sin(angles).astype(np.float32)[:, None, :]
 
 
-def _apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """x: (n_tokens, n_heads, d_head). rotate_half layout: pairs are (i, i + d/2)."""
+def _apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> np.ndarray:
+    """x: (n_tokens, n_heads, d_head). ``neox`` pairs are (i, i + d/2); ``norm`` pairs are (2i, 2i + 1)."""
+    if style == "norm":
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2] = x1 * cos - x2 * sin
+        out[..., 1::2] = x2 * cos + x1 * sin
+        return out
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     return np.concatenate((x1 * cos - x2 * sin, x2 * cos + x1 * sin), axis=-1)
@@ -273,31 +249,43 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_group: int) -> np.
     return out
 
 
-def qwen2_logits(
+def _freq_factors(get_weight: Callable[[str], np.ndarray], hp: Hparams) -> np.ndarray | None:
+    """``rope_freqs.weight`` (d_head/2 divisors) if the model has one; required for llama3 scaling."""
+    try:
+        return _fetch(get_weight, "rope_freqs.weight", (hp.d_head // 2,))
+    except _Absent:
+        if hp.rope_scaling_type == "llama3":
+            raise
+        return None
+
+
+def decoder_logits(
     get_weight: Callable[[str], np.ndarray],
-    hp: Qwen2Hparams,
+    hp: Hparams,
     tokens: Sequence[int],
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Logits of HF ``Qwen2ForCausalLM`` for one sequence, as float32 of shape (len(tokens), n_vocab).
+    """Logits of the decoder ``hp`` describes for one sequence, as float32 of shape (len(tokens), n_vocab).
 
     ``get_weight(name)`` takes GGUF tensor names (``token_embd.weight``, ``blk.{i}.attn_q.weight``, ...,
-    ``output_norm.weight``, ``output.weight``) and returns the tensor in HF orientation (rows = output features);
-    it must raise ``KeyError`` for an absent tensor: a missing ``output.weight`` means tied embeddings.
-    Weights are requested layer by layer and dropped after use, so a lazy ``get_weight`` keeps memory flat.
-    ``progress(done, total)`` is called after each of the ``n_layer + 2`` steps (embed, layers, head).
+    ``output_norm.weight``, ``output.weight``, ``rope_freqs.weight``) and returns the tensor in HF orientation (rows
+    = output features) and in the GGUF's layout (llama's Q/K rows permuted: ``rope_style="norm"``); it must raise
+    ``KeyError`` for an absent tensor: a missing ``output.weight`` means tied embeddings, a missing
+    ``rope_freqs.weight`` no frequency factors. Weights are requested layer by layer and dropped after use, so a
+    lazy ``get_weight`` keeps memory flat. ``progress(done, total)`` is called after each of the ``n_layer + 2``
+    steps (embed, layers, head).
 
     Raises TensorError for a missing/misshapen tensor, VerifyError for empty or out-of-range tokens,
-    NotImplementedError for rope scaling other than none/linear.
+    NotImplementedError for rope scaling other than none/linear/llama3.
 
     Example:
-        >>> hp = Qwen2Hparams(n_layer=2, n_embd=16, n_head=4, n_head_kv=2, n_ff=32, n_vocab=50,
-        ...                   rope_theta=10000.0, rms_eps=1e-6)
-        >>> w = random_qwen2_weights(hp, seed=1, tied=True)
+        >>> hp = Hparams(n_layer=2, n_embd=16, n_head=4, n_head_kv=2, n_ff=32, n_vocab=50,
+        ...              rope_theta=10000.0, rms_eps=1e-6, qkv_bias=True)
+        >>> w = random_weights(hp, seed=1, tied=True)
         >>> "output.weight" in w
         False
-        >>> qwen2_logits(w.__getitem__, hp, [5, 7, 9, 11]).shape
+        >>> decoder_logits(w.__getitem__, hp, [5, 7, 9, 11]).shape
         (4, 50)
     """
     toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -312,7 +300,8 @@ def qwen2_logits(
     n_tokens = int(toks.size)
     total_steps = hp.n_layer + 2
     E, D, H, Hkv, F, V = hp.n_embd, hp.d_head, hp.n_head, hp.n_head_kv, hp.n_ff, hp.n_vocab
-    cos, sin = _rope_tables(hp, n_tokens)  # before any weight is read: unsupported scaling fails fast
+    _rope_tables(hp, 1, None)  # before any weight is read: unsupported scaling fails fast
+    cos, sin = _rope_tables(hp, n_tokens, _freq_factors(get_weight, hp))
 
     emb = _fetch(get_weight, "token_embd.weight", (V, E))
     x = np.array(emb[toks], dtype=np.float32)  # own copy: the embedding matrix is released right away
@@ -320,19 +309,24 @@ def qwen2_logits(
     if progress is not None:
         progress(1, total_steps)
 
+    def proj(h: np.ndarray, name: str, rows: int) -> np.ndarray:
+        y = h @ _fetch(get_weight, name + ".weight", (rows, E)).T
+        if hp.qkv_bias:
+            y += _fetch(get_weight, name + ".bias", (rows,))
+        return y
+
     for il in range(hp.n_layer):
         p = f"blk.{il}."
         h = _rms_norm(x, _fetch(get_weight, p + "attn_norm.weight", (E,)), hp.rms_eps)
-        q = h @ _fetch(get_weight, p + "attn_q.weight", (H * D, E)).T + _fetch(get_weight, p + "attn_q.bias", (H * D,))
-        k = h @ _fetch(get_weight, p + "attn_k.weight", (Hkv * D, E)).T + _fetch(
-            get_weight, p + "attn_k.bias", (Hkv * D,)
-        )
-        v = h @ _fetch(get_weight, p + "attn_v.weight", (Hkv * D, E)).T + _fetch(
-            get_weight, p + "attn_v.bias", (Hkv * D,)
-        )
-        q = _apply_rope(q.reshape(n_tokens, H, D), cos, sin)
-        k = _apply_rope(k.reshape(n_tokens, Hkv, D), cos, sin)
-        attn = _attention(q, k, v.reshape(n_tokens, Hkv, D), hp.n_group).reshape(n_tokens, H * D)
+        q = proj(h, p + "attn_q", H * D).reshape(n_tokens, H, D)
+        k = proj(h, p + "attn_k", Hkv * D).reshape(n_tokens, Hkv, D)
+        v = proj(h, p + "attn_v", Hkv * D).reshape(n_tokens, Hkv, D)
+        if hp.qk_norm:  # per head, before rope (HF Qwen3Attention)
+            q = _rms_norm(q, _fetch(get_weight, p + "attn_q_norm.weight", (D,)), hp.rms_eps)
+            k = _rms_norm(k, _fetch(get_weight, p + "attn_k_norm.weight", (D,)), hp.rms_eps)
+        q = _apply_rope(q, cos, sin, hp.rope_style)
+        k = _apply_rope(k, cos, sin, hp.rope_style)
+        attn = _attention(q, k, v, hp.n_group).reshape(n_tokens, H * D)
         del q, k, v
         x += attn @ _fetch(get_weight, p + "attn_output.weight", (E, H * D)).T
         del attn
@@ -490,20 +484,21 @@ def default_text() -> str:
     return resources.files("l1quant").joinpath("data").joinpath("logit_text.txt").read_text(encoding="utf-8")
 
 
-def random_qwen2_weights(
-    hp: Qwen2Hparams, seed: int = 0, *, tied: bool = False, scale: float = 0.5
+def random_weights(
+    hp: Hparams, seed: int = 0, *, tied: bool = False, scale: float = 0.5
 ) -> dict[str, np.ndarray]:
-    """A random qwen2 checkpoint in GGUF names and HF orientation (float32), for tests and benchmarks.
+    """A random decoder checkpoint in GGUF names and HF orientation (float32), for tests and benchmarks.
 
-    Linear weights are N(0, scale / sqrt(fan_in)) so activations stay O(1); norms are 1 + N(0, 0.1); biases N(0, 0.1).
+    Linear weights are N(0, scale / sqrt(fan_in)) so activations stay O(1); norms are 1 + N(0, 0.1); biases
+    N(0, 0.1); q/k norms (``hp.qk_norm``) and biases (``hp.qkv_bias``) only when the hparams have them.
     ``tied=True`` omits ``output.weight``.
 
     Example:
-        >>> hp = Qwen2Hparams(n_layer=1, n_embd=8, n_head=2, n_head_kv=1, n_ff=16, n_vocab=10,
-        ...                   rope_theta=10000.0, rms_eps=1e-6)
-        >>> w = random_qwen2_weights(hp)
-        >>> w["blk.0.attn_k.weight"].shape, w["token_embd.weight"].shape
-        ((4, 8), (10, 8))
+        >>> hp = Hparams(n_layer=1, n_embd=8, n_head=2, n_head_kv=1, n_ff=16, n_vocab=10,
+        ...              rope_theta=10000.0, rms_eps=1e-6, qk_norm=True)
+        >>> w = random_weights(hp)
+        >>> w["blk.0.attn_k.weight"].shape, w["blk.0.attn_q_norm.weight"].shape, "blk.0.attn_q.bias" in w
+        ((4, 8), (4,), False)
     """
     rng = np.random.default_rng(seed)
     E, D, H, Hkv, F, V = hp.n_embd, hp.d_head, hp.n_head, hp.n_head_kv, hp.n_ff, hp.n_vocab
@@ -518,17 +513,18 @@ def random_qwen2_weights(
     for il in range(hp.n_layer):
         p = f"blk.{il}."
         w[p + "attn_norm.weight"] = vec(E, 1.0)
-        w[p + "attn_q.weight"] = lin(H * D, E)
-        w[p + "attn_q.bias"] = vec(H * D, 0.0)
-        w[p + "attn_k.weight"] = lin(Hkv * D, E)
-        w[p + "attn_k.bias"] = vec(Hkv * D, 0.0)
-        w[p + "attn_v.weight"] = lin(Hkv * D, E)
-        w[p + "attn_v.bias"] = vec(Hkv * D, 0.0)
+        for name, rows in (("attn_q", H * D), ("attn_k", Hkv * D), ("attn_v", Hkv * D)):
+            w[p + name + ".weight"] = lin(rows, E)
+            if hp.qkv_bias:
+                w[p + name + ".bias"] = vec(rows, 0.0)
         w[p + "attn_output.weight"] = lin(E, H * D)
         w[p + "ffn_norm.weight"] = vec(E, 1.0)
         w[p + "ffn_gate.weight"] = lin(F, E)
         w[p + "ffn_up.weight"] = lin(F, E)
         w[p + "ffn_down.weight"] = lin(E, F)
+        if hp.qk_norm:
+            w[p + "attn_q_norm.weight"] = vec(D, 1.0)
+            w[p + "attn_k_norm.weight"] = vec(D, 1.0)
     w["output_norm.weight"] = vec(E, 1.0)
     if not tied:
         w["output.weight"] = lin(V, E) * np.float32(math.sqrt(E))

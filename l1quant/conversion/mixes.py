@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
+from l1quant.arch import all_arches, get_arch
 from l1quant.errors import ConfigError, clip
 
 __all__ = [
@@ -87,9 +88,10 @@ __all__ = [
 T = GGMLQuantizationType
 _FLOAT_TYPES = frozenset({T.F32, T.F16, T.BF16})
 
-#: Architectures whose rule this module states. The rule has Falcon- and MoE-only branches that would need more
-#: data; for these three every ``arch != LLM_ARCH_FALCON`` test is true and ``n_expert`` is 0.
-ARCHS = ("qwen2", "qwen3", "llama")
+#: Architectures whose rule this module states: those whose description gives llama.cpp's "70B" size test
+#: (:attr:`l1quant.arch.Arch.llama_quantize_70b`). The rule has Falcon- and MoE-only branches that would need more
+#: data; for qwen2, qwen3 and llama every ``arch != LLM_ARCH_FALCON`` test is true and ``n_expert`` is 0.
+ARCHS = tuple(a.name for a in all_arches() if a.llama_quantize_70b is not None)
 
 
 def block_size(t: GGMLQuantizationType) -> int:
@@ -553,9 +555,8 @@ def is_70b(arch: str, n_layer: int, n_head: int, n_head_kv: int) -> bool:
         >>> is_70b("qwen2", 80, 64, 8), is_70b("llama", 80, 64, 64), is_70b("qwen3", 80, 64, 8)
         (True, False, False)
     """
-    if n_layer != 80:
-        return False
-    return arch == "qwen2" or (arch == "llama" and n_head != n_head_kv)
+    test = get_arch(arch).llama_quantize_70b  # the architecture's description knows its size classes
+    return test is not None and test(n_layer, n_head, n_head_kv)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import gguf
 
 from l1quant.arch import Arch
 from l1quant.conversion.mixes import Mix, QuantOptions, assign_types, get_mix
+from l1quant.conversion.sources import Generated, PermutedRows, TensorSource, WholeTransformed
 from l1quant.errors import ConfigError, TensorError, clip
 from l1quant.kernels import QuantType, get_quant_type
 from l1quant.source.config import ModelConfig
@@ -57,11 +58,13 @@ def pad(n: int, align: int = ALIGNMENT) -> int:
 class PlannedTensor:
     """One output tensor: GGUF name, source tensor, output type and byte placement (relative to the data section).
 
-    ``shape`` is the source (row-major, HF) shape; GGUF stores it reversed (``gguf_dims``).
+    ``shape`` is the source (row-major, HF) shape; GGUF stores it reversed (``gguf_dims``). ``source`` is a
+    checkpoint tensor or a stand-in with its interface (:mod:`l1quant.conversion.sources`: a transformed or a
+    generated tensor).
     """
 
     name: str
-    source: SafeTensor
+    source: TensorSource
     qtype: QuantType
     shape: tuple[int, ...]
     offset: int
@@ -222,6 +225,26 @@ def resolve_mix(out_type: str, options: QuantOptions | None) -> Mix | None:
     return get_mix(req)
 
 
+def source_for(arch: Arch, cfg: ModelConfig, name: str, st: SafeTensor, warnings: list[str]) -> TensorSource:
+    """What GGUF tensor ``name`` reads: ``st`` itself, or ``st`` through the architecture's transform for it.
+
+    A row reordering (llama's Q/K) streams chunk by chunk; any other transform is read whole, and a warning
+    says why.
+
+    Example:
+        >>> source_for(get_arch("llama"), cfg, "blk.0.attn_q.weight", st, []).__class__.__name__  # doctest: +SKIP
+        'PermutedRows'
+    """
+    tf = arch.transform_for(name)
+    if tf is None:
+        return st
+    order = tf.row_order(cfg, tuple(st.shape))
+    if order is not None:
+        return PermutedRows(st, order)
+    warnings.append(f"{name}: read whole ({tf.why_whole})")
+    return WholeTransformed(st, lambda x: tf.apply(cfg, x), tf.why_whole or "")
+
+
 def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
               options: QuantOptions | None = None, *, as_mix: bool = False) -> ConversionPlan:
     """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
@@ -229,12 +252,16 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
     ``out_type`` is a converter type or a llama-quantize mix (see the module docstring); ``options`` are
     llama-quantize's per-tensor flags; ``as_mix`` applies a converter type as llama-quantize's mix of that name. Refuses (``TensorError``): a tensor name the architecture cannot map, a
     non-float weight, a tensor with the wrong shape, a tensor missing, or two source tensors mapping to one GGUF
-    name; (``ConfigError``) an unknown type or a per-tensor type l1quant has no kernel for.
+    name; (``ConfigError``) an unknown type or a per-tensor type l1quant has no kernel for, or a config the
+    architecture cannot convert (:meth:`~l1quant.arch.Arch.validate`). Tensors the architecture generates from
+    the config (llama-3's ``rope_freqs``) come first, as the reference writes them; checkpoint tensors go through
+    their transform (:func:`source_for`).
 
     Example:
         >>> [t.name for t in make_plan(ckpt, cfg, arch, "f16").tensors][:3]  # doctest: +SKIP
         ['output.weight', 'token_embd.weight', 'blk.0.attn_k.bias']
     """
+    arch.validate(cfg)
     check_layer_count(ckpt, cfg)
     req = str(out_type).lower()
     if req not in OUT_TYPES:
@@ -243,10 +270,13 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
     qt = resolve_out_type(req, ckpt, arch.skip_suffixes) if mix is None else lossless_type(ckpt, arch.skip_suffixes)
     f32 = get_quant_type("f32")
     name_map = arch.tensor_name_map(cfg.num_hidden_layers)
-    expected = arch.expected_tensors(cfg)
-    planned: list[tuple[str, SafeTensor, QuantType]] = []
+    expected = arch.expected_tensors(cfg, generated=False)
+    planned: list[tuple[str, TensorSource, QuantType]] = []
     warnings: list[str] = []
     seen: dict[str, str] = {}
+    for name, data in arch.generated_tensors(cfg):
+        planned.append((name, Generated(f"{name} (generated from config.json)", data),
+                        tensor_qtype(name, data.shape[-1], data.ndim, arch, qt)))
     for src_name, st in ckpt.tensors.items():
         if src_name.endswith(arch.skip_suffixes):
             continue
@@ -274,7 +304,7 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
         if t_qt is not qt and t_qt is not f32:  # the F16 fallback
             warnings.append(f"{name}: row length {row_len} is not a multiple of {qt.block_size} "
                             f"({qt.name}); falling back to F16")
-        planned.append((name, st, t_qt))
+        planned.append((name, source_for(arch, cfg, name, st, warnings), t_qt))
     missing = [n for n in expected if n not in seen]
     if missing:
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -285,7 +315,7 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
                      n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads)
 
 
-def apply_mix(arch_name: str, planned: list[tuple[str, SafeTensor, QuantType]], mix: Mix,
+def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]], mix: Mix,
               options: QuantOptions | None, warnings: list[str], *, n_layer: int, n_head: int,
               n_head_kv: int) -> ConversionPlan:
     """Give each (GGUF name, source, input type) the type llama-quantize would, in its order, and lay them out.
@@ -302,7 +332,7 @@ def apply_mix(arch_name: str, planned: list[tuple[str, SafeTensor, QuantType]], 
     by_name = {name: (st, t) for name, st, t in planned}
     a = assign_types([(name, tuple(reversed(st.shape)) or (1,)) for name, st, _ in planned], mix,
                      n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, arch=arch_name, options=options)
-    out: list[tuple[str, SafeTensor, QuantType]] = []
+    out: list[tuple[str, TensorSource, QuantType]] = []
     for name in a.order:
         st, t_in = by_name[name]
         chosen = a.types[name]
@@ -311,7 +341,7 @@ def apply_mix(arch_name: str, planned: list[tuple[str, SafeTensor, QuantType]], 
 
 
 def layout(arch_name: str, type_name: str, file_type: int,
-           tensors: list[tuple[str, SafeTensor, QuantType]], warnings: list[str], *,
+           tensors: list[tuple[str, TensorSource, QuantType]], warnings: list[str], *,
            quantized_layout: bool = False) -> ConversionPlan:
     """Place ``tensors`` (in the given order) at 32-byte aligned offsets of the data section.
 

@@ -51,6 +51,9 @@ class SpecialVocab:
     normalizer_lowercase: bool | None = None
     normalizer_strip_accents: bool | None = None
     types: tuple[str, ...] = TYPES
+    #: tokenizer_config's ``add_prefix_space`` (None when absent); written only by architectures whose converter
+    #: writes it (:attr:`l1quant.arch.Arch.add_space_prefix`), before the tokenizer model key
+    add_prefix_space: bool | None = None
 
     def set_id(self, typ: str, tid: Any, where: str) -> None:
         # the first source to name a type wins; non-integers are ignored, as the reference does
@@ -122,7 +125,7 @@ def _merges(tok: dict[str, Any], path: Path) -> list[str]:
 
 def _merges_txt(path: Path) -> list[str]:
     p = path / "merges.txt"
-    if not p.is_file():
+    if not p.exists():
         return []
     out = []
     lines = read_text(p, TokenizerError).splitlines()
@@ -236,7 +239,7 @@ def load_special_vocab(model_dir: str | Path) -> SpecialVocab:
     d = Path(model_dir)
     sv = SpecialVocab()
     tok_path = d / "tokenizer.json"
-    tok = read_json(tok_path, TokenizerError) if tok_path.is_file() else None
+    tok = read_json(tok_path, TokenizerError) if tok_path.exists() else None
     if tok is not None and not isinstance(tok, dict):
         raise TokenizerError(f"{tok_path}: expected a JSON object")
     added: list[Any] = []
@@ -246,7 +249,7 @@ def load_special_vocab(model_dir: str | Path) -> SpecialVocab:
             _normalizer(sv, tok["normalizer"])
         added = tok.get("added_tokens") or []
     tc_path = d / "tokenizer_config.json"
-    tc = read_json(tc_path, TokenizerError) if tc_path.is_file() else None
+    tc = read_json(tc_path, TokenizerError) if tc_path.exists() else None
     if tc is not None and not isinstance(tc, dict):
         raise TokenizerError(f"{tc_path}: expected a JSON object")
     if tok is not None and isinstance(tok.get("post_processor"), dict):
@@ -254,7 +257,7 @@ def load_special_vocab(model_dir: str | Path) -> SpecialVocab:
     if tc:
         _from_tokenizer_config(sv, d, tc, added)
     cfg_path = d / "config.json"
-    if cfg_path.is_file():
+    if cfg_path.exists():
         cfg = read_json(cfg_path, TokenizerError)
         if isinstance(cfg, dict):
             tc_raw = cfg.get("text_config")
@@ -269,19 +272,30 @@ def load_special_vocab(model_dir: str | Path) -> SpecialVocab:
     return sv
 
 
-def _from_tokenizer_config(sv: SpecialVocab, d: Path, tc: dict[str, Any], added: list[Any]) -> None:
+def read_chat_template(d: Path, tc: dict[str, Any]) -> Any:
+    """The folder's chat template as the pinned reference reads it -- the one reader for convert and for
+    ``prompt --chat FOLDER``: ``tokenizer_config.json``'s ``chat_template`` (a string, or a list of named
+    templates) wins; otherwise ``chat_template.jinja`` (with ``additional_chat_templates/*.jinja`` as named
+    templates beside it, "default" first), otherwise ``chat_template.json``'s ``chat_template``. Returned as found
+    (str, list of {name, template}, or None); the caller checks the type."""
     alt: str | list[dict[str, Any]] | None = None
     jinja, js = d / "chat_template.jinja", d / "chat_template.json"
-    if jinja.is_file():
+    if jinja.exists():
         alt = read_text(jinja, TokenizerError)
         extra = sorted((d / "additional_chat_templates").glob("*.jinja"))
         if extra:
             alt = [{"name": "default", "template": alt}] + [
                 {"name": p.stem, "template": read_text(p, TokenizerError)} for p in extra]
-    elif js.is_file():
+    elif js.exists():
         obj = read_json(js, TokenizerError)
         alt = obj.get("chat_template") if isinstance(obj, dict) else None
-    ct = tc.get("chat_template", alt)
+    return tc.get("chat_template", alt)
+
+
+def _from_tokenizer_config(sv: SpecialVocab, d: Path, tc: dict[str, Any], added: list[Any]) -> None:
+    if tc.get("add_prefix_space") is not None:
+        sv.add_prefix_space = bool(tc["add_prefix_space"])
+    ct = read_chat_template(d, tc)
     if ct is None or isinstance(ct, (str, list)):
         sv.chat_template = ct
     for typ in sv.types:
