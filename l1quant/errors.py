@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,13 @@ class RuntimeMissingError(L1QuantError):
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread when SIGTERM arrives during output, so cleanup runs exactly as for Ctrl-C.
 
-    A KeyboardInterrupt subclass on purpose: ``except Exception`` must not swallow it. The CLI exits 143.
+    A KeyboardInterrupt subclass on purpose: ``except Exception`` must not swallow it. The CLI exits 128 + the
+    signal number (143 for SIGTERM, 129 for SIGHUP, 131 for SIGQUIT).
     """
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def clip(value: object, limit: int = 80) -> str:
@@ -92,32 +98,106 @@ def clip(value: object, limit: int = 80) -> str:
     return r
 
 
-def read_text(path: Path, error: type[L1QuantError]) -> str:
-    """The UTF-8 text of ``path``, or ``error`` with one line naming the file (unreadable, or not UTF-8).
+#: Largest text/JSON input file read whole: tokenizer.json of the biggest vocabularies is ~35 MB (Gemma-3:
+#: 33 MB, Qwen2: 7 MB); 128 MiB leaves room for any real one while bounding the JSON parse (roughly 10-20x the
+#: file in Python objects, i.e. at most ~2.5 GB) instead of letting ``/dev/zero`` run memory out.
+MAX_TEXT_FILE_BYTES = 128 << 20
+
+
+def open_regular(path: Path, error: type[L1QuantError], *, max_bytes: int | None = None) -> int:
+    """A read-only descriptor of ``path``, or ``error`` naming the file, when it is not a regular file of at most
+    ``max_bytes`` bytes.
+
+    Opened with ``O_NONBLOCK`` so that a FIFO in place of a file cannot block ``open()`` (the type is checked on
+    the open descriptor, so a swap between check and open is caught too); character devices (``/dev/zero``),
+    sockets and folders are refused before a byte is read. The caller closes the descriptor.
+
+    Example:
+        >>> open_regular(Path("/dev/zero"), InputError)
+        Traceback (most recent call last):
+        ...
+        l1quant.errors.InputError: /dev/zero: not a regular file (a character device)
+    """
+    import stat as _stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        import errno
+
+        hint = "; raise the limit (ulimit -n)" if e.errno in (errno.EMFILE, errno.ENFILE) else ""
+        raise error(f"{path}: cannot read: {e.strerror or e}{hint}") from e
+    try:
+        st = os.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: not a regular file ({_file_kind(st.st_mode)})")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise error(f"{path}: {st.st_size} bytes is too large (at most {max_bytes} bytes are read)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    import stat as _stat
+
+    for test, name in ((_stat.S_ISDIR, "a folder"), (_stat.S_ISFIFO, "a FIFO"), (_stat.S_ISCHR, "a character device"),
+                       (_stat.S_ISBLK, "a block device"), (_stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def read_bytes(path: Path, error: type[L1QuantError], max_bytes: int = MAX_TEXT_FILE_BYTES) -> bytes:
+    """All bytes of regular file ``path`` (at most ``max_bytes``; see :func:`open_regular`), or ``error``.
+
+    Reads at most ``max_bytes + 1`` bytes even if the file grows while being read.
+    """
+    fd = open_regular(path, error, max_bytes=max_bytes)
+    try:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            b = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            if not b:
+                break
+            chunks.append(b)
+            total += len(b)
+            if total > max_bytes:
+                raise error(f"{path}: more than {max_bytes} bytes (grew while being read?)")
+        return b"".join(chunks)
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+
+
+def read_text(path: Path, error: type[L1QuantError], max_bytes: int = MAX_TEXT_FILE_BYTES) -> str:
+    """The UTF-8 text of ``path``, or ``error`` with one line naming the file (not a regular file, larger than
+    ``max_bytes``, unreadable, or not UTF-8).
 
     Example:
         >>> read_text(Path("chat_template.jinja"), TokenizerError)  # doctest: +SKIP
         '{% for message in messages %}...'
     """
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise error(f"{path}: cannot read: {e.strerror or e}") from e
+        return read_bytes(path, error, max_bytes).decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 text: {str(e)[:200]}") from None
 
 
-def read_json(path: Path, error: type[L1QuantError]) -> Any:
+def read_json(path: Path, error: type[L1QuantError], max_bytes: int = MAX_TEXT_FILE_BYTES) -> Any:
     """The parsed JSON of ``path``, or ``error`` with one line naming the file. Hostile JSON (5000-digit numbers,
-    deep nesting, bad UTF-8) is a clean refusal too, never a traceback.
+    deep nesting, bad UTF-8, a FIFO or ``/dev/zero`` in its place, more than ``max_bytes``) is a clean refusal
+    too, never a traceback or a hang.
 
     Example:
         >>> read_json(Path("tokenizer_config.json"), TokenizerError)["add_bos_token"]  # doctest: +SKIP
         False
     """
+    data = read_bytes(path, error, max_bytes)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise error(f"{path}: cannot read: {e.strerror or e}") from e
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError: bad UTF-8 is invalid JSON
         raise error(f"{path}: invalid JSON: {str(e)[:200]}") from None

@@ -67,6 +67,26 @@ def _default_signals() -> None:
 RESERVED = 10 << 20
 
 
+def temp_size(pid: int, out: Path) -> int:
+    """Size of the output's temporary file held open by process ``pid`` (0 if none yet).
+
+    The temporary file is unnamed (O_TMPFILE: ``/proc/PID/fd/N`` reads ``OUT/#12345 (deleted)``) or, on filesystems
+    without O_TMPFILE, a named ``.l1q-*.part`` file: either way it is one of the process's descriptors in ``out``.
+    """
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith(str(out) + "/") and (link.endswith("(deleted)") or link.endswith(".part")):
+                return os.stat(f"/proc/{pid}/fd/{fd}").st_size
+        except OSError:
+            continue
+    return 0
+
+
 def interrupt_mid_conversion(model: Path, out: Path, sig: int, threads: int) -> tuple[subprocess.Popen[str], int]:
     """Start a slow conversion (tiny chunks: ~40k jobs), wait until it streams tensor data, then send ``sig``."""
     p = subprocess.Popen(
@@ -78,14 +98,9 @@ def interrupt_mid_conversion(model: Path, out: Path, sig: int, threads: int) -> 
     part_size = 0
     try:
         while time.monotonic() < deadline and p.poll() is None:
-            parts = list(out.glob(f".{TARGET}.*.part"))
-            if parts:
-                try:
-                    part_size = parts[0].stat().st_size
-                except FileNotFoundError:
-                    part_size = 0
-                if part_size > RESERVED:
-                    break  # the header is written and the full size reserved: the data section is streaming
+            part_size = temp_size(p.pid, out)
+            if part_size > RESERVED:
+                break  # the header is written and the full size reserved: the data section is streaming
             time.sleep(0.005)
         assert p.poll() is None, f"conversion ended (rc={p.returncode}) before it could be interrupted"
         p.send_signal(sig)
@@ -325,6 +340,7 @@ def test_atomic_output_never_unlinks_target_on_early_failure(tmp_path: Path, mon
         raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
     monkeypatch.setattr(tempfile, "mkstemp", no_mkstemp)
+    monkeypatch.setattr("l1quant.gguf.writer._probe_link_mode", lambda folder: "none")  # the named fallback
     with pytest.raises(OutputError, match="not writable"), AtomicOutput(out / TARGET, 16):
         pass
     assert_untouched(out)
@@ -335,7 +351,8 @@ def test_atomic_output_success_replaces_target(tmp_path: Path) -> None:
     old = signal.getsignal(signal.SIGTERM)
     with AtomicOutput(out / TARGET, 4) as o:
         assert signal.getsignal(signal.SIGTERM) != old  # SIGTERM now cleans up
-        assert o.path != out / TARGET and o.path.parent == out
+        assert o.path != out / TARGET and (o.unnamed or o.path.parent == out)
+        assert sorted(os.listdir(out)) == [TARGET]  # the temporary file has no name (O_TMPFILE) ...
         os.pwrite(o.fd, b"GGUF", 0)
     assert (out / TARGET).read_bytes() == b"GGUF"
     assert sorted(os.listdir(out)) == [TARGET]

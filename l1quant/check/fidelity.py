@@ -254,19 +254,47 @@ def _merge(a: _Acc, b: _Acc) -> None:
     a.n_viol += b.n_viol
 
 
+def _sqrt_ratio(num: float, den: float) -> float:
+    """sqrt(num / den), 0 for den == 0, NaN (never an exception) when either is inf/NaN."""
+    if not den > 0:
+        return 0.0 if den == 0 else math.nan
+    with np.errstate(all="ignore"):
+        return float(np.sqrt(np.float64(num) / np.float64(den)))
+
+
+def _snr(ssr: float, sse: float) -> float:
+    """10 log10(ssr / sse) in dB, defined for every input: inf/NaN sums (an overflowed or NaN tensor) give inf,
+    -inf or NaN, never a ``math domain error``."""
+    if math.isnan(ssr) or math.isnan(sse):
+        return math.nan
+    if sse == 0:
+        return math.inf
+    with np.errstate(all="ignore"):
+        r = float(np.float64(ssr) / np.float64(sse))
+    if math.isnan(r):
+        return math.nan
+    if r == 0:
+        return -math.inf
+    return 10 * math.log10(r) if math.isfinite(r) else math.inf
+
+
 def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFidelity:
-    rel = math.sqrt(a.sse / a.ssr) if a.ssr > 0 else (0.0 if a.sse == 0 else math.inf)
+    with np.errstate(all="ignore"):  # inf/inf and the like: NaN, reported as such
+        rel = float(np.sqrt(np.float64(a.sse) / np.float64(a.ssr))) if a.ssr > 0 else (
+            0.0 if a.sse == 0 else math.inf)
     if math.isnan(a.sse):
         rel = math.nan
-    snr = math.inf if a.sse == 0 else (10 * math.log10(a.ssr / a.sse) if a.ssr > 0 else -math.inf)
-    if math.isnan(a.sse):
-        snr = math.nan
+    snr = _snr(a.ssr, a.sse)
     # cos = a.b / (|a||b|) rewritten with |a-b|^2 = |a|^2 + |b|^2 - 2 a.b as 1 - (|a-b|^2 - (|a|-|b|)^2) / (2|a||b|):
     # near 1 (what quantization gives) a direct float32-accumulated a.b loses the digits that matter, while
     # |a-b|^2 is summed from the errors themselves and keeps them.
-    na, nb = math.sqrt(a.ssr), math.sqrt(a.sst)
-    if na > 0 and nb > 0:
-        cos = 1.0 - (a.sse - (na - nb) ** 2) / (2 * na * nb)
+    na = math.sqrt(a.ssr) if a.ssr >= 0 else math.nan  # NaN sums stay NaN (math.sqrt(nan) is nan)
+    nb = math.sqrt(a.sst) if a.sst >= 0 else math.nan
+    if math.isnan(na) or math.isnan(nb):
+        cos = math.nan
+    elif na > 0 and nb > 0:
+        with np.errstate(all="ignore"):
+            cos = float(1.0 - (np.float64(a.sse) - (np.float64(na) - nb) ** 2) / (2 * np.float64(na) * nb))
         cos = max(-1.0, min(1.0, cos)) if not math.isnan(cos) else cos
     else:
         cos = 1.0 if a.sse == 0 else 0.0
@@ -275,15 +303,15 @@ def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFid
         problems.append(f"bytes differ from re-quantizing the source at {a.first_diff}")
     threshold = err_bound = expected = None
     if qt.name == "Q8_0":
-        threshold = math.sqrt(a.bound_ss / a.ssr) if a.ssr > 0 else 0.0
-        expected = math.sqrt(a.noise_ss / a.ssr) if a.ssr > 0 else 0.0
+        threshold = _sqrt_ratio(a.bound_ss, a.ssr)
+        expected = _sqrt_ratio(a.noise_ss, a.ssr)
         err_bound = a.max_bound
         if a.n_viol:
             problems.append(f"{a.n_viol} block(s) outside the Q8_0 error bound, first at {a.first_viol}")
         if not rel <= threshold:
             problems.append(f"rel RMSE {rel:.4g} above the bound {threshold:.4g}")
     elif qt.name in NOISE_MODEL:
-        expected = math.sqrt(a.noise_ss / a.ssr) if a.ssr > 0 else 0.0
+        expected = _sqrt_ratio(a.noise_ss, a.ssr)
         threshold = NOISE_SLACK * expected
         if not rel <= threshold:
             problems.append(f"rel RMSE {rel:.4g} above {NOISE_SLACK:g}x the {qt.name} rounding noise "

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 
 from l1quant.check.fidelity import _to_f32
@@ -68,7 +67,9 @@ def _logit_dict(rep: Any, limit: float) -> dict[str, Any]:
 
 def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int, runtime: str | None,
                 threads: int) -> tuple[list[Check], dict[str, Any] | None, dict[str, Any] | None]:
-    from l1quant.check.forward import Qwen2Hparams, compare_logits, qwen2_logits
+    from l1quant.arch import get_arch
+    from l1quant.check.forward import Hparams, compare_logits, decoder_logits
+    from l1quant.check.structure import config_from_gguf
 
     checks: list[Check] = []
     ftype = _file_type_name(gf) or "F32"
@@ -80,26 +81,29 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
     planned = {pt.name: pt for pt in prep.plan.tensors}
 
     def src_weight(name: str) -> np.ndarray:
-        pt = planned[name]  # KeyError for an absent tensor (tied output), as qwen2_logits expects
+        pt = planned[name]  # KeyError for an absent tensor (tied output), as decoder_logits expects
         return _to_f32(pt.source.read_rows(0, pt.source.n_rows)).reshape(pt.shape)
 
     def gguf_weight(name: str) -> np.ndarray:
         return gf.read_tensor_f32(gf.tensor(name))
 
     try:
-        hp_src = Qwen2Hparams.from_hf_config(prep.cfg.raw)
-        ref = qwen2_logits(src_weight, hp_src, toks)
+        # the source runs through the plan's sources: in the file's layout (llama's Q/K rows permuted, rope_freqs)
+        arch = get_arch(prep.cfg.architecture)
+        hp_src = Hparams.from_config(prep.cfg, arch)
+        ref = decoder_logits(src_weight, hp_src, toks)
     except NotImplementedError as e:
         checks.append(Check("logits", SKIP, str(e)))
         return checks, None, None
     logits_d = None
     try:
-        emb = gf.tensor("token_embd.weight")
-        hp_file = Qwen2Hparams.from_gguf_fields(gf.kv, n_vocab=emb.shape[1], arch=gf.kv[gguf.Keys.General.ARCHITECTURE])
-        test = qwen2_logits(gguf_weight, hp_file, toks)
+        # the file's own hparams, read back through the same key table the converter writes with
+        hp_file = Hparams.from_config(config_from_gguf(gf, arch), arch)
+        test = decoder_logits(gguf_weight, hp_file, toks)
         rep = compare_logits(ref, test, toks)
         logits_d = _logit_dict(rep, limit)
-        msg = f"{rep.summary()} (limit mean KLD {limit:g} for {ftype})"
+        msg = (f"weights-only KLD (numpy forward, every position; for llama-perplexity's numbers use l1quant "
+               f"compare): {rep.summary()} (limit mean KLD {limit:g} for {ftype})")
         checks.append(Check("logits", PASS if logits_d["passed"] else FAIL,
                             ("" if logits_d["passed"] else f"mean KLD {rep.mean_kld:.4g} > {limit:g}: ") + msg))
     except NotImplementedError as e:

@@ -21,19 +21,14 @@ from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and
     _q,
 )
 from l1quant.gguf.reader import _type_name as _tname
-from l1quant.kernels import QUANT_TYPES, QuantType, first_nonfinite
+from l1quant.kernels import QUANT_TYPES, QuantType
+from l1quant.kernels.nonfinite import first_nonfinite_output
 from l1quant.source.config import ModelConfig
 
 #: Source bytes per scan/fidelity job. Each job makes ~10 passes over its float32 copies, so they should stay in
 #: cache: measured on the L1-shaped checkpoint, 512 KiB is ~30% less CPU than 4 MiB (and than 128 KiB).
 CHUNK_BYTES = 512 << 10
 
-# Keys every qwen2-family file needs (the converter always writes them); their types come from the arch table.
-_REQUIRED_HPARAMS = (
-    gguf.Keys.LLM.BLOCK_COUNT, gguf.Keys.LLM.CONTEXT_LENGTH, gguf.Keys.LLM.EMBEDDING_LENGTH,
-    gguf.Keys.LLM.FEED_FORWARD_LENGTH, gguf.Keys.Attention.HEAD_COUNT, gguf.Keys.Attention.HEAD_COUNT_KV,
-    gguf.Keys.Rope.FREQ_BASE, gguf.Keys.Attention.LAYERNORM_RMS_EPS,
-)
 _T = GGUFValueType
 _TK = gguf.Keys.Tokenizer
 # (key, type, required). Array types are (ARRAY, element type), as the reader reports them.
@@ -61,8 +56,10 @@ _STRICT_GENERAL = (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.TYPE, gguf.
 
 
 def config_from_gguf(gf: GGUFFile, arch: Arch) -> ModelConfig:
-    """The :class:`ModelConfig` a GGUF's hparams imply (vocab size from ``token_embd`` rows, else the token list;
-    tied embeddings when there is no ``output.weight``), so the arch table can say which tensors must exist.
+    """The :class:`ModelConfig` a GGUF's hparams imply, read back through the architecture's own key table
+    (:meth:`~l1quant.arch.Arch.config_from_kv`, the rows convert writes with): vocab size from ``token_embd`` rows,
+    else the token list; tied embeddings when there is no ``output.weight``. The arch table then says which
+    tensors must exist, and the forward pass runs the file from it.
 
     Raises :class:`ConfigError` (naming GGUF keys) when a required key is missing, mistyped or inconsistent.
 
@@ -72,24 +69,12 @@ def config_from_gguf(gf: GGUFFile, arch: Arch) -> ModelConfig:
         (28, 128)
     """
     kv, a = gf.kv, arch.name
-
-    def get(key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-        full = key.format(arch=a)
-        v = kv.get(full, default)
-        if v is None:
-            raise ConfigError(f"{gf.path}: missing required key {_q(full)}")
-        if not isinstance(v, kind) or isinstance(v, bool):
-            raise ConfigError(f"{gf.path}: key {_q(full)} is {v!r}, expected a number")
-        return v
-
-    n_embd = get(gguf.Keys.LLM.EMBEDDING_LENGTH, int)
-    n_head = get(gguf.Keys.Attention.HEAD_COUNT, int)
-    n_kv = get(gguf.Keys.Attention.HEAD_COUNT_KV, int, n_head)
-    key_len = kv.get(gguf.Keys.Attention.KEY_LENGTH.format(arch=a))
+    d = arch.config_from_kv(kv, str(gf.path))
+    n_embd, n_head, n_kv = d["hidden_size"], d["num_attention_heads"], d["num_key_value_heads"]
     for key, v in ((gguf.Keys.Attention.HEAD_COUNT, n_head), (gguf.Keys.Attention.HEAD_COUNT_KV, n_kv)):
         if v <= 0:
             raise ConfigError(f"{gf.path}: {key.format(arch=a)} is {v}, expected a positive integer")
-    if key_len is None and n_embd % n_head:
+    if d.get("head_dim") is None and n_embd % n_head:
         raise ConfigError(f"{gf.path}: {a}.attention.head_count={n_head} does not divide "
                           f"{a}.embedding_length={n_embd}")
     if n_head % n_kv:
@@ -104,30 +89,57 @@ def config_from_gguf(gf: GGUFFile, arch: Arch) -> ModelConfig:
         n_vocab = len(tokens)
     else:
         raise ConfigError(f"{gf.path}: cannot tell the vocabulary size (no token_embd.weight, no {_TK.LIST})")
-    d: dict[str, Any] = {
-        "architectures": [arch.hf_architectures[0]],
-        "hidden_size": n_embd,
-        "intermediate_size": get(gguf.Keys.LLM.FEED_FORWARD_LENGTH, int),
-        "num_hidden_layers": get(gguf.Keys.LLM.BLOCK_COUNT, int),
-        "num_attention_heads": n_head,
-        "num_key_value_heads": n_kv,
-        "vocab_size": n_vocab,
-        "max_position_embeddings": get(gguf.Keys.LLM.CONTEXT_LENGTH, int),
-        "rms_norm_eps": get(gguf.Keys.Attention.LAYERNORM_RMS_EPS, (int, float)),
-        "rope_theta": get(gguf.Keys.Rope.FREQ_BASE, (int, float), 10000.0),
-        "tie_word_embeddings": "output.weight" not in names,
-    }
-    if key_len is not None:
-        d["head_dim"] = key_len
-    return ModelConfig.from_dict(d, source=f"{gf.path} (GGUF hparams)")
+    if d.get("vocab_size", n_vocab) != n_vocab:  # an architecture that writes {arch}.vocab_size (llama)
+        raise ConfigError(f"{gf.path}: {a}.vocab_size={d['vocab_size']} but the vocabulary has {n_vocab} entries")
+    d.update(architectures=[arch.hf_architectures[0]], vocab_size=n_vocab,
+             tie_word_embeddings="output.weight" not in names)
+    return ModelConfig.from_dict(d, source=f"{gf.path} (GGUF hparams)", arch_defaults=False)
+
+
+def _general_key_types() -> dict[str, Any]:
+    """The GGUF type llama.cpp reads each ``general.*`` authorship/sampling key as (a key of another type makes
+    llama.cpp's loader throw "wrong type"), from the converter-side table in conversion/metadata.py."""
+    from gguf import GGUFValueType as V
+
+    from l1quant.conversion.metadata import _FIELDS
+
+    kinds = {"str": V.STRING, "license": V.STRING, "f32": V.FLOAT32, "i32": V.INT32,
+             "strs": (V.ARRAY, V.STRING)}
+    out: dict[str, Any] = {key: kinds[kind] for key, _, kind in _FIELDS.values() if kind in kinds}
+    out["general.base_model.count"] = out["general.dataset.count"] = V.UINT32
+    return out
+
+
+#: ``general.base_model.{i}.name`` and ``general.dataset.{i}.*``: strings in llama.cpp's converter and loader
+_INDEXED_GENERAL = __import__("re").compile(r"general\.(base_model|dataset)\.\d+\.[a-z_]+")
+
+
+def loader_type_problems(gf: GGUFFile, checked: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Key types ggml's GGUF loader or llama.cpp's key reader refuse: an array of arrays anywhere (ggml's
+    ``gguf_init_from_file`` rejects nested arrays: the file does not load at all), and a ``general.*`` key whose
+    type is not the one llama.cpp reads it as. ``checked`` keys were already type-checked by the caller."""
+    from gguf import GGUFValueType as V
+
+    want = _general_key_types()
+    problems = []
+    for key, t in gf.kv_types.items():
+        if isinstance(t, tuple) and len(t) > 2:
+            problems.append(f"key {_q(key)} is an array of arrays ({_tname(t)}): ggml's loader refuses the file")
+            continue
+        if key in checked:
+            continue
+        exp = want.get(key)
+        if exp is None and _INDEXED_GENERAL.fullmatch(key):
+            exp = V.STRING
+        if exp is not None and t != exp:
+            problems.append(f"key {_q(key)} has type {_tname(t)}, llama.cpp reads it as {_tname(exp)}")
+    return problems
 
 
 def _check_keys(gf: GGUFFile, arch: Arch) -> Check:
     spec: list[tuple[str, Any, bool]] = list(_GENERIC_KEYS)
-    required = {k.format(arch=arch.name) for k in _REQUIRED_HPARAMS}
-    for key, _get, vtype in arch.hparam_rows:
-        full = key.format(arch=arch.name)
-        spec.append((full, vtype, full in required))
+    for row in arch.all_hparams:
+        spec.append((row.key.format(arch=arch.name), row.vtype, row.required))
     problems = []
     for key, vtype, req in spec:
         if key not in gf.kv:
@@ -137,6 +149,7 @@ def _check_keys(gf: GGUFFile, arch: Arch) -> Check:
         found = gf.kv_types[key]
         if found != vtype:
             problems.append(f"key {_q(key)} has type {_tname(found)}, expected {_tname(vtype)}")
+    problems += loader_type_problems(gf, {k for k, *_ in spec})
     return _check("keys", problems, f"{len(gf.kv)} keys; the {sum(r for *_, r in spec)} required keys present, "
                                     "value types as the converter writes them")
 
@@ -148,11 +161,8 @@ def _check_hparams(gf: GGUFFile, arch: Arch) -> tuple[Check, ModelConfig | None]
         msg = str(e)
         prefix = f"{gf.path}: "
         return Check("hparams", FAIL, msg.removeprefix(prefix)), None
-    problems = []
-    a = arch.name
-    kl, vl = (gf.kv.get(k.format(arch=a)) for k in (gguf.Keys.Attention.KEY_LENGTH, gguf.Keys.Attention.VALUE_LENGTH))
-    if kl is not None and vl is not None and kl != vl:
-        problems.append(f"{a}.attention.key_length={kl} differs from value_length={vl}")
+    # keys the table derives from others (value_length, llama's rope.dimension_count) must agree with them
+    problems = arch.derived_mismatches(gf.kv, cfg)
     return _check("hparams", problems,
                   f"{cfg.num_hidden_layers} layers, embedding {cfg.hidden_size}, ff {cfg.intermediate_size}, "
                   f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} kv heads (head dim {cfg.head_dim}), "
@@ -170,8 +180,8 @@ def _check_tokenizer(gf: GGUFFile, arch: Arch, n_vocab: int | None) -> Check:
     tokens = typed(_TK.LIST, (_T.ARRAY, _T.STRING))
     types = typed(_TK.TOKEN_TYPE, (_T.ARRAY, _T.INT32))
     merges = typed(_TK.MERGES, (_T.ARRAY, _T.STRING))
-    if kv.get(_TK.MODEL) not in (None, "gpt2") and arch.name == "qwen2":
-        problems.append(f"{_TK.MODEL} is {kv.get(_TK.MODEL)!r}, expected 'gpt2' (BPE) for {arch.name}")
+    if kv.get(_TK.MODEL) not in (None, arch.tokenizer_model):
+        problems.append(f"{_TK.MODEL} is {kv.get(_TK.MODEL)!r}, expected {arch.tokenizer_model!r} for {arch.name}")
     if isinstance(tokens, list):
         if n_vocab is not None and len(tokens) != n_vocab:
             problems.append(f"{_TK.LIST} has {len(tokens)} tokens, token_embd.weight has {n_vocab} rows")
@@ -309,7 +319,7 @@ def _mix_types(gf: GGUFFile, arch: Arch, cfg: ModelConfig, mix: Mix) -> tuple[li
 
 
 def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig) -> list[Check]:
-    expected = arch.expected_tensors(cfg)
+    expected = arch.file_tensors(cfg, frozenset(t.name for t in gf.tensors))  # llama's rope_freqs has no key
     by_name = {t.name: t for t in gf.tensors}
     missing = [n for n in expected if n not in by_name]
     extra = [t.name for t in gf.tensors if t.name not in expected]
@@ -381,7 +391,8 @@ def _check_layout(gf: GGUFFile) -> Check:
 
 
 def _check_finite(gf: GGUFFile, threads: int) -> Check:
-    """Scan every tensor (Q8_0: its scales) for NaN/Inf, in parallel row chunks."""
+    """Scan every tensor for NaN/Inf (block types: their f16 scales, kernels/nonfinite.py), in parallel row
+    chunks. Runs with and without ``--source``: one file, one verdict."""
     jobs = []
     for t in gf.tensors:
         step = max(1, CHUNK_BYTES // max(1, t.row_nbytes))
@@ -390,19 +401,11 @@ def _check_finite(gf: GGUFFile, threads: int) -> Check:
     def scan(job: tuple[TensorInfo, int, int]) -> str | None:
         t, r0, r1 = job
         raw = np.frombuffer(gf.read_tensor_bytes(t, r0 * t.row_nbytes, (r1 - r0) * t.row_nbytes), np.uint8)
-        name = t.ggml_type.name
-        if name == "Q8_0":
-            vals = raw.reshape(-1, 34)[:, :2].copy().view(np.float16).reshape(-1)
-            per = 32
-        elif name in ("F32", "F16", "BF16"):
-            vals = raw.view({"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[name])
-            per = 1
-        else:
-            return None
-        i = first_nonfinite(vals)
+        # every type: F32/F16/BF16 values, the f16 scales of every block type (Q8_0 d, Q4_K d/dmin, Q6_K d, ...)
+        i = first_nonfinite_output(t.ggml_type.name, raw.reshape(r1 - r0, t.row_nbytes))
         if i is None:
             return None
-        flat = r0 * t.shape[0] + i * per
+        flat = r0 * t.shape[0] + i
         return f"tensor {_q(t.name)} holds NaN/Inf at row {flat // t.shape[0]}, column {flat % t.shape[0]}"
 
     with ThreadPoolExecutor(max_workers=threads) as ex:

@@ -4,12 +4,13 @@ Three layers, each a list of named checks (pass / fail / skip) in one :class:`Ve
 
 * **Structure** (always). Everything :func:`l1quant.gguf.reader.read_gguf` enforces (header, version, counts,
   bounded lengths, known types, aligned non-overlapping in-file offsets: a hostile or truncated file raises
-  :class:`~l1quant.errors.GGUFFormatError`, exit code 2), then for the architecture's table (qwen2): required keys
+  :class:`~l1quant.errors.GGUFFormatError`, exit code 2), then for the architecture's description
+  (:mod:`l1quant.arch`: qwen2, qwen3, llama): required keys
   present with the right value types, head counts consistent, token arrays as long as ``token_embd``'s rows,
   merges that parse, valid token types, special ids inside the vocabulary, a chat template that parses, every
   expected tensor present with the shape the hparams imply, no unexpected tensor, tensor types allowed by the
   type rules (norms, biases and 1-D tensors F32; matrices the file type, or F16 where the row length does not
-  fit the block), no NaN/Inf in any tensor (scanned only without ``source``: the fidelity pass covers it).
+  fit the block), no NaN/Inf in any tensor (every type's values or f16 block scales; with or without ``source``).
 * **Fidelity** (``source=MODEL_DIR``). The header the converter would write for this source
   (:func:`l1quant.conversion.convert.prepare`, nothing written) is compared key by key: hparams, rope, eps, tokens, token
   types, merges, special ids, chat template. Every tensor is streamed in row chunks (bounded memory, a thread
@@ -17,7 +18,7 @@ Three layers, each a list of named checks (pass / fail / skip) in one :class:`Ve
   is deterministic and byte-identical with llama.cpp, so this is the strongest statement), and for Q8_0 every
   element must also sit inside the documented 8-bit absmax error bound (see :data:`Q8_0_BOUND_DOC`). Relative
   RMSE, max abs error, cosine and SNR are reported for every tensor.
-* **Logits** (``logits=True``). The reference numpy qwen2 forward (:mod:`l1quant.check.forward`) runs once on the
+* **Logits** (``logits=True``). The reference numpy decoder forward (:mod:`l1quant.check.forward`) runs once on the
   source weights and once on the GGUF's dequantized weights and hparams over the first ``n_tokens`` tokens of a
   text; mean/max/p99 KL divergence, top-1 agreement and both perplexities are compared with a per-type limit
   (:data:`LOGIT_KLD_LIMITS`). ``runtime="llama.cpp"`` also runs the file itself through llama-cpp-python.
@@ -39,7 +40,7 @@ from typing import Any
 
 import gguf
 
-from l1quant.arch import Arch, get_arch
+from l1quant.arch import Arch, all_arches, get_arch
 from l1quant.check.fidelity import _check_fidelity, _check_metadata
 from l1quant.check.logits import _file_type_name, _run_logits
 from l1quant.check.report import FAIL, PASS, SKIP, Check, TensorFidelity, VerifyReport
@@ -141,7 +142,8 @@ def verify(
     if arch is None:
         checks.append(Check("architecture", FAIL,
                             f"general.architecture is {arch_name!r}; l1quant verifies only "
-                            "qwen2-family files (its architecture-specific checks cannot run)"))
+                            f"{', '.join(a.name for a in all_arches())} files (its architecture-specific checks "
+                            "cannot run)"))
     else:
         checks.append(Check("architecture", PASS, f"{arch.name}"))
         checks.append(_check_keys(gf, arch))
@@ -153,8 +155,10 @@ def verify(
         else:
             checks.append(Check("tensors.shapes", SKIP, "hparams are inconsistent; expected shapes unknown"))
 
+    # NaN/Inf scan with or without a source: a file must not pass with --source what it fails without it
+    checks.append(_check_finite(gf, n_threads))
     if src is None:
-        checks.append(_check_finite(gf, n_threads))
+        pass
     elif arch is None:
         checks.append(Check("source", SKIP, "the architecture is not supported: nothing to compare with the source"))
     else:

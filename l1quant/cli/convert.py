@@ -12,7 +12,13 @@ from l1quant.cli.options import per_tensor_options, setup_logging
 from l1quant.conversion.convert import convert
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
 from l1quant.conversion.plan import OUT_TYPES
-from l1quant.errors import VerifyError
+from l1quant.errors import ConfigError, VerifyError
+
+
+#: --chunk-mb bounds: one job reads this many source MiB. Below 1 KiB the per-job overhead dominates; above 4 GiB
+#: the ~3 x threads x chunk buffers exceed any machine this runs on.
+MIN_CHUNK_MB = 0.001
+MAX_CHUNK_MB = 4096.0
 
 
 @main.command("convert")
@@ -34,8 +40,8 @@ from l1quant.errors import VerifyError
 @click.option("--pre", default=None, metavar="NAME",
               help="Pre-tokenizer name (e.g. qwen2, deepseek-r1-qwen) when the tokenizer's hash is unknown.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Worker threads (default: all cores). Output bytes do not depend on it.")
-@click.option("--chunk-mb", type=click.FloatRange(min=0.001), default=DEFAULT_CHUNK_BYTES / 2**20,
+              help="Worker threads (default: all cores; at most 64 and 4 x cores). Output bytes do not depend on it.")
+@click.option("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20,
               show_default=True, help="Source MiB per work item; bounds memory (about 3 x threads x chunk).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Convert even if weights hold NaN/Inf (refused by default, naming the tensor and index).")
@@ -63,6 +69,8 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
     Ctrl-C.
     """
     setup_logging(quiet)
+    if not MIN_CHUNK_MB <= chunk_mb <= MAX_CHUNK_MB:  # also NaN (every comparison with NaN is false) and inf
+        raise ConfigError(f"--chunk-mb must be a number of MiB in [{MIN_CHUNK_MB}, {MAX_CHUNK_MB}], found {chunk_mb}")
     out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, threads=threads,
                   chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite, durable=durable,
                   progress=not quiet and sys.stderr.isatty(), pure=pure, output_tensor_type=output_tensor_type,

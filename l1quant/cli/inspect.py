@@ -17,7 +17,7 @@ from l1quant.gguf.reader import describe, format_description, read_gguf
 
 
 @main.command("inspect")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--tokens", type=click.IntRange(min=0), default=8, show_default=True,
               help="How many items of each array (e.g. the vocabulary) to show.")

@@ -18,12 +18,12 @@ import click
 
 from l1quant.check import format_report, verify
 from l1quant.cli import main
-from l1quant.errors import GGUFFormatError, InputError
+from l1quant.errors import GGUFFormatError, InputError, read_text
 from l1quant.source.hub import resolve_model
 
 
 @main.command("verify")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("file", type=click.Path(path_type=Path))
 @click.option("--source", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="MODEL_DIR",
               help="The checkpoint folder FILE was converted from (or its Hugging Face repo id): compares metadata "
                    "and every tensor (bytes must equal re-quantizing the source; Q8_0 errors within the 8-bit "
@@ -66,10 +66,7 @@ def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | 
             raise click.BadParameter(str(e), param_hint="'--source'") from None
     text = None
     if text_file is not None:
-        try:
-            text = text_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise click.BadParameter(f"{text_file}: cannot read as UTF-8 text: {e}", param_hint="--text") from None
+        text = read_text(text_file, InputError)  # bounded, regular file only (a FIFO would block verify forever)
     try:
         rep = verify(file, source=source, logits=logits, text=text, n_tokens=n_tokens, runtime=runtime,
                      threads=threads)

@@ -1,7 +1,8 @@
-"""``l1quant.convert``: a Hugging Face qwen2 checkpoint folder (or hub id) to a GGUF file.
+"""``l1quant.convert``: a Hugging Face checkpoint folder (or hub id) to a GGUF file.
 
-Pipeline: read config, tokenizer and safetensors headers -> validate and plan -> build the header (metadata in
-llama.cpp's key order) -> stream every tensor through the kernels to its planned offset -> atomic rename.
+Pipeline: read config, tokenizer and safetensors headers -> find the architecture's description
+(:mod:`l1quant.arch`) -> validate and plan -> build the header (metadata in llama.cpp's key order, the hparam keys
+from the description's table) -> stream every tensor through the kernels to its planned offset -> atomic rename.
 
 Example:
     >>> import l1quant
@@ -28,7 +29,8 @@ from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
 from l1quant.conversion.plan import ConversionPlan, make_plan
 from l1quant.conversion.vocab import Vocab, load_vocab
 from l1quant.errors import ConfigError, InputError, OutputError, read_json
-from l1quant.gguf.writer import AtomicOutput, new_header, write_header
+from l1quant.conversion.metadata import check_model_card, validate_metadata
+from l1quant.gguf.writer import AtomicOutput, inside_folder, new_header, write_header
 from l1quant.source.config import ModelConfig
 from l1quant.source.hub import is_repo_id, resolve_model
 from l1quant.source.safetensors import open_checkpoint
@@ -56,7 +58,7 @@ def _resolve_model(model: str | os.PathLike[str]) -> tuple[Path, str]:
     """(local folder, the name naming heuristics should see): a hub id is named after its repo, not its snapshot."""
     p = Path(model)
     if p.is_dir():
-        return p, p.name
+        return p, p.name if p.name not in ("", "..") else p.resolve().name  # `convert .`: the folder's real name
     if not p.exists() and is_repo_id(str(model)):
         return Path(resolve_model(str(model))), str(model).rsplit("/", 1)[-1]
     if p.exists():
@@ -84,9 +86,10 @@ def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLi
         read_json(override, InputError)  # gguf would crash on JSON it cannot parse: refuse it in one line first
     # Read once here, where it is used: gguf's Metadata would fail on it with a message that names no file.
     gen_path = model_dir / "generation_config.json"
-    gen = read_json(gen_path, InputError) if gen_path.is_file() else {}
+    gen = read_json(gen_path, InputError) if gen_path.exists() else {}  # a FIFO/device is refused, not skipped
     if not isinstance(gen, dict):
         raise InputError(f"{gen_path}: expected a JSON object, found a {type(gen).__name__}")
+    check_model_card(model_dir)  # README.md bounded (size, YAML aliases) before gguf-py parses it
     try:
         if display_name == model_dir.name:
             md = gguf.Metadata.load(override, model_dir, name, total_params)
@@ -106,6 +109,7 @@ def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLi
     if md.sampling_penalty_repeat is None and "repetition_penalty" in gen and not (
             override and gguf.Keys.General.SAMPLING_PENALTY_REPEAT in gguf.Metadata.load_metadata_override(override)):
         md.sampling_penalty_repeat = gen["repetition_penalty"]
+    validate_metadata(md, model_dir, override)  # every general.* value has its GGUF type, or one line naming it
     return md
 
 
@@ -126,9 +130,9 @@ def prepare(
     of a file llama-quantize wrote (verify uses it to rebuild such a file).
 
     Example:
-        >>> p = prepare("tiny-qwen2", "q8_0")  # doctest: +SKIP
+        >>> p = prepare("tiny-qwen3", "q8_0")  # doctest: +SKIP
         >>> p.output.name                      # doctest: +SKIP
-        'Tiny-Qwen2-Q8_0.gguf'
+        'Tiny-Qwen3-Q8_0.gguf'
     """
     model_dir, display_name = _resolve_model(model)
     cfg = ModelConfig.load(model_dir)
@@ -142,17 +146,23 @@ def prepare(
     md = _load_metadata(model_dir, display_name, metadata, name, total)
     if md.size_label is None and total > 0:
         md.size_label = gguf.size_label(total, shared, expert, n_expert)
-    # Key order is the reference's: architecture (GGUFWriter adds it), type, sampling + naming, hparams,
-    # file type, quantization version, tokenizer. llama-quantize (a mix) removes the last two and appends them
-    # at the end, quantization version first: so does the one-pass mix (mixes.py, "the output file").
+    # Key order is the reference's: architecture (GGUFWriter adds it), type, sampling + naming, hparams, file
+    # type, the architecture's later hparams (llama: vocab size, rope dimensions), quantization version,
+    # tokenizer. llama-quantize (a mix) removes file type and quantization version and appends them at the end,
+    # quantization version first: so does the one-pass mix (mixes.py, "the output file").
     gw.add_type(gguf.GGUFType.MODEL)
     md.set_gguf_meta_model(gw)
     for key, value, vtype in arch.kv_rows(cfg):
         gw.add_key_value(key, value, vtype)
     if not plan.quantized_layout:
         gw.add_file_type(plan.file_type)
+    for key, value, vtype in arch.kv_rows(cfg, after_file_type=True):
+        gw.add_key_value(key, value, vtype)
+    if not plan.quantized_layout:
         gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    gw.add_tokenizer_model("gpt2")
+    if arch.add_space_prefix and vocab.special.add_prefix_space is not None:
+        gw.add_add_space_prefix(vocab.special.add_prefix_space)
+    gw.add_tokenizer_model(arch.tokenizer_model)
     gw.add_tokenizer_pre(vocab.pre)
     gw.add_token_list(vocab.tokens)
     gw.add_token_types(vocab.token_types)
@@ -226,7 +236,7 @@ def convert(
     p = prepare(model, type, output, name=name, metadata=metadata, pre=pre, options=options)
     # The input folder is only ever read: no output (let alone one named like an input file) goes into it. Checked
     # here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its source.
-    if p.output.resolve().parent == p.model_dir.resolve():
+    if inside_folder(p.output, p.model_dir):  # any depth, symlinks and bind mounts: compared by device and inode
         raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; pass -o elsewhere")
     for w in p.warnings:
         log.warning(w)

@@ -30,6 +30,8 @@ import numpy as np
 from l1quant.conversion.plan import ConversionPlan, PlannedTensor
 from l1quant.errors import TensorError
 from l1quant.gguf.writer import pwrite_all
+from l1quant.kernels.nonfinite import first_nonfinite_output
+from l1quant.source.safetensors import open_weights
 
 #: Default bytes of source data per job. Measured on the L1 shape (2-core EPYC, 1 MiB L2 per core): 1-8 MiB are
 #: within noise of each other; much smaller chunks pay per-job Python overhead (~20 us), much larger ones fall out
@@ -39,6 +41,13 @@ DEFAULT_CHUNK_BYTES = 4 << 20
 #: Output bytes between two starts of asynchronous writeback: often enough that dirty pages never pile up, rarely
 #: enough (~60 calls for a 1.9 GB file) that the syscall costs nothing and the block layer gets large runs.
 WRITEBACK_BYTES = 32 << 20
+
+#: Most worker threads a conversion starts, whatever --threads says (see stream_tensors).
+MAX_THREADS = 64
+
+#: How long Ctrl-C/SIGTERM waits for each worker to finish its current job (one chunk: milliseconds) before the
+#: cleanup goes ahead without it.
+JOIN_ON_INTERRUPT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,7 @@ class _Sources:
         with self._lock:
             fd = self._fds.get(path)
             if fd is None:
-                fd = os.open(path, os.O_RDONLY)
+                fd = open_weights(path)  # a regular file, never a FIFO swapped in since its header was read
                 if hasattr(os, "posix_fadvise"):
                     # whole file, sequential: the kernel doubles its readahead window
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -161,7 +170,9 @@ def stream_tensors(
     Example:
         >>> stream_tensors(plan, out.fd, data_offset, threads=1, chunk_bytes=1 << 16)  # doctest: +SKIP
     """
-    n_threads = max(1, threads or default_threads())
+    # more workers than MAX_THREADS (or than cores x 4) cannot be faster for this CPU/IO-bound work, and each costs a
+    # stack; asking for 1000 under a memory limit made CPython's Thread.start() hang on a thread that failed to boot
+    n_threads = max(1, min(threads or default_threads(), MAX_THREADS, 4 * default_threads()))
     if chunk_bytes <= 0:
         raise ValueError("chunk_bytes must be positive")
     jobs = iter_jobs(plan, chunk_bytes)
@@ -209,15 +220,21 @@ def stream_tensors(
                 rows = r1 - r0
                 src = t.source
                 x = buf("in", src.np_dtype, rows * t.n_cols).reshape(rows, t.n_cols)
-                src.read_rows(r0, r1, out=x, fd=sources.fd(src.path))
+                src.read_rows(r0, r1, out=x, fd=None if src.path is None else sources.fd(src.path))
                 out = buf("out", np.dtype(np.uint8), rows * t.row_nbytes).reshape(rows, t.row_nbytes)
                 # the NaN/Inf scan is folded into the conversion pass: no second read of the chunk
                 _, bad = t.qtype.quantize_checked(x, out)
+                in_output = ""
+                if bad is None and not allow_nonfinite:  # finite input that overflows the output type
+                    bad = first_nonfinite_output(t.qtype.name, out)
+                    in_output = f" in its {t.qtype.name} output (a finite value beyond the type's range)"
                 if bad is not None and not allow_nonfinite:
                     idx = np.unravel_index(r0 * t.n_cols + bad, t.shape)
+                    where = "generated" if src.path is None else src.path.name
                     raise TensorError(
-                        f"{src.path.name}: tensor {src.name!r} ({t.name}) holds a non-finite value "
-                        f"(NaN/Inf) at index {list(map(int, idx))}; pass --allow-nonfinite to convert anyway")
+                        f"{where}: tensor {src.name!r} ({t.name}) holds a non-finite value "
+                        f"(NaN/Inf){in_output} at index {list(map(int, idx))}; pass --allow-nonfinite to convert "
+                        f"anyway")
                 pos = data_offset + t.offset + r0 * t.row_nbytes
                 pwrite_all(fd, out, pos)
                 written = out.nbytes
@@ -243,7 +260,9 @@ def stream_tensors(
             except BaseException:
                 stop.set()
                 for w in workers:
-                    w.join()
+                    # bounded: a worker stuck in a read (a hung device) must not make Ctrl-C wait forever; the
+                    # workers are daemon threads, and the output's descriptor is closed by AtomicOutput's cleanup
+                    w.join(JOIN_ON_INTERRUPT_SECONDS)
                 raise
     finally:
         sources.close()

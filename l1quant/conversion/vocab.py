@@ -23,7 +23,7 @@ from typing import Any
 import gguf
 
 from l1quant.conversion.special_vocab import SpecialVocab, load_special_vocab
-from l1quant.errors import TokenizerError, clip
+from l1quant.errors import TokenizerError, clip, read_json, read_text
 
 log = logging.getLogger("l1quant")
 
@@ -82,10 +82,11 @@ def _tokenizer(model_dir: Path) -> Any:
     from tokenizers import Tokenizer
 
     path = model_dir / "tokenizer.json"
-    if not path.is_file():
+    if not path.exists():
         raise TokenizerError(f"{path}: not found (only fast BPE tokenizers, tokenizer.json, are supported)")
+    text = read_text(path, TokenizerError)  # a regular file of bounded size: never a FIFO or /dev/zero
     try:
-        return Tokenizer.from_file(str(path))
+        return Tokenizer.from_str(text)
     except Exception as e:  # tokenizers raises plain Exception subclasses with long messages
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise TokenizerError(f"{path}: cannot be parsed: {msg}") from e
@@ -181,6 +182,7 @@ def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:
             f"{', '.join(sorted(set(PRE_TOKENIZERS.values())))}; pass --pre NAME if you know which one it is")
 
     added = {t.content: (i, t) for i, t in tok.get_added_tokens_decoder().items()}
+    overrides = _config_added_tokens(d)
     # Built id-indexed in bulk (one pass over the vocab dict, then only the holes and the few added tokens are
     # visited): a per-id loop with dict lookups cost ~0.5 s of every conversion for a 152k vocabulary.
     by_id: list[str | None] = [None] * vocab_size
@@ -195,11 +197,15 @@ def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:
         if not (0 <= i < vocab_size) or tokens[i] != content:
             continue  # the id holds another string: it is written as the vocabulary has it
         s = content
-        if not t.normalized:
+        special, normalized = t.special, t.normalized
+        ov = overrides.get((i, content))
+        if ov is not None and ov[:2] != (special, normalized):  # transformers re-adds only entries that differ
+            special, normalized = ov[0] or ov[2], ov[1]
+        if not normalized:
             # llama.cpp assumes CONTROL/USER_DEFINED tokens are pre-normalized: round-trip them as the
             # reference does (encode without specials, decode keeping specials).
             s = tok.decode(tok.encode(s, add_special_tokens=False).ids, skip_special_tokens=False)
-        if t.special or looks_special(s):
+        if special or looks_special(s):
             types[i] = int(gguf.TokenType.CONTROL)
         else:
             s = s.replace("\u2581", " ")  # pre-normalize user-defined spaces, as the reference does
@@ -213,6 +219,41 @@ def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:
     if not special.merges:
         raise TokenizerError(f"{d / 'tokenizer.json'}: no BPE merges found (model.merges is empty)")
     return Vocab(tokens, types, name, chk, special)
+
+
+def _config_added_tokens(d: Path) -> dict[tuple[int, str], tuple[bool, bool, bool]]:
+    """``(id, content) -> (special, normalized, named as a special token)`` from ``tokenizer_config.json``'s ``added_tokens_decoder``, as
+    transformers applies it over ``tokenizer.json``'s added tokens (and so llama.cpp's converter, which reads
+    ``tokenizer.added_tokens_decoder``): an entry marked special there (or named as one of the config's special
+    tokens) is special, e.g. ``<think>``/``</think>`` -> CONTROL. Entries equal to tokenizer.json's change nothing.
+    """
+    path = d / "tokenizer_config.json"
+    if not path.exists():
+        return {}
+    tc = read_json(path, TokenizerError)
+    dec = tc.get("added_tokens_decoder") if isinstance(tc, dict) else None
+    if not isinstance(dec, dict):
+        return {}
+    named: set[str] = set()
+    for key in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+        v = tc.get(key)
+        v = v.get("content") if isinstance(v, dict) else v
+        if isinstance(v, str):
+            named.add(v)
+    extra = tc.get("additional_special_tokens")
+    if isinstance(extra, list):
+        named |= {(v.get("content") if isinstance(v, dict) else v) for v in extra
+                  if isinstance(v, str) or (isinstance(v, dict) and isinstance(v.get("content"), str))}
+    out: dict[tuple[int, str], tuple[bool, bool, bool]] = {}
+    for k, e in dec.items():
+        if not (isinstance(k, str) and k.isdigit() and len(k) < 12 and isinstance(e, dict)):
+            raise TokenizerError(f"{path}: added_tokens_decoder entry {clip(k)} is not an id -> token object")
+        content, special, normalized = e.get("content"), e.get("special", False), e.get("normalized", True)
+        if not isinstance(content, str) or not isinstance(special, bool) or not isinstance(normalized, bool):
+            raise TokenizerError(f"{path}: added_tokens_decoder[{k}] needs a string 'content' and boolean "
+                                 f"'special'/'normalized', found {clip(e)}")
+        out[(int(k), content)] = (special, normalized, content in named)
+    return out
 
 
 def _special_vocab(d: Path) -> SpecialVocab:

@@ -46,7 +46,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from l1quant.errors import GGUFFormatError, InputError, L1QuantError
+from l1quant.errors import GGUFFormatError, InputError, L1QuantError, open_regular
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
@@ -72,6 +72,17 @@ MAX_ARRAY_DEPTH = 8
 # A 256k-token vocabulary with merges is ~20 MB; 256 MiB leaves a wide margin.
 DEFAULT_MAX_HEADER_BYTES = 256 << 20
 INT64_MAX = (1 << 63) - 1
+#: Python objects the KV section may become (list elements, strings, nested lists), summed over the header. A
+#: real header has ~0.5-1.1 M (a 262k vocabulary: tokens + scores + token types + merges); 4 M keeps any real one
+#: and bounds a hostile one to ~2 s and ~300 MB, where 10 M empty nested arrays took 25 s.
+MAX_KV_OBJECTS = 4_000_000
+#: Nested (array-of-array) elements in the whole header: llama.cpp writes none for any model key; each costs
+#: ~2.5 us and ~100 bytes as Python lists.
+MAX_NESTED_ARRAYS = 100_000
+#: A numeric array longer than this stays in the file, as a read-only numpy memory map (costing no memory until
+#: read), instead of becoming a Python list (~9 bytes of RSS per u8 element: a 200 MiB u8 array cost 1.8 GB).
+#: Real per-token arrays (scores, token types) have at most ~262 k elements.
+MAX_LIST_ELEMENTS = 1 << 21
 _READ_AHEAD = 1 << 20  # header bytes read per system call
 _U64 = struct.Struct("<Q")
 
@@ -229,10 +240,8 @@ class GGUFFile:
     # -- internals -------------------------------------------------------------------------------------------
 
     def _open(self) -> io.FileIO:
-        try:
-            return open(self.path, "rb", buffering=0)
-        except OSError as e:
-            raise InputError(f"{self.path}: cannot open: {e.strerror or e}") from None
+        # open_regular: O_NONBLOCK and the type checked on the descriptor, so a FIFO swapped in cannot hang us
+        return open(open_regular(self.path, InputError), "rb", buffering=0)
 
     def _pread(self, f: io.FileIO, info: TensorInfo, pos: int, n: int) -> bytes:
         f.seek(pos)
@@ -263,6 +272,27 @@ class _Cursor:
         # Our own read-ahead window: it never extends past ``end``, so bytes in it need no further length check.
         self.buf = b""
         self.bpos = 0
+        self.objects = 0  # Python objects made from KV values so far (bounded by MAX_KV_OBJECTS)
+        self.nested = 0  # inner arrays so far (bounded by MAX_NESTED_ARRAYS)
+
+    def count(self, n: int, what: str) -> None:
+        """Account for ``n`` more Python objects, refusing the header once MAX_KV_OBJECTS is passed."""
+        self.objects += n
+        if self.objects > MAX_KV_OBJECTS:
+            raise self.fail(f"{what}: the header's values exceed {MAX_KV_OBJECTS} items (hostile or corrupt file)")
+
+    def skip(self, n: int, what: str) -> int:
+        """Move past ``n`` bytes without reading them (after the same bounds check as :meth:`read`); returns the
+        file offset where they start."""
+        self.need(n, what)
+        start = self.pos
+        if self.bpos + n <= len(self.buf):
+            self.bpos += n
+        else:
+            self.f.seek(start + n)
+            self.buf, self.bpos = b"", 0
+        self.pos += n
+        return start
 
     def fail(self, msg: str) -> GGUFFormatError:
         return GGUFFormatError(f"{self.path}: {msg}")
@@ -378,6 +408,9 @@ def _read_array(cur: _Cursor, what: str, depth: int) -> tuple[list[Any], tuple[G
     if min_bytes > cur.left():
         raise cur.fail(f"{what}: array of {n} {etype.name} elements needs at least {min_bytes} bytes, "
                        f"only {cur.where()}")
+    if etype in SCALAR_FORMATS and n > MAX_LIST_ELEMENTS:
+        return _mapped_array(cur, etype, n, what), (GGUFValueType.ARRAY, etype)
+    cur.count(n, what)
     if etype in SCALAR_FORMATS:
         _, size, dtype = SCALAR_FORMATS[etype]
         arr = np.frombuffer(cur.read(n * size, f"{what} data"), dtype=dtype)
@@ -392,12 +425,31 @@ def _read_array(cur: _Cursor, what: str, depth: int) -> tuple[list[Any], tuple[G
     # Nested arrays: each inner array carries its own element type; report the first one's (as gguf-py does).
     items: list[Any] = []
     inner: tuple[GGUFValueType, ...] = (GGUFValueType.ARRAY,)
+    cur.nested += n
+    if cur.nested > MAX_NESTED_ARRAYS:
+        raise cur.fail(f"{what}: more than {MAX_NESTED_ARRAYS} nested arrays in the header (hostile or corrupt file)")
     for i in range(n):
         val, t = _read_array(cur, f"{what}[{i}]", depth + 1)
         if i == 0:
             inner = t
         items.append(val)
     return items, (GGUFValueType.ARRAY, *inner)
+
+
+def _mapped_array(cur: _Cursor, etype: GGUFValueType, n: int, what: str) -> np.ndarray:
+    """A long numeric array as a read-only memory map of the file: no RSS until its elements are read. Booleans
+    are still checked (0/1), in 1 MiB pieces read with ``pread``."""
+    _, size, dtype = SCALAR_FORMATS[etype]
+    start = cur.skip(n * size, f"{what} data")
+    if etype == GGUFValueType.BOOL:
+        fd = cur.f.fileno()
+        for off in range(0, n, 1 << 20):
+            piece = np.frombuffer(os.pread(fd, min(1 << 20, n - off), start + off), dtype=np.uint8)
+            if piece.size and int(piece.max()) > 1:
+                bad = int(np.argmax(piece > 1))
+                raise cur.fail(f"{what}[{off + bad}]: bool byte is {int(piece[bad])}, expected 0 or 1")
+    arr = np.memmap(cur.f, dtype=np.dtype(dtype), mode="r", offset=start, shape=(n,))
+    return arr.view(bool) if etype == GGUFValueType.BOOL else arr
 
 
 def _read_kvs(cur: _Cursor, n_kv: int) -> tuple[dict[str, Any], dict[str, KVType]]:
@@ -414,6 +466,7 @@ def _read_kvs(cur: _Cursor, n_kv: int) -> tuple[dict[str, Any], dict[str, KVType
         value: Any
         if vtype == GGUFValueType.STRING:
             value = cur.string(f"{what} value")
+            cur.count(1, what)
             kv_types[key] = vtype
         elif vtype == GGUFValueType.ARRAY:
             value, kv_types[key] = _read_array(cur, what, 1)
@@ -477,10 +530,7 @@ def read_gguf(path: PathLike, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTE
         (3, 32, 'qwen2')
     """
     p = Path(path)
-    try:
-        raw = open(p, "rb", buffering=0)  # noqa: SIM115
-    except OSError as e:
-        raise InputError(f"{p}: cannot open: {e.strerror or e}") from None
+    raw = open(open_regular(p, InputError), "rb", buffering=0)  # noqa: SIM115 - a FIFO/device is refused, unopened
     with raw:
         try:
             st = os.fstat(raw.fileno())
@@ -591,7 +641,11 @@ def describe(gf: GGUFFile, tokens: int = 8) -> dict[str, Any]:
     kvs = []
     for key, value in gf.kv.items():
         item: dict[str, Any] = {"key": key, "type": _type_name(gf.kv_types[key])}
-        if isinstance(value, list):
+        if isinstance(value, np.ndarray):  # a long numeric array left in the file (MAX_LIST_ELEMENTS)
+            item["length"] = len(value)
+            item["value"] = value[:max(tokens, 0)].tolist()
+            item["truncated"] = len(value) > tokens
+        elif isinstance(value, list):
             item["length"] = len(value)
             item["value"] = _abbrev(value, max(tokens, 0))
             item["truncated"] = len(value) > tokens

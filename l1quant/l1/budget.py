@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from l1quant.errors import InputError, OutputError, RuntimeMissingError
+from l1quant.errors import InputError, OutputError, RuntimeMissingError, read_text
 from l1quant.l1.answers import default_max_tokens
 from l1quant.l1.chat import _gguf_chat_info, _gguf_kv, render_chat
 from l1quant.l1.prompt import BUDGET_COUNT_RULE, EXACT_TOLERANCE, REPORT_SCHEMA, l1_prompt
@@ -45,10 +45,7 @@ def load_problems(path: str | Path, *, limit: int | None = None) -> list[Problem
         42
     """
     p = Path(path).expanduser()
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read problems file: {e}") from None
+    lines = read_text(p, InputError).splitlines()  # a regular file of bounded size: never a FIFO or /dev/zero
     problems: list[Problem] = []
     seen: set[str] = set()
     for lineno, line in enumerate(lines, 1):

@@ -8,10 +8,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from l1quant.errors import InputError, L1QuantError, TokenizerError, read_json, read_text
+from l1quant.errors import InputError, L1QuantError, TokenizerError, read_json
 
 # A rendered prompt larger than this is refused: a hostile template could otherwise fill memory.
 _MAX_RENDER_CHARS = 1 << 20
+#: Largest string/list one template operation may build (``'a' * n``, ``x|center(n)``, ``'%*d'``...): the whole
+#: rendered prompt is capped at _MAX_RENDER_CHARS, so no intermediate value needs to be larger. Checked *before*
+#: the operation, so ``'a' * 10**9`` costs nothing rather than 1 GB.
+_MAX_VALUE_ITEMS = 1 << 20
+#: Largest field width or precision in a ``%`` or ``{}`` format spec: ``'%1000000000d' % 1`` would build 1 GB.
+_MAX_FORMAT_WIDTH = 10_000
+#: Largest exponent of ``**`` on integers: ``10 ** 10 ** 9`` would spin computing a billion-digit number.
+_MAX_POW_EXPONENT = 4096
+#: Wall time of one render. Real chat templates render in well under 10 ms; nested ``range(100000)`` loops
+#: (each within jinja's own MAX_RANGE) would run for hours. 2 s is generous for any honest template.
+_RENDER_SECONDS = 2.0
+
+_FORMAT_NUMBERS = __import__("re").compile(r"(?:%[-#0 +]*|\{[^{}]*:[^{}\d.]*)(\d*)(?:\.(\d+))?")
 
 
 class ChatTemplateError(TokenizerError):
@@ -31,6 +44,30 @@ def _make_env() -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class _StrictSandbox(ImmutableSandboxedEnvironment):
+        # Every size-changing operator goes through call_binop (and is no longer constant-folded at compile time).
+        intercepted_binops = frozenset({"*", "**", "%"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX_VALUE_ITEMS:
+                        raise _BoundError(f"{type(seq).__name__} repeated {n} times exceeds {_MAX_VALUE_ITEMS} items")
+            elif operator == "**":
+                if isinstance(right, (int, float)) and abs(right) > _MAX_POW_EXPONENT and not isinstance(left, float):
+                    raise _BoundError(f"exponent {right} exceeds {_MAX_POW_EXPONENT}")
+            elif operator == "%" and isinstance(left, str):
+                _check_format(left)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            owner = getattr(__obj, "__self__", None)
+            if owner is None:
+                owner = getattr(getattr(__obj, "__wrapped__", None), "__self__", None)
+            if isinstance(owner, str):
+                _check_format(owner) if getattr(__obj, "__name__", "") in ("format", "format_map") else None
+                _check_sizes(args, kwargs)  # 'a'.ljust(10**9), 'x'.zfill(...), ...
+            return _check_result(super().call(__context, __obj, *args, **kwargs))
+
         # Jinja's sandbox returns an Undefined for unsafe attributes, which prints as "" and only raises when used
         # further. A template that reaches for internals is hostile: refuse it outright.
         def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
@@ -86,6 +123,8 @@ def _make_env() -> Any:
 
     env = _StrictSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
+    for fname, f in list(env.filters.items()):  # x|center(10**9), x|indent(10**9), '%1000000000d'|format(1)...
+        env.filters[fname] = _bounded_filter(f, fname == "format")
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["dict"] = _Dict()
@@ -94,6 +133,93 @@ def _make_env() -> Any:
 
 
 _ENV: Any = None
+
+
+class _BoundError(Exception):
+    """A template operation exceeded one of the render bounds above (becomes a ChatTemplateError)."""
+
+
+def _check_format(fmt: str) -> None:
+    for m in _FORMAT_NUMBERS.finditer(fmt):
+        for g in m.groups():
+            if g and (len(g) > 6 or int(g) > _MAX_FORMAT_WIDTH):
+                raise _BoundError(f"format width/precision {g[:20]} exceeds {_MAX_FORMAT_WIDTH}")
+
+
+def _check_sizes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > _MAX_VALUE_ITEMS:
+            raise _BoundError(f"size argument {a} exceeds {_MAX_VALUE_ITEMS}")
+
+
+def _check_result(r: Any) -> Any:
+    if isinstance(r, (str, list, tuple)) and len(r) > _MAX_VALUE_ITEMS:
+        raise _BoundError(f"a value of {len(r)} items exceeds {_MAX_VALUE_ITEMS}")
+    return r
+
+
+def _bounded_filter(f: Callable[..., Any], is_format: bool) -> Callable[..., Any]:
+    import functools
+
+    @functools.wraps(f)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        # args[0] may be the context/environment (pass_context filters) or the value; sizes are the rest
+        values = [a for a in args if isinstance(a, str)]
+        if is_format and values:
+            _check_format(values[0])
+        _check_sizes(tuple(a for a in args[1:] if isinstance(a, int)), kwargs)
+        return _check_result(f(*args, **kwargs))
+
+    return bounded
+
+
+class _Deadline:
+    """Stop a render after _RENDER_SECONDS of wall time, even in a loop that produces no output.
+
+    In the main thread a SIGALRM timer raises between two bytecodes (compiled templates are Python code);
+    elsewhere a line-trace function checks the clock. Either way the render ends with a _BoundError.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        import threading
+        import time
+
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.main = threading.current_thread() is threading.main_thread()
+        self._old: Any = None
+
+    def _expired(self) -> None:
+        raise _BoundError(f"rendering took longer than {self.seconds:g} s")
+
+    def __enter__(self) -> _Deadline:
+        import signal
+        import sys
+        import time
+
+        if self.main and hasattr(signal, "setitimer"):
+            def on_alarm(signum: int, frame: Any) -> None:
+                self._expired()
+            self._old = signal.signal(signal.SIGALRM, on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        else:
+            def trace(frame: Any, event: str, arg: Any) -> Any:
+                if time.monotonic() > self.end:
+                    self._expired()
+                return trace
+            self._old = sys.gettrace()
+            sys.settrace(trace)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+        import sys
+
+        if self.main and hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old if self._old is not None else signal.SIG_DFL)
+        else:
+            sys.settrace(self._old)
 
 
 def render_chat(prompt: str, chat_template: str, *, bos_token: str = "", eos_token: str = "",
@@ -121,13 +247,17 @@ def render_chat(prompt: str, chat_template: str, *, bos_token: str = "", eos_tok
         template = _ENV.from_string(chat_template)
         pieces: list[str] = []
         size = 0
-        # Stream the output so a template that loops itself into gigabytes is stopped early.
-        for piece in template.generate(messages=[{"role": "user", "content": prompt}], bos_token=bos_token,
-                                       eos_token=eos_token, add_generation_prompt=add_generation_prompt):
-            size += len(piece)
-            if size > _MAX_RENDER_CHARS:
-                raise ChatTemplateError(f"chat template: rendered more than {_MAX_RENDER_CHARS} characters")
-            pieces.append(piece)
+        # Stream the output so a template that loops itself into gigabytes is stopped early; bound the wall time
+        # of loops that output nothing, and (in the sandbox) the size of every value built on the way.
+        with _Deadline(_RENDER_SECONDS):
+            for piece in template.generate(messages=[{"role": "user", "content": prompt}], bos_token=bos_token,
+                                           eos_token=eos_token, add_generation_prompt=add_generation_prompt):
+                size += len(piece)
+                if size > _MAX_RENDER_CHARS:
+                    raise ChatTemplateError(f"chat template: rendered more than {_MAX_RENDER_CHARS} characters")
+                pieces.append(piece)
+    except _BoundError as e:
+        raise ChatTemplateError(f"chat template: exceeds a render bound: {e}") from None
     except jinja2.exceptions.SecurityError as e:
         raise ChatTemplateError(f"chat template: refused by the sandbox: {e}") from None
     except jinja2.exceptions.TemplateSyntaxError as e:
@@ -184,25 +314,24 @@ def _gguf_chat_info(path: Path, kv: Mapping[str, Any] | None = None) -> tuple[st
 def _folder_chat_info(folder: Path) -> tuple[str, str, str]:
     cfg_path = folder / "tokenizer_config.json"
     cfg: dict[str, Any] = {}
-    if cfg_path.is_file():
+    if cfg_path.exists():  # exists, not is_file: a FIFO or device in its place is refused, not skipped
         cfg = read_json(cfg_path, TokenizerError)
         if not isinstance(cfg, dict):
             raise TokenizerError(f"{cfg_path}: expected a JSON object, found {type(cfg).__name__}")
-    template: Any = cfg.get("chat_template")
+    from l1quant.conversion.special_vocab import read_chat_template
+
+    # the converter's own reader: the template convert embeds is the template prompt renders
+    template: Any = read_chat_template(folder, cfg)
     if isinstance(template, list):
         # HF allows named templates: [{"name": "default", "template": "..."}, ...].
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
         template = named.get("default")
-    if not template:
-        jinja_path = folder / "chat_template.jinja"
-        if jinja_path.is_file():
-            template = read_text(jinja_path, TokenizerError)
     if not isinstance(template, str) or not template.strip():
-        raise ChatTemplateError(f"{folder}: no chat template (tokenizer_config.json chat_template or "
-                                "chat_template.jinja)")
+        raise ChatTemplateError(f"{folder}: no chat template (tokenizer_config.json chat_template, "
+                                "chat_template.jinja or chat_template.json)")
     specials = {k: cfg.get(k) for k in ("bos_token", "eos_token")}
     map_path = folder / "special_tokens_map.json"
-    if any(v is None for v in specials.values()) and map_path.is_file():
+    if any(v is None for v in specials.values()) and map_path.exists():
         # Older folders keep bos/eos only in special_tokens_map.json.
         smap = read_json(map_path, TokenizerError)
         if isinstance(smap, dict):

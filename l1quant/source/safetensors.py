@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from l1quant.errors import SafetensorsError, TensorError, clip
+from l1quant.errors import SafetensorsError, TensorError, clip, open_regular, read_text
 
 #: safetensors dtype -> (item size, numpy dtype used to hold the raw values). bf16 is kept as raw uint16 bits.
 DTYPES: dict[str, tuple[int, np.dtype[Any]]] = {
@@ -52,6 +52,14 @@ FLOAT_DTYPES = ("BF16", "F16", "F32")
 
 #: The safetensors format caps the JSON header at 100 MB; a larger length is a corrupt or hostile file.
 MAX_HEADER_BYTES = 100_000_000
+#: Most tensors one safetensors file (or one index) may list. The largest real checkpoints list ~1-3 k per shard
+#: (DeepSeek-V3: 91 k tensors over 163 shards, Mixtral-8x22B 2.3 k in all); 100 k entries keep the parse under
+#: ~1 s and ~150 MB, where a 100 MB header of 1 M tiny entries took 12 s and 890 MB before being refused. Counted
+#: on the raw bytes (one ``{`` per entry) before the JSON is parsed.
+MAX_TENSORS = 100_000
+#: Longest tensor name: real ones are under 100 characters (``model.layers.61.mlp.experts.255.down_proj.weight``).
+#: The bound keeps every number parsed out of a name (the layer index) far below Python's 4300-digit int limit.
+MAX_NAME_CHARS = 1024
 MAX_DIMS = 8
 #: No real tensor comes near 256 TiB; the bound keeps every shape product inside numpy's int64 arithmetic.
 MAX_TENSOR_BYTES = 1 << 48
@@ -127,10 +135,7 @@ class SafeTensor:
         pos = self.offset + start * self.n_cols * self.itemsize
         own = fd is None
         if fd is None:
-            try:
-                fd = os.open(self.path, os.O_RDONLY)
-            except OSError as e:  # the file vanished or changed permissions since its header was read
-                raise SafetensorsError(f"{self.path}: cannot read tensor {self.name!r}: {e.strerror or e}") from e
+            fd = open_weights(self.path)
         try:
             view = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # ndarray is a buffer
             got = 0
@@ -155,6 +160,16 @@ class SafeTensor:
         return self.read_rows(0, self.n_rows).reshape(self.shape)
 
 
+def open_weights(path: Path) -> int:
+    """A read-only descriptor of a weights file for ``pread``, refusing anything but a regular file.
+
+    The header was read earlier; if the file has since been swapped for a FIFO (or a device), a plain ``open``
+    would block forever -- and a worker thread stuck in it cannot be interrupted. ``open_regular`` opens with
+    ``O_NONBLOCK`` and checks the type on the descriptor, so the swap is one clean error instead.
+    """
+    return open_regular(path, SafetensorsError)
+
+
 def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], dict[str, str]]:
     """Parse and validate one safetensors file's header; no tensor data is read.
 
@@ -171,7 +186,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], di
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block open() forever; a folder is not a file
             raise SafetensorsError(f"{p}: not a regular file")
         size = st.st_size
-        with open(p, "rb") as f:
+        with open(open_regular(p, SafetensorsError), "rb") as f:  # swapped for a FIFO since the stat: refused
             head = f.read(8)
             if len(head) < 8:
                 raise SafetensorsError(f"{p}: file too short for a safetensors header ({size} bytes)")
@@ -184,6 +199,8 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], di
         raise SafetensorsError(f"{p}: cannot read: {e.strerror or e}") from e
     if len(raw) != n:  # the file shrank between stat and read
         raise SafetensorsError(f"{p}: header truncated while reading ({len(raw)} of {n} bytes)")
+    if raw.count(b"{") > MAX_TENSORS + 2:  # each tensor entry is one object; + the header and __metadata__
+        raise SafetensorsError(f"{p}: header lists more than {MAX_TENSORS} entries (corrupt or hostile file)")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except _DuplicateKey as e:
@@ -194,6 +211,8 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], di
         raise SafetensorsError(f"{p}: header is not valid JSON: nested too deeply") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{p}: header is not a JSON object")
+    if len(header) - ("__metadata__" in header) > MAX_TENSORS:
+        raise SafetensorsError(f"{p}: header lists {len(header)} entries, more than {MAX_TENSORS}")
     data_start = 8 + n
     data_size = size - data_start
     meta_raw = header.pop("__metadata__", None) or {}
@@ -204,6 +223,9 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, SafeTensor], di
     tensors: dict[str, SafeTensor] = {}
     spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
+        if len(name) > MAX_NAME_CHARS:
+            raise SafetensorsError(f"{p}: tensor name {clip(name)} is {len(name)} characters long, more than "
+                                   f"{MAX_NAME_CHARS}")
         where = f"{p.name}: tensor {clip(name)}"
         if not isinstance(info, dict):
             raise SafetensorsError(f"{where}: entry is not an object")
@@ -262,18 +284,20 @@ class Checkpoint:
 
 def _shard_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
     index_path = model_dir / "model.safetensors.index.json"
-    if index_path.is_file():
+    if index_path.exists():  # a FIFO or device in its place is refused (read_text), never skipped or read forever
+        text = read_text(index_path, SafetensorsError, MAX_HEADER_BYTES)  # an index is a few hundred KB
         try:
-            if index_path.stat().st_size > MAX_HEADER_BYTES:  # bound the read: an index is a few hundred KB
-                raise SafetensorsError(f"{index_path}: {index_path.stat().st_size} bytes is too large for an index")
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise SafetensorsError(f"{index_path}: cannot read: {e.strerror or e}") from e
-        except (UnicodeDecodeError, ValueError) as e:
+            index = json.loads(text)
+        except ValueError as e:
             raise SafetensorsError(f"{index_path}: not valid JSON: {str(e)[:200]}") from None
         except RecursionError:
             raise SafetensorsError(f"{index_path}: not valid JSON: nested too deeply") from None
         wm = index.get("weight_map") if isinstance(index, dict) else None
+        if isinstance(wm, dict) and len(wm) > MAX_TENSORS:
+            raise SafetensorsError(f"{index_path}: 'weight_map' lists {len(wm)} tensors, more than {MAX_TENSORS}")
+        if isinstance(wm, dict) and (long := next((k for k in wm if len(k) > MAX_NAME_CHARS), None)) is not None:
+            raise SafetensorsError(f"{index_path}: tensor name {clip(long)} is {len(long)} characters long, more "
+                                   f"than {MAX_NAME_CHARS}")
         if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
             raise SafetensorsError(f"{index_path}: missing or malformed 'weight_map' (expected tensor name -> "
                                    f"shard file name)")

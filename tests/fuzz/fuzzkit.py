@@ -22,6 +22,51 @@ EXAMPLES = int(os.environ.get("L1QUANT_FUZZ_EXAMPLES", "300"))
 MAX_PARSE_S = float(os.environ.get("L1QUANT_FUZZ_MAX_PARSE_S", "1.0"))
 
 
+#: the most memory one parse may allocate (traced Python and numpy allocations, in MiB): a count taken from the
+#: input must never turn a few bytes into gigabytes of objects
+MAX_PARSE_MIB = float(os.environ.get("L1QUANT_FUZZ_MAX_PARSE_MIB", "64"))
+
+
+class Budget:
+    """Time and memory of one parse, held to MAX_PARSE_S and MAX_PARSE_MIB (``with Budget(): parse(...)``).
+
+    Memory is tracemalloc's peak (every Python object and numpy buffer allocated during the parse), which is
+    per-input and deterministic, unlike the process's RSS. Tracing slows parsing ~2x; the time limit allows it.
+
+    Example:
+        >>> with Budget():
+        ...     _ = bytes(1 << 20)
+    """
+
+    def __init__(self, seconds: float | None = None, mib: float | None = None) -> None:
+        self.seconds = MAX_PARSE_S * 2 if seconds is None else seconds  # x2: tracemalloc's own overhead
+        self.mib = MAX_PARSE_MIB if mib is None else mib
+
+    def __enter__(self) -> Budget:
+        import time
+        import tracemalloc
+
+        self._was_tracing = tracemalloc.is_tracing()
+        if not self._was_tracing:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        self._base = tracemalloc.get_traced_memory()[0]
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import time
+        import tracemalloc
+
+        elapsed = time.perf_counter() - self._t0
+        peak = (tracemalloc.get_traced_memory()[1] - self._base) / 2**20
+        if not self._was_tracing:
+            tracemalloc.stop()
+        if exc[0] is None or isinstance(exc[1], Exception):
+            assert elapsed < self.seconds, f"parse took {elapsed:.3f}s (budget {self.seconds}s)"
+            assert peak < self.mib, f"parse allocated {peak:.1f} MiB (budget {self.mib} MiB)"
+
+
 def assert_one_line(msg: str) -> None:
     """An error message is exactly one line: no ``\\n``, ``\\r`` or any other character ``str.splitlines`` splits on."""
     if len(msg.splitlines()) > 1 or msg.endswith(("\n", "\r")):

@@ -25,7 +25,7 @@ from l1quant.errors import GGUFFormatError
 from l1quant.gguf.reader import describe, read_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzzkit import EXAMPLES, MAX_PARSE_S, CrashCorpus, assert_one_line
+from fuzzkit import EXAMPLES, MAX_PARSE_S, Budget, CrashCorpus, assert_one_line
 from gguf_builders import all_types_file, field_offsets, valid_file
 
 CRASHES = CrashCorpus(Path(__file__).parent / "corpus_gguf")
@@ -53,7 +53,8 @@ def check_input(data: bytes, name: str = "case.gguf") -> str:
     p.write_bytes(data)
     t0 = time.perf_counter()
     try:
-        gf = read_gguf(p)
+        with Budget():  # time and memory per input (fuzzkit.MAX_PARSE_S, MAX_PARSE_MIB)
+            gf = read_gguf(p)
     except GGUFFormatError as e:
         assert_one_line(str(e))
         gf = None
@@ -61,7 +62,7 @@ def check_input(data: bytes, name: str = "case.gguf") -> str:
         why = re.sub(r"\d+", "N", re.sub(r"'(?:[^'\\]|\\.)*'", "'…'", str(e)[len(str(p)) + 2:]))
         outcome = "refused: " + " ".join(why.split()[:5])
     elapsed = time.perf_counter() - t0
-    assert elapsed < MAX_PARSE_S, f"parse took {elapsed:.3f}s"
+    assert elapsed < MAX_PARSE_S * 2, f"parse took {elapsed:.3f}s"  # x2: Budget's tracemalloc overhead
     if gf is None:
         return outcome
     # Accepted: everything the reader promises must hold, and the consumers must not trip on it.
@@ -139,3 +140,34 @@ def test_seeds_are_valid() -> None:
 @pytest.mark.parametrize("path", CRASHES.files(), ids=lambda p: p.name)
 def test_corpus_replay(path: Path) -> None:
     check_input(path.read_bytes(), name=path.name)
+
+
+def _kstr(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def _hostile(kv: bytes) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + _kstr("general.architecture") + struct.pack("<I", 8) \
+        + _kstr("qwen2") + kv
+
+
+#: Issue 13's kinds of hostile header, built here (too large for the corpus): each is parsed within the budget,
+#: accepted with bounded memory (a long numeric array stays in the file as a memory map) or refused in one line.
+HOSTILE_KINDS = {
+    "nested-empty-arrays": lambda: _hostile(_kstr("n") + struct.pack("<IIQ", 9, 9, 300_000)
+                                            + struct.pack("<IQ", 0, 0) * 300_000),
+    "nested-arrays-of-empty-arrays": lambda: _hostile(_kstr("n") + struct.pack("<IIQ", 9, 9, 150_000)
+                                                      + struct.pack("<IIQ", 9, 0, 0) * 150_000),
+    "millions-of-empty-strings": lambda: _hostile(_kstr("s") + struct.pack("<IIQ", 9, 8, 4_000_001)
+                                                  + struct.pack("<Q", 0) * 4_000_001),
+    "long-u8-array": lambda: _hostile(_kstr("u") + struct.pack("<IIQ", 9, 0, 3 << 20) + bytes(3 << 20)),
+    "long-bool-array": lambda: _hostile(_kstr("b") + struct.pack("<IIQ", 9, 7, 3 << 20) + bytes(3 << 20)),
+    "long-bool-array-bad-byte": lambda: _hostile(_kstr("b") + struct.pack("<IIQ", 9, 7, 3 << 20)
+                                                 + bytes((3 << 20) - 1) + b"\x02"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_KINDS))
+def test_hostile_kinds_within_budget(kind: str) -> None:
+    check_input(HOSTILE_KINDS[kind](), name=f"{kind}.gguf")

@@ -340,3 +340,21 @@ def test_corpus_replay(path: Path) -> None:
     outcome = check_input(path.read_bytes(), name=path.name)
     if path.name.startswith("hostile-"):
         assert outcome.startswith("refused"), outcome
+
+
+def _entries(n: int, name_len: int = 4) -> bytes:
+    body = ",".join(f'"{str(i).zfill(name_len)}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(n))
+    return join(("{" + body + "}").encode(), b"")
+
+
+#: Issue 13's kinds of hostile safetensors header, built here (too large for the corpus): refused in one line within
+#: the budget (the entry count is bounded before the JSON is parsed; names are bounded in length).
+HOSTILE_KINDS = {
+    "200k-tiny-entries": lambda: _entries(200_000),
+    "long-tensor-name": lambda: _entries(2, name_len=5000),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_KINDS))
+def test_hostile_kinds_within_budget(kind: str) -> None:
+    assert check_input(HOSTILE_KINDS[kind](), name=kind).startswith("refused")
