@@ -1,4 +1,4 @@
-"""l1quant: L1 (qwen2) Hugging Face checkpoints to GGUF, byte-identical to llama.cpp's converter.
+"""l1quant: Hugging Face checkpoints of the L1 reasoning models and their R1-distill relatives (qwen2, qwen3, llama) to GGUF, byte-identical to llama.cpp's converter.
 
 The library is the product; the ``l1quant`` command is a thin layer over these functions.
 
@@ -14,7 +14,12 @@ Example:
 
 from __future__ import annotations
 
+from l1quant._quiet_start import begin_quiet_start
+
+begin_quiet_start()  # Ctrl-C while the command line starts: one line, never an import traceback
+
 from l1quant.check import VerifyReport, verify
+from l1quant.check.compare import CompareReport, compare
 
 # The functions are bound after their submodules are imported, so ``l1quant.convert`` is the function.
 from l1quant.conversion.convert import convert, prepare
@@ -23,6 +28,6 @@ from l1quant.errors import L1QuantError
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.l1 import budget_check, l1_prompt, render_chat, run
 
-__all__ = ["QUANT_TYPES", "L1QuantError", "VerifyReport", "budget_check", "convert", "get_quant_type", "l1_prompt",
-           "prepare", "quantize", "render_chat", "run", "verify"]
+__all__ = ["QUANT_TYPES", "CompareReport", "L1QuantError", "VerifyReport", "budget_check", "compare", "convert",
+           "get_quant_type", "l1_prompt", "prepare", "quantize", "render_chat", "run", "verify"]
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from l1quant.errors import L1QuantError, Terminated
+from l1quant.errors import L1QuantError, Terminated, clip
 
 
 class _Group(click.Group):
@@ -54,16 +54,28 @@ class _Group(click.Group):
                 raise
             _say(f"l1quant: error: {e}")
             ctx.exit(e.exit_code)
-        except Terminated:
+        except Terminated as e:
             if debug():
                 raise
-            _say("l1quant: terminated (SIGTERM)")
-            ctx.exit(143)
+            name = _signal_name(e.signum)
+            _say(f"l1quant: terminated ({name}){_published_note()}")
+            ctx.exit(128 + e.signum)
         except KeyboardInterrupt:
             if debug():
                 raise
-            _say("l1quant: interrupted (SIGINT)")
+            _say(f"l1quant: interrupted (SIGINT){_published_note()}")
             ctx.exit(130)
+        except MemoryError:
+            if debug():
+                raise
+            _say("l1quant: error: out of memory (the machine or a memory limit such as ulimit -v / a cgroup); "
+                 "fewer --threads or a smaller --chunk-mb need less")
+            ctx.exit(1)
+        except RecursionError:
+            if debug():
+                raise
+            _say("l1quant: error: input nested too deeply to process")
+            ctx.exit(1)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # usage errors, --help, ctx.exit: click's own handling
         except BrokenPipeError:
@@ -75,10 +87,51 @@ class _Group(click.Group):
         except Exception as e:
             if debug():
                 raise
+            cause = _resource_cause(e)
+            if cause:
+                _say(f"l1quant: error: {cause}")
+                ctx.exit(1)
             first = str(e).splitlines()[0] if str(e) else ""
             _say(f"l1quant: internal error: {type(e).__name__}: {first[:300]} (a bug; rerun with --debug for the "
                  f"traceback and please report it)")
             ctx.exit(70)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _published_note() -> str:
+    """What was really done before the signal: outputs already complete under their final name stay valid."""
+    from l1quant.gguf.writer import PUBLISHED
+
+    if not PUBLISHED:
+        return ""
+    names = ", ".join(str(p) for p in PUBLISHED[-3:])
+    return f" after {names} was written completely (it is valid; later steps did not run)"
+
+
+def _resource_cause(e: BaseException) -> str | None:
+    """One line naming the exhausted resource, for the OS errors no l1quant code path turned into a message."""
+    import errno
+
+    if isinstance(e, RuntimeError) and "can't start new thread" in str(e):
+        return ("cannot start another thread (a process/thread or memory limit); use fewer --threads")
+    if isinstance(e, OSError):
+        what = getattr(e, "filename", None)
+        where = f"{clip(str(what), 120)}: " if what else ""
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            return f"{where}out of file descriptors ({e.strerror}); raise the limit (ulimit -n)"
+        if e.errno == errno.ENOMEM:
+            return f"{where}out of memory ({e.strerror})"
+        if e.errno == errno.ENAMETOOLONG:
+            return f"{where}path or file name too long ({e.strerror})"
+    return None
 
 
 def _say(line: str) -> None:
@@ -92,7 +145,8 @@ def _say(line: str) -> None:
 @click.version_option(package_name="l1quant")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Convert L1 (qwen2) checkpoints to GGUF, verify them, and run them with a thinking budget."""
+    """Convert L1 checkpoints (qwen2, qwen3, llama) to GGUF in any type, verify them, and run them with a thinking
+    budget."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 
@@ -101,7 +155,7 @@ def _register() -> None:
     # Each command module adds itself to ``main``; a module that is not written yet is simply absent.
     import importlib
 
-    for mod in ("convert", "quantize", "inspect", "verify", "l1"):
+    for mod in ("convert", "quantize", "inspect", "verify", "l1", "compare"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:
@@ -110,6 +164,12 @@ def _register() -> None:
 
 
 _register()
+
+# Ctrl-C while the modules above were importing exited quietly (l1quant/_quiet_start.py); from here on it is a
+# KeyboardInterrupt that the commands clean up after and _Group reports.
+from l1quant._quiet_start import end_quiet_start  # noqa: E402
+
+end_quiet_start()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,120 @@
+"""``l1quant compare`` against the two ``llama-perplexity`` runs it replaces: wall time and peak RSS.
+
+On a synthetic checkpoint with L1-Qwen-1.5B's shapes (built once under ``--cache``), converted to F16 (the base)
+and one other type: ``llama-perplexity --kl-divergence-base`` on the base plus ``--kl-divergence`` on the other file,
+versus one ``compare`` (base pass + one type) with a fresh base cache, same text, context, chunks and thread count.
+Peak RSS is the child's ``ru_maxrss``: compare streams the base log-probs from disk (one chunk in memory), so its
+peak does not grow with ``--chunks``.
+
+    python benchmarks/bench_compare.py --chunks 20 --type q4_k_m --threads 2
+    python benchmarks/bench_compare.py --small --chunks 4     # Qwen2.5-0.5B shapes, quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TOKENIZER = REPO / "tests" / "data" / "r1-distill-tokenizer"
+# ``l1quant compare`` whether or not the command is registered yet: importing the module adds it to the group.
+CLI = "import sys, l1quant.cli.compare; from l1quant.cli import main; sys.exit(main())"
+
+
+def _timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Run ``cmd``; return (wall seconds, peak RSS MiB of the child, output tail)."""
+    t = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # child: exec with stdout/stderr to a temp log
+        log = os.open(f"/tmp/bench_compare.{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.execvpe(cmd[0], cmd, env or os.environ.copy())
+    _, status, ru = os.wait4(pid, 0)
+    wall = time.perf_counter() - t
+    text = Path(f"/tmp/bench_compare.{pid}.log").read_text(errors="replace")
+    os.unlink(f"/tmp/bench_compare.{pid}.log")
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{text[-2000:]}")
+    return wall, ru.ru_maxrss / 1024, text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=REPO / ".bench-cache")
+    ap.add_argument("--chunks", type=int, default=20)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--type", default="q4_k_m")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--small", action="store_true", help="Qwen2.5-0.5B shapes instead of L1-1.5B")
+    ap.add_argument("--compare-first", action="store_true",
+                    help="run compare before llama-perplexity (swap the order to see the page cache's effect)")
+    default_exe = REPO.parent / "l1quant-ref" / "llama-perplexity-build" / "bin" / "llama-perplexity"
+    ap.add_argument("--llama-perplexity", type=Path,
+                    default=Path(os.environ.get("L1QUANT_LLAMA_PERPLEXITY", default_exe)))
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(REPO))
+    import l1quant
+    from l1quant.testing import L1_SHAPE, make_checkpoint
+
+    shape = dict(L1_SHAPE)
+    name = "L1-shaped"
+    if args.small:
+        shape.update(hidden=896, layers=24, heads=14, kv_heads=2, ff=4864)
+        name = "Qwen2.5-0.5B-shaped"
+    ck = args.cache / name
+    if not (ck / ".complete").exists():
+        make_checkpoint(ck, tokenizer_dir=TOKENIZER, seed=0, **shape)
+        (ck / ".complete").write_text("")
+    out = args.cache / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for t in ("f16", args.type):
+        files[t] = out / f"{name}-{t.upper()}.gguf"
+        if not files[t].exists():
+            l1quant.convert(ck, type=t, output=files[t], threads=args.threads)
+    text = REPO / "l1quant" / "data" / "compare_text.txt"
+    common = ["-c", str(args.ctx), "-b", str(args.ctx), "--chunks", str(args.chunks), "-t", str(args.threads)]
+    base = out / "ref-base.kld"
+    ours = out / "ours-base.kld"
+
+    def run_ref() -> tuple[float, float, float, float]:
+        w1, r1, _ = _timed([str(args.llama_perplexity), "-m", str(files["f16"]), "-f", str(text),
+                            "--kl-divergence-base", str(base), *common])
+        w2, r2, _ = _timed([str(args.llama_perplexity), "-m", str(files[args.type]), "-f", str(text),
+                            "--kl-divergence-base", str(base), "--kl-divergence", *common])
+        return w1, r1, w2, r2
+
+    def run_ours() -> tuple[float, float, str]:
+        for p in (ours, ours.with_name(ours.name + ".json")):
+            if p.exists():
+                p.unlink()
+        return _timed([sys.executable, "-c", CLI, "compare", str(files[args.type]), "--base",
+                       str(files["f16"]), "--text", str(text), "--ctx", str(args.ctx), "--chunks",
+                       str(args.chunks), "-t", str(args.threads), "--base-logits", str(ours), "-q"])
+
+    if args.compare_first:
+        w3, r3, table = run_ours()
+        w1, r1, w2, r2 = run_ref()
+    else:
+        w1, r1, w2, r2 = run_ref()
+        w3, r3, table = run_ours()
+    print(f"{name}, {args.chunks} chunks x {args.ctx} tokens, {args.threads} threads, base F16 vs {args.type.upper()}")
+    print(f"llama-perplexity base run      {w1:8.1f} s  peak RSS {r1:7.0f} MiB")
+    print(f"llama-perplexity KLD run       {w2:8.1f} s  peak RSS {r2:7.0f} MiB")
+    print(f"llama-perplexity total         {w1 + w2:8.1f} s")
+    print(f"l1quant compare (base + type)  {w3:8.1f} s  peak RSS {r3:7.0f} MiB  ({(w1 + w2) / w3:.2f}x)")
+    print(f"base log-prob file {ours.stat().st_size / 2**20:.0f} MiB on disk (llama-perplexity's "
+          f"{base.stat().st_size / 2**20:.0f} MiB)")
+    print(table.strip().splitlines()[-1] if table.strip() else "")
+    print("\n".join(table.strip().splitlines()[:4]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""``l1quant compare``: size, bits per weight, PPL and KLD per type, in llama-perplexity's protocol.
+
+Parses options and calls :func:`l1quant.check.compare.compare` with the same parameters.
+
+Example:
+    $ l1quant compare L1-Qwen-1.5B-Max --types f16,q8_0,q4_k_m --chunks 20
+    $ l1quant compare m-Q8_0.gguf m-Q4_K_M.gguf --base m-F16.gguf --json > table.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from l1quant.cli import main
+
+
+def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int]:
+    try:
+        out = [int(v) for v in _csv(ctx, param, value)]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if any(b < 1 for b in out):
+        raise click.BadParameter("budgets must be positive")
+    return out
+
+
+@main.command("compare")
+@click.argument("model", nargs=-1, required=True)
+@click.option("--types", default="f16,q8_0,q6_k,q5_k_m,q4_k_m", show_default=True, callback=_csv,
+              help="With a checkpoint folder: the types to convert and compare; the first is the base.")
+@click.option("--base", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              metavar="BASE.gguf", help="With GGUF files: the base every file is compared with.")
+@click.option("--text", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, metavar="FILE",
+              help="UTF-8 text to evaluate (default: the bundled text).")
+@click.option("-c", "--ctx", type=click.IntRange(min=8), default=512, show_default=True,
+              help="Tokens per chunk (llama-perplexity -c).")
+@click.option("--chunks", type=click.IntRange(min=1), default=None,
+              help="At most this many chunks (llama-perplexity --chunks; default all the text gives).")
+@click.option("--keep", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+              help="Write the converted GGUFs here (default: a cache folder).")
+@click.option("--base-logits", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="The base's log-prob file (llama-perplexity --kl-divergence-base format): reused when it "
+                   "exists, written when not (default: a cache file).")
+@click.option("--runtime", type=click.Choice(["auto", "llama.cpp", "numpy"]), default="auto", show_default=True,
+              help="llama.cpp (llama-cpp-python) computes what llama-perplexity computes; numpy is weight-only.")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: all cores).")
+@click.option("--budgets", default=None, callback=_ints, help="Also run budget-check at these budgets.")
+@click.option("--problems", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Problems for --budgets (JSONL, as budget-check).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first K problems.")
+@click.option("--mode", type=click.Choice(["exact", "max"]), default="exact", show_default=True,
+              help="L1 prompt wording for --budgets.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema l1quant.compare/1).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a size-vs-KLD chart (PNG) here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def compare_cmd(model: tuple[str, ...], types: list[str], base: Path | None, text: Path | None, ctx: int,
+                chunks: int | None, keep: Path | None, base_logits: Path | None, runtime: str,
+                threads: int | None, budgets: list[int], problems: Path | None, limit: int | None, mode: str,
+                as_json: bool, plot_path: Path | None, quiet: bool) -> None:
+    """Table file size, bits per weight, PPL and KLD for each type, as llama-perplexity computes them.
+
+    MODEL is a checkpoint folder (each --types entry is converted; the first is the base) or GGUF files with
+    --base. Each chunk of --ctx tokens starts with BOS and only its second half is scored; the base's log-probs
+    are computed once and cached on disk. KLD, same-top and Δp RMS are llama-perplexity --kl-divergence's.
+    """
+    from l1quant.check.compare import compare
+
+    if len(model) == 1 and not model[0].endswith(".gguf"):
+        target: str | list[str] = model[0]
+    else:
+        target = list(model)
+    rep = compare(target, types, base=base, text=text, ctx=ctx, chunks=chunks, keep=keep, base_logits=base_logits,
+                  threads=threads, runtime=runtime, budgets=budgets, problems=problems, budget_limit=limit,
+                  max_mode=mode == "max", progress=not quiet)
+    click.echo(rep.to_json() if as_json else rep.table())
+    if plot_path is not None:
+        rep.plot(plot_path)
