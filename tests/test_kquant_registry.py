@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ggml_oracle import ggml_quantize
-from l1quant.kernels import QUANT_TYPES, decode_bf16, get_quant_type, native_available
 from reference import in_ci
+
+from l1quant.kernels import QUANT_TYPES, decode_bf16, get_quant_type, native_available
 
 BLOCK_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 

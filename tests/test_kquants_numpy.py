@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from ggml_oracle import ggml_quantize
 from gguf import GGMLQuantizationType
 from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import dequantize
-from ggml_oracle import ggml_quantize
 
 from l1quant.kernels import KernelArgumentError, kquants_qkx2, q4_q5
 from l1quant.kernels._kcommon import (

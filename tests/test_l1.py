@@ -460,7 +460,7 @@ def test_group_help_one_liners_are_not_cut() -> None:
         assert cmd is not None
         whole = cmd.get_short_help_str(limit=10_000)  # the first sentence, never shortened
         assert "".join(f"{name} {whole}".split()) in listing, name
-    assert "runeachMODEL(GGUF)oneachproblemateachbudget;needsl1quant[run]." in listing
+    assert "runeachMODEL(GGUF)oneachproblemateachbudget;needsllama-cpp-python(`pipinstall'.[run]'`inacheckout)." in listing
 
 
 def test_run_without_llama_cpp_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -53,17 +53,22 @@ class _Prefix(logging.Formatter):
 def setup_logging(quiet: bool) -> None:
     """Warnings (and, unless ``quiet``, the one-line summary) of the library on stderr, ``l1quant:``-prefixed.
 
+    The level is set on the command's own handler, not on the logger: a ``-q`` command in a long-lived process
+    (a test runner, a notebook) must not silence the library's warnings for everything that runs after it.
+
     Example:
         >>> setup_logging(True)
-        >>> logging.getLogger("l1quant").level == logging.ERROR
+        >>> [h.level for h in logging.getLogger("l1quant").handlers if getattr(h, "_l1quant", False)] == [40]
         True
     """
     logger = logging.getLogger("l1quant")
-    logger.setLevel(logging.ERROR if quiet else logging.INFO)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)  # let the summary line through to our handler
     # one handler, bound to the stderr of this call (a caller such as click's test runner may have swapped it)
     for old in [h for h in logger.handlers if getattr(h, "_l1quant", False)]:
         logger.removeHandler(old)
     h = logging.StreamHandler(sys.stderr)
+    h.setLevel(logging.ERROR if quiet else logging.INFO)
     h.setFormatter(_Prefix())
     h._l1quant = True  # type: ignore[attr-defined]
     logger.addHandler(h)
