@@ -399,7 +399,10 @@ class NumpyLogits:
         from l1quant.gguf.reader import read_gguf
 
         self.gf = read_gguf(path)
-        arch = get_arch(str(self.gf.kv.get("general.architecture", "qwen2")))
+        name = self.gf.kv.get("general.architecture")
+        if not isinstance(name, str):
+            raise InputError(f"{path}: general.architecture is {name!r}; the reference forward pass needs it")
+        arch = get_arch(name)
         self.hp = Hparams.from_config(config_from_gguf(self.gf, arch), arch)
         self.n_vocab = self.hp.n_vocab
         self.add_bos = bool(self.gf.kv.get("tokenizer.ggml.add_bos_token", False))
