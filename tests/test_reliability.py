@@ -495,11 +495,30 @@ def _umask() -> int:
     return m
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.1, 0.15, 0.2, 0.3])
+def _wait_until_importing_numpy(pid: int, timeout: float = 10.0) -> None:
+    """Block until the child has mapped numpy: l1quant's first line (the quiet start-up handler) has run by then.
+
+    The interpreter's own start-up (site, .pth files) comes before any l1quant code and is not ours to quiet (the
+    README says so); a fixed delay landed there on a loaded machine, so the test waits for this marker instead.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "numpy" in Path(f"/proc/{pid}/maps").read_text():
+                return
+        except OSError:
+            return  # the child is gone already: communicate() below sees what it printed
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.2])
 def test_ctrl_c_during_start_up_is_one_line(delay: float, tmp_path: Path) -> None:
     """Ctrl-C during the ~0.3 s of imports printed a 20-50 line traceback."""
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc to see where the child's start-up is")
     p = subprocess.Popen([*cli(), "inspect", str(tmp_path / "none.gguf")], stderr=subprocess.PIPE, text=True,
                          env=clean_env(), preexec_fn=_default_signals)
+    _wait_until_importing_numpy(p.pid)
     time.sleep(delay)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=30)
