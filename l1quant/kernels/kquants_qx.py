@@ -39,7 +39,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._common import F16_NAN, F32_INF, F32_MAG, KernelArgumentError, scratch
+from ._common import F16_NAN, F32_INF, F32_MAG, scratch
+from ._kcommon import check_blocks
 
 __all__ = ["Q3_K_BYTES", "Q6_K_BYTES", "QK_K", "quantize_q3_k", "quantize_q6_k"]
 
@@ -106,19 +107,6 @@ def _f16_bits(v: np.ndarray) -> np.ndarray:
 def _f16_to_f32(h: np.ndarray) -> np.ndarray:
     """f16 bits (uint16) -> float32, exact (what ggml's ``GGML_FP16_TO_FP32`` returns)."""
     return h.view(np.float16).astype(np.float32)
-
-
-def _check_blocks(blocks: np.ndarray, what: str) -> np.ndarray:
-    """Validate a kernel input: float32, C-contiguous, shape (n_blocks, 256)."""
-    if not isinstance(blocks, np.ndarray):
-        raise KernelArgumentError(f"{what}: expected a numpy array, found {type(blocks).__name__}")
-    if blocks.dtype != np.float32:
-        raise KernelArgumentError(f"{what}: expected float32 blocks, found dtype {blocks.dtype}")
-    if blocks.ndim != 2 or blocks.shape[1] != QK_K:
-        raise KernelArgumentError(f"{what}: expected shape (n_blocks, {QK_K}), found {blocks.shape}")
-    if not blocks.flags.c_contiguous:
-        raise KernelArgumentError(f"{what}: blocks must be C-contiguous (got strides {blocks.strides})")
-    return blocks
 
 
 def _nonfinite_blocks(blocks: np.ndarray) -> np.ndarray:
@@ -394,7 +382,7 @@ def _quantize(
     blocks: np.ndarray, type_size: int, chunk_fn: Callable[[np.ndarray, np.ndarray], None], what: str
 ) -> np.ndarray:
     """Shared driver: validate, apply the non-finite policy, run ``chunk_fn`` over cache-sized chunks."""
-    blocks = _check_blocks(blocks, what)
+    blocks = check_blocks(blocks, QK_K, what)
     nb = blocks.shape[0]
     out = np.empty((nb, type_size), dtype=np.uint8)
     nan_d = np.array([F16_NAN], dtype="<u2").view(np.uint8)
