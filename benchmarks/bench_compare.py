@@ -6,16 +6,15 @@ versus one ``compare`` (base pass + one type) with a fresh base cache, same text
 Peak RSS is the child's ``ru_maxrss``: compare streams the base log-probs from disk (one chunk in memory), so its
 peak does not grow with ``--chunks``.
 
-    python benchmarks/bench_compare.py --chunks 20 --type q4_k_m --threads 2
-    python benchmarks/bench_compare.py --small --chunks 4     # Qwen2.5-0.5B shapes, quicker
+    python benchmarks/bench_compare.py --chunks 20 --type q4_k_m --threads 2 --repeat 3
+    python benchmarks/bench_compare.py --small --chunks 4 --repeat 1    # Qwen2.5-0.5B shapes, quicker
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
-import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--small", action="store_true", help="Qwen2.5-0.5B shapes instead of L1-1.5B")
     ap.add_argument("--compare-first", action="store_true",
-                    help="run compare before llama-perplexity (swap the order to see the page cache's effect)")
+                    help="start with compare instead of llama-perplexity (later runs alternate)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each side, alternated; medians are reported")
+    ap.add_argument("--ref-batch", type=int, default=0,
+                    help="llama-perplexity -b (default: its own, 2048; pass the --ctx value for one chunk at a time)")
     default_exe = REPO.parent / "l1quant-ref" / "llama-perplexity-build" / "bin" / "llama-perplexity"
     ap.add_argument("--llama-perplexity", type=Path,
                     default=Path(os.environ.get("L1QUANT_LLAMA_PERPLEXITY", default_exe)))
@@ -80,15 +82,18 @@ def main() -> None:
         if not files[t].exists():
             l1quant.convert(ck, type=t, output=files[t], threads=args.threads)
     text = REPO / "l1quant" / "data" / "compare_text.txt"
-    common = ["-c", str(args.ctx), "-b", str(args.ctx), "--chunks", str(args.chunks), "-t", str(args.threads)]
+    common = ["-c", str(args.ctx), "--chunks", str(args.chunks), "-t", str(args.threads)]
+    # llama-perplexity's logical batch: its default (2048) runs 2048/ctx chunks side by side in one context;
+    # ``--ref-batch CTX`` runs one chunk at a time, as compare does.
+    ref_batch = ["-b", str(args.ref_batch)] if args.ref_batch else []
     base = out / "ref-base.kld"
     ours = out / "ours-base.kld"
 
     def run_ref() -> tuple[float, float, float, float]:
         w1, r1, _ = _timed([str(args.llama_perplexity), "-m", str(files["f16"]), "-f", str(text),
-                            "--kl-divergence-base", str(base), *common])
+                            "--kl-divergence-base", str(base), *common, *ref_batch])
         w2, r2, _ = _timed([str(args.llama_perplexity), "-m", str(files[args.type]), "-f", str(text),
-                            "--kl-divergence-base", str(base), "--kl-divergence", *common])
+                            "--kl-divergence-base", str(base), "--kl-divergence", *common, *ref_batch])
         return w1, r1, w2, r2
 
     def run_ours() -> tuple[float, float, str]:
@@ -99,17 +104,36 @@ def main() -> None:
                        str(files["f16"]), "--text", str(text), "--ctx", str(args.ctx), "--chunks",
                        str(args.chunks), "-t", str(args.threads), "--base-logits", str(ours), "-q"])
 
-    if args.compare_first:
-        w3, r3, table = run_ours()
-        w1, r1, w2, r2 = run_ref()
-    else:
-        w1, r1, w2, r2 = run_ref()
-        w3, r3, table = run_ours()
-    print(f"{name}, {args.chunks} chunks x {args.ctx} tokens, {args.threads} threads, base F16 vs {args.type.upper()}")
-    print(f"llama-perplexity base run      {w1:8.1f} s  peak RSS {r1:7.0f} MiB")
-    print(f"llama-perplexity KLD run       {w2:8.1f} s  peak RSS {r2:7.0f} MiB")
-    print(f"llama-perplexity total         {w1 + w2:8.1f} s")
-    print(f"l1quant compare (base + type)  {w3:8.1f} s  peak RSS {r3:7.0f} MiB  ({(w1 + w2) / w3:.2f}x)")
+    # Alternate the order (ref first, then ours first, ...) so a slow spell on a shared machine, or the page cache
+    # warming up, does not favour one side; report medians and their ratio.
+    refs: list[tuple[float, float, float, float]] = []
+    mine: list[tuple[float, float, str]] = []
+    for i in range(args.repeat):
+        ours_first = (i % 2 == 1) != args.compare_first
+        if ours_first:
+            mine.append(run_ours())
+            refs.append(run_ref())
+        else:
+            refs.append(run_ref())
+            mine.append(run_ours())
+        r, m = refs[-1], mine[-1]
+        print(f"run {i + 1}: llama-perplexity {r[0]:.1f} + {r[2]:.1f} = {r[0] + r[2]:.1f} s, "
+              f"compare {m[0]:.1f} s", flush=True)
+    med = statistics.median
+    w1, w2 = med(r[0] for r in refs), med(r[2] for r in refs)
+    wt = med(r[0] + r[2] for r in refs)
+    w3 = med(m[0] for m in mine)
+    r_ref = max(max(r[1], r[3]) for r in refs)
+    r3 = max(m[1] for m in mine)
+    table = mine[-1][2]
+    batch = f"-b {args.ref_batch}" if args.ref_batch else "default -b (2048)"
+    print(f"{name}, {args.chunks} chunks x {args.ctx} tokens, {args.threads} threads, base F16 vs "
+          f"{args.type.upper()}, medians of {args.repeat} alternated runs; llama-perplexity with {batch}")
+    print(f"llama-perplexity base run      {w1:8.1f} s")
+    print(f"llama-perplexity KLD run       {w2:8.1f} s")
+    print(f"llama-perplexity total         {wt:8.1f} s  peak RSS {r_ref:7.0f} MiB")
+    print(f"l1quant compare (base + type)  {w3:8.1f} s  peak RSS {r3:7.0f} MiB  (llama-perplexity / compare "
+          f"= {wt / w3:.3f})")
     print(f"base log-prob file {ours.stat().st_size / 2**20:.0f} MiB on disk (llama-perplexity's "
           f"{base.stat().st_size / 2**20:.0f} MiB)")
     print(table.strip().splitlines()[-1] if table.strip() else "")

@@ -122,7 +122,7 @@ def test_missing_huggingface_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(RuntimeMissingError, match=r"l1quant\[hub\]"):
+    with pytest.raises(RuntimeMissingError, match=r"pip install huggingface_hub .*pip install '\.\[hub\]'"):
         resolve_model("l3lab/L1-Qwen-1.5B-Max")
 
 

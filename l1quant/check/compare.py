@@ -316,7 +316,9 @@ class LlamaCppLogits:
         try:
             import llama_cpp as lc
         except ImportError:
-            raise RuntimeMissingError("llama-cpp-python is not installed (pip install '.[run]')") from None
+            from l1quant.l1.runner import RUN_INSTALL_HINT
+
+            raise RuntimeMissingError(f"llama-cpp-python is not installed: {RUN_INSTALL_HINT}") from None
         self.lc = lc
         _quiet_llama(lc)
         lc.llama_backend_init()

@@ -133,7 +133,7 @@ def resolve_model(model: str | Path, *, revision: str | None = None) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise RuntimeMissingError(f"{text}: downloading a Hugging Face repo id needs huggingface_hub: "
-                                  "pip install 'l1quant[hub]'") from None
+                                  "pip install huggingface_hub (l1quant's hub extra; in a checkout: pip install '.[hub]')") from None
 
     offline = _offline()
     errs = _hub_errors()
