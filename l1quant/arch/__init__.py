@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gguf
@@ -211,6 +212,12 @@ class Arch:
     config_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     rope_types: tuple[str, ...] = ("linear", "yarn")
     check_config: Callable[[ModelConfig], None] | None = dataclasses.field(default=None, repr=False)
+    #: refuse a model folder input the reference's class for this architecture reads and l1quant does not
+    #: reproduce (``check_folder(model_dir, cfg)``, one-line error); the inputs every class reads are checked by
+    #: :func:`l1quant.source.inputs.check_reference_inputs`
+    check_folder: Callable[[Path, ModelConfig], None] | None = dataclasses.field(default=None, repr=False)
+    #: the reference's class reads sentence-transformers' ``modules.json`` (a Pooling module: refused)
+    sentence_transformers_pooling: bool = False
     tokenizer_model: str = "gpt2"
     #: write tokenizer_config's ``add_prefix_space`` as ``tokenizer.ggml.add_space_prefix`` (llama's converter does)
     add_space_prefix: bool = False

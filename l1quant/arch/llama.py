@@ -25,13 +25,14 @@ from __future__ import annotations
 import ctypes
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import gguf
 import numpy as np
 
 from l1quant.arch import Arch, HParam, RopeRowPermutation, TensorSpec
 from l1quant.arch.decoder import HPARAMS, decoder_tensors, head_dim_rows
-from l1quant.errors import ConfigError
+from l1quant.errors import ConfigError, TokenizerError, clip, read_json
 from l1quant.source.config import ModelConfig
 
 K = gguf.Keys
@@ -111,6 +112,30 @@ def _check(cfg: ModelConfig) -> None:
                               "llama.cpp's llama graph)")
 
 
+#: config.json vocab_size values the reference's LlamaModel.set_vocab treats specially: CodeLlama's four infill
+#: token ids (prefix/suffix/middle/eot), granite-small's add_bos_token = false
+_SPECIAL_VOCAB_SIZES = {32016: "adds CodeLlama's infill token ids", 49152: "forces add_bos_token false (granite)"}
+
+
+def _check_folder(model_dir: Path, cfg: ModelConfig) -> None:
+    """Refuse what the reference's LlamaModel reads beyond the shared decoder: vocabulary-size special cases,
+    EAGLE-3 drafts (``draft_vocab_size``), Eagle3Speculator's nested ``transformer_layer_config``, a Mistral
+    ``tekken.json`` and the HybridDNA tokenizer."""
+    why = _SPECIAL_VOCAB_SIZES.get(cfg.vocab_size)
+    if why:
+        raise ConfigError(f"{cfg.source}: vocab_size={cfg.vocab_size} is not supported (the reference {why})")
+    for key in ("draft_vocab_size", "transformer_layer_config"):
+        if key in cfg.raw:
+            raise ConfigError(f"{cfg.source}: {key!r} is not supported (an EAGLE-3 draft model for the reference)")
+    if (model_dir / "tekken.json").exists():
+        raise TokenizerError(f"{model_dir / 'tekken.json'}: not supported (a Mistral tokenizer, which the "
+                             "reference converts when tokenizer.json is absent)")
+    tc_path = model_dir / "tokenizer_config.json"
+    tc = read_json(tc_path, TokenizerError) if tc_path.exists() else None
+    if isinstance(tc, dict) and tc.get("tokenizer_class") == "HybridDNATokenizer":
+        raise TokenizerError(f"{tc_path}: tokenizer_class {clip(tc['tokenizer_class'])} is not supported")
+
+
 ARCH = Arch(
     name="llama",
     model_arch=gguf.MODEL_ARCH.LLAMA,
@@ -128,6 +153,7 @@ ARCH = Arch(
                      "tie_word_embeddings": False},
     rope_types=("linear", "yarn", "llama3"),
     check_config=_check,
+    check_folder=_check_folder,
     add_space_prefix=True,
     rope_style="norm",
     # llama.cpp sizes an 80-layer llama with grouped-query attention as 70B

@@ -28,4 +28,6 @@ ARCH = Arch(
     # llama.cpp sizes an 80-layer qwen2 as 70B (llama-quantize then gives attn_v more bits)
     llama_quantize_70b=lambda n_layer, n_head, n_head_kv: n_layer == 80,
     hf_model_type="qwen2",
+    # Qwen2Model.set_gguf_parameters reads sentence-transformers' modules.json (a pooling type)
+    sentence_transformers_pooling=True,
 )

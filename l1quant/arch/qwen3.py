@@ -12,12 +12,18 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 
 from l1quant.arch import Arch
 from l1quant.arch.decoder import HPARAMS, decoder_tensors, head_dim_rows
-from l1quant.errors import ConfigError
+from l1quant.errors import ConfigError, clip, read_text
 from l1quant.source.config import ModelConfig
+
+#: What makes the reference's Qwen3Model a reranker (``_is_qwen3_reranker``): a README heading, or one of these in
+#: the folder's path, config.json's ``_name_or_path`` or ``model_type``, or a sequence-classification architecture.
+_RERANKER_HINTS = ("qwen3-reranker", "qwen3-vl-reranker")
 
 
 def _check(cfg: ModelConfig) -> None:
@@ -25,6 +31,25 @@ def _check(cfg: ModelConfig) -> None:
     if cfg.raw.get("attention_bias"):
         raise ConfigError(f"{cfg.source}: attention_bias=true is not supported for qwen3 (llama.cpp's qwen3 "
                           "has no attention biases)")
+
+
+def _check_folder(model_dir: Path, cfg: ModelConfig) -> None:
+    """Refuse a folder the reference would convert as a Qwen3 reranker (pooling RANK, a yes/no classifier head
+    cut from the output matrix, a rerank chat template): ``Qwen3Model._is_qwen3_reranker``'s hints."""
+    readme = model_dir / "README.md"
+    if readme.exists():
+        # bounded like every input; the card was already checked by the metadata reader's size limit
+        text = read_text(readme, ConfigError, 4 << 20).lower()
+        for hint in _RERANKER_HINTS:
+            if f"# {hint}" in text:
+                raise ConfigError(f"{readme}: the heading '# {hint}' makes the reference convert a Qwen3 reranker "
+                                  "(not supported)")
+    hints = {"folder path": str(model_dir.resolve()), "_name_or_path": cfg.raw.get("_name_or_path"),
+             "model_type": cfg.raw.get("model_type")}
+    for where, value in hints.items():
+        if isinstance(value, str) and any(h in value.lower() for h in _RERANKER_HINTS):
+            raise ConfigError(f"{cfg.source}: {where} {clip(value)} makes the reference convert a Qwen3 reranker "
+                              "(not supported)")
 
 
 ARCH = Arch(
@@ -37,6 +62,8 @@ ARCH = Arch(
     config_defaults={"max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
                      "tie_word_embeddings": False, "head_dim": 128},
     check_config=_check,
+    check_folder=_check_folder,
+    sentence_transformers_pooling=True,  # inherited from Qwen2Model
     # llama.cpp has no 70B size class for qwen3
     llama_quantize_70b=lambda n_layer, n_head, n_head_kv: False,
     hf_model_type="qwen3",

@@ -33,6 +33,7 @@ from l1quant.conversion.metadata import check_model_card, validate_metadata
 from l1quant.gguf.writer import AtomicOutput, inside_folder, new_header, write_header
 from l1quant.source.config import ModelConfig
 from l1quant.source.hub import is_repo_id, resolve_model
+from l1quant.source.inputs import check_reference_inputs
 from l1quant.source.safetensors import open_checkpoint
 
 log = logging.getLogger("l1quant")
@@ -137,6 +138,8 @@ def prepare(
     model_dir, display_name = _resolve_model(model)
     cfg = ModelConfig.load(model_dir)
     arch = get_arch(cfg.architecture)
+    # inputs the reference would read into a different file (docs/reference-inputs.md): refused before any work
+    check_reference_inputs(model_dir, cfg, arch)
     ckpt = open_checkpoint(model_dir)
     plan = make_plan(ckpt, cfg, arch, type, options, as_mix=as_mix)  # before the vocab: tensor problems are refused seconds sooner
     vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
