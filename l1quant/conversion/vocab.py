@@ -105,7 +105,7 @@ def pre_tokenizer_hash(tokenizer: Any) -> str:
 
 #: Files whose content the vocab depends on (the cache key includes their identity and modification time).
 _VOCAB_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "chat_template.jinja",
-                "chat_template.json", "merges.txt")
+                "chat_template.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
 _cache: dict[tuple[Any, ...], Vocab] = {}
 
 
@@ -183,6 +183,13 @@ def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:
 
     added = {t.content: (i, t) for i, t in tok.get_added_tokens_decoder().items()}
     overrides = _config_added_tokens(d)
+    named = named_special_tokens(d)
+    for content, where in named.items():
+        if content not in added:
+            # transformers would add it as a new special token (or re-type a base-vocabulary entry): the
+            # reference's vocabulary would then differ in ways l1quant does not reproduce
+            raise TokenizerError(f"{where} names {clip(content)} as a special token, but it is not one of "
+                                 f"tokenizer.json's added tokens (not supported)")
     # Built id-indexed in bulk (one pass over the vocab dict, then only the holes and the few added tokens are
     # visited): a per-id loop with dict lookups cost ~0.5 s of every conversion for a 152k vocabulary.
     by_id: list[str | None] = [None] * vocab_size
@@ -201,6 +208,8 @@ def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:
         ov = overrides.get((i, content))
         if ov is not None and ov[:2] != (special, normalized):  # transformers re-adds only entries that differ
             special, normalized = ov[0] or ov[2], ov[1]
+        if content in named:  # a token tokenizer_config (or special_tokens_map) names is special in transformers
+            special = True
         if not normalized:
             # llama.cpp assumes CONTROL/USER_DEFINED tokens are pre-normalized: round-trip them as the
             # reference does (encode without specials, decode keeping specials).
@@ -219,6 +228,73 @@ def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:
     if not special.merges:
         raise TokenizerError(f"{d / 'tokenizer.json'}: no BPE merges found (model.merges is empty)")
     return Vocab(tokens, types, name, chk, special)
+
+
+#: tokenizer_config.json keys transformers treats as named special tokens (``SPECIAL_TOKENS_ATTRIBUTES``); any other
+#: ``*_token`` key with a string value is a "model-specific" special token, and the lists below are extra ones.
+NAMED_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+EXTRA_TOKEN_KEYS = ("additional_special_tokens", "extra_special_tokens")
+
+
+def _token_content(v: Any) -> str | None:
+    v = v.get("content") if isinstance(v, dict) else v
+    return v if isinstance(v, str) else None
+
+
+def _named_in(obj: dict[str, Any], path: Path, *, custom: bool) -> dict[str, str]:
+    """content -> "file: key" of every special token ``obj`` (tokenizer_config or special_tokens_map) names."""
+    out: dict[str, str] = {}
+    for key, v in obj.items():
+        if key in EXTRA_TOKEN_KEYS:
+            items = list(v.values()) if isinstance(v, dict) else v if isinstance(v, list) else []
+            for item in items:
+                c = _token_content(item)
+                if c is not None:
+                    out.setdefault(c, f"{path}: {key!r}")
+        elif key in NAMED_TOKEN_KEYS or (custom and key.endswith("_token") and isinstance(v, str)):
+            c = _token_content(v)
+            if c is not None:
+                out.setdefault(c, f"{path}: {key!r}")
+    return out
+
+
+def named_special_tokens(d: Path) -> dict[str, str]:
+    """Every token transformers' AutoTokenizer (which the reference loads) makes special because a config file
+    names it: content -> "file: key" naming where.
+
+    tokenizer_config.json's ``*_token`` entries, ``additional_special_tokens`` and ``extra_special_tokens``
+    always count. Without an ``added_tokens_decoder`` in it (or without the file) transformers takes its legacy
+    path and also reads ``special_tokens_map.json`` (named tokens) and ``added_tokens.json`` (new tokens: an id
+    tokenizer.json does not already have as an added token is refused).
+    """
+    tc_path, stm_path, at_path = d / "tokenizer_config.json", d / "special_tokens_map.json", d / "added_tokens.json"
+    tc = read_json(tc_path, TokenizerError) if tc_path.exists() else {}
+    tc = tc if isinstance(tc, dict) else {}
+    named = _named_in(tc, tc_path, custom=True)
+    if "added_tokens_decoder" in tc:
+        return named  # transformers reads neither special_tokens_map.json nor added_tokens.json then
+    if stm_path.exists():
+        stm = read_json(stm_path, TokenizerError)
+        if not isinstance(stm, dict):
+            raise TokenizerError(f"{stm_path}: expected a JSON object, found {type(stm).__name__}")
+        ast = stm.get("additional_special_tokens")
+        if isinstance(ast, list) and any(isinstance(t, dict) for t in ast):
+            # transformers 5 passes such objects on unconverted (only extra_special_tokens' are): the reference's
+            # AutoTokenizer then fails ("Input must be a List[Union[str, AddedToken]]"), so there is no file to match
+            raise TokenizerError(f"{stm_path}: 'additional_special_tokens' lists objects, which the reference's "
+                                 "tokenizer loader rejects; list the token strings")
+        for c, where in _named_in(stm, stm_path, custom=False).items():
+            named.setdefault(c, where)
+    if at_path.exists():
+        at = read_json(at_path, TokenizerError)
+        tj = read_json(d / "tokenizer.json", TokenizerError)
+        ids = {a.get("id") for a in (tj.get("added_tokens") or []) if isinstance(a, dict)} \
+            if isinstance(tj, dict) else set()
+        for content, tid in (at.items() if isinstance(at, dict) else [(None, None)]):
+            if tid not in ids:
+                raise TokenizerError(f"{at_path}: {clip(content)} -> {clip(tid)} is not one of tokenizer.json's added "
+                                     "tokens; transformers (and so the reference) would add it (not supported)")
+    return named
 
 
 def _config_added_tokens(d: Path) -> dict[tuple[int, str], tuple[bool, bool, bool]]:
