@@ -54,10 +54,20 @@ NOISE_MODEL: dict[str, tuple[int, int, bool]] = {
 NOISE_SLACK = 3.0
 
 
+#: Array keys whose element order the reference converter does not fix: ``tokenizer.chat_templates`` is written from
+#: a Python set of template names (gguf-py's ``GGUFWriter.add_chat_template``), so with per-process string hashing
+#: the reference's own output lists them in a different order from run to run. Compared as multisets.
+UNORDERED_KEYS = frozenset({gguf.Keys.Tokenizer.CHAT_TEMPLATES})
+
+
 def _values_differ(key: str, exp: Any, exp_type: Any, found: Any, found_type: Any) -> str | None:
     """A one-line description of how ``found`` differs from ``exp`` (None when equal)."""
     if exp_type != found_type:
         return f"key {_q(key)} has type {_tname(found_type)}, the source gives {_tname(exp_type)}"
+    if key in UNORDERED_KEYS and isinstance(exp, list) and isinstance(found, list):
+        if sorted(map(str, exp)) == sorted(map(str, found)):
+            return None
+        return f"{key}: expected {_short(sorted(map(str, exp)))} in any order, found {_short(found)}"
     if isinstance(exp, list):
         if len(exp) != len(found):
             return f"key {_q(key)} has {len(found)} items, the source gives {len(exp)}"

@@ -104,7 +104,9 @@ class SpecialVocab:
                 if name not in names:
                     names.append(name)
         if names:
-            # the reference lists a Python set here (arbitrary order); we keep first-seen order, deterministic
+            # The reference lists a Python set here: with string hashing randomised per process its order changes
+            # from run to run (measured: three runs, three orders and three sha256s). We keep first-seen order,
+            # deterministic, and verify compares this key as a set (check/fidelity.py, UNORDERED_KEYS).
             gw.add_array(K.CHAT_TEMPLATES, names)
         if default is not None:
             gw.add_string(K.CHAT_TEMPLATE, default)
@@ -282,7 +284,9 @@ def read_chat_template(d: Path, tc: dict[str, Any]) -> Any:
     jinja, js = d / "chat_template.jinja", d / "chat_template.json"
     if jinja.exists():
         alt = read_text(jinja, TokenizerError)
-        extra = sorted((d / "additional_chat_templates").glob("*.jinja"))
+        # in the folder's listing order, as the reference globs them: the chat_template.<name> keys are written in
+        # this order (sorting would reorder them against the reference's file)
+        extra = list((d / "additional_chat_templates").glob("*.jinja"))
         if extra:
             alt = [{"name": "default", "template": alt}] + [
                 {"name": p.stem, "template": read_text(p, TokenizerError)} for p in extra]
