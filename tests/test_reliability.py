@@ -755,3 +755,137 @@ def test_fifo_as_problems_or_logit_text(model: Path, tmp_path: Path) -> None:
         assert r.returncode != 0
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "f.txt" in lines[0] and "not a regular file" in lines[0], r.stderr
+
+
+# ============================================================================ 13 §6. reference inputs not reproduced
+# Every input of a model folder that llama.cpp's converter reads into a different file than l1quant writes is
+# refused in one line naming the file and the key (docs/reference-inputs.md lists them all, with what is honoured).
+# Each mutation below was run through the pinned reference first: it converts (or fails) differently.
+
+
+def _edit_json(path: Path, **changes: object) -> None:
+    d = json.loads(path.read_text(encoding="utf-8"))
+    for k, v in changes.items():
+        if v is None:
+            d.pop(k, None)
+        else:
+            d[k] = v
+    path.write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+
+
+def _pooling(m: Path) -> None:
+    (m / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (m / "1_Pooling").mkdir()
+    (m / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
+
+
+#: (id, mutation of a qwen2 folder, words the one-line refusal must contain)
+REFERENCE_INPUT_REFUSALS: list[tuple[str, Callable[[Path], None], tuple[str, ...]]] = [
+    # config.json through AutoConfig: model_type picks the config class (and its defaults)
+    ("model_type-missing", lambda m: _edit_json(m / "config.json", model_type=None), ("config.json", "model_type")),
+    ("model_type-llama", lambda m: _edit_json(m / "config.json", model_type="llama"), ("model_type", "'llama'")),
+    # spellings TextModel finds before the one l1quant reads
+    ("n_layers", lambda m: _edit_json(m / "config.json", n_layers=3), ("'n_layers'", "num_hidden_layers")),
+    ("dense_intermediate_size", lambda m: _edit_json(m / "config.json", dense_intermediate_size=256),
+     ("'dense_intermediate_size'", "intermediate_size")),
+    # spellings that make it write keys l1quant does not
+    ("layer_norm_epsilon", lambda m: _edit_json(m / "config.json", layer_norm_epsilon=1e-5),
+     ("'layer_norm_epsilon'", "qwen2.attention.layer_norm_epsilon")),
+    ("num_experts", lambda m: _edit_json(m / "config.json", num_experts=4), ("'num_experts'", "qwen2.expert_count")),
+    ("local_rope_theta", lambda m: _edit_json(m / "config.json", local_rope_theta=5000.0),
+     ("'local_rope_theta'", "qwen2.rope.freq_base_swa")),
+    ("classifier_pooling", lambda m: _edit_json(m / "config.json", classifier_pooling="mean"),
+     ("'classifier_pooling'",)),
+    ("mrope_section", lambda m: _edit_json(m / "config.json", rope_scaling={"type": "default",
+                                                                          "mrope_section": [2, 3, 3]}),
+     ("'mrope_section'", "rope.dimension_sections")),
+    ("sliding_attention", lambda m: _edit_json(m / "config.json", rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "sliding_attention": {"rope_theta": 5000.0}}),
+     ("'sliding_attention'",)),
+    # nested configs the reference renames to text_config and merges
+    ("llm_config", lambda m: _edit_json(m / "config.json", llm_config={"rms_norm_eps": 1e-5}), ("'llm_config'",)),
+    ("thinker_config", lambda m: _edit_json(m / "config.json", thinker_config={"text_config": {}}),
+     ("'thinker_config'",)),
+    # quantized checkpoints: dequantized by the reference, or refused by it (awq)
+    ("quantization_config-fp8", lambda m: _edit_json(m / "config.json", quantization_config={"quant_method": "fp8"}),
+     ("quantization_config", "'fp8'")),
+    ("quantization_config-awq", lambda m: _edit_json(m / "config.json", quantization_config={"quant_method": "awq"}),
+     ("quantization_config", "'awq'")),
+    ("hf_quant_config.json", lambda m: (m / "hf_quant_config.json").write_text("{}"), ("hf_quant_config.json",)),
+    # tokenizer inputs
+    ("tokenizer.model", lambda m: (m / "tokenizer.model").write_bytes(b"\x0a\x00"), ("tokenizer.model",
+                                                                                      "SentencePiece")),
+    ("added_tokens.json-new-id", lambda m: (m / "added_tokens.json").write_text(json.dumps({"<new>": 151665})),
+     ("added_tokens.json", "'<new>'")),
+    ("special_tokens_map-not-added", lambda m: (m / "special_tokens_map.json").write_text(json.dumps(
+        {"additional_special_tokens": ["hello"]})), ("special_tokens_map.json", "'additional_special_tokens'",
+                                                     "'hello'")),
+    # an object in this list crashes the reference's tokenizer loader (transformers 5): no file to match
+    ("special_tokens_map-object-in-list", lambda m: (m / "special_tokens_map.json").write_text(json.dumps(
+        {"additional_special_tokens": [{"content": "<think>", "normalized": False}]})),
+     ("special_tokens_map.json", "'additional_special_tokens'", "objects")),
+    ("tokenizer_config-named-not-added", lambda m: _edit_json(m / "tokenizer_config.json", mask_token="Hello"),
+     ("tokenizer_config.json", "'mask_token'", "'Hello'")),
+    # sentence-transformers: a pooling type
+    ("modules.json-pooling", _pooling, ("modules.json", "Pooling", "'1_Pooling'")),
+]
+
+
+@pytest.mark.parametrize("mutate, needles", [pytest.param(m, n, id=i) for i, m, n in REFERENCE_INPUT_REFUSALS])
+def test_reference_input_not_reproduced_is_one_line(model: Path, out: Path, mutate: Callable[[Path], None],
+                                                    needles: tuple[str, ...]) -> None:
+    mutate(model)
+    r = convert(model, out)
+    one_error(r, *needles)
+    assert not list(out.iterdir())
+
+
+def test_verify_refuses_a_source_the_reference_reads_differently(model: Path, out: Path) -> None:
+    """verify rebuilds the expected header from ``--source`` through the same reader, so it refuses such a source
+    in one line too rather than comparing against a header the reference would not have written."""
+    assert convert(model, out).returncode == 0
+    _edit_json(model / "config.json", n_layers=3)
+    r = run("verify", str(out / "m.gguf"), "--source", str(model), timeout=REFUSE_SECONDS)
+    assert r.returncode != 0 and "'n_layers'" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+
+
+def _qwen3_reranker_card(m: Path) -> None:
+    (m / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# Qwen3-Reranker-0.6B\n\nA reranker.\n")
+
+
+@pytest.mark.parametrize("mutate, needles", [
+    pytest.param(_qwen3_reranker_card, ("README.md", "# qwen3-reranker"), id="readme-heading"),
+    pytest.param(lambda m: _edit_json(m / "config.json", _name_or_path="Qwen/Qwen3-Reranker-0.6B"),
+                 ("_name_or_path", "reranker"), id="name_or_path"),
+    pytest.param(_pooling, ("modules.json", "Pooling"), id="modules.json-pooling"),
+])
+def test_qwen3_reference_inputs_are_refused(tiny_factory: Callable[..., Path], tmp_path: Path, out: Path,
+                                            mutate: Callable[[Path], None], needles: tuple[str, ...]) -> None:
+    """Qwen3Model's reranker heuristics (pooling RANK, a classifier head cut from the output matrix) and the
+    pooling type it inherits from Qwen2Model."""
+    m = tmp_path / "Tiny-Qwen3-Test"
+    shutil.copytree(tiny_factory("qwen3"), m)
+    mutate(m)
+    one_error(convert(m, out), *needles)
+
+
+@pytest.mark.parametrize("mutate, needles", [
+    pytest.param(lambda m: _edit_json(m / "config.json", vocab_size=32016), ("vocab_size=32016", "CodeLlama"),
+                 id="codellama-vocab"),
+    pytest.param(lambda m: _edit_json(m / "config.json", vocab_size=49152), ("vocab_size=49152", "add_bos"),
+                 id="granite-vocab"),
+    pytest.param(lambda m: _edit_json(m / "config.json", draft_vocab_size=32000), ("'draft_vocab_size'", "EAGLE-3"),
+                 id="eagle3"),
+    pytest.param(lambda m: (m / "tekken.json").write_text("{}"), ("tekken.json",), id="tekken"),
+    pytest.param(lambda m: _edit_json(m / "tokenizer_config.json", tokenizer_class="HybridDNATokenizer"),
+                 ("tokenizer_config.json", "HybridDNATokenizer"), id="hybriddna"),
+])
+def test_llama_reference_inputs_are_refused(tiny_factory: Callable[..., Path], tmp_path: Path, out: Path,
+                                            mutate: Callable[[Path], None], needles: tuple[str, ...]) -> None:
+    """What LlamaModel.set_vocab / __init__ read beyond the shared decoder."""
+    m = tmp_path / "Tiny-Llama-Test"
+    shutil.copytree(tiny_factory("r1-llama"), m)
+    mutate(m)
+    one_error(convert(m, out), *needles)
