@@ -1,4 +1,5 @@
-"""llama: Llama 2/3 and DeepSeek-R1-Distill-Llama (``LlamaForCausalLM``).
+"""llama: Llama 3 and DeepSeek-R1-Distill-Llama (``LlamaForCausalLM``) with a BPE tokenizer.json (a SentencePiece
+``tokenizer.model``, as Llama 2 ships, is refused: the reference converts that vocabulary instead).
 
 The shared decoder without biases, with two llama-specific parts:
 
