@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -683,20 +684,35 @@ def score_against_base(src: Any, base: BaseFile, progress: Callable[[], None] | 
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def _file_info(path: Path) -> tuple[int, float]:
-    from l1quant.gguf.reader import read_gguf
-
-    gf = read_gguf(path)
-    n = sum(t.n_elements for t in gf.tensors)
-    return path.stat().st_size, (8 * sum(t.nbytes for t in gf.tensors) / n if n else 0.0)
-
-
-def _type_label(path: Path) -> str:
+@functools.lru_cache(maxsize=256)
+def _summary(path: Path, mtime_ns: int, size: int) -> tuple[str | None, int, int]:
+    """(file type name, tensor bytes, tensor elements) of one version of a GGUF, parsed once: the label and the
+    size/bpw columns both need it, and a 152k vocabulary's string arrays take ~0.25 s to parse. Only the three
+    values are kept, not the parsed header."""
     from l1quant.check.structure import file_type_name
     from l1quant.gguf.reader import read_gguf
 
+    gf = read_gguf(path)
     try:
-        return file_type_name(read_gguf(path)) or path.stem
+        label = file_type_name(gf)
+    except Exception:  # noqa: BLE001 - a label only
+        label = None
+    return label, sum(t.nbytes for t in gf.tensors), sum(t.n_elements for t in gf.tensors)
+
+
+def _read_summary(path: Path) -> tuple[str | None, int, int]:
+    st = path.stat()
+    return _summary(path, st.st_mtime_ns, st.st_size)
+
+
+def _file_info(path: Path) -> tuple[int, float]:
+    _, nbytes, n = _read_summary(path)
+    return path.stat().st_size, (8 * nbytes / n if n else 0.0)
+
+
+def _type_label(path: Path) -> str:
+    try:
+        return _read_summary(path)[0] or path.stem
     except Exception:  # noqa: BLE001 - a label only
         return path.stem
 
