@@ -63,6 +63,11 @@ class RuntimeMissingError(L1QuantError):
     """An optional extra (llama-cpp-python, matplotlib, huggingface_hub) is needed but not installed."""
 
 
+class ResourceError(L1QuantError):
+    """The machine or a limit leaves too little of something (memory, address space) for a step that cannot fail
+    cleanly once started: refused before it starts."""
+
+
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread when SIGTERM arrives during output, so cleanup runs exactly as for Ctrl-C.
 
@@ -201,3 +206,47 @@ def read_json(path: Path, error: type[L1QuantError], max_bytes: int = MAX_TEXT_F
         return json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError: bad UTF-8 is invalid JSON
         raise error(f"{path}: invalid JSON: {str(e)[:200]}") from None
+
+
+def address_space_left() -> tuple[int, str] | None:
+    """``(bytes, limit)``: how much more the process may map under the tightest of ``RLIMIT_AS`` (``ulimit -v``,
+    against VmSize) and ``RLIMIT_DATA`` (``ulimit -d``, against VmData); None when neither is set or Linux's
+    ``/proc/self/status`` is not there. A cgroup limit is not counted: the kernel ends the process there (SIGKILL),
+    no allocation fails.
+
+    Example:
+        >>> address_space_left() is None or address_space_left()[0] >= 0
+        True
+    """
+    import resource
+
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    used = {}
+    for line in status.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmSize", "VmData"):
+            used[key] = int(rest.split()[0]) * 1024  # kB
+    best: tuple[int, str] | None = None
+    for res, key, name in ((resource.RLIMIT_AS, "VmSize", "ulimit -v"), (resource.RLIMIT_DATA, "VmData", "ulimit -d")):
+        soft = resource.getrlimit(res)[0]
+        if soft == resource.RLIM_INFINITY or key not in used:
+            continue
+        left = max(0, soft - used[key])
+        if best is None or left < best[0]:
+            best = (left, name)
+    return best
+
+
+def require_address_space(need: int, what: str) -> None:
+    """Raise :class:`ResourceError` (one line naming ``what``) when a memory limit leaves less than ``need`` bytes.
+
+    For native code that aborts the process when an allocation fails (the Rust ``tokenizers`` library prints
+    "memory allocation of N bytes failed" and raises SIGABRT): Python's MemoryError never gets a chance there.
+    """
+    left = address_space_left()
+    if left is not None and left[0] < need:
+        raise ResourceError(f"{what}: out of memory: needs about {need >> 20} MiB, and the memory limit "
+                            f"({left[1]}) leaves {left[0] >> 20} MiB; raise the limit")

@@ -646,15 +646,47 @@ def test_out_of_descriptors_names_the_inputs(tiny_factory: Callable[..., Path], 
     assert failures >= 2 and r.returncode == 0
 
 
-def test_memory_limit_is_one_line(model: Path, out: Path) -> None:
+@pytest.mark.parametrize("limit_mib", [180, 220, 260, 300, 340, 600])
+def test_memory_limit_is_one_line(model: Path, out: Path, limit_mib: int) -> None:
+    """Under an address-space limit every stage fails in one line: Python's MemoryError, a thread that cannot
+    start, and the Rust tokenizer (which aborts the process, "memory allocation of N bytes failed", SIGABRT, when an
+    allocation fails: 180-250 MiB did that before its headroom was checked first)."""
     def little_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (600 << 20, 600 << 20))
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mib << 20, limit_mib << 20))
     r = run("convert", str(model), "-o", str(out / "m.gguf"), "-q", "--threads", "64", preexec=little_memory)
+    assert r.returncode in (0, 1), (r.returncode, r.stderr)
     if r.returncode == 0:
-        return  # fit: nothing to report
+        assert limit_mib >= 300, "fits in less than the sweep expects: move the limits down"
+        return
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("l1quant: error: "), r.stderr
-    assert "internal error" not in lines[0]
+    assert "internal error" not in lines[0] and "memory" in lines[0]
+    assert os.listdir(out) == []
+
+
+def test_tokenizer_headroom_is_checked_before_loading() -> None:
+    """The tokenizer's own refusal names the file, the limit and both numbers, before the Rust library starts."""
+    tok = Path(__file__).parent / "data" / "r1-distill-tokenizer" / "tokenizer.json"
+    code = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "import tokenizers\n"
+        "from l1quant.errors import ResourceError\n"
+        "from l1quant.conversion.vocab import tokenizer_from_text\n"
+        "p = Path(sys.argv[1]); text = p.read_text()\n"
+        "used = int(Path('/proc/self/status').read_text().split('VmSize:')[1].split()[0]) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (used + (40 << 20), resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    tokenizer_from_text(p, text)\n"
+        "except ResourceError as e:\n"
+        "    print(e); sys.exit(3)\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))\n"
+        "tokenizer_from_text(p, text)  # unlimited: loads\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tok)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)
+    line = r.stdout.strip()
+    assert line.startswith(f"{tok}: out of memory: needs about ") and "(ulimit -v) leaves" in line, line
+    assert "leaves 3" in line or "leaves 4" in line, line  # the 40 MiB given, less what the call itself mapped
 
 
 def _rename_tensor(model: Path, old_prefix: str, new_prefix: str) -> None:

@@ -888,14 +888,14 @@ def _base_cache_path(base: Path, toks: Sequence[int], ctx: int, n_chunk: int, ru
 def _tokenize_without_runtime(gguf: Path, text: str, tok_dir: Path | None) -> list[int]:
     # The weight-only fallback has no llama.cpp tokenizer: the checkpoint's tokenizer.json (or one beside the GGUF)
     # splits the text, plus the BOS the GGUF asks for.
-    from tokenizers import Tokenizer
-
+    from l1quant.conversion.vocab import tokenizer_from_text
+    from l1quant.errors import TokenizerError, read_text
     from l1quant.gguf.reader import read_gguf
 
     dirs = ([tok_dir] if tok_dir else []) + [gguf.parent, gguf.parent.parent]
     for cand in (d / "tokenizer.json" for d in dirs):
         if cand.is_file():
-            ids = list(Tokenizer.from_file(str(cand)).encode(text).ids)
+            ids = list(tokenizer_from_text(cand, read_text(cand, TokenizerError)).encode(text).ids)
             gf = read_gguf(gguf)
             if gf.kv.get("tokenizer.ggml.add_bos_token"):
                 ids = [int(gf.kv["tokenizer.ggml.bos_token_id"])] + ids

@@ -46,15 +46,11 @@ def _file_type_name(gf: GGUFFile) -> str | None:
 
 
 def _tokenize(source: Path, text: str, n_tokens: int) -> list[int]:
-    from tokenizers import Tokenizer
-
-    from l1quant.errors import TokenizerError
+    from l1quant.conversion.vocab import tokenizer_from_text
+    from l1quant.errors import TokenizerError, read_text
 
     path = source / "tokenizer.json"
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exceptions
-        raise TokenizerError(f"{path}: cannot be loaded: {str(e).splitlines()[0] if str(e) else e}") from None
+    tok = tokenizer_from_text(path, read_text(path, TokenizerError))
     return list(tok.encode(text).ids[:n_tokens])
 
 
