@@ -64,8 +64,10 @@ LOGPROB_RANGE = 16.0
 #: llama-perplexity's default context and physical batch.
 DEFAULT_CTX = 512
 DEFAULT_UBATCH = 512
-#: Rows processed at once in numpy: bounds the temporaries (rows x n_vocab float32 each).
-ROW_BLOCK = 32
+#: Rows processed at once in numpy: bounds the temporaries (rows x n_vocab float32 each). 4 rows of L1's vocabulary
+#: are 2.4 MB, which stays in a core's 2 MiB L2 far better than 32 rows' 19 MB: per chunk of 256 rows, 2 threads,
+#: KLD 0.063 s against 0.131 s and packing 0.048 s against 0.080 s (per-row results are the same at any block size).
+ROW_BLOCK = 4
 #: Fraction of a stored log-prob code step that bounds the compression error (nats): 16 / 65535 / 2.
 COMPRESSION_BOUND_NATS = LOGPROB_RANGE / 65535 / 2
 
@@ -462,14 +464,21 @@ class BaseFile:
         """Scored tokens per chunk: ``n_ctx - 1 - n_ctx // 2``."""
         return self.n_ctx - 1 - self.n_ctx // 2
 
-    def chunk_rows(self, f: BinaryIO, i: int) -> np.ndarray:
-        """Stored rows of chunk ``i``: (rows_per_chunk, row_width) uint16, read from disk (never all in RAM)."""
+    def chunk_rows(self, f: BinaryIO, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Stored rows of chunk ``i``: (rows_per_chunk, row_width) uint16, read from disk (never all in RAM).
+
+        ``out``, when given, is filled and returned: reading into one reused buffer took 0.01 s per chunk of L1's
+        78 MB where a fresh array each chunk took 0.13 s (its pages faulted in anew), 2.6 s over 20 chunks.
+        """
         nv = row_width(self.n_vocab)
+        shape = (self.rows_per_chunk, nv)
+        if out is None or out.shape != shape or out.dtype != np.dtype("<u2"):
+            out = np.empty(shape, dtype="<u2")
         f.seek(self.data_offset + i * self.rows_per_chunk * nv * 2)
-        a = np.fromfile(f, dtype="<u2", count=self.rows_per_chunk * nv)
-        if a.size != self.rows_per_chunk * nv:
+        got = f.readinto(memoryview(out).cast("B"))  # type: ignore[attr-defined]
+        if got != out.nbytes:
             raise InputError(f"{self.path}: truncated base log-prob file (chunk {i} of {self.n_chunk})")
-        return a.reshape(self.rows_per_chunk, nv)
+        return out
 
     @classmethod
     def open(cls, path: Path) -> BaseFile:
@@ -646,7 +655,8 @@ def write_base(src: Any, tokens: Sequence[int], n_ctx: int, n_chunk: int, out: P
                 packs = _map(lambda sp, lg=lg, tg=tg: pack_base_rows(lg[sp[0]:sp[1], :n_vocab], tg[sp[0]:sp[1]]),
                              spans, threads)
                 for packed, nll in packs:
-                    f.write(packed.astype("<u2").tobytes())
+                    # the array's own bytes when the machine is little-endian (no two 78 MB copies per chunk)
+                    f.write(memoryview(packed if sys.byteorder == "little" else packed.astype("<u2")))
                     nll_sum += float(nll.sum())
                     nll2_sum += float((nll * nll).sum())
                     count += nll.size
@@ -669,11 +679,12 @@ def score_against_base(src: Any, base: BaseFile, progress: Callable[[], None] | 
         raise InputError(f"{base.path}: vocabulary of {base.n_vocab} tokens, the model has {src.n_vocab}")
     acc = KldAccumulator()
     first = base.n_ctx // 2
-    with open(base.path, "rb") as f:
+    rows: np.ndarray | None = None
+    with open(base.path, "rb", buffering=0) as f:
         for i in range(base.n_chunk):
             start = i * base.n_ctx
             lg = src.chunk_logits(base.tokens[start:start + base.n_ctx], first)
-            rows = base.chunk_rows(f, i)
+            rows = base.chunk_rows(f, i, rows)
             tg = _chunk_targets(base.tokens, start, first, base.n_ctx)
             acc.add(lg[:tg.size], rows, tg, base.n_vocab, threads)
             if progress:
