@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from l1quant.kernels import decode_bf16
-from l1quant.source.safetensors import SafeTensor
+from l1quant.source.safetensors import SafeTensor, View2D
 
 
 class TensorSource(Protocol):
@@ -58,10 +58,6 @@ class TensorSource(Protocol):
                   fd: int | None = None) -> np.ndarray: ...
 
 
-def _rows(shape: tuple[int, ...]) -> int:
-    return math.prod(shape[:-1]) if len(shape) > 1 else 1
-
-
 def _check_range(name: str, start: int, stop: int, n_rows: int) -> None:
     if not 0 <= start <= stop <= n_rows:
         raise ValueError(f"{name}: rows [{start}, {stop}) outside [0, {n_rows})")
@@ -76,7 +72,7 @@ def _deliver(x: np.ndarray, out: np.ndarray | None, name: str) -> np.ndarray:
     return out
 
 
-class PermutedRows:
+class PermutedRows(View2D):
     """Rows of ``base`` in the order ``order`` (output row i is source row ``order[i]``), read chunk by chunk.
 
     Example:
@@ -108,14 +104,6 @@ class PermutedRows:
     def np_dtype(self) -> np.dtype[Any]:
         return self.base.np_dtype
 
-    @property
-    def n_rows(self) -> int:
-        return self.base.n_rows
-
-    @property
-    def n_cols(self) -> int:
-        return self.base.n_cols
-
     def read_rows(self, start: int, stop: int, out: np.ndarray | None = None, *, fd: int | None = None) -> np.ndarray:
         _check_range(self.name, start, stop, self.n_rows)
         want = self.order[start:stop]
@@ -126,16 +114,20 @@ class PermutedRows:
         return _deliver(span[want - lo], out, self.name)
 
 
-class WholeTransformed:
+class _InMemoryF32(View2D):
+    """A float32 source whose rows come from memory (the planned tensors l1quant computes)."""
+
+    dtype = "F32"
+    itemsize = 4
+    np_dtype = np.dtype(np.float32)
+
+
+class WholeTransformed(_InMemoryF32):
     """``fn`` applied once to the whole of ``base`` (decoded to float32); rows are served from the result.
 
     The result is computed on first use under a lock and kept: a transform that is not a row reordering needs the
     whole tensor, and computing it per chunk would repeat the work for every chunk.
     """
-
-    dtype = "F32"
-    itemsize = 4
-    np_dtype = np.dtype(np.float32)
 
     def __init__(self, base: SafeTensor, fn: Callable[[np.ndarray], np.ndarray], why: str) -> None:
         self.base, self.fn, self.why = base, fn, why
@@ -147,14 +139,6 @@ class WholeTransformed:
     @property
     def path(self) -> Path:
         return self.base.path
-
-    @property
-    def n_rows(self) -> int:
-        return _rows(self.shape)
-
-    @property
-    def n_cols(self) -> int:
-        return self.shape[-1] if self.shape else 1
 
     def _whole(self, fd: int | None) -> np.ndarray:
         with self._lock:
@@ -172,12 +156,9 @@ class WholeTransformed:
         return _deliver(self._whole(fd)[start:stop], out, self.name)
 
 
-class Generated:
+class Generated(_InMemoryF32):
     """A float32 tensor computed from the config, not read from any file (``path`` is None)."""
 
-    dtype = "F32"
-    itemsize = 4
-    np_dtype = np.dtype(np.float32)
     path: Path | None = None
 
     def __init__(self, name: str, data: np.ndarray) -> None:
@@ -185,14 +166,6 @@ class Generated:
         self.data = np.ascontiguousarray(data, dtype=np.float32)
         self.shape = tuple(self.data.shape)
         self.nbytes = self.data.nbytes
-
-    @property
-    def n_rows(self) -> int:
-        return _rows(self.shape)
-
-    @property
-    def n_cols(self) -> int:
-        return self.shape[-1] if self.shape else 1
 
     def read_rows(self, start: int, stop: int, out: np.ndarray | None = None, *, fd: int | None = None) -> np.ndarray:
         _check_range(self.name, start, stop, self.n_rows)

@@ -81,8 +81,23 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return d
 
 
+class View2D:
+    """The 2-D view every tensor source is read through: all leading dimensions flattened into rows, the last one
+    the row length (a 1-D tensor is one row). Shared by :class:`SafeTensor` and the planned sources built on it."""
+
+    shape: tuple[int, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[-1] if self.shape else 1
+
+
 @dataclass(frozen=True)
-class SafeTensor:
+class SafeTensor(View2D):
     """One tensor inside a safetensors file: where its bytes are and how to read them in row chunks.
 
     Example:
@@ -104,15 +119,6 @@ class SafeTensor:
     @property
     def np_dtype(self) -> np.dtype[Any]:
         return DTYPES[self.dtype][1]
-
-    @property
-    def n_rows(self) -> int:
-        """Rows when viewed as 2-D (all leading dims flattened); a 1-D tensor is one row."""
-        return math.prod(self.shape[:-1]) if len(self.shape) > 1 else 1
-
-    @property
-    def n_cols(self) -> int:
-        return self.shape[-1] if self.shape else 1
 
     def read_rows(self, start: int, stop: int, out: np.ndarray | None = None, *, fd: int | None = None) -> np.ndarray:
         """Read rows ``[start, stop)`` of the 2-D view into ``out`` (or a new array) with one ``preadv``.
