@@ -30,7 +30,7 @@ import numpy as np
 from l1quant.conversion.plan import ConversionPlan, PlannedTensor
 from l1quant.errors import TensorError
 from l1quant.gguf.writer import pwrite_all
-from l1quant.kernels.nonfinite import first_nonfinite_output
+from l1quant.kernels.nonfinite import can_overflow, first_nonfinite_output
 from l1quant.source.safetensors import open_weights
 
 #: Default bytes of source data per job. Measured on the L1 shape (2-core EPYC, 1 MiB L2 per core): 1-8 MiB are
@@ -225,7 +225,8 @@ def stream_tensors(
                 # the NaN/Inf scan is folded into the conversion pass: no second read of the chunk
                 _, bad = t.qtype.quantize_checked(x, out)
                 in_output = ""
-                if bad is None and not allow_nonfinite:  # finite input that overflows the output type
+                if bad is None and not allow_nonfinite and can_overflow(t.qtype.name, src.dtype):
+                    # finite input that overflows the output type
                     bad = first_nonfinite_output(t.qtype.name, out)
                     in_output = f" in its {t.qtype.name} output (a finite value beyond the type's range)"
                 if bad is not None and not allow_nonfinite:
