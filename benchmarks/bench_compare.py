@@ -29,11 +29,14 @@ def _timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, fl
     """Run ``cmd``; return (wall seconds, peak RSS MiB of the child, output tail)."""
     t = time.perf_counter()
     pid = os.fork()
-    if pid == 0:  # child: exec with stdout/stderr to a temp log
-        log = os.open(f"/tmp/bench_compare.{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.execvpe(cmd[0], cmd, env or os.environ.copy())
+    if pid == 0:  # child: exec with stdout/stderr to a temp log; never return into the benchmark
+        try:
+            log = os.open(f"/tmp/bench_compare.{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.execvpe(cmd[0], cmd, env or os.environ.copy())
+        finally:
+            os._exit(127)  # exec failed (e.g. no llama-perplexity): the parent reports the exit code
     _, status, ru = os.wait4(pid, 0)
     wall = time.perf_counter() - t
     text = Path(f"/tmp/bench_compare.{pid}.log").read_text(errors="replace")

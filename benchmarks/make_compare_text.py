@@ -119,7 +119,7 @@ KINDS = [_mult, _share, _linear, _speed, _gcd, _combo, _percent, _ages, _series,
 
 
 def build(n_problems: int = 260, seed: int = 14) -> str:
-    """The full text: a header, the prose, then ``n_problems`` worked problems."""
+    """The full text: the title and prose, then ``n_problems`` worked problems."""
     r = random.Random(seed)
     prose = (ROOT / "benchmarks" / "compare_text_prose.txt").read_text(encoding="utf-8").strip()
     problems = "\n".join(r.choice(KINDS)(r) for _ in range(n_problems))

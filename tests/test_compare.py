@@ -247,7 +247,7 @@ def test_cli_table_json_plot_budgets(peaky_tiny: Path, eval_text: Path, tmp_path
     assert "Q8_0" in r2.output and f"{d['types'][1]['vs_base']['kld']['mean']:.6f}" in r2.output
 
 
-def test_cli_refuses_short_text(tmp_path: Path) -> None:
+def test_compare_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="needs --base"):
         cmp.compare([tmp_path / "a.gguf"], ctx=64)
     with pytest.raises(InputError, match="even number"):

@@ -52,11 +52,11 @@ def one_line(stderr: str, prefix: str) -> str:
     return lines[0]
 
 
-def _default_signals() -> None:
+def default_signals() -> None:
     # A shell's background jobs start with SIGINT ignored, and Python keeps an inherited SIG_IGN: restore the
     # defaults so the child gets KeyboardInterrupt as under a terminal.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_DFL)
 
 
 # ------------------------------------------------------------------------------------------ signals
@@ -93,7 +93,7 @@ def interrupt_mid_conversion(model: Path, out: Path, sig: int, threads: int) -> 
         [*cli(), "convert", str(model), "--type", "q8_0", "-o", str(out / TARGET), "-q", "--threads", str(threads),
          "--chunk-mb", "0.001"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
-        preexec_fn=_default_signals)  # noqa: PLW1509 - only resets signal dispositions; no locks involved
+        preexec_fn=default_signals)  # noqa: PLW1509 - only resets signal dispositions; no locks involved
     deadline = time.monotonic() + 120
     part_size = 0
     try:
@@ -135,7 +135,7 @@ def test_signal_mid_conversion_leaves_nothing(tiny_r1: Path, tmp_path: Path, sig
 
 def _limit_file_size(limit: int) -> Any:
     def pre() -> None:
-        _default_signals()
+        default_signals()
         # Ignore SIGXFSZ so a write past the limit fails with EFBIG instead of killing the process.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

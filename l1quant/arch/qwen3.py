@@ -18,6 +18,7 @@ import gguf
 
 from l1quant.arch import Arch
 from l1quant.arch.decoder import HPARAMS, decoder_tensors, head_dim_rows
+from l1quant.conversion.metadata import MAX_MODEL_CARD_BYTES
 from l1quant.errors import ConfigError, clip, read_text
 from l1quant.source.config import ModelConfig
 
@@ -38,8 +39,8 @@ def _check_folder(model_dir: Path, cfg: ModelConfig) -> None:
     cut from the output matrix, a rerank chat template): ``Qwen3Model._is_qwen3_reranker``'s hints."""
     readme = model_dir / "README.md"
     if readme.exists():
-        # bounded like every input; the card was already checked by the metadata reader's size limit
-        text = read_text(readme, ConfigError, 4 << 20).lower()
+        # bounded like every input, with the model card's own limit (this runs before the metadata reader)
+        text = read_text(readme, ConfigError, MAX_MODEL_CARD_BYTES).lower()
         for hint in _RERANKER_HINTS:
             if f"# {hint}" in text:
                 raise ConfigError(f"{readme}: the heading '# {hint}' makes the reference convert a Qwen3 reranker "

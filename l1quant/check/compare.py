@@ -729,7 +729,8 @@ def _type_label(path: Path) -> str:
 
 
 def default_compare_text() -> str:
-    """The bundled evaluation text (``l1quant/data/compare_text.txt``): see its header for provenance."""
+    """The bundled evaluation text (``l1quant/data/compare_text.txt``), built by ``benchmarks/make_compare_text.py``
+    (prose written for this project, then worked problems from a fixed seed; the README says more)."""
     from importlib import resources
 
     return resources.files("l1quant").joinpath("data").joinpath("compare_text.txt").read_text(encoding="utf-8")
@@ -918,8 +919,6 @@ def _add_budgets(rows: list[TypeRow], budgets: Sequence[int], problems: Any, lim
                  threads: int) -> None:
     from l1quant.l1.budget import budget_check
 
-    if problems is None:
-        raise InputError("--budgets needs --problems FILE")
     rep = budget_check([r.path for r in rows], list(budgets), problems, max_mode=max_mode, limit=limit,
                        n_threads=threads)
     for r in rows:

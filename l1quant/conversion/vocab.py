@@ -201,7 +201,7 @@ def _load_vocab(d: Path, vocab_size: int, pre: str | None) -> Vocab:
 
     added = {t.content: (i, t) for i, t in tok.get_added_tokens_decoder().items()}
     overrides = _config_added_tokens(d)
-    named = named_special_tokens(d)
+    named = named_special_tokens(d, {i for i, _ in added.values()})
     for content, where in named.items():
         if content not in added:
             # transformers would add it as a new special token (or re-type a base-vocabulary entry): the
@@ -276,14 +276,14 @@ def _named_in(obj: dict[str, Any], path: Path, *, custom: bool) -> dict[str, str
     return out
 
 
-def named_special_tokens(d: Path) -> dict[str, str]:
+def named_special_tokens(d: Path, added_ids: set[int]) -> dict[str, str]:
     """Every token transformers' AutoTokenizer (which the reference loads) makes special because a config file
     names it: content -> "file: key" naming where.
 
     tokenizer_config.json's ``*_token`` entries, ``additional_special_tokens`` and ``extra_special_tokens``
     always count. Without an ``added_tokens_decoder`` in it (or without the file) transformers takes its legacy
     path and also reads ``special_tokens_map.json`` (named tokens) and ``added_tokens.json`` (new tokens: an id
-    tokenizer.json does not already have as an added token is refused).
+    not in ``added_ids``, the ids of tokenizer.json's added tokens, is refused).
     """
     tc_path, stm_path, at_path = d / "tokenizer_config.json", d / "special_tokens_map.json", d / "added_tokens.json"
     tc = read_json(tc_path, TokenizerError) if tc_path.exists() else {}
@@ -305,11 +305,8 @@ def named_special_tokens(d: Path) -> dict[str, str]:
             named.setdefault(c, where)
     if at_path.exists():
         at = read_json(at_path, TokenizerError)
-        tj = read_json(d / "tokenizer.json", TokenizerError)
-        ids = {a.get("id") for a in (tj.get("added_tokens") or []) if isinstance(a, dict)} \
-            if isinstance(tj, dict) else set()
         for content, tid in (at.items() if isinstance(at, dict) else [(None, None)]):
-            if tid not in ids:
+            if tid not in added_ids:
                 raise TokenizerError(f"{at_path}: {clip(content)} -> {clip(tid)} is not one of tokenizer.json's added "
                                      "tokens; transformers (and so the reference) would add it (not supported)")
     return named

@@ -149,7 +149,6 @@ def write_header(gw: gguf.GGUFWriter, path: Path) -> int:
     return pad(end, gw.data_alignment)
 
 
-_UNSET: Any = object()
 
 #: Signals that end the process "politely": each is turned into :class:`Terminated` while an output is open, so
 #: the temporary file is removed exactly as for Ctrl-C. SIGHUP is a dropped ssh session, SIGQUIT is Ctrl-\.
