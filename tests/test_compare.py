@@ -252,3 +252,24 @@ def test_compare_refuses_bad_arguments(tmp_path: Path) -> None:
         cmp.compare([tmp_path / "a.gguf"], ctx=64)
     with pytest.raises(InputError, match="even number"):
         cmp.compare([tmp_path / "a.gguf"], base=tmp_path / "b.gguf", ctx=63)
+
+
+def test_numpy_fallback_scores_weights_only(tiny_factory: Callable[..., Path], tmp_path: Path) -> None:
+    """Without the llama.cpp runtime: the numpy forward pass, the checkpoint's tokenizer.json, the same statistics,
+    and every output labelled weights-only. Q8_0 moves the distribution a little; the base against itself not at
+    all."""
+    import l1quant
+
+    model = tiny_factory(hidden=32, layers=1, heads=4, kv_heads=2, ff=64)
+    out = tmp_path  # the fallback finds tokenizer.json beside the GGUF (or one folder up)
+    (out / "tokenizer.json").write_bytes((model / "tokenizer.json").read_bytes())
+    f16, q8 = out / "m-F16.gguf", out / "m-Q8_0.gguf"
+    l1quant.convert(model, type="f16", output=f16)
+    l1quant.convert(model, type="q8_0", output=q8)
+    rep = cmp.compare([q8, f16], base=f16, ctx=16, chunks=2, runtime="numpy", threads=1, progress=False,
+                      base_logits=out / "base.kld")
+    assert rep.weight_only and rep.runtime == "numpy" and rep.tokens_scored == 2 * 7
+    q8_row, self_row = rep.rows[1].stats, rep.rows[2].stats
+    assert 0 < q8_row["kld"]["mean"] < 0.05, q8_row["kld"]
+    assert self_row["kld"]["mean"] < 1e-6 and self_row["same_top"]["value"] == 1.0
+    assert "weights only" in rep.table() and rep.to_dict()["kld_kind"].startswith("weights-only")

@@ -397,7 +397,7 @@ class NumpyLogits:
 
     weight_only = True
 
-    def __init__(self, path: Path, ctx: int, threads: int) -> None:
+    def __init__(self, path: Path, ctx: int, threads: int, tok_dir: Path | None = None) -> None:
         from l1quant.arch import get_arch
         from l1quant.check.forward import Hparams
         from l1quant.check.structure import config_from_gguf
@@ -414,9 +414,21 @@ class NumpyLogits:
         self.bos = int(self.gf.kv.get("tokenizer.ggml.bos_token_id", 0))
         self.n_ctx = ctx
         self.path = path
+        self.tok_dir = tok_dir
 
     def tokenize(self, text: str) -> list[int]:
-        raise InputError(f"{self.path}: without llama-cpp-python, pass the tokens (a base file or a checkpoint)")
+        """There is no llama.cpp tokenizer here: the checkpoint's tokenizer.json (``tok_dir``, else one beside the
+        GGUF or a folder up) splits the text, plus the BOS the GGUF asks for."""
+        from l1quant.conversion.vocab import tokenizer_from_text
+        from l1quant.errors import TokenizerError, read_text
+
+        dirs = ([self.tok_dir] if self.tok_dir else []) + [self.path.parent, self.path.parent.parent]
+        for cand in (d / "tokenizer.json" for d in dirs):
+            if cand.is_file():
+                ids = list(tokenizer_from_text(cand, read_text(cand, TokenizerError)).encode(text).ids)
+                return [self.bos] + ids if self.add_bos else ids
+        raise InputError(f"{self.path}: the numpy fallback needs a tokenizer.json beside the GGUF "
+                         "(or llama-cpp-python)")
 
     def chunk_logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
         from l1quant.check.forward import decoder_logits
@@ -431,17 +443,18 @@ class NumpyLogits:
 
 
 def open_logits(path: Path, ctx: int, threads: int, runtime: str = "auto",
-                vocab_only: bool = False) -> LlamaCppLogits | NumpyLogits:
+                vocab_only: bool = False, tok_dir: Path | None = None) -> LlamaCppLogits | NumpyLogits:
     """llama.cpp when ``runtime`` is ``llama.cpp`` or ``auto`` with llama-cpp-python importable, else numpy.
 
-    ``vocab_only``: llama.cpp loads only the vocabulary (for :meth:`LlamaCppLogits.tokenize`)."""
+    ``vocab_only``: llama.cpp loads only the vocabulary (for :meth:`LlamaCppLogits.tokenize`); ``tok_dir``: where
+    the numpy fallback finds tokenizer.json (:meth:`NumpyLogits.tokenize`)."""
     if runtime == "numpy":
-        return NumpyLogits(path, ctx, threads)
+        return NumpyLogits(path, ctx, threads, tok_dir)
     if runtime == "auto":
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
-            return NumpyLogits(path, ctx, threads)
+            return NumpyLogits(path, ctx, threads, tok_dir)
     return LlamaCppLogits(path, ctx, threads, vocab_only)
 
 
@@ -785,13 +798,10 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
 
     base_path = paths[0]
     bar = _Progress(progress)
-    src = open_logits(base_path, ctx, threads, runtime, vocab_only=True)
+    src = open_logits(base_path, ctx, threads, runtime, vocab_only=True, tok_dir=tok_dir)
     try:
         weight_only = src.weight_only
-        if isinstance(src, NumpyLogits):
-            toks = _tokenize_without_runtime(base_path, text_s, tok_dir)
-        else:
-            toks = src.tokenize(text_s)
+        toks = src.tokenize(text_s)
         n_max = len(toks) // ctx
         if len(toks) < 2 * ctx:
             raise InputError(f"{text_label}: {len(toks)} tokens; llama-perplexity needs at least {2 * ctx} "
@@ -895,24 +905,6 @@ def _base_cache_path(base: Path, toks: Sequence[int], ctx: int, n_chunk: int, ru
     key = _hash(str(base.resolve()), str(st.st_size), str(st.st_mtime_ns), str(ctx), str(n_chunk), runtime,
                 hashlib.sha256(np.asarray(toks, np.int32).tobytes()).hexdigest(), SCHEMA)
     return _cache_dir() / f"base-{key}.kld"
-
-
-def _tokenize_without_runtime(gguf: Path, text: str, tok_dir: Path | None) -> list[int]:
-    # The weight-only fallback has no llama.cpp tokenizer: the checkpoint's tokenizer.json (or one beside the GGUF)
-    # splits the text, plus the BOS the GGUF asks for.
-    from l1quant.conversion.vocab import tokenizer_from_text
-    from l1quant.errors import TokenizerError, read_text
-    from l1quant.gguf.reader import read_gguf
-
-    dirs = ([tok_dir] if tok_dir else []) + [gguf.parent, gguf.parent.parent]
-    for cand in (d / "tokenizer.json" for d in dirs):
-        if cand.is_file():
-            ids = list(tokenizer_from_text(cand, read_text(cand, TokenizerError)).encode(text).ids)
-            gf = read_gguf(gguf)
-            if gf.kv.get("tokenizer.ggml.add_bos_token"):
-                ids = [int(gf.kv["tokenizer.ggml.bos_token_id"])] + ids
-            return ids
-    raise InputError(f"{gguf}: the numpy fallback needs a tokenizer.json beside the GGUF (or llama-cpp-python)")
 
 
 def _add_budgets(rows: list[TypeRow], budgets: Sequence[int], problems: Any, limit: int | None, max_mode: bool,
