@@ -135,7 +135,7 @@ def open_regular(path: Path, error: type[L1QuantError], *, max_bytes: int | None
     try:
         st = os.fstat(fd)
         if not _stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: not a regular file ({_file_kind(st.st_mode)})")
+            raise error(f"{path}: not a regular file ({file_kind(st.st_mode)})")
         if max_bytes is not None and st.st_size > max_bytes:
             raise error(f"{path}: {st.st_size} bytes is too large (at most {max_bytes} bytes are read)")
     except BaseException:
@@ -144,14 +144,21 @@ def open_regular(path: Path, error: type[L1QuantError], *, max_bytes: int | None
     return fd
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages ("a FIFO", "a character device", ...), from its ``st_mode``.
+
+    Example:
+        >>> import stat
+        >>> file_kind(stat.S_IFIFO)
+        'a FIFO'
+    """
     import stat as _stat
 
     for test, name in ((_stat.S_ISDIR, "a folder"), (_stat.S_ISFIFO, "a FIFO"), (_stat.S_ISCHR, "a character device"),
                        (_stat.S_ISBLK, "a block device"), (_stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
-    return "not a file"
+    return "a special file"
 
 
 def read_bytes(path: Path, error: type[L1QuantError], max_bytes: int = MAX_TEXT_FILE_BYTES) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from l1quant.cli import main
+from l1quant.cli.l1 import _budgets
 
 
 def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
@@ -21,13 +22,8 @@ def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[
 
 
 def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int]:
-    try:
-        out = [int(v) for v in _csv(ctx, param, value)]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if any(b < 1 for b in out):
-        raise click.BadParameter("budgets must be positive")
-    return out
+    """Optional ``--budgets``: empty when not given, else budget-check's own parsing."""
+    return _budgets(ctx, param, value) if value else []
 
 
 @main.command("compare")

@@ -32,6 +32,7 @@ from typing import Any
 import gguf
 
 from l1quant.errors import ConfigError, InputError, clip, read_json, read_text
+from l1quant.source.config import MAX_F32, MAX_INT
 
 #: A model card is text for people: the largest on the Hub are ~100 KB. 4 MiB bounds the read and the scan.
 MAX_MODEL_CARD_BYTES = 4 << 20
@@ -43,9 +44,6 @@ MAX_FRONT_MATTER_BYTES = 512 << 10
 MAX_FRONT_MATTER_ITEMS = 100_000
 #: Elements of one string array (tags, languages) or entries of base_models/datasets: real cards list tens.
 MAX_ARRAY_ITEMS = 10_000
-#: float32 (llama.cpp reads general.sampling.* floats as f32): a larger magnitude becomes inf in the file.
-_F32_MAX = 3.4028234663852886e38
-_I32 = (-(1 << 31), (1 << 31) - 1)
 
 #: field -> (GGUF key, generation_config.json key or None, kind)
 _FIELDS: dict[str, tuple[str, str | None, str]] = {
@@ -169,13 +167,13 @@ def _check(value: Any, kind: str, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number (float32), found {clip(value)}")
         v = float(value) if not isinstance(value, int) or abs(value) < 1 << 1000 else math.inf
-        if not math.isfinite(v) or abs(v) > _F32_MAX:
+        if not math.isfinite(v) or abs(v) > MAX_F32:  # llama.cpp reads general.sampling.* floats as f32
             raise ConfigError(f"{where} must be a finite float32, found {clip(value)}")
         return value  # as written: an int stays an int, exactly as llama.cpp's converter passes it to add_float32
     if kind == "i32":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} must be an integer (int32), found {clip(value)}")
-        if not _I32[0] <= value <= _I32[1]:
+        if not -MAX_INT - 1 <= value <= MAX_INT:
             raise ConfigError(f"{where} must fit int32, found {clip(value)}")
         return value
     if kind == "license":  # gguf-py joins a list of licenses with commas

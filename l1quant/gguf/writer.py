@@ -31,7 +31,7 @@ import gguf
 import numpy as np
 
 from l1quant.conversion.plan import ConversionPlan, pad
-from l1quant.errors import OutputError, Terminated, clip
+from l1quant.errors import OutputError, Terminated, clip, file_kind
 from l1quant.gguf.reader import SCALAR_FORMATS
 
 __all__ = ["AtomicOutput", "Terminated", "new_header", "pwrite_all", "write_header"]
@@ -275,16 +275,8 @@ def check_target(target: Path) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{target}: is a directory (expected a file path)")
     if not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"{target}: is {_kind(st.st_mode)}, not a regular file; only a regular file or a new "
+        raise OutputError(f"{target}: is {file_kind(st.st_mode)}, not a regular file; only a regular file or a new "
                           f"name can be an output (it would be replaced)")
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "a special file"
 
 
 def inside_folder(path: Path, folder: Path) -> bool:
