@@ -45,6 +45,7 @@ from typing import Any
 import gguf
 
 from l1quant.check.report import FAIL, PASS, SKIP, WARN, Check
+from l1quant.errors import InputError, L1QuantError, read_json
 from l1quant.gguf.reader import GGUFFile
 
 __all__ = ["EOG_TEXTS", "PRE_TOKENIZER_RELEASES", "REFERENCE_LLAMA_CPP", "TEMPLATE_CONSTRUCTS", "PreRelease",
@@ -68,8 +69,8 @@ _FIM_EOG_TEXTS: dict[str, tuple[str, ...]] = {
 }
 #: Pre-tokenizer names for which llama.cpp turns add_bos on when the file has no add_bos key.
 _ADD_BOS_PRE = frozenset({"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"})
-#: The BOS llama.cpp assumes for a ``gpt2`` (BPE) tokenizer without a bos key.
-_GPT2_DEFAULT_BOS = 11
+#: The id llama.cpp assumes for bos and for eos of a ``gpt2`` (BPE) tokenizer without those keys.
+_GPT2_DEFAULT_ID = 11
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,10 @@ REFERENCE_LLAMA_CPP = date(2026, 10, 1)
 _RECENT_DAYS = 365
 
 #: (id suffix, pattern, what breaks): Jinja constructs that render under jinja2 (Hugging Face) but that other
-#: template engines refuse; the Qwen3 template's ``messages[::-1]`` and ``message.content.startswith(...)`` broke
-#: LM Studio's engine and llama.cpp's minja before it learned them.
+#: template engines refused. The Qwen3 template's ``messages[::-1]``: llama.cpp's minja failed to parse it and fell
+#: back to chatml (llama.cpp #13178, build 5217, April 2025), LM Studio 0.3.15 refused it
+#: (lmstudio-bug-tracker #630), minijinja has no negative step; its ``message.content.startswith(...)``: minja had
+#: no ``startswith`` (google/minja #64).
 TEMPLATE_CONSTRUCTS: tuple[tuple[str, str, str], ...] = (
     ("reverse_slice", r"\[\s*:\s*:\s*-\s*1\s*\]", "reverse slicing [::-1]"),
     ("generation_tag", r"\{%-?\s*(end)?generation\b", "the {% generation %} tag (transformers-only)"),
@@ -155,7 +158,7 @@ def eog_set(gf: GGUFFile) -> tuple[set[int], set[int]]:
     declared: set[int] = set()
     eos = _id(gf, _TK.EOS_ID)
     if eos is None and gf.kv.get(_TK.MODEL) == "gpt2":
-        eos = _GPT2_DEFAULT_BOS  # llama.cpp's gpt2 default is the same id for bos and eos
+        eos = _GPT2_DEFAULT_ID  # llama.cpp's gpt2 default is the same id for bos and eos
     for i in (eos, _id(gf, _TK.EOT_ID), _id(gf, _TK.EOM_ID)):
         if i is not None and 0 <= i < n:
             declared.add(i)
@@ -164,9 +167,13 @@ def eog_set(gf: GGUFFile) -> tuple[set[int], set[int]]:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A source JSON file, bounded and regular files only (l1quant.errors.read_json); None when absent or bad
+    (the source checks report a bad file; this group only reads what it can)."""
+    if not path.is_file():
+        return None
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        d = read_json(path, InputError)
+    except L1QuantError:
         return None
     return d if isinstance(d, dict) else None
 
@@ -192,25 +199,6 @@ def _token_text(v: Any) -> str | None:
 # --------------------------------------------------------------------------------------------------- templates
 
 
-def _jinja_env() -> Any:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(msg: str) -> None:
-        from jinja2.exceptions import TemplateError
-
-        raise TemplateError(msg)
-
-    def tojson(x: Any, indent: int | None = None, **_: Any) -> str:
-        return json.dumps(x, indent=indent, ensure_ascii=False)
-
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: date(2026, 1, 1).strftime(fmt)
-    env.filters["tojson"] = tojson  # as transformers' chat-template environment defines it
-    return env
-
-
 _REPLY = "Assistant reply 7f3e."
 _TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
                                           "parameters": {"type": "object", "properties": {
@@ -230,14 +218,19 @@ def _conversations(args_as_string: bool) -> dict[str, tuple[list[dict[str, Any]]
     return {"with a system message": (system, None), "with tool calls": (tools, [_TOOL])}
 
 
+def _render(tmpl: str, messages: list[dict[str, Any]], bos: str, eos: str, **context: Any) -> str:
+    """The template rendered in the sandbox and bounds of :func:`l1quant.l1.chat.render_messages` (a hostile
+    template in a GGUF cannot hang or exhaust verify)."""
+    from l1quant.l1.chat import render_messages
+
+    return render_messages(tmpl, messages, bos_token=bos, eos_token=eos, **context)
+
+
 def _render_problems(tmpl: str, bos: str, eos: str) -> list[str]:
-    """Each (conversation, enable_thinking) case that jinja2 cannot render, one line each. Tool-call arguments
+    """Each (conversation, enable_thinking) case the template cannot render, one line each. Tool-call arguments
     are tried as an object, then as a JSON string (templates expect one or the other; llama.cpp passes either)."""
-    env = _jinja_env()
-    try:
-        t = env.from_string(tmpl)
-    except Exception as e:  # noqa: BLE001 - any template syntax error
-        return [f"does not parse under jinja2: {str(e).splitlines()[0] if str(e) else type(e).__name__}"]
+    from l1quant.l1.chat import ChatTemplateError
+
     problems = []
     for think in (None, True, False):
         extra = {} if think is None else {"enable_thinking": think}
@@ -246,12 +239,13 @@ def _render_problems(tmpl: str, bos: str, eos: str) -> list[str]:
             for as_string in (False, True):
                 msgs, tools = _conversations(as_string)[case]
                 try:
-                    t.render(messages=msgs, tools=tools, add_generation_prompt=True, bos_token=bos, eos_token=eos,
-                             **extra)
+                    _render(tmpl, msgs, bos, eos, tools=tools, add_generation_prompt=True, **extra)
                     err = None
                     break
-                except Exception as e:  # noqa: BLE001 - any render error is the finding
-                    err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+                except ChatTemplateError as e:
+                    err = str(e).removeprefix("chat template: ").splitlines()[0]
+                    if "syntax error" in err:
+                        return [err]
             if err is not None:
                 problems.append(f"does not render {case} (enable_thinking "
                                 f"{'unset' if think is None else str(think).lower()}): {err}")
@@ -279,12 +273,12 @@ def _construct_problems(tmpl: str) -> list[tuple[str, str]]:
 
 def _end_of_turn(tmpl: str, tokens: list[str], types: list[int], bos: str, eos: str) -> int | None:
     """The special token the template writes right after an assistant reply (None when none or on error)."""
+    from l1quant.l1.chat import ChatTemplateError
+
     try:
-        env = _jinja_env()
-        out = env.from_string(tmpl).render(
-            messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _REPLY}],
-            add_generation_prompt=False, bos_token=bos, eos_token=eos)
-    except Exception:  # noqa: BLE001 - the render check reports it
+        out = _render(tmpl, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _REPLY}], bos, eos,
+                      add_generation_prompt=False)
+    except ChatTemplateError:  # the render check reports it
         return None
     pos = out.rfind(_REPLY)
     if pos < 0:
@@ -387,7 +381,7 @@ def _check_bos(gf: GGUFFile, tokens: list[str], tmpl: str | None, bos_text: str,
     checks: list[Check] = []
     if bos is None:
         model = gf.kv.get(_TK.MODEL)
-        default = (f"its default for tokenizer.ggml.model 'gpt2', {_tok(tokens, _GPT2_DEFAULT_BOS)}"
+        default = (f"its default for tokenizer.ggml.model 'gpt2', {_tok(tokens, _GPT2_DEFAULT_ID)}"
                    if model == "gpt2" else f"the default of tokenizer.ggml.model {model!r}")
         if add_bos:
             checks.append(Check("compat.bos.missing", FAIL, f"{_TK.BOS_ID} is missing and add_bos is on: llama.cpp "
@@ -396,11 +390,11 @@ def _check_bos(gf: GGUFFile, tokens: list[str], tmpl: str | None, bos_text: str,
             checks.append(Check("compat.bos.missing", WARN, f"{_TK.BOS_ID} is missing: llama.cpp uses {default} "
                                                             "wherever a BOS is asked for (add_bos is off)"))
     elif add_bos and tmpl is not None and bos_text:
+        from l1quant.l1.chat import ChatTemplateError
+
         try:
-            out = _jinja_env().from_string(tmpl).render(
-                messages=[{"role": "user", "content": "Hi"}], add_generation_prompt=True, bos_token=bos_text,
-                eos_token=eos_text)
-        except Exception:  # noqa: BLE001 - the template check reports render errors
+            out = _render(tmpl, [{"role": "user", "content": "Hi"}], bos_text, eos_text, add_generation_prompt=True)
+        except ChatTemplateError:  # the template check reports render errors
             out = ""
         at = out.find(bos_text)
         if at > 0:
@@ -427,8 +421,6 @@ def _check_pre(gf: GGUFFile, src: Path | None, tokens: list[str], types: list[in
     rel = PRE_TOKENIZER_RELEASES.get(pre)
     expected = chash = None
     if src is not None:
-        from l1quant.errors import L1QuantError
-
         try:
             from l1quant.conversion.vocab import load_vocab
 
@@ -473,11 +465,7 @@ def _check_template(tmpl: str | None, bos_text: str, eos_text: str) -> list[Chec
                       f"no {_TK.CHAT_TEMPLATE}: llama.cpp's chat falls back to a generic template (chatml), which "
                       "is not the prompt format the model was trained on")]
     checks: list[Check] = []
-    try:
-        problems = _render_problems(tmpl, bos_text, eos_text)
-    except ImportError:  # pragma: no cover - jinja2 ships with the CLI extras
-        problems = []
-        checks.append(Check("compat.template.render", SKIP, "jinja2 is not installed"))
+    problems = _render_problems(tmpl, bos_text, eos_text)
     if problems:
         more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
         checks.append(Check("compat.template.render", WARN,
@@ -487,9 +475,9 @@ def _check_template(tmpl: str | None, bos_text: str, eos_text: str) -> list[Chec
         lines = [w for s, w in found if s == sid]
         more = f" (+{len(lines) - _MAX_LISTED} more)" if len(lines) > _MAX_LISTED else ""
         checks.append(Check(f"compat.template.{sid}", WARN,
-                            f"{_TK.CHAT_TEMPLATE} {'; '.join(lines[:_MAX_LISTED])}{more}: renders under jinja2 and "
-                            "current llama.cpp, but LM Studio's template engine and older llama.cpp (minja) "
-                            "builds refuse it", lines))
+                            f"{_TK.CHAT_TEMPLATE} {'; '.join(lines[:_MAX_LISTED])}{more}: renders under jinja2, "
+                            "but older llama.cpp builds (minja, 2025) fall back to chatml and LM Studio 0.3.15 "
+                            "refuses the template", lines))
     if not checks:
         checks.append(Check("compat.template", PASS, "renders under jinja2 with enable_thinking true/false/unset, "
                                                      "with a system message and with tool calls"))
