@@ -275,3 +275,14 @@ def test_pre_tokenizer_release_table_covers_every_name_l1quant_writes() -> None:
 
     assert set(PRE_TOKENIZERS.values()) <= set(PRE_TOKENIZER_RELEASES)
     assert PRE_TOKENIZER_RELEASES["deepseek-r1-qwen"].build == 4514
+
+
+def test_verdict_and_text_count_warnings() -> None:
+    from l1quant.check.report import Check, VerifyReport, format_report
+
+    rep = VerifyReport("x.gguf", None, [Check("header", "pass", "ok"), Check("compat.bos.missing", "warn", "w")],
+                       [], None, None, 0.1)
+    assert rep.passed and rep.verdict == "PASS: 1 check passed, 1 warning"
+    assert "  WARN  compat.bos.missing  w" in format_report(rep)
+    rep.checks.append(Check("compat.eog.config", "fail", "f"))
+    assert not rep.passed and rep.verdict.startswith("FAIL: 1 of 3 checks failed (compat.eog.config)")
