@@ -286,3 +286,17 @@ def test_verdict_and_text_count_warnings() -> None:
     assert "  WARN  compat.bos.missing  w" in format_report(rep)
     rep.checks.append(Check("compat.eog.config", "fail", "f"))
     assert not rep.passed and rep.verdict.startswith("FAIL: 1 of 3 checks failed (compat.eog.config)")
+
+
+@pytest.mark.parametrize("to", ["q8_0", "f16"])
+def test_requantized_error_profile_warns(tiny_r1: Path, conv: Callable[..., Path], tmp_path: Path, to: str) -> None:
+    """A Q4_0 file requantized to Q8_0 (or dequantized to F16) keeps 4-bit levels: at most 16 values per block."""
+    from l1quant.conversion.quantize import quantize
+
+    q4 = conv(tiny_r1, "q4_0")
+    out = quantize(q4, tmp_path / f"re-{to}.gguf", to, allow_requantize=True, threads=2)
+    code, doc = _verify(Path(out))
+    assert _findings(doc) == {"compat.tensors.requantized": "warn"}, doc["verdict"]
+    assert "distinct values per 32" in _message(doc, "compat.tensors.requantized")
+    code, doc = _verify(conv(tiny_r1, to))  # the same type straight from the checkpoint: no finding
+    assert _findings(doc) == {}

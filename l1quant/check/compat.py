@@ -25,7 +25,8 @@ stable ids (``compat.eog.generation_config`` ...), listed in ``verify --json``.
   (:data:`TEMPLATE_CONSTRUCTS`) are named with their line; a missing template.
 * **Tensors** (``compat.tensors``). Row lengths divisible by their type's block (the reader already refuses a file
   where one is not: ggml's ``gguf_init_from_file`` does too); ``key_length``/``value_length`` against
-  ``embedding_length / head_count``; a file whose ``general.*`` names say it came from an already quantized file.
+  ``embedding_length / head_count``; a file requantized from an already quantized one, by its ``general.*`` names
+  or by its error profile (Q8_0/F16/BF16/F32 blocks of 32 holding at most 16 distinct values: 4-bit levels).
 
 Example:
     >>> from l1quant.gguf.reader import read_gguf
@@ -516,8 +517,58 @@ def _check_tensors(gf: GGUFFile) -> list[Check]:
                             f"{k} {v!r} names a GGUF quantization: the weights were likely requantized from an "
                             "already quantized file, which adds the two errors (compare with the original "
                             "checkpoint)", [f"{k} {v!r}" for k, v in hits]))
+    if not hits:
+        profile = _level_profile(gf)
+        if profile is not None and profile[0] <= _REQUANT_LEVELS:
+            med, n_blocks, types = profile
+            checks.append(Check("compat.tensors.requantized", WARN,
+                                f"the {'/'.join(types)} weight blocks hold a median of {med:g} distinct values per "
+                                f"32 ({n_blocks} blocks sampled; weights from a checkpoint hold ~30): they were "
+                                "likely requantized from a 4-bit or smaller GGUF quant, which adds the two errors"))
     if not checks:
         checks.append(Check("compat.tensors", PASS, "row lengths fit their types' blocks (checked on reading), head "
                                                     "sizes match embedding_length/head_count, no sign of "
-                                                    "requantization in general.*"))
+                                                    "requantization (general.* names, value levels per block)"))
     return checks
+
+
+#: A 32-value block of a 4-bit quant (Q4_0/Q4_1 blocks, Q4_K/Q5_K... sub-blocks of 32) holds at most 16 distinct
+#: values, and requantizing to Q8_0 or dequantizing to F16 keeps that; trained weights hold ~25-32.
+_REQUANT_LEVELS = 16
+_PROFILE_BYTES = 1 << 16  # read from the start of each sampled tensor
+_PROFILE_TENSORS = 8
+
+
+def _level_profile(gf: GGUFFile) -> tuple[float, int, list[str]] | None:
+    """(median distinct values per 32-value block, blocks sampled, types) over the first bytes of up to
+    :data:`_PROFILE_TENSORS` per-layer weight matrices stored as Q8_0, F16, BF16 or F32; None when there are none.
+    Blocks that are all one value (zero padding) are left out."""
+    import numpy as np
+    from gguf.constants import GGMLQuantizationType as Q
+
+    per_block = {Q.Q8_0: 34, Q.F16: 64, Q.BF16: 64, Q.F32: 128}
+    counts: list[np.ndarray] = []
+    types: list[str] = []
+    picked = [t for t in gf.tensors if t.name.startswith("blk.") and len(t.shape) == 2 and t.ggml_type in per_block
+              and t.shape[0] % 32 == 0][:_PROFILE_TENSORS]
+    for t in picked:
+        size = per_block[t.ggml_type]
+        n = min(t.nbytes, _PROFILE_BYTES) // size * size
+        if n == 0:
+            continue
+        raw = np.frombuffer(gf.read_tensor_bytes(t, 0, n), np.uint8).reshape(-1, size)
+        if t.ggml_type == Q.Q8_0:
+            vals = raw[:, 2:].view(np.int8)
+        elif t.ggml_type == Q.F32:
+            vals = raw.view("<u4")
+        else:
+            vals = raw.view("<u2")
+        srt = np.sort(vals, axis=1)
+        distinct = 1 + np.count_nonzero(srt[:, 1:] != srt[:, :-1], axis=1)
+        counts.append(distinct[distinct > 1])
+        if t.ggml_type.name not in types:
+            types.append(t.ggml_type.name)
+    if not counts or not sum(len(c) for c in counts):
+        return None
+    allc = np.concatenate(counts)
+    return float(np.median(allc)), int(allc.size), types
