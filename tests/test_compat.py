@@ -206,8 +206,9 @@ def test_missing_template_warns(tokdir: Path, conv: Callable[..., Path],
 
 def test_template_that_does_not_render_warns() -> None:
     """A template that parses but fails on a system message is named with the case."""
-    class _GF:  # the check reads only the header
+    class _GF:  # a header without tensors
         kv = _header_stub()
+        tensors: list[Any] = []
 
     _GF.kv["tokenizer.chat_template"] = ("{% for m in messages %}{% if m.role == 'system' %}"
                                          "{{ raise_exception('no system role') }}{% endif %}{{ m.content }}"
