@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from l1quant.check.compat import EOG_TEXTS, PRE_TOKENIZER_RELEASES, check_compat, eog_set
+from l1quant.check.compat import CHECK_IDS, EOG_TEXTS, PRE_TOKENIZER_RELEASES, check_compat, eog_set
 from l1quant.cli import main
 from l1quant.conversion.convert import convert
 from l1quant.gguf.reader import read_gguf
@@ -38,7 +38,9 @@ def _verify(path: Path, *args: str) -> tuple[int, dict[str, Any]]:
 
 
 def _findings(doc: dict[str, Any]) -> dict[str, str]:
-    """compat.* check id -> status, for the checks that are not a pass."""
+    """compat.* check id -> status, for the checks that are not a pass (every compat id is a documented one)."""
+    names = [c["name"] for c in doc["checks"] if c["name"].startswith("compat")]
+    assert set(names) <= set(CHECK_IDS) and len(names) == len(set(names)), names
     return {c["name"]: c["status"] for c in doc["checks"]
             if c["name"].startswith("compat") and c["status"] not in ("pass", "skip")}
 
@@ -143,7 +145,8 @@ def test_llama3_eot_only_in_generation_config_warns(tiny_factory: Callable[..., 
                                                    tokdir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """ollama #3759: eos 128001 in config.json and tokenizer_config.json, the template ends turns with <|eot_id|>
     128009, which only generation_config.json lists."""
-    tok = _with_tokenizer_config(tokdir / "r1-distill-llama-tokenizer", tmp_path_factory.mktemp("l3") / "tok", chat_template=LLAMA3_TEMPLATE)
+    tok = _with_tokenizer_config(tokdir / "r1-distill-llama-tokenizer", tmp_path_factory.mktemp("l3") / "tok",
+                                 chat_template=LLAMA3_TEMPLATE)
     from l1quant.testing import make_checkpoint
 
     src = make_checkpoint(tmp_path_factory.mktemp("l3") / "Tiny-Llama3", tokenizer_dir=tok, arch="llama",
@@ -301,3 +304,20 @@ def test_requantized_error_profile_warns(tiny_r1: Path, conv: Callable[..., Path
     assert "distinct values per 32" in _message(doc, "compat.tensors.requantized")
     code, doc = _verify(conv(tiny_r1, to))  # the same type straight from the checkpoint: no finding
     assert _findings(doc) == {}
+
+
+def test_hostile_template_costs_one_bounded_render() -> None:
+    """A template that loops for ever is stopped by the chat sandbox's time bound, once."""
+    import time
+
+    class _GF:
+        kv = _header_stub()
+        tensors: list[Any] = []
+
+    _GF.kv["tokenizer.chat_template"] = ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}"
+                                         "{% endfor %}")
+    t0 = time.monotonic()
+    checks = {c.name: c for c in check_compat(_GF())}  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 20
+    assert checks["compat.template.render"].status == "warn"
+    assert "render bound" in checks["compat.template.render"].message

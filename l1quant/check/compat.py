@@ -49,8 +49,8 @@ from l1quant.check.report import FAIL, PASS, SKIP, WARN, Check
 from l1quant.errors import InputError, L1QuantError, read_json
 from l1quant.gguf.reader import GGUFFile
 
-__all__ = ["EOG_TEXTS", "PRE_TOKENIZER_RELEASES", "REFERENCE_LLAMA_CPP", "TEMPLATE_CONSTRUCTS", "PreRelease",
-           "check_compat", "eog_set"]
+__all__ = ["CHECK_IDS", "EOG_TEXTS", "PRE_TOKENIZER_RELEASES", "REFERENCE_LLAMA_CPP", "TEMPLATE_CONSTRUCTS",
+           "PreRelease", "check_compat", "eog_set"]
 
 _TK = gguf.Keys.Tokenizer
 _CONTROL, _USER_DEFINED = 3, 4
@@ -109,6 +109,19 @@ TEMPLATE_CONSTRUCTS: tuple[tuple[str, str, str], ...] = (
     ("generation_tag", r"\{%-?\s*(end)?generation\b", "the {% generation %} tag (transformers-only)"),
 )
 _MAX_LISTED = 5
+
+#: Every check id this group reports (``verify --json``'s ``checks[].name``): stable, so scripts can match them.
+#: The bare group names (``compat.eog`` ...) are the passes; the dotted ones below them are findings.
+CHECK_IDS: tuple[str, ...] = (
+    "compat",
+    "compat.eog", "compat.eog.end_of_turn", "compat.eog.config", "compat.eog.generation_config",
+    "compat.eog.tokenizer_config",
+    "compat.bos", "compat.bos.missing", "compat.bos.double",
+    "compat.pre", "compat.pre.missing", "compat.pre.unknown", "compat.pre.recent", "compat.pre.fit",
+    "compat.template", "compat.template.missing", "compat.template.render",
+    *(f"compat.template.{sid}" for sid, _, _ in TEMPLATE_CONSTRUCTS), "compat.template.loop_method",
+    "compat.tensors", "compat.tensors.head_dim", "compat.tensors.requantized",
+)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -245,8 +258,8 @@ def _render_problems(tmpl: str, bos: str, eos: str) -> list[str]:
                     break
                 except ChatTemplateError as e:
                     err = str(e).removeprefix("chat template: ").splitlines()[0]
-                    if "syntax error" in err:
-                        return [err]
+                    if "syntax error" in err or "exceeds a render bound" in err:
+                        return [err]  # no other case can do better; a hostile template costs one bounded render
             if err is not None:
                 problems.append(f"does not render {case} (enable_thinking "
                                 f"{'unset' if think is None else str(think).lower()}): {err}")
@@ -287,7 +300,8 @@ def _end_of_turn(tmpl: str, tokens: list[str], types: list[int], bos: str, eos: 
     rest = out[pos + len(_REPLY):].lstrip()
     best: int | None = None
     for i, (t, ty) in enumerate(zip(tokens, types)):
-        if ty in (_CONTROL, _USER_DEFINED) and t and rest.startswith(t) and (best is None or len(t) > len(tokens[best])):
+        if ty in (_CONTROL, _USER_DEFINED) and t and rest.startswith(t) and (best is None
+                                                                             or len(t) > len(tokens[best])):
             best = i
     return best
 
