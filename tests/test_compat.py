@@ -321,3 +321,42 @@ def test_hostile_template_costs_one_bounded_render() -> None:
     assert time.monotonic() - t0 < 20
     assert checks["compat.template.render"].status == "warn"
     assert "render bound" in checks["compat.template.render"].message
+
+
+# --------------------------------------------------------------------------------------------------- llama.cpp
+
+
+def _llama_vocab(lc: Any, path: Path) -> tuple[set[int], int, bool]:
+    """(EOG ids, BOS id, add_bos) as llama.cpp's own loader builds them (vocab only, no weights read)."""
+    from llama_quantize import captured_log
+
+    params = lc.llama_model_default_params()
+    params.vocab_only = True
+    with captured_log(lc):
+        model = lc.llama_model_load_from_file(str(path).encode(), params)
+    assert model, f"llama.cpp cannot load {path}"
+    try:
+        vocab = lc.llama_model_get_vocab(model)
+        n = lc.llama_vocab_n_tokens(vocab)
+        eog = {i for i in range(n) if lc.llama_vocab_is_eog(vocab, i)}
+        return eog, lc.llama_vocab_bos(vocab), bool(lc.llama_vocab_get_add_bos(vocab))
+    finally:
+        lc.llama_model_free(model)
+
+
+@pytest.mark.parametrize("tok", [*CLEAN, "no-bos"])
+def test_eog_set_and_bos_default_equal_llama_cpp(tiny_factory: Callable[..., Path], conv: Callable[..., Path],
+                                                 llama_cpp: Any, tok: str) -> None:
+    """Differential: the EOG set compat computes from the header is the one llama.cpp's loader builds, for every
+    fixture tokenizer; and without a bos key llama.cpp's BOS is the id 11 the check names."""
+    src = (tiny_factory("qwen3", head_dim=16, extra_config={"bos_token_id": None, "eos_token_id": 151645})
+           if tok == "no-bos" else tiny_factory(tok, **CLEAN[tok]))
+    path = conv(src)
+    eog, bos, add_bos = _llama_vocab(llama_cpp, path)
+    gf = read_gguf(path)
+    assert eog_set(gf)[0] == eog
+    if tok == "no-bos":
+        assert bos == 11 and "tokenizer.ggml.bos_token_id" not in gf.kv
+    else:
+        assert bos == gf.kv["tokenizer.ggml.bos_token_id"]
+    assert add_bos == gf.kv.get("tokenizer.ggml.add_bos_token", gf.kv.get("tokenizer.ggml.pre") == "llama-bpe")
