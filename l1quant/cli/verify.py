@@ -45,8 +45,10 @@ def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | 
                runtime: str | None, as_json: bool, threads: int | None) -> None:
     """Check that FILE is a sound GGUF, faithful to its source checkpoint, down to the logits.
 
-    Always: header, key types, hparams, tokenizer arrays, tensor names/shapes/types, no NaN/Inf. With --source:
-    metadata and every tensor against the checkpoint. With --logits/--runtime: logit agreement.
+    Always: header, key types, hparams, tokenizer arrays, tensor names/shapes/types, no NaN/Inf, and how the file
+    will behave in the runtimes users run (compat.*: end of generation, BOS, pre-tokenizer release, chat
+    template, head sizes, requantization; a WARN keeps exit status 0). With --source: metadata and every tensor
+    against the checkpoint, and the source's eos ids for compat. With --logits/--runtime: logit agreement.
 
     \b
     Exit status:
