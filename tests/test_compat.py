@@ -360,3 +360,19 @@ def test_eog_set_and_bos_default_equal_llama_cpp(tiny_factory: Callable[..., Pat
     else:
         assert bos == gf.kv["tokenizer.ggml.bos_token_id"]
     assert add_bos == gf.kv.get("tokenizer.ggml.add_bos_token", gf.kv.get("tokenizer.ggml.pre") == "llama-bpe")
+
+
+def test_bos_written_after_the_start_is_a_double_bos() -> None:
+    """llama.cpp (common/chat.cpp) and llama-cpp-python drop a BOS the template writes at the very start; one
+    written after a newline stays, and add_bos puts a second one in front."""
+    class _GF:
+        kv = _header_stub()
+        tensors: list[Any] = []
+
+    _GF.kv.update({"tokenizer.ggml.add_bos_token": True,
+                   "tokenizer.chat_template": "\n{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"})
+    checks = {c.name: c for c in check_compat(_GF())}  # type: ignore[arg-type]
+    assert checks["compat.bos.double"].status == "warn" and "0 'a'" in checks["compat.bos.double"].message
+    _GF.kv["tokenizer.chat_template"] = _GF.kv["tokenizer.chat_template"].lstrip("\n")
+    checks = {c.name: c for c in check_compat(_GF())}  # type: ignore[arg-type]
+    assert "compat.bos.double" not in checks and checks["compat.bos"].status == "pass"
