@@ -125,6 +125,8 @@ class QuantType:
             if self.native_kernel is None:
                 raise KernelArgumentError(f"{self.name}: the compiled accelerator l1quant.kernels._fastq8 is not built")
             return self.native_kernel
+        if impl == "auto" and self.native_kernel is None:
+            _native.note_numpy_fallback()  # a missing build, not a choice: say so once
         return self.numpy_kernel
 
     def quantize_checked(
