@@ -29,6 +29,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "_halfconv.h"
@@ -1650,6 +1651,536 @@ PyObject *l1q_py_kquant(PyObject *self, PyObject *args) {
         if (fr >= 0 && first < 0) first = r * ncols + fr;
     }
     Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(first);
+}
+#endif /* !KQ_LANE_BODY */
+
+#ifndef KQ_LANE_BODY /* the file proper, continued: the importance-weighted searches */
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* With an importance matrix (per-column weights qw, one float per value of a row), ggml_quantize_chunk runs the
+ * quantize_row_<type>_impl functions instead of the _ref ones: different searches, weighted by
+ * qw[i] * sqrt(sigma2 + x[i]^2) (sigma2 from the row or the super-block), except Q6_K, which weights by qw alone.
+ * These are written value by value, one group at a time, on every path (the searches are sequential; the lane
+ * paths above do not cover them). Without an importance matrix ggml runs the _ref path for every type, which is
+ * kquant() above.
+ *
+ * Integers that the reference stores in uint8_t arrays wrap modulo 256 when a search produces a negative level
+ * (make_qp_quants on a negative group scale); the code below keeps them as uint8_t where the reference does, so the
+ * wrapped values flow through the same sums. */
+
+/* Weighted symmetric fit of n values to -nmax..nmax-1 (make_qx_quants with rmse_type 1 and weights w): returns the
+ * scale, levels + nmax in L. */
+static float imx_fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L) {
+    float amax = 0, peak = 0;
+    for (int i = 0; i < n; i++) {
+        const float a = fabsf(x[i]);
+        if (a > amax) {
+            amax = a;
+            peak = x[i];
+        }
+    }
+    if (amax < TINY_GROUP) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    float iscale = (float)(-nmax) / peak;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(round_magic(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (int8_t)(l + nmax);
+        sumlx += w[i] * x[i] * (float)l;
+        suml2 += w[i] * (float)l * (float)l;
+    }
+    float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f; /* C's `suml2 ? .. : 0`: NaN counts as true */
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        iscale = -((float)nmax + 0.1f * (float)is) / peak;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = clampi(round_magic(iscale * x[i]), -nmax, nmax - 1);
+            sumlx += w[i] * x[i] * (float)l;
+            suml2 += w[i] * (float)l * (float)l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++) L[i] = (int8_t)(clampi(round_magic(iscale * x[i]), -nmax, nmax - 1) + nmax);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* Weighted affine fit of n values to 0..nmax (make_qkx3_quants with weights, squared error, rmin -0.9, rdelta
+ * 0.05, 37 trials): returns the scale, *neg_min = -offset, levels in L. */
+static float imx_fit_affine(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min) {
+    uint8_t trial[32];
+    float lo = x[0], hi = x[0];
+    float sum_w = w[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (lo > 0) lo = 0;
+    if (hi <= lo) {
+        memset(L, 0, (size_t)n);
+        *neg_min = -lo;
+        return 0.0f;
+    }
+    float iscale = (float)nmax / (hi - lo);
+    float scale = 1.0f / iscale;
+    float best = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(round_magic(iscale * (x[i] - lo)), 0, nmax);
+        L[i] = (uint8_t)l;
+        const float diff = scale * (float)l + lo - x[i];
+        best += w[i] * (diff * diff);
+    }
+    for (int is = 0; is <= 36; is++) {
+        iscale = (-0.9f + 0.05f * (float)is + (float)nmax) / (hi - lo);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = clampi(round_magic(iscale * (x[i] - lo)), 0, nmax);
+            trial[i] = (uint8_t)l;
+            sum_l += w[i] * (float)l;
+            sum_l2 += w[i] * (float)l * (float)l;
+            sum_xl += w[i] * (float)l * x[i];
+        }
+        const float det = sum_w * sum_l2 - sum_l * sum_l;
+        if (det > 0) {
+            float t_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            float t_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if (t_min > 0) {
+                t_min = 0;
+                t_scale = sum_xl / sum_l2;
+            }
+            float err = 0;
+            for (int i = 0; i < n; i++) {
+                const float diff = t_scale * (float)trial[i] + t_min - x[i];
+                err += w[i] * (diff * diff);
+            }
+            if (err < best) {
+                memcpy(L, trial, (size_t)n);
+                best = err;
+                scale = t_scale;
+                lo = t_min;
+            }
+        }
+    }
+    *neg_min = -lo;
+    return scale;
+}
+
+/* Weighted fit of n non-negative values (group scales or mins) to 0..nmax with no offset (make_qp_quants):
+ * returns the super-scale, levels in L (uint8_t: a negative level wraps, as in the reference). */
+static float imx_fit_pos(int n, int nmax, const float *x, const float *w, uint8_t *L) {
+    float peak = 0;
+    for (int i = 0; i < n; i++) peak = peak > x[i] ? peak : x[i]; /* MAX(peak, x): a NaN replaces the peak */
+    if (peak < TINY_GROUP) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    float iscale = (float)nmax / peak;
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)round_magic(iscale * x[i]);
+    const float scale0 = 1.0f / iscale;
+    float best = 0;
+    for (int i = 0; i < n; i++) {
+        const float diff = x[i] - scale0 * (float)L[i];
+        best += w[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; is++) {
+        if (is == 0) continue;
+        const float iscale_is = (0.1f * (float)is + (float)nmax) / peak;
+        const float scale_is = 1.0f / iscale_is;
+        float err = 0;
+        for (int i = 0; i < n; i++) {
+            int l = round_magic(iscale_is * x[i]);
+            if (l > nmax) l = nmax;
+            const float diff = x[i] - scale_is * (float)l;
+            err += w[i] * diff * diff;
+        }
+        if (err < best) {
+            best = err;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = round_magic(iscale * x[i]);
+        if (l > nmax) l = nmax;
+        L[i] = (uint8_t)l;
+        sumlx += w[i] * x[i] * (float)l;
+        suml2 += w[i] * (float)l * (float)l;
+    }
+    for (int pass = 0; pass < 5; pass++) {
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            float slx = sumlx - w[i] * x[i] * (float)L[i];
+            float sl2 = suml2 - w[i] * (float)L[i] * (float)L[i];
+            if (slx > 0 && sl2 > 0) {
+                int nl = round_magic(x[i] * sl2 / slx);
+                if (nl > nmax) nl = nmax;
+                if (nl != (int)L[i]) {
+                    slx += w[i] * x[i] * (float)nl;
+                    sl2 += w[i] * (float)nl * (float)nl;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)nl;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed++;
+                    }
+                }
+            }
+        }
+        if (!changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* Sequential sum of squares of n values, from 0 (the reference's sigma2 numerators). */
+static inline float imx_sum_sq(const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += x[i] * x[i];
+    return s;
+}
+
+/* weights w[i] = qw[i] * sqrtf(sigma2 + x[i]^2) for n values */
+static inline void imx_weights(const float *x, const float *qw, float sigma2, int n, float *w) {
+    for (int i = 0; i < n; i++) w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
+}
+
+static inline float imx_sum(const float *w, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += w[i];
+    return s;
+}
+
+/* Q2_K (quantize_row_q2_K_impl), one super-block. */
+static void imx_q2_k(const float *x, const float *qw, uint8_t *y) {
+    uint8_t L[SUPER], Ls[16], Lm[16];
+    float scales[16], mins[16], sw[16], w[16];
+    const float sigma2 = imx_sum_sq(x, SUPER) / (float)SUPER;
+    for (int j = 0; j < 16; j++) {
+        imx_weights(x + 16 * j, qw + 16 * j, sigma2, 16, w);
+        sw[j] = imx_sum(w, 16);
+        scales[j] = imx_fit_affine(16, 3, x + 16 * j, w, L + 16 * j, &mins[j]);
+    }
+    const float dm = imx_fit_pos(16, 15, scales, sw, Ls);
+    const float mm = imx_fit_pos(16, 15, mins, sw, Lm);
+    const uint16_t d16 = half_of(dm), m16 = half_of(mm);
+    uint8_t *sc = y, *qs = y + 16;
+    for (int j = 0; j < 16; j++) sc[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
+    put_f16(y + 80, d16);
+    put_f16(y + 82, m16);
+    const float dd = half_value(d16), md = half_value(m16);
+    for (int j = 0; j < 16; j++) {
+        const float d = dd * (float)(sc[j] & 0xF);
+        if (d == 0.0f) continue; /* keep the search's levels */
+        affine_requant(x + 16 * j, 16, d, md * (float)(sc[j] >> 4), 3, L + 16 * j);
+    }
+    pack_2bit(L, qs);
+}
+
+/* Q3_K (quantize_row_q3_K_impl), one super-block. */
+static void imx_q3_k(const float *x, const float *qw, uint8_t *y) {
+    int8_t L[SUPER], Ls[16];
+    float scales[16], sw[16], w[16];
+    const float sigma2 = 2.0f * imx_sum_sq(x, SUPER) / (float)SUPER;
+    for (int j = 0; j < 16; j++) {
+        imx_weights(x + 16 * j, qw + 16 * j, sigma2, 16, w);
+        sw[j] = imx_sum(w, 16);
+        scales[j] = imx_fit_sym(16, 4, x + 16 * j, w, L + 16 * j);
+    }
+    const float d_block = imx_fit_sym(16, 32, scales, sw, Ls);
+    uint8_t *hmask = y, *qs = y + 32, *sc = y + 96;
+    memset(sc, 0, 12);
+    for (int j = 0; j < 16; j++) {
+        const int l = Ls[j];
+        if (j < 8)
+            sc[j] = (uint8_t)(l & 0xF);
+        else
+            sc[j - 8] = (uint8_t)(sc[j - 8] | ((l & 0xF) << 4));
+        sc[8 + j % 4] = (uint8_t)(sc[8 + j % 4] | ((l >> 4) << (2 * (j / 4))));
+    }
+    const uint16_t d16 = half_of(d_block);
+    put_f16(y + 108, d16);
+    const float dd = half_value(d16);
+    for (int j = 0; j < 16; j++) {
+        const float d = dd * (float)(Ls[j] - 32); /* the 6-bit code read back from the packed bytes */
+        if (d == 0.0f) continue;
+        symmetric_requant(x + 16 * j, d, -4, 3, L + 16 * j);
+    }
+    uint8_t lo2[SUPER];
+    memset(hmask, 0, 32);
+    for (int b = 0; b < 8; b++)
+        for (int m = 0; m < 32; m++) hmask[m] = (uint8_t)(hmask[m] | (((unsigned)L[32 * b + m] >> 2) << b));
+    for (int j = 0; j < SUPER; j++) lo2[j] = (uint8_t)(L[j] & 3);
+    pack_2bit(lo2, qs);
+}
+
+/* Q4_K / Q5_K (quantize_row_q4_K_impl / _q5_K_impl) up to the levels: d, dmin and the 12 scale bytes at y[0..15],
+ * levels 0..nmax in L. Q5_K caps the 6-bit codes at 63; Q4_K writes them as they come (a wrapped code spills into
+ * the neighbouring bits, as in the reference). */
+static void imx_kx(const float *x, const float *qw, int nmax, uint8_t *y, uint8_t *L) {
+    uint8_t Ls[8], Lm[8];
+    float scales[8], mins[8], sw[8], w[32];
+    const float sigma2 = 2.0f * imx_sum_sq(x, SUPER) / (float)SUPER;
+    for (int j = 0; j < 8; j++) {
+        imx_weights(x + 32 * j, qw + 32 * j, sigma2, 32, w);
+        sw[j] = imx_sum(w, 32);
+        scales[j] = imx_fit_affine(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j]);
+    }
+    const float d_block = imx_fit_pos(8, 63, scales, sw, Ls);
+    const float m_block = imx_fit_pos(8, 63, mins, sw, Lm);
+    uint8_t *sc = y + 4;
+    for (int j = 0; j < 8; j++) {
+        uint8_t ls = Ls[j], lm = Lm[j];
+        if (nmax == 31) {
+            if (ls > 63) ls = 63;
+            if (lm > 63) lm = 63;
+        }
+        if (j < 4) {
+            sc[j] = ls;
+            sc[j + 4] = lm;
+        } else {
+            sc[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+            sc[j - 4] = (uint8_t)(sc[j - 4] | ((ls >> 4) << 6));
+            sc[j] = (uint8_t)(sc[j] | ((lm >> 4) << 6));
+        }
+    }
+    const uint16_t d16 = half_of(d_block), m16 = half_of(m_block);
+    put_f16(y, d16);
+    put_f16(y + 2, m16);
+    const float dd = half_value(d16), md = half_value(m16);
+    for (int j = 0; j < 8; j++) {
+        unsigned s, m; /* get_scale_min_k4 */
+        if (j < 4) {
+            s = sc[j] & 63u;
+            m = sc[j + 4] & 63u;
+        } else {
+            s = (sc[j + 4] & 0xFu) | ((unsigned)(sc[j - 4] >> 6) << 4);
+            m = (unsigned)(sc[j + 4] >> 4) | ((unsigned)(sc[j] >> 6) << 4);
+        }
+        const float d = dd * (float)s;
+        if (d == 0.0f) continue;
+        affine_requant(x + 32 * j, 32, d, md * (float)m, nmax, L + 32 * j);
+    }
+}
+
+static void imx_q4_k(const float *x, const float *qw, uint8_t *y) {
+    uint8_t L[SUPER];
+    imx_kx(x, qw, 15, y, L);
+    uint8_t *q = y + 16;
+    for (int r = 0; r < 4; r++)
+        for (int l = 0; l < 32; l++) q[32 * r + l] = (uint8_t)(L[64 * r + l] | (L[64 * r + 32 + l] << 4));
+}
+
+static void imx_q5_k(const float *x, const float *qw, uint8_t *y) {
+    uint8_t L[SUPER];
+    imx_kx(x, qw, 31, y, L);
+    uint8_t *qh = y + 16, *q = y + 48;
+    memset(qh, 0, 32);
+    for (int r = 0; r < 4; r++) {
+        for (int l = 0; l < 32; l++) {
+            const unsigned a = L[64 * r + l], b = L[64 * r + 32 + l];
+            qh[l] = (uint8_t)(qh[l] | ((a >> 4) << (2 * r)) | ((b >> 4) << (2 * r + 1)));
+            q[32 * r + l] = (uint8_t)((a & 0xF) | ((b & 0xF) << 4));
+        }
+    }
+}
+
+/* Q6_K (quantize_row_q6_K_impl): the group fits weighted by qw itself, the rest as the _ref path. */
+static void imx_q6_k(const float *x, const float *qw, uint8_t *y) {
+    int8_t L[SUPER];
+    float scales[16], max_scale = 0, max_abs = 0;
+    for (int j = 0; j < 16; j++) {
+        scales[j] = imx_fit_sym(16, 32, x + 16 * j, qw + 16 * j, L + 16 * j);
+        const float a = fabsf(scales[j]);
+        if (a > max_abs) {
+            max_abs = a;
+            max_scale = scales[j];
+        }
+    }
+    if (max_abs < TINY_GROUP) {
+        memset(y, 0, 210);
+        return;
+    }
+    const float iscale = -128.0f / max_scale;
+    const uint16_t d16 = half_of(1.0f / iscale);
+    int8_t *sc = (int8_t *)(y + 192);
+    for (int j = 0; j < 16; j++) {
+        const int l = round_magic(iscale * scales[j]);
+        sc[j] = (int8_t)wrap_i8(l < 127 ? l : 127);
+    }
+    put_f16(y + 208, d16);
+    const float dd = half_value(d16);
+    for (int j = 0; j < 16; j++) {
+        const float d = dd * (float)sc[j];
+        if (d == 0.0f) continue;
+        symmetric_requant(x + 16 * j, d, -32, 31, L + 16 * j);
+    }
+    uint8_t *ql = y, *qh = y + 128;
+    for (int h = 0; h < 2; h++) {
+        const int8_t *s = L + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            const unsigned a = (uint8_t)s[l], b = (uint8_t)s[l + 32], c = (uint8_t)s[l + 64], e = (uint8_t)s[l + 96];
+            ql[64 * h + l] = (uint8_t)((a & 0xF) | ((c & 0xF) << 4));
+            ql[64 * h + l + 32] = (uint8_t)((b & 0xF) | ((e & 0xF) << 4));
+            qh[32 * h + l] = (uint8_t)((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6));
+        }
+    }
+}
+
+/* Q4_0 / Q5_0 (quantize_row_q4_0_impl / _q5_0_impl), one 32-value block with the row's sigma2: a weighted
+ * symmetric fit to -8..7 / -16..15, stored as fitted (no re-quantization against the f16 scale). */
+static void imx_q4_0(const float *x, const float *qw, float sigma2, uint8_t *y) {
+    float w[32];
+    int8_t L[32];
+    imx_weights(x, qw, sigma2, 32, w);
+    put_f16(y, half_of(imx_fit_sym(32, 8, x, w, L)));
+    for (int j = 0; j < 16; j++) y[2 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+}
+
+static void imx_q5_0(const float *x, const float *qw, float sigma2, uint8_t *y) {
+    float w[32];
+    int8_t L[32];
+    imx_weights(x, qw, sigma2, 32, w);
+    put_f16(y, half_of(imx_fit_sym(32, 16, x, w, L)));
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        const unsigned a = (uint8_t)L[j], b = (uint8_t)L[j + 16];
+        y[6 + j] = (uint8_t)((a & 0xF) | ((b & 0xF) << 4));
+        qh |= ((a >> 4) & 1u) << j;
+        qh |= ((b >> 4) & 1u) << (j + 16);
+    }
+    for (int k = 0; k < 4; k++) y[2 + k] = (uint8_t)(qh >> (8 * k));
+}
+
+/* Q4_1 / Q5_1 (quantize_row_q4_1_impl / _q5_1_impl): a weighted affine fit to 0..15 / 0..31. */
+static void imx_q4_1(const float *x, const float *qw, float sigma2, uint8_t *y) {
+    float w[32], neg_min;
+    uint8_t L[32];
+    imx_weights(x, qw, sigma2, 32, w);
+    const float d = imx_fit_affine(32, 15, x, w, L, &neg_min);
+    put_f16(y, half_of(d));
+    put_f16(y + 2, half_of(-neg_min));
+    for (int j = 0; j < 16; j++) y[4 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+}
+
+static void imx_q5_1(const float *x, const float *qw, float sigma2, uint8_t *y) {
+    float w[32], neg_min;
+    uint8_t L[32];
+    imx_weights(x, qw, sigma2, 32, w);
+    const float d = imx_fit_affine(32, 31, x, w, L, &neg_min);
+    put_f16(y, half_of(d));
+    put_f16(y + 2, half_of(-neg_min));
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        const unsigned a = L[j], b = L[j + 16];
+        y[8 + j] = (uint8_t)((a & 0xF) | ((b & 0xF) << 4));
+        qh |= ((a >> 4) & 1u) << j;
+        qh |= ((b >> 4) & 1u) << (j + 16);
+    }
+    for (int k = 0; k < 4; k++) y[4 + k] = (uint8_t)(qh >> (8 * k));
+}
+
+typedef void (*imx_block_fn)(const float *x, const float *qw, uint8_t *y);
+typedef void (*imx_small_fn)(const float *x, const float *qw, float sigma2, uint8_t *y);
+
+/* One row (float32, finite blocks; blocks holding NaN/Inf were zeroed by the caller) -> its bytes. */
+static void imx_row(const kformat *f, const float *x, int64_t ncols, const float *qw, uint8_t *y) {
+    const int64_t nb = ncols / f->qk;
+    imx_small_fn small = NULL;
+    imx_block_fn big = NULL;
+    switch (f->type) {
+    case GT_Q4_0: small = imx_q4_0; break;
+    case GT_Q4_1: small = imx_q4_1; break;
+    case GT_Q5_0: small = imx_q5_0; break;
+    case GT_Q5_1: small = imx_q5_1; break;
+    case GT_Q2_K: big = imx_q2_k; break;
+    case GT_Q3_K: big = imx_q3_k; break;
+    case GT_Q4_K: big = imx_q4_k; break;
+    case GT_Q5_K: big = imx_q5_k; break;
+    default: big = imx_q6_k; break;
+    }
+    if (small != NULL) {
+        /* the 32-value types take sigma2 over the whole row: sum of squares in order, divided by the row length */
+        const float sigma2 = imx_sum_sq(x, ncols) / (float)ncols;
+        for (int64_t b = 0; b < nb; b++) small(x + b * 32, qw + b * 32, sigma2, y + b * f->bytes);
+    } else {
+        for (int64_t b = 0; b < nb; b++) big(x + b * SUPER, qw + b * SUPER, y + b * f->bytes);
+    }
+}
+
+/* kquant_imatrix(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix) -> flat index of the first
+ * non-finite value or -1. As kquant(), plus imatrix: the address of ncols float32 column weights (finite; checked by
+ * kernels/_native.py). Bytes equal ggml_quantize_chunk(type, ..., imatrix) for finite rows. A block holding NaN/Inf
+ * gets the non-finite policy's bytes and counts as zeros in its row's sigma2 (ggml would spread the NaN over the
+ * row). One code path: the searches run one group at a time. */
+PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args) {
+    int type, kind;
+    unsigned long long s, d, q;
+    long long rows, ncols, stride;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iKiLLKLK", &type, &s, &kind, &rows, &ncols, &d, &stride, &q)) return NULL;
+    const kformat *f = find_format(type);
+    if (f == NULL) {
+        PyErr_Format(PyExc_ValueError, "_fastq8.kquant_imatrix: unsupported ggml type %d", type);
+        return NULL;
+    }
+    if (kind < SRC_F32 || kind > SRC_BF16 || rows < 0 || ncols < 0 || ncols % f->qk != 0) {
+        PyErr_Format(PyExc_ValueError, "_fastq8.kquant_imatrix: bad kind or shape (ncols must be a multiple of %d)",
+                     f->qk);
+        return NULL;
+    }
+    if (rows > 1 && stride < ncols / f->qk * f->bytes) {
+        PyErr_SetString(PyExc_ValueError, "_fastq8.kquant_imatrix: dst_row_stride is smaller than a quantized row");
+        return NULL;
+    }
+    if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);
+    float *buf = (float *)malloc((size_t)ncols * sizeof(float));
+    if (buf == NULL) return PyErr_NoMemory();
+    const uint8_t *src = (const uint8_t *)(uintptr_t)s;
+    uint8_t *dst = (uint8_t *)(uintptr_t)d;
+    const float *qw = (const float *)(uintptr_t)q;
+    const size_t src_row = (size_t)ncols * (kind == SRC_F32 ? 4u : 2u);
+    const int64_t nb = ncols / f->qk;
+    int64_t first = -1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t r = 0; r < rows; r++) {
+        const void *row = src + (size_t)r * src_row;
+        uint8_t *y = dst + r * stride;
+        if (kind == SRC_F32)
+            memcpy(buf, row, (size_t)ncols * sizeof(float));
+        else
+            widen((const uint16_t *)row, kind, (int)ncols, buf);
+        int any_bad = 0;
+        for (int64_t b = 0; b < nb; b++) {
+            const int i = first_bad_block(buf + b * f->qk, f->qk);
+            if (i < 0) continue;
+            if (first < 0) first = r * ncols + b * f->qk + i;
+            memset(buf + b * f->qk, 0, (size_t)f->qk * sizeof(float));
+            any_bad = 1;
+        }
+        imx_row(f, buf, ncols, qw, y);
+        if (any_bad) {
+            /* widen again (the buffer was zeroed there) to find which blocks to overwrite */
+            for (int64_t b = 0; b < nb; b++) {
+                float tmp[SUPER];
+                if (kind == SRC_F32)
+                    memcpy(tmp, (const float *)row + b * f->qk, (size_t)f->qk * sizeof(float));
+                else
+                    widen((const uint16_t *)row + b * f->qk, kind, f->qk, tmp);
+                if (first_bad_block(tmp, f->qk) >= 0) poison_block(f, y + b * f->bytes);
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(buf);
     return PyLong_FromLongLong(first);
 }
 #endif /* !KQ_LANE_BODY */

@@ -131,6 +131,25 @@ def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True
                            out.strides[0], path))
 
 
+def kquant_imatrix(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray) -> int:
+    """The same types as ``kquant`` with importance weights (compiled, kernels/_kquants.c, "importance-weighted").
+
+    ``imatrix``: float32 (ncols,), C-contiguous, finite (validated by the caller). Bytes equal ggml's
+    ``ggml_quantize_chunk(type, ..., imatrix)`` (the ``quantize_row_<type>_impl`` searches) for finite rows; the
+    non-finite policy as ``kquant``, a bad block counting as zeros in its row's statistics. One code path (the
+    searches run one group at a time), whatever ``L1QUANT_KQUANT_ISA`` says.
+    """
+    assert _mod is not None
+    rows, ncols = x.shape
+    if rows == 0 or ncols == 0:
+        return -1
+    if imatrix.dtype != np.float32 or imatrix.shape != (ncols,) or not imatrix.flags.c_contiguous:
+        raise ValueError(f"kquant_imatrix: imatrix must be C-contiguous float32 ({ncols},), found "
+                         f"{imatrix.dtype} {imatrix.shape}")
+    return int(_mod.kquant_imatrix(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
+                                   out.strides[0], imatrix.ctypes.data))
+
+
 def first_nonfinite(x: np.ndarray) -> int:
     """Flat index of the first NaN/Inf of a C-contiguous float32/float16/uint16(bf16) array, or -1 (compiled)."""
     assert _mod is not None
