@@ -1399,6 +1399,27 @@ static KQ_TARGET void ISA(q6_k)(const float *x, uint8_t *y) {
     for (int j = 0; j < BATCH / 16; j++) q6_k_encode(x + SUPER * j, y + 210 * j, &f, 16 * j);
 }
 
+/* The importance-weighted path's affine fits (ggml's make_qkx3_quants: the search of fit_affine_lanes with rmin
+ * -0.9, rdelta 0.05, 37 trials, squared error, given weights): BATCH groups of n (16 or 32) values, group g at
+ * x + n * g, weights w in the same layout. */
+static KQ_TARGET void ISA(imx_affine)(int n, int nmax, const float *x, const float *w, affine_fits *f) {
+    for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) {
+        vf v[32 * NV], wv[32 * NV];
+        if (n == 16) {
+            lanes_load(x + 16 * g0, 16, 16, v);
+            lanes_load(w + 16 * g0, 16, 16, wv);
+            fit_affine_lanes(16, 3, v, wv, -0.9f, 0.05f, 36, 0, f, g0); /* only Q2_K fits 16-value groups */
+        } else {
+            lanes_load(x + 32 * g0, 32, 32, v);
+            lanes_load(w + 32 * g0, 32, 32, wv);
+            if (nmax == 15)
+                fit_affine_lanes(32, 15, v, wv, -0.9f, 0.05f, 36, 0, f, g0);
+            else
+                fit_affine_lanes(32, 31, v, wv, -0.9f, 0.05f, 36, 0, f, g0);
+        }
+    }
+}
+
 /* For the formats table: groups per call of this instance's entry points. */
 enum { ISA(batch) = BATCH };
 
@@ -1598,6 +1619,30 @@ static int64_t quant_row(const kformat *f, const void *src, int kind, int64_t nc
     return first;
 }
 
+/* The code path named by a kquant()/kquant_imatrix() argument: a name from PATH_NAMES (ValueError if unknown or not
+ * available here), None / True for the default (the fastest available), False for "portable". -1 with the
+ * exception set on error. */
+static int parse_path(PyObject *path_obj, const char *fn) {
+    int path = N_PATHS - 1;
+    while (path > 0 && !path_available(path)) path--;
+    if (PyUnicode_Check(path_obj)) {
+        const char *name = PyUnicode_AsUTF8(path_obj);
+        if (name == NULL) return -1;
+        for (path = 0; path < N_PATHS && strcmp(name, PATH_NAMES[path]) != 0; path++) {
+        }
+        if (path == N_PATHS || !path_available(path)) {
+            PyErr_Format(PyExc_ValueError, "_fastq8.%s: code path '%s' is %s", fn, name,
+                         path == N_PATHS ? "unknown (portable, sse2, avx2, avx512)" : "not available on this CPU/build");
+            return -1;
+        }
+    } else if (path_obj != Py_None) {
+        const int on = PyObject_IsTrue(path_obj);
+        if (on < 0) return -1;
+        if (!on) path = PATH_PORTABLE;
+    }
+    return path;
+}
+
 /* kquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride[, path]) -> flat index of the first non-finite
  * value or -1. src: rows x ncols contiguous values of `kind` (0 float32, 1 float16, 2 bf16 bits); dst: row r at
  * dst + r * dst_row_stride, ncols / qk blocks each. Addresses were validated by kernels/_native.py. path: a name
@@ -1610,23 +1655,8 @@ PyObject *l1q_py_kquant(PyObject *self, PyObject *args) {
     PyObject *path_obj = Py_None;
     (void)self;
     if (!PyArg_ParseTuple(args, "iKiLLKL|O", &type, &s, &kind, &rows, &ncols, &d, &stride, &path_obj)) return NULL;
-    int path = N_PATHS - 1;
-    while (path > 0 && !path_available(path)) path--;
-    if (PyUnicode_Check(path_obj)) {
-        const char *name = PyUnicode_AsUTF8(path_obj);
-        if (name == NULL) return NULL;
-        for (path = 0; path < N_PATHS && strcmp(name, PATH_NAMES[path]) != 0; path++) {
-        }
-        if (path == N_PATHS || !path_available(path)) {
-            PyErr_Format(PyExc_ValueError, "_fastq8.kquant: code path '%s' is %s", name,
-                         path == N_PATHS ? "unknown (portable, sse2, avx2, avx512)" : "not available on this CPU/build");
-            return NULL;
-        }
-    } else if (path_obj != Py_None) {
-        const int on = PyObject_IsTrue(path_obj);
-        if (on < 0) return NULL;
-        if (!on) path = PATH_PORTABLE;
-    }
+    int path = parse_path(path_obj, "kquant");
+    if (path < 0) return NULL;
     const kformat *f = find_format(type);
     if (f == NULL) {
         PyErr_Format(PyExc_ValueError, "_fastq8.kquant: unsupported ggml type %d", type);
@@ -1859,16 +1889,13 @@ static inline float imx_sum(const float *w, int n) {
     return s;
 }
 
-/* Q2_K (quantize_row_q2_K_impl), one super-block. */
-static void imx_q2_k(const float *x, const float *qw, uint8_t *y) {
-    uint8_t L[SUPER], Ls[16], Lm[16];
-    float scales[16], mins[16], sw[16], w[16];
-    const float sigma2 = imx_sum_sq(x, SUPER) / (float)SUPER;
-    for (int j = 0; j < 16; j++) {
-        imx_weights(x + 16 * j, qw + 16 * j, sigma2, 16, w);
-        sw[j] = imx_sum(w, 16);
-        scales[j] = imx_fit_affine(16, 3, x + 16 * j, w, L + 16 * j, &mins[j]);
-    }
+/* Q2_K (quantize_row_q2_K_impl), one super-block, from its group fits (scales, mins, levels L of 16 groups of 16)
+ * and value weights w. */
+static void imx_q2_k(const float *x, const float *w, const float *scales, const float *mins, uint8_t *L,
+                     uint8_t *y) {
+    uint8_t Ls[16], Lm[16];
+    float sw[16];
+    for (int j = 0; j < 16; j++) sw[j] = imx_sum(w + 16 * j, 16);
     const float dm = imx_fit_pos(16, 15, scales, sw, Ls);
     const float mm = imx_fit_pos(16, 15, mins, sw, Lm);
     const uint16_t d16 = half_of(dm), m16 = half_of(mm);
@@ -1923,17 +1950,13 @@ static void imx_q3_k(const float *x, const float *qw, uint8_t *y) {
 }
 
 /* Q4_K / Q5_K (quantize_row_q4_K_impl / _q5_K_impl) up to the levels: d, dmin and the 12 scale bytes at y[0..15],
- * levels 0..nmax in L. Q5_K caps the 6-bit codes at 63; Q4_K writes them as they come (a wrapped code spills into
+ * levels 0..nmax in L (on entry: the group fits' levels; w: the value weights). Q5_K caps the 6-bit codes at 63; Q4_K writes them as they come (a wrapped code spills into
  * the neighbouring bits, as in the reference). */
-static void imx_kx(const float *x, const float *qw, int nmax, uint8_t *y, uint8_t *L) {
+static void imx_kx(const float *x, const float *w, const float *scales, const float *mins, int nmax, uint8_t *y,
+                   uint8_t *L) {
     uint8_t Ls[8], Lm[8];
-    float scales[8], mins[8], sw[8], w[32];
-    const float sigma2 = 2.0f * imx_sum_sq(x, SUPER) / (float)SUPER;
-    for (int j = 0; j < 8; j++) {
-        imx_weights(x + 32 * j, qw + 32 * j, sigma2, 32, w);
-        sw[j] = imx_sum(w, 32);
-        scales[j] = imx_fit_affine(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j]);
-    }
+    float sw[8];
+    for (int j = 0; j < 8; j++) sw[j] = imx_sum(w + 32 * j, 32);
     const float d_block = imx_fit_pos(8, 63, scales, sw, Ls);
     const float m_block = imx_fit_pos(8, 63, mins, sw, Lm);
     uint8_t *sc = y + 4;
@@ -1971,17 +1994,17 @@ static void imx_kx(const float *x, const float *qw, int nmax, uint8_t *y, uint8_
     }
 }
 
-static void imx_q4_k(const float *x, const float *qw, uint8_t *y) {
-    uint8_t L[SUPER];
-    imx_kx(x, qw, 15, y, L);
+static void imx_q4_k(const float *x, const float *w, const float *scales, const float *mins, uint8_t *L,
+                     uint8_t *y) {
+    imx_kx(x, w, scales, mins, 15, y, L);
     uint8_t *q = y + 16;
     for (int r = 0; r < 4; r++)
         for (int l = 0; l < 32; l++) q[32 * r + l] = (uint8_t)(L[64 * r + l] | (L[64 * r + 32 + l] << 4));
 }
 
-static void imx_q5_k(const float *x, const float *qw, uint8_t *y) {
-    uint8_t L[SUPER];
-    imx_kx(x, qw, 31, y, L);
+static void imx_q5_k(const float *x, const float *w, const float *scales, const float *mins, uint8_t *L,
+                     uint8_t *y) {
+    imx_kx(x, w, scales, mins, 31, y, L);
     uint8_t *qh = y + 16, *q = y + 48;
     memset(qh, 0, 32);
     for (int r = 0; r < 4; r++) {
@@ -2060,22 +2083,14 @@ static void imx_q5_0(const float *x, const float *qw, float sigma2, uint8_t *y) 
     for (int k = 0; k < 4; k++) y[2 + k] = (uint8_t)(qh >> (8 * k));
 }
 
-/* Q4_1 / Q5_1 (quantize_row_q4_1_impl / _q5_1_impl): a weighted affine fit to 0..15 / 0..31. */
-static void imx_q4_1(const float *x, const float *qw, float sigma2, uint8_t *y) {
-    float w[32], neg_min;
-    uint8_t L[32];
-    imx_weights(x, qw, sigma2, 32, w);
-    const float d = imx_fit_affine(32, 15, x, w, L, &neg_min);
+/* Q4_1 / Q5_1 (quantize_row_q4_1_impl / _q5_1_impl): the block's weighted affine fit to 0..15 / 0..31, stored. */
+static void imx_q4_1(float d, float neg_min, const uint8_t *L, uint8_t *y) {
     put_f16(y, half_of(d));
     put_f16(y + 2, half_of(-neg_min));
     for (int j = 0; j < 16; j++) y[4 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
 }
 
-static void imx_q5_1(const float *x, const float *qw, float sigma2, uint8_t *y) {
-    float w[32], neg_min;
-    uint8_t L[32];
-    imx_weights(x, qw, sigma2, 32, w);
-    const float d = imx_fit_affine(32, 31, x, w, L, &neg_min);
+static void imx_q5_1(float d, float neg_min, const uint8_t *L, uint8_t *y) {
     put_f16(y, half_of(d));
     put_f16(y + 2, half_of(-neg_min));
     uint32_t qh = 0;
@@ -2088,45 +2103,126 @@ static void imx_q5_1(const float *x, const float *qw, float sigma2, uint8_t *y) 
     for (int k = 0; k < 4; k++) y[4 + k] = (uint8_t)(qh >> (8 * k));
 }
 
-typedef void (*imx_block_fn)(const float *x, const float *qw, uint8_t *y);
-typedef void (*imx_small_fn)(const float *x, const float *qw, float sigma2, uint8_t *y);
+/* The lane instances of the affine fits, by path (NULL: portable). */
+typedef void (*imx_affine_fn)(int n, int nmax, const float *x, const float *w, affine_fits *f);
+#if defined(KQ_LANE_PATHS) && defined(KQ_HAVE_LANES)
+static const imx_affine_fn IMX_AFFINE[N_PATHS] = {NULL, imx_affine_sse2, imx_affine_avx2, imx_affine_avx512};
+#else
+static const imx_affine_fn IMX_AFFINE[N_PATHS] = {NULL};
+#endif
 
-/* One row (float32, finite blocks; blocks holding NaN/Inf were zeroed by the caller) -> its bytes. */
-static void imx_row(const kformat *f, const float *x, int64_t ncols, const float *qw, uint8_t *y) {
-    const int64_t nb = ncols / f->qk;
-    imx_small_fn small = NULL;
-    imx_block_fn big = NULL;
-    switch (f->type) {
-    case GT_Q4_0: small = imx_q4_0; break;
-    case GT_Q4_1: small = imx_q4_1; break;
-    case GT_Q5_0: small = imx_q5_0; break;
-    case GT_Q5_1: small = imx_q5_1; break;
-    case GT_Q2_K: big = imx_q2_k; break;
-    case GT_Q3_K: big = imx_q3_k; break;
-    case GT_Q4_K: big = imx_q4_k; break;
-    case GT_Q5_K: big = imx_q5_k; break;
-    default: big = imx_q6_k; break;
+/* Affine fits of ng groups of n values (group g at x + n * g, weights w alike) to 0..nmax: scale[g], neg_min[g] and
+ * the levels at L + n * g. The lane paths fit a batch of groups per call; a short last batch is padded with zero
+ * groups whose results are dropped. */
+static void imx_fit_affine_all(int n, int nmax, const float *x, const float *w, int64_t ng, float *scale,
+                               float *neg_min, uint8_t *L, int path) {
+    const imx_affine_fn fn = IMX_AFFINE[path];
+    if (fn == NULL) {
+        for (int64_t g = 0; g < ng; g++) scale[g] = imx_fit_affine(n, nmax, x + n * g, w + n * g, L + n * g, &neg_min[g]);
+        return;
     }
-    if (small != NULL) {
-        /* the 32-value types take sigma2 over the whole row: sum of squares in order, divided by the row length */
-        const float sigma2 = imx_sum_sq(x, ncols) / (float)ncols;
-        for (int64_t b = 0; b < nb; b++) small(x + b * 32, qw + b * 32, sigma2, y + b * f->bytes);
-    } else {
-        for (int64_t b = 0; b < nb; b++) big(x + b * SUPER, qw + b * SUPER, y + b * f->bytes);
+    const int per = PATH_BATCH[path];
+    float xb[MAX_GROUPS * 32], wb[MAX_GROUPS * 32];
+    affine_fits f;
+    for (int64_t g0 = 0; g0 < ng; g0 += per) {
+        const int m = ng - g0 < per ? (int)(ng - g0) : per;
+        const float *xs = x + n * g0, *ws = w + n * g0;
+        if (m < per) {
+            memset(xb, 0, sizeof xb);
+            memset(wb, 0, sizeof wb);
+            memcpy(xb, xs, (size_t)(m * n) * sizeof(float));
+            memcpy(wb, ws, (size_t)(m * n) * sizeof(float));
+            xs = xb;
+            ws = wb;
+        }
+        fn(n, nmax, xs, ws, &f);
+        for (int k = 0; k < m; k++) {
+            scale[g0 + k] = f.scale[k];
+            neg_min[g0 + k] = f.neg_min[k];
+            affine_levels(&f, k, xs + n * k, n, nmax, L + n * (g0 + k));
+        }
     }
 }
 
-/* kquant_imatrix(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix) -> flat index of the first
- * non-finite value or -1. As kquant(), plus imatrix: the address of ncols float32 column weights (finite; checked by
- * kernels/_native.py). Bytes equal ggml_quantize_chunk(type, ..., imatrix) for finite rows. A block holding NaN/Inf
- * gets the non-finite policy's bytes and counts as zeros in its row's sigma2 (ggml would spread the NaN over the
- * row). One code path: the searches run one group at a time. */
+/* Scratch of one row: value weights and levels (ncols each), group scales and mins (ncols / 16 each). */
+typedef struct {
+    float *w, *scale, *neg_min;
+    uint8_t *L;
+} imx_scratch;
+
+/* One row (float32, finite blocks; blocks holding NaN/Inf were zeroed by the caller) -> its bytes. */
+static void imx_row(const kformat *f, const float *x, int64_t ncols, const float *qw, uint8_t *y, int path,
+                    const imx_scratch *t) {
+    const int64_t nb = ncols / f->qk;
+    switch (f->type) {
+    case GT_Q4_0:
+    case GT_Q5_0:
+    case GT_Q4_1:
+    case GT_Q5_1: {
+        /* sigma2 over the whole row: sum of squares in order, divided by the row length */
+        const float sigma2 = imx_sum_sq(x, ncols) / (float)ncols;
+        if (f->type == GT_Q4_0 || f->type == GT_Q5_0) {
+            for (int64_t b = 0; b < nb; b++)
+                (f->type == GT_Q4_0 ? imx_q4_0 : imx_q5_0)(x + 32 * b, qw + 32 * b, sigma2, y + b * f->bytes);
+            return;
+        }
+        for (int64_t b = 0; b < nb; b++) imx_weights(x + 32 * b, qw + 32 * b, sigma2, 32, t->w + 32 * b);
+        imx_fit_affine_all(32, f->type == GT_Q4_1 ? 15 : 31, x, t->w, nb, t->scale, t->neg_min, t->L, path);
+        for (int64_t b = 0; b < nb; b++)
+            (f->type == GT_Q4_1 ? imx_q4_1 : imx_q5_1)(t->scale[b], t->neg_min[b], t->L + 32 * b, y + b * f->bytes);
+        return;
+    }
+    case GT_Q2_K:
+    case GT_Q4_K:
+    case GT_Q5_K: {
+        const int n = f->type == GT_Q2_K ? 16 : 32, per = SUPER / n;
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xs = x + SUPER * b;
+            /* Q2_K: the super-block's mean square; Q4_K/Q5_K: twice it */
+            const float sigma2 = f->type == GT_Q2_K ? imx_sum_sq(xs, SUPER) / (float)SUPER
+                                                    : 2.0f * imx_sum_sq(xs, SUPER) / (float)SUPER;
+            imx_weights(xs, qw + SUPER * b, sigma2, SUPER, t->w + SUPER * b);
+        }
+        const int nmax = f->type == GT_Q2_K ? 3 : f->type == GT_Q4_K ? 15 : 31;
+        imx_fit_affine_all(n, nmax, x, t->w, nb * per, t->scale, t->neg_min, t->L, path);
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xs = x + SUPER * b, *ws = t->w + SUPER * b;
+            const float *sc = t->scale + per * b, *mn = t->neg_min + per * b;
+            uint8_t *L = t->L + SUPER * b, *yb = y + b * f->bytes;
+            if (f->type == GT_Q2_K)
+                imx_q2_k(xs, ws, sc, mn, L, yb);
+            else if (f->type == GT_Q4_K)
+                imx_q4_k(xs, ws, sc, mn, L, yb);
+            else
+                imx_q5_k(xs, ws, sc, mn, L, yb);
+        }
+        return;
+    }
+    case GT_Q3_K:
+        for (int64_t b = 0; b < nb; b++) imx_q3_k(x + b * SUPER, qw + b * SUPER, y + b * f->bytes);
+        return;
+    default:
+        for (int64_t b = 0; b < nb; b++) imx_q6_k(x + b * SUPER, qw + b * SUPER, y + b * f->bytes);
+        return;
+    }
+}
+
+/* kquant_imatrix(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix[, path]) -> flat index of the
+ * first non-finite value or -1. As kquant(), plus imatrix: the address of ncols float32 column weights (finite;
+ * checked by kernels/_native.py). Bytes equal ggml_quantize_chunk(type, ..., imatrix) for finite rows. A block
+ * holding NaN/Inf gets the non-finite policy's bytes and counts as zeros in its row's statistics (ggml would
+ * spread the NaN over the row). The lane paths run the affine fits (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K: the bulk of the
+ * work) several groups at a time; everything else runs one group at a time on every path. */
 PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args) {
     int type, kind;
     unsigned long long s, d, q;
     long long rows, ncols, stride;
+    PyObject *path_obj = Py_None;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iKiLLKLK", &type, &s, &kind, &rows, &ncols, &d, &stride, &q)) return NULL;
+    if (!PyArg_ParseTuple(args, "iKiLLKLK|O", &type, &s, &kind, &rows, &ncols, &d, &stride, &q, &path_obj))
+        return NULL;
+    const int path = parse_path(path_obj, "kquant_imatrix");
+    if (path < 0) return NULL;
     const kformat *f = find_format(type);
     if (f == NULL) {
         PyErr_Format(PyExc_ValueError, "_fastq8.kquant_imatrix: unsupported ggml type %d", type);
@@ -2142,12 +2238,20 @@ PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);
-    float *buf = (float *)malloc((size_t)ncols * sizeof(float));
-    if (buf == NULL) return PyErr_NoMemory();
+    /* one allocation: the row as float32, the value weights, group scales and mins, levels */
+    const size_t nc = (size_t)ncols;
+    char *mem = (char *)malloc(nc * sizeof(float) * 2 + (nc / 16) * sizeof(float) * 2 + nc);
+    if (mem == NULL) return PyErr_NoMemory();
+    float *buf = (float *)mem;
+    imx_scratch t;
+    t.w = buf + nc;
+    t.scale = t.w + nc;
+    t.neg_min = t.scale + nc / 16;
+    t.L = (uint8_t *)(t.neg_min + nc / 16);
     const uint8_t *src = (const uint8_t *)(uintptr_t)s;
     uint8_t *dst = (uint8_t *)(uintptr_t)d;
     const float *qw = (const float *)(uintptr_t)q;
-    const size_t src_row = (size_t)ncols * (kind == SRC_F32 ? 4u : 2u);
+    const size_t src_row = nc * (kind == SRC_F32 ? 4u : 2u);
     const int64_t nb = ncols / f->qk;
     int64_t first = -1;
     Py_BEGIN_ALLOW_THREADS
@@ -2155,7 +2259,7 @@ PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args) {
         const void *row = src + (size_t)r * src_row;
         uint8_t *y = dst + r * stride;
         if (kind == SRC_F32)
-            memcpy(buf, row, (size_t)ncols * sizeof(float));
+            memcpy(buf, row, nc * sizeof(float));
         else
             widen((const uint16_t *)row, kind, (int)ncols, buf);
         int any_bad = 0;
@@ -2166,9 +2270,9 @@ PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args) {
             memset(buf + b * f->qk, 0, (size_t)f->qk * sizeof(float));
             any_bad = 1;
         }
-        imx_row(f, buf, ncols, qw, y);
+        imx_row(f, buf, ncols, qw, y, path, &t);
         if (any_bad) {
-            /* widen again (the buffer was zeroed there) to find which blocks to overwrite */
+            /* the buffer was zeroed there: look at the source again to find the blocks to overwrite */
             for (int64_t b = 0; b < nb; b++) {
                 float tmp[SUPER];
                 if (kind == SRC_F32)
@@ -2180,7 +2284,7 @@ PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
-    free(buf);
+    free(mem);
     return PyLong_FromLongLong(first);
 }
 #endif /* !KQ_LANE_BODY */
