@@ -1632,7 +1632,8 @@ static int parse_path(PyObject *path_obj, const char *fn) {
         }
         if (path == N_PATHS || !path_available(path)) {
             PyErr_Format(PyExc_ValueError, "_fastq8.%s: code path '%s' is %s", fn, name,
-                         path == N_PATHS ? "unknown (portable, sse2, avx2, avx512)" : "not available on this CPU/build");
+                         path == N_PATHS ? "unknown (portable, sse2, avx2, avx512)"
+                                         : "not available on this CPU/build");
             return -1;
         }
     } else if (path_obj != Py_None) {
@@ -1950,8 +1951,8 @@ static void imx_q3_k(const float *x, const float *qw, uint8_t *y) {
 }
 
 /* Q4_K / Q5_K (quantize_row_q4_K_impl / _q5_K_impl) up to the levels: d, dmin and the 12 scale bytes at y[0..15],
- * levels 0..nmax in L (on entry: the group fits' levels; w: the value weights). Q5_K caps the 6-bit codes at 63; Q4_K writes them as they come (a wrapped code spills into
- * the neighbouring bits, as in the reference). */
+ * levels 0..nmax in L (on entry: the group fits' levels; w: the value weights). Q5_K caps the 6-bit codes at 63;
+ * Q4_K writes them as they come (a wrapped code spills into the neighbouring bits, as in the reference). */
 static void imx_kx(const float *x, const float *w, const float *scales, const float *mins, int nmax, uint8_t *y,
                    uint8_t *L) {
     uint8_t Ls[8], Lm[8];
@@ -2118,7 +2119,8 @@ static void imx_fit_affine_all(int n, int nmax, const float *x, const float *w, 
                                float *neg_min, uint8_t *L, int path) {
     const imx_affine_fn fn = IMX_AFFINE[path];
     if (fn == NULL) {
-        for (int64_t g = 0; g < ng; g++) scale[g] = imx_fit_affine(n, nmax, x + n * g, w + n * g, L + n * g, &neg_min[g]);
+        for (int64_t g = 0; g < ng; g++)
+            scale[g] = imx_fit_affine(n, nmax, x + n * g, w + n * g, L + n * g, &neg_min[g]);
         return;
     }
     const int per = PATH_BATCH[path];

@@ -131,7 +131,9 @@ def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True
                            out.strides[0], path))
 
 
-def kquant_imatrix(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray, *, isa: str | None = None) -> int:
+def kquant_imatrix(
+    ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray, *, isa: str | None = None
+) -> int:
     """The same types as ``kquant`` with importance weights (compiled, kernels/_kquants.c, "importance-weighted").
 
     ``imatrix``: float32 (ncols,), C-contiguous, finite (validated by the caller). Bytes equal ggml's

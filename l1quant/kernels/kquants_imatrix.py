@@ -331,9 +331,8 @@ def _sb_sigma2(xb: np.ndarray) -> np.ndarray:
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
     """levels (nb, 256) 0..3 -> (nb, 64): byte 32h + l = L[128h+l] | L[128h+l+32] << 2 | .. << 4 | .. << 6."""
     v = L.astype(np.uint8).reshape(-1, 2, 4, 32)
-    return (v[:, :, 0] | (v[:, :, 1] << np.uint8(2)) | (v[:, :, 2] << np.uint8(4)) | (v[:, :, 3] << np.uint8(6))).reshape(
-        -1, 64
-    )
+    packed = v[:, :, 0] | (v[:, :, 1] << np.uint8(2)) | (v[:, :, 2] << np.uint8(4)) | (v[:, :, 3] << np.uint8(6))
+    return packed.reshape(-1, 64)
 
 
 def _requant(xg: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: int, L: np.ndarray) -> None:
@@ -546,7 +545,7 @@ def quantize_imatrix(type_name: str, x: np.ndarray, imatrix: np.ndarray) -> np.n
         >>> x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
         >>> q = quantize_imatrix("Q4_0", x, np.ones(32, np.float32))
         >>> q.shape, float(q[0, :2].view(np.float16)[0])
-        ((2, 18), -0.125)
+        ((2, 18), 0.12164306640625)
     """
     if type_name not in _NAN_FIELDS:
         raise KernelArgumentError(f"no importance-weighted search for {type_name!r}: expected one of {IMATRIX_TYPES}")
