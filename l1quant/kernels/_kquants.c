@@ -1204,9 +1204,9 @@ LANE_FN void fit_affine_lanes(int n, int nmax, const vf *x, const vf *w, float r
 }
 
 /* Largest magnitude of 16 values per lane and the signed value that has it (the first one: strict >). */
-LANE_FN void lanes_peak(const vf *x, vf *amax, vf *peak) {
+LANE_FN void lanes_peak(int n, const vf *x, vf *amax, vf *peak) {
     EACH(b) amax[b] = peak[b] = (vf){0};
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < n; i++) {
         EACH(b) {
             const vf ax = vabs(x[i * NV + b]);
             const vi bigger = ax > amax[b];
@@ -1216,13 +1216,15 @@ LANE_FN void lanes_peak(const vf *x, vf *amax, vf *peak) {
     }
 }
 
-/* Sums of one make_qx_quants trial: sum (w*x)*l and sum (w*l)*l over the levels of iscale * x. */
-LANE_FN void qx_pass(const vf *iscale, const vf *x, const vf *w, const vf *wx, vf *sumlx, vf *suml2, int mode) {
+/* Sums of one make_qx_quants trial over n values, levels -nmax..nmax-1: sum (w*x)*l and sum (w*l)*l over the levels
+ * of iscale * x. */
+LANE_FN void qx_pass(int n, int nmax, const vf *iscale, const vf *x, const vf *w, const vf *wx, vf *sumlx,
+                     vf *suml2, int mode) {
     EACH(b) sumlx[b] = suml2[b] = (vf){0};
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < n; i++) {
         EACH(b) {
             const int k = i * NV + b;
-            const vf l = vlevel(iscale[b] * x[k], -32, 31, mode);
+            const vf l = vlevel(iscale[b] * x[k], -nmax, nmax - 1, mode);
             sumlx[b] += wx[k] * l;
             suml2[b] += w[k] * l * l;
         }
@@ -1231,34 +1233,35 @@ LANE_FN void qx_pass(const vf *iscale, const vf *x, const vf *w, const vf *wx, v
 
 /* One trial, iscale = num / peak, in the form its bounds allow (iscale * x is monotone in x; tiny lanes do not
  * matter). */
-LANE_FN void qx_trial(float num, const vf *peak, const vf *x_lo, const vf *x_hi, const vi *tiny, const vf *x,
-                        const vf *w, const vf *wx, vf *iscale, vf *sumlx, vf *suml2) {
+LANE_FN void qx_trial(int n, int nmax, float num, const vf *peak, const vf *x_lo, const vf *x_hi, const vi *tiny,
+                      const vf *x, const vf *w, const vf *wx, vf *iscale, vf *sumlx, vf *suml2) {
     vf pa[NV], pb[NV];
     EACH(b) {
         iscale[b] = num / peak[b];
         pa[b] = iscale[b] * x_lo[b];
         pb[b] = iscale[b] * x_hi[b];
     }
-    const int mode = level_mode(pa, pb, tiny, -32, 31);
-    WITH_LEVEL_MODE(mode, qx_pass, iscale, x, w, wx, sumlx, suml2);
+    const int mode = level_mode(pa, pb, tiny, -nmax, nmax - 1);
+    WITH_LEVEL_MODE(mode, qx_pass, n, nmax, iscale, x, w, wx, sumlx, suml2);
 }
 
-/* fit_q6_group for NV * LANES groups of 16 values (lanes x), into out[g0 ..]. */
-LANE_FN void fit_qx_lanes(const vf *x, qx_fits *out, int g0) {
-    vf w[16 * NV], wx[16 * NV], amax[NV], peak[NV], x_lo[NV], x_hi[NV], iscale[NV], best_iscale[NV];
+/* make_qx_quants(n, nmax, x, L, rmse_type 1, wq) for NV * LANES groups of n values (lanes x, weights wq; NULL:
+ * x * x, as fit_q6_group), into out[g0 ..] (levels: see qx_fits, with -nmax..nmax-1 here). */
+LANE_FN void fit_qx_lanes(int n, int nmax, const vf *x, const vf *wq, qx_fits *out, int g0) {
+    vf w[32 * NV], wx[32 * NV], amax[NV], peak[NV], x_lo[NV], x_hi[NV], iscale[NV], best_iscale[NV];
     vf sumlx[NV], suml2[NV], scale[NV], best[NV];
     vi tiny[NV], take[NV];
     const vf zero = {0};
-    lanes_peak(x, amax, peak);
+    lanes_peak(n, x, amax, peak);
     EACH(b) x_lo[b] = x_hi[b] = x[b];
-    for (int k = 0; k < 16 * NV; k++) {
-        w[k] = x[k] * x[k];
+    for (int k = 0; k < n * NV; k++) {
+        w[k] = wq ? wq[k] : x[k] * x[k];
         wx[k] = w[k] * x[k];
         x_lo[k % NV] = vmin(x[k], x_lo[k % NV]);
         x_hi[k % NV] = vmax(x[k], x_hi[k % NV]);
     }
     EACH(b) tiny[b] = amax[b] < TINY_GROUP; /* early return in the reference; replaced below */
-    qx_trial(-32.0f, peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2); /* the first guess, -nmax / max */
+    qx_trial(n, nmax, (float)(-nmax), peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2); /* -nmax / max */
     EACH(b) {
         /* suml2 ? sumlx / suml2 : 0 (!= is true for NaN, like C's truth test) */
         scale[b] = vsel(suml2[b] != 0.0f, sumlx[b] / suml2[b], zero);
@@ -1267,7 +1270,7 @@ LANE_FN void fit_qx_lanes(const vf *x, qx_fits *out, int g0) {
     }
     for (int is = -9; is <= 9; is++) {
         if (is == 0) continue;
-        qx_trial(-(32.0f + 0.1f * (float)is), peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2);
+        qx_trial(n, nmax, -((float)nmax + 0.1f * (float)is), peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2);
         EACH(b) take[b] = (suml2[b] > 0.0f) & (sumlx[b] * sumlx[b] > best[b] * suml2[b]);
         if (!vany(take)) continue;
         EACH(b) {
@@ -1293,7 +1296,7 @@ LANE_FN void fit_q3_lanes(const vf *x, float *scales, int8_t *L, int g0) {
     vf w[16 * NV], wx[16 * NV], lv[16 * NV], amax[NV], peak[NV], iscale[NV], sumlx[NV], suml2[NV];
     vi tiny[NV], changed[NV];
     const vf zero = {0};
-    lanes_peak(x, amax, peak);
+    lanes_peak(16, x, amax, peak);
     EACH(b) {
         tiny[b] = amax[b] < TINY_GROUP;
         iscale[b] = -4.0f / peak[b];
@@ -1394,7 +1397,7 @@ static KQ_TARGET void ISA(q6_k)(const float *x, uint8_t *y) {
     for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) {
         vf v[16 * NV];
         lanes_load(x + 16 * g0, 16, 16, v);
-        fit_qx_lanes(v, &f, g0);
+        fit_qx_lanes(16, 32, v, NULL, &f, g0);
     }
     for (int j = 0; j < BATCH / 16; j++) q6_k_encode(x + SUPER * j, y + 210 * j, &f, 16 * j);
 }
@@ -1416,6 +1419,22 @@ static KQ_TARGET void ISA(imx_affine)(int n, int nmax, const float *x, const flo
                 fit_affine_lanes(32, 15, v, wv, -0.9f, 0.05f, 36, 0, f, g0);
             else
                 fit_affine_lanes(32, 31, v, wv, -0.9f, 0.05f, 36, 0, f, g0);
+        }
+    }
+}
+
+/* The importance-weighted path's symmetric fits (make_qx_quants, rmse_type 1, given weights): BATCH groups of n
+ * (16 or 32) values to -nmax..nmax-1, group g at x + n * g, weights w alike. */
+static KQ_TARGET void ISA(imx_sym)(int n, int nmax, const float *x, const float *w, qx_fits *f) {
+    for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) {
+        vf v[32 * NV], wv[32 * NV];
+        lanes_load(x + n * g0, n, n, v);
+        lanes_load(w + n * g0, n, n, wv);
+        switch (nmax) { /* constant arguments: each case compiles its own loops */
+        case 4: fit_qx_lanes(16, 4, v, wv, f, g0); break;    /* Q3_K groups */
+        case 32: fit_qx_lanes(16, 32, v, wv, f, g0); break;  /* Q6_K groups */
+        case 8: fit_qx_lanes(32, 8, v, wv, f, g0); break;    /* Q4_0 blocks */
+        default: fit_qx_lanes(32, 16, v, wv, f, g0); break;  /* Q5_0 blocks */
         }
     }
 }
@@ -1913,16 +1932,12 @@ static void imx_q2_k(const float *x, const float *w, const float *scales, const 
     pack_2bit(L, qs);
 }
 
-/* Q3_K (quantize_row_q3_K_impl), one super-block. */
-static void imx_q3_k(const float *x, const float *qw, uint8_t *y) {
-    int8_t L[SUPER], Ls[16];
-    float scales[16], sw[16], w[16];
-    const float sigma2 = 2.0f * imx_sum_sq(x, SUPER) / (float)SUPER;
-    for (int j = 0; j < 16; j++) {
-        imx_weights(x + 16 * j, qw + 16 * j, sigma2, 16, w);
-        sw[j] = imx_sum(w, 16);
-        scales[j] = imx_fit_sym(16, 4, x + 16 * j, w, L + 16 * j);
-    }
+/* Q3_K (quantize_row_q3_K_impl), one super-block, from its group fits (scales, levels L of 16 groups of 16) and
+ * value weights w. */
+static void imx_q3_k(const float *x, const float *w, const float *scales, int8_t *L, uint8_t *y) {
+    int8_t Ls[16];
+    float sw[16];
+    for (int j = 0; j < 16; j++) sw[j] = imx_sum(w + 16 * j, 16);
     const float d_block = imx_fit_sym(16, 32, scales, sw, Ls);
     uint8_t *hmask = y, *qs = y + 32, *sc = y + 96;
     memset(sc, 0, 12);
@@ -2017,12 +2032,11 @@ static void imx_q5_k(const float *x, const float *w, const float *scales, const 
     }
 }
 
-/* Q6_K (quantize_row_q6_K_impl): the group fits weighted by qw itself, the rest as the _ref path. */
-static void imx_q6_k(const float *x, const float *qw, uint8_t *y) {
-    int8_t L[SUPER];
-    float scales[16], max_scale = 0, max_abs = 0;
+/* Q6_K (quantize_row_q6_K_impl): from the group fits weighted by qw itself (scales, levels L), the rest as the
+ * _ref path. */
+static void imx_q6_k(const float *x, const float *scales, int8_t *L, uint8_t *y) {
+    float max_scale = 0, max_abs = 0;
     for (int j = 0; j < 16; j++) {
-        scales[j] = imx_fit_sym(16, 32, x + 16 * j, qw + 16 * j, L + 16 * j);
         const float a = fabsf(scales[j]);
         if (a > max_abs) {
             max_abs = a;
@@ -2059,21 +2073,15 @@ static void imx_q6_k(const float *x, const float *qw, uint8_t *y) {
     }
 }
 
-/* Q4_0 / Q5_0 (quantize_row_q4_0_impl / _q5_0_impl), one 32-value block with the row's sigma2: a weighted
- * symmetric fit to -8..7 / -16..15, stored as fitted (no re-quantization against the f16 scale). */
-static void imx_q4_0(const float *x, const float *qw, float sigma2, uint8_t *y) {
-    float w[32];
-    int8_t L[32];
-    imx_weights(x, qw, sigma2, 32, w);
-    put_f16(y, half_of(imx_fit_sym(32, 8, x, w, L)));
+/* Q4_0 / Q5_0 (quantize_row_q4_0_impl / _q5_0_impl): the block's weighted symmetric fit to -8..7 / -16..15 (levels
+ * + nmax in L), stored as fitted (no re-quantization against the f16 scale). */
+static void imx_q4_0(float d, const int8_t *L, uint8_t *y) {
+    put_f16(y, half_of(d));
     for (int j = 0; j < 16; j++) y[2 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
 }
 
-static void imx_q5_0(const float *x, const float *qw, float sigma2, uint8_t *y) {
-    float w[32];
-    int8_t L[32];
-    imx_weights(x, qw, sigma2, 32, w);
-    put_f16(y, half_of(imx_fit_sym(32, 16, x, w, L)));
+static void imx_q5_0(float d, const int8_t *L, uint8_t *y) {
+    put_f16(y, half_of(d));
     uint32_t qh = 0;
     for (int j = 0; j < 16; j++) {
         const unsigned a = (uint8_t)L[j], b = (uint8_t)L[j + 16];
@@ -2146,6 +2154,47 @@ static void imx_fit_affine_all(int n, int nmax, const float *x, const float *w, 
     }
 }
 
+typedef void (*imx_sym_fn)(int n, int nmax, const float *x, const float *w, qx_fits *f);
+#if defined(KQ_LANE_PATHS) && defined(KQ_HAVE_LANES)
+static const imx_sym_fn IMX_SYM[N_PATHS] = {NULL, imx_sym_sse2, imx_sym_avx2, imx_sym_avx512};
+#else
+static const imx_sym_fn IMX_SYM[N_PATHS] = {NULL};
+#endif
+
+/* Symmetric fits of ng groups of n values (group g at x + n * g, weights w alike) to -nmax..nmax-1: scale[g] and the
+ * levels + nmax at L + n * g (0 for a near-zero group), as imx_fit_affine_all. */
+static void imx_fit_sym_all(int n, int nmax, const float *x, const float *w, int64_t ng, float *scale, int8_t *L,
+                            int path) {
+    const imx_sym_fn fn = IMX_SYM[path];
+    if (fn == NULL) {
+        for (int64_t g = 0; g < ng; g++) scale[g] = imx_fit_sym(n, nmax, x + n * g, w + n * g, L + n * g);
+        return;
+    }
+    const int per = PATH_BATCH[path];
+    float xb[MAX_GROUPS * 32], wb[MAX_GROUPS * 32];
+    qx_fits f;
+    for (int64_t g0 = 0; g0 < ng; g0 += per) {
+        const int m = ng - g0 < per ? (int)(ng - g0) : per;
+        const float *xs = x + n * g0, *ws = w + n * g0;
+        if (m < per) {
+            memset(xb, 0, sizeof xb);
+            memset(wb, 0, sizeof wb);
+            memcpy(xb, xs, (size_t)(m * n) * sizeof(float));
+            memcpy(wb, ws, (size_t)(m * n) * sizeof(float));
+            xs = xb;
+            ws = wb;
+        }
+        fn(n, nmax, xs, ws, &f);
+        for (int k = 0; k < m; k++) {
+            int8_t *Lg = L + n * (g0 + k);
+            scale[g0 + k] = f.scale[k];
+            for (int i = 0; i < n; i++)
+                Lg[i] = f.tiny[k] ? 0
+                                  : (int8_t)(clampi(round_magic(f.iscale[k] * xs[n * k + i]), -nmax, nmax - 1) + nmax);
+        }
+    }
+}
+
 /* Scratch of one row: value weights and levels (ncols each), group scales and mins (ncols / 16 each). */
 typedef struct {
     float *w, *scale, *neg_min;
@@ -2163,12 +2212,14 @@ static void imx_row(const kformat *f, const float *x, int64_t ncols, const float
     case GT_Q5_1: {
         /* sigma2 over the whole row: sum of squares in order, divided by the row length */
         const float sigma2 = imx_sum_sq(x, ncols) / (float)ncols;
+        for (int64_t b = 0; b < nb; b++) imx_weights(x + 32 * b, qw + 32 * b, sigma2, 32, t->w + 32 * b);
         if (f->type == GT_Q4_0 || f->type == GT_Q5_0) {
+            int8_t *L = (int8_t *)t->L;
+            imx_fit_sym_all(32, f->type == GT_Q4_0 ? 8 : 16, x, t->w, nb, t->scale, L, path);
             for (int64_t b = 0; b < nb; b++)
-                (f->type == GT_Q4_0 ? imx_q4_0 : imx_q5_0)(x + 32 * b, qw + 32 * b, sigma2, y + b * f->bytes);
+                (f->type == GT_Q4_0 ? imx_q4_0 : imx_q5_0)(t->scale[b], L + 32 * b, y + b * f->bytes);
             return;
         }
-        for (int64_t b = 0; b < nb; b++) imx_weights(x + 32 * b, qw + 32 * b, sigma2, 32, t->w + 32 * b);
         imx_fit_affine_all(32, f->type == GT_Q4_1 ? 15 : 31, x, t->w, nb, t->scale, t->neg_min, t->L, path);
         for (int64_t b = 0; b < nb; b++)
             (f->type == GT_Q4_1 ? imx_q4_1 : imx_q5_1)(t->scale[b], t->neg_min[b], t->L + 32 * b, y + b * f->bytes);
@@ -2200,12 +2251,24 @@ static void imx_row(const kformat *f, const float *x, int64_t ncols, const float
         }
         return;
     }
-    case GT_Q3_K:
-        for (int64_t b = 0; b < nb; b++) imx_q3_k(x + b * SUPER, qw + b * SUPER, y + b * f->bytes);
+    case GT_Q3_K: {
+        int8_t *L = (int8_t *)t->L;
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xs = x + SUPER * b;
+            const float sigma2 = 2.0f * imx_sum_sq(xs, SUPER) / (float)SUPER;
+            imx_weights(xs, qw + SUPER * b, sigma2, SUPER, t->w + SUPER * b);
+        }
+        imx_fit_sym_all(16, 4, x, t->w, nb * 16, t->scale, L, path);
+        for (int64_t b = 0; b < nb; b++)
+            imx_q3_k(x + SUPER * b, t->w + SUPER * b, t->scale + 16 * b, L + SUPER * b, y + b * f->bytes);
         return;
-    default:
-        for (int64_t b = 0; b < nb; b++) imx_q6_k(x + b * SUPER, qw + b * SUPER, y + b * f->bytes);
+    }
+    default: { /* Q6_K: the group fits weighted by qw itself */
+        int8_t *L = (int8_t *)t->L;
+        imx_fit_sym_all(16, 32, x, qw, nb * 16, t->scale, L, path);
+        for (int64_t b = 0; b < nb; b++) imx_q6_k(x + SUPER * b, t->scale + 16 * b, L + SUPER * b, y + b * f->bytes);
         return;
+    }
     }
 }
 
@@ -2213,8 +2276,8 @@ static void imx_row(const kformat *f, const float *x, int64_t ncols, const float
  * first non-finite value or -1. As kquant(), plus imatrix: the address of ncols float32 column weights (finite;
  * checked by kernels/_native.py). Bytes equal ggml_quantize_chunk(type, ..., imatrix) for finite rows. A block
  * holding NaN/Inf gets the non-finite policy's bytes and counts as zeros in its row's statistics (ggml would
- * spread the NaN over the row). The lane paths run the affine fits (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K: the bulk of the
- * work) several groups at a time; everything else runs one group at a time on every path. */
+ * spread the NaN over the row). The lane paths run the group searches (make_qkx3_quants, make_qx_quants: the bulk
+ * of the work) several groups at a time; the per-super-block steps run one at a time on every path. */
 PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args) {
     int type, kind;
     unsigned long long s, d, q;
