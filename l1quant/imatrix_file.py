@@ -75,6 +75,28 @@ class Imatrix:
         """Entry names, sorted."""
         return sorted(self.entries)
 
+    def weights_for(self, name: str, ne0: int, n_mat: int = 1) -> np.ndarray | None:
+        """The importance weights llama-quantize passes when quantizing tensor ``name`` (rows of ``ne0`` values,
+        ``n_mat`` experts): float32 (n_mat, ne0), row j for expert j's rows; None when the file has no entry
+        (llama-quantize then logs and quantizes without). An entry of another size is refused, naming the tensor
+        (an imatrix for another model), except for the token embeddings, which llama-quantize quantizes without
+        one then (``llama_model_quantize_impl``).
+
+        Example:
+            >>> im = Imatrix({"blk.0.ffn_up.weight": np.ones(8, np.float32)}, (), 1, 512, legacy=False)
+            >>> im.weights_for("blk.0.ffn_up.weight", 4, 2).shape, im.weights_for("output.weight", 4)
+            ((2, 4), None)
+        """
+        e = self.entries.get(name)
+        if e is None:
+            return None
+        if e.size != ne0 * n_mat:
+            if name in ("token_embd.weight", "per_layer_token_embd.weight"):
+                return None
+            raise ImatrixFileError(f"imatrix entry {name!r} has {e.size} values, the tensor needs {ne0 * n_mat} "
+                                   f"({ne0} columns x {n_mat}): an importance matrix for another model?")
+        return e.reshape(n_mat, ne0)
+
 
 def read_imatrix(path: str | os.PathLike[str]) -> Imatrix:
     """Read a GGUF or legacy .dat importance matrix as llama-quantize does (see the module docstring).

@@ -144,3 +144,17 @@ def test_legacy_refusals(tmp_path: Path) -> None:
         assert name in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ImatrixFileError, match="not a regular file"):
         read_imatrix(tmp_path)
+
+
+def test_weights_for_a_tensor(tmp_path: Path) -> None:
+    """As llama-quantize looks an entry up: by tensor name, size ne0 x n_experts, row j for expert j; a size
+    mismatch is refused naming the tensor, except for token_embd (quantized without weights then)."""
+    means = {"blk.0.ffn_up_exps.weight": np.arange(12, dtype=np.float32), "token_embd.weight": np.ones(3, np.float32)}
+    write_legacy_imatrix(tmp_path / "m.dat", means)
+    im = read_imatrix(tmp_path / "m.dat")
+    w = im.weights_for("blk.0.ffn_up_exps.weight", 4, 3)
+    assert w is not None and w.shape == (3, 4) and w[2].tolist() == [8.0, 9.0, 10.0, 11.0]
+    assert im.weights_for("blk.0.attn_q.weight", 4) is None
+    assert im.weights_for("token_embd.weight", 8) is None
+    with pytest.raises(ImatrixFileError, match=r"'blk.0.ffn_up_exps.weight' has 12 values, the tensor needs 8"):
+        im.weights_for("blk.0.ffn_up_exps.weight", 8)
