@@ -1,7 +1,8 @@
 /*
  * l1quant.kernels._fastq8 (second source file): Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K..Q6_K, written to
  * give the same bytes as ggml's quantize_row_<type>_ref (the path llama-quantize takes without an importance
- * matrix), plus l1quant's non-finite policy.
+ * matrix; kquant()) and, with one, as its quantize_row_<type>_impl searches (kquant_imatrix(), at the end of the
+ * file), plus l1quant's non-finite policy.
  *
  * Exactness: the results must match ggml-base built for baseline x86-64 (SSE2, no FMA), where every float
  * expression is evaluated in IEEE binary32, one rounding per operation, in source order. So this file is built with
