@@ -14,22 +14,26 @@ Two formats (llama.cpp ``common/imatrix-loader.cpp``, ``tools/quantize/quantize.
 llama-quantize tries GGUF first and falls back to the legacy parser; here a file starting with the GGUF magic is
 read as GGUF (l1quant's hardened reader), anything else as legacy. Refused, with one line naming the file and the
 entry: truncated or foreign files, missing GGUF metadata, unpaired or non-F32 sums/counts, non-finite means.
+:func:`write_imatrix` writes both formats as llama-imatrix saves them.
 
 Example:
     >>> import numpy as np, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "m.dat")
-    >>> write_legacy_imatrix(path, {"blk.0.ffn_up.weight": np.array([0.5, 4.0], np.float32)}, ncall=10,
-    ...                      chunk_count=10, dataset="calib.txt")
+    >>> sums = np.array([512.0, 4096.0], np.float32)                  # sum of x² per column over 1024 rows
+    >>> write_imatrix(path, {"blk.0.ffn_up.weight": (sums, np.array([1024]))}, datasets=["calib.txt"],
+    ...               chunk_count=2, chunk_size=512, output_format="dat")
     >>> im = read_imatrix(path)
     >>> im.entries["blk.0.ffn_up.weight"].tolist(), im.chunk_count, im.datasets, im.legacy
-    ([0.5, 4.0], 10, ('calib.txt',), True)
+    ([0.5, 4.0], 2, ('calib.txt',), True)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +43,14 @@ from gguf.constants import GGMLQuantizationType, GGUFValueType
 from l1quant.errors import InputError, L1QuantError, open_regular, read_bytes
 from l1quant.gguf.reader import read_gguf
 
-__all__ = ["Imatrix", "ImatrixFileError", "read_imatrix", "write_legacy_imatrix"]
+__all__ = ["Imatrix", "ImatrixFileError", "ImatrixStats", "read_imatrix", "write_imatrix"]
 
 SUM2_SUFFIX = ".in_sum2"
 COUNTS_SUFFIX = ".counts"
 KEY_DATASETS = "imatrix.datasets"
 KEY_CHUNK_COUNT = "imatrix.chunk_count"
 KEY_CHUNK_SIZE = "imatrix.chunk_size"
+GGUF_ALIGNMENT = 32  # ggml's default (llama-imatrix does not set general.alignment)
 #: The largest legacy file read whole (a 70B model's imatrix is ~10 MB).
 MAX_LEGACY_BYTES = 1 << 30
 
@@ -224,25 +229,108 @@ def _finite(means: np.ndarray, p: Path, name: str) -> np.ndarray:
     return means
 
 
-def write_legacy_imatrix(path: str | os.PathLike[str], means: Mapping[str, np.ndarray], *, ncall: int = 1,
-                         chunk_count: int | None = None, dataset: str | None = None) -> None:
-    """Write per-column ``means`` in the legacy .dat layout (values stored as mean x ncall, as llama-imatrix does).
+#: Per weight name: (raw sums of x² per column, float32 (n_mat * ne0,); rows seen per matrix, int64 (n_mat,)), the
+#: statistics llama-imatrix collects (its ``Stats``: ``values`` and ``counts``).
+ImatrixStats = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
-    For tests and conversions; ``chunk_count``/``dataset`` write the optional trailer (dataset needs a count).
+
+def write_imatrix(path: str | os.PathLike[str], stats: ImatrixStats, *, datasets: Sequence[str], chunk_count: int,
+                  chunk_size: int, output_format: str = "gguf") -> None:
+    """Write collected statistics as llama-imatrix saves them (``IMatrixCollector::save_imatrix`` /
+    ``save_imatrix_legacy``), byte for byte.
+
+    ``stats``: see :data:`ImatrixStats`; ``datasets``: the dataset names (GGUF: all of them; .dat: the last one);
+    ``chunk_count``: chunks processed; ``chunk_size``: tokens per chunk (ctx / n_parallel). ``output_format``:
+    "gguf" -- keys ``general.type``, ``imatrix.datasets``, ``imatrix.chunk_count``, ``imatrix.chunk_size``, then
+    per name in sorted order ``NAME.in_sum2`` (F32 [ne0, n_mat]) and ``NAME.counts`` (F32 [1, n_mat]), ggml's
+    32-byte alignment; or "dat" -- entries with at least one non-zero count, sorted, each with ncall =
+    ceil(max count / chunk_size) and values (sum / count) * ncall (1 * ncall for an unused matrix), then the chunk
+    count and the dataset name. Written to a temporary file beside ``path`` and renamed over it.
 
     Example:
         >>> import tempfile
-        >>> write_legacy_imatrix(os.path.join(tempfile.mkdtemp(), "x.dat"), {"w": np.ones(4, np.float32)})
+        >>> p = os.path.join(tempfile.mkdtemp(), "m.gguf")
+        >>> write_imatrix(p, {"blk.0.ffn_up.weight": (np.array([8.0, 2.0], np.float32), np.array([4]))},
+        ...               datasets=["calib.txt"], chunk_count=1, chunk_size=512)
+        >>> read_imatrix(p).entries["blk.0.ffn_up.weight"].tolist()
+        [2.0, 0.5]
     """
-    parts = [struct.pack("<i", len(means))]
-    for name, m in means.items():
-        b = name.encode()
-        vals = (np.asarray(m, np.float32) * np.float32(ncall)).astype("<f4")
-        parts += [struct.pack("<i", len(b)), b, struct.pack("<ii", ncall, vals.size), vals.tobytes()]
-    if chunk_count is not None:
-        parts.append(struct.pack("<i", chunk_count))
-        if dataset is not None:
-            d = dataset.encode()
-            parts += [struct.pack("<i", len(d)), d]
-    Path(path).write_bytes(b"".join(parts))
+    if output_format not in ("gguf", "dat"):
+        raise ValueError(f"output_format must be 'gguf' or 'dat', found {output_format!r}")
+    data = (_gguf_bytes(stats, datasets, chunk_count, chunk_size) if output_format == "gguf"
+            else _dat_bytes(stats, datasets, chunk_count, chunk_size))
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
+
+def _checked(name: str, values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    c = np.asarray(counts, dtype=np.int64).reshape(-1)
+    if c.size and v.size % c.size:
+        raise ValueError(f"imatrix entry {name!r}: {v.size} values do not split into {c.size} matrices")
+    return v, c
+
+
+def _gguf_bytes(stats: ImatrixStats, datasets: Sequence[str], chunk_count: int, chunk_size: int) -> bytes:
+    def string(t: str) -> bytes:
+        b = t.encode()
+        return struct.pack("<Q", len(b)) + b
+
+    kvs = [
+        string("general.type") + struct.pack("<I", int(GGUFValueType.STRING)) + string("imatrix"),
+        string(KEY_DATASETS) + struct.pack("<IIQ", int(GGUFValueType.ARRAY), int(GGUFValueType.STRING), len(datasets))
+        + b"".join(string(d) for d in datasets),
+        string(KEY_CHUNK_COUNT) + struct.pack("<II", int(GGUFValueType.UINT32), chunk_count),
+        string(KEY_CHUNK_SIZE) + struct.pack("<II", int(GGUFValueType.UINT32), chunk_size),
+    ]
+    tensors: list[tuple[str, tuple[int, int], bytes]] = []
+    for name in sorted(stats):
+        v, c = _checked(name, *stats[name])
+        if v.size == 0 or c.size == 0:
+            continue  # llama-imatrix writes only entries with values and counts
+        tensors.append((name + SUM2_SUFFIX, (v.size // c.size, c.size), v.astype("<f4").tobytes()))
+        tensors.append((name + COUNTS_SUFFIX, (1, c.size), c.astype(np.float32).astype("<f4").tobytes()))
+    infos, blobs, offset = [], [], 0
+    for tname, (ne0, ne1), blob in tensors:
+        dims = (ne0,) if ne1 == 1 else (ne0, ne1)  # ggml_n_dims: trailing 1s dropped (at least one dim)
+        infos.append(string(tname) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<q", d) for d in dims)
+                     + struct.pack("<iQ", int(GGMLQuantizationType.F32), offset))
+        padded = blob + b"\0" * (-len(blob) % GGUF_ALIGNMENT)
+        blobs.append(padded)
+        offset += len(padded)
+    head = b"GGUF" + struct.pack("<Iqq", 3, len(tensors), len(kvs)) + b"".join(kvs) + b"".join(infos)
+    head += b"\0" * (-len(head) % GGUF_ALIGNMENT)
+    return head + b"".join(blobs)
+
+
+def _dat_bytes(stats: ImatrixStats, datasets: Sequence[str], chunk_count: int, chunk_size: int) -> bytes:
+    body = []
+    n_entries = 0
+    for name in sorted(stats):
+        v, c = _checked(name, *stats[name])
+        if c.size == 0 or not c.any():
+            continue  # no data at all: llama-imatrix skips the entry
+        n_entries += 1
+        b = name.encode()
+        # ceiling division, so that a matrix seen in part of one chunk still counts one call
+        ncall = int(np.int32((int(c.max()) + (chunk_size - 1)) // chunk_size))
+        out = np.empty(v.size, np.float32)
+        if v.size:
+            per = v.size // c.size
+            count = np.repeat(c.astype(np.float32), per)
+            unused = count == 0
+            value = np.where(unused, np.float32(1), v)
+            count = np.where(unused, np.float32(1), count)
+            out = (value / count) * np.float32(ncall)
+        body += [struct.pack("<i", len(b)), b, struct.pack("<ii", ncall, v.size), out.astype("<f4").tobytes()]
+    dataset = (datasets[-1] if datasets else "").encode()
+    return (struct.pack("<i", n_entries) + b"".join(body) + struct.pack("<i", chunk_count)
+            + struct.pack("<i", len(dataset)) + dataset)

@@ -1,8 +1,11 @@
-"""Importance-matrix files (l1quant/imatrix_file.py), both formats built byte by byte here, read into the per-column
-means llama-quantize computes (tools/quantize/quantize.cpp ``load_imatrix`` over common/imatrix-loader.cpp)."""
+"""Importance-matrix files (l1quant/imatrix_file.py): both formats built byte by byte here, read into the per-column
+means llama-quantize computes (tools/quantize/quantize.cpp ``load_imatrix`` over common/imatrix-loader.cpp); and
+written as llama-imatrix saves them: the GGUF bytes compared with ggml's own gguf writer (libggml-base through
+ctypes, with the calls ``IMatrixCollector::save_imatrix`` makes), the .dat bytes with the layout built by hand."""
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
-from l1quant.imatrix_file import ImatrixFileError, read_imatrix, write_legacy_imatrix
+from l1quant.imatrix_file import ImatrixFileError, read_imatrix, write_imatrix
 
 
 def legacy_bytes(entries: list[tuple[bytes, int, np.ndarray]], trailer: bytes = b"") -> bytes:
@@ -52,14 +55,23 @@ def test_legacy_optional_trailer_and_duplicates(tmp_path: Path) -> None:
     assert im.chunk_count == 5 and im.datasets == ()
 
 
-def test_legacy_writer_round_trip(tmp_path: Path) -> None:
-    means = {"blk.0.attn_k.weight": np.array([0.25, 8.0, 0.0], np.float32)}
-    write_legacy_imatrix(tmp_path / "r.dat", means, ncall=4, chunk_count=4, dataset="d")
-    assert (tmp_path / "r.dat").read_bytes() == legacy_bytes(
-        [(b"blk.0.attn_k.weight", 4, means["blk.0.attn_k.weight"] * 4)],
-        trailer=struct.pack("<i", 4) + struct.pack("<i", 1) + b"d")
-    np.testing.assert_array_equal(read_imatrix(tmp_path / "r.dat").entries["blk.0.attn_k.weight"],
-                                  means["blk.0.attn_k.weight"])
+def test_dat_writer_bytes(tmp_path: Path) -> None:
+    """save_imatrix_legacy: sorted names, entries without data skipped, ncall = ceil(max count / chunk size),
+    values (sum / count) * ncall with 1 for an unused expert, then chunk count and the last dataset name."""
+    sums_a = np.array([3.0, 6.0, 9.0, 12.0], np.float32)
+    sums_b = np.array([10.0, 20.0, 5.0, 7.0, 1.0, 2.0], np.float32)  # 3 experts of 2 columns, expert 1 unused
+    stats = {"z.weight": (sums_a, np.array([1000])), "a.weight": (sums_b, np.array([300, 0, 10])),
+             "unused.weight": (np.ones(4, np.float32), np.array([0, 0]))}
+    write_imatrix(tmp_path / "m.dat", stats, datasets=["first.txt", "calib.txt"], chunk_count=3, chunk_size=512,
+                  output_format="dat")
+    f = np.float32
+    want_a = np.array([10 / f(300), 20 / f(300), 1, 1, 1 / f(10), 2 / f(10)], np.float32) * f(1)  # ncall 1
+    want_z = (sums_a / f(1000)) * f(2)  # ncall = ceil(1000 / 512) = 2
+    assert (tmp_path / "m.dat").read_bytes() == legacy_bytes(
+        [(b"a.weight", 1, want_a), (b"z.weight", 2, want_z)],
+        trailer=struct.pack("<i", 3) + struct.pack("<i", 9) + b"calib.txt")
+    im = read_imatrix(tmp_path / "m.dat")
+    np.testing.assert_array_equal(im.entries["z.weight"], want_z / f(2))
 
 
 def write_gguf_imatrix(path: Path, tensors: dict[str, np.ndarray], *, datasets: list[str] | None = None,
@@ -150,7 +162,7 @@ def test_weights_for_a_tensor(tmp_path: Path) -> None:
     """As llama-quantize looks an entry up: by tensor name, size ne0 x n_experts, row j for expert j; a size
     mismatch is refused naming the tensor, except for token_embd (quantized without weights then)."""
     means = {"blk.0.ffn_up_exps.weight": np.arange(12, dtype=np.float32), "token_embd.weight": np.ones(3, np.float32)}
-    write_legacy_imatrix(tmp_path / "m.dat", means)
+    (tmp_path / "m.dat").write_bytes(legacy_bytes([(k.encode(), 1, v) for k, v in means.items()]))
     im = read_imatrix(tmp_path / "m.dat")
     w = im.weights_for("blk.0.ffn_up_exps.weight", 4, 3)
     assert w is not None and w.shape == (3, 4) and w[2].tolist() == [8.0, 9.0, 10.0, 11.0]
@@ -158,3 +170,73 @@ def test_weights_for_a_tensor(tmp_path: Path) -> None:
     assert im.weights_for("token_embd.weight", 8) is None
     with pytest.raises(ImatrixFileError, match=r"'blk.0.ffn_up_exps.weight' has 12 values, the tensor needs 8"):
         im.weights_for("blk.0.ffn_up_exps.weight", 8)
+
+
+def ggml_gguf_imatrix(path: Path, stats: dict[str, tuple[np.ndarray, np.ndarray]], datasets: list[str],
+                      chunk_count: int, chunk_size: int) -> None:
+    """What IMatrixCollector::save_imatrix does, through ggml's own gguf API (libggml-base via ctypes)."""
+    from ggml_oracle import _lib
+
+    lib = _lib()
+
+    class InitParams(ctypes.Structure):
+        _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+    vp = ctypes.c_void_p
+    lib.ggml_init.restype = vp
+    lib.ggml_init.argtypes = [InitParams]
+    lib.ggml_new_tensor_2d.restype = vp
+    lib.ggml_new_tensor_2d.argtypes = [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    lib.ggml_set_name.restype = vp
+    lib.ggml_set_name.argtypes = [vp, ctypes.c_char_p]
+    lib.ggml_get_data.restype = vp
+    lib.ggml_get_data.argtypes = [vp]
+    lib.ggml_free.argtypes = [vp]
+    lib.gguf_init_empty.restype = vp
+    lib.gguf_set_val_str.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p]
+    lib.gguf_set_arr_str.argtypes = [vp, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t]
+    lib.gguf_set_val_u32.argtypes = [vp, ctypes.c_char_p, ctypes.c_uint32]
+    lib.gguf_add_tensor.argtypes = [vp, vp]
+    lib.gguf_write_to_file.restype = ctypes.c_bool
+    lib.gguf_write_to_file.argtypes = [vp, ctypes.c_char_p, ctypes.c_bool]
+    lib.gguf_free.argtypes = [vp]
+    ctx = lib.ggml_init(InitParams(64 << 20, None, False))
+    g = lib.gguf_init_empty()
+    lib.gguf_set_val_str(g, b"general.type", b"imatrix")
+    arr = (ctypes.c_char_p * len(datasets))(*[d.encode() for d in datasets])
+    lib.gguf_set_arr_str(g, b"imatrix.datasets", arr, len(datasets))
+    lib.gguf_set_val_u32(g, b"imatrix.chunk_count", chunk_count)
+    lib.gguf_set_val_u32(g, b"imatrix.chunk_size", chunk_size)
+    for name in sorted(stats):
+        values, counts = stats[name]
+        nmat = counts.size
+        for suffix, ne0, data in ((".in_sum2", values.size // nmat, values.astype(np.float32)),
+                                  (".counts", 1, counts.astype(np.float32))):
+            t = lib.ggml_new_tensor_2d(ctx, 0, ne0, nmat)  # GGML_TYPE_F32
+            lib.ggml_set_name(t, (name + suffix).encode())
+            ctypes.memmove(lib.ggml_get_data(t), data.ctypes.data, data.nbytes)
+            lib.gguf_add_tensor(g, t)
+    assert lib.gguf_write_to_file(g, str(path).encode(), False)
+    lib.gguf_free(g)
+    lib.ggml_free(ctx)
+
+
+def test_gguf_writer_bytes_equal_ggml(tmp_path: Path) -> None:
+    """write_imatrix(output_format="gguf") writes the bytes ggml's gguf writer writes for llama-imatrix's calls:
+    dense and expert entries (1-D tensors where n_mat is 1: ggml drops trailing 1 dims), unused experts, several
+    datasets, names sorted."""
+    rng = np.random.default_rng(4)
+    stats = {
+        "blk.1.attn_q.weight": ((rng.random(96) * 500).astype(np.float32), np.array([2048])),
+        "blk.0.ffn_down_exps.weight": ((rng.random(3 * 40) * 9).astype(np.float32), np.array([512, 0, 77])),
+        "blk.0.attn_k.weight": ((rng.random(7) * 3).astype(np.float32), np.array([13])),
+    }
+    write_imatrix(tmp_path / "ours.gguf", stats, datasets=["calib.txt", "more.txt"], chunk_count=4, chunk_size=512)
+    ggml_gguf_imatrix(tmp_path / "ggml.gguf", stats, ["calib.txt", "more.txt"], 4, 512)
+    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ggml.gguf").read_bytes()
+    im = read_imatrix(tmp_path / "ours.gguf")
+    assert im.names == sorted(stats) and im.chunk_count == 4 and im.chunk_size == 512
+    moe = im.entries["blk.0.ffn_down_exps.weight"]
+    sums = stats["blk.0.ffn_down_exps.weight"][0]
+    np.testing.assert_array_equal(moe, np.concatenate([sums[:40] / np.float32(512), np.ones(40, np.float32),
+                                                       sums[80:] / np.float32(77)]))
