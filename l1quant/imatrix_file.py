@@ -43,7 +43,7 @@ from gguf.constants import GGMLQuantizationType, GGUFValueType
 from l1quant.errors import InputError, L1QuantError, open_regular, read_bytes
 from l1quant.gguf.reader import read_gguf
 
-__all__ = ["Imatrix", "ImatrixFileError", "ImatrixStats", "read_imatrix", "write_imatrix"]
+__all__ = ["Imatrix", "ImatrixFileError", "ImatrixStats", "quantize_keys", "read_imatrix", "write_imatrix"]
 
 SUM2_SUFFIX = ".in_sum2"
 COUNTS_SUFFIX = ".counts"
@@ -227,6 +227,49 @@ def _finite(means: np.ndarray, p: Path, name: str) -> np.ndarray:
         i = int(np.argmin(ok))
         raise ImatrixFileError(f"{p}: entry {name!r}: column {i} is {means[i]} (importance weights must be finite)")
     return means
+
+
+#: The keys llama-quantize adds to a file quantized with an importance matrix (tools/quantize/quantize.cpp).
+KEY_QUANTIZE_FILE = "quantize.imatrix.file"
+KEY_QUANTIZE_DATASET = "quantize.imatrix.dataset"
+KEY_QUANTIZE_N_ENTRIES = "quantize.imatrix.entries_count"
+KEY_QUANTIZE_N_CHUNKS = "quantize.imatrix.chunks_count"
+#: llama-quantize copies the strings into a 128-byte override field: at most 127 bytes survive.
+_OVERRIDE_STR_BYTES = 127
+
+
+def quantize_keys(
+    imatrix: Imatrix, file_arg: str, n_entries: int | None = None
+) -> list[tuple[str, GGUFValueType, str | bytes | int]]:
+    """The ``quantize.imatrix.*`` key/values llama-quantize writes when quantizing with ``imatrix``, in its order:
+    ``file`` (``file_arg``, the path exactly as given on the command line), ``dataset`` (the first dataset; absent
+    without one), ``entries_count`` (``n_entries``: the entries left after --include-weights/--exclude-weights;
+    default all), ``chunks_count`` (absent when the file says 0). Strings are cut to their first 127 bytes (a str,
+    or bytes where the cut splits a UTF-8 character); counts are u32 (llama.cpp PR #14182).
+
+    Example:
+        >>> im = Imatrix({"w": np.ones(2, np.float32)}, ("calib.txt",), 10, 512, legacy=False)
+        >>> [(k, v) for k, _, v in quantize_keys(im, "L1.imatrix.gguf")]   # doctest: +NORMALIZE_WHITESPACE
+        [('quantize.imatrix.file', 'L1.imatrix.gguf'), ('quantize.imatrix.dataset', 'calib.txt'),
+         ('quantize.imatrix.entries_count', 1), ('quantize.imatrix.chunks_count', 10)]
+    """
+
+    def cut(text: str) -> str | bytes:
+        b = text.encode()[:_OVERRIDE_STR_BYTES]
+        try:
+            return b.decode()
+        except UnicodeDecodeError:
+            return b
+
+    keys: list[tuple[str, GGUFValueType, str | bytes | int]] = [
+        (KEY_QUANTIZE_FILE, GGUFValueType.STRING, cut(file_arg))]
+    if imatrix.datasets:
+        keys.append((KEY_QUANTIZE_DATASET, GGUFValueType.STRING, cut(imatrix.datasets[0])))
+    n = len(imatrix.entries) if n_entries is None else n_entries
+    keys.append((KEY_QUANTIZE_N_ENTRIES, GGUFValueType.UINT32, abs(n) & 0xFFFFFFFF))
+    if imatrix.chunk_count > 0:
+        keys.append((KEY_QUANTIZE_N_CHUNKS, GGUFValueType.UINT32, imatrix.chunk_count & 0xFFFFFFFF))
+    return keys
 
 
 #: Per weight name: (raw sums of x² per column, float32 (n_mat * ne0,); rows seen per matrix, int64 (n_mat,)), the

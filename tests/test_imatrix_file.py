@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
-from l1quant.imatrix_file import ImatrixFileError, read_imatrix, write_imatrix
+from l1quant.imatrix_file import Imatrix, ImatrixFileError, quantize_keys, read_imatrix, write_imatrix
 
 
 def legacy_bytes(entries: list[tuple[bytes, int, np.ndarray]], trailer: bytes = b"") -> bytes:
@@ -240,3 +240,19 @@ def test_gguf_writer_bytes_equal_ggml(tmp_path: Path) -> None:
     sums = stats["blk.0.ffn_down_exps.weight"][0]
     np.testing.assert_array_equal(moe, np.concatenate([sums[:40] / np.float32(512), np.ones(40, np.float32),
                                                        sums[80:] / np.float32(77)]))
+
+
+def test_quantize_keys() -> None:
+    """llama-quantize's four keys: the path as given cut to 127 bytes, the first dataset, the entry count after
+    filtering, the chunk count only when non-zero; counts as u32."""
+    im = Imatrix({"a": np.ones(1, np.float32), "b": np.ones(1, np.float32)}, ("x" * 200, "y"), 0, 0, legacy=True)
+    keys = quantize_keys(im, "dir/" + "é" * 70, n_entries=1)
+    assert [k for k, _, _ in keys] == ["quantize.imatrix.file", "quantize.imatrix.dataset",
+                                       "quantize.imatrix.entries_count"]
+    file_value = keys[0][2]
+    assert file_value == ("dir/" + "é" * 70).encode()[:127] and isinstance(file_value, bytes)  # cut mid-character
+    assert keys[1][2] == "x" * 127
+    assert keys[2][1:] == (gguf.GGUFValueType.UINT32, 1)
+    keys = quantize_keys(Imatrix({}, (), 5, 512, legacy=False), "m.gguf")
+    assert [(k, v) for k, _, v in keys] == [("quantize.imatrix.file", "m.gguf"),
+                                            ("quantize.imatrix.entries_count", 0), ("quantize.imatrix.chunks_count", 5)]
