@@ -80,6 +80,23 @@ class Imatrix:
         """Entry names, sorted."""
         return sorted(self.entries)
 
+    def select(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Imatrix:
+        """The entries llama-quantize keeps with ``--exclude-weights`` / ``--include-weights`` (``prepare_imatrix``):
+        first drop every entry whose name contains any ``exclude`` string, then, if ``include`` is given, keep only
+        those containing one of them (plain substrings, not patterns). The result may be empty: llama-quantize then
+        quantizes without an importance matrix and writes none of its keys.
+
+        Example:
+            >>> im = Imatrix({n: np.ones(1, np.float32) for n in ("blk.0.attn_q.weight", "blk.0.ffn_up.weight")},
+            ...              (), 1, 512, legacy=False)
+            >>> im.select(exclude=["attn"]).names, im.select(include=["ffn", "q.w"]).names
+            (['blk.0.ffn_up.weight'], ['blk.0.attn_q.weight', 'blk.0.ffn_up.weight'])
+        """
+        kept = {n: v for n, v in self.entries.items() if not any(x in n for x in exclude)}
+        if include:
+            kept = {n: v for n, v in kept.items() if any(x in n for x in include)}
+        return Imatrix(kept, self.datasets, self.chunk_count, self.chunk_size, self.legacy)
+
     def weights_for(self, name: str, ne0: int, n_mat: int = 1) -> np.ndarray | None:
         """The importance weights llama-quantize passes when quantizing tensor ``name`` (rows of ``ne0`` values,
         ``n_mat`` experts): float32 (n_mat, ne0), row j for expert j's rows; None when the file has no entry
