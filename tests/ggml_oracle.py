@@ -42,6 +42,12 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+def ggml_library() -> ctypes.CDLL:
+    """llama-cpp-python's libggml-base (skips, or fails under CI, when missing): for tests calling other ggml
+    functions (its gguf writer, ...); ``ggml_quantize_chunk`` and ``ggml_quantize_init`` have their prototypes set."""
+    return _lib()
+
+
 def ggml_quantize(type_name: str, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantize float32 ``x`` of shape (rows, n_per_row) with ggml: uint8 (rows, row bytes).
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from ggml_oracle import ggml_library
 
 from l1quant.imatrix_file import Imatrix, ImatrixFileError, quantize_keys, read_imatrix, write_imatrix
 
@@ -175,9 +176,7 @@ def test_weights_for_a_tensor(tmp_path: Path) -> None:
 def ggml_gguf_imatrix(path: Path, stats: dict[str, tuple[np.ndarray, np.ndarray]], datasets: list[str],
                       chunk_count: int, chunk_size: int) -> None:
     """What IMatrixCollector::save_imatrix does, through ggml's own gguf API (libggml-base via ctypes)."""
-    from ggml_oracle import _lib
-
-    lib = _lib()
+    lib = ggml_library()
 
     class InitParams(ctypes.Structure):
         _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
