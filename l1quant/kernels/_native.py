@@ -149,6 +149,32 @@ def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True
                            out.strides[0], path))
 
 
+def kquant_imatrix(
+    ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray, *, isa: str | None = None
+) -> int:
+    """The same types as ``kquant`` with importance weights (compiled, kernels/_kquants.c, "importance-weighted").
+
+    ``imatrix``: float32 (ncols,), C-contiguous, finite (validated by the caller). Bytes equal ggml's
+    ``ggml_quantize_chunk(type, ..., imatrix)`` (the ``quantize_row_<type>_impl`` searches) for finite rows; the
+    non-finite policy as ``kquant``, a bad block counting as zeros in its row's statistics. ``isa`` picks the code
+    path as for ``kquant`` (default ``KQUANT_PATH``): the lane paths run the affine fits (Q4_1, Q5_1, Q2_K, Q4_K,
+    Q5_K) several groups at a time, the other searches one group at a time on every path; all give the same bytes.
+    """
+    assert _mod is not None
+    rows, ncols = x.shape
+    if rows == 0 or ncols == 0:
+        path = isa if isa is not None else KQUANT_PATH
+        if path not in KQUANT_PATHS:
+            raise ValueError(f"kquant_imatrix: code path {path!r} is not available here (available: {KQUANT_PATHS})")
+        return -1
+    if imatrix.dtype != np.float32 or imatrix.shape != (ncols,) or not imatrix.flags.c_contiguous:
+        raise ValueError(f"kquant_imatrix: imatrix must be C-contiguous float32 ({ncols},), found "
+                         f"{imatrix.dtype} {imatrix.shape}")
+    path = isa if isa is not None else KQUANT_PATH
+    return int(_mod.kquant_imatrix(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
+                                   out.strides[0], imatrix.ctypes.data, path))
+
+
 def first_nonfinite(x: np.ndarray) -> int:
     """Flat index of the first NaN/Inf of a C-contiguous float32/float16/uint16(bf16) array, or -1 (compiled)."""
     assert _mod is not None
