@@ -16,7 +16,7 @@ Example:
     >>> snap.check()
     Traceback (most recent call last):
     ...
-    l1quant.errors.InputError: ...w.bin: changed while it was being read (size 3 -> 4 bytes); nothing was written: rerun once the file is stable
+    l1quant.errors.InputError: ...w.bin: changed while it was being read (size 3 -> 4 bytes); nothing was written...
 """
 
 from __future__ import annotations
