@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from l1quant.errors import ConfigError, TensorError, VerifyError
+from l1quant.errors import ConfigError, NotImplementedInputError, TensorError, VerifyError
 
 if TYPE_CHECKING:
     from l1quant.arch import Arch
@@ -201,7 +201,7 @@ def _rope_tables(hp: Hparams, n_tokens: int, freq_factors: np.ndarray | None) ->
     elif stype == "linear":
         scale = 1.0 / hp.rope_scaling_factor
     else:
-        raise NotImplementedError(
+        raise NotImplementedInputError(
             f"reference forward: rope scaling type {hp.rope_scaling_type!r} is not implemented "
             "(supported: none, linear, llama3); skip --logits for this model"
         )

@@ -80,6 +80,12 @@ def config_from_gguf(gf: GGUFFile, arch: Arch) -> ModelConfig:
     if n_head % n_kv:
         raise ConfigError(f"{gf.path}: {a}.attention.head_count_kv={n_kv} does not divide "
                           f"{a}.attention.head_count={n_head}")
+    n_layer = d["num_hidden_layers"]
+    if isinstance(n_layer, int) and n_layer > max(len(gf.tensors), 1):
+        # every block has several tensors: a larger count is not this file's, and trusting it would build
+        # n_layer x (tensors per block) expected names (block_count 10**6: seconds and gigabytes)
+        raise ConfigError(f"{gf.path}: {a}.block_count is {n_layer}, but the file has only {len(gf.tensors)} "
+                          "tensors (each block has several)")
     names = {t.name for t in gf.tensors}
     emb = next((t for t in gf.tensors if t.name == "token_embd.weight"), None)
     tokens = kv.get(_TK.LIST)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,7 +17,8 @@ from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
 from l1quant.conversion.convert import convert
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
 from l1quant.conversion.plan import OUT_TYPES
-from l1quant.errors import ConfigError, VerifyError
+from l1quant.errors import ConfigError, L1QuantError, Terminated, VerifyError
+from l1quant.gguf.writer import TERMINATING_SIGNALS
 
 
 #: --chunk-mb bounds: one job reads this many source MiB. Below 1 KiB the per-job overhead dominates; above 4 GiB
@@ -71,21 +77,60 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
     setup_logging(quiet)
     if not MIN_CHUNK_MB <= chunk_mb <= MAX_CHUNK_MB:  # also NaN (every comparison with NaN is false) and inf
         raise ConfigError(f"--chunk-mb must be a number of MiB in [{MIN_CHUNK_MB}, {MAX_CHUNK_MB}], found {chunk_mb}")
-    out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, threads=threads,
-                  chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite, durable=durable,
-                  progress=not quiet and sys.stderr.isatty(), pure=pure, output_tensor_type=output_tensor_type,
-                  token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                  leave_output_tensor=leave_output_tensor)
-    click.echo(str(out))
-    if card:
-        from l1quant.check.verifier import verify
-        from l1quant.conversion.card import write_card
-        from l1quant.conversion.convert import resolve_source
+    with _polite_signals(card):
+        out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, threads=threads,
+                      chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite, durable=durable,
+                      progress=not quiet and sys.stderr.isatty(), pure=pure, output_tensor_type=output_tensor_type,
+                      token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                      leave_output_tensor=leave_output_tensor)
+        click.echo(str(out))
+        if card:
+            try:
+                _card_step(out, model, threads)
+            except (L1QuantError, OSError) as e:
+                # the GGUF is complete and valid: the message must not read as the conversion failing
+                code = e.exit_code if isinstance(e, L1QuantError) else 1
+                detail = str(e) if isinstance(e, L1QuantError) else f"{e.strerror or e}: {e.filename or ''}"
+                raise _CardStepError(f"{out} was written completely; the --card step failed: {detail}",
+                                     code) from e
 
-        src = resolve_source(model)
-        report = verify(out, source=src, threads=threads)
-        # a hub checkout's folder is named after its snapshot hash: the card names the repo id instead
-        shown = None if Path(model).is_dir() else str(model)
-        click.echo(str(write_card(out, src, report, source_name=shown)))
-        if not report.passed:
-            raise VerifyError(f"{out}: verify: {report.verdict}")
+
+class _CardStepError(L1QuantError):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _card_step(out: Path, model: str, threads: int | None) -> None:
+    from l1quant.check.verifier import verify
+    from l1quant.conversion.card import write_card
+    from l1quant.conversion.convert import resolve_source
+
+    src = resolve_source(model)
+    report = verify(out, source=src, threads=threads)
+    # a hub checkout's folder is named after its snapshot hash: the card names the repo id instead
+    shown = None if Path(model).is_dir() else str(model)
+    click.echo(str(write_card(out, src, report, source_name=shown)))
+    if not report.passed:
+        raise VerifyError(f"{out}: verify: {report.verdict}")
+
+
+@contextmanager
+def _polite_signals(on: bool) -> Iterator[None]:
+    """With ``on``, SIGTERM/SIGHUP/SIGQUIT raise :class:`~l1quant.errors.Terminated` for the whole command, as
+    Ctrl-C raises KeyboardInterrupt: a signal after the GGUF is published (during --card's verify) is then the
+    same one line as Ctrl-C ("... after m.gguf was written completely"), not a silent kill. The output's own
+    handler (AtomicOutput) nests inside and puts this one back."""
+    if not on or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    old = {sig: signal.signal(sig, on_term) for sig in TERMINATING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, signal.SIG_DFL if h is None else h)

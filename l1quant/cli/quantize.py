@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from l1quant.cli import main
+from l1quant.cli import did_you_mean, main
 from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
 from l1quant.conversion.mixes import ALIASES, MIXES
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
@@ -45,7 +45,7 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
         raise click.UsageError(f"expected INPUT.gguf [OUTPUT.gguf] TYPE, found {len(args) + 1} arguments")
     type_ = args[-1]
     if type_.lower() not in _TYPES:
-        raise click.UsageError(f"TYPE {type_!r} is not one of {', '.join(_TYPES)}")
+        raise click.UsageError(f"TYPE {type_!r} is not one of {', '.join(_TYPES)}{did_you_mean(type_, _TYPES)}")
     output = args[0] if len(args) == 2 else None
     setup_logging(quiet)
     out = quantize(input_, output, type_, pure=pure, output_tensor_type=output_tensor_type,

@@ -35,6 +35,7 @@ from l1quant.source.config import ModelConfig
 from l1quant.source.hub import is_repo_id, resolve_model
 from l1quant.source.inputs import check_reference_inputs
 from l1quant.source.safetensors import open_checkpoint
+from l1quant.source.snapshot import InputSnapshot
 
 log = logging.getLogger("l1quant")
 
@@ -275,6 +276,7 @@ def write_gguf(plan: ConversionPlan, header: gguf.GGUFWriter, output: Path, *, t
         cb = bar.update
     else:
         cb = progress or None
+    inputs = InputSnapshot.of(t.source.path for t in plan.tensors)  # an input rewritten meanwhile: refused
     try:
         with AtomicOutput(output, 0, durable=durable) as out:
             data_offset = write_header(header, out.path)
@@ -282,6 +284,7 @@ def write_gguf(plan: ConversionPlan, header: gguf.GGUFWriter, output: Path, *, t
             # early writeback only pays off when a final fsync will wait for the disk anyway
             stream_tensors(plan, out.fd, data_offset, threads=threads, chunk_bytes=chunk_bytes,
                            allow_nonfinite=allow_nonfinite, on_progress=cb, writeback=durable)
+            inputs.check()
     finally:
         if bar is not None:
             bar.close()

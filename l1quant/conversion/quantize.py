@@ -28,6 +28,7 @@ import gguf
 import numpy as np
 from gguf.constants import GGMLQuantizationType
 
+from l1quant.check.complete import check_complete_model
 from l1quant.conversion.convert import write_gguf
 from l1quant.conversion.mixes import ARCHS, get_mix, quant_options
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
@@ -176,6 +177,7 @@ def quantize(
     if gf.alignment != gguf.GGUF_DEFAULT_ALIGNMENT:
         raise InputError(f"{src}: general.alignment {gf.alignment} is not supported (llama-quantize writes "
                          f"{gguf.GGUF_DEFAULT_ALIGNMENT}-byte alignment)")
+    check_complete_model(gf)  # a split part, a missing/extra/misshapen tensor: refused, as convert refuses them
     n_layer = _int_kv(gf, f"{arch_name}.block_count")
     n_head = _int_kv(gf, f"{arch_name}.attention.head_count")
     n_head_kv = _int_kv(gf, f"{arch_name}.attention.head_count_kv") \

@@ -65,6 +65,10 @@ def _pack_array_bulk(val: Any, sub_type: gguf.GGUFValueType | None) -> bytes | N
     inference, or the given integer ``sub_type``) take this path; anything else, including out-of-range ints
     (gguf raises for those), goes back to gguf's item-by-item packer, so the bytes and errors stay gguf's.
     """
+    if isinstance(val, np.ndarray) and val.ndim == 1 and sub_type in SCALAR_FORMATS:
+        # a long numeric array the reader left in the file (a memory map: gguf's packer takes only sequences)
+        head = np.array([int(sub_type)], "<u4").tobytes() + np.array([len(val)], "<u8").tobytes()
+        return head + np.ascontiguousarray(val).astype(SCALAR_FORMATS[sub_type][2]).tobytes()
     if not isinstance(val, list) or len(val) < 256:
         return None
     kind = type(val[0])
