@@ -5,8 +5,8 @@ Example:
     >>> w = WriteOptions(threads=2, chunk_mb=0.5)
     >>> w.chunk_bytes
     524288
-    >>> output_path("out/", Path("m-Q8_0.gguf"), "Q8_0")
-    (PosixPath('out/m-Q8_0.gguf'), True)
+    >>> output_path("/nonexistent/new/", Path("m-Q8_0.gguf"), "Q8_0")
+    (PosixPath('/nonexistent/new/m-Q8_0.gguf'), True)
 """
 
 from __future__ import annotations

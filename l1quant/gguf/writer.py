@@ -14,7 +14,7 @@ Example:
     >>> h.add("general.architecture", "qwen2", gguf.GGUFValueType.STRING)
     >>> data = encode_header(h)
     >>> data[:4], len(data), data_offset(h)
-    (b'GGUF', 61, 64)
+    (b'GGUF', 69, 96)
 """
 
 from __future__ import annotations
