@@ -144,3 +144,26 @@ def test_quantize_output_rule_is_converts(tiny_r1: Path, tmp_path: Path,
     assert l1quant.quantize(src, "x-{ftype}.gguf", "q8_0") == Path("x-q8_0.gguf")
     assert l1quant.quantize(src, None, "q8_0") == tmp_path / "m-Q8_0.gguf"
 
+
+
+def test_verify_reports_tensors_out_of_order(tiny_r1: Path, tmp_path: Path) -> None:
+    out = l1quant.convert(tiny_r1, "q8_0", tmp_path / "m.gguf")
+    gf = read_gguf(out)
+    src = Header.from_file(gf)
+    order = [t.name for t in src.tensors]
+    order[1], order[2] = order[2], order[1]
+    h = Header(kv=dict(src.kv))
+    for name in order:
+        t = gf.tensor(name)
+        h.add_tensor(name, t.shape, t.ggml_type, t.nbytes)
+    bad = tmp_path / "reordered.gguf"
+    with open(bad, "wb") as f:
+        off = write_header(h, f.fileno())
+        for e in h.tensors:
+            f.seek(off + e.offset)
+            f.write(gf.read_tensor_bytes(gf.tensor(e.name)))
+        f.truncate(off + h.data_nbytes)
+    rep = l1quant.verify(bad, source=tiny_r1)
+    failed = {c.name: c.message for c in rep.checks if c.failed}
+    assert list(failed) == ["source.general"], failed
+    assert f"tensor #1 is '{order[1]}'" in failed["source.general"] and "tensor order differs" in failed["source.general"]

@@ -127,10 +127,18 @@ def _check_metadata(gf: GGUFFile, header: Header, arch: Arch) -> list[Check]:
     if order:
         key, prev = order
         groups[group(key)].append(f"key {_q(key)} comes before {_q(prev)}; the converter writes it after")
+    # tensor presence, shapes and types are the fidelity checks' (a llama-quantize file may choose its own
+    # types); the order of the tensor infos is the header's
+    t_order = header.tensor_order_difference(found)
+    if t_order:
+        i, got, want = t_order
+        groups["source.general"].append(f"tensor #{i} is {_q(got)}, the converter writes {_q(want)} there "
+                                        "(tensor order differs)")
     ok = {
         "source.hparams": "hparams (layers, context, sizes, heads, rope, eps) equal the source config",
         "source.tokenizer": "tokens, token types, merges, special ids, chat template equal the source tokenizer",
-        "source.general": "architecture, file type, quantization version as the converter writes them",
+        "source.general": "architecture, file type, quantization version and tensor order as the converter "
+                          "writes them",
     }
     checks = [_check(n, p, ok[n]) for n, p in groups.items()]
     if notes:

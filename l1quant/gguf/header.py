@@ -271,6 +271,25 @@ class Header:
                 return key, prev
         return None
 
+    def tensor_order_difference(self, found: Header) -> tuple[int, str, str] | None:
+        """The first place where ``found`` lists the tensors both headers hold in another order, as (position
+        among those tensors, the name ``found`` has there, the name expected there), or None.
+
+        Example:
+            >>> a, b = Header(), Header()
+            >>> for n in ("x", "y"): _ = a.add_tensor(n, (32,), GGMLQuantizationType.F32, 128)
+            >>> for n in ("y", "x"): _ = b.add_tensor(n, (32,), GGMLQuantizationType.F32, 128)
+            >>> a.tensor_order_difference(b)
+            (0, 'y', 'x')
+        """
+        have = {t.name for t in found.tensors}
+        want = {t.name for t in self.tensors}
+        for i, (w, f) in enumerate(zip([t.name for t in self.tensors if t.name in have],
+                                       [t.name for t in found.tensors if t.name in want])):
+            if w != f:
+                return i, f, w
+        return None
+
     def tensor_differences(self, found: Header) -> list[str]:
         """One line per tensor info of ``found`` that differs from this header's: missing, extra, out of order,
         other dims, type or offset.
@@ -287,11 +306,9 @@ class Header:
         want = {t.name: t for t in self.tensors}
         out += [f"tensor {_q(n)} is missing" for n in want if n not in have]
         out += [f"tensor {_q(n)} is not expected" for n in have if n not in want]
-        for i, (w, f) in enumerate(zip([t for t in self.tensors if t.name in have],
-                                       [t for t in found.tensors if t.name in want])):
-            if w.name != f.name:
-                out.append(f"tensor #{i} is {_q(f.name)}, expected {_q(w.name)} (tensor order differs)")
-                break
+        order = self.tensor_order_difference(found)
+        if order:
+            out.append(f"tensor #{order[0]} is {_q(order[1])}, expected {_q(order[2])} (tensor order differs)")
         for name, w in want.items():
             f = have.get(name)
             if f is None:
