@@ -22,6 +22,7 @@ from typing import Any
 import gguf
 
 from l1quant.arch import Arch, get_arch
+from l1quant.conversion.card import write_verified_card
 from l1quant.conversion.metadata import check_model_card, validate_metadata
 from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.plan import ConversionPlan, make_plan
@@ -265,8 +266,6 @@ def convert(
         log.warning(warning)
     write_gguf(p.plan, p.header, p.output, w, create_folder=p.create_folder)
     if card:
-        from l1quant.conversion.card import write_verified_card
-
         where, report = write_verified_card(p.output, model, threads=w.threads)
         if not report.passed:
             raise VerifyError(f"{p.output}: verify: {report.verdict} (the card {where} says so)")
