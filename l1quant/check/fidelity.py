@@ -16,6 +16,7 @@ from l1quant.arch import Arch
 from l1quant.check.report import Check, TensorFidelity, _check
 from l1quant.check.structure import _STRICT_GENERAL, _T, CHUNK_BYTES
 from l1quant.errors import GGUFFormatError
+from l1quant.gguf.header import Header
 from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
     GGUFFile,
     TensorInfo,
@@ -94,8 +95,10 @@ def _values_differ(key: str, exp: Any, exp_type: Any, found: Any, found_type: An
     return None
 
 
-def _check_metadata(gf: GGUFFile, header: gguf.GGUFWriter, arch: Arch) -> list[Check]:
-    expected: dict[str, Any] = header.kv_data[0]
+def _check_metadata(gf: GGUFFile, header: Header, arch: Arch) -> list[Check]:
+    """The file's keys against ``header`` (what the converter writes for the source): each key present, with its
+    value type and value, no extra key, and the keys both hold in the same order."""
+    found = Header.from_file(gf)
     groups: dict[str, list[str]] = {"source.hparams": [], "source.tokenizer": [], "source.general": []}
     notes: list[str] = []
 
@@ -106,30 +109,36 @@ def _check_metadata(gf: GGUFFile, header: gguf.GGUFWriter, arch: Arch) -> list[C
             return "source.hparams"
         return "source.general"
 
-    for key, gv in expected.items():
-        etype: Any = gv.type
-        if gv.type == _T.ARRAY:
-            sub = gv.sub_type
-            if sub is None:
-                sub = _T.get_type(gv.value[0]) if gv.value else _T.STRING
-            etype = (_T.ARRAY, sub)
-        if key not in gf.kv:
+    for key, kv in header.kv.items():
+        if key not in found.kv:
             (notes if key.startswith("general.") and key not in _STRICT_GENERAL else groups[group(key)]).append(
-                f"key {_q(key)} is missing (the source gives {_short(gv.value)})")
+                f"key {_q(key)} is missing (the source gives {_short(kv.value)})")
             continue
-        d = _values_differ(key, gv.value, etype, gf.kv[key], gf.kv_types[key])
+        d = _values_differ(key, kv.value, kv.type, found.kv[key].value, found.kv[key].type)
         if d:
             (notes if key.startswith("general.") and key not in _STRICT_GENERAL else groups[group(key)]).append(d)
-    for key in gf.kv:
-        if key not in expected and key != "general.alignment":
+    for key in found.kv:
+        if key not in header.kv and key != "general.alignment":
             if key.startswith("general.") and key not in _STRICT_GENERAL:
                 notes.append(f"key {_q(key)} is not what the converter writes for this source")
             else:
                 groups[group(key)].append(f"key {_q(key)} is not what the converter writes for this source")
+    order = header.order_difference(found)
+    if order:
+        key, prev = order
+        groups[group(key)].append(f"key {_q(key)} comes before {_q(prev)}; the converter writes it after")
+    # tensor presence, shapes and types are the fidelity checks' (a llama-quantize file may choose its own
+    # types); the order of the tensor infos is the header's
+    t_order = header.tensor_order_difference(found)
+    if t_order:
+        i, got, want = t_order
+        groups["source.general"].append(f"tensor #{i} is {_q(got)}, the converter writes {_q(want)} there "
+                                        "(tensor order differs)")
     ok = {
         "source.hparams": "hparams (layers, context, sizes, heads, rope, eps) equal the source config",
         "source.tokenizer": "tokens, token types, merges, special ids, chat template equal the source tokenizer",
-        "source.general": "architecture, file type, quantization version as the converter writes them",
+        "source.general": "architecture, file type, quantization version and tensor order as the converter "
+                          "writes them",
     }
     checks = [_check(n, p, ok[n]) for n, p in groups.items()]
     if notes:

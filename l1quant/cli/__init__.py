@@ -176,7 +176,7 @@ def _signal_name(signum: int) -> str:
 
 def _published_note() -> str:
     """What was really done before the signal: outputs already complete under their final name stay valid."""
-    from l1quant.gguf.writer import PUBLISHED
+    from l1quant.output import PUBLISHED
 
     if not PUBLISHED:
         return ""

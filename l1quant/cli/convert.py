@@ -14,17 +14,13 @@ import click
 
 from l1quant.cli import main
 from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
+from l1quant.conversion.card import card_path
 from l1quant.conversion.convert import convert
-from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
+from l1quant.conversion.mixes import quant_options
 from l1quant.conversion.plan import OUT_TYPES
-from l1quant.errors import ConfigError, L1QuantError, Terminated, VerifyError
-from l1quant.gguf.writer import TERMINATING_SIGNALS
-
-
-#: --chunk-mb bounds: one job reads this many source MiB. Below 1 KiB the per-job overhead dominates; above 4 GiB
-#: the ~3 x threads x chunk buffers exceed any machine this runs on.
-MIN_CHUNK_MB = 0.001
-MAX_CHUNK_MB = 4096.0
+from l1quant.conversion.write import DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions
+from l1quant.errors import ConfigError, Terminated
+from l1quant.output import TERMINATING_SIGNALS
 
 
 @main.command("convert")
@@ -47,11 +43,11 @@ MAX_CHUNK_MB = 4096.0
               help="Pre-tokenizer name (e.g. qwen2, deepseek-r1-qwen) when the tokenizer's hash is unknown.")
 @click.option("-t", "--threads", type=THREADS, default=None,
               help="Worker threads (default: all cores; at most 64 and 4 x cores). Output bytes do not depend on it.")
-@click.option("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20,
+@click.option("--chunk-mb", type=float, default=DEFAULT_CHUNK_MB,
               show_default=True, help="Source MiB per work item; bounds memory (about 3 x threads x chunk).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Convert even if weights hold NaN/Inf (refused by default, naming the tensor and index).")
-@click.option("--fsync", "durable", is_flag=True,
+@click.option("--fsync", is_flag=True,
               help="Flush the output to disk (file and folder) before publishing it, so it also survives a power "
                    "loss. Costs the time the disk needs to write the whole file. Without it the output is still "
                    "atomic: complete under its name, or absent.")
@@ -61,7 +57,7 @@ MAX_CHUNK_MB = 4096.0
 @per_tensor_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def convert_cmd(model: str, type_: str, output: str | None, name: str | None, metadata: Path | None,
-                pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, durable: bool,
+                pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                 card: bool, pure: bool, output_tensor_type: str | None, token_embedding_type: str | None,
                 tensor_types: tuple[str, ...], leave_output_tensor: bool, quiet: bool) -> None:
     """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
@@ -78,41 +74,15 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
     if not MIN_CHUNK_MB <= chunk_mb <= MAX_CHUNK_MB:  # also NaN (every comparison with NaN is false) and inf
         raise ConfigError(f"--chunk-mb must be a number of MiB in [{MIN_CHUNK_MB}, {MAX_CHUNK_MB}], found {chunk_mb}")
     with _polite_signals(card):
-        out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, threads=threads,
-                      chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite, durable=durable,
-                      progress=not quiet and sys.stderr.isatty(), pure=pure, output_tensor_type=output_tensor_type,
-                      token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                      leave_output_tensor=leave_output_tensor)
+        out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, card=card,
+                      options=quant_options(pure=pure, output_tensor_type=output_tensor_type,
+                                            token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                                            leave_output_tensor=leave_output_tensor),
+                      write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
+                                         fsync=fsync, progress=not quiet and sys.stderr.isatty()))
         click.echo(str(out))
         if card:
-            try:
-                _card_step(out, model, threads)
-            except (L1QuantError, OSError) as e:
-                # the GGUF is complete and valid: the message must not read as the conversion failing
-                code = e.exit_code if isinstance(e, L1QuantError) else 1
-                detail = str(e) if isinstance(e, L1QuantError) else f"{e.strerror or e}: {e.filename or ''}"
-                raise _CardStepError(f"{out} was written completely; the --card step failed: {detail}",
-                                     code) from e
-
-
-class _CardStepError(L1QuantError):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _card_step(out: Path, model: str, threads: int | None) -> None:
-    from l1quant.check.verifier import verify
-    from l1quant.conversion.card import write_card
-    from l1quant.conversion.convert import resolve_source
-
-    src = resolve_source(model)
-    report = verify(out, source=src, threads=threads)
-    # a hub checkout's folder is named after its snapshot hash: the card names the repo id instead
-    shown = None if Path(model).is_dir() else str(model)
-    click.echo(str(write_card(out, src, report, source_name=shown)))
-    if not report.passed:
-        raise VerifyError(f"{out}: verify: {report.verdict}")
+            click.echo(str(card_path(out)))
 
 
 @contextmanager

@@ -29,7 +29,7 @@ import numpy as np
 
 from l1quant.conversion.plan import ConversionPlan, PlannedTensor
 from l1quant.errors import TensorError
-from l1quant.gguf.writer import pwrite_all
+from l1quant.output import pwrite_all
 from l1quant.kernels.nonfinite import can_overflow, first_nonfinite_output
 from l1quant.source.safetensors import open_weights
 

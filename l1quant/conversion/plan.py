@@ -32,6 +32,7 @@ from l1quant.arch import Arch
 from l1quant.conversion.mixes import Mix, QuantOptions, assign_types, get_mix
 from l1quant.conversion.sources import Generated, PermutedRows, TensorSource, WholeTransformed
 from l1quant.errors import ConfigError, TensorError, clip
+from l1quant.gguf.header import pad
 from l1quant.kernels import QuantType, get_quant_type
 from l1quant.source.config import ModelConfig
 from l1quant.source.safetensors import Checkpoint, SafeTensor, require_float
@@ -42,16 +43,6 @@ CONVERT_TYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 #: Every ``--type`` value: the converter's types, then llama-quantize's mixes and aliases (lower case, as typed).
 OUT_TYPES = CONVERT_TYPES + ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k",
                              "q4_k_s", "q4_k_m", "q4_k", "q5_k_s", "q5_k_m", "q5_k", "q6_k")
-
-
-def pad(n: int, align: int = ALIGNMENT) -> int:
-    """Round ``n`` up to a multiple of ``align``.
-
-    Example:
-        >>> pad(33)
-        64
-    """
-    return -(-n // align) * align
 
 
 @dataclass(frozen=True)
