@@ -59,7 +59,8 @@ from l1quant.output import TERMINATING_SIGNALS
 def convert_cmd(model: str, type_: str, output: str | None, name: str | None, metadata: Path | None,
                 pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                 card: bool, pure: bool, output_tensor_type: str | None, token_embedding_type: str | None,
-                tensor_types: tuple[str, ...], leave_output_tensor: bool, quiet: bool) -> None:
+                tensor_types: tuple[str, ...], leave_output_tensor: bool, imatrix: str | None,
+                include_weights: tuple[str, ...], exclude_weights: tuple[str, ...], quiet: bool) -> None:
     """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
 
     MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
@@ -77,7 +78,8 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
         out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, card=card,
                       options=quant_options(pure=pure, output_tensor_type=output_tensor_type,
                                             token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                                            leave_output_tensor=leave_output_tensor),
+                                            leave_output_tensor=leave_output_tensor, imatrix=imatrix,
+                                            include_weights=include_weights, exclude_weights=exclude_weights),
                       write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
                                          fsync=fsync, progress=not quiet and sys.stderr.isatty()))
         click.echo(str(out))

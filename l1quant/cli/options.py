@@ -7,8 +7,8 @@ Example:
     ... @per_tensor_options
     ... def cmd(**kw: object) -> None:
     ...     pass
-    >>> sorted(p.name for p in cmd.params)[:2]
-    ['leave_output_tensor', 'output_tensor_type']
+    >>> sorted(p.name for p in cmd.params)[:3]
+    ['exclude_weights', 'imatrix', 'include_weights']
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def per_tensor_options(f: F) -> F:
-    """Add ``--pure``, ``--output-tensor-type``, ``--token-embedding-type``, ``--tensor-type`` and
-    ``--leave-output-tensor`` (the parameters of the same names of ``convert``/``quantize``)."""
+    """Add ``--pure``, ``--output-tensor-type``, ``--token-embedding-type``, ``--tensor-type``,
+    ``--leave-output-tensor``, ``--imatrix``, ``--include-weights`` and ``--exclude-weights`` (the parameters of
+    the same names of ``convert``/``quantize``)."""
     for opt in reversed((
         click.option("--pure", is_flag=True,
                      help="Every quantizable tensor gets the type's base type (no per-tensor mix), as "
@@ -39,6 +40,14 @@ def per_tensor_options(f: F) -> F:
                           "first matching option wins). Repeatable, e.g. --tensor-type attn_v=q8_0."),
         click.option("--leave-output-tensor", is_flag=True,
                      help="Copy output.weight unquantized (as the input has it)."),
+        click.option("--imatrix", metavar="FILE", default=None,
+                     help="Quantize with this importance matrix (llama-imatrix's GGUF or legacy .dat), as "
+                          "llama-quantize --imatrix; needed by q2_k_s."),
+        click.option("--include-weights", "include_weights", metavar="NAME", multiple=True,
+                     help="Use the imatrix only for tensors whose name contains NAME (repeatable)."),
+        click.option("--exclude-weights", "exclude_weights", metavar="NAME", multiple=True,
+                     help="Do not use the imatrix for tensors whose name contains NAME (repeatable; not with "
+                          "--include-weights)."),
     )):
         f = opt(f)
     return f

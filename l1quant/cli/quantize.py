@@ -33,11 +33,12 @@ _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_type: str | None,
                  token_embedding_type: str | None, tensor_types: tuple[str, ...], leave_output_tensor: bool,
+                 imatrix: str | None, include_weights: tuple[str, ...], exclude_weights: tuple[str, ...],
                  allow_requantize: bool, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                  quiet: bool) -> None:
     """Quantize an F32/F16/BF16 GGUF to TYPE, byte-identical to llama-quantize.
 
-    TYPE is one of q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k q8_0 f16
+    TYPE is one of q4_0 q4_1 q5_0 q5_1 q2_k q2_k_s q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k q8_0 f16
     bf16 f32 (q3_k, q4_k, q5_k mean the _m mixes). Without OUTPUT.gguf the result is written beside the input
     as {name}-{TYPE}.gguf. Works on any qwen2, qwen3 or llama GGUF, not only l1quant's.
     """
@@ -51,7 +52,8 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
     out = quantize(input_, output, type_, allow_requantize=allow_requantize,
                    options=quant_options(pure=pure, output_tensor_type=output_tensor_type,
                                          token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                                         leave_output_tensor=leave_output_tensor),
+                                         leave_output_tensor=leave_output_tensor, imatrix=imatrix,
+                                         include_weights=include_weights, exclude_weights=exclude_weights),
                    write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
                                       fsync=fsync, progress=not quiet and sys.stderr.isatty()))
     click.echo(str(out))

@@ -165,6 +165,8 @@ def add_model_keys(h: Header, plan: ConversionPlan, cfg: ModelConfig, arch: Arch
     if plan.quantized_layout:
         gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
         gw.add_file_type(plan.file_type)
+        for key, vtype, value in plan.imatrix_keys:  # llama-quantize's kv overrides, set after file_type
+            h.add(key, value, vtype)
 
 
 def prepare(

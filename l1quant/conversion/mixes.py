@@ -54,6 +54,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ from l1quant.errors import ConfigError, clip
 __all__ = [
     "ALIASES",
     "FALLBACK",
+    "IMATRIX_EXEMPT",
     "MIXES",
     "MIX_RULES",
     "NEEDS_IMATRIX",
@@ -81,6 +83,7 @@ __all__ = [
     "is_quantizable",
     "parse_ggml_type",
     "quantize_order",
+    "requires_imatrix",
     "tensor_role",
     "use_more_bits",
 ]
@@ -138,7 +141,7 @@ def _mix(name: str, base: GGMLQuantizationType) -> Mix:
 #: The mixes l1quant serves, by llama-quantize's name (``QUANT_OPTIONS`` in tools/quantize/quantize.cpp).
 MIXES: dict[str, Mix] = {m.name: m for m in (
     _mix("Q4_0", T.Q4_0), _mix("Q4_1", T.Q4_1), _mix("Q5_0", T.Q5_0), _mix("Q5_1", T.Q5_1),
-    _mix("Q2_K", T.Q2_K),
+    _mix("Q2_K", T.Q2_K), _mix("Q2_K_S", T.Q2_K),
     _mix("Q3_K_S", T.Q3_K), _mix("Q3_K_M", T.Q3_K), _mix("Q3_K_L", T.Q3_K),
     _mix("Q4_K_S", T.Q4_K), _mix("Q4_K_M", T.Q4_K),
     _mix("Q5_K_S", T.Q5_K), _mix("Q5_K_M", T.Q5_K),
@@ -150,8 +153,9 @@ MIXES: dict[str, Mix] = {m.name: m for m in (
 ALIASES: dict[str, str] = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
 #: Mixes llama-quantize refuses without an importance matrix (it throws "this quantization requires an imatrix!",
-#: from ``tensor_requires_imatrix``): their types for ordinary tensors include IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/
-#: IQ3_XXS, whose quantizers need the imatrix, or Q2_K inside a Q2_K_S file. l1quant has no imatrix.
+#: from ``tensor_requires_imatrix``) that l1quant does not serve: their types for ordinary tensors include
+#: IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS, whose quantizers need the imatrix and have no kernel here. Q2_K_S (Q2_K
+#: tensors that need one) is served: :func:`assign_types` refuses it without ``has_imatrix`` (:func:`requires_imatrix`).
 NEEDS_IMATRIX: dict[str, str] = {
     "IQ1_S": "its base type IQ1_S needs an importance matrix",
     "IQ1_M": "its base type IQ1_M needs an importance matrix",
@@ -161,7 +165,6 @@ NEEDS_IMATRIX: dict[str, str] = {
     "IQ2_M": "its base type IQ2_S needs an importance matrix",
     "IQ3_XXS": "its base type IQ3_XXS needs an importance matrix",
     "IQ3_XS": "it puts attn_q/attn_k (and middle ffn_gate/ffn_up) in IQ3_XXS, which needs an importance matrix",
-    "Q2_K_S": "llama-quantize requires an importance matrix for the Q2_K tensors of a Q2_K_S file",
 }
 
 #: Other names llama-quantize accepts that l1quant does not serve (no kernels, or not a mix: COPY).
@@ -177,10 +180,10 @@ def get_mix(name: str | int | Mix) -> Mix:
     Example:
         >>> get_mix("q4_k").name, get_mix(15).name
         ('Q4_K_M', 'Q4_K_M')
-        >>> get_mix("Q2_K_S")
+        >>> get_mix("IQ2_XXS")
         Traceback (most recent call last):
         ...
-        l1quant.errors.ConfigError: quant type 'Q2_K_S' needs an importance matrix (llama-quantize requires ...
+        l1quant.errors.ConfigError: quant type 'IQ2_XXS' needs an importance matrix (its base type IQ2_XXS needs ...
     """
     if isinstance(name, Mix):
         return name
@@ -244,6 +247,12 @@ class QuantOptions:
       ``output_tensor_type``/``token_embedding_type``.
     * ``leave_output_tensor`` (``--leave-output-tensor``): ``output.weight`` is copied as it is (even if
       ``output_tensor_type`` is given).
+    * ``imatrix`` (``--imatrix FILE``): an importance-matrix file (GGUF or legacy .dat,
+      :func:`l1quant.imatrix_file.read_imatrix`); the kernels take each tensor's column weights, the rule knows
+      (``has_imatrix``), and the four ``quantize.imatrix.*`` keys record it (the path as given here).
+    * ``include_weights`` / ``exclude_weights`` (``--include-weights`` / ``--exclude-weights NAME``, repeatable,
+      not both): use only the entries whose name contains one of these strings / drop those
+      (:meth:`l1quant.imatrix_file.Imatrix.select`). Without ``imatrix`` they change nothing, as in llama-quantize.
 
     Type values are GGML types or their names. ``output_tensor_type`` and ``token_embedding_type`` are used as
     given, without the shape fallback: if the row length does not fit, llama-quantize aborts, and
@@ -253,6 +262,8 @@ class QuantOptions:
         >>> o = QuantOptions(tensor_types=[("ATTN_V", "q8_0")], output_tensor_type="q8_0")
         >>> o.tensor_types, o.output_tensor_type.name
         ((('attn_v', <GGMLQuantizationType.Q8_0: 8>),), 'Q8_0')
+        >>> QuantOptions(imatrix="m.imatrix.gguf", exclude_weights=["ffn_down"]).exclude_weights
+        ('ffn_down',)
     """
 
     pure: bool = False
@@ -260,6 +271,9 @@ class QuantOptions:
     token_embedding_type: GGMLQuantizationType | str | None = None
     tensor_types: Sequence[tuple[str, GGMLQuantizationType | str]] = ()
     leave_output_tensor: bool = False
+    imatrix: str | os.PathLike[str] | None = None
+    include_weights: Sequence[str] = ()
+    exclude_weights: Sequence[str] = ()
     _compiled: tuple[tuple[re.Pattern[str], GGMLQuantizationType], ...] = field(
         default=(), init=False, repr=False, compare=False)
 
@@ -282,6 +296,16 @@ class QuantOptions:
             pairs.append((pattern, typ))
         object.__setattr__(self, "tensor_types", tuple(pairs))
         object.__setattr__(self, "_compiled", tuple(compiled))
+        for attr in ("include_weights", "exclude_weights"):
+            v = getattr(self, attr)
+            if isinstance(v, str) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"{attr} must be a list of name parts, found {clip(v)}")
+            object.__setattr__(self, attr, tuple(v))
+        if self.include_weights and self.exclude_weights:
+            # llama-quantize prints its usage for this combination
+            raise ConfigError("--include-weights and --exclude-weights cannot be used together")
+        if self.imatrix is not None and not isinstance(self.imatrix, (str, os.PathLike)):
+            raise ConfigError(f"imatrix must be a file path, found {clip(self.imatrix)}")
 
     def override_for(self, name: str) -> GGMLQuantizationType | None:
         """The type of the first ``tensor_types`` pattern found in ``name``, or None.
@@ -446,13 +470,16 @@ class Where:
     ``index`` and ``count`` are the role's running counter: for attn_v the number of attn_v-like tensors already
     decided by the mix table and the number of such tensors in the model (``i_attention_wv``,
     ``n_attention_wv``); for ffn_down the same counter against the number of layers (``i_ffn_down``, ``n_layer``).
-    For dense models in :func:`quantize_order` both amount to the layer number."""
+    For dense models in :func:`quantize_order` both amount to the layer number. ``has_imatrix``: the file is
+    quantized with an importance matrix (llama.cpp's ``qs.has_imatrix``: one with at least one entry left after
+    --include-weights/--exclude-weights)."""
 
     index: int
     count: int
     n_gqa: int
     row_length: int
     base: GGMLQuantizationType
+    has_imatrix: bool = False
 
 
 # Conditions: small named predicates so the table below reads like llama.cpp's rule.
@@ -486,6 +513,12 @@ def first_four(w: Where) -> bool:
     return w.index < 4
 
 
+def first_eighth_with_imatrix(w: Where) -> bool:
+    """Counter in the first eighth, and an importance matrix is given (llama.cpp guards Q4_0/Q5_0's early ffn_down
+    only then, so a file made without one stays what it was before imatrices existed)."""
+    return w.has_imatrix and first_eighth(w)
+
+
 def gqa_at_least_4(w: Where) -> bool:
     """At least 4 query heads per KV head (``n_gqa() >= 4``, layer 0's heads)."""
     return w.n_gqa >= 4
@@ -515,6 +548,7 @@ def _mixes(*names: str) -> frozenset[str]:
 
 _QUANTIZED = frozenset(n for n, m in MIXES.items() if m.quantized)
 _K_Q2, _K_Q3M, _K_Q3L, _K_Q4S = _mixes("Q2_K"), _mixes("Q3_K_M"), _mixes("Q3_K_L"), _mixes("Q4_K_S")
+_K_Q2S = _mixes("Q2_K_S")
 
 #: ``llama_tensor_get_type_impl`` for the served mixes and dense qwen2/qwen3/llama. For a (mix, role) the first
 #: rule whose condition holds gives the type; no rule -> the mix's base type. The output rules also serve
@@ -528,6 +562,7 @@ MIX_RULES: tuple[Rule, ...] = (
     # attn_v: the tensor most sensitive to quantization
     Rule(Role.ATTN_V, _K_Q2, gqa_at_least_4, T.Q4_K),
     Rule(Role.ATTN_V, _K_Q2, always, T.Q3_K),
+    Rule(Role.ATTN_V, _K_Q2S, gqa_at_least_4, T.Q4_K),
     Rule(Role.ATTN_V, _K_Q3M, first_two, T.Q5_K),
     Rule(Role.ATTN_V, _K_Q3M, always, T.Q4_K),
     Rule(Role.ATTN_V, _K_Q3L, always, T.Q5_K),
@@ -535,11 +570,14 @@ MIX_RULES: tuple[Rule, ...] = (
     Rule(Role.ATTN_V, _K_Q4S, first_four, T.Q5_K),
     # ffn_down
     Rule(Role.FFN_DOWN, _K_Q2, always, T.Q3_K),
+    Rule(Role.FFN_DOWN, _K_Q2S, first_eighth, T.Q4_K),
     Rule(Role.FFN_DOWN, _K_Q3M, first_sixteenth, T.Q5_K),
     Rule(Role.FFN_DOWN, _K_Q3M, always, T.Q4_K),  # Falcon keeps Q3_K outside use_more_bits layers
     Rule(Role.FFN_DOWN, _K_Q3L, always, T.Q5_K),  # Falcon: Q4_K
     Rule(Role.FFN_DOWN, _mixes("Q4_K_M", "Q5_K_M"), more_bits, T.Q6_K),
     Rule(Role.FFN_DOWN, _K_Q4S, first_eighth, T.Q5_K),  # not for Falcon
+    Rule(Role.FFN_DOWN, _mixes("Q4_0"), first_eighth_with_imatrix, T.Q4_1),
+    Rule(Role.FFN_DOWN, _mixes("Q5_0"), first_eighth_with_imatrix, T.Q5_1),
     # attn_output (non-Falcon, not 8 experts)
     Rule(Role.ATTN_OUTPUT, _K_Q2, always, T.Q3_K),
     Rule(Role.ATTN_OUTPUT, _K_Q3M, always, T.Q4_K),
@@ -589,6 +627,26 @@ FALLBACK: dict[GGMLQuantizationType, GGMLQuantizationType] = {
 #: quantizers abort on the missing weights instead. l1quant refuses them for every tensor.
 IMATRIX_TYPES = frozenset({T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S})
 
+#: Tensors ``tensor_requires_imatrix`` never asks an importance matrix for (llama-imatrix collects none for them).
+IMATRIX_EXEMPT = frozenset({"token_embd.weight", "per_layer_token_embd.weight", "output.weight"})
+
+
+def requires_imatrix(name: str, t: GGMLQuantizationType, mix: Mix) -> bool:
+    """Whether llama-quantize needs importance weights to quantize tensor ``name`` to ``t`` in a ``mix`` file
+    (``tensor_requires_imatrix``): the i-quant types of :data:`IMATRIX_TYPES`, and Q2_K inside a Q2_K_S file;
+    never the token embeddings or ``output.weight``.
+
+    Example:
+        >>> requires_imatrix("blk.0.ffn_up.weight", T.Q2_K, get_mix("Q2_K_S"))
+        True
+        >>> requires_imatrix("blk.0.ffn_up.weight", T.Q2_K, get_mix("Q2_K")), requires_imatrix("output.weight",
+        ...     T.Q2_K, get_mix("Q2_K_S"))
+        (False, False)
+    """
+    if name in IMATRIX_EXEMPT:
+        return False
+    return t in IMATRIX_TYPES or (t is T.Q2_K and mix.name == "Q2_K_S")
+
 
 def fallback_type(wanted: GGMLQuantizationType, row_length: int) -> GGMLQuantizationType:
     """The type llama-quantize really uses for ``wanted`` on rows of ``row_length`` values.
@@ -636,6 +694,7 @@ class TypeAssignment:
     order: tuple[str, ...]
     fallbacks: dict[str, tuple[GGMLQuantizationType, GGMLQuantizationType]]
     warnings: tuple[str, ...]
+    needs_imatrix: frozenset[str] = frozenset()
 
     def output_type(self, name: str, input_type: GGMLQuantizationType) -> GGMLQuantizationType:
         """The type ``name`` has in llama-quantize's output, given its type in the input."""
@@ -660,6 +719,7 @@ def assign_types(
     n_head_kv: int,
     arch: str,
     options: QuantOptions | None = None,
+    has_imatrix: bool = False,
 ) -> TypeAssignment:
     """Each tensor's type in llama-quantize's output for ``mix`` (``llama_tensor_get_type``).
 
@@ -667,11 +727,14 @@ def assign_types(
     any order: they are visited in llama-quantize's order (:func:`quantize_order`: non-``blk.`` names sorted, then
     layer by layer, names sorted), which matters because the attn_v/ffn_down rules count tensors. ``n_layer``,
     ``n_head`` and ``n_head_kv`` are the GGUF's ``{arch}.block_count``, ``attention.head_count`` and
-    ``attention.head_count_kv``. The embeddings count as tied when there is no ``output.weight``.
+    ``attention.head_count_kv``. The embeddings count as tied when there is no ``output.weight``. ``has_imatrix``:
+    the file is quantized with an importance matrix of at least one entry (changes Q4_0/Q5_0's first ffn_down
+    layers, and lets Q2_K_S through).
 
     Returns a :class:`TypeAssignment` (None for the tensors kept as they are). Raises :class:`ConfigError` where
     llama-quantize would fail: an unknown or unsupported mix or architecture, an explicit output/token-embedding
-    type whose block does not divide the rows, or a type that needs an importance matrix (:data:`IMATRIX_TYPES`).
+    type whose block does not divide the rows, or, without ``has_imatrix``, a tensor whose type needs an
+    importance matrix (:func:`requires_imatrix`: Q2_K in Q2_K_S, :data:`IMATRIX_TYPES`).
 
     Example:
         >>> shapes = [("token_embd.weight", (256, 1000))] + [(f"blk.{i}.ffn_down.weight", (512, 256)) for i in range(8)]
@@ -703,6 +766,7 @@ def assign_types(
     types: dict[str, GGMLQuantizationType | None] = {}
     fallbacks: dict[str, tuple[GGMLQuantizationType, GGMLQuantizationType]] = {}
     warnings: list[str] = []
+    needs: set[str] = set()
     output_type, embedding_type = _as_type(opts.output_tensor_type), _as_type(opts.token_embedding_type)
     for name in order:
         shape, role = shapes[name], roles[name]
@@ -721,7 +785,7 @@ def assign_types(
             if wanted is None and opts.pure:
                 wanted = m.base
             if wanted is None:
-                where = Where(index.get(role, 0), count.get(role, 0), n_gqa, row, m.base)
+                where = Where(index.get(role, 0), count.get(role, 0), n_gqa, row, m.base, has_imatrix)
                 wanted = _from_table(m, role, tied, output_type, where)
                 wanted = next((b.to for b in bumps if b.role is role and wanted in b.from_types), wanted)
                 if role in COUNTED_ROLES:
@@ -731,10 +795,15 @@ def assign_types(
                 fallbacks[name] = (wanted, used)
                 warnings.append(f"{name}: row length {row} is not a multiple of {block_size(wanted)} "
                                 f"({wanted.name}): falling back to {used.name}")
-        if used in IMATRIX_TYPES:
-            raise ConfigError(f"{name}: type {used.name} needs an importance matrix, which l1quant does not support")
+        if requires_imatrix(name, used, m):
+            if not has_imatrix:
+                # llama-quantize's "this quantization requires an imatrix!", naming the first such tensor
+                raise ConfigError(f"quant type {m.name} needs an importance matrix ({name} gets {used.name}): "
+                                  "pass --imatrix FILE (or --calibration TEXT to compute one)")
+            needs.add(name)
         types[name] = used
-    return TypeAssignment(types=types, order=order, fallbacks=fallbacks, warnings=tuple(warnings))
+    return TypeAssignment(types=types, order=order, fallbacks=fallbacks, warnings=tuple(warnings),
+                          needs_imatrix=frozenset(needs))
 
 
 def _as_type(v: GGMLQuantizationType | str | None) -> GGMLQuantizationType | None:
@@ -761,6 +830,9 @@ def quant_options(
     token_embedding_type: GGMLQuantizationType | str | None = None,
     tensor_types: Sequence[tuple[str, GGMLQuantizationType | str]] | Sequence[str] = (),
     leave_output_tensor: bool = False,
+    imatrix: str | os.PathLike[str] | None = None,
+    include_weights: Sequence[str] = (),
+    exclude_weights: Sequence[str] = (),
 ) -> QuantOptions | None:
     """:class:`QuantOptions` from llama-quantize's flags as the library and CLI take them, or None when none is set.
 
@@ -783,5 +855,6 @@ def quant_options(
         else:
             pairs.append((item[0], item[1]))
     opts = QuantOptions(pure=pure, output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type,
-                        tensor_types=pairs, leave_output_tensor=leave_output_tensor)
+                        tensor_types=pairs, leave_output_tensor=leave_output_tensor, imatrix=imatrix,
+                        include_weights=include_weights, exclude_weights=exclude_weights)
     return None if opts == QuantOptions() else opts

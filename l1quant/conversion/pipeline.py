@@ -223,7 +223,14 @@ def stream_tensors(
                 src.read_rows(r0, r1, out=x, fd=None if src.path is None else sources.fd(src.path))
                 out = buf("out", np.dtype(np.uint8), rows * t.row_nbytes).reshape(rows, t.row_nbytes)
                 # the NaN/Inf scan is folded into the conversion pass: no second read of the chunk
-                _, bad = t.qtype.quantize_checked(x, out)
+                if t.imatrix is None:
+                    _, bad = t.qtype.quantize_checked(x, out)
+                else:
+                    bad = None
+                    for a, b, w in t.imatrix_for_rows(r0, r1):  # one piece per matrix/expert the job spans
+                        _, seg_bad = t.qtype.quantize_checked(x[a - r0:b - r0], out[a - r0:b - r0], imatrix=w)
+                        if bad is None and seg_bad is not None:
+                            bad = (a - r0) * t.n_cols + seg_bad
                 in_output = ""
                 if bad is None and not allow_nonfinite and can_overflow(t.qtype.name, src.dtype):
                     # finite input that overflows the output type

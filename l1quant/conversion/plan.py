@@ -23,15 +23,18 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 
 import gguf
+import numpy as np
 
 from l1quant.arch import Arch
 from l1quant.conversion.mixes import Mix, QuantOptions, assign_types, get_mix
 from l1quant.conversion.sources import Generated, PermutedRows, TensorSource, WholeTransformed
 from l1quant.errors import ConfigError, TensorError, clip
+from l1quant.imatrix_file import Imatrix, quantize_keys, read_imatrix
 from l1quant.gguf.header import pad
 from l1quant.kernels import QuantType, get_quant_type
 from l1quant.source.config import ModelConfig
@@ -41,7 +44,7 @@ ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT
 #: The converter's own types (``convert_hf_to_gguf.py --outtype``); every other ``--type`` is a llama-quantize mix.
 CONVERT_TYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 #: Every ``--type`` value: the converter's types, then llama-quantize's mixes and aliases (lower case, as typed).
-OUT_TYPES = CONVERT_TYPES + ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k",
+OUT_TYPES = CONVERT_TYPES + ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q2_k_s", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k",
                              "q4_k_s", "q4_k_m", "q4_k", "q5_k_s", "q5_k_m", "q5_k", "q6_k")
 
 
@@ -51,7 +54,8 @@ class PlannedTensor:
 
     ``shape`` is the source (row-major, HF) shape; GGUF stores it reversed (``gguf_dims``). ``source`` is a
     checkpoint tensor or a stand-in with its interface (:mod:`l1quant.conversion.sources`: a transformed or a
-    generated tensor).
+    generated tensor). ``imatrix``: the importance weights llama-quantize passes for it, float32 (n_mat, n_cols)
+    (row j for the rows of matrix/expert j; :meth:`l1quant.imatrix_file.Imatrix.weights_for`), or None.
     """
 
     name: str
@@ -59,6 +63,29 @@ class PlannedTensor:
     qtype: QuantType
     shape: tuple[int, ...]
     offset: int
+    imatrix: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def imatrix_for_rows(self, start: int, stop: int) -> list[tuple[int, int, np.ndarray | None]]:
+        """Rows ``[start, stop)`` split where the importance weights change (at matrix/expert boundaries), each
+        (start, stop, weights float32 (n_cols,) or None), as llama-quantize hands a chunk's rows to
+        ``ggml_quantize_chunk`` (``imatrix + (row / nrows_per_expert) * n_per_row``).
+
+        Example:
+            >>> t = PlannedTensor("w", None, None, (2, 3, 4), 0, np.arange(8, dtype=np.float32).reshape(2, 4))
+            >>> [(a, b, w.tolist()) for a, b, w in t.imatrix_for_rows(1, 5)]
+            [(1, 3, [0.0, 1.0, 2.0, 3.0]), (3, 5, [4.0, 5.0, 6.0, 7.0])]
+        """
+        if self.imatrix is None:
+            return [(start, stop, None)]
+        per_mat = self.n_rows // self.imatrix.shape[0]
+        parts = []
+        r = start
+        while r < stop:
+            j = r // per_mat
+            end = min(stop, (j + 1) * per_mat)
+            parts.append((r, end, self.imatrix[j]))
+            r = end
+        return parts
 
     @property
     def n_rows(self) -> int:
@@ -96,6 +123,9 @@ class ConversionPlan:
     tensors: list[PlannedTensor]
     warnings: list[str] = field(default_factory=list)
     quantized_layout: bool = False
+    #: The ``quantize.imatrix.*`` (key, value type, value) llama-quantize appends after ``general.file_type``
+    #: (:func:`l1quant.imatrix_file.quantize_keys`); empty without an importance matrix.
+    imatrix_keys: list[tuple[str, gguf.GGUFValueType, str | bytes | int]] = field(default_factory=list)
 
     @property
     def data_nbytes(self) -> int:
@@ -313,7 +343,11 @@ def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]]
 
     ``planned`` holds every tensor of the (virtual or real) input file with its type there; the result is
     llama-quantize's file for ``mix``. ``n_layer``, ``n_head``, ``n_head_kv`` are the model's block count and
-    head counts (the mix rule reads them). Raises ``ConfigError`` for a type l1quant has no kernel for.
+    head counts (the mix rule reads them). With ``options.imatrix``, the file is read and narrowed by
+    ``include_weights``/``exclude_weights`` (llama-quantize's ``prepare_imatrix``); if entries remain, the rule
+    knows it, each quantized tensor carries its weights and the plan its ``quantize.imatrix.*`` keys. Raises
+    ``ConfigError`` for a type l1quant has no kernel for, or a tensor that needs importance weights and has none;
+    :class:`~l1quant.imatrix_file.ImatrixFileError` for an unusable imatrix file or one made for another model.
 
     Example:
         >>> apply_mix("qwen2", planned, get_mix("q4_k_m"), None, [], n_layer=28, n_head=12,
@@ -321,20 +355,53 @@ def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]]
         'Q4_K_M'
     """
     by_name = {name: (st, t) for name, st, t in planned}
+    im = load_imatrix(options)
     a = assign_types([(name, tuple(reversed(st.shape)) or (1,)) for name, st, _ in planned], mix,
-                     n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, arch=arch_name, options=options)
+                     n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, arch=arch_name, options=options,
+                     has_imatrix=im is not None)
     out: list[tuple[str, TensorSource, QuantType]] = []
+    weights: dict[str, np.ndarray] = {}
     for name in a.order:
         st, t_in = by_name[name]
         chosen = a.types[name]
-        out.append((name, st, t_in if chosen is None else get_quant_type(chosen.name)))
-    return layout(arch_name, mix.name, mix.file_type, out, warnings + list(a.warnings), quantized_layout=True)
+        qt = t_in if chosen is None else get_quant_type(chosen.name)
+        out.append((name, st, qt))
+        if im is None or qt is t_in:  # copied as it is: llama-quantize looks nothing up
+            continue
+        shape = tuple(st.shape)
+        w = im.weights_for(name, shape[-1], shape[-3] if len(shape) >= 3 else 1)
+        if w is not None:
+            weights[name] = w
+        elif name in a.needs_imatrix:
+            raise ConfigError(f"{name}: the importance matrix has no entry for it, and its type {qt.name} in a "
+                              f"{mix.name} file needs one (llama-quantize: missing importance matrix for tensor)")
+    plan = layout(arch_name, mix.name, mix.file_type, out, warnings + list(a.warnings), quantized_layout=True,
+                  imatrix=weights)
+    if im is not None:
+        assert options is not None and options.imatrix is not None
+        plan.imatrix_keys = quantize_keys(im, os.fspath(options.imatrix))
+    return plan
+
+
+def load_imatrix(options: QuantOptions | None) -> Imatrix | None:
+    """The importance matrix ``options`` asks for, narrowed by ``include_weights``/``exclude_weights``; None
+    without one, or when no entry is left (llama-quantize then quantizes as without, writing none of its keys).
+
+    Example:
+        >>> load_imatrix(None) is None
+        True
+    """
+    if options is None or options.imatrix is None:
+        return None
+    im = read_imatrix(options.imatrix).select(options.include_weights, options.exclude_weights)
+    return im if im.entries else None
 
 
 def layout(arch_name: str, type_name: str, file_type: int,
            tensors: list[tuple[str, TensorSource, QuantType]], warnings: list[str], *,
-           quantized_layout: bool = False) -> ConversionPlan:
-    """Place ``tensors`` (in the given order) at 32-byte aligned offsets of the data section.
+           quantized_layout: bool = False, imatrix: dict[str, np.ndarray] | None = None) -> ConversionPlan:
+    """Place ``tensors`` (in the given order) at 32-byte aligned offsets of the data section; ``imatrix`` gives
+    some of them their importance weights (:attr:`PlannedTensor.imatrix`).
 
     Example:
         >>> layout("qwen2", "F16", 1, [], []).data_nbytes
@@ -343,7 +410,7 @@ def layout(arch_name: str, type_name: str, file_type: int,
     plan = ConversionPlan(arch_name, type_name, file_type, [], warnings, quantized_layout)
     offset = 0
     for name, st, t in tensors:
-        pt = PlannedTensor(name, st, t, tuple(st.shape), offset)
+        pt = PlannedTensor(name, st, t, tuple(st.shape), offset, (imatrix or {}).get(name))
         offset += pad(pt.nbytes)
         plan.tensors.append(pt)
     return plan

@@ -99,8 +99,8 @@ def _int_kv(gf: GGUFFile, key: str) -> int:
 def quantized_header(gf: GGUFFile, plan: ConversionPlan) -> Header:
     """The header llama-quantize writes for ``gf`` quantized as ``plan``: the input's keys in its order with their
     value types, the ``split.*`` keys dropped, ``general.quantization_version`` then ``general.file_type`` (u32)
-    moved last (``gguf_set_val_u32`` erases and appends), GGUF version 3, 32-byte alignment, and the plan's
-    tensor infos (see :mod:`l1quant.conversion.mixes`, "the output file").
+    moved last (``gguf_set_val_u32`` erases and appends), then the plan's ``quantize.imatrix.*`` keys (likewise),
+    GGUF version 3, 32-byte alignment, and the plan's tensor infos (see :mod:`l1quant.conversion.mixes`, "the output file").
 
     Raises :class:`~l1quant.errors.InputError` for an array-of-arrays key (llama.cpp cannot load it).
 
@@ -117,6 +117,9 @@ def quantized_header(gf: GGUFFile, plan: ConversionPlan) -> Header:
         h.remove(key)
     h.add(_KEY_QNT_VERSION, gguf.GGML_QUANT_VERSION, gguf.GGUFValueType.UINT32)
     h.add(_KEY_FILE_TYPE, plan.file_type, gguf.GGUFValueType.UINT32)
+    for key, vtype, value in plan.imatrix_keys:  # kv overrides: each erased where it was and appended
+        h.remove(key)
+        h.add(key, value, vtype)
     for t in plan.tensors:
         h.add_tensor(t.name, t.gguf_dims, t.qtype.ggml_type, t.nbytes)
     return h

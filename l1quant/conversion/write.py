@@ -89,7 +89,7 @@ _FLAT_NAMES: dict[str, tuple[str, str]] = {
     "durable": ("write", "fsync"),
     "chunk_bytes": ("write", "chunk_bytes"),
     **{n: ("quant", n) for n in ("pure", "output_tensor_type", "token_embedding_type", "tensor_types",
-                                 "leave_output_tensor")},
+                                 "leave_output_tensor", "imatrix", "include_weights", "exclude_weights")},
 }
 
 
