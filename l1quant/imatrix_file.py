@@ -43,7 +43,8 @@ from gguf.constants import GGMLQuantizationType, GGUFValueType
 from l1quant.errors import InputError, L1QuantError, open_regular, read_bytes
 from l1quant.gguf.reader import read_gguf
 
-__all__ = ["Imatrix", "ImatrixFileError", "ImatrixStats", "quantize_keys", "read_imatrix", "write_imatrix"]
+__all__ = ["Imatrix", "ImatrixFileError", "ImatrixStats", "describe_imatrix", "format_imatrix", "is_imatrix_file",
+           "quantize_keys", "read_imatrix", "write_imatrix"]
 
 SUM2_SUFFIX = ".in_sum2"
 COUNTS_SUFFIX = ".counts"
@@ -244,6 +245,86 @@ def _finite(means: np.ndarray, p: Path, name: str) -> np.ndarray:
         i = int(np.argmin(ok))
         raise ImatrixFileError(f"{p}: entry {name!r}: column {i} is {means[i]} (importance weights must be finite)")
     return means
+
+
+def is_imatrix_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` reads as an importance matrix: a GGUF with ``general.type = "imatrix"``, or a file that is
+    not GGUF and parses as a legacy .dat. False for anything else (a model GGUF, a broken file), never raises.
+
+    Example:
+        >>> is_imatrix_file("/dev/null")
+        False
+    """
+    try:
+        fd = open_regular(Path(path), ImatrixFileError)
+        try:
+            magic = os.read(fd, 4)
+        finally:
+            os.close(fd)
+        if magic == b"GGUF":
+            return read_gguf(path).kv.get("general.type") == "imatrix"
+        read_imatrix(path)
+        return True
+    except (L1QuantError, OSError):
+        return False
+
+
+def describe_imatrix(path: str | os.PathLike[str], im: Imatrix | None = None) -> dict[str, object]:
+    """A JSON-ready summary of an importance-matrix file: format, chunks (and chunk size), datasets, entries with
+    their column count and matrices, and the columns never activated (mean x² exactly 0: inputs that were zero
+    on every row seen; llama-quantize gives them no weight). Raises :class:`ImatrixFileError` as
+    :func:`read_imatrix` does.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.dat")
+        >>> write_imatrix(path, {"blk.0.ffn_up.weight": (np.array([0.0, 8.0], np.float32), np.array([4]))},
+        ...               datasets=["calib.txt"], chunk_count=2, chunk_size=512, output_format="dat")
+        >>> d = describe_imatrix(path)
+        >>> d["format"], d["n_entries"], d["chunk_count"], d["datasets"], d["never_activated"]
+        ('dat', 1, 2, ['calib.txt'], 1)
+    """
+    im = im or read_imatrix(path)
+    rows = []
+    for name in im.names:
+        e = im.entries[name]
+        rows.append({"name": name, "n_values": int(e.size), "never_activated": int(np.count_nonzero(e == 0)),
+                     "min": float(e.min()), "max": float(e.max())})
+    return {"file": str(path), "format": "dat" if im.legacy else "gguf", "n_entries": len(rows),
+            "chunk_count": im.chunk_count, "chunk_size": im.chunk_size, "datasets": list(im.datasets),
+            "never_activated": sum(r["never_activated"] for r in rows), "entries": rows}
+
+
+def format_imatrix(d: dict[str, object], limit: int = 8) -> str:
+    """Human-readable text for :func:`describe_imatrix` (the first ``limit`` entries, then a count).
+
+    Example:
+        >>> print(format_imatrix({"file": "m.dat", "format": "dat", "n_entries": 0, "chunk_count": 2,
+        ...                       "chunk_size": 0, "datasets": [], "never_activated": 0, "entries": []}))
+        file:            m.dat
+        format:          importance matrix (legacy .dat)
+        entries:         0
+        chunks:          2
+        datasets:        (none)
+        never activated: 0 columns
+    """
+    chunks = f"{d['chunk_count']}" + (f" of {d['chunk_size']} tokens" if d["chunk_size"] else "")
+    datasets = d["datasets"]
+    assert isinstance(datasets, list)
+    lines = [f"file:            {d['file']}",
+             f"format:          importance matrix ({'legacy .dat' if d['format'] == 'dat' else 'GGUF'})",
+             f"entries:         {d['n_entries']}",
+             f"chunks:          {chunks}",
+             f"datasets:        {', '.join(datasets) if datasets else '(none)'}",
+             f"never activated: {d['never_activated']} columns"]
+    entries = d["entries"]
+    assert isinstance(entries, list)
+    for r in entries[:limit]:
+        lines.append(f"  {r['name']:<40} {r['n_values']:>8} values  never activated {r['never_activated']:>6}  "
+                     f"mean x² {r['min']:.4g} .. {r['max']:.4g}")
+    if len(entries) > limit:
+        lines.append(f"  ... {len(entries) - limit} more entries")
+    return "\n".join(lines)
 
 
 #: The keys llama-quantize adds to a file quantized with an importance matrix (tools/quantize/quantize.cpp).

@@ -58,8 +58,11 @@ class Quantized:
         return set(re.findall(r"warning: (\S+)\s+- ncols", self.log))
 
 
-def llama_quantize(lc: ModuleType, src: Path, dst: Path, mix: str, options: QuantOptions | None = None) -> Quantized:
-    """Run llama-quantize in-process with the flags ``options`` stands for."""
+def llama_quantize(lc: ModuleType, src: Path, dst: Path, mix: str, options: QuantOptions | None = None,
+                   imatrix: dict[str, Any] | None = None) -> Quantized:
+    """Run llama-quantize in-process with the flags ``options`` stands for; ``imatrix`` (name -> float32 array of
+    per-column weights) is handed over as the tool's ``main`` hands a loaded file (no ``quantize.imatrix.*`` keys:
+    the tool's ``main`` writes those)."""
     o = options or QuantOptions()
     params = lc.llama_model_quantize_default_params()
     params.ftype = getattr(lc, "LLAMA_FTYPE_ALL_F32" if mix == "F32" else f"LLAMA_FTYPE_MOSTLY_{mix}")
@@ -81,6 +84,15 @@ def llama_quantize(lc: ModuleType, src: Path, dst: Path, mix: str, options: Quan
         arr[len(o.tensor_types)].pattern = None  # the list ends at a null pattern
         keep.append(arr)
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(lc.llama_model_tensor_override))
+    if imatrix:
+        data = (lc.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(imatrix.items()):
+            b, v = name.encode(), (ctypes.c_float * len(values))(*[float(x) for x in values])
+            keep += [b, v]
+            data[i].name, data[i].data, data[i].size = b, ctypes.cast(v, ctypes.POINTER(ctypes.c_float)), len(values)
+        data[len(imatrix)].name = None  # the list ends at a null name
+        keep.append(data)
+        params.imatrix = ctypes.cast(data, ctypes.POINTER(lc.llama_model_imatrix_data))
     with captured_log(lc) as lines:
         rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     return Quantized(int(rc), "".join(lines), dst)

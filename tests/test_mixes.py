@@ -141,22 +141,32 @@ def gguf_of(tiny_factory: Callable[..., Path], tmp_path_factory: pytest.TempPath
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def predict(src: GGUFFile, mix: str, options: QuantOptions | None = None) -> mixes.TypeAssignment:
+def predict(src: GGUFFile, mix: str, options: QuantOptions | None = None,
+            has_imatrix: bool = False) -> mixes.TypeAssignment:
     arch = src.kv["general.architecture"]
     # the tensors in the input file's order: assign_types must apply llama-quantize's order itself
     return assign_types([(t.name, t.shape) for t in src.tensors], mix, n_layer=src.kv[f"{arch}.block_count"],
                         n_head=src.kv[f"{arch}.attention.head_count"],
-                        n_head_kv=src.kv[f"{arch}.attention.head_count_kv"], arch=arch, options=options)
+                        n_head_kv=src.kv[f"{arch}.attention.head_count_kv"], arch=arch, options=options,
+                        has_imatrix=has_imatrix)
 
 
-def check_types(lc: ModuleType, src_path: Path, out: Path, mix: str,
-                options: QuantOptions | None = None) -> tuple[mixes.TypeAssignment, GGUFFile]:
-    """Quantize ``src_path`` with llama-quantize and assert assign_types predicted every tensor's type."""
+def uniform_imatrix(src: GGUFFile) -> dict[str, list[float]]:
+    """Weights 1 for every layer matrix (what llama-imatrix collects: blk.* 2-D weights): enough for the rule,
+    which only asks whether there is an imatrix, and for Q2_K_S, which needs weights for its Q2_K tensors."""
+    return {t.name: [1.0] * t.shape[0] for t in src.tensors if t.name.startswith("blk.") and len(t.shape) == 2}
+
+
+def check_types(lc: ModuleType, src_path: Path, out: Path, mix: str, options: QuantOptions | None = None,
+                has_imatrix: bool = False) -> tuple[mixes.TypeAssignment, GGUFFile]:
+    """Quantize ``src_path`` with llama-quantize (with uniform importance weights if ``has_imatrix``; Q2_K_S always
+    needs them) and assert assign_types predicted every tensor's type."""
     src = read_gguf(src_path)
-    q = llama_quantize(lc, src_path, out, mix, options)
+    has_imatrix = has_imatrix or mix.upper() == "Q2_K_S"
+    q = llama_quantize(lc, src_path, out, mix, options, uniform_imatrix(src) if has_imatrix else None)
     assert q.rc == 0, q.log[-2000:]
     got = read_gguf(out)
-    a = predict(src, mix, options)
+    a = predict(src, mix, options, has_imatrix)
     expected = {t.name: a.output_type(t.name, t.ggml_type) for t in src.tensors}
     actual = {t.name: t.ggml_type for t in got.tensors}
     wrong = {n: (expected[n].name, actual[n].name) for n in expected if expected[n] != actual.get(n)}
@@ -190,6 +200,33 @@ def test_rules_are_exercised(llama_cpp: ModuleType, gguf_of: Callable[[Model], P
     assert a.fallbacks["blk.1.ffn_down.weight"] == (T.Q4_K, T.Q5_0)
     a, _ = check_types(llama_cpp, gguf_of(MODELS["h96-untied-ff200-9L"]), tmp_path / "q3.gguf", "Q6_K")
     assert a.types["blk.0.ffn_down.weight"] == T.F16 and a.types["blk.0.ffn_up.weight"] == T.Q8_0
+
+
+@pytest.mark.parametrize("mix", ["Q4_0", "Q5_0", "Q4_1", "Q2_K", "Q4_K_M"])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_mix_with_an_imatrix_predicts_every_tensor(llama_cpp: ModuleType, gguf_of: Callable[[Model], Path],
+                                                   tmp_path: Path, model: str, mix: str) -> None:
+    """``has_imatrix`` changes Q4_0/Q5_0's first ffn_down layers (to Q4_1/Q5_1) and nothing for the others."""
+    a, _ = check_types(llama_cpp, gguf_of(MODELS[model]), tmp_path / "q.gguf", mix, has_imatrix=True)
+    plain = predict(read_gguf(gguf_of(MODELS[model])), mix)
+    changed = {n for n in a.types if a.types[n] != plain.types[n]}
+    m = MODELS[model]
+    if mix in ("Q4_0", "Q5_0") and m.ff % 32 == 0:  # ff 200 falls back to F16 either way
+        assert changed == {f"blk.{i}.ffn_down.weight" for i in range(m.layers // 8)}
+    else:
+        assert not changed
+
+
+def test_q2_k_s_needs_an_imatrix_where_llama_quantize_does(llama_cpp: ModuleType,
+                                                           gguf_of: Callable[[Model], Path], tmp_path: Path) -> None:
+    src = read_gguf(gguf_of(MODELS["h256-untied-gqa2-9L"]))
+    assert llama_quantize(llama_cpp, src.path, tmp_path / "q.gguf", "Q2_K_S").rc != 0
+    with pytest.raises(ConfigError, match=r"Q2_K_S needs an importance matrix \(blk\.0\.attn_k\.weight gets Q2_K\)"):
+        predict(src, "Q2_K_S")
+    # rows of 64 values: every Q2_K falls back to Q4_0 or F16, so nothing needs an imatrix, for either tool
+    small = read_gguf(gguf_of(MODELS["h64-tied-mha-17L"]))
+    assert llama_quantize(llama_cpp, small.path, tmp_path / "s.gguf", "Q2_K_S").rc == 0
+    assert not predict(small, "Q2_K_S").needs_imatrix
 
 
 @pytest.mark.parametrize("mix", ["Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M"])

@@ -256,13 +256,82 @@ def test_the_cli_writes_what_the_library_writes(env: Env, tmp_path: Path) -> Non
     e = env["h256-untied"]
     out = tmp_path / "cli.gguf"
     r = subprocess.run([*cli(), "quantize", "-q", "--imatrix", str(e["gguf"]), "--exclude-weights", "ffn_up",
-                        str(e["bf16"]), str(out), "q2_k_s"], capture_output=True, text=True, timeout=300,
+                        str(e["bf16"]), str(out), "q3_k_m"], capture_output=True, text=True, timeout=300,
                        env=clean_env())
     assert r.returncode == 0, r.stderr
-    lib = l1quant.quantize(e["bf16"], tmp_path / "lib.gguf", "q2_k_s", imatrix=str(e["gguf"]),
+    lib = l1quant.quantize(e["bf16"], tmp_path / "lib.gguf", "q3_k_m", imatrix=str(e["gguf"]),
                            exclude_weights=["ffn_up"])
-    # llama-quantize refuses: the excluded Q2_K tensors then have no weights
-    assert out.read_bytes() == lib.read_bytes() or True
+    assert out.read_bytes() == lib.read_bytes()
+    want = _llama_quantize(e, e["bf16"], tmp_path / "lq.gguf", "q3_k_m", e["gguf"], "--exclude-weights", "ffn_up")
+    assert want.returncode == 0 and (tmp_path / "lq.gguf").read_bytes() == out.read_bytes()
+
+
+def test_q2_k_s_tensor_without_an_entry_is_refused_like_llama_quantize(env: Env, tmp_path: Path) -> None:
+    """With ffn_up excluded, Q2_K_S's Q2_K ffn_up tensors have no weights: both tools refuse, naming one."""
+    e = env["h256-untied"]
+    r = _llama_quantize(e, e["bf16"], tmp_path / "lq.gguf", "q2_k_s", e["gguf"], "--exclude-weights", "ffn_up")
+    assert r.returncode != 0
+    line = _cli_fails(tmp_path, "quantize", "--imatrix", e["gguf"], "--exclude-weights", "ffn_up", e["bf16"],
+                      tmp_path / "out.gguf", "q2_k_s")
+    assert "ffn_up.weight" in line and "no entry" in line
+
+
+@pytest.mark.parametrize("mix", ["q4_0", "q2_k_s", "q4_k_m"])
+def test_verify_an_imatrix_quant(env: Env, tmp_path: Path, mix: str) -> None:
+    """With --imatrix: byte identity (the imatrix path may be spelled differently); without: the noise bound,
+    saying why."""
+    e = env["h256-untied"]
+    theirs = tmp_path / "lq.gguf"
+    assert _llama_quantize(e, e["bf16"], theirs, mix, e["gguf"]).returncode == 0
+    alias = tmp_path / "same-imatrix.gguf"
+    alias.symlink_to(e["gguf"])
+    rep = l1quant.verify(theirs, source=e["model"], imatrix=alias, threads=2)
+    assert rep.passed, [c for c in rep.checks if c.failed]
+    assert all(r.identical for r in rep.tensors)
+    rep = l1quant.verify(theirs, source=e["model"], threads=2)
+    assert rep.passed, [c for c in rep.checks if c.failed]
+    fid = next(c for c in rep.checks if c.name == "source.tensors")
+    assert "cannot check byte identity of an imatrix quant" in fid.message
+    assert not all(r.identical for r in rep.tensors)
+
+
+def test_verify_cli_with_and_without_the_imatrix(env: Env, tmp_path: Path) -> None:
+    e = env["h256-untied"]
+    theirs = tmp_path / "lq.gguf"
+    assert _llama_quantize(e, e["bf16"], theirs, "q4_k_m", e["gguf"]).returncode == 0
+    base = [*cli(), "verify", str(theirs), "--source", str(e["model"]), "-t", "2"]
+    r = subprocess.run([*base, "--imatrix", str(e["gguf"])], capture_output=True, text=True, timeout=600,
+                       env=clean_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(base, capture_output=True, text=True, timeout=600, env=clean_env())
+    assert r.returncode == 0 and "cannot check byte identity of an imatrix quant" in r.stdout, r.stdout
+    # verified against a different imatrix (the other checkpoint's is refused for its sizes: a FAIL, exit 1)
+    ours_plain = l1quant.quantize(e["bf16"], tmp_path / "plain.gguf", "q4_k_m")
+    r = subprocess.run([*cli(), "verify", str(ours_plain), "--source", str(e["model"]), "-t", "2", "--imatrix",
+                        str(e["gguf"])], capture_output=True, text=True, timeout=600, env=clean_env())
+    assert r.returncode == 1 and "bytes differ" in r.stdout
+
+
+def test_inspect_an_imatrix_and_an_imatrix_quant(env: Env, tmp_path: Path) -> None:
+    e = env["h256-untied"]
+    im = read_imatrix(e["gguf"])
+    for f, fmt in ((e["gguf"], "GGUF"), (e["dat"], "legacy .dat")):
+        r = subprocess.run([*cli(), "inspect", str(f)], capture_output=True, text=True, timeout=120,
+                           env=clean_env())
+        assert r.returncode == 0, r.stderr
+        assert f"importance matrix ({fmt})" in r.stdout
+        assert f"entries:         {len(im.entries)}" in r.stdout
+        assert f"chunks:          {im.chunk_count}" in r.stdout and "calib.txt" in r.stdout
+        assert "never activated:" in r.stdout
+    r = subprocess.run([*cli(), "inspect", "--json", str(e["dat"])], capture_output=True, text=True, timeout=120,
+                       env=clean_env())
+    assert '"n_entries": %d' % len(im.entries) in r.stdout
+    q = l1quant.quantize(e["bf16"], tmp_path / "q.gguf", "q4_k_m", imatrix=str(e["gguf"]))
+    r = subprocess.run([*cli(), "inspect", str(q)], capture_output=True, text=True, timeout=120, env=clean_env())
+    assert r.returncode == 0
+    for k in ("quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
+              "quantize.imatrix.chunks_count"):
+        assert k in r.stdout
 
 
 def test_imatrix_read_back(env: Env) -> None:

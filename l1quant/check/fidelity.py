@@ -7,7 +7,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
@@ -24,6 +24,9 @@ from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and
 )
 from l1quant.gguf.reader import _type_name as _tname
 from l1quant.kernels import QUANT_TYPES, QuantType, decode_bf16
+
+if TYPE_CHECKING:  # check/ builds on conversion/ lazily (conversion.quantize imports check.complete)
+    from l1quant.conversion.plan import PlannedTensor
 
 Q8_0_BOUND_DOC = (
     "Q8_0 bound: per block of 32, d = amax/127 (float32) and q = round(x/d), so |x - q*d| <= d/2; the stored "
@@ -187,12 +190,19 @@ class _Acc:
     first_viol: str | None = None
 
 
-def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1: int) -> _Acc:
-    """Compare rows [r0, r1) of one tensor: bytes against re-quantizing the source, then the error metrics."""
+def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1: int,
+                  pt: PlannedTensor | None = None) -> _Acc:
+    """Compare rows [r0, r1) of one tensor: bytes against re-quantizing the source (with ``pt``'s importance
+    weights, if it has any), then the error metrics."""
     rows, ncols = r1 - r0, st.n_cols
     rnb = qt.row_nbytes(ncols)
     src = st.read_rows(r0, r1)
-    expect = qt.quantize(src)
+    if pt is None or pt.imatrix is None:
+        expect = qt.quantize(src)
+    else:
+        expect = np.empty((rows, rnb), dtype=np.uint8)
+        for a, b, w in pt.imatrix_for_rows(r0, r1):
+            qt.quantize(src[a - r0:b - r0], expect[a - r0:b - r0], imatrix=w)
     got = np.empty((rows, rnb), dtype=np.uint8)
     pos = info.abs_offset + r0 * rnb
     view = memoryview(got.reshape(-1))  # type: ignore[arg-type]
@@ -297,7 +307,7 @@ def _snr(ssr: float, sse: float) -> float:
     return 10 * math.log10(r) if math.isfinite(r) else math.inf
 
 
-def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFidelity:
+def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc, bytes_checked: bool = True) -> TensorFidelity:
     with np.errstate(all="ignore"):  # inf/inf and the like: NaN, reported as such
         rel = float(np.sqrt(np.float64(a.sse) / np.float64(a.ssr))) if a.ssr > 0 else (
             0.0 if a.sse == 0 else math.inf)
@@ -318,7 +328,7 @@ def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFid
     else:
         cos = 1.0 if a.sse == 0 else 0.0
     problems = []
-    if not a.identical:
+    if not a.identical and bytes_checked:
         problems.append(f"bytes differ from re-quantizing the source at {a.first_diff}")
     threshold = err_bound = expected = None
     if qt.name == "Q8_0":
@@ -337,7 +347,8 @@ def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFid
                             f"{expected:.4g}")
     passed = not problems
     if passed:
-        msg = "bytes identical" + ("; all errors within the Q8_0 bound" if qt.name == "Q8_0" else "")
+        msg = "bytes identical" if a.identical else "bytes not checked (an imatrix quant); within the noise bound"
+        msg += "; all errors within the Q8_0 bound" if qt.name == "Q8_0" else ""
     else:
         msg = "; ".join(problems)
         if math.isfinite(rel) and a.ssr > 0:
@@ -346,11 +357,12 @@ def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFid
                           expected, passed, msg)
 
 
-def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
-                    own_types: bool = False) -> tuple[list[Check], list[TensorFidelity]]:
+def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *, own_types: bool = False,
+                    bytes_checked: bool = True) -> tuple[list[Check], list[TensorFidelity]]:
     """Every tensor against re-quantizing its source. ``own_types``: a tensor whose type differs from the plan's
     is re-quantized with the file's own type (a llama-quantize file made with per-tensor flags) instead of
-    failing; the structure check reports such deviations."""
+    failing; the structure check reports such deviations. ``bytes_checked`` False (an imatrix quant verified
+    without its imatrix): differing bytes are not a failure, the error must be within the type's noise bound."""
     planned = {pt.name: pt for pt in plan.tensors}
     pres: list[str] = []
     for t in gf.tensors:
@@ -387,8 +399,8 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
     try:
         ex = ThreadPoolExecutor(max_workers=threads)
         try:
-            results = ex.map(lambda j: (j[0].name, _fidelity_job(fd, j[0], j[1].source, j[1].qtype, j[2], j[3])),
-                             jobs)
+            results = ex.map(lambda j: (j[0].name, _fidelity_job(fd, j[0], j[1].source, j[1].qtype, j[2], j[3],
+                                                                  j[1])), jobs)
             for name, acc in results:
                 if name in accs:
                     _merge(accs[name], acc)
@@ -403,11 +415,15 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
     for t in gf.tensors:
         if t.name in accs:
             pt = planned[t.name]
-            rows.append(_row(t.name, pt.qtype, pt.shape, accs[t.name]))
+            rows.append(_row(t.name, pt.qtype, pt.shape, accs[t.name], bytes_checked))
     rows.sort(key=lambda r: (r.passed, -(r.rel_rmse if not math.isnan(r.rel_rmse) else math.inf)))
     bad = [f"{r.name}: {r.message}" for r in rows if not r.passed]
     worst = next((r for r in rows if r.passed), None)
     ok = f"{len(rows)} tensors byte-identical to re-quantizing the source"
+    if not bytes_checked:
+        n_same = sum(r.identical for r in rows)
+        ok = (f"cannot check byte identity of an imatrix quant without its imatrix (pass --imatrix FILE): "
+              f"{len(rows)} tensors within their noise bound ({n_same} byte-identical anyway)")
     if worst is not None:
         ok += f"; worst rel RMSE {worst.rel_rmse:.3g} ({worst.name})"
     if any(r.type == "Q8_0" for r in rows):

@@ -261,13 +261,14 @@ def _bad_merges(merges: list[Any]) -> list[int]:
 
 def file_mix(gf: GGUFFile) -> Mix | None:
     """The llama-quantize mix a file was written as: its ``general.file_type`` names one and is the file's last
-    key (llama-quantize appends it; the converter writes it before the tokenizer keys). None otherwise.
+    key, or followed only by the ``quantize.imatrix.*`` keys (llama-quantize appends it, then its kv overrides;
+    the converter writes it before the tokenizer keys). None otherwise.
 
     Example:
         >>> file_mix(read_gguf("m-Q4_K_M.gguf")).name  # doctest: +SKIP
         'Q4_K_M'
     """
-    keys = list(gf.kv)
+    keys = [k for k in gf.kv if not k.startswith("quantize.imatrix.")]
     ft = gf.kv.get(gguf.Keys.General.FILE_TYPE)
     if not keys or keys[-1] != gguf.Keys.General.FILE_TYPE or isinstance(ft, bool) or not isinstance(ft, int):
         return None

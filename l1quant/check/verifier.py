@@ -81,6 +81,7 @@ def verify(
     n_tokens: int = 256,
     runtime: str | None = None,
     threads: int | None = None,
+    imatrix: str | os.PathLike[str] | None = None,
 ) -> VerifyReport:
     """Check ``gguf_path``; return a :class:`VerifyReport` (``report.passed``, ``report.verdict``).
 
@@ -88,7 +89,10 @@ def verify(
     checks). ``logits`` runs the reference forward on the source and on the file (needs ``source``); ``text`` is
     the text to tokenize (default: the bundled :func:`l1quant.check.forward.default_text`), of which the first
     ``n_tokens`` tokens are used. ``runtime="llama.cpp"`` also runs the file through llama-cpp-python (implies
-    ``logits``). ``threads`` defaults to every core.
+    ``logits``). ``threads`` defaults to every core. ``imatrix``: the importance matrix the file was quantized
+    with (llama-quantize ``--imatrix``): the source is re-quantized with it and the bytes must be identical.
+    Without it, a file holding ``quantize.imatrix.*`` keys cannot be checked byte for byte: its tensors must be
+    within their type's noise bound instead, and the fidelity check says so.
 
     Raises :class:`~l1quant.errors.GGUFFormatError` (exit code 2) when the file cannot be read at all,
     :class:`~l1quant.errors.ConfigError` for contradictory arguments, :class:`~l1quant.errors.InputError` when
@@ -175,14 +179,16 @@ def verify(
         try:
             from l1quant.conversion.convert import prepare
 
-            prep = _prepare_like(prepare, src, ftype or "auto", gf)
+            prep = _prepare_like(prepare, src, ftype or "auto", gf, imatrix)
         except L1QuantError as e:
             checks.append(Check("source", FAIL, f"cannot prepare the source for comparison: {e}"))
         if prep is not None:
             checks.append(Check("source", PASS, f"{src}: {prep.cfg.architecture}, "
                                                 f"{len(prep.plan.tensors)} tensors, vocab {prep.cfg.vocab_size}"))
+            _recorded_imatrix_keys(gf, prep.header, imatrix is not None)
             checks += _check_metadata(gf, prep.header, arch)
-            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads, own_types=file_mix(gf) is not None)
+            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads, own_types=file_mix(gf) is not None,
+                                            bytes_checked=imatrix is not None or not _imatrix_quant(gf))
             checks += fchecks
             if logits:
                 lchecks, logits_d, runtime_d = _run_logits(
@@ -199,17 +205,52 @@ def _default_text() -> str:
     return default_text()
 
 
-def _prepare_like(prepare: Any, src: Path, ftype: str, gf: GGUFFile) -> Any:
-    """``convert.prepare`` for the file's type; if the source's pre-tokenizer hash is unknown, retry with the
-    file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls are cheap: the tokenizer, the
-    slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the source files are unchanged."""
+#: The keys llama-quantize adds when it quantizes with an importance matrix (tools/quantize/quantize.cpp).
+_IMATRIX_KEY_PREFIX = "quantize.imatrix."
+_IMATRIX_FILE_KEY = "quantize.imatrix.file"
+
+
+def _imatrix_quant(gf: GGUFFile) -> bool:
+    """The file says it was quantized with an importance matrix (it holds ``quantize.imatrix.*`` keys)."""
+    return any(k.startswith(_IMATRIX_KEY_PREFIX) for k in gf.kv)
+
+
+def _recorded_imatrix_keys(gf: GGUFFile, expected: Any, have_imatrix: bool) -> None:
+    """What the source cannot tell about an imatrix quant, taken from the file into ``expected`` (the header the
+    source gives): the imatrix path (recorded as it was typed, so it may name the same file differently), and,
+    without ``--imatrix``, all four keys."""
+    from l1quant.gguf.header import Header
+
+    found = Header.from_file(gf)
+    for key, kv in found.kv.items():
+        if key.startswith(_IMATRIX_KEY_PREFIX) and (not have_imatrix or key == _IMATRIX_FILE_KEY):
+            if have_imatrix and key not in expected.kv:
+                continue  # the source with this imatrix writes no such key: the metadata check reports it
+            if key in expected.kv:
+                expected.kv[key] = kv  # same place, the file's value
+            else:
+                expected.add(key, kv.value, kv.type)
+
+
+def _prepare_like(prepare: Any, src: Path, ftype: str, gf: GGUFFile,
+                  imatrix: str | os.PathLike[str] | None = None) -> Any:
+    """``convert.prepare`` for the file's type (with ``imatrix``; without one, an imatrix quant's types); if the
+    source's pre-tokenizer hash is unknown, retry with the file's ``tokenizer.ggml.pre`` (what ``--pre`` would
+    have done). Repeated calls are cheap: the tokenizer, the slow part, is cached by
+    :func:`l1quant.conversion.vocab.load_vocab` while the source files are unchanged."""
+    from l1quant.conversion.mixes import QuantOptions
     from l1quant.errors import TokenizerError
 
     as_mix = file_mix(gf) is not None  # llama-quantize's Q8_0/F16... differ from the converter's (layout)
+    kw: dict[str, Any] = {"as_mix": as_mix}
+    if imatrix is not None:
+        kw["options"] = QuantOptions(imatrix=imatrix)
+    elif as_mix and _imatrix_quant(gf):
+        kw["assume_imatrix"] = True
     try:
-        return prepare(src, ftype.lower(), gf.path, as_mix=as_mix)
+        return prepare(src, ftype.lower(), gf.path, **kw)
     except TokenizerError as e:
         pre = gf.kv.get(_TK.PRE)
         if "unknown BPE pre-tokenizer" not in str(e) or not isinstance(pre, str):
             raise
-        return prepare(src, ftype.lower(), gf.path, pre=pre, as_mix=as_mix)
+        return prepare(src, ftype.lower(), gf.path, pre=pre, **kw)

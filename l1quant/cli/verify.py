@@ -39,10 +39,13 @@ from l1quant.source.hub import resolve_model
 @click.option("--runtime", type=click.Choice(["llama.cpp"]), default=None,
               help="Also run FILE through llama.cpp (llama-cpp-python) and compare its logits with the source's; "
                    "implies --logits.")
+@click.option("--imatrix", metavar="FILE", default=None,
+              help="The importance matrix FILE was quantized with (llama-quantize --imatrix): re-quantize the "
+                   "source with it and require identical bytes. Needs --source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-t", "--threads", type=THREADS, default=None, help="Worker threads (default: all cores).")
 def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | None, n_tokens: int,
-               runtime: str | None, as_json: bool, threads: int | None) -> None:
+               runtime: str | None, imatrix: str | None, as_json: bool, threads: int | None) -> None:
     """Check that FILE is a sound GGUF, faithful to its source checkpoint, down to the logits.
 
     Always: header, key types, hparams, tokenizer arrays, tensor names/shapes/types, no NaN/Inf, and how the file
@@ -60,6 +63,8 @@ def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | 
     """
     if (logits or runtime) and source is None:
         raise click.UsageError("--logits and --runtime need --source MODEL_DIR")
+    if imatrix is not None and source is None:
+        raise click.UsageError("--imatrix needs --source MODEL_DIR (it re-quantizes the source)")
     if source is not None:
         # A missing source folder is the user's argument, not the file, failing: a usage error (exit 2), before
         # any work, rather than a FAIL line in a report about FILE.
@@ -72,7 +77,7 @@ def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | 
         text = read_text(text_file, InputError)  # bounded, regular file only (a FIFO would block verify forever)
     try:
         rep = verify(file, source=source, logits=logits, text=text, n_tokens=n_tokens, runtime=runtime,
-                     threads=threads)
+                     threads=threads, imatrix=imatrix)
     except GGUFFormatError as e:
         if not as_json:
             raise  # the command group prints one line and exits 2

@@ -179,11 +179,13 @@ def prepare(
     pre: str | None = None,
     options: QuantOptions | None = None,
     as_mix: bool = False,
+    assume_imatrix: bool = False,
 ) -> Prepared:
     """Read and validate everything, build the header and decide the output path; write nothing.
 
     ``as_mix`` treats a converter type (``q8_0``, ``f16``...) as llama-quantize's mix of that name, the layout
-    of a file llama-quantize wrote (verify uses it to rebuild such a file).
+    of a file llama-quantize wrote (verify uses it to rebuild such a file); ``assume_imatrix`` picks the types of
+    an imatrix quant without its importance matrix (verify, which then cannot compare bytes).
 
     Example:
         >>> p = prepare("tiny-qwen3", "q8_0")  # doctest: +SKIP
@@ -196,7 +198,8 @@ def prepare(
     # inputs the reference would read into a different file (docs/reference-inputs.md): refused before any work
     check_reference_inputs(model_dir, cfg, arch)
     ckpt = open_checkpoint(model_dir)
-    plan = make_plan(ckpt, cfg, arch, type, options, as_mix=as_mix)  # before the vocab: tensor problems are refused seconds sooner
+    # before the vocab: tensor problems are refused seconds sooner
+    plan = make_plan(ckpt, cfg, arch, type, options, as_mix=as_mix, assume_imatrix=assume_imatrix)
     vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
 
     header = build_header(plan, cfg, arch, vocab)

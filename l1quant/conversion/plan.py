@@ -34,7 +34,7 @@ from l1quant.arch import Arch
 from l1quant.conversion.mixes import Mix, QuantOptions, assign_types, get_mix
 from l1quant.conversion.sources import Generated, PermutedRows, TensorSource, WholeTransformed
 from l1quant.errors import ConfigError, TensorError, clip
-from l1quant.imatrix_file import Imatrix, quantize_keys, read_imatrix
+from l1quant.imatrix_file import Imatrix, ImatrixFileError, quantize_keys, read_imatrix
 from l1quant.gguf.header import pad
 from l1quant.kernels import QuantType, get_quant_type
 from l1quant.source.config import ModelConfig
@@ -267,12 +267,14 @@ def source_for(arch: Arch, cfg: ModelConfig, name: str, st: SafeTensor, warnings
 
 
 def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
-              options: QuantOptions | None = None, *, as_mix: bool = False) -> ConversionPlan:
+              options: QuantOptions | None = None, *, as_mix: bool = False,
+              assume_imatrix: bool = False) -> ConversionPlan:
     """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
 
     ``out_type`` is a converter type or a llama-quantize mix (see the module docstring); ``options`` are
-    llama-quantize's per-tensor flags; ``as_mix`` applies a converter type as llama-quantize's mix of that name. Refuses (``TensorError``): a tensor name the architecture cannot map, a
-    non-float weight, a tensor with the wrong shape, a tensor missing, or two source tensors mapping to one GGUF
+    llama-quantize's per-tensor flags; ``as_mix`` applies a converter type as llama-quantize's mix of that name;
+    ``assume_imatrix`` chooses types as with an importance matrix whose weights are unknown (verify). Refuses
+    (``TensorError``): a tensor name the architecture cannot map, a non-float weight, a tensor with the wrong shape, a tensor missing, or two source tensors mapping to one GGUF
     name; (``ConfigError``) an unknown type or a per-tensor type l1quant has no kernel for, or a config the
     architecture cannot convert (:meth:`~l1quant.arch.Arch.validate`). Tensors the architecture generates from
     the config (llama-3's ``rope_freqs``) come first, as the reference writes them; checkpoint tensors go through
@@ -333,19 +335,21 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
     if mix is None:
         return layout(arch.name, qt.name, qt.file_type or 0, planned, warnings)
     return apply_mix(arch.name, planned, mix, options, warnings, n_layer=cfg.num_hidden_layers,
-                     n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads)
+                     n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads,
+                     assume_imatrix=assume_imatrix)
 
 
 def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]], mix: Mix,
               options: QuantOptions | None, warnings: list[str], *, n_layer: int, n_head: int,
-              n_head_kv: int) -> ConversionPlan:
+              n_head_kv: int, assume_imatrix: bool = False) -> ConversionPlan:
     """Give each (GGUF name, source, input type) the type llama-quantize would, in its order, and lay them out.
 
     ``planned`` holds every tensor of the (virtual or real) input file with its type there; the result is
     llama-quantize's file for ``mix``. ``n_layer``, ``n_head``, ``n_head_kv`` are the model's block count and
     head counts (the mix rule reads them). With ``options.imatrix``, the file is read and narrowed by
     ``include_weights``/``exclude_weights`` (llama-quantize's ``prepare_imatrix``); if entries remain, the rule
-    knows it, each quantized tensor carries its weights and the plan its ``quantize.imatrix.*`` keys. Raises
+    knows it, each quantized tensor carries its weights and the plan its ``quantize.imatrix.*`` keys.
+    ``assume_imatrix`` without one: the types an imatrix quant has, no weights, no keys (verify). Raises
     ``ConfigError`` for a type l1quant has no kernel for, or a tensor that needs importance weights and has none;
     :class:`~l1quant.imatrix_file.ImatrixFileError` for an unusable imatrix file or one made for another model.
 
@@ -358,7 +362,7 @@ def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]]
     im = load_imatrix(options)
     a = assign_types([(name, tuple(reversed(st.shape)) or (1,)) for name, st, _ in planned], mix,
                      n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, arch=arch_name, options=options,
-                     has_imatrix=im is not None)
+                     has_imatrix=im is not None or assume_imatrix)
     out: list[tuple[str, TensorSource, QuantType]] = []
     weights: dict[str, np.ndarray] = {}
     for name in a.order:
@@ -369,7 +373,10 @@ def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]]
         if im is None or qt is t_in:  # copied as it is: llama-quantize looks nothing up
             continue
         shape = tuple(st.shape)
-        w = im.weights_for(name, shape[-1], shape[-3] if len(shape) >= 3 else 1)
+        try:
+            w = im.weights_for(name, shape[-1], shape[-3] if len(shape) >= 3 else 1)
+        except ImatrixFileError as e:  # the first tensor (in llama-quantize's order) whose size does not match
+            raise ImatrixFileError(f"{os.fspath(options.imatrix)}: {e}") from None  # type: ignore[union-attr]
         if w is not None:
             weights[name] = w
         elif name in a.needs_imatrix:

@@ -100,7 +100,8 @@ def quantized_header(gf: GGUFFile, plan: ConversionPlan) -> Header:
     """The header llama-quantize writes for ``gf`` quantized as ``plan``: the input's keys in its order with their
     value types, the ``split.*`` keys dropped, ``general.quantization_version`` then ``general.file_type`` (u32)
     moved last (``gguf_set_val_u32`` erases and appends), then the plan's ``quantize.imatrix.*`` keys (likewise),
-    GGUF version 3, 32-byte alignment, and the plan's tensor infos (see :mod:`l1quant.conversion.mixes`, "the output file").
+    GGUF version 3, 32-byte alignment, and the plan's tensor infos (see :mod:`l1quant.conversion.mixes`, "the
+    output file").
 
     Raises :class:`~l1quant.errors.InputError` for an array-of-arrays key (llama.cpp cannot load it).
 
