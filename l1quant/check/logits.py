@@ -1,4 +1,8 @@
-"""Logit checks: KL divergence of the file against its source through the reference forward pass and llama.cpp."""
+"""Logit checks: KL divergence of the file against its source through the reference forward pass and llama.cpp.
+
+The logits come from :mod:`l1quant.evaluate` (the numpy forward pass, and llama.cpp through :mod:`l1quant.runtime`)
+and are compared with :func:`l1quant.evaluate.metrics.compare_logits`; this module holds verify's checks and limits.
+"""
 
 from __future__ import annotations
 
@@ -46,12 +50,9 @@ def _file_type_name(gf: GGUFFile) -> str | None:
 
 
 def _tokenize(source: Path, text: str, n_tokens: int) -> list[int]:
-    from l1quant.conversion.vocab import tokenizer_from_text
-    from l1quant.errors import TokenizerError, read_text
+    from l1quant.evaluate.sources import tokenizer_json_ids
 
-    path = source / "tokenizer.json"
-    tok = tokenizer_from_text(path, read_text(path, TokenizerError))
-    return list(tok.encode(text).ids[:n_tokens])
+    return tokenizer_json_ids(source / "tokenizer.json", text)[:n_tokens]
 
 
 def _logit_dict(rep: Any, limit: float) -> dict[str, Any]:
@@ -62,10 +63,12 @@ def _logit_dict(rep: Any, limit: float) -> dict[str, Any]:
 
 
 def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int, runtime: str | None,
-                threads: int) -> tuple[list[Check], dict[str, Any] | None, dict[str, Any] | None]:
+                threads: int, no_repack: bool = False
+                ) -> tuple[list[Check], dict[str, Any] | None, dict[str, Any] | None]:
     from l1quant.arch import get_arch
-    from l1quant.check.forward import Hparams, compare_logits, decoder_logits
     from l1quant.check.structure import config_from_gguf
+    from l1quant.evaluate.forward import Hparams, decoder_logits
+    from l1quant.evaluate.metrics import compare_logits
 
     checks: list[Check] = []
     ftype = _file_type_name(gf) or "F32"
@@ -111,31 +114,29 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
 
     runtime_d = None
     if runtime is not None:
-        runtime_d = _run_llama_cpp(gf, text, toks, ref, limit, ftype, threads, checks)
+        runtime_d = _run_llama_cpp(gf, text, toks, ref, limit, ftype, threads, checks, no_repack)
     return checks, logits_d, runtime_d
 
 
 def _run_llama_cpp(gf: GGUFFile, text: str, toks: list[int], ref: np.ndarray, limit: float, ftype: str,
-                   threads: int, checks: list[Check]) -> dict[str, Any] | None:
-    from l1quant.check.forward import compare_logits
+                   threads: int, checks: list[Check], no_repack: bool = False) -> dict[str, Any] | None:
+    from l1quant.evaluate.metrics import compare_logits
+    from l1quant.runtime import RUN_INSTALL_HINT, Model, available, extra_bufts
 
-    try:
-        import llama_cpp
-    except ImportError:
+    if not available():
         # verify() refuses this up front; kept as a failure (never a skip) for any other caller.
-        from l1quant.l1.runner import RUN_INSTALL_HINT
-
         checks.append(Check("runtime", FAIL, f"llama-cpp-python is not installed ({RUN_INSTALL_HINT}); "
                                              "the llama.cpp logit check could not run"))
         return None
+    n = max(64, len(toks))
     try:
-        llm = llama_cpp.Llama(model_path=str(gf.path), n_ctx=max(64, len(toks)), n_batch=max(64, len(toks)),
-                              n_ubatch=max(64, len(toks)), logits_all=True, n_threads=threads, verbose=False)
-    except Exception as e:  # noqa: BLE001 - llama.cpp reports load failures as ValueError/RuntimeError
+        llm = Model(gf.path, n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=threads,
+                    extra_bufts=extra_bufts(no_repack))
+    except L1QuantError as e:
         checks.append(Check("runtime", FAIL, f"llama.cpp cannot load the file: {str(e).splitlines()[0]}"))
         return None
     try:
-        rt_ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:len(toks)]
+        rt_ids = llm.tokenize(text, add_bos=True, special=False)[:len(toks)]
         if list(rt_ids) != toks:
             i = next((i for i, (a, b) in enumerate(zip(rt_ids, toks)) if a != b), min(len(rt_ids), len(toks)))
             checks.append(Check("runtime.tokenize", FAIL,
@@ -144,13 +145,9 @@ def _run_llama_cpp(gf: GGUFFile, text: str, toks: list[int], ref: np.ndarray, li
         else:
             checks.append(Check("runtime.tokenize", PASS,
                                 f"llama.cpp tokenization equals tokenizer.json on the first {len(toks)} tokens"))
-        llm.reset()
-        llm.eval(toks)
-        scores = np.array(llm.scores[: len(toks)], dtype=np.float32)
+        scores = np.array(llm.logits(toks, first=0), dtype=np.float32)
     finally:
-        close = getattr(llm, "close", None)
-        if close is not None:
-            close()
+        llm.close()
     rep = compare_logits(ref, scores, toks)
     d = _logit_dict(rep, limit)
     msg = f"llama.cpp vs source: {rep.summary()} (limit mean KLD {limit:g} for {ftype})"
