@@ -23,7 +23,8 @@ from reference import REPO, require_module
 
 import l1quant
 from l1quant.cli import main
-from l1quant.runtime import crash, probe
+from l1quant.runtime import probe
+from l1quant.runtime.llama import build_id
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -73,20 +74,20 @@ def test_probe_child_crash_turns_extra_bufts_off_once_and_caches(q8: Path, fresh
         assert m.extra_bufts is False
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("l1quant: ") and "SIGSEGV" in err[0] and "--no-repack" in err[0]
-    cached = json.loads(probe.cache_path().read_text())
+    cached = json.loads(probe.cache_path(build_id()).read_text())
     assert cached["extra_bufts"] is False and cached["signal"] == "SIGSEGV"
     monkeypatch.delenv(probe.CRASH_ENV)  # a new process reads the file: it does not probe again
-    res = probe.probe()
+    res = probe.probe(build_id())
     assert res.cached and not res.extra_bufts and res.signal == "SIGSEGV"
 
 
 def test_probe_on_this_machine_is_fast_and_cached(q8: Path, fresh_probe: Path) -> None:
     t0 = time.perf_counter()
-    res = probe.probe()
+    res = probe.probe(build_id())
     took = time.perf_counter() - t0
     print(f"probe: extra_bufts={res.extra_bufts} signal={res.signal} {took:.2f} s ({probe.machine_id()[:60]})")
     assert not res.cached and res.path.is_file() and took < 60
-    again = probe.probe()
+    again = probe.probe(build_id())
     assert again.cached and again.extra_bufts == res.extra_bufts
 
 
@@ -95,7 +96,7 @@ def test_no_repack_needs_no_probe(q8: Path, fresh_probe: Path) -> None:
 
     with Model(q8, n_ctx=64, n_threads=2, extra_bufts=extra_bufts(no_repack=True)) as m:
         assert m.extra_bufts is False
-    assert not probe.cache_path().exists()
+    assert not probe.cache_path(build_id()).exists()
 
 
 def test_cb_eval_sees_the_graph_by_name(q8: Path) -> None:
@@ -166,4 +167,20 @@ def test_run_with_no_repack(q8: Path, fresh_probe: Path) -> None:
                                     "--no-repack", "--json"])
     assert res.exit_code == 0, res.output
     d: dict[str, Any] = json.loads(res.output)
-    assert 1 <= d["total_tokens"] <= 4 and not probe.cache_path().exists()
+    assert 1 <= d["total_tokens"] <= 4 and not probe.cache_path(build_id()).exists()
+
+
+def test_tests_using_llama_directly_follow_the_probe(q8: Path, tmp_path: Path) -> None:
+    """The suite's own llama-cpp-python loads (tests/reference.require_module) get the probe's answer too."""
+    code = ("import reference\nlc = reference.require_module('llama_cpp')\n"
+            f"llm = lc.Llama(model_path={str(q8)!r}, n_ctx=64, verbose=False)\n"
+            "print(lc.llama_cpp.llama_model_default_params().use_extra_bufts, len(llm.tokenize(b'hi')))\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "L1QUANT_CACHE": str(tmp_path)}
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **env, probe.CRASH_ENV: "SIGSEGV"})
+    assert off.returncode == 0 and off.stdout.split()[0] == "False", off.stderr[-2000:]
+    assert "SIGSEGV" in off.stderr and "--no-repack" in off.stderr
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                        env={**os.environ, **env, "L1QUANT_CACHE": str(tmp_path / "other")})
+    found = json.loads(next((tmp_path / "other" / "runtime").glob("extra-bufts-*.json")).read_text())
+    assert on.returncode == 0 and on.stdout.split()[0] == str(found["extra_bufts"]), on.stderr[-2000:]

@@ -15,9 +15,13 @@ from l1quant.check.fidelity import _to_f32
 from l1quant.check.report import FAIL, PASS, SKIP, Check
 from l1quant.check.structure import file_type_name
 from l1quant.errors import L1QuantError
+from l1quant.evaluate.forward import Hparams, decoder_logits
+from l1quant.evaluate.metrics import compare_logits
+from l1quant.evaluate.sources import tokenizer_json_ids
 from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
     GGUFFile,
 )
+from l1quant.runtime import RUN_INSTALL_HINT, Model, available, extra_bufts
 
 #: Mean KL divergence limit (nats/token) of the logit check per GGUF file type, reference forward and llama.cpp
 #: alike. Measured here on random-weight models (real weights were not available): Q8_0 costs ~1e-6 on the tiny
@@ -50,8 +54,6 @@ def _file_type_name(gf: GGUFFile) -> str | None:
 
 
 def _tokenize(source: Path, text: str, n_tokens: int) -> list[int]:
-    from l1quant.evaluate.sources import tokenizer_json_ids
-
     return tokenizer_json_ids(source / "tokenizer.json", text)[:n_tokens]
 
 
@@ -67,8 +69,6 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
                 ) -> tuple[list[Check], dict[str, Any] | None, dict[str, Any] | None]:
     from l1quant.arch import get_arch
     from l1quant.check.structure import config_from_gguf
-    from l1quant.evaluate.forward import Hparams, decoder_logits
-    from l1quant.evaluate.metrics import compare_logits
 
     checks: list[Check] = []
     ftype = _file_type_name(gf) or "F32"
@@ -120,9 +120,6 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
 
 def _run_llama_cpp(gf: GGUFFile, text: str, toks: list[int], ref: np.ndarray, limit: float, ftype: str,
                    threads: int, checks: list[Check], no_repack: bool = False) -> dict[str, Any] | None:
-    from l1quant.evaluate.metrics import compare_logits
-    from l1quant.runtime import RUN_INSTALL_HINT, Model, available, extra_bufts
-
     if not available():
         # verify() refuses this up front; kept as a failure (never a skip) for any other caller.
         checks.append(Check("runtime", FAIL, f"llama-cpp-python is not installed ({RUN_INSTALL_HINT}); "

@@ -22,7 +22,13 @@ from typing import Protocol
 
 import numpy as np
 
-from l1quant.errors import InputError
+from l1quant.arch import get_arch
+from l1quant.check.structure import config_from_gguf
+from l1quant.conversion.vocab import tokenizer_from_text
+from l1quant.errors import InputError, TokenizerError, read_text
+from l1quant.evaluate.forward import Hparams, decoder_logits
+from l1quant.gguf.reader import read_gguf
+from l1quant.runtime import Model, available, extra_bufts
 
 __all__ = ["DEFAULT_UBATCH", "LlamaCppLogits", "LogitSource", "NumpyLogits", "open_logits", "tokenizer_json_ids"]
 
@@ -54,9 +60,6 @@ def tokenizer_json_ids(path: Path, text: str) -> list[int]:
     """The ids a checkpoint's ``tokenizer.json`` gives ``text`` (no special tokens added).
 
     Raises :class:`~l1quant.errors.TokenizerError` for an unreadable or invalid file."""
-    from l1quant.conversion.vocab import tokenizer_from_text
-    from l1quant.errors import TokenizerError, read_text
-
     return list(tokenizer_from_text(path, read_text(path, TokenizerError)).encode(text).ids)
 
 
@@ -72,8 +75,6 @@ class LlamaCppLogits:
     weight_only = False
 
     def __init__(self, path: Path, ctx: int, threads: int, vocab_only: bool = False, no_repack: bool = False) -> None:
-        from l1quant.runtime import Model, extra_bufts
-
         self.model = Model(path, n_ctx=ctx, n_threads=threads, n_batch=ctx, n_ubatch=min(DEFAULT_UBATCH, ctx),
                            flash_attn="auto", extra_bufts=extra_bufts(no_repack), vocab_only=vocab_only)
         self.n_vocab = self.model.n_vocab
@@ -105,11 +106,6 @@ class NumpyLogits:
     weight_only = True
 
     def __init__(self, path: Path, ctx: int, threads: int, tok_dir: Path | None = None) -> None:
-        from l1quant.arch import get_arch
-        from l1quant.check.structure import config_from_gguf
-        from l1quant.evaluate.forward import Hparams
-        from l1quant.gguf.reader import read_gguf
-
         self.gf = read_gguf(path)
         name = self.gf.kv.get("general.architecture")
         if not isinstance(name, str):
@@ -135,8 +131,6 @@ class NumpyLogits:
 
     def chunk_logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
         """See :class:`LogitSource`."""
-        from l1quant.evaluate.forward import decoder_logits
-
         toks = list(tokens)
         if self.add_bos:
             toks[0] = self.bos
@@ -152,8 +146,6 @@ def open_logits(path: Path, ctx: int, threads: int, runtime: str = "auto", vocab
 
     ``vocab_only``: llama.cpp loads only the vocabulary (for :meth:`LlamaCppLogits.tokenize`); ``tok_dir``: where
     the numpy fallback finds tokenizer.json (:meth:`NumpyLogits.tokenize`)."""
-    from l1quant.runtime import available
-
     if runtime == "numpy" or (runtime == "auto" and not available()):
         return NumpyLogits(path, ctx, threads, tok_dir)
     return LlamaCppLogits(path, ctx, threads, vocab_only, no_repack)

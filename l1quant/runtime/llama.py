@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from l1quant.errors import InputError, RuntimeMissingError, VerifyError
-from l1quant.runtime import crash
+from l1quant.runtime.crash import guard
+from l1quant.runtime.probe import extra_bufts_work
 
 __all__ = ["RUN_INSTALL_HINT", "EvalTensor", "Model", "available", "build_id", "lib"]
 
@@ -179,15 +180,13 @@ class Model:
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such GGUF file")
         if extra_bufts is None and not vocab_only:
-            from l1quant.runtime.probe import extra_bufts_work
-
-            extra_bufts = extra_bufts_work()
+            extra_bufts = extra_bufts_work(build_id())
         self.extra_bufts = bool(extra_bufts) if extra_bufts is not None else True
         mp = lc.llama_model_default_params()
         mp.vocab_only = vocab_only
         mp.n_gpu_layers = 0 if n_gpu_layers is None else (0x7FFFFFFF if n_gpu_layers == -1 else n_gpu_layers)
         mp.use_extra_bufts = self.extra_bufts
-        with crash.guard(self.label, "load"):
+        with guard(self.label, "load"):
             self.model = lc.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise InputError(f"{self.path}: llama.cpp could not load the model")
@@ -219,7 +218,7 @@ class Model:
             self._cb = lc.ggml_backend_sched_eval_callback(_cb)  # kept alive with the context
             cp.cb_eval = self._cb
             cp.cb_eval_user_data = None
-        with crash.guard(self.label, "context"):
+        with guard(self.label, "context"):
             self.ctx = lc.llama_init_from_model(self.model, cp)
         if not self.ctx:
             self.close()
@@ -269,7 +268,7 @@ class Model:
             b.seq_id[k][0] = 0
             b.logits[k] = outputs(pos0 + k)
         b.n_tokens = len(tokens)
-        with crash.guard(self.label, "decode"):
+        with guard(self.label, "decode"):
             rc = lc.llama_decode(self.ctx, b)
         if rc != 0:
             raise VerifyError(f"{self.label}: llama.cpp failed to decode (llama_decode returned {rc})")
@@ -356,7 +355,7 @@ class Model:
                 last = pos0 + len(todo) - 1
                 self._decode(piece, pos0 + s, lambda p, last=last: p == last)
             self._past += todo
-            with crash.guard(self.label, "sample"):
+            with guard(self.label, "sample"):
                 tok = int(self.lc.llama_sampler_sample(smpl, self.ctx, -1))
             yield tok
             todo = [tok]

@@ -6,7 +6,7 @@ and dies with SIGSEGV or SIGILL on the first decode; F16 works, and llama.cpp's 
 (``use_extra_bufts = false``) avoids it. So before the first model is run, a child process builds a tiny model
 (:mod:`l1quant.testing` + :func:`l1quant.convert`, Q8_0 and Q4_0: the types the AMX and repack buffers take),
 loads it with the extra buffer types on and decodes a few tokens. The answer is cached per machine (CPU model
-and flags) and llama.cpp build (:func:`l1quant.runtime.llama.build_id`) under the user cache folder
+and flags) and llama.cpp build (``build``: :func:`l1quant.runtime.llama.build_id`) under the user cache folder
 (``$L1QUANT_CACHE`` or ``$XDG_CACHE_HOME/l1quant`` or ``~/.cache/l1quant``, in ``runtime/``). Where the child
 died by a signal, models run without extra buffer types and one line says so.
 
@@ -70,11 +70,14 @@ def machine_id() -> str:
     return ";".join([platform.machine(), *(f"{k}={v}" for k, v in sorted(fields.items()))])
 
 
-def cache_path() -> Path:
-    """The cache file for this machine and llama.cpp build."""
-    from l1quant.runtime.llama import build_id
+def cache_path(build: str) -> Path:
+    """The cache file for this machine and llama.cpp ``build``.
 
-    key = hashlib.sha256(f"{machine_id()}\0{build_id()}".encode()).hexdigest()[:16]
+    Example:
+        >>> cache_path("llama-cpp-python 0.3.36").name.startswith("extra-bufts-")
+        True
+    """
+    key = hashlib.sha256(f"{machine_id()}\0{build}".encode()).hexdigest()[:16]
     return user_cache_dir("runtime") / f"extra-bufts-{key}.json"
 
 
@@ -82,14 +85,14 @@ def _say(text: str) -> None:
     print(f"l1quant: {text}", file=sys.stderr, flush=True)
 
 
-def probe(*, use_cache: bool = True) -> ProbeResult:
+def probe(build: str, *, use_cache: bool = True) -> ProbeResult:
     """Run (or read from the cache) the extra-buffer-type probe; see the module docstring.
 
     A child that dies by a signal means the extra buffer types crash here; one that exits 0 means they work.
     Anything else (the child could not build its model, it timed out) proves nothing: the answer is "they work"
     (llama.cpp's default) and nothing is cached.
     """
-    path = cache_path()
+    path = cache_path(build)
     if use_cache and path.is_file():
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -118,12 +121,12 @@ def probe(*, use_cache: bool = True) -> ProbeResult:
     return res
 
 
-def extra_bufts_work() -> bool:
+def extra_bufts_work(build: str) -> bool:
     """Whether models should load with llama.cpp's extra buffer types on this machine (probed once per machine
     and build, then read from the cache). Says once per process, in one line, when they are turned off."""
-    key = "answer"
+    key = build
     if key not in _memo:
-        res = probe()
+        res = probe(build)
         _memo[key] = res.extra_bufts
         if not res.extra_bufts:
             _say(f"llama.cpp's extra buffer types (weight repacking) crashed a probe on this CPU ({res.signal}); "
@@ -136,11 +139,12 @@ def _child() -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     from l1quant.conversion.convert import convert
-    from l1quant.runtime import crash
+    # the child's entry point: what only the child needs is imported here
+    from l1quant.runtime.crash import disable
     from l1quant.runtime.llama import Model
     from l1quant.testing import make_checkpoint
 
-    crash.disable()  # the parent must see the signal itself
+    disable()  # the parent must see the signal itself
     with tempfile.TemporaryDirectory(prefix="l1quant-probe-") as d:
         tok_dir = Path(d) / "tok"
         tok_dir.mkdir()
