@@ -17,7 +17,7 @@ from l1quant.check.structure import file_type_name
 from l1quant.errors import L1QuantError
 from l1quant.evaluate.forward import Hparams, decoder_logits
 from l1quant.evaluate.metrics import compare_logits
-from l1quant.evaluate.sources import tokenizer_json_ids
+from l1quant.evaluate.sources import NumpyLogits, tokenizer_json_ids
 from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
     GGUFFile,
 )
@@ -68,7 +68,6 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
                 threads: int, no_repack: bool = False
                 ) -> tuple[list[Check], dict[str, Any] | None, dict[str, Any] | None]:
     from l1quant.arch import get_arch
-    from l1quant.check.structure import config_from_gguf
 
     checks: list[Check] = []
     ftype = _file_type_name(gf) or "F32"
@@ -83,9 +82,6 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
         pt = planned[name]  # KeyError for an absent tensor (tied output), as decoder_logits expects
         return _to_f32(pt.source.read_rows(0, pt.source.n_rows)).reshape(pt.shape)
 
-    def gguf_weight(name: str) -> np.ndarray:
-        return gf.read_tensor_f32(gf.tensor(name))
-
     try:
         # the source runs through the plan's sources: in the file's layout (llama's Q/K rows permuted, rope_freqs)
         arch = get_arch(prep.cfg.architecture)
@@ -96,9 +92,8 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
         return checks, None, None
     logits_d = None
     try:
-        # the file's own hparams, read back through the same key table the converter writes with
-        hp_file = Hparams.from_config(config_from_gguf(gf, arch), arch)
-        test = decoder_logits(gguf_weight, hp_file, toks)
+        # the file as a logit source: its own hparams and dequantized weights, run as the source's architecture
+        test = NumpyLogits(gf.path, len(toks), threads, gf=gf, arch=arch).sequence_logits(toks)
         rep = compare_logits(ref, test, toks)
         logits_d = _logit_dict(rep, limit)
         msg = (f"weights-only KLD (numpy forward, every position; for llama-perplexity's numbers use l1quant "

@@ -22,12 +22,12 @@ from typing import Protocol
 
 import numpy as np
 
-from l1quant.arch import get_arch
+from l1quant.arch import Arch, get_arch
 from l1quant.check.structure import config_from_gguf
 from l1quant.conversion.vocab import tokenizer_from_text
 from l1quant.errors import InputError, TokenizerError, read_text
 from l1quant.evaluate.forward import Hparams, decoder_logits
-from l1quant.gguf.reader import read_gguf
+from l1quant.gguf.reader import GGUFFile, read_gguf
 from l1quant.runtime import Model, available, extra_bufts
 
 __all__ = ["DEFAULT_UBATCH", "LlamaCppLogits", "LogitSource", "NumpyLogits", "open_logits", "tokenizer_json_ids"]
@@ -105,12 +105,17 @@ class NumpyLogits:
 
     weight_only = True
 
-    def __init__(self, path: Path, ctx: int, threads: int, tok_dir: Path | None = None) -> None:
-        self.gf = read_gguf(path)
-        name = self.gf.kv.get("general.architecture")
-        if not isinstance(name, str):
-            raise InputError(f"{path}: general.architecture is {name!r}; the reference forward pass needs it")
-        arch = get_arch(name)
+    def __init__(self, path: Path, ctx: int, threads: int, tok_dir: Path | None = None, *,
+                 gf: GGUFFile | None = None, arch: Arch | None = None) -> None:
+        # ``gf``: the file already read (a 152k vocabulary is not free to parse twice); ``arch``: the architecture
+        # to run it as (default: the file's general.architecture). Its hparams are read back through the same key
+        # table the converter writes with.
+        self.gf = gf if gf is not None else read_gguf(path)
+        if arch is None:
+            name = self.gf.kv.get("general.architecture")
+            if not isinstance(name, str):
+                raise InputError(f"{path}: general.architecture is {name!r}; the reference forward pass needs it")
+            arch = get_arch(name)
         self.hp = Hparams.from_config(config_from_gguf(self.gf, arch), arch)
         self.n_vocab = self.hp.n_vocab
         self.add_bos = bool(self.gf.kv.get("tokenizer.ggml.add_bos_token", False))
@@ -129,12 +134,19 @@ class NumpyLogits:
         raise InputError(f"{self.path}: the numpy fallback needs a tokenizer.json beside the GGUF "
                          "(or llama-cpp-python)")
 
+    def sequence_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits (len(tokens), n_vocab) float32 of ``tokens`` as given (verify's every-position comparison).
+
+        Raises what :func:`~l1quant.evaluate.forward.decoder_logits` raises (a missing tensor, unsupported rope
+        scaling)."""
+        return decoder_logits(lambda n: self.gf.read_tensor_f32(self.gf.tensor(n)), self.hp, list(tokens))
+
     def chunk_logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
         """See :class:`LogitSource`."""
         toks = list(tokens)
         if self.add_bos:
             toks[0] = self.bos
-        return decoder_logits(lambda n: self.gf.read_tensor_f32(self.gf.tensor(n)), self.hp, toks)[first:]
+        return self.sequence_logits(toks)[first:]
 
     def close(self) -> None:
         """Nothing to free."""
