@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 __all__ = ["FATAL_SIGNALS", "disable", "guard", "installed", "line"]
 
@@ -56,6 +58,9 @@ _depth = 0
 _saved: dict[int, _SigAction] = {}
 _lines: dict[int, bytes] = {}
 _libc: ctypes.CDLL | None = None
+_fn: Any = None
+_OURS = _SigAction()  # what guard() installs: the handler, an empty mask, reset after one delivery
+_OLD = {int(s): _SigAction() for s in FATAL_SIGNALS}  # what it replaced, put back by the outermost guard
 _enabled = True
 
 
@@ -89,18 +94,27 @@ def _on_fatal(sig: int) -> None:
 
 
 _HANDLER = _HANDLER_T(_on_fatal)  # one object for the life of the process: the C pointer must stay valid
+_OURS.sa_handler = ctypes.cast(_HANDLER, ctypes.c_void_p).value
+_OURS.sa_flags = _SA_RESETHAND
 
 
-def _sigaction() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    global _libc
+def _sigaction() -> Any:
+    """libc's ``sigaction`` with its argument types set (once), or None off Linux."""
+    global _libc, _fn
     if not sys.platform.startswith("linux"):
         return None  # the struct layout above is Linux's; elsewhere the default action stays
-    if _libc is None:
+    if _fn is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    fn = _libc.sigaction
-    fn.argtypes = [ctypes.c_int, ctypes.POINTER(_SigAction), ctypes.POINTER(_SigAction)]
-    fn.restype = ctypes.c_int
-    return fn
+        fn = _libc.sigaction
+        fn.argtypes = [ctypes.c_int, ctypes.POINTER(_SigAction), ctypes.POINTER(_SigAction)]
+        fn.restype = ctypes.c_int
+        _fn = fn
+    return _fn
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded(model: str, what: str) -> dict[int, bytes]:
+    return {int(s): (line(model, what, int(s)) + "\n").encode("utf-8", "replace") for s in FATAL_SIGNALS}
 
 
 def installed() -> bool:
@@ -116,7 +130,7 @@ def guard(model: str, what: str) -> Iterator[None]:
     guard's line is the one printed. The lines are formatted here, before llama.cpp runs.
     """
     global _depth
-    lines = {int(s): (line(model, what, int(s)) + "\n").encode("utf-8", "replace") for s in FATAL_SIGNALS}
+    lines = _encoded(model, what)
     with _lock:
         before = dict(_lines)
         _lines.update(lines)
@@ -124,11 +138,8 @@ def guard(model: str, what: str) -> Iterator[None]:
             fn = _sigaction()
             if fn is not None:
                 for s in FATAL_SIGNALS:
-                    new, old = _SigAction(), _SigAction()
-                    new.sa_handler = ctypes.cast(_HANDLER, ctypes.c_void_p).value
-                    new.sa_flags = _SA_RESETHAND
-                    if fn(int(s), ctypes.byref(new), ctypes.byref(old)) == 0:
-                        _saved[int(s)] = old
+                    if fn(int(s), ctypes.byref(_OURS), ctypes.byref(_OLD[int(s)])) == 0:
+                        _saved[int(s)] = _OLD[int(s)]
         _depth += 1
     try:
         yield
@@ -137,9 +148,8 @@ def guard(model: str, what: str) -> Iterator[None]:
             _depth -= 1
             _lines.clear()
             _lines.update(before)
-            if _depth == 0:
+            if _depth == 0 and _saved:
                 fn = _sigaction()
-                for s, old in list(_saved.items()):
-                    if fn is not None:
-                        fn(s, ctypes.byref(old), None)
-                    del _saved[s]
+                for sig, old in list(_saved.items()):
+                    fn(sig, ctypes.byref(old), None)
+                _saved.clear()

@@ -350,13 +350,14 @@ class Model:
             pos0 = len(self._past)
             if pos0 + len(todo) > self.n_ctx:
                 raise InputError(f"{self.label}: the context of {self.n_ctx} tokens is full")
-            for s in range(0, len(todo), self.n_batch):
-                piece = todo[s:s + self.n_batch]
-                last = pos0 + len(todo) - 1
-                self._decode(piece, pos0 + s, lambda p, last=last: p == last)
-            self._past += todo
-            with guard(self.label, "sample"):
-                tok = int(self.lc.llama_sampler_sample(smpl, self.ctx, -1))
+            with guard(self.label, "decode"):  # one install per token; the nested guards only relabel
+                for s in range(0, len(todo), self.n_batch):
+                    piece = todo[s:s + self.n_batch]
+                    last = pos0 + len(todo) - 1
+                    self._decode(piece, pos0 + s, lambda p, last=last: p == last)
+                self._past += todo
+                with guard(self.label, "sample"):
+                    tok = int(self.lc.llama_sampler_sample(smpl, self.ctx, -1))
             yield tok
             todo = [tok]
 
