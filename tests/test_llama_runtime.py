@@ -7,6 +7,7 @@ run on every machine, AMX or not. Skips without llama_cpp, except under CI=true 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -184,3 +185,21 @@ def test_tests_using_llama_directly_follow_the_probe(q8: Path, tmp_path: Path) -
                         env={**os.environ, **env, "L1QUANT_CACHE": str(tmp_path / "other")})
     found = json.loads(next((tmp_path / "other" / "runtime").glob("extra-bufts-*.json")).read_text())
     assert on.returncode == 0 and on.stdout.split()[0] == str(found["extra_bufts"]), on.stderr[-2000:]
+
+
+@pytest.mark.parametrize("seed", [3, 7])  # not 0: Llama(seed=0) means a random seed
+def test_sampling_equals_llama_cpp_pythons_generate(q8: Path, seed: int) -> None:
+    """The sampler chain is llama-cpp-python's (Llama.generate at repeat_penalty 1): same seed, same tokens."""
+    llama_cpp = require_module("llama_cpp")
+    from l1quant.runtime import Model
+
+    prompt = [5, 9, 2, 33, 4]
+    kw = dict(top_k=40, top_p=0.95, min_p=0.05)
+    ref = llama_cpp.Llama(model_path=str(q8), n_ctx=128, n_threads=2, seed=seed, verbose=False)
+    try:
+        want = list(itertools.islice(ref.generate(prompt, temp=0.6, repeat_penalty=1.0, **kw), 12))
+    finally:
+        ref.close()
+    with Model(q8, n_ctx=128, n_threads=2, seed=seed) as m:
+        got = list(itertools.islice(m.generate(prompt, temperature=0.6, **kw), 12))
+    assert got == want
