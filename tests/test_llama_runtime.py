@@ -28,11 +28,16 @@ from l1quant.runtime import probe
 from l1quant.runtime.llama import build_id
 
 
+#: the one-line report needs Linux's sigaction layout; elsewhere llama.cpp's crash keeps the default action
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="crash report is Linux-only")
+
+
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO), **env})
 
 
+@linux_only
 def test_crash_inside_a_guard_is_one_line_and_the_signal_code() -> None:
     r = _python("import ctypes\nfrom l1quant.runtime import crash\n"
                 "with crash.guard('m-Q8_0.gguf', 'decode'):\n    ctypes.string_at(0)\n")
@@ -40,6 +45,7 @@ def test_crash_inside_a_guard_is_one_line_and_the_signal_code() -> None:
     assert r.stderr == "l1quant: error: m-Q8_0.gguf: llama.cpp crashed with SIGSEGV (decode); exit 139\n"
 
 
+@linux_only
 def test_guard_restores_the_previous_handlers() -> None:
     # After the guard, a fault is the interpreter's again (faulthandler's report here), not our line.
     r = _python("import ctypes, faulthandler\nfaulthandler.enable()\nfrom l1quant.runtime import crash\n"
@@ -122,6 +128,7 @@ def test_cb_eval_sees_the_graph_by_name(q8: Path) -> None:
     assert np.array_equal(seen["result_output"], logits)
 
 
+@linux_only
 def test_crash_in_a_decode_names_the_model(q8: Path) -> None:
     code = ("import signal\nfrom l1quant.runtime import Model\n"
             "def cb(t, ask):\n    signal.raise_signal(signal.SIGSEGV)\n    return True\n"
