@@ -22,7 +22,7 @@ Three layers and a compatibility group, each a list of named checks (pass / warn
   is deterministic and byte-identical with llama.cpp, so this is the strongest statement), and for Q8_0 every
   element must also sit inside the documented 8-bit absmax error bound (see :data:`Q8_0_BOUND_DOC`). Relative
   RMSE, max abs error, cosine and SNR are reported for every tensor.
-* **Logits** (``logits=True``). The reference numpy decoder forward (:mod:`l1quant.check.forward`) runs once on the
+* **Logits** (``logits=True``). The reference numpy decoder forward (:mod:`l1quant.evaluate.forward`) runs once on the
   source weights and once on the GGUF's dequantized weights and hparams over the first ``n_tokens`` tokens of a
   text; mean/max/p99 KL divergence, top-1 agreement and both perplexities are compared with a per-type limit
   (:data:`LOGIT_KLD_LIMITS`). ``runtime="llama.cpp"`` also runs the file itself through llama-cpp-python.
@@ -59,7 +59,7 @@ from l1quant.check.structure import (
     _check_tokenizer,
     file_mix,
 )
-from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, RuntimeMissingError
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError
 from l1quant.gguf.reader import GGUFFile, read_gguf
 
 __all__ = ["verify"]
@@ -81,14 +81,16 @@ def verify(
     n_tokens: int = 256,
     runtime: str | None = None,
     threads: int | None = None,
+    no_repack: bool = False,
 ) -> VerifyReport:
     """Check ``gguf_path``; return a :class:`VerifyReport` (``report.passed``, ``report.verdict``).
 
     ``source`` is the checkpoint folder it was converted from (enables the metadata and per-tensor fidelity
     checks). ``logits`` runs the reference forward on the source and on the file (needs ``source``); ``text`` is
-    the text to tokenize (default: the bundled :func:`l1quant.check.forward.default_text`), of which the first
+    the text to tokenize (default: the bundled :func:`l1quant.evaluate.forward.default_text`), of which the first
     ``n_tokens`` tokens are used. ``runtime="llama.cpp"`` also runs the file through llama-cpp-python (implies
-    ``logits``). ``threads`` defaults to every core.
+    ``logits``); ``no_repack`` runs it without llama.cpp's extra buffer types (``--no-repack``; by default
+    :mod:`l1quant.runtime.probe` decides). ``threads`` defaults to every core.
 
     Raises :class:`~l1quant.errors.GGUFFormatError` (exit code 2) when the file cannot be read at all,
     :class:`~l1quant.errors.ConfigError` for contradictory arguments, :class:`~l1quant.errors.InputError` when
@@ -115,12 +117,9 @@ def verify(
     n_threads = threads or _default_threads()
     if runtime is not None:
         # A check the caller asked for that cannot run is a failure, not a skip: say so before any work.
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            from l1quant.l1.runner import RUN_INSTALL_HINT
+        from l1quant.runtime import require
 
-            raise RuntimeMissingError(f"--runtime llama.cpp needs llama-cpp-python: {RUN_INSTALL_HINT}") from None
+        require("--runtime llama.cpp")
     src: Path | None = None
     local: Path | None = None  # the source's local folder (a hub id resolved to its cached snapshot)
     if source is not None:
@@ -186,7 +185,8 @@ def verify(
             checks += fchecks
             if logits:
                 lchecks, logits_d, runtime_d = _run_logits(
-                    gf, prep, src, text if text is not None else _default_text(), n_tokens, runtime, n_threads)
+                    gf, prep, src, text if text is not None else _default_text(), n_tokens, runtime, n_threads,
+                    no_repack)
                 checks += lchecks
 
     return VerifyReport(str(gf.path), None if source is None else str(source), checks, rows, logits_d, runtime_d,
@@ -194,7 +194,7 @@ def verify(
 
 
 def _default_text() -> str:
-    from l1quant.check.forward import default_text
+    from l1quant.evaluate.forward import default_text
 
     return default_text()
 
