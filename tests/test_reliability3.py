@@ -587,7 +587,7 @@ def test_card_step_failure_does_not_read_as_the_conversion_failing(tiny_r1: Path
     (["--bogus"], ["No such option '--bogus'", "(usage: l1quant [OPTIONS] COMMAND [ARGS]...; see --help)"]),
     (["quantize", "IN.gguf"], ["quantize: Missing argument"]),
     (["quantize", "a", "b", "c", "q8_0"], ["expected INPUT.gguf [OUTPUT.gguf] TYPE, found 4 arguments"]),
-    (["verify", "x.gguf", "--threads", "zero"], ["verify: Invalid value for '--threads'"]),
+    (["verify", "x.gguf", "--threads", "zero"], ["verify: Invalid value for '-t' / '--threads'"]),
     (["budget-check"], ["budget-check: Missing argument"]),
     (["prompt", "q", "--budget", "x"], ["prompt: Invalid value for"]),
     (["compare"], ["compare: Missing argument"]),
