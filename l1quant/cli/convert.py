@@ -11,8 +11,10 @@ from l1quant.cli import main
 from l1quant.cli.options import per_tensor_options, setup_logging
 from l1quant.conversion.convert import convert
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
-from l1quant.conversion.plan import OUT_TYPES
 from l1quant.errors import ConfigError, VerifyError
+from l1quant.filetypes import out_types
+
+OUT_TYPES = out_types()  # the registry as the command line is built
 
 
 #: --chunk-mb bounds: one job reads this many source MiB. Below 1 KiB the per-job overhead dominates; above 4 GiB

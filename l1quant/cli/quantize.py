@@ -10,9 +10,9 @@ import click
 
 from l1quant.cli import main
 from l1quant.cli.options import per_tensor_options, setup_logging
-from l1quant.conversion.mixes import ALIASES, MIXES
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
 from l1quant.conversion.quantize import quantize
+from l1quant.filetypes import ALIASES, MIXES
 
 _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
 

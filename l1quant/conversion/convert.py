@@ -27,6 +27,8 @@ from l1quant.arch import get_arch
 from l1quant.conversion.mixes import QuantOptions, quant_options
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
 from l1quant.conversion.plan import ConversionPlan, make_plan
+from l1quant.filetypes import Mix
+from l1quant.kernels import QuantType
 from l1quant.conversion.vocab import Vocab, load_vocab
 from l1quant.errors import ConfigError, InputError, OutputError, read_json
 from l1quant.conversion.metadata import check_model_card, validate_metadata
@@ -116,7 +118,7 @@ def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLi
 
 def prepare(
     model: str | os.PathLike[str],
-    type: str = "auto",
+    type: str | Mix | QuantType = "auto",
     output: str | os.PathLike[str] | None = None,
     *,
     name: str | None = None,

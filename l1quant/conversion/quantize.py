@@ -29,12 +29,13 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType
 
 from l1quant.conversion.convert import write_gguf
-from l1quant.conversion.mixes import ARCHS, get_mix, quant_options
+from l1quant.conversion.mixes import ARCHS, quant_options
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
 from l1quant.conversion.plan import ConversionPlan, apply_mix
 from l1quant.errors import ConfigError, InputError, OutputError, clip
 from l1quant.gguf.reader import GGUFFile, TensorInfo, read_gguf
 from l1quant.gguf.writer import BulkKVWriter
+from l1quant.filetypes import get_mix
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.source.safetensors import SafeTensor
 
