@@ -242,8 +242,11 @@ def resolve_type(requested: str | Mix | QuantType, *, per_tensor: bool = False,
 
 
 class _TensorLike(Protocol):
-    name: str
-    ggml_type: GGMLQuantizationType
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ggml_type(self) -> GGMLQuantizationType: ...
 
 
 class _FileLike(Protocol):

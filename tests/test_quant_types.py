@@ -87,6 +87,11 @@ def test_derived_tables_are_llama_cpps() -> None:
     assert {n for n, q in QUANT_TYPES.items() if q.takes_imatrix} == set(QUANT_TYPES) - {"F32", "F16", "BF16", "Q8_0"}
     assert not any(q.needs_imatrix for q in QUANT_TYPES.values())
     assert not describe("iq2_xxs").served and describe(T.IQ2_XXS).needs_imatrix and describe("I8") is None
+    # a mix named after one type writes that type's file type number (llama_ftype), and its base is that type
+    for m in MIXES.values():
+        qt = QUANT_TYPES.get(m.name)
+        if qt is not None and qt.file_type is not None:
+            assert (m.file_type, m.base, m.quant_type) == (qt.file_type, qt.ggml_type, qt), m.name
 
 
 def test_out_types_and_resolution() -> None:
@@ -205,7 +210,8 @@ def test_toy_block_type_converts_verifies_and_dequantizes(ckpt: Path, toy_type: 
     assert rep.passed, rep.verdict
     assert rep.file_type == "MXFP4"
     toy_rows = [r for r in rep.tensors if r.type == "MXFP4"]
-    assert toy_rows and all(r.bytes_identical and r.expected_rel_rmse is not None and r.threshold is not None for r in toy_rows)
+    assert toy_rows and all(r.bytes_identical and r.expected_rel_rmse is not None and r.threshold is not None
+                            for r in toy_rows)  # the record's noise model gave the threshold
 
     # dequantized through the registry (the reader asks the record): gguf's own MXFP4 decoder agrees, and the
     # values are close to the source

@@ -259,12 +259,12 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mi
     """
     arch.validate(cfg)
     check_layer_count(ckpt, cfg)
-    want = resolve_type(out_type, per_tensor=options is not None and options != QuantOptions(), as_mix=as_mix)
-    mix = want if isinstance(want, Mix) else None
-    if mix is not None:
-        qt = lossless_type(ckpt, arch.skip_suffixes)
+    requested = resolve_type(out_type, per_tensor=options is not None and options != QuantOptions(), as_mix=as_mix)
+    mix: Mix | None = None
+    if isinstance(requested, Mix):
+        mix, qt = requested, lossless_type(ckpt, arch.skip_suffixes)
     else:
-        qt = resolve_out_type(want if want is not None else "auto", ckpt, arch.skip_suffixes)
+        qt = resolve_out_type(requested or "auto", ckpt, arch.skip_suffixes)
     f32 = get_quant_type("f32")
     name_map = arch.tensor_name_map(cfg.num_hidden_layers)
     expected = arch.expected_tensors(cfg, generated=False)

@@ -297,7 +297,14 @@ def _f16(*offsets: int) -> tuple[FloatField, ...]:
 
 _T = GGMLQuantizationType
 _F = LlamaFileType
-_IQ = {"fallback": _T.IQ4_NL, "takes_imatrix": True}  # the i-quants' shared facts (tensor_type_fallback)
+
+
+def _iquant(ggml_type: GGMLQuantizationType, *, needs_imatrix: bool = False) -> QuantType:
+    """An i-quant l1quant describes (the rules name it) but does not serve: IQ4_NL is its shape fallback."""
+    return _make(ggml_type, None, fallback=GGMLQuantizationType.IQ4_NL, takes_imatrix=True,
+                 needs_imatrix=needs_imatrix)
+
+
 #: Every type l1quant knows, served or only described, by name. Float fields: ggml-common.h's block structs.
 KNOWN_TYPES: dict[str, QuantType] = {
     qt.name: qt
@@ -336,14 +343,14 @@ KNOWN_TYPES: dict[str, QuantType] = {
         # Described, not served: llama-quantize's rules name them (shape fallback, importance matrix).
         _make(_T.TQ1_0, None, fallback=_T.Q4_0),
         _make(_T.TQ2_0, None, fallback=_T.Q4_0),
-        _make(_T.IQ1_S, None, needs_imatrix=True, **_IQ),  # type: ignore[arg-type]
-        _make(_T.IQ1_M, None, needs_imatrix=True, **_IQ),  # type: ignore[arg-type]
-        _make(_T.IQ2_XXS, None, needs_imatrix=True, **_IQ),  # type: ignore[arg-type]
-        _make(_T.IQ2_XS, None, needs_imatrix=True, **_IQ),  # type: ignore[arg-type]
-        _make(_T.IQ2_S, None, needs_imatrix=True, **_IQ),  # type: ignore[arg-type]
-        _make(_T.IQ3_XXS, None, needs_imatrix=True, **_IQ),  # type: ignore[arg-type]
-        _make(_T.IQ3_S, None, **_IQ),  # type: ignore[arg-type]
-        _make(_T.IQ4_XS, None, **_IQ),  # type: ignore[arg-type]
+        _iquant(_T.IQ1_S, needs_imatrix=True),
+        _iquant(_T.IQ1_M, needs_imatrix=True),
+        _iquant(_T.IQ2_XXS, needs_imatrix=True),
+        _iquant(_T.IQ2_XS, needs_imatrix=True),
+        _iquant(_T.IQ2_S, needs_imatrix=True),
+        _iquant(_T.IQ3_XXS, needs_imatrix=True),
+        _iquant(_T.IQ3_S),
+        _iquant(_T.IQ4_XS),
         _make(_T.IQ4_NL, None, takes_imatrix=True),
     )
 }
@@ -384,8 +391,9 @@ def describe(t: GGMLQuantizationType | str) -> QuantType | None:
 def register(qt: QuantType) -> None:
     """Add a type: after this every module serves it (convert with ``--type`` when ``qt.outtype``, verify,
     dequantize, the non-finite scan, the fidelity noise net). ``qt`` needs its kernels and dequantizer; its
-    ``ggml_type`` is one of gguf's (the file format names types by number), not one already registered; its
-    ``file_type`` number, if any, is not taken. Raises :class:`KernelArgumentError` otherwise.
+    ``ggml_type`` is one of gguf's (the file format names types by number) with gguf's block layout and name, not
+    one already served (a described type, such as an i-quant, is replaced); its ``file_type`` number, if any, is
+    not taken. Raises :class:`KernelArgumentError` otherwise.
 
     Example:
         >>> register(get_quant_type("q8_0"))
@@ -393,7 +401,7 @@ def register(qt: QuantType) -> None:
         ...
         l1quant.kernels._common.KernelArgumentError: quant type Q8_0 is already registered
     """
-    if qt.name in KNOWN_TYPES or any(k.ggml_type == qt.ggml_type for k in KNOWN_TYPES.values()):
+    if qt.name in QUANT_TYPES:
         raise KernelArgumentError(f"quant type {qt.name} is already registered")
     if qt.name != qt.ggml_type.name or GGML_QUANT_SIZES.get(qt.ggml_type) != (qt.block_size, qt.type_size):
         raise KernelArgumentError(f"quant type {qt.name}: name and block layout must be gguf's for {qt.ggml_type!r}")
@@ -408,18 +416,28 @@ def register(qt: QuantType) -> None:
 
 @contextlib.contextmanager
 def registered(qt: QuantType) -> Iterator[QuantType]:
-    """:func:`register` ``qt`` for the ``with`` block only (tests, experiments); removed again on exit.
+    """:func:`register` ``qt`` for the ``with`` block only (tests, experiments); on exit the registry is as before.
 
     Example:
-        >>> with registered(get_quant_type("q8_0")):  # doctest: +SKIP
-        ...     pass
+        >>> import dataclasses
+        >>> iq4 = dataclasses.replace(get_quant_type("q4_0"), name="IQ4_NL", ggml_type=GGMLQuantizationType.IQ4_NL,
+        ...                           file_type=None)  # a stand-in: Q4_0's kernels under IQ4_NL's number
+        >>> with registered(iq4):
+        ...     get_quant_type("iq4_nl").served
+        True
+        >>> describe("iq4_nl").served, "IQ4_NL" in QUANT_TYPES
+        (False, False)
     """
+    before = KNOWN_TYPES.get(qt.name)
     register(qt)
     try:
         yield qt
     finally:
-        KNOWN_TYPES.pop(qt.name, None)
         QUANT_TYPES.pop(qt.name, None)
+        if before is None:
+            KNOWN_TYPES.pop(qt.name, None)
+        else:
+            KNOWN_TYPES[qt.name] = before
 
 
 def first_nonfinite(x: np.ndarray) -> int | None:
