@@ -3,6 +3,7 @@ llama-cpp-python installs, called through ctypes.
 
 Without an importance matrix, ``ggml_quantize_chunk`` runs the ``quantize_row_*_ref`` path of
 ``ggml/src/ggml-quants.c`` (what llama-quantize runs), so its bytes are the bytes l1quant's kernels must write.
+With one (``imatrix=``, float32 per column), it runs the ``quantize_row_*_impl`` searches instead.
 Missing llama-cpp-python skips the calling test locally and fails it under CI (see ``reference.require_module``).
 
 Example (in a test):
@@ -41,10 +42,17 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-def ggml_quantize(type_name: str, x: np.ndarray) -> np.ndarray:
+def ggml_library() -> ctypes.CDLL:
+    """llama-cpp-python's libggml-base (skips, or fails under CI, when missing): for tests calling other ggml
+    functions (its gguf writer, ...); ``ggml_quantize_chunk`` and ``ggml_quantize_init`` have their prototypes set."""
+    return _lib()
+
+
+def ggml_quantize(type_name: str, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantize float32 ``x`` of shape (rows, n_per_row) with ggml: uint8 (rows, row bytes).
 
-    ``type_name`` is a GGML type name ("Q4_K", "Q8_0", ...). No importance matrix: the ``_ref`` path.
+    ``type_name`` is a GGML type name ("Q4_K", "Q8_0", ...). ``imatrix``: importance weights, float32
+    (n_per_row,), passed as ggml_quantize_chunk's last argument; None: a NULL pointer (the ``_ref`` path).
     """
     lib = _lib()
     qtype = GGMLQuantizationType[type_name.upper()]
@@ -55,7 +63,12 @@ def ggml_quantize(type_name: str, x: np.ndarray) -> np.ndarray:
     block, size = GGML_QUANT_SIZES[qtype]
     assert n % block == 0, (n, block)
     out = np.zeros((rows, n // block * size), dtype=np.uint8)
+    qw = None
+    if imatrix is not None:
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32)
+        assert qw.shape == (n,), (qw.shape, n)
     lib.ggml_quantize_init(int(qtype))
-    written = lib.ggml_quantize_chunk(int(qtype), x.ctypes.data, out.ctypes.data, 0, rows, n, None)
+    written = lib.ggml_quantize_chunk(int(qtype), x.ctypes.data, out.ctypes.data, 0, rows, n,
+                                      None if qw is None else qw.ctypes.data)
     assert written == out.nbytes, (written, out.nbytes)
     return out

@@ -42,7 +42,7 @@ def test_a_file_is_never_written_where_a_folder_was_named(tiny_r1: Path, tmp_pat
 
 @pytest.mark.parametrize("flags", [
     ("--outtype", "q8_0", "--outfile", "{out}", "--model-name", "My L1"),
-    ("-t", "q8_0", "-o", "{out}", "--name", "My L1"),
+    ("--outtype", "Q8_0", "-o", "{out}", "--name", "My L1"),
     ("--type", "Q8_0", "--output", "{out}", "--model-name", "My L1"),
 ])
 def test_llama_cpp_flag_spellings(tiny_r1: Path, tmp_path: Path, flags: tuple[str, ...]) -> None:

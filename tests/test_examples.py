@@ -56,7 +56,7 @@ def test_problems_file_is_valid() -> None:
 
 def test_convert_card(tmp_path: Path) -> None:
     out = tmp_path / "tiny-Q8_0.gguf"
-    res = CliRunner().invoke(main, ["convert", str(EXAMPLES / "tiny-qwen2"), "-t", "q8_0", "-o", str(out), "-q",
+    res = CliRunner().invoke(main, ["convert", str(EXAMPLES / "tiny-qwen2"), "--type", "q8_0", "-o", str(out), "-q",
                                     "--card"])
     assert res.exit_code == 0, res.output
     card = (tmp_path / "README.md").read_text()

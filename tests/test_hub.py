@@ -195,7 +195,7 @@ def test_card_names_the_repo_not_the_snapshot(tiny_r1: Path, tmp_path: Path, mon
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     out.mkdir()
-    res = CliRunner().invoke(main, ["convert", "l3lab/L1-Tiny-Test", "-t", "q8_0", "-o", str(out / "t.gguf"), "-q",
+    res = CliRunner().invoke(main, ["convert", "l3lab/L1-Tiny-Test", "--type", "q8_0", "-o", str(out / "t.gguf"), "-q",
                                     "--card"])
     assert res.exit_code == 0, res.output
     card = (out / "README.md").read_text()

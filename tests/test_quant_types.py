@@ -86,6 +86,9 @@ def test_derived_tables_are_llama_cpps() -> None:
     # quantize_* in ggml-quants.c: every 4/5-bit and K quantizer uses quant_weights; Q8_0 and the floats do not
     assert {n for n, q in QUANT_TYPES.items() if q.takes_imatrix} == set(QUANT_TYPES) - {"F32", "F16", "BF16", "Q8_0"}
     assert not any(q.needs_imatrix for q in QUANT_TYPES.values())
+    # and l1quant has the weighted search for exactly those (kernels/kquants_imatrix.py)
+    assert {n for n, q in QUANT_TYPES.items() if q.numpy_imatrix_kernel is not None} == \
+        {n for n, q in QUANT_TYPES.items() if q.takes_imatrix}
     assert not describe("iq2_xxs").served and describe(T.IQ2_XXS).needs_imatrix and describe("I8") is None
     # a mix named after one type writes that type's file type number (llama_ftype), and its base is that type
     for m in MIXES.values():

@@ -12,6 +12,9 @@ from typing import Any
 import numpy as np
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+#: A finding that does not fail the file: it loads and runs in llama.cpp, but some runtime will misbehave
+#: (the compatibility group, :mod:`l1quant.check.compat`).
+WARN = "warn"
 
 
 _MAX_LISTED = 3  # problems named in a check's one-line message; all of them are in ``details``
@@ -22,7 +25,7 @@ _MAX_LISTED = 3  # problems named in a check's one-line message; all of them are
 
 @dataclass
 class Check:
-    """One named check: ``status`` is ``pass``, ``fail`` or ``skip``; ``message`` is one line.
+    """One named check: ``status`` is ``pass``, ``warn``, ``fail`` or ``skip``; ``message`` is one line.
 
     ``details`` holds every problem found (the message names the first few).
 
@@ -114,11 +117,15 @@ class VerifyReport:
         n = len(self.checks)
         bad = self.failed_checks
         skipped = sum(c.status == SKIP for c in self.checks)
+        warned = sum(c.status == WARN for c in self.checks)
         if bad:
             first = bad[0]
             return (f"FAIL: {len(bad)} of {n} checks failed ({', '.join(c.name for c in bad)}); "
                     f"first: {first.name}: {first.message}")
-        s = f"PASS: {n - skipped} check{'s' if n - skipped != 1 else ''} passed"
+        ok = n - skipped - warned
+        s = f"PASS: {ok} check{'s' if ok != 1 else ''} passed"
+        if warned:
+            s += f", {warned} warning{'s' if warned != 1 else ''}"
         if skipped:
             s += f", {skipped} skipped"
         if self.tensors:

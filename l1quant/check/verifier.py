@@ -1,6 +1,7 @@
 """``l1quant.verify``: prove a GGUF file is sound, faithful to its source checkpoint, and runs like it.
 
-Three layers, each a list of named checks (pass / fail / skip) in one :class:`VerifyReport`:
+Three layers and a compatibility group, each a list of named checks (pass / warn / fail / skip) in one
+:class:`VerifyReport`:
 
 * **Structure** (always). Everything :func:`l1quant.gguf.reader.read_gguf` enforces (header, version, counts,
   bounded lengths, known types, aligned non-overlapping in-file offsets: a hostile or truncated file raises
@@ -11,6 +12,9 @@ Three layers, each a list of named checks (pass / fail / skip) in one :class:`Ve
   expected tensor present with the shape the hparams imply, no unexpected tensor, tensor types allowed by the
   type rules (norms, biases and 1-D tensors F32; matrices the file type, or F16 where the row length does not
   fit the block), no NaN/Inf in any tensor (every type's values or f16 block scales; with or without ``source``).
+* **Compatibility** (always; more with ``source``). How the file behaves in the runtimes users run: end of
+  generation, BOS, pre-tokenizer release, chat template, head sizes, requantization (:mod:`l1quant.check.compat`;
+  ``compat.*`` checks, ``warn`` unless llama.cpp itself would refuse the file or misbehave).
 * **Fidelity** (``source=MODEL_DIR``). The header the converter would write for this source
   (:func:`l1quant.conversion.convert.prepare`, nothing written) is compared key by key: hparams, rope, eps, tokens, token
   types, merges, special ids, chat template. Every tensor is streamed in row chunks (bounded memory, a thread
@@ -41,6 +45,7 @@ from typing import Any
 import gguf
 
 from l1quant.arch import Arch, all_arches, get_arch
+from l1quant.check.compat import check_compat
 from l1quant.check.fidelity import _check_fidelity, _check_metadata
 from l1quant.check.logits import _run_logits
 from l1quant.check.report import FAIL, PASS, SKIP, Check, TensorFidelity, VerifyReport
@@ -117,12 +122,13 @@ def verify(
 
             raise RuntimeMissingError(f"--runtime llama.cpp needs llama-cpp-python: {RUN_INSTALL_HINT}") from None
     src: Path | None = None
+    local: Path | None = None  # the source's local folder (a hub id resolved to its cached snapshot)
     if source is not None:
         # An unusable source is a wrong argument, not a fault of the file: refuse it before reading the file.
         # (prepare() below resolves it again from the name as given, so a hub id keeps its repo name.)
         from l1quant.source.hub import resolve_model
 
-        resolve_model(str(source))
+        local = resolve_model(str(source))
         src = Path(source)
 
     try:
@@ -156,6 +162,8 @@ def verify(
         else:
             checks.append(Check("tensors.shapes", SKIP, "hparams are inconsistent; expected shapes unknown"))
 
+    # how the file behaves in the runtimes users run (warnings; a failure only where llama.cpp itself misbehaves)
+    checks += check_compat(gf, local)
     # NaN/Inf scan with or without a source: a file must not pass with --source what it fails without it
     checks.append(_check_finite(gf, n_threads))
     if src is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from l1quant.cli import main
-from l1quant.cli.options import per_tensor_options, setup_logging
+from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
 from l1quant.conversion.convert import convert
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
 from l1quant.errors import ConfigError, VerifyError
@@ -25,7 +25,7 @@ MAX_CHUNK_MB = 4096.0
 
 @main.command("convert")
 @click.argument("model", metavar="MODEL")
-@click.option("-t", "--type", "--outtype", "type_", type=click.Choice(OUT_TYPES, case_sensitive=False),
+@click.option("--type", "--outtype", "type_", type=click.Choice(OUT_TYPES, case_sensitive=False),
               default="auto", show_default=True, metavar="TYPE",
               help="Output type: q4_k_m (llama.cpp's usual choice), q5_k_m, q6_k, q3_k_m, ... (llama-quantize's "
                    "mixes, same bytes), q8_0 (near-lossless), f16/bf16 (16-bit), f32, or auto (bf16 or f16 as "
@@ -41,7 +41,7 @@ MAX_CHUNK_MB = 4096.0
                    "--metadata).")
 @click.option("--pre", default=None, metavar="NAME",
               help="Pre-tokenizer name (e.g. qwen2, deepseek-r1-qwen) when the tokenizer's hash is unknown.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("-t", "--threads", type=THREADS, default=None,
               help="Worker threads (default: all cores; at most 64 and 4 x cores). Output bytes do not depend on it.")
 @click.option("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20,
               show_default=True, help="Source MiB per work item; bounds memory (about 3 x threads x chunk).")

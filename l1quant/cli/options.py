@@ -72,3 +72,25 @@ def setup_logging(quiet: bool) -> None:
     h.setFormatter(_Prefix())
     h._l1quant = True  # type: ignore[attr-defined]
     logger.addHandler(h)
+
+
+class _Threads(click.types.IntRange):
+    """A thread count (``-t``/``--threads`` in every command, as in llama.cpp's tools). A value that is not a
+    number gets a hint: ``-t`` meant ``--type`` in ``convert`` before, and llama.cpp users type it for threads.
+
+    Example:
+        >>> THREADS.convert("4", None, None)
+        4
+    """
+
+    name = "threads"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip().isdigit():
+            self.fail(f"{value!r} is not a thread count: -t means --threads in every l1quant command (as in "
+                      "llama.cpp); the output type is --type", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+#: The type of every ``-t``/``--threads`` option: a positive int, with a hint for ``-t q4_k_m``.
+THREADS = _Threads(min=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from l1quant.cli import main
-from l1quant.cli.options import per_tensor_options, setup_logging
+from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
 from l1quant.conversion.quantize import quantize
 from l1quant.filetypes import ALIASES, MIXES
@@ -24,7 +24,7 @@ _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
 @click.option("--allow-requantize", is_flag=True,
               help="Accept an input whose tensors are already quantized (they are dequantized first; quality "
                    "suffers: quantize from F32/F16/BF16 when you can).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("-t", "--threads", type=THREADS, default=None,
               help="Worker threads (default: all cores). Output bytes do not depend on it.")
 @click.option("--chunk-mb", type=click.FloatRange(min=0.001), default=DEFAULT_CHUNK_BYTES / 2**20,
               show_default=True, help="Source MiB per work item; bounds memory.")

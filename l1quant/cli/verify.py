@@ -18,6 +18,7 @@ import click
 
 from l1quant.check import format_report, verify
 from l1quant.cli import main
+from l1quant.cli.options import THREADS
 from l1quant.errors import GGUFFormatError, InputError, read_text
 from l1quant.source.hub import resolve_model
 
@@ -39,13 +40,15 @@ from l1quant.source.hub import resolve_model
               help="Also run FILE through llama.cpp (llama-cpp-python) and compare its logits with the source's; "
                    "implies --logits.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Worker threads (default: all cores).")
+@click.option("-t", "--threads", type=THREADS, default=None, help="Worker threads (default: all cores).")
 def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | None, n_tokens: int,
                runtime: str | None, as_json: bool, threads: int | None) -> None:
     """Check that FILE is a sound GGUF, faithful to its source checkpoint, down to the logits.
 
-    Always: header, key types, hparams, tokenizer arrays, tensor names/shapes/types, no NaN/Inf. With --source:
-    metadata and every tensor against the checkpoint. With --logits/--runtime: logit agreement.
+    Always: header, key types, hparams, tokenizer arrays, tensor names/shapes/types, no NaN/Inf, and how the file
+    will behave in the runtimes users run (compat.*: end of generation, BOS, pre-tokenizer release, chat
+    template, head sizes, requantization; a WARN keeps exit status 0). With --source: metadata and every tensor
+    against the checkpoint, and the source's eos ids for compat. With --logits/--runtime: logit agreement.
 
     \b
     Exit status:

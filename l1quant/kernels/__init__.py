@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from . import _native, blockwise, floats, kquants_qkx2, kquants_qx, q4_q5, q8_0
+from . import _native, blockwise, floats, kquants_imatrix, kquants_qkx2, kquants_qx, q4_q5, q8_0
 from ._common import (
     Kernel,
     KernelArgumentError,
@@ -63,6 +63,9 @@ IMPLS = ("auto", "native", "numpy", "ref")
 
 #: bytes of a tensor (flat uint8) and its numpy shape -> float32 values, as ggml computes them.
 Dequantizer = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
+
+#: (x, out, imatrix float32 (ncols,)) -> first non-finite flat index or -1: a kernel with importance weights.
+ImatrixKernel = Callable[[np.ndarray, np.ndarray, np.ndarray], int]
 
 
 class UnknownQuantTypeError(KernelArgumentError):
@@ -141,6 +144,10 @@ class QuantType:
     ref_kernel: Kernel | None = field(repr=False, compare=False)
     native_kernel: Kernel | None = field(repr=False, compare=False)
     dequantizer: Dequantizer | None = field(repr=False, compare=False)
+    #: ggml's importance-weighted search (``quantize_row_<type>_impl``), numpy and compiled; None for the types
+    #: whose quantization ignores an importance matrix (F32, F16, BF16, Q8_0) or that l1quant does not serve.
+    numpy_imatrix_kernel: ImatrixKernel | None = field(default=None, repr=False, compare=False)
+    native_imatrix_kernel: ImatrixKernel | None = field(default=None, repr=False, compare=False)
     outtype: bool = False
     float_fields: tuple[FloatField, ...] = ()
     never_overflows_from: frozenset[str] = frozenset()
@@ -189,10 +196,22 @@ class QuantType:
             if self.native_kernel is None:
                 raise KernelArgumentError(f"{self.name}: the compiled accelerator l1quant.kernels._fastq8 is not built")
             return self.native_kernel
+        if impl == "auto" and self.native_kernel is None:
+            _native.note_numpy_fallback()  # a missing build, not a choice: say so once
         return self.numpy_kernel
 
+    def _imatrix_kernel(self, impl: str) -> ImatrixKernel:
+        if impl not in IMPLS:
+            raise KernelArgumentError(f"{self.name}: impl must be one of {', '.join(IMPLS)}, found {impl!r}")
+        assert self.numpy_imatrix_kernel is not None
+        if impl == "native" or (impl == "auto" and self.native_imatrix_kernel is not None):
+            if self.native_imatrix_kernel is None:
+                raise KernelArgumentError(f"{self.name}: the compiled accelerator l1quant.kernels._fastq8 is not built")
+            return self.native_imatrix_kernel
+        return self.numpy_imatrix_kernel  # also impl="ref": there is no plainer weighted search
+
     def quantize_checked(
-        self, x: np.ndarray, out: np.ndarray | None = None, *, impl: str = "auto"
+        self, x: np.ndarray, out: np.ndarray | None = None, *, impl: str = "auto", imatrix: np.ndarray | None = None
     ) -> tuple[np.ndarray, int | None]:
         """Convert ``x`` and report where the first NaN/Inf was: ``(out, flat index or None)``.
 
@@ -200,6 +219,9 @@ class QuantType:
         costs nothing extra. ``x`` is (rows, ncols) float32 / float16 / uint16 (bf16 bits), C-contiguous;
         ``out``, when given, is a uint8 (rows, row_nbytes(ncols)) array with contiguous rows (it may be a view
         into a larger buffer). ``impl``: "auto" (compiled if built, else numpy), "native", "numpy" or "ref".
+        ``imatrix``: importance weights, float32 (ncols,), finite (as llama-quantize passes an imatrix entry's
+        per-column means to ``ggml_quantize_chunk``): Q4_0..Q5_1 and Q2_K..Q6_K then run ggml's weighted searches
+        (kernels/kquants_imatrix.py); the other types ignore it, as ggml does. None: the unweighted path.
 
         Example:
             >>> qt = get_quant_type("f16")
@@ -210,17 +232,24 @@ class QuantType:
         x = check_source(x, self.name)
         rows, ncols = x.shape
         out = check_out(out, rows, self.row_nbytes(ncols), self.name)
+        if imatrix is not None:
+            qw = kquants_imatrix.check_imatrix(imatrix, ncols, self.name)
+            if self.numpy_imatrix_kernel is not None:
+                first = self._imatrix_kernel(impl)(x, out, qw)
+                return out, (None if first < 0 else first)
         first = self._kernel(impl)(x, out)
         return out, (None if first < 0 else first)
 
-    def quantize(self, x: np.ndarray, out: np.ndarray | None = None, *, impl: str = "auto") -> np.ndarray:
+    def quantize(
+        self, x: np.ndarray, out: np.ndarray | None = None, *, impl: str = "auto", imatrix: np.ndarray | None = None
+    ) -> np.ndarray:
         """Convert ``x`` (rows, ncols) to this type's bytes: uint8 (rows, row_nbytes(ncols)), into ``out`` if given.
 
         Example:
             >>> get_quant_type("bf16").quantize(np.array([[1.0, -2.0]], dtype=np.float32)).view(np.uint16)
             array([[16256, 49152]], dtype=uint16)
         """
-        return self.quantize_checked(x, out, impl=impl)[0]
+        return self.quantize_checked(x, out, impl=impl, imatrix=imatrix)[0]
 
     def dequantize(self, data: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         """Bytes of this type -> float32 array of numpy ``shape`` (what ggml would compute).
@@ -273,13 +302,23 @@ def _native_block_kernel(ggml_type: GGMLQuantizationType) -> Kernel | None:
     return functools.partial(kquant, int(ggml_type))
 
 
+def _native_imatrix_kernel(ggml_type: GGMLQuantizationType) -> ImatrixKernel | None:
+    if not _native.AVAILABLE or not hasattr(_native._mod, "kquant_imatrix"):
+        return None
+    return functools.partial(_native.kquant_imatrix, int(ggml_type))
+
+
 def _make(ggml_type: GGMLQuantizationType, file_type: LlamaFileType | None, *, numpy: Kernel | None = None,
           ref: Kernel | None = None, native: Kernel | None = None, dequantize: Dequantizer | None = None,
           **facts: object) -> QuantType:
     # Block geometry comes from gguf's table: defined once, upstream.
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    weighted = ggml_type.name in kquants_imatrix.IMATRIX_TYPES
     return QuantType(ggml_type.name, ggml_type, block_size, type_size, None if file_type is None else int(file_type),
-                     numpy, ref, native, dequantize, **facts)  # type: ignore[arg-type]
+                     numpy, ref, native, dequantize,
+                     kquants_imatrix.imatrix_kernel(ggml_type.name) if weighted else None,
+                     _native_imatrix_kernel(ggml_type) if weighted else None,
+                     **facts)  # type: ignore[arg-type]
 
 
 def _block(ggml_type: GGMLQuantizationType, quantize_blocks: Callable[[np.ndarray], np.ndarray],

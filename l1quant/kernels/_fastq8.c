@@ -11,6 +11,7 @@
  *   f32 (src, kind, rows, ncols, dst, dst_row_stride)   F32: exact widening / copy
  *   first_nonfinite(src, kind, n)
  *   kquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride)   Q4_0/Q4_1/Q5_0/Q5_1/Q2_K..Q6_K (_kquants.c)
+ *   kquant_imatrix(..., dst_row_stride, imatrix)   the same types with importance weights (_kquants.c)
  *
  * kind: 0 = float32, 1 = float16, 2 = bf16 (uint16 bits). Source rows are contiguous (row r at r * ncols).
  *
@@ -432,6 +433,7 @@ static PyObject *py_first_nonfinite(PyObject *self, PyObject *args) {
 
 /* K-quants and Q4_0/Q4_1/Q5_0/Q5_1 live in _kquants.c (a second source of this extension). */
 PyObject *l1q_py_kquant(PyObject *self, PyObject *args);
+PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args);
 
 static PyMethodDef methods[] = {
     {"q8_0", py_q8_0, METH_VARARGS, "q8_0(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
@@ -440,6 +442,8 @@ static PyMethodDef methods[] = {
     {"f32", py_f32, METH_VARARGS, "f32(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
     {"kquant", l1q_py_kquant, METH_VARARGS,
      "kquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
+    {"kquant_imatrix", l1q_py_kquant_imatrix, METH_VARARGS,
+     "kquant_imatrix(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix) -> first non-finite or -1"},
     {"first_nonfinite", py_first_nonfinite, METH_VARARGS, "first_nonfinite(src, kind, n) -> index or -1"},
     {NULL, NULL, 0, NULL},
 };

@@ -1,7 +1,8 @@
 /*
  * l1quant.kernels._fastq8 (second source file): Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K..Q6_K, written to
  * give the same bytes as ggml's quantize_row_<type>_ref (the path llama-quantize takes without an importance
- * matrix), plus l1quant's non-finite policy.
+ * matrix; kquant()) and, with one, as its quantize_row_<type>_impl searches (kquant_imatrix(), at the end of the
+ * file), plus l1quant's non-finite policy.
  *
  * Exactness: the results must match ggml-base built for baseline x86-64 (SSE2, no FMA), where every float
  * expression is evaluated in IEEE binary32, one rounding per operation, in source order. So this file is built with
@@ -29,6 +30,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "_halfconv.h"
@@ -1203,9 +1205,9 @@ LANE_FN void fit_affine_lanes(int n, int nmax, const vf *x, const vf *w, float r
 }
 
 /* Largest magnitude of 16 values per lane and the signed value that has it (the first one: strict >). */
-LANE_FN void lanes_peak(const vf *x, vf *amax, vf *peak) {
+LANE_FN void lanes_peak(int n, const vf *x, vf *amax, vf *peak) {
     EACH(b) amax[b] = peak[b] = (vf){0};
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < n; i++) {
         EACH(b) {
             const vf ax = vabs(x[i * NV + b]);
             const vi bigger = ax > amax[b];
@@ -1215,13 +1217,15 @@ LANE_FN void lanes_peak(const vf *x, vf *amax, vf *peak) {
     }
 }
 
-/* Sums of one make_qx_quants trial: sum (w*x)*l and sum (w*l)*l over the levels of iscale * x. */
-LANE_FN void qx_pass(const vf *iscale, const vf *x, const vf *w, const vf *wx, vf *sumlx, vf *suml2, int mode) {
+/* Sums of one make_qx_quants trial over n values, levels -nmax..nmax-1: sum (w*x)*l and sum (w*l)*l over the levels
+ * of iscale * x. */
+LANE_FN void qx_pass(int n, int nmax, const vf *iscale, const vf *x, const vf *w, const vf *wx, vf *sumlx,
+                     vf *suml2, int mode) {
     EACH(b) sumlx[b] = suml2[b] = (vf){0};
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < n; i++) {
         EACH(b) {
             const int k = i * NV + b;
-            const vf l = vlevel(iscale[b] * x[k], -32, 31, mode);
+            const vf l = vlevel(iscale[b] * x[k], -nmax, nmax - 1, mode);
             sumlx[b] += wx[k] * l;
             suml2[b] += w[k] * l * l;
         }
@@ -1230,34 +1234,35 @@ LANE_FN void qx_pass(const vf *iscale, const vf *x, const vf *w, const vf *wx, v
 
 /* One trial, iscale = num / peak, in the form its bounds allow (iscale * x is monotone in x; tiny lanes do not
  * matter). */
-LANE_FN void qx_trial(float num, const vf *peak, const vf *x_lo, const vf *x_hi, const vi *tiny, const vf *x,
-                        const vf *w, const vf *wx, vf *iscale, vf *sumlx, vf *suml2) {
+LANE_FN void qx_trial(int n, int nmax, float num, const vf *peak, const vf *x_lo, const vf *x_hi, const vi *tiny,
+                      const vf *x, const vf *w, const vf *wx, vf *iscale, vf *sumlx, vf *suml2) {
     vf pa[NV], pb[NV];
     EACH(b) {
         iscale[b] = num / peak[b];
         pa[b] = iscale[b] * x_lo[b];
         pb[b] = iscale[b] * x_hi[b];
     }
-    const int mode = level_mode(pa, pb, tiny, -32, 31);
-    WITH_LEVEL_MODE(mode, qx_pass, iscale, x, w, wx, sumlx, suml2);
+    const int mode = level_mode(pa, pb, tiny, -nmax, nmax - 1);
+    WITH_LEVEL_MODE(mode, qx_pass, n, nmax, iscale, x, w, wx, sumlx, suml2);
 }
 
-/* fit_q6_group for NV * LANES groups of 16 values (lanes x), into out[g0 ..]. */
-LANE_FN void fit_qx_lanes(const vf *x, qx_fits *out, int g0) {
-    vf w[16 * NV], wx[16 * NV], amax[NV], peak[NV], x_lo[NV], x_hi[NV], iscale[NV], best_iscale[NV];
+/* make_qx_quants(n, nmax, x, L, rmse_type 1, wq) for NV * LANES groups of n values (lanes x, weights wq; NULL:
+ * x * x, as fit_q6_group), into out[g0 ..] (levels: see qx_fits, with -nmax..nmax-1 here). */
+LANE_FN void fit_qx_lanes(int n, int nmax, const vf *x, const vf *wq, qx_fits *out, int g0) {
+    vf w[32 * NV], wx[32 * NV], amax[NV], peak[NV], x_lo[NV], x_hi[NV], iscale[NV], best_iscale[NV];
     vf sumlx[NV], suml2[NV], scale[NV], best[NV];
     vi tiny[NV], take[NV];
     const vf zero = {0};
-    lanes_peak(x, amax, peak);
+    lanes_peak(n, x, amax, peak);
     EACH(b) x_lo[b] = x_hi[b] = x[b];
-    for (int k = 0; k < 16 * NV; k++) {
-        w[k] = x[k] * x[k];
+    for (int k = 0; k < n * NV; k++) {
+        w[k] = wq ? wq[k] : x[k] * x[k];
         wx[k] = w[k] * x[k];
         x_lo[k % NV] = vmin(x[k], x_lo[k % NV]);
         x_hi[k % NV] = vmax(x[k], x_hi[k % NV]);
     }
     EACH(b) tiny[b] = amax[b] < TINY_GROUP; /* early return in the reference; replaced below */
-    qx_trial(-32.0f, peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2); /* the first guess, -nmax / max */
+    qx_trial(n, nmax, (float)(-nmax), peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2); /* -nmax / max */
     EACH(b) {
         /* suml2 ? sumlx / suml2 : 0 (!= is true for NaN, like C's truth test) */
         scale[b] = vsel(suml2[b] != 0.0f, sumlx[b] / suml2[b], zero);
@@ -1266,7 +1271,7 @@ LANE_FN void fit_qx_lanes(const vf *x, qx_fits *out, int g0) {
     }
     for (int is = -9; is <= 9; is++) {
         if (is == 0) continue;
-        qx_trial(-(32.0f + 0.1f * (float)is), peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2);
+        qx_trial(n, nmax, -((float)nmax + 0.1f * (float)is), peak, x_lo, x_hi, tiny, x, w, wx, iscale, sumlx, suml2);
         EACH(b) take[b] = (suml2[b] > 0.0f) & (sumlx[b] * sumlx[b] > best[b] * suml2[b]);
         if (!vany(take)) continue;
         EACH(b) {
@@ -1292,7 +1297,7 @@ LANE_FN void fit_q3_lanes(const vf *x, float *scales, int8_t *L, int g0) {
     vf w[16 * NV], wx[16 * NV], lv[16 * NV], amax[NV], peak[NV], iscale[NV], sumlx[NV], suml2[NV];
     vi tiny[NV], changed[NV];
     const vf zero = {0};
-    lanes_peak(x, amax, peak);
+    lanes_peak(16, x, amax, peak);
     EACH(b) {
         tiny[b] = amax[b] < TINY_GROUP;
         iscale[b] = -4.0f / peak[b];
@@ -1393,9 +1398,46 @@ static KQ_TARGET void ISA(q6_k)(const float *x, uint8_t *y) {
     for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) {
         vf v[16 * NV];
         lanes_load(x + 16 * g0, 16, 16, v);
-        fit_qx_lanes(v, &f, g0);
+        fit_qx_lanes(16, 32, v, NULL, &f, g0);
     }
     for (int j = 0; j < BATCH / 16; j++) q6_k_encode(x + SUPER * j, y + 210 * j, &f, 16 * j);
+}
+
+/* The importance-weighted path's affine fits (ggml's make_qkx3_quants: the search of fit_affine_lanes with rmin
+ * -0.9, rdelta 0.05, 37 trials, squared error, given weights): BATCH groups of n (16 or 32) values, group g at
+ * x + n * g, weights w in the same layout. */
+static KQ_TARGET void ISA(imx_affine)(int n, int nmax, const float *x, const float *w, affine_fits *f) {
+    for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) {
+        vf v[32 * NV], wv[32 * NV];
+        if (n == 16) {
+            lanes_load(x + 16 * g0, 16, 16, v);
+            lanes_load(w + 16 * g0, 16, 16, wv);
+            fit_affine_lanes(16, 3, v, wv, -0.9f, 0.05f, 36, 0, f, g0); /* only Q2_K fits 16-value groups */
+        } else {
+            lanes_load(x + 32 * g0, 32, 32, v);
+            lanes_load(w + 32 * g0, 32, 32, wv);
+            if (nmax == 15)
+                fit_affine_lanes(32, 15, v, wv, -0.9f, 0.05f, 36, 0, f, g0);
+            else
+                fit_affine_lanes(32, 31, v, wv, -0.9f, 0.05f, 36, 0, f, g0);
+        }
+    }
+}
+
+/* The importance-weighted path's symmetric fits (make_qx_quants, rmse_type 1, given weights): BATCH groups of n
+ * (16 or 32) values to -nmax..nmax-1, group g at x + n * g, weights w alike. */
+static KQ_TARGET void ISA(imx_sym)(int n, int nmax, const float *x, const float *w, qx_fits *f) {
+    for (int g0 = 0; g0 < BATCH; g0 += NV * LANES) {
+        vf v[32 * NV], wv[32 * NV];
+        lanes_load(x + n * g0, n, n, v);
+        lanes_load(w + n * g0, n, n, wv);
+        switch (nmax) { /* constant arguments: each case compiles its own loops */
+        case 4: fit_qx_lanes(16, 4, v, wv, f, g0); break;    /* Q3_K groups */
+        case 32: fit_qx_lanes(16, 32, v, wv, f, g0); break;  /* Q6_K groups */
+        case 8: fit_qx_lanes(32, 8, v, wv, f, g0); break;    /* Q4_0 blocks */
+        default: fit_qx_lanes(32, 16, v, wv, f, g0); break;  /* Q5_0 blocks */
+        }
+    }
 }
 
 /* For the formats table: groups per call of this instance's entry points. */
@@ -1597,6 +1639,31 @@ static int64_t quant_row(const kformat *f, const void *src, int kind, int64_t nc
     return first;
 }
 
+/* The code path named by a kquant()/kquant_imatrix() argument: a name from PATH_NAMES (ValueError if unknown or not
+ * available here), None / True for the default (the fastest available), False for "portable". -1 with the
+ * exception set on error. */
+static int parse_path(PyObject *path_obj, const char *fn) {
+    int path = N_PATHS - 1;
+    while (path > 0 && !path_available(path)) path--;
+    if (PyUnicode_Check(path_obj)) {
+        const char *name = PyUnicode_AsUTF8(path_obj);
+        if (name == NULL) return -1;
+        for (path = 0; path < N_PATHS && strcmp(name, PATH_NAMES[path]) != 0; path++) {
+        }
+        if (path == N_PATHS || !path_available(path)) {
+            PyErr_Format(PyExc_ValueError, "_fastq8.%s: code path '%s' is %s", fn, name,
+                         path == N_PATHS ? "unknown (portable, sse2, avx2, avx512)"
+                                         : "not available on this CPU/build");
+            return -1;
+        }
+    } else if (path_obj != Py_None) {
+        const int on = PyObject_IsTrue(path_obj);
+        if (on < 0) return -1;
+        if (!on) path = PATH_PORTABLE;
+    }
+    return path;
+}
+
 /* kquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride[, path]) -> flat index of the first non-finite
  * value or -1. src: rows x ncols contiguous values of `kind` (0 float32, 1 float16, 2 bf16 bits); dst: row r at
  * dst + r * dst_row_stride, ncols / qk blocks each. Addresses were validated by kernels/_native.py. path: a name
@@ -1609,23 +1676,8 @@ PyObject *l1q_py_kquant(PyObject *self, PyObject *args) {
     PyObject *path_obj = Py_None;
     (void)self;
     if (!PyArg_ParseTuple(args, "iKiLLKL|O", &type, &s, &kind, &rows, &ncols, &d, &stride, &path_obj)) return NULL;
-    int path = N_PATHS - 1;
-    while (path > 0 && !path_available(path)) path--;
-    if (PyUnicode_Check(path_obj)) {
-        const char *name = PyUnicode_AsUTF8(path_obj);
-        if (name == NULL) return NULL;
-        for (path = 0; path < N_PATHS && strcmp(name, PATH_NAMES[path]) != 0; path++) {
-        }
-        if (path == N_PATHS || !path_available(path)) {
-            PyErr_Format(PyExc_ValueError, "_fastq8.kquant: code path '%s' is %s", name,
-                         path == N_PATHS ? "unknown (portable, sse2, avx2, avx512)" : "not available on this CPU/build");
-            return NULL;
-        }
-    } else if (path_obj != Py_None) {
-        const int on = PyObject_IsTrue(path_obj);
-        if (on < 0) return NULL;
-        if (!on) path = PATH_PORTABLE;
-    }
+    int path = parse_path(path_obj, "kquant");
+    if (path < 0) return NULL;
     const kformat *f = find_format(type);
     if (f == NULL) {
         PyErr_Format(PyExc_ValueError, "_fastq8.kquant: unsupported ggml type %d", type);
@@ -1650,6 +1702,655 @@ PyObject *l1q_py_kquant(PyObject *self, PyObject *args) {
         if (fr >= 0 && first < 0) first = r * ncols + fr;
     }
     Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(first);
+}
+#endif /* !KQ_LANE_BODY */
+
+#ifndef KQ_LANE_BODY /* the file proper, continued: the importance-weighted searches */
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* With an importance matrix (per-column weights qw, one float per value of a row), ggml_quantize_chunk runs the
+ * quantize_row_<type>_impl functions instead of the _ref ones: different searches, weighted by
+ * qw[i] * sqrt(sigma2 + x[i]^2) (sigma2 from the row or the super-block), except Q6_K, which weights by qw alone.
+ * These are written value by value, one group at a time, on every path (the searches are sequential; the lane
+ * paths above do not cover them). Without an importance matrix ggml runs the _ref path for every type, which is
+ * kquant() above.
+ *
+ * Integers that the reference stores in uint8_t arrays wrap modulo 256 when a search produces a negative level
+ * (make_qp_quants on a negative group scale); the code below keeps them as uint8_t where the reference does, so the
+ * wrapped values flow through the same sums. */
+
+/* Weighted symmetric fit of n values to -nmax..nmax-1 (make_qx_quants with rmse_type 1 and weights w): returns the
+ * scale, levels + nmax in L. */
+static float imx_fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L) {
+    float amax = 0, peak = 0;
+    for (int i = 0; i < n; i++) {
+        const float a = fabsf(x[i]);
+        if (a > amax) {
+            amax = a;
+            peak = x[i];
+        }
+    }
+    if (amax < TINY_GROUP) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    float iscale = (float)(-nmax) / peak;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(round_magic(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (int8_t)(l + nmax);
+        sumlx += w[i] * x[i] * (float)l;
+        suml2 += w[i] * (float)l * (float)l;
+    }
+    float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f; /* C's `suml2 ? .. : 0`: NaN counts as true */
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        iscale = -((float)nmax + 0.1f * (float)is) / peak;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = clampi(round_magic(iscale * x[i]), -nmax, nmax - 1);
+            sumlx += w[i] * x[i] * (float)l;
+            suml2 += w[i] * (float)l * (float)l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++) L[i] = (int8_t)(clampi(round_magic(iscale * x[i]), -nmax, nmax - 1) + nmax);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* Weighted affine fit of n values to 0..nmax (make_qkx3_quants with weights, squared error, rmin -0.9, rdelta
+ * 0.05, 37 trials): returns the scale, *neg_min = -offset, levels in L. */
+static float imx_fit_affine(int n, int nmax, const float *x, const float *w, uint8_t *L, float *neg_min) {
+    uint8_t trial[32];
+    float lo = x[0], hi = x[0];
+    float sum_w = w[0];
+    float sum_x = sum_w * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (lo > 0) lo = 0;
+    if (hi <= lo) {
+        memset(L, 0, (size_t)n);
+        *neg_min = -lo;
+        return 0.0f;
+    }
+    float iscale = (float)nmax / (hi - lo);
+    float scale = 1.0f / iscale;
+    float best = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(round_magic(iscale * (x[i] - lo)), 0, nmax);
+        L[i] = (uint8_t)l;
+        const float diff = scale * (float)l + lo - x[i];
+        best += w[i] * (diff * diff);
+    }
+    for (int is = 0; is <= 36; is++) {
+        iscale = (-0.9f + 0.05f * (float)is + (float)nmax) / (hi - lo);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = clampi(round_magic(iscale * (x[i] - lo)), 0, nmax);
+            trial[i] = (uint8_t)l;
+            sum_l += w[i] * (float)l;
+            sum_l2 += w[i] * (float)l * (float)l;
+            sum_xl += w[i] * (float)l * x[i];
+        }
+        const float det = sum_w * sum_l2 - sum_l * sum_l;
+        if (det > 0) {
+            float t_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            float t_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if (t_min > 0) {
+                t_min = 0;
+                t_scale = sum_xl / sum_l2;
+            }
+            float err = 0;
+            for (int i = 0; i < n; i++) {
+                const float diff = t_scale * (float)trial[i] + t_min - x[i];
+                err += w[i] * (diff * diff);
+            }
+            if (err < best) {
+                memcpy(L, trial, (size_t)n);
+                best = err;
+                scale = t_scale;
+                lo = t_min;
+            }
+        }
+    }
+    *neg_min = -lo;
+    return scale;
+}
+
+/* Weighted fit of n non-negative values (group scales or mins) to 0..nmax with no offset (make_qp_quants):
+ * returns the super-scale, levels in L (uint8_t: a negative level wraps, as in the reference). */
+static float imx_fit_pos(int n, int nmax, const float *x, const float *w, uint8_t *L) {
+    float peak = 0;
+    for (int i = 0; i < n; i++) peak = peak > x[i] ? peak : x[i]; /* MAX(peak, x): a NaN replaces the peak */
+    if (peak < TINY_GROUP) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    float iscale = (float)nmax / peak;
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)round_magic(iscale * x[i]);
+    const float scale0 = 1.0f / iscale;
+    float best = 0;
+    for (int i = 0; i < n; i++) {
+        const float diff = x[i] - scale0 * (float)L[i];
+        best += w[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; is++) {
+        if (is == 0) continue;
+        const float iscale_is = (0.1f * (float)is + (float)nmax) / peak;
+        const float scale_is = 1.0f / iscale_is;
+        float err = 0;
+        for (int i = 0; i < n; i++) {
+            int l = round_magic(iscale_is * x[i]);
+            if (l > nmax) l = nmax;
+            const float diff = x[i] - scale_is * (float)l;
+            err += w[i] * diff * diff;
+        }
+        if (err < best) {
+            best = err;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = round_magic(iscale * x[i]);
+        if (l > nmax) l = nmax;
+        L[i] = (uint8_t)l;
+        sumlx += w[i] * x[i] * (float)l;
+        suml2 += w[i] * (float)l * (float)l;
+    }
+    for (int pass = 0; pass < 5; pass++) {
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            float slx = sumlx - w[i] * x[i] * (float)L[i];
+            float sl2 = suml2 - w[i] * (float)L[i] * (float)L[i];
+            if (slx > 0 && sl2 > 0) {
+                int nl = round_magic(x[i] * sl2 / slx);
+                if (nl > nmax) nl = nmax;
+                if (nl != (int)L[i]) {
+                    slx += w[i] * x[i] * (float)nl;
+                    sl2 += w[i] * (float)nl * (float)nl;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)nl;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed++;
+                    }
+                }
+            }
+        }
+        if (!changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* Sequential sum of squares of n values, from 0 (the reference's sigma2 numerators). */
+static inline float imx_sum_sq(const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += x[i] * x[i];
+    return s;
+}
+
+/* weights w[i] = qw[i] * sqrtf(sigma2 + x[i]^2) for n values */
+static inline void imx_weights(const float *x, const float *qw, float sigma2, int n, float *w) {
+    for (int i = 0; i < n; i++) w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
+}
+
+static inline float imx_sum(const float *w, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += w[i];
+    return s;
+}
+
+/* Q2_K (quantize_row_q2_K_impl), one super-block, from its group fits (scales, mins, levels L of 16 groups of 16)
+ * and value weights w. */
+static void imx_q2_k(const float *x, const float *w, const float *scales, const float *mins, uint8_t *L,
+                     uint8_t *y) {
+    uint8_t Ls[16], Lm[16];
+    float sw[16];
+    for (int j = 0; j < 16; j++) sw[j] = imx_sum(w + 16 * j, 16);
+    const float dm = imx_fit_pos(16, 15, scales, sw, Ls);
+    const float mm = imx_fit_pos(16, 15, mins, sw, Lm);
+    const uint16_t d16 = half_of(dm), m16 = half_of(mm);
+    uint8_t *sc = y, *qs = y + 16;
+    for (int j = 0; j < 16; j++) sc[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
+    put_f16(y + 80, d16);
+    put_f16(y + 82, m16);
+    const float dd = half_value(d16), md = half_value(m16);
+    for (int j = 0; j < 16; j++) {
+        const float d = dd * (float)(sc[j] & 0xF);
+        if (d == 0.0f) continue; /* keep the search's levels */
+        affine_requant(x + 16 * j, 16, d, md * (float)(sc[j] >> 4), 3, L + 16 * j);
+    }
+    pack_2bit(L, qs);
+}
+
+/* Q3_K (quantize_row_q3_K_impl), one super-block, from its group fits (scales, levels L of 16 groups of 16) and
+ * value weights w. */
+static void imx_q3_k(const float *x, const float *w, const float *scales, int8_t *L, uint8_t *y) {
+    int8_t Ls[16];
+    float sw[16];
+    for (int j = 0; j < 16; j++) sw[j] = imx_sum(w + 16 * j, 16);
+    const float d_block = imx_fit_sym(16, 32, scales, sw, Ls);
+    uint8_t *hmask = y, *qs = y + 32, *sc = y + 96;
+    memset(sc, 0, 12);
+    for (int j = 0; j < 16; j++) {
+        const int l = Ls[j];
+        if (j < 8)
+            sc[j] = (uint8_t)(l & 0xF);
+        else
+            sc[j - 8] = (uint8_t)(sc[j - 8] | ((l & 0xF) << 4));
+        sc[8 + j % 4] = (uint8_t)(sc[8 + j % 4] | ((l >> 4) << (2 * (j / 4))));
+    }
+    const uint16_t d16 = half_of(d_block);
+    put_f16(y + 108, d16);
+    const float dd = half_value(d16);
+    for (int j = 0; j < 16; j++) {
+        const float d = dd * (float)(Ls[j] - 32); /* the 6-bit code read back from the packed bytes */
+        if (d == 0.0f) continue;
+        symmetric_requant(x + 16 * j, d, -4, 3, L + 16 * j);
+    }
+    uint8_t lo2[SUPER];
+    memset(hmask, 0, 32);
+    for (int b = 0; b < 8; b++)
+        for (int m = 0; m < 32; m++) hmask[m] = (uint8_t)(hmask[m] | (((unsigned)L[32 * b + m] >> 2) << b));
+    for (int j = 0; j < SUPER; j++) lo2[j] = (uint8_t)(L[j] & 3);
+    pack_2bit(lo2, qs);
+}
+
+/* Q4_K / Q5_K (quantize_row_q4_K_impl / _q5_K_impl) up to the levels: d, dmin and the 12 scale bytes at y[0..15],
+ * levels 0..nmax in L (on entry: the group fits' levels; w: the value weights). Q5_K caps the 6-bit codes at 63;
+ * Q4_K writes them as they come (a wrapped code spills into the neighbouring bits, as in the reference). */
+static void imx_kx(const float *x, const float *w, const float *scales, const float *mins, int nmax, uint8_t *y,
+                   uint8_t *L) {
+    uint8_t Ls[8], Lm[8];
+    float sw[8];
+    for (int j = 0; j < 8; j++) sw[j] = imx_sum(w + 32 * j, 32);
+    const float d_block = imx_fit_pos(8, 63, scales, sw, Ls);
+    const float m_block = imx_fit_pos(8, 63, mins, sw, Lm);
+    uint8_t *sc = y + 4;
+    for (int j = 0; j < 8; j++) {
+        uint8_t ls = Ls[j], lm = Lm[j];
+        if (nmax == 31) {
+            if (ls > 63) ls = 63;
+            if (lm > 63) lm = 63;
+        }
+        if (j < 4) {
+            sc[j] = ls;
+            sc[j + 4] = lm;
+        } else {
+            sc[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+            sc[j - 4] = (uint8_t)(sc[j - 4] | ((ls >> 4) << 6));
+            sc[j] = (uint8_t)(sc[j] | ((lm >> 4) << 6));
+        }
+    }
+    const uint16_t d16 = half_of(d_block), m16 = half_of(m_block);
+    put_f16(y, d16);
+    put_f16(y + 2, m16);
+    const float dd = half_value(d16), md = half_value(m16);
+    for (int j = 0; j < 8; j++) {
+        unsigned s, m; /* get_scale_min_k4 */
+        if (j < 4) {
+            s = sc[j] & 63u;
+            m = sc[j + 4] & 63u;
+        } else {
+            s = (sc[j + 4] & 0xFu) | ((unsigned)(sc[j - 4] >> 6) << 4);
+            m = (unsigned)(sc[j + 4] >> 4) | ((unsigned)(sc[j] >> 6) << 4);
+        }
+        const float d = dd * (float)s;
+        if (d == 0.0f) continue;
+        affine_requant(x + 32 * j, 32, d, md * (float)m, nmax, L + 32 * j);
+    }
+}
+
+static void imx_q4_k(const float *x, const float *w, const float *scales, const float *mins, uint8_t *L,
+                     uint8_t *y) {
+    imx_kx(x, w, scales, mins, 15, y, L);
+    uint8_t *q = y + 16;
+    for (int r = 0; r < 4; r++)
+        for (int l = 0; l < 32; l++) q[32 * r + l] = (uint8_t)(L[64 * r + l] | (L[64 * r + 32 + l] << 4));
+}
+
+static void imx_q5_k(const float *x, const float *w, const float *scales, const float *mins, uint8_t *L,
+                     uint8_t *y) {
+    imx_kx(x, w, scales, mins, 31, y, L);
+    uint8_t *qh = y + 16, *q = y + 48;
+    memset(qh, 0, 32);
+    for (int r = 0; r < 4; r++) {
+        for (int l = 0; l < 32; l++) {
+            const unsigned a = L[64 * r + l], b = L[64 * r + 32 + l];
+            qh[l] = (uint8_t)(qh[l] | ((a >> 4) << (2 * r)) | ((b >> 4) << (2 * r + 1)));
+            q[32 * r + l] = (uint8_t)((a & 0xF) | ((b & 0xF) << 4));
+        }
+    }
+}
+
+/* Q6_K (quantize_row_q6_K_impl): from the group fits weighted by qw itself (scales, levels L), the rest as the
+ * _ref path. */
+static void imx_q6_k(const float *x, const float *scales, int8_t *L, uint8_t *y) {
+    float max_scale = 0, max_abs = 0;
+    for (int j = 0; j < 16; j++) {
+        const float a = fabsf(scales[j]);
+        if (a > max_abs) {
+            max_abs = a;
+            max_scale = scales[j];
+        }
+    }
+    if (max_abs < TINY_GROUP) {
+        memset(y, 0, 210);
+        return;
+    }
+    const float iscale = -128.0f / max_scale;
+    const uint16_t d16 = half_of(1.0f / iscale);
+    int8_t *sc = (int8_t *)(y + 192);
+    for (int j = 0; j < 16; j++) {
+        const int l = round_magic(iscale * scales[j]);
+        sc[j] = (int8_t)wrap_i8(l < 127 ? l : 127);
+    }
+    put_f16(y + 208, d16);
+    const float dd = half_value(d16);
+    for (int j = 0; j < 16; j++) {
+        const float d = dd * (float)sc[j];
+        if (d == 0.0f) continue;
+        symmetric_requant(x + 16 * j, d, -32, 31, L + 16 * j);
+    }
+    uint8_t *ql = y, *qh = y + 128;
+    for (int h = 0; h < 2; h++) {
+        const int8_t *s = L + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            const unsigned a = (uint8_t)s[l], b = (uint8_t)s[l + 32], c = (uint8_t)s[l + 64], e = (uint8_t)s[l + 96];
+            ql[64 * h + l] = (uint8_t)((a & 0xF) | ((c & 0xF) << 4));
+            ql[64 * h + l + 32] = (uint8_t)((b & 0xF) | ((e & 0xF) << 4));
+            qh[32 * h + l] = (uint8_t)((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6));
+        }
+    }
+}
+
+/* Q4_0 / Q5_0 (quantize_row_q4_0_impl / _q5_0_impl): the block's weighted symmetric fit to -8..7 / -16..15 (levels
+ * + nmax in L), stored as fitted (no re-quantization against the f16 scale). */
+static void imx_q4_0(float d, const int8_t *L, uint8_t *y) {
+    put_f16(y, half_of(d));
+    for (int j = 0; j < 16; j++) y[2 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+}
+
+static void imx_q5_0(float d, const int8_t *L, uint8_t *y) {
+    put_f16(y, half_of(d));
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        const unsigned a = (uint8_t)L[j], b = (uint8_t)L[j + 16];
+        y[6 + j] = (uint8_t)((a & 0xF) | ((b & 0xF) << 4));
+        qh |= ((a >> 4) & 1u) << j;
+        qh |= ((b >> 4) & 1u) << (j + 16);
+    }
+    for (int k = 0; k < 4; k++) y[2 + k] = (uint8_t)(qh >> (8 * k));
+}
+
+/* Q4_1 / Q5_1 (quantize_row_q4_1_impl / _q5_1_impl): the block's weighted affine fit to 0..15 / 0..31, stored. */
+static void imx_q4_1(float d, float neg_min, const uint8_t *L, uint8_t *y) {
+    put_f16(y, half_of(d));
+    put_f16(y + 2, half_of(-neg_min));
+    for (int j = 0; j < 16; j++) y[4 + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+}
+
+static void imx_q5_1(float d, float neg_min, const uint8_t *L, uint8_t *y) {
+    put_f16(y, half_of(d));
+    put_f16(y + 2, half_of(-neg_min));
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        const unsigned a = L[j], b = L[j + 16];
+        y[8 + j] = (uint8_t)((a & 0xF) | ((b & 0xF) << 4));
+        qh |= ((a >> 4) & 1u) << j;
+        qh |= ((b >> 4) & 1u) << (j + 16);
+    }
+    for (int k = 0; k < 4; k++) y[4 + k] = (uint8_t)(qh >> (8 * k));
+}
+
+/* The lane instances of the affine fits, by path (NULL: portable). */
+typedef void (*imx_affine_fn)(int n, int nmax, const float *x, const float *w, affine_fits *f);
+#if defined(KQ_LANE_PATHS) && defined(KQ_HAVE_LANES)
+static const imx_affine_fn IMX_AFFINE[N_PATHS] = {NULL, imx_affine_sse2, imx_affine_avx2, imx_affine_avx512};
+#else
+static const imx_affine_fn IMX_AFFINE[N_PATHS] = {NULL};
+#endif
+
+/* Affine fits of ng groups of n values (group g at x + n * g, weights w alike) to 0..nmax: scale[g], neg_min[g] and
+ * the levels at L + n * g. The lane paths fit a batch of groups per call; a short last batch is padded with zero
+ * groups whose results are dropped. */
+static void imx_fit_affine_all(int n, int nmax, const float *x, const float *w, int64_t ng, float *scale,
+                               float *neg_min, uint8_t *L, int path) {
+    const imx_affine_fn fn = IMX_AFFINE[path];
+    if (fn == NULL) {
+        for (int64_t g = 0; g < ng; g++)
+            scale[g] = imx_fit_affine(n, nmax, x + n * g, w + n * g, L + n * g, &neg_min[g]);
+        return;
+    }
+    const int per = PATH_BATCH[path];
+    float xb[MAX_GROUPS * 32], wb[MAX_GROUPS * 32];
+    affine_fits f;
+    for (int64_t g0 = 0; g0 < ng; g0 += per) {
+        const int m = ng - g0 < per ? (int)(ng - g0) : per;
+        const float *xs = x + n * g0, *ws = w + n * g0;
+        if (m < per) {
+            memset(xb, 0, sizeof xb);
+            memset(wb, 0, sizeof wb);
+            memcpy(xb, xs, (size_t)(m * n) * sizeof(float));
+            memcpy(wb, ws, (size_t)(m * n) * sizeof(float));
+            xs = xb;
+            ws = wb;
+        }
+        fn(n, nmax, xs, ws, &f);
+        for (int k = 0; k < m; k++) {
+            scale[g0 + k] = f.scale[k];
+            neg_min[g0 + k] = f.neg_min[k];
+            affine_levels(&f, k, xs + n * k, n, nmax, L + n * (g0 + k));
+        }
+    }
+}
+
+typedef void (*imx_sym_fn)(int n, int nmax, const float *x, const float *w, qx_fits *f);
+#if defined(KQ_LANE_PATHS) && defined(KQ_HAVE_LANES)
+static const imx_sym_fn IMX_SYM[N_PATHS] = {NULL, imx_sym_sse2, imx_sym_avx2, imx_sym_avx512};
+#else
+static const imx_sym_fn IMX_SYM[N_PATHS] = {NULL};
+#endif
+
+/* Symmetric fits of ng groups of n values (group g at x + n * g, weights w alike) to -nmax..nmax-1: scale[g] and the
+ * levels + nmax at L + n * g (0 for a near-zero group), as imx_fit_affine_all. */
+static void imx_fit_sym_all(int n, int nmax, const float *x, const float *w, int64_t ng, float *scale, int8_t *L,
+                            int path) {
+    const imx_sym_fn fn = IMX_SYM[path];
+    if (fn == NULL) {
+        for (int64_t g = 0; g < ng; g++) scale[g] = imx_fit_sym(n, nmax, x + n * g, w + n * g, L + n * g);
+        return;
+    }
+    const int per = PATH_BATCH[path];
+    float xb[MAX_GROUPS * 32], wb[MAX_GROUPS * 32];
+    qx_fits f;
+    for (int64_t g0 = 0; g0 < ng; g0 += per) {
+        const int m = ng - g0 < per ? (int)(ng - g0) : per;
+        const float *xs = x + n * g0, *ws = w + n * g0;
+        if (m < per) {
+            memset(xb, 0, sizeof xb);
+            memset(wb, 0, sizeof wb);
+            memcpy(xb, xs, (size_t)(m * n) * sizeof(float));
+            memcpy(wb, ws, (size_t)(m * n) * sizeof(float));
+            xs = xb;
+            ws = wb;
+        }
+        fn(n, nmax, xs, ws, &f);
+        for (int k = 0; k < m; k++) {
+            int8_t *Lg = L + n * (g0 + k);
+            scale[g0 + k] = f.scale[k];
+            for (int i = 0; i < n; i++)
+                Lg[i] = f.tiny[k] ? 0
+                                  : (int8_t)(clampi(round_magic(f.iscale[k] * xs[n * k + i]), -nmax, nmax - 1) + nmax);
+        }
+    }
+}
+
+/* Scratch of one row: value weights and levels (ncols each), group scales and mins (ncols / 16 each). */
+typedef struct {
+    float *w, *scale, *neg_min;
+    uint8_t *L;
+} imx_scratch;
+
+/* One row (float32, finite blocks; blocks holding NaN/Inf were zeroed by the caller) -> its bytes. */
+static void imx_row(const kformat *f, const float *x, int64_t ncols, const float *qw, uint8_t *y, int path,
+                    const imx_scratch *t) {
+    const int64_t nb = ncols / f->qk;
+    switch (f->type) {
+    case GT_Q4_0:
+    case GT_Q5_0:
+    case GT_Q4_1:
+    case GT_Q5_1: {
+        /* sigma2 over the whole row: sum of squares in order, divided by the row length */
+        const float sigma2 = imx_sum_sq(x, ncols) / (float)ncols;
+        for (int64_t b = 0; b < nb; b++) imx_weights(x + 32 * b, qw + 32 * b, sigma2, 32, t->w + 32 * b);
+        if (f->type == GT_Q4_0 || f->type == GT_Q5_0) {
+            int8_t *L = (int8_t *)t->L;
+            imx_fit_sym_all(32, f->type == GT_Q4_0 ? 8 : 16, x, t->w, nb, t->scale, L, path);
+            for (int64_t b = 0; b < nb; b++)
+                (f->type == GT_Q4_0 ? imx_q4_0 : imx_q5_0)(t->scale[b], L + 32 * b, y + b * f->bytes);
+            return;
+        }
+        imx_fit_affine_all(32, f->type == GT_Q4_1 ? 15 : 31, x, t->w, nb, t->scale, t->neg_min, t->L, path);
+        for (int64_t b = 0; b < nb; b++)
+            (f->type == GT_Q4_1 ? imx_q4_1 : imx_q5_1)(t->scale[b], t->neg_min[b], t->L + 32 * b, y + b * f->bytes);
+        return;
+    }
+    case GT_Q2_K:
+    case GT_Q4_K:
+    case GT_Q5_K: {
+        const int n = f->type == GT_Q2_K ? 16 : 32, per = SUPER / n;
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xs = x + SUPER * b;
+            /* Q2_K: the super-block's mean square; Q4_K/Q5_K: twice it */
+            const float sigma2 = f->type == GT_Q2_K ? imx_sum_sq(xs, SUPER) / (float)SUPER
+                                                    : 2.0f * imx_sum_sq(xs, SUPER) / (float)SUPER;
+            imx_weights(xs, qw + SUPER * b, sigma2, SUPER, t->w + SUPER * b);
+        }
+        const int nmax = f->type == GT_Q2_K ? 3 : f->type == GT_Q4_K ? 15 : 31;
+        imx_fit_affine_all(n, nmax, x, t->w, nb * per, t->scale, t->neg_min, t->L, path);
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xs = x + SUPER * b, *ws = t->w + SUPER * b;
+            const float *sc = t->scale + per * b, *mn = t->neg_min + per * b;
+            uint8_t *L = t->L + SUPER * b, *yb = y + b * f->bytes;
+            if (f->type == GT_Q2_K)
+                imx_q2_k(xs, ws, sc, mn, L, yb);
+            else if (f->type == GT_Q4_K)
+                imx_q4_k(xs, ws, sc, mn, L, yb);
+            else
+                imx_q5_k(xs, ws, sc, mn, L, yb);
+        }
+        return;
+    }
+    case GT_Q3_K: {
+        int8_t *L = (int8_t *)t->L;
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xs = x + SUPER * b;
+            const float sigma2 = 2.0f * imx_sum_sq(xs, SUPER) / (float)SUPER;
+            imx_weights(xs, qw + SUPER * b, sigma2, SUPER, t->w + SUPER * b);
+        }
+        imx_fit_sym_all(16, 4, x, t->w, nb * 16, t->scale, L, path);
+        for (int64_t b = 0; b < nb; b++)
+            imx_q3_k(x + SUPER * b, t->w + SUPER * b, t->scale + 16 * b, L + SUPER * b, y + b * f->bytes);
+        return;
+    }
+    default: { /* Q6_K: the group fits weighted by qw itself */
+        int8_t *L = (int8_t *)t->L;
+        imx_fit_sym_all(16, 32, x, qw, nb * 16, t->scale, L, path);
+        for (int64_t b = 0; b < nb; b++) imx_q6_k(x + SUPER * b, t->scale + 16 * b, L + SUPER * b, y + b * f->bytes);
+        return;
+    }
+    }
+}
+
+/* kquant_imatrix(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix[, path]) -> flat index of the
+ * first non-finite value or -1. As kquant(), plus imatrix: the address of ncols float32 column weights (finite;
+ * checked by kernels/_native.py). Bytes equal ggml_quantize_chunk(type, ..., imatrix) for finite rows. A block
+ * holding NaN/Inf gets the non-finite policy's bytes and counts as zeros in its row's statistics (ggml would
+ * spread the NaN over the row). The lane paths run the group searches (make_qkx3_quants, make_qx_quants: the bulk
+ * of the work) several groups at a time; the per-super-block steps run one at a time on every path. */
+PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args) {
+    int type, kind;
+    unsigned long long s, d, q;
+    long long rows, ncols, stride;
+    PyObject *path_obj = Py_None;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iKiLLKLK|O", &type, &s, &kind, &rows, &ncols, &d, &stride, &q, &path_obj))
+        return NULL;
+    const int path = parse_path(path_obj, "kquant_imatrix");
+    if (path < 0) return NULL;
+    const kformat *f = find_format(type);
+    if (f == NULL) {
+        PyErr_Format(PyExc_ValueError, "_fastq8.kquant_imatrix: unsupported ggml type %d", type);
+        return NULL;
+    }
+    if (kind < SRC_F32 || kind > SRC_BF16 || rows < 0 || ncols < 0 || ncols % f->qk != 0) {
+        PyErr_Format(PyExc_ValueError, "_fastq8.kquant_imatrix: bad kind or shape (ncols must be a multiple of %d)",
+                     f->qk);
+        return NULL;
+    }
+    if (rows > 1 && stride < ncols / f->qk * f->bytes) {
+        PyErr_SetString(PyExc_ValueError, "_fastq8.kquant_imatrix: dst_row_stride is smaller than a quantized row");
+        return NULL;
+    }
+    if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);
+    /* one allocation: the row as float32, the value weights, group scales and mins, levels */
+    const size_t nc = (size_t)ncols;
+    char *mem = (char *)malloc(nc * sizeof(float) * 2 + (nc / 16) * sizeof(float) * 2 + nc);
+    if (mem == NULL) return PyErr_NoMemory();
+    float *buf = (float *)mem;
+    imx_scratch t;
+    t.w = buf + nc;
+    t.scale = t.w + nc;
+    t.neg_min = t.scale + nc / 16;
+    t.L = (uint8_t *)(t.neg_min + nc / 16);
+    const uint8_t *src = (const uint8_t *)(uintptr_t)s;
+    uint8_t *dst = (uint8_t *)(uintptr_t)d;
+    const float *qw = (const float *)(uintptr_t)q;
+    const size_t src_row = nc * (kind == SRC_F32 ? 4u : 2u);
+    const int64_t nb = ncols / f->qk;
+    int64_t first = -1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t r = 0; r < rows; r++) {
+        const void *row = src + (size_t)r * src_row;
+        uint8_t *y = dst + r * stride;
+        if (kind == SRC_F32)
+            memcpy(buf, row, nc * sizeof(float));
+        else
+            widen((const uint16_t *)row, kind, (int)ncols, buf);
+        int any_bad = 0;
+        for (int64_t b = 0; b < nb; b++) {
+            const int i = first_bad_block(buf + b * f->qk, f->qk);
+            if (i < 0) continue;
+            if (first < 0) first = r * ncols + b * f->qk + i;
+            memset(buf + b * f->qk, 0, (size_t)f->qk * sizeof(float));
+            any_bad = 1;
+        }
+        imx_row(f, buf, ncols, qw, y, path, &t);
+        if (any_bad) {
+            /* the buffer was zeroed there: look at the source again to find the blocks to overwrite */
+            for (int64_t b = 0; b < nb; b++) {
+                float tmp[SUPER];
+                if (kind == SRC_F32)
+                    memcpy(tmp, (const float *)row + b * f->qk, (size_t)f->qk * sizeof(float));
+                else
+                    widen((const uint16_t *)row + b * f->qk, kind, f->qk, tmp);
+                if (first_bad_block(tmp, f->qk) >= 0) poison_block(f, y + b * f->bytes);
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(mem);
     return PyLong_FromLongLong(first);
 }
 #endif /* !KQ_LANE_BODY */

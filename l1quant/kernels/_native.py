@@ -33,14 +33,32 @@ from types import ModuleType
 import numpy as np
 
 _mod: ModuleType | None
+DISABLED: bool = os.environ.get("L1QUANT_NO_NATIVE", "") not in ("", "0")
 try:
-    if os.environ.get("L1QUANT_NO_NATIVE", "") not in ("", "0"):
+    if DISABLED:
         raise ImportError("disabled by L1QUANT_NO_NATIVE")
     from . import _fastq8 as _mod  # type: ignore[attr-defined,no-redef]
 except ImportError:
     _mod = None
 
 AVAILABLE: bool = _mod is not None
+_told_fallback = False
+
+
+def note_numpy_fallback() -> None:
+    """Say once per process, on stderr (the ``l1quant`` logger's warning), that the compiled kernels are missing
+    and numpy quantizes instead: same bytes, several times slower (Q4_K_M of L1-1.5B: 11.9 s against 2.8 s). A
+    checkout used without building them (a non-editable install elsewhere, or a fresh clone on PYTHONPATH) is the
+    usual cause. Silent when ``L1QUANT_NO_NATIVE`` turned them off on purpose."""
+    global _told_fallback
+    if AVAILABLE or DISABLED or _told_fallback:
+        return
+    _told_fallback = True
+    import logging
+
+    logging.getLogger("l1quant").warning(
+        "the compiled kernels (l1quant.kernels._fastq8) are not built: quantizing with numpy, same bytes but "
+        "several times slower (pip install . builds them; in a checkout: python setup.py build_ext --inplace)")
 
 _KIND = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.uint16): 2}
 
@@ -129,6 +147,32 @@ def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True
         return -1
     return int(_mod.kquant(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
                            out.strides[0], path))
+
+
+def kquant_imatrix(
+    ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray, *, isa: str | None = None
+) -> int:
+    """The same types as ``kquant`` with importance weights (compiled, kernels/_kquants.c, "importance-weighted").
+
+    ``imatrix``: float32 (ncols,), C-contiguous, finite (validated by the caller). Bytes equal ggml's
+    ``ggml_quantize_chunk(type, ..., imatrix)`` (the ``quantize_row_<type>_impl`` searches) for finite rows; the
+    non-finite policy as ``kquant``, a bad block counting as zeros in its row's statistics. ``isa`` picks the code
+    path as for ``kquant`` (default ``KQUANT_PATH``): the lane paths run the affine fits (Q4_1, Q5_1, Q2_K, Q4_K,
+    Q5_K) several groups at a time, the other searches one group at a time on every path; all give the same bytes.
+    """
+    assert _mod is not None
+    rows, ncols = x.shape
+    if rows == 0 or ncols == 0:
+        path = isa if isa is not None else KQUANT_PATH
+        if path not in KQUANT_PATHS:
+            raise ValueError(f"kquant_imatrix: code path {path!r} is not available here (available: {KQUANT_PATHS})")
+        return -1
+    if imatrix.dtype != np.float32 or imatrix.shape != (ncols,) or not imatrix.flags.c_contiguous:
+        raise ValueError(f"kquant_imatrix: imatrix must be C-contiguous float32 ({ncols},), found "
+                         f"{imatrix.dtype} {imatrix.shape}")
+    path = isa if isa is not None else KQUANT_PATH
+    return int(_mod.kquant_imatrix(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
+                                   out.strides[0], imatrix.ctypes.data, path))
 
 
 def first_nonfinite(x: np.ndarray) -> int:

@@ -236,6 +236,22 @@ def render_chat(prompt: str, chat_template: str, *, bos_token: str = "", eos_tok
         ...             "{% if add_generation_prompt %}<|assistant|>{% endif %}", bos_token="<s>")
         '<s><|user|>Hi<|assistant|>'
     """
+    return render_messages(chat_template, [{"role": "user", "content": prompt}], bos_token=bos_token,
+                           eos_token=eos_token, add_generation_prompt=add_generation_prompt)
+
+
+def render_messages(chat_template: str, messages: list[dict[str, Any]], *, bos_token: str = "", eos_token: str = "",
+                    add_generation_prompt: bool = True, **context: Any) -> str:
+    """Render a whole conversation (``messages``; ``context`` adds variables such as ``tools`` or
+    ``enable_thinking``) through a chat template, in the same sandbox and bounds as :func:`render_chat`.
+
+    Raises :class:`ChatTemplateError` for anything the template does wrong, as :func:`render_chat`.
+
+    Example:
+        >>> render_messages("{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}{{ tools | length }}",
+        ...                 [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}], tools=[1, 2])
+        'system:S;user:U;2'
+    """
     global _ENV
     import jinja2
 
@@ -250,8 +266,8 @@ def render_chat(prompt: str, chat_template: str, *, bos_token: str = "", eos_tok
         # Stream the output so a template that loops itself into gigabytes is stopped early; bound the wall time
         # of loops that output nothing, and (in the sandbox) the size of every value built on the way.
         with _Deadline(_RENDER_SECONDS):
-            for piece in template.generate(messages=[{"role": "user", "content": prompt}], bos_token=bos_token,
-                                           eos_token=eos_token, add_generation_prompt=add_generation_prompt):
+            for piece in template.generate(messages=messages, bos_token=bos_token, eos_token=eos_token,
+                                           add_generation_prompt=add_generation_prompt, **context):
                 size += len(piece)
                 if size > _MAX_RENDER_CHARS:
                     raise ChatTemplateError(f"chat template: rendered more than {_MAX_RENDER_CHARS} characters")

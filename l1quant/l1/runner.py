@@ -103,7 +103,8 @@ class RunResult:
 
 #: How to get llama-cpp-python, for every message that needs it. l1quant installs from a checkout (it is not on
 #: PyPI), so "pip install 'l1quant[run]'" would look for a package that is not there: name the pinned runtime.
-RUN_INSTALL_HINT = "pip install 'llama-cpp-python==0.3.36' (l1quant's run extra; in a checkout: pip install '.[run]')"
+RUN_INSTALL_HINT = ("pip install 'llama-cpp-python==0.3.36' (l1quant's run extra; in a checkout: pip install '.[run]'; "
+                    "it compiles llama.cpp: ~13 min on 2 cores, silent unless pip -v)")
 
 
 def _import_llama() -> Any:
