@@ -13,44 +13,22 @@ import numpy as np
 
 from l1quant.check.fidelity import _to_f32
 from l1quant.check.report import FAIL, PASS, SKIP, Check
-from l1quant.check.structure import file_type_name
 from l1quant.errors import L1QuantError
 from l1quant.evaluate.forward import Hparams, decoder_logits
 from l1quant.evaluate.metrics import compare_logits
 from l1quant.evaluate.sources import NumpyLogits, tokenizer_json_ids
+from l1quant.filetypes import MIXES, FileType, file_type_of
 from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
     GGUFFile,
 )
 from l1quant.runtime import RUN_INSTALL_HINT, Model, available, extra_bufts
 
 #: Mean KL divergence limit (nats/token) of the logit check per GGUF file type, reference forward and llama.cpp
-#: alike. Measured here on random-weight models (real weights were not available): Q8_0 costs ~1e-6 on the tiny
-#: test model and 7e-4 on the L1-shaped one (128 tokens); F32 and BF16 from a bf16 source are exact (0), F16
-#: nearly so. One layer's ffn_down scaled x64 gives 1.8e-2 on the tiny model (>1000x its Q8_0 value). The limits
-#: sit ~10x above each type's expected cost; the per-tensor checks are the precise ones, this is the end-to-end net.
-#: The llama-quantize mixes, measured the same way (tiny hidden-256 model, 256 tokens; llama.cpp's own logits agree
-#: within 2%): Q6_K 1.0e-4, Q5_K_M 2.9e-4, Q5_0 4.7e-4, Q4_K_M 1.1e-3, Q4_1 1.3e-3, Q4_0 1.7e-3, Q3_K_M 2.0e-3,
-#: Q3_K_S 4.4e-3, Q2_K 7.1e-3. The limits sit 10-25x above; for the 2/3-bit mixes they exceed a broken layer's
-#: 1.8e-2, so there the per-tensor byte and noise checks are the net.
-LOGIT_KLD_LIMITS: dict[str, float] = {
-    "F32": 1e-4, "BF16": 1e-3, "F16": 1e-3, "Q8_0": 1e-2,
-    "Q6_K": 2e-3, "Q5_K_M": 5e-3, "Q5_K_S": 5e-3, "Q5_0": 5e-3, "Q5_1": 5e-3,
-    "Q4_K_M": 1e-2, "Q4_K_S": 1e-2, "Q4_0": 2e-2, "Q4_1": 2e-2,
-    "Q3_K_L": 5e-2, "Q3_K_M": 5e-2, "Q3_K_S": 5e-2, "Q2_K": 1e-1,
-}
+#: alike: each file type's own (:attr:`l1quant.filetypes.Mix.logit_kld_limit`, where the measurements are).
+LOGIT_KLD_LIMITS: dict[str, float] = {m.name: m.logit_kld_limit for m in MIXES.values()}
 
 
 # --------------------------------------------------------------------------------------------------- logits
-
-
-def _file_type_name(gf: GGUFFile) -> str | None:
-    name = file_type_name(gf)
-    if name is not None:
-        return name
-    try:
-        return gf.tensor("token_embd.weight").ggml_type.name
-    except KeyError:
-        return None
 
 
 def _tokenize(source: Path, text: str, n_tokens: int) -> list[int]:
@@ -65,13 +43,14 @@ def _logit_dict(rep: Any, limit: float) -> dict[str, Any]:
 
 
 def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int, runtime: str | None,
-                threads: int, no_repack: bool = False
+                threads: int, no_repack: bool = False, ft: FileType | None = None
                 ) -> tuple[list[Check], dict[str, Any] | None, dict[str, Any] | None]:
     from l1quant.arch import get_arch
 
     checks: list[Check] = []
-    ftype = _file_type_name(gf) or "F32"
-    limit = LOGIT_KLD_LIMITS.get(ftype, LOGIT_KLD_LIMITS["Q8_0"])
+    ft = ft or file_type_of(gf)
+    ftype = ft.label or "F32"
+    limit = ft.logit_kld_limit
     toks = _tokenize(source, text, n_tokens)
     if len(toks) < 2:
         checks.append(Check("logits", FAIL, f"the text gives {len(toks)} token(s); need at least 2"))

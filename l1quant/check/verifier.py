@@ -47,7 +47,7 @@ import gguf
 from l1quant.arch import Arch, all_arches, get_arch
 from l1quant.check.compat import check_compat
 from l1quant.check.fidelity import _check_fidelity, _check_metadata
-from l1quant.check.logits import _file_type_name, _run_logits
+from l1quant.check.logits import _run_logits
 from l1quant.check.report import FAIL, PASS, SKIP, Check, TensorFidelity, VerifyReport
 from l1quant.check.structure import (
     _TK,
@@ -57,9 +57,9 @@ from l1quant.check.structure import (
     _check_layout,
     _check_tensors,
     _check_tokenizer,
-    file_mix,
 )
-from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, RuntimeMissingError
+from l1quant.filetypes import FileType, file_type_of
 from l1quant.gguf.reader import GGUFFile, read_gguf
 
 __all__ = ["verify"]
@@ -134,6 +134,7 @@ def verify(
         gf = read_gguf(gguf_path)
     except InputError as e:  # missing, unreadable, not a regular file: "cannot be read" like a malformed one
         raise GGUFFormatError(str(e)) from None
+    ft = file_type_of(gf)  # what the file is, recognised once and passed along
     checks: list[Check] = [_check_layout(gf)]
     rows: list[TensorFidelity] = []
     logits_d = runtime_d = None
@@ -156,7 +157,7 @@ def verify(
         checks.append(hp_check)
         checks.append(_check_tokenizer(gf, arch, cfg.vocab_size if cfg else None))
         if cfg is not None:
-            checks += _check_tensors(gf, arch, cfg)
+            checks += _check_tensors(gf, arch, cfg, ft)
         else:
             checks.append(Check("tensors.shapes", SKIP, "hparams are inconsistent; expected shapes unknown"))
 
@@ -170,27 +171,26 @@ def verify(
         checks.append(Check("source", SKIP, "the architecture is not supported: nothing to compare with the source"))
     else:
         prep = None
-        ftype = _file_type_name(gf)
         try:
             from l1quant.conversion.convert import prepare
 
-            prep = _prepare_like(prepare, src, ftype or "auto", gf)
+            prep = _prepare_like(prepare, src, ft, gf)
         except L1QuantError as e:
             checks.append(Check("source", FAIL, f"cannot prepare the source for comparison: {e}"))
         if prep is not None:
             checks.append(Check("source", PASS, f"{src}: {prep.cfg.architecture}, "
                                                 f"{len(prep.plan.tensors)} tensors, vocab {prep.cfg.vocab_size}"))
             checks += _check_metadata(gf, prep.header, arch)
-            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads, own_types=file_mix(gf) is not None)
+            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads, own_types=ft.mix is not None)
             checks += fchecks
             if logits:
                 lchecks, logits_d, runtime_d = _run_logits(
                     gf, prep, src, text if text is not None else _default_text(), n_tokens, runtime, n_threads,
-                    no_repack)
+                    no_repack, ft)
                 checks += lchecks
 
     return VerifyReport(str(gf.path), None if source is None else str(source), checks, rows, logits_d, runtime_d,
-                        round(time.perf_counter() - t0, 3), _file_type_name(gf), len(gf.tensors), gf.file_size)
+                        round(time.perf_counter() - t0, 3), ft.label, len(gf.tensors), gf.file_size)
 
 
 def _default_text() -> str:
@@ -199,17 +199,18 @@ def _default_text() -> str:
     return default_text()
 
 
-def _prepare_like(prepare: Any, src: Path, ftype: str, gf: GGUFFile) -> Any:
-    """``convert.prepare`` for the file's type; if the source's pre-tokenizer hash is unknown, retry with the
-    file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls are cheap: the tokenizer, the
-    slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the source files are unchanged."""
+def _prepare_like(prepare: Any, src: Path, ft: FileType, gf: GGUFFile) -> Any:
+    """``convert.prepare`` for the file's type (its :attr:`~l1quant.filetypes.FileType.request`: a mix keeps
+    llama-quantize's layout, which differs from the converter's for Q8_0/F16...); if the source's pre-tokenizer
+    hash is unknown, retry with the file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls
+    are cheap: the tokenizer, the slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the
+    source files are unchanged."""
     from l1quant.errors import TokenizerError
 
-    as_mix = file_mix(gf) is not None  # llama-quantize's Q8_0/F16... differ from the converter's (layout)
     try:
-        return prepare(src, ftype.lower(), gf.path, as_mix=as_mix)
+        return prepare(src, ft.request, gf.path)
     except TokenizerError as e:
         pre = gf.kv.get(_TK.PRE)
         if "unknown BPE pre-tokenizer" not in str(e) or not isinstance(pre, str):
             raise
-        return prepare(src, ftype.lower(), gf.path, pre=pre, as_mix=as_mix)
+        return prepare(src, ft.request, gf.path, pre=pre)
