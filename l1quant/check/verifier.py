@@ -58,7 +58,7 @@ from l1quant.check.structure import (
     _check_tensors,
     _check_tokenizer,
 )
-from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, RuntimeMissingError
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError
 from l1quant.filetypes import FileType, file_type_of
 from l1quant.gguf.reader import GGUFFile, read_gguf
 
