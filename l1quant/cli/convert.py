@@ -17,10 +17,12 @@ from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
 from l1quant.conversion.card import card_path
 from l1quant.conversion.convert import convert
 from l1quant.conversion.mixes import quant_options
-from l1quant.conversion.plan import OUT_TYPES
 from l1quant.conversion.write import DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions
 from l1quant.errors import ConfigError, Terminated
+from l1quant.filetypes import out_types
 from l1quant.output import TERMINATING_SIGNALS
+
+OUT_TYPES = out_types()  # the registry as the command line is built
 
 
 @main.command("convert")

@@ -10,9 +10,10 @@ import click
 
 from l1quant.cli import did_you_mean, main
 from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
-from l1quant.conversion.mixes import ALIASES, MIXES, quant_options
+from l1quant.conversion.mixes import quant_options
 from l1quant.conversion.quantize import quantize
 from l1quant.conversion.write import DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions
+from l1quant.filetypes import ALIASES, MIXES
 
 _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
 

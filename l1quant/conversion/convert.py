@@ -26,6 +26,8 @@ from l1quant.conversion.card import write_verified_card
 from l1quant.conversion.metadata import check_model_card, validate_metadata
 from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.plan import ConversionPlan, make_plan
+from l1quant.filetypes import Mix
+from l1quant.kernels import QuantType
 from l1quant.conversion.vocab import Vocab, load_vocab
 from l1quant.conversion.write import WriteOptions, output_path, split_flat_options, write_gguf
 from l1quant.errors import InputError, L1QuantError, OutputError, VerifyError, read_json
@@ -171,7 +173,7 @@ def add_model_keys(h: Header, plan: ConversionPlan, cfg: ModelConfig, arch: Arch
 
 def prepare(
     model: str | os.PathLike[str],
-    type: str = "auto",
+    type: str | Mix | QuantType = "auto",
     output: str | os.PathLike[str] | None = None,
     *,
     name: str | None = None,

@@ -232,9 +232,9 @@ def stream_tensors(
                         if bad is None and seg_bad is not None:
                             bad = (a - r0) * t.n_cols + seg_bad
                 in_output = ""
-                if bad is None and not allow_nonfinite and can_overflow(t.qtype.name, src.dtype):
+                if bad is None and not allow_nonfinite and can_overflow(t.qtype, src.dtype):
                     # finite input that overflows the output type
-                    bad = first_nonfinite_output(t.qtype.name, out)
+                    bad = first_nonfinite_output(t.qtype, out)
                     in_output = f" in its {t.qtype.name} output (a finite value beyond the type's range)"
                 if bad is not None and not allow_nonfinite:
                     idx = np.unravel_index(r0 * t.n_cols + bad, t.shape)
