@@ -100,8 +100,8 @@ def test_derived_tables_are_llama_cpps() -> None:
 def test_out_types_and_resolution() -> None:
     assert convert_types() == ("auto", "f32", "f16", "bf16", "q8_0")
     assert out_types() == convert_types() + (
-        "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k", "q4_k_s", "q4_k_m", "q4_k",
-        "q5_k_s", "q5_k_m", "q5_k", "q6_k")
+        "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q2_k_s", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k", "q4_k_s", "q4_k_m",
+        "q4_k", "q5_k_s", "q5_k_m", "q5_k", "q6_k")
     assert resolve_type("auto") is None
     assert resolve_type("Q8_0") is get_quant_type("q8_0")
     assert resolve_type("q8_0", as_mix=True) is MIXES["Q8_0"] is resolve_type("q8_0", per_tensor=True)

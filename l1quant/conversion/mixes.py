@@ -696,6 +696,9 @@ def assign_types(
                 fallbacks[name] = (wanted, used)
                 warnings.append(f"{name}: row length {row} is not a multiple of {block_size(wanted)} "
                                 f"({wanted.name}): falling back to {used.name}")
+        if used in IMATRIX_TYPES and not has_imatrix:
+            # llama-quantize exempts token_embd/output from its check, but their i-quant quantizers then abort
+            raise ConfigError(f"{name}: type {used.name} needs an importance matrix: pass --imatrix FILE")
         if requires_imatrix(name, used, m):
             if not has_imatrix:
                 # llama-quantize's "this quantization requires an imatrix!", naming the first such tensor
