@@ -416,7 +416,7 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *, own_types: bool = 
     worst = next((r for r in rows if r.passed), None)
     ok = f"{len(rows)} tensors byte-identical to re-quantizing the source"
     if not bytes_checked:
-        n_same = sum(r.identical for r in rows)
+        n_same = sum(r.bytes_identical for r in rows)
         ok = (f"cannot check byte identity of an imatrix quant without its imatrix (pass --imatrix FILE): "
               f"{len(rows)} tensors within their noise bound ({n_same} byte-identical anyway)")
     if worst is not None:

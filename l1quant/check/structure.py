@@ -283,9 +283,12 @@ def file_type_name(gf: GGUFFile) -> str | None:
 def _mix_types(gf: GGUFFile, arch: Arch, cfg: ModelConfig, mix: Mix) -> tuple[list[str], list[str]]:
     """(structural problems, deviations from the mix's default rule) of a llama-quantize file's tensor types."""
     problems: list[str] = []
+    # a file quantized with an importance matrix says so in its quantize.imatrix.* keys; the rule depends on it
+    has_imatrix = any(k.startswith("quantize.imatrix.") for k in gf.kv)
     try:
         a = assign_types([(t.name, t.shape) for t in gf.tensors], mix, n_layer=cfg.num_hidden_layers,
-                         n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads, arch=arch.name)
+                         n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads, arch=arch.name,
+                         has_imatrix=has_imatrix)
     except ConfigError as e:
         return [f"the {mix.name} rule cannot be applied: {e}"], []
     deviations = []
