@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from . import _native, blockwise, floats, kquants_imatrix, kquants_qkx2, kquants_qx, q4_q5, q8_0
+from . import _native, blockwise, floats, iquants3, iquants_nl, kquants_imatrix, kquants_qkx2, kquants_qx, q4_q5, q8_0
+from .iq3_grids import iq3_tables
 from ._common import (
     Kernel,
     KernelArgumentError,
@@ -157,7 +158,8 @@ class QuantType:
         into a larger buffer). ``impl``: "auto" (compiled if built, else numpy), "native", "numpy" or "ref".
         ``imatrix``: importance weights, float32 (ncols,), finite (as llama-quantize passes an imatrix entry's
         per-column means to ``ggml_quantize_chunk``): Q4_0..Q5_1 and Q2_K..Q6_K then run ggml's weighted searches
-        (kernels/kquants_imatrix.py); the other types ignore it, as ggml does. None: the unweighted path.
+        (kernels/kquants_imatrix.py), as do IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S (kernels/iquants_nl.py,
+        kernels/iquants3.py); the other types ignore it, as ggml does. None: the unweighted path.
 
         Example:
             >>> qt = get_quant_type("f16")
@@ -262,6 +264,33 @@ def _block(ggml_type: GGMLQuantizationType, quantize_blocks: Callable[[np.ndarra
                  dequantize=lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape))
 
 
+def _iq_tables(ggml_type: GGMLQuantizationType) -> tuple[np.ndarray, ...]:
+    # the compiled kernels read the tables built once per process in Python (one home: iq3_grids.py, gguf-py)
+    if ggml_type.name in iquants_nl.IQ4_TYPES:
+        return (iquants_nl.KVALUES,)
+    t = iq3_tables(256 if ggml_type == GGMLQuantizationType.IQ3_XXS else 512)
+    return (t.grid, t.kmap, t.neighbours)
+
+
+def _iq(ggml_type: GGMLQuantizationType) -> QuantType:
+    """An IQ type (IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S): ggml runs the same search with and without importance
+    weights (``quantize_<type>`` with quant_weights NULL or not), numpy and compiled."""
+    name = ggml_type.name
+    make = iquants_nl.iq4_kernel if name in iquants_nl.IQ4_TYPES else iquants3.iq3_kernel
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    native: Kernel | None = None
+    native_imatrix: ImatrixKernel | None = None
+    if _native.AVAILABLE and hasattr(_native._mod, "iquant"):
+        tables = _iq_tables(ggml_type)
+        native = functools.partial(lambda x, out, t: _native.iquant(int(ggml_type), x, out, None, t), t=tables)
+        native_imatrix = functools.partial(lambda x, out, qw, t: _native.iquant(int(ggml_type), x, out, qw, t),
+                                           t=tables)
+    numpy_kernel = make(name, False)
+    return QuantType(name, ggml_type, block_size, type_size, None, numpy_kernel, numpy_kernel, native,
+                     lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape),
+                     make(name, True), native_imatrix)
+
+
 _T = GGMLQuantizationType
 _F = LlamaFileType
 QUANT_TYPES: dict[str, QuantType] = {
@@ -285,6 +314,11 @@ QUANT_TYPES: dict[str, QuantType] = {
         _block(_T.Q4_K, kquants_qkx2.quantize_q4_k),
         _block(_T.Q5_K, kquants_qkx2.quantize_q5_k),
         _block(_T.Q6_K, kquants_qx.quantize_q6_k, _F.MOSTLY_Q6_K),
+        # The IQ types' file types depend on the mix as for the K types (IQ3_M vs IQ3_S ...).
+        _iq(_T.IQ4_NL),
+        _iq(_T.IQ4_XS),
+        _iq(_T.IQ3_XXS),
+        _iq(_T.IQ3_S),
     )
 }
 
