@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ._kcommon import apply_nonfinite_policy, f16_bits, nearest_int, split_nonfinite
@@ -57,6 +59,12 @@ def _seq_sum(t: np.ndarray) -> np.ndarray:
     return acc
 
 
+@functools.lru_cache(maxsize=None)
+def _grid_f32(size: int) -> np.ndarray:
+    """(4, size) float32: component i of every grid point's 2l+1 values (the search's q)."""
+    return np.ascontiguousarray(iq3_tables(size).grid.astype(F32).T)
+
+
 def _to_grid(T: IQ3Tables, xval: np.ndarray, waux: np.ndarray, iscale: np.ndarray, scale: np.ndarray,
              quads: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Round each 4-tuple of ``xval`` (G, 32) with ``iscale`` (G,) to levels, replacing off-grid tuples by their
@@ -72,18 +80,20 @@ def _to_grid(T: IQ3Tables, xval: np.ndarray, waux: np.ndarray, iscale: np.ndarra
         off &= quads
     if off.any():
         g, k = np.nonzero(off)
-        cand = T.padded[key[g, k]]  # (P, W)
-        gq = T.grid[np.maximum(cand, 0)].astype(F32)  # (P, W, 4)
+        keys = key[g, k]
+        cand = T.padded[keys]  # (P, W), -1 padded
+        safe = np.maximum(cand, 0)
+        gridf = _grid_f32(T.size)
         xv = xval.reshape(G, 8, 4)[g, k]  # (P, 4)
         wa = waux.reshape(G, 8, 4)[g, k]
         sc = scale[g][:, None]
         d2 = np.zeros(cand.shape, F32)
         for i in range(4):
-            diff = sc * gq[:, :, i] - xv[:, i : i + 1]
+            diff = sc * gridf[i][safe]
+            diff -= xv[:, i : i + 1]
             d2 += (wa[:, i : i + 1] * diff) * diff
         # a candidate counts when d2 < FLT_MAX (ggml's starting best); NaN never does; first least wins
-        ok = (cand >= 0) & (d2 < _FLT_MAX)
-        d2 = np.where(ok, d2, np.inf)
+        d2[~((cand >= 0) & (d2 < _FLT_MAX))] = np.inf
         # ggml aborts when no candidate counts (overflowing weights); we keep the first candidate there
         gi[g, k] = cand[np.arange(len(g)), np.argmin(d2, axis=1)]
     levels = T.levels[np.maximum(gi, 0)].astype(np.int32)
