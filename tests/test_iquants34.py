@@ -145,6 +145,29 @@ def test_matches_ggml(type_name: str, path: str) -> None:
     assert total >= 10**6
 
 
+@pytest.mark.parametrize("isa", ["portable", "sse2", "avx2", "avx512"])
+@pytest.mark.parametrize("type_name", ["IQ4_NL", "IQ4_XS"])
+def test_iq4_code_paths(type_name: str, isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every compiled IQ4 code path (L1QUANT_IQUANT_ISA: the 16 trial evaluations of a group as lanes, or the
+    portable loop) gives ggml's bytes on the whole corpus."""
+    need_native()
+    monkeypatch.setenv("L1QUANT_IQUANT_ISA", isa)
+    qt = get_quant_type(type_name)
+    for label, x, qw in cases():
+        try:
+            got = qt.quantize(x, impl="native", imatrix=qw)
+        except ValueError as e:
+            pytest.skip(f"{isa} not available here: {e}")
+        assert_same(got, expected(type_name, label), f"{type_name} {isa} {label}")
+
+
+def test_unknown_code_path_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    need_native()
+    monkeypatch.setenv("L1QUANT_IQUANT_ISA", "mmx")
+    with pytest.raises(ValueError, match="mmx"):
+        get_quant_type("IQ4_XS").quantize(np.zeros((1, 256), np.float32), impl="native")
+
+
 @pytest.mark.parametrize("type_name", TYPES)
 def test_half_sources_and_row_shapes(type_name: str) -> None:
     """float16 and bf16 sources give the bytes of their float32 values; rows are independent."""

@@ -61,8 +61,98 @@ static inline int nearest_level(const float *kv, float a) {
     return a - kv[hi - 1] < kv[hi] - a ? hi - 1 : hi;
 }
 
+/* The 16 evaluations of one group's search (lane 0: the first guess 1/d; lanes 1..15: itry = -7..7) are
+ * independent of each other; only the choice among them is sequential. So they are computed as 16 lanes, each lane
+ * summing over the 32 values in order exactly as the scalar loop does, then chosen in order. */
+typedef void (*iq4_sums_fn)(const float *kv, const float *x, const float *w, const float *ids, float *sqx,
+                            float *sq2);
+
+static void iq4_sums_portable(const float *kv, const float *x, const float *w, const float *ids, float *sqx,
+                              float *sq2) {
+    for (int t = 0; t < 16; t++) {
+        float sumqx = 0.0f, sumq2 = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float q = kv[nearest_level(kv, ids[t] * x[j])];
+            sumqx += w[j] * q * x[j];
+            sumq2 += w[j] * q * q;
+        }
+        sqx[t] = sumqx;
+        sq2[t] = sumq2;
+    }
+}
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(L1Q_NO_LANES)
+#define IQ_HAVE_LANES 1
+typedef float iq_v4f __attribute__((vector_size(16)));
+typedef int32_t iq_v4i __attribute__((vector_size(16)));
+typedef float iq_v8f __attribute__((vector_size(32)));
+typedef int32_t iq_v8i __attribute__((vector_size(32)));
+typedef float iq_v16f __attribute__((vector_size(64)));
+typedef int32_t iq_v16i __attribute__((vector_size(64)));
+
+/* m ? a : b per lane (m all-ones or 0: what the vector comparisons give) */
+#define IQ_SEL(VI, m, a, b) ((__typeof__(a))(((m) & (VI)(a)) | (~(m) & (VI)(b))))
+
+/* nearest_level per lane, as selects: lo/hi = the levels around a; ties go up; a <= kv[0] -> kv[0];
+ * a >= kv[15] or NaN -> kv[15]. W lanes per vector (the register width of the path), 16/W vectors. */
+#define IQ4_SUMS_BODY(VF, VI, W)                                                                                 \
+    {                                                                                                            \
+        VF lv[16];                                                                                               \
+        for (int k = 0; k < 16; k++) lv[k] = (VF){0} + kv[k];                                                    \
+        for (int c = 0; c < 16 / (W); c++) {                                                                     \
+            VF id, sumqx = {0}, sumq2 = {0};                                                                     \
+            memcpy(&id, ids + c * (W), sizeof id);                                                               \
+            for (int j = 0; j < 32; j++) {                                                                       \
+                const VF a = id * x[j];                                                                          \
+                VF lo = lv[0], hi = lv[1];                                                                       \
+                for (int k = 1; k < 15; k++) {                                                                   \
+                    const VI m = a >= lv[k];                                                                     \
+                    lo = IQ_SEL(VI, m, lv[k], lo);                                                               \
+                    hi = IQ_SEL(VI, m, lv[k + 1], hi);                                                           \
+                }                                                                                                \
+                VF q = IQ_SEL(VI, (a - lo) < (hi - a), lo, hi);                                                  \
+                q = IQ_SEL(VI, a <= lv[0], lv[0], q);                                                            \
+                q = IQ_SEL(VI, (a >= lv[15]) | (a != a), lv[15], q);                                             \
+                const VF wq = w[j] * q;                                                                          \
+                sumqx += wq * x[j];                                                                              \
+                sumq2 += wq * q;                                                                                 \
+            }                                                                                                    \
+            memcpy(sqx + c * (W), &sumqx, sizeof sumqx);                                                         \
+            memcpy(sq2 + c * (W), &sumq2, sizeof sumq2);                                                         \
+        }                                                                                                        \
+    }
+
+static void iq4_sums_sse2(const float *kv, const float *x, const float *w, const float *ids, float *sqx, float *sq2)
+    IQ4_SUMS_BODY(iq_v4f, iq_v4i, 4)
+__attribute__((target("avx2"))) static void iq4_sums_avx2(const float *kv, const float *x, const float *w,
+                                                          const float *ids, float *sqx, float *sq2)
+    IQ4_SUMS_BODY(iq_v8f, iq_v8i, 8)
+__attribute__((target("avx512f"))) static void iq4_sums_avx512(const float *kv, const float *x, const float *w,
+                                                               const float *ids, float *sqx, float *sq2)
+    IQ4_SUMS_BODY(iq_v16f, iq_v16i, 16)
+#endif
+
+/* The code path by name (L1QUANT_IQUANT_ISA: portable, sse2, avx2, avx512; default the fastest this CPU runs);
+ * NULL when the name is unknown or unavailable here. All give the same bytes (tests run each). */
+static iq4_sums_fn iq4_pick(const char *name) {
+    int want_default = name == NULL || name[0] == '\0' || strcmp(name, "auto") == 0;
+#ifdef IQ_HAVE_LANES
+    __builtin_cpu_init();
+    if (want_default) {
+        if (__builtin_cpu_supports("avx512f")) return iq4_sums_avx512;
+        if (__builtin_cpu_supports("avx2")) return iq4_sums_avx2;
+        return iq4_sums_sse2;
+    }
+    if (strcmp(name, "avx512") == 0) return __builtin_cpu_supports("avx512f") ? iq4_sums_avx512 : NULL;
+    if (strcmp(name, "avx2") == 0) return __builtin_cpu_supports("avx2") ? iq4_sums_avx2 : NULL;
+    if (strcmp(name, "sse2") == 0) return iq4_sums_sse2;
+#endif
+    if (want_default || strcmp(name, "portable") == 0) return iq4_sums_portable;
+    return NULL;
+}
+
 /* weighted fit of one 32-value group: returns its scale (0 for a near-zero group) */
-static float iq4_group_scale(const float *kv, const float *x, const float *w) {
+static float iq4_group_scale(iq4_sums_fn sums, const float *kv, const float *x, const float *w) {
     float amax = 0.0f, peak = 0.0f;
     for (int j = 0; j < 32; j++) {
         const float a = fabsf(x[j]);
@@ -72,27 +162,16 @@ static float iq4_group_scale(const float *kv, const float *x, const float *w) {
         }
     }
     if (amax < 1e-15f) return 0.0f;
-    float d = -peak / kv[0];
-    float id = 1.0f / d;
-    float sumqx = 0.0f, sumq2 = 0.0f;
-    for (int j = 0; j < 32; j++) {
-        const float q = kv[nearest_level(kv, id * x[j])];
-        sumqx += w[j] * q * x[j];
-        sumq2 += w[j] * q * q;
-    }
-    d = sumq2 > 0 ? sumqx / sumq2 : 0.0f;
-    float best = d * sumqx;
-    for (int itry = -7; itry <= 7; itry++) {
-        id = (float)(itry + (int)kv[0]) / peak;
-        sumqx = sumq2 = 0.0f;
-        for (int j = 0; j < 32; j++) {
-            const float q = kv[nearest_level(kv, id * x[j])];
-            sumqx += w[j] * q * x[j];
-            sumq2 += w[j] * q * q;
-        }
-        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-            d = sumqx / sumq2;
-            best = d * sumqx;
+    float ids[16], sqx[16], sq2[16];
+    ids[0] = 1.0f / (-peak / kv[0]);
+    for (int itry = -7; itry <= 7; itry++) ids[itry + 8] = (float)(itry + (int)kv[0]) / peak;
+    sums(kv, x, w, ids, sqx, sq2);
+    float d = sq2[0] > 0 ? sqx[0] / sq2[0] : 0.0f;
+    float best = d * sqx[0];
+    for (int t = 1; t < 16; t++) {
+        if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
+            d = sqx[t] / sq2[t];
+            best = d * sqx[t];
         }
     }
     return d;
@@ -110,20 +189,20 @@ static void iq4_weights(const float *x, int n, const float *qw, float sigma2, fl
     }
 }
 
-static void iq4_nl_block(const float *kv, const float *x, const float *qw, uint8_t *y) {
+static void iq4_nl_block(iq4_sums_fn sums, const float *kv, const float *x, const float *qw, uint8_t *y) {
     float sigma2 = 0.0f, w[32];
     uint8_t L[32];
     for (int j = 0; j < 32; j++) sigma2 += x[j] * x[j];
     sigma2 *= 2.0f / 32;
     iq4_weights(x, 32, qw, sigma2, w);
-    const float d = iq4_group_scale(kv, x, w);
+    const float d = iq4_group_scale(sums, kv, x, w);
     store_f16(y, d);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     for (int j = 0; j < 32; j++) L[j] = (uint8_t)nearest_level(kv, id * x[j]);
     iq4_pack(L, y + 2);
 }
 
-static void iq4_xs_block(const float *kv, const float *x, const float *qw, uint8_t *y) {
+static void iq4_xs_block(iq4_sums_fn sums, const float *kv, const float *x, const float *qw, uint8_t *y) {
     float sigma2 = 0.0f, w[32], scales[8];
     uint8_t L[32];
     for (int j = 0; j < 256; j++) sigma2 += x[j] * x[j];
@@ -131,7 +210,7 @@ static void iq4_xs_block(const float *kv, const float *x, const float *qw, uint8
     float amax_scale = 0.0f, max_scale = 0.0f;
     for (int ib = 0; ib < 8; ib++) {
         iq4_weights(x + 32 * ib, 32, qw ? qw + 32 * ib : NULL, sigma2, w);
-        scales[ib] = iq4_group_scale(kv, x + 32 * ib, w);
+        scales[ib] = iq4_group_scale(sums, kv, x + 32 * ib, w);
         const float a = fabsf(scales[ib]);
         if (a > amax_scale) {
             amax_scale = a;
@@ -390,6 +469,13 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "_fastq8.iquant: dst_row_stride is smaller than a quantized row");
         return NULL;
     }
+    const char *isa = getenv("L1QUANT_IQUANT_ISA");
+    const iq4_sums_fn sums = iq4_pick(isa);
+    if (sums == NULL) {
+        PyErr_Format(PyExc_ValueError, "_fastq8.iquant: code path %s (L1QUANT_IQUANT_ISA) is not available here",
+                     isa);
+        return NULL;
+    }
     if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);
     float *buf = (float *)malloc((size_t)ncols * sizeof(float));
     if (buf == NULL) return PyErr_NoMemory();
@@ -424,8 +510,8 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
             }
             const float *wb = qw ? qw + b * qk : NULL;
             switch (type) {
-            case IT_IQ4_NL: iq4_nl_block(kv, xb, wb, yb); break;
-            case IT_IQ4_XS: iq4_xs_block(kv, xb, wb, yb); break;
+            case IT_IQ4_NL: iq4_nl_block(sums, kv, xb, wb, yb); break;
+            case IT_IQ4_XS: iq4_xs_block(sums, kv, xb, wb, yb); break;
             case IT_IQ3_XXS: iq3_block(1, &t, xb, wb, yb); break;
             default: iq3_block(0, &t, xb, wb, yb); break;
             }

@@ -192,12 +192,12 @@ def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray |
     C-contiguous, finite, or None. ``tables``: (the 16 int8 IQ4 levels,) or (IQ3 grid int8 (n, 4), kmap int32
     (4096,), neighbour lists uint16) from kernels/iq3_grids.py, C-contiguous (the caller keeps them alive). Bytes
     equal ``ggml_quantize_chunk`` for finite blocks; a block holding NaN/Inf becomes zeros with d = 0x7E00.
-    Returns the flat index of the first non-finite value, or -1.
+    Returns the flat index of the first non-finite value, or -1. The IQ4 searches run on the code path named by
+    ``L1QUANT_IQUANT_ISA`` (portable, sse2, avx2, avx512; default: the fastest this CPU runs; read at each call);
+    an unknown or unavailable name raises ValueError. All paths give the same bytes (tests/test_iquants34.py).
     """
     assert _mod is not None
     rows, ncols = x.shape
-    if rows == 0 or ncols == 0:
-        return -1
     if imatrix is not None and (imatrix.dtype != np.float32 or imatrix.shape != (ncols,)
                                 or not imatrix.flags.c_contiguous):
         raise ValueError(f"iquant: imatrix must be C-contiguous float32 ({ncols},), found {imatrix.dtype} "
