@@ -146,10 +146,10 @@ def test_matches_ggml(type_name: str, path: str) -> None:
 
 
 @pytest.mark.parametrize("isa", ["portable", "sse2", "avx2", "avx512"])
-@pytest.mark.parametrize("type_name", ["IQ4_NL", "IQ4_XS"])
-def test_iq4_code_paths(type_name: str, isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every compiled IQ4 code path (L1QUANT_IQUANT_ISA: the 16 trial evaluations of a group as lanes, or the
-    portable loop) gives ggml's bytes on the whole corpus."""
+@pytest.mark.parametrize("type_name", TYPES)
+def test_code_paths(type_name: str, isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every compiled code path (L1QUANT_IQUANT_ISA: IQ4's 16 trial evaluations of a group as lanes, IQ3's
+    neighbour candidates scored as lanes, or the portable loops) gives ggml's bytes on the whole corpus."""
     need_native()
     monkeypatch.setenv("L1QUANT_IQUANT_ISA", isa)
     qt = get_quant_type(type_name)

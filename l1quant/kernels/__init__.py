@@ -33,7 +33,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from . import _native, blockwise, floats, iquants3, iquants_nl, kquants_imatrix, kquants_qkx2, kquants_qx, q4_q5, q8_0
-from .iq3_grids import iq3_tables
+from .iq3_grids import iq3_tables, lane_tables
 from ._common import (
     Kernel,
     KernelArgumentError,
@@ -268,8 +268,9 @@ def _iq_tables(ggml_type: GGMLQuantizationType) -> tuple[np.ndarray, ...]:
     # the compiled kernels read the tables built once per process in Python (one home: iq3_grids.py, gguf-py)
     if ggml_type.name in iquants_nl.IQ4_TYPES:
         return (iquants_nl.KVALUES,)
-    t = iq3_tables(256 if ggml_type == GGMLQuantizationType.IQ3_XXS else 512)
-    return (t.grid, t.kmap, t.neighbours)
+    size = 256 if ggml_type == GGMLQuantizationType.IQ3_XXS else 512
+    t = iq3_tables(size)
+    return (t.grid, t.kmap, t.neighbours, *lane_tables(size))
 
 
 def _iq(ggml_type: GGMLQuantizationType) -> QuantType:

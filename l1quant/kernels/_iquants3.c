@@ -11,6 +11,12 @@
  * Tables are data, not code: the 16 IQ4 levels and the IQ3 grid, reverse map and neighbour lists are built once
  * per process in Python (kernels/iq3_grids.py, from gguf-py's grids) and passed in by address.
  *
+ * Code paths (L1QUANT_IQUANT_ISA, read at each call: portable, sse2, avx2, avx512; default the fastest this CPU
+ * runs): the portable one follows the reference loop by loop; on x86-64 with GCC/Clang the lane paths compute the
+ * IQ4 group search's 16 independent trial evaluations as vector lanes and score the IQ3 neighbour candidates as
+ * lanes, each lane doing exactly the scalar operations in the same order; the choices among lanes stay sequential.
+ * All give the same bytes (tests/test_iquants34.py runs each against ggml).
+ *
  * Non-finite policy (l1quant's): a block (32 values for IQ4_NL, 256 for the others) holding NaN/Inf is written as
  * zero bytes with its f16 d set to 0x7E00. Thread safety: no global state; the GIL is released while working.
  */
@@ -239,19 +245,66 @@ static void iq4_xs_block(iq4_sums_fn sums, const float *kv, const float *x, cons
 /* ------------------------------------------------------------------------------------------------------------ */
 /* IQ3_XXS / IQ3_S */
 
-typedef struct {
+typedef struct iq3_tabs_s iq3_tabs;
+/* scores the candidates of an off-grid key (d2 per candidate into d2, +inf-free padding ignored by the caller) */
+typedef void (*iq3_score_fn)(const iq3_tabs *t, int key, int n, const float *xv, const float *wa, float scale,
+                             float *d2);
+struct iq3_tabs_s {
     const int8_t *grid;         /* (n, 4): 2l+1 */
     const int32_t *kmap;        /* (4096,) */
     const uint16_t *neighbours; /* flat lists: count, indices */
-} iq3_tabs;
+    const float *lane_q;        /* (4096, 4, width): candidate components, 0-padded (iq3_grids.lane_tables) */
+    const int32_t *lane_idx;    /* (4096, width): candidate grid indices, -1 padded */
+    int width;                  /* a multiple of 16, at most IQ3_MAX_WIDTH */
+    iq3_score_fn score;         /* NULL: the portable per-candidate loop */
+};
+enum { IQ3_MAX_WIDTH = 64 };
+
+#ifdef IQ_HAVE_LANES
+/* d2 of W candidates at a time, each lane computing exactly the scalar expression in the same order */
+#define IQ3_SCORE_BODY(VF, W)                                                                                    \
+    {                                                                                                            \
+        const float *q = t->lane_q + (size_t)key * 4 * t->width;                                                 \
+        for (int c = 0; c < n; c += (W)) {                                                                \
+            VF d = {0};                                                                                          \
+            for (int i = 0; i < 4; i++) {                                                                        \
+                VF qi;                                                                                           \
+                memcpy(&qi, q + i * t->width + c, sizeof qi);                                                    \
+                const VF diff = scale * qi - xv[i];                                                              \
+                d += wa[i] * diff * diff;                                                                        \
+            }                                                                                                    \
+            memcpy(d2 + c, &d, sizeof d);                                                                        \
+        }                                                                                                        \
+    }
+static void iq3_score_sse2(const iq3_tabs *t, int key, int n, const float *xv, const float *wa, float scale,
+                           float *d2)
+    IQ3_SCORE_BODY(iq_v4f, 4)
+__attribute__((target("avx2"))) static void iq3_score_avx2(const iq3_tabs *t, int key, int n, const float *xv,
+                                                           const float *wa, float scale, float *d2)
+    IQ3_SCORE_BODY(iq_v8f, 8)
+__attribute__((target("avx512f"))) static void iq3_score_avx512(const iq3_tabs *t, int key, int n, const float *xv,
+                                                                const float *wa, float scale, float *d2)
+    IQ3_SCORE_BODY(iq_v16f, 16)
+#endif
 
 /* best listed neighbour of an off-grid key: least sum w*(scale*q - x)^2 (w = sqrt of the value weights), first
  * wins; writes the levels to L and returns the grid index (ggml aborts when none is below FLT_MAX: first kept). */
 static int iq3_neighbour(const iq3_tabs *t, int key, const float *xv, const float *wa, float scale, int *L) {
     const uint16_t *nb = t->neighbours + (-t->kmap[key] - 1);
-    const int n = nb[0];
+    int n = nb[0];
     float best = FLT_MAX;
     int gi = nb[1];
+    if (t->score != NULL) {
+        float d2[IQ3_MAX_WIDTH];
+        t->score(t, key, n, xv, wa, scale, d2);
+        for (int j = 0; j < n; j++) { /* the lists' order: first least wins */
+            if (d2[j] < best) {
+                best = d2[j];
+                gi = nb[j + 1];
+            }
+        }
+        n = 0; /* skip the portable loop */
+    }
     for (int j = 1; j <= n; j++) {
         const int8_t *pg = t->grid + 4 * nb[j];
         float d2 = 0.0f;
@@ -438,16 +491,39 @@ static inline int bad_at(const float *x, int n) {
     return -1;
 }
 
+/* The IQ3 candidate scoring path by the same name as iq4_pick (the caller checked the name there). */
+static int iq3_pick(const char *name, iq3_score_fn *out) {
+    int want_default = name == NULL || name[0] == '\0' || strcmp(name, "auto") == 0;
+    *out = NULL;
+#ifdef IQ_HAVE_LANES
+    if (want_default) {
+        *out = __builtin_cpu_supports("avx512f") ? iq3_score_avx512
+               : __builtin_cpu_supports("avx2")  ? iq3_score_avx2
+                                                 : iq3_score_sse2;
+        return 1;
+    }
+    if (strcmp(name, "avx512") == 0 && __builtin_cpu_supports("avx512f")) *out = iq3_score_avx512;
+    if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2")) *out = iq3_score_avx2;
+    if (strcmp(name, "sse2") == 0) *out = iq3_score_sse2;
+    if (*out != NULL) return 1;
+#endif
+    return want_default || strcmp(name, "portable") == 0;
+}
+
 /* iquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, table_a, table_b, table_c)
  *   -> flat index of the first non-finite value or -1.
  * Addresses as integers; imatrix 0 for none (else ncols finite float32). IQ4_*: table_a = the 16 int8 levels.
- * IQ3_*: table_a = grid int8 (n, 4), table_b = kmap int32 (4096), table_c = neighbour lists uint16. */
+ * IQ3_*: table_a = grid int8 (n, 4), table_b = kmap int32 (4096), table_c = neighbour lists uint16; optionally
+ * table_d, table_e, width = iq3_grids.lane_tables (candidate components float32 (4096, 4, width), indices int32
+ * (4096, width)) for the lane paths, which score 4/8/16 candidates at a time. */
 PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
     int type, kind;
-    unsigned long long s, d, q, ta, tb, tc;
+    unsigned long long s, d, q, ta, tb, tc, td = 0, te = 0;
     long long rows, ncols, stride;
+    int width = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iKiLLKLKKKK", &type, &s, &kind, &rows, &ncols, &d, &stride, &q, &ta, &tb, &tc))
+    if (!PyArg_ParseTuple(args, "iKiLLKLKKKK|KKi", &type, &s, &kind, &rows, &ncols, &d, &stride, &q, &ta, &tb, &tc,
+                          &td, &te, &width))
         return NULL;
     int qk, bytes;
     switch (type) {
@@ -483,7 +559,9 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
     uint8_t *dst = (uint8_t *)(uintptr_t)d;
     const float *qw = (const float *)(uintptr_t)q;
     float kv[16];
-    iq3_tabs t = {(const int8_t *)(uintptr_t)ta, (const int32_t *)(uintptr_t)tb, (const uint16_t *)(uintptr_t)tc};
+    iq3_tabs t = {(const int8_t *)(uintptr_t)ta, (const int32_t *)(uintptr_t)tb, (const uint16_t *)(uintptr_t)tc,
+                  (const float *)(uintptr_t)td, (const int32_t *)(uintptr_t)te, width, NULL};
+    if (td != 0 && te != 0 && width > 0 && width % 16 == 0 && width <= IQ3_MAX_WIDTH) iq3_pick(isa, &t.score);
     if (type == IT_IQ4_NL || type == IT_IQ4_XS)
         for (int i = 0; i < 16; i++) kv[i] = (float)((const int8_t *)(uintptr_t)ta)[i];
     const size_t src_row = (size_t)ncols * (kind == IS_F32 ? 4u : 2u);

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import quants as gguf_quants
 
-__all__ = ["IQ3Tables", "iq3_tables", "KMAP_SIZE"]
+__all__ = ["IQ3Tables", "KMAP_SIZE", "iq3_tables", "lane_tables"]
 
 KMAP_SIZE = 4096  # 8 levels ** 4 values
 
@@ -124,3 +124,25 @@ def iq3_tables(size: int) -> IQ3Tables:
     for a in arrays:
         a.setflags(write=False)
     return IQ3Tables(size, *arrays)
+
+
+@functools.lru_cache(maxsize=None)
+def lane_tables(size: int, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate lists laid out for a search that scores many candidates at once (kernels/_iquants3.c):
+    (q float32 (4096, 4, W): component i of each candidate's 2l+1 values, idx int32 (4096, W): its grid index),
+    W = the longest list rounded up to ``multiple``; padding has idx -1 and q 0; rows of grid keys are padding.
+
+    Example:
+        >>> q, idx = lane_tables(256)
+        >>> q.shape[1:2], idx.shape[1] % 16, int(idx[0, 0])
+        ((4,), 0, -1)
+    """
+    t = iq3_tables(size)
+    width = -(-t.padded.shape[1] // multiple) * multiple
+    idx = np.full((KMAP_SIZE, width), -1, np.int32)
+    idx[:, : t.padded.shape[1]] = t.padded
+    q = t.grid.astype(np.float32)[np.maximum(idx, 0)].transpose(0, 2, 1).copy()  # (4096, 4, W)
+    q[np.broadcast_to((idx < 0)[:, None, :], q.shape)] = 0
+    for a in (q, idx):
+        a.setflags(write=False)
+    return q, idx
