@@ -264,8 +264,10 @@ def _block(ggml_type: GGMLQuantizationType, quantize_blocks: Callable[[np.ndarra
                  dequantize=lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape))
 
 
+@functools.lru_cache(maxsize=None)
 def _iq_tables(ggml_type: GGMLQuantizationType) -> tuple[np.ndarray, ...]:
-    # the compiled kernels read the tables built once per process in Python (one home: iq3_grids.py, gguf-py)
+    # The compiled kernels read the tables built once per process in Python (one home: iq3_grids.py, from gguf-py),
+    # on first use: deriving the IQ3 neighbour lists takes a moment that a process not using IQ3 should not pay.
     if ggml_type.name in iquants_nl.IQ4_TYPES:
         return (iquants_nl.KVALUES,)
     size = 256 if ggml_type == GGMLQuantizationType.IQ3_XXS else 512
@@ -282,10 +284,15 @@ def _iq(ggml_type: GGMLQuantizationType) -> QuantType:
     native: Kernel | None = None
     native_imatrix: ImatrixKernel | None = None
     if _native.AVAILABLE and hasattr(_native._mod, "iquant"):
-        tables = _iq_tables(ggml_type)
-        native = functools.partial(lambda x, out, t: _native.iquant(int(ggml_type), x, out, None, t), t=tables)
-        native_imatrix = functools.partial(lambda x, out, qw, t: _native.iquant(int(ggml_type), x, out, qw, t),
-                                           t=tables)
+
+        def compiled(x: np.ndarray, out: np.ndarray) -> int:
+            return _native.iquant(int(ggml_type), x, out, None, _iq_tables(ggml_type))
+
+        def compiled_imatrix(x: np.ndarray, out: np.ndarray, qw: np.ndarray) -> int:
+            return _native.iquant(int(ggml_type), x, out, qw, _iq_tables(ggml_type))
+
+        native, native_imatrix = compiled, compiled_imatrix
+
     numpy_kernel = make(name, False)
     return QuantType(name, ggml_type, block_size, type_size, None, numpy_kernel, numpy_kernel, native,
                      lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape),

@@ -102,25 +102,26 @@ def iq3_tables(size: int) -> IQ3Tables:
     pos = 2 * _key_levels() + 1
     # squared distances of every key to every grid point, exact in int32
     d2 = ((pos[:, None, :] - grid[None, :, :].astype(np.int64)) ** 2).sum(axis=2).astype(np.int32)
-    lists: list[np.ndarray] = []
-    flat: list[int] = []
-    for key in range(KMAP_SIZE):
-        if kmap[key] >= 0:
-            lists.append(np.empty(0, np.int32))
-            continue
-        row = d2[key]
-        cutoff = np.unique(row)[nwant - 1]  # the nwant-th smallest distinct distance
-        members = np.flatnonzero(row <= cutoff)
-        members = members[np.lexsort((members, row[members]))]  # by distance, then index
-        kmap[key] = -(len(flat) + 1)
-        flat.append(len(members))
-        flat.extend(int(j) for j in members)
-        lists.append(members.astype(np.int32))
-    width = max(len(m) for m in lists)
+    # per key: candidates ordered by (distance, index) (a stable sort by distance keeps index order among ties),
+    # kept while their distance is among the nwant smallest distinct ones
+    order = np.argsort(d2, axis=1, kind="stable")
+    dist = np.take_along_axis(d2, order, axis=1)
+    rank = np.cumsum(np.concatenate([np.ones((KMAP_SIZE, 1), bool), dist[:, 1:] != dist[:, :-1]], axis=1), axis=1)
+    counts = (rank <= nwant).sum(axis=1)
+    off = np.flatnonzero(kmap < 0)
+    width = int(counts[off].max())
     padded = np.full((KMAP_SIZE, width), -1, np.int32)
-    for key, m in enumerate(lists):
-        padded[key, : len(m)] = m
-    arrays = (levels, grid, keys, kmap, np.asarray(flat, np.uint16), padded)
+    flat = np.empty(int(counts[off].sum()) + len(off), np.int64)
+    at = 0
+    for key in off:
+        n = int(counts[key])
+        kmap[key] = -(at + 1)
+        flat[at] = n
+        flat[at + 1 : at + 1 + n] = order[key, :n]
+        padded[key, :n] = order[key, :n]
+        at += 1 + n
+    flat = flat.astype(np.uint16)
+    arrays = (levels, grid, keys, kmap, flat, padded)
     for a in arrays:
         a.setflags(write=False)
     return IQ3Tables(size, *arrays)
