@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -225,7 +226,7 @@ def quantize_iq3(type_name: str, x: np.ndarray, qw: np.ndarray | None = None) ->
     return out.reshape(m, ncols // 256 * tsize)
 
 
-def iq3_kernel(type_name: str, weighted: bool):  # type: ignore[no-untyped-def]
+def iq3_kernel(type_name: str, weighted: bool) -> Callable[..., int]:
     """The numpy kernel ``kernel(x, out[, imatrix]) -> first non-finite flat index or -1`` of IQ3_XXS / IQ3_S.
 
     Example:

@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from gguf import quants as gguf_quants
 
@@ -177,7 +179,7 @@ def quantize_iq4(type_name: str, x: np.ndarray, qw: np.ndarray | None = None) ->
     return out.reshape(m, ncols // block * size)
 
 
-def iq4_kernel(type_name: str, weighted: bool):  # type: ignore[no-untyped-def]
+def iq4_kernel(type_name: str, weighted: bool) -> Callable[..., int]:
     """The numpy kernel ``kernel(x, out[, imatrix]) -> first non-finite flat index or -1`` of IQ4_NL / IQ4_XS.
 
     ``weighted``: the kernel takes the importance weights as a third argument (float32 (ncols,), validated).
