@@ -4,8 +4,8 @@ path) and numpy vs ggml (not a test).
 Run:  python benchmarks/bench_kernels_iquants34.py [--rows 64] [--cols 4096] [--seconds 1.0]
 
 For each type, with log-normal column weights (the shape of real per-column mean squares) and without, times
-``QuantType.quantize(x[, imatrix=qw])`` with the compiled kernel (IQ4: each ``L1QUANT_IQUANT_ISA`` path this CPU
-runs; the IQ3 searches are scalar on every path) and the numpy one, against ``ggml_quantize_chunk`` from
+``QuantType.quantize(x[, imatrix=qw])`` with the compiled kernel (each ``L1QUANT_IQUANT_ISA`` path this CPU runs)
+and the numpy one, against ``ggml_quantize_chunk`` from
 llama-cpp-python's libggml-base (tests/ggml_oracle.py; its IQ searches are scalar C), on a float32 (rows, cols)
 slab of normal(0, 0.02) values. Best call of ``--seconds``, this thread's CPU clock (robust when other jobs share
 the cores). Each type's bytes are checked identical to ggml's first.
@@ -58,8 +58,8 @@ def main() -> None:
             ggml = _rate(lambda: ggml_quantize(name, x, qw), x.size, args.seconds, time.thread_time)
             numpy = _rate(lambda: qt.quantize(small, impl="numpy", imatrix=qw), small.size, args.seconds,
                           time.thread_time)
-            for path in paths if name.startswith("IQ4") else paths[-1:]:
-                os.environ["L1QUANT_IQUANT_ISA"] = path if name.startswith("IQ4") else ""
+            for path in paths:
+                os.environ["L1QUANT_IQUANT_ISA"] = path
                 try:
                     got = qt.quantize(x, impl="native", imatrix=qw)
                 except ValueError:
@@ -68,8 +68,7 @@ def main() -> None:
                     raise SystemExit(f"{name} {path}: bytes differ from ggml")
                 native = _rate(lambda: qt.quantize(x, out, impl="native", imatrix=qw), x.size, args.seconds,
                                time.thread_time)
-                label = path if name.startswith("IQ4") else "scalar"
-                print(f"{name:<8}{'yes' if qw is not None else 'no':<8}{label:<10}{native:>9.2f}{numpy:>8.2f}"
+                print(f"{name:<8}{'yes' if qw is not None else 'no':<8}{path:<10}{native:>9.2f}{numpy:>8.2f}"
                       f"{ggml:>7.2f}{native / ggml:>14.1f}x")
             os.environ.pop("L1QUANT_IQUANT_ISA", None)
     print("(M values/s, one thread; higher is better)")
