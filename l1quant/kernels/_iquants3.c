@@ -297,12 +297,13 @@ static int iq3_neighbour(const iq3_tabs *t, int key, const float *xv, const floa
     if (t->score != NULL) {
         float d2[IQ3_MAX_WIDTH];
         t->score(t, key, n, xv, wa, scale, d2);
-        for (int j = 0; j < n; j++) { /* the lists' order: first least wins */
-            if (d2[j] < best) {
-                best = d2[j];
-                gi = nb[j + 1];
-            }
+        int at = -1;
+        for (int j = 0; j < n; j++) { /* the lists' order: first least wins (branch-free: the winner is random) */
+            const int take = d2[j] < best;
+            best = take ? d2[j] : best;
+            at = take ? j : at;
         }
+        if (at >= 0) gi = nb[at + 1];
         n = 0; /* skip the portable loop */
     }
     for (int j = 1; j <= n; j++) {
