@@ -66,6 +66,16 @@ def _grid_f32(size: int) -> np.ndarray:
     return np.ascontiguousarray(iq3_tables(size).grid.astype(F32).T)
 
 
+@functools.lru_cache(maxsize=None)
+def _lists(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 (4096,) where each off-grid key's candidates start in the flat lists, their count; 0 for grid keys)."""
+    t = iq3_tables(size)
+    off = t.kmap < 0
+    head = np.where(off, -t.kmap - 1, 0).astype(np.int64)
+    count = np.where(off, t.neighbours[head], 0).astype(np.int64)
+    return head + 1, count
+
+
 def _to_grid(T: IQ3Tables, xval: np.ndarray, waux: np.ndarray, iscale: np.ndarray, scale: np.ndarray,
              quads: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Round each 4-tuple of ``xval`` (G, 32) with ``iscale`` (G,) to levels, replacing off-grid tuples by their
@@ -81,22 +91,28 @@ def _to_grid(T: IQ3Tables, xval: np.ndarray, waux: np.ndarray, iscale: np.ndarra
         off &= quads
     if off.any():
         g, k = np.nonzero(off)
-        keys = key[g, k]
-        cand = T.padded[keys]  # (P, W), -1 padded
-        safe = np.maximum(cand, 0)
+        start, count = _lists(T.size)
+        first_at, cnt = start[key[g, k]], count[key[g, k]]
+        # one entry per (tuple, candidate), the candidates of a tuple consecutive in list order
+        seg = np.cumsum(cnt) - cnt
+        owner = np.repeat(np.arange(len(g)), cnt)
+        rank = np.arange(int(cnt.sum())) - seg[owner]
+        cand = T.neighbours[first_at[owner] + rank].astype(np.int64)
         gridf = _grid_f32(T.size)
-        xv = xval.reshape(G, 8, 4)[g, k]  # (P, 4)
-        wa = waux.reshape(G, 8, 4)[g, k]
-        sc = scale[g][:, None]
-        d2 = np.zeros(cand.shape, F32)
+        xv = xval.reshape(G, 8, 4)[g, k][owner]  # (E, 4)
+        wa = waux.reshape(G, 8, 4)[g, k][owner]
+        sc = scale[g][owner]
+        d2 = np.zeros(len(cand), F32)
         for i in range(4):
-            diff = sc * gridf[i][safe]
-            diff -= xv[:, i : i + 1]
-            d2 += (wa[:, i : i + 1] * diff) * diff
-        # a candidate counts when d2 < FLT_MAX (ggml's starting best); NaN never does; first least wins
-        d2[~((cand >= 0) & (d2 < _FLT_MAX))] = np.inf
-        # ggml aborts when no candidate counts (overflowing weights); we keep the first candidate there
-        gi[g, k] = cand[np.arange(len(g)), np.argmin(d2, axis=1)]
+            diff = sc * gridf[i][cand]
+            diff -= xv[:, i]
+            d2 += (wa[:, i] * diff) * diff
+        # a candidate counts when d2 < FLT_MAX (ggml's starting best); NaN never does; first least wins;
+        # ggml aborts when no candidate counts (overflowing weights): then the first is kept
+        d2[~(d2 < _FLT_MAX)] = np.inf
+        least = np.minimum.reduceat(d2, seg)
+        pick = np.minimum.reduceat(np.where(d2 == least[owner], rank, np.iinfo(np.int64).max), seg)
+        gi[g, k] = T.neighbours[first_at + pick]
     levels = T.levels[np.maximum(gi, 0)].astype(np.int32)
     if quads is not None:
         levels[~quads] = -1
