@@ -79,6 +79,11 @@ def test_registry_geometry_and_file_types() -> None:
         "Q4_K": (T.Q4_K, 256, 144, None),
         "Q5_K": (T.Q5_K, 256, 176, None),
         "Q6_K": (T.Q6_K, 256, 210, 18),
+        # as the K types: the IQ mixes decide the file type
+        "IQ4_NL": (T.IQ4_NL, 32, 18, None),
+        "IQ4_XS": (T.IQ4_XS, 256, 136, None),
+        "IQ3_XXS": (T.IQ3_XXS, 256, 98, None),
+        "IQ3_S": (T.IQ3_S, 256, 110, None),
     }
     assert set(QUANT_TYPES) == set(expected)
     for name, (gt, bs, ts, ft) in expected.items():
@@ -94,8 +99,8 @@ def test_get_quant_type_case_insensitive(name: str) -> None:
 
 
 def test_get_quant_type_unknown_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"iq4_nl.*f32, f16, bf16, q8_0, q4_0, .*q6_k") as ei:
-        get_quant_type("iq4_nl")
+    with pytest.raises(ValueError, match=r"tq1_0.*f32, f16, bf16, q8_0, q4_0, .*q6_k") as ei:
+        get_quant_type("tq1_0")
     assert isinstance(ei.value, L1QuantError)
 
 

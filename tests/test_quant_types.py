@@ -68,7 +68,8 @@ def test_derived_tables_are_llama_cpps() -> None:
     assert mixes.IMATRIX_TYPES == {T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S}
     # ggml-common.h: byte offsets of the f16 fields of one block
     f16 = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q2_K": (80, 82),
-           "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "F16": (0,)}
+           "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "F16": (0,),
+           "IQ4_NL": (0,), "IQ4_XS": (0,), "IQ3_XXS": (0,), "IQ3_S": (0,)}
     for name, qt in QUANT_TYPES.items():
         assert (qt.block_size, qt.type_size) == GGML_QUANT_SIZES[qt.ggml_type]
         if name in f16:
@@ -85,7 +86,10 @@ def test_derived_tables_are_llama_cpps() -> None:
                      ("BF16", "F16")}
     # quantize_* in ggml-quants.c: every 4/5-bit and K quantizer uses quant_weights; Q8_0 and the floats do not
     assert {n for n, q in QUANT_TYPES.items() if q.takes_imatrix} == set(QUANT_TYPES) - {"F32", "F16", "BF16", "Q8_0"}
-    assert not any(q.needs_imatrix for q in QUANT_TYPES.values())
+    # of the served types, llama-quantize refuses only IQ3_XXS without one (tensor_requires_imatrix)
+    assert {n for n, q in QUANT_TYPES.items() if q.needs_imatrix} <= {"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+                                                                       "IQ1_S", "IQ1_M"}
+    assert get_quant_type("iq3_xxs").needs_imatrix and not get_quant_type("iq3_s").needs_imatrix
     # and l1quant has the weighted search for exactly those (kernels/kquants_imatrix.py)
     assert {n for n, q in QUANT_TYPES.items() if q.numpy_imatrix_kernel is not None} == \
         {n for n, q in QUANT_TYPES.items() if q.takes_imatrix}
