@@ -33,11 +33,11 @@ from reference import require_module
 import l1quant
 from l1quant.arch import Arch, HParam, RopeRowPermutation, TensorSpec, WholeTensor, all_arches, get_arch, registered
 from l1quant.arch.decoder import HPARAMS, decoder_tensors, head_dim_rows
+from l1quant.arch.from_gguf import config_from_gguf
 from l1quant.arch.llama import llama3_rope_factors
-from l1quant.check import config_from_gguf
 from l1quant.check.fidelity import _to_f32
-from l1quant.evaluate.forward import Hparams, decoder_logits
 from l1quant.errors import ConfigError, TensorError
+from l1quant.evaluate.forward import Hparams, decoder_logits
 from l1quant.gguf.reader import read_gguf
 from l1quant.source.config import ModelConfig
 from l1quant.source.safetensors import open_checkpoint

@@ -26,8 +26,8 @@ from reference import require_module
 
 import l1quant
 from l1quant.arch import get_arch
+from l1quant.arch.from_gguf import config_from_gguf
 from l1quant.evaluate.forward import Hparams, decoder_logits
-from l1quant.check.structure import config_from_gguf
 from l1quant.gguf.reader import read_gguf
 
 pytestmark = pytest.mark.slow

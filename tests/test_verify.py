@@ -23,7 +23,8 @@ import pytest
 from click.testing import CliRunner
 from reference import require_module
 
-from l1quant.check import LOGIT_KLD_LIMITS, config_from_gguf, format_report, verify
+from l1quant.arch.from_gguf import config_from_gguf
+from l1quant.check import LOGIT_KLD_LIMITS, format_report, verify
 from l1quant.check.report import Check, TensorFidelity, VerifyReport
 from l1quant.cli import main
 from l1quant.conversion.convert import convert

@@ -16,7 +16,7 @@ Three layers and a compatibility group, each a list of named checks (pass / warn
   generation, BOS, pre-tokenizer release, chat template, head sizes, requantization (:mod:`l1quant.check.compat`;
   ``compat.*`` checks, ``warn`` unless llama.cpp itself would refuse the file or misbehave).
 * **Fidelity** (``source=MODEL_DIR``). The header the converter would write for this source
-  (:func:`l1quant.conversion.convert.prepare`, nothing written) is compared key by key: hparams, rope, eps, tokens, token
+  (:func:`l1quant.conversion.prepare.prepare`, nothing written) is compared key by key: hparams, rope, eps, tokens, token
   types, merges, special ids, chat template. Every tensor is streamed in row chunks (bounded memory, a thread
   pool, the same kernels as the converter): its bytes must equal re-quantizing the source exactly (the converter
   is deterministic and byte-identical with llama.cpp, so this is the strongest statement), and for Q8_0 every
@@ -46,21 +46,24 @@ import gguf
 
 from l1quant.arch import Arch, all_arches, get_arch
 from l1quant.check.compat import check_compat
-from l1quant.check.fidelity import _check_fidelity, _check_metadata
-from l1quant.check.logits import _run_logits
+from l1quant.check.fidelity import check_fidelity, check_metadata
+from l1quant.check.logits import run_logits
 from l1quant.check.report import FAIL, PASS, SKIP, Check, TensorFidelity, VerifyReport
 from l1quant.check.structure import (
-    _TK,
-    _check_finite,
-    _check_hparams,
-    _check_keys,
-    _check_layout,
-    _check_tensors,
-    _check_tokenizer,
+    check_finite,
+    check_hparams,
+    check_keys,
+    check_layout,
+    check_tensors,
+    check_tokenizer,
 )
-from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError
+from l1quant.conversion.prepare import prepare
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, TokenizerError
+from l1quant.evaluate.forward import default_text
 from l1quant.filetypes import FileType, file_type_of
 from l1quant.gguf.reader import GGUFFile, read_gguf
+from l1quant.runtime import require
+from l1quant.source.hub import resolve_model
 
 __all__ = ["verify"]
 
@@ -117,16 +120,12 @@ def verify(
     n_threads = threads or _default_threads()
     if runtime is not None:
         # A check the caller asked for that cannot run is a failure, not a skip: say so before any work.
-        from l1quant.runtime import require
-
         require("--runtime llama.cpp")
     src: Path | None = None
     local: Path | None = None  # the source's local folder (a hub id resolved to its cached snapshot)
     if source is not None:
         # An unusable source is a wrong argument, not a fault of the file: refuse it before reading the file.
         # (prepare() below resolves it again from the name as given, so a hub id keeps its repo name.)
-        from l1quant.source.hub import resolve_model
-
         local = resolve_model(str(source))
         src = Path(source)
 
@@ -135,7 +134,7 @@ def verify(
     except InputError as e:  # missing, unreadable, not a regular file: "cannot be read" like a malformed one
         raise GGUFFormatError(str(e)) from None
     ft = file_type_of(gf)  # what the file is, recognised once and passed along
-    checks: list[Check] = [_check_layout(gf)]
+    checks: list[Check] = [check_layout(gf)]
     rows: list[TensorFidelity] = []
     logits_d = runtime_d = None
 
@@ -152,19 +151,19 @@ def verify(
                             "cannot run)"))
     else:
         checks.append(Check("architecture", PASS, f"{arch.name}"))
-        checks.append(_check_keys(gf, arch))
-        hp_check, cfg = _check_hparams(gf, arch)
+        checks.append(check_keys(gf, arch))
+        hp_check, cfg = check_hparams(gf, arch)
         checks.append(hp_check)
-        checks.append(_check_tokenizer(gf, arch, cfg.vocab_size if cfg else None))
+        checks.append(check_tokenizer(gf, arch, cfg.vocab_size if cfg else None))
         if cfg is not None:
-            checks += _check_tensors(gf, arch, cfg, ft)
+            checks += check_tensors(gf, arch, cfg, ft)
         else:
             checks.append(Check("tensors.shapes", SKIP, "hparams are inconsistent; expected shapes unknown"))
 
     # how the file behaves in the runtimes users run (warnings; a failure only where llama.cpp itself misbehaves)
     checks += check_compat(gf, local)
     # NaN/Inf scan with or without a source: a file must not pass with --source what it fails without it
-    checks.append(_check_finite(gf, n_threads))
+    checks.append(check_finite(gf, n_threads))
     if src is None:
         pass
     elif arch is None:
@@ -172,19 +171,17 @@ def verify(
     else:
         prep = None
         try:
-            from l1quant.conversion.convert import prepare
-
             prep = _prepare_like(prepare, src, ft, gf)
         except L1QuantError as e:
             checks.append(Check("source", FAIL, f"cannot prepare the source for comparison: {e}"))
         if prep is not None:
             checks.append(Check("source", PASS, f"{src}: {prep.cfg.architecture}, "
                                                 f"{len(prep.plan.tensors)} tensors, vocab {prep.cfg.vocab_size}"))
-            checks += _check_metadata(gf, prep.header, arch)
-            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads, own_types=ft.mix is not None)
+            checks += check_metadata(gf, prep.header, arch)
+            fchecks, rows = check_fidelity(gf, prep.plan, n_threads, own_types=ft.mix is not None)
             checks += fchecks
             if logits:
-                lchecks, logits_d, runtime_d = _run_logits(
+                lchecks, logits_d, runtime_d = run_logits(
                     gf, prep, src, text if text is not None else _default_text(), n_tokens, runtime, n_threads,
                     no_repack, ft)
                 checks += lchecks
@@ -194,8 +191,6 @@ def verify(
 
 
 def _default_text() -> str:
-    from l1quant.evaluate.forward import default_text
-
     return default_text()
 
 
@@ -205,12 +200,10 @@ def _prepare_like(prepare: Any, src: Path, ft: FileType, gf: GGUFFile) -> Any:
     hash is unknown, retry with the file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls
     are cheap: the tokenizer, the slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the
     source files are unchanged."""
-    from l1quant.errors import TokenizerError
-
     try:
         return prepare(src, ft.request, gf.path)
     except TokenizerError as e:
-        pre = gf.kv.get(_TK.PRE)
+        pre = gf.kv.get(gguf.Keys.Tokenizer.PRE)
         if "unknown BPE pre-tokenizer" not in str(e) or not isinstance(pre, str):
             raise
         return prepare(src, ft.request, gf.path, pre=pre)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from l1quant.cli import main
-from l1quant.cli.l1 import NO_REPACK_OPTION, _budgets
+from l1quant.cli.l1 import NO_REPACK_OPTION, parse_budgets
 
 
 def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
@@ -23,7 +23,7 @@ def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[
 
 def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int]:
     """Optional ``--budgets``: empty when not given, else budget-check's own parsing."""
-    return _budgets(ctx, param, value) if value else []
+    return parse_budgets(ctx, param, value) if value else []
 
 
 @main.command("compare")

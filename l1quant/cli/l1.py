@@ -22,7 +22,8 @@ from l1quant.errors import RuntimeMissingError
 from l1quant.l1.runner import RunResult
 
 
-def _budgets(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+def parse_budgets(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    """``--budgets 512,1024``: the click callback run, budget-check and compare share (positive integers)."""
     try:
         out = [int(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
@@ -159,7 +160,7 @@ def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag:
 
 @main.command("budget-check")
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--budgets", default=",".join(map(str, l1.PAPER_BUDGETS)), show_default=True, callback=_budgets,
+@click.option("--budgets", default=",".join(map(str, l1.PAPER_BUDGETS)), show_default=True, callback=parse_budgets,
               help="Comma-separated budgets (default: the L1 paper's).")
 @click.option("--problems", "problems_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSONL file, one {\"id\", \"question\", \"answer\": int} per line (see examples/problems.jsonl).")
