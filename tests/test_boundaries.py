@@ -30,6 +30,8 @@ import ast
 import pathlib
 from collections import defaultdict
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PKG = ROOT / "l1quant"
 
@@ -177,3 +179,37 @@ def test_no_import_circles() -> None:
     _, edges = _scan()
     cycles = _cycles(edges)
     assert not cycles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+# Options that shape the command line's own output, not the library call.
+_CLI_ONLY = {"as_json", "quiet", "plot_path", "max_flag", "debug"}
+# --temp is llama.cpp's spelling (llama-cli --temp); the library takes the sampling parameter's name.
+_SPELLED_AS_LLAMA_CPP = {"temperature"}
+
+
+@pytest.mark.parametrize(("command", "function"), [
+    ("run", "l1quant.l1.runner:run"),
+    ("budget-check", "l1quant.l1.budget:budget_check"),
+    ("compare", "l1quant.evaluate.driver:compare"),
+    ("verify", "l1quant.check.verifier:verify"),
+])
+def test_the_library_parameters_are_the_flags(command: str, function: str) -> None:
+    # "The library is the CLI": every option a command forwards has the same name in the library function
+    # (--mode -> mode, --threads -> threads, --problems -> problems, --limit -> limit, --tokens -> tokens).
+    import importlib
+    import inspect
+
+    import click
+
+    from l1quant.cli import main
+
+    mod, _, name = function.partition(":")
+    params = set(inspect.signature(getattr(importlib.import_module(mod), name)).parameters)
+    cmd = main.commands[command]
+    for opt in cmd.params:
+        if not isinstance(opt, click.Option) or opt.name in _CLI_ONLY:
+            continue
+        spelled = {o.lstrip("-").replace("-", "_") for o in opt.opts + opt.secondary_opts if o.startswith("--")}
+        assert opt.name in params, f"{command} {opt.opts}: {function} has no parameter {opt.name!r}"
+        assert opt.name in spelled or opt.name in _SPELLED_AS_LLAMA_CPP, \
+            f"{command} {opt.opts}: the library parameter {opt.name!r} is not named as the flag"

@@ -23,7 +23,7 @@ Three layers and a compatibility group, each a list of named checks (pass / warn
   element must also sit inside the documented 8-bit absmax error bound (see :data:`Q8_0_BOUND_DOC`). Relative
   RMSE, max abs error, cosine and SNR are reported for every tensor.
 * **Logits** (``logits=True``). The reference numpy decoder forward (:mod:`l1quant.evaluate.forward`) runs once on the
-  source weights and once on the GGUF's dequantized weights and hparams over the first ``n_tokens`` tokens of a
+  source weights and once on the GGUF's dequantized weights and hparams over the first ``tokens`` tokens of a
   text; mean/max/p99 KL divergence, top-1 agreement and both perplexities are compared with a per-type limit
   (:data:`LOGIT_KLD_LIMITS`). ``runtime="llama.cpp"`` also runs the file itself through llama-cpp-python.
 
@@ -58,7 +58,7 @@ from l1quant.check.structure import (
     check_tokenizer,
 )
 from l1quant.conversion.prepare import prepare
-from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, TokenizerError
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, TokenizerError, read_text
 from l1quant.evaluate.forward import default_text
 from l1quant.filetypes import FileType, file_type_of
 from l1quant.gguf.reader import GGUFFile, read_gguf
@@ -80,8 +80,8 @@ def verify(
     *,
     source: str | os.PathLike[str] | None = None,
     logits: bool = False,
-    text: str | None = None,
-    n_tokens: int = 256,
+    text: str | os.PathLike[str] | None = None,
+    tokens: int = 256,
     runtime: str | None = None,
     threads: int | None = None,
     no_repack: bool = False,
@@ -90,19 +90,20 @@ def verify(
 
     ``source`` is the checkpoint folder it was converted from (enables the metadata and per-tensor fidelity
     checks). ``logits`` runs the reference forward on the source and on the file (needs ``source``); ``text`` is
-    the text to tokenize (default: the bundled :func:`l1quant.evaluate.forward.default_text`), of which the first
-    ``n_tokens`` tokens are used. ``runtime="llama.cpp"`` also runs the file through llama-cpp-python (implies
+    a UTF-8 text file to tokenize (``--text FILE``, as :func:`l1quant.compare`'s ``text``; default: the bundled
+    :func:`l1quant.evaluate.forward.default_text`), of which the first ``tokens`` tokens are used (``--tokens``).
+    The parameters are named as ``l1quant verify``'s flags. ``runtime="llama.cpp"`` also runs the file through llama-cpp-python (implies
     ``logits``); ``no_repack`` runs it without llama.cpp's extra buffer types (``--no-repack``; by default
     :mod:`l1quant.runtime.probe` decides). ``threads`` defaults to every core.
 
     Raises :class:`~l1quant.errors.GGUFFormatError` (exit code 2) when the file cannot be read at all,
     :class:`~l1quant.errors.ConfigError` for contradictory arguments, :class:`~l1quant.errors.InputError` when
-    ``source`` is neither a folder nor a resolvable Hugging Face repo id, and
+    ``source`` is neither a folder nor a resolvable Hugging Face repo id or ``text`` is not a readable text file, and
     :class:`~l1quant.errors.RuntimeMissingError` when ``runtime`` is asked for without llama-cpp-python (a check
     that was asked for and cannot run is a failure); every other finding is a check in the report.
 
     Example:
-        >>> rep = verify("tiny-Q8_0.gguf", source="tiny", logits=True, n_tokens=64)   # doctest: +SKIP
+        >>> rep = verify("tiny-Q8_0.gguf", source="tiny", logits=True, tokens=64)     # doctest: +SKIP
         >>> [c.name for c in rep.checks if c.failed]                                  # doctest: +SKIP
         []
     """
@@ -113,14 +114,16 @@ def verify(
         logits = True
     if logits and source is None:
         raise ConfigError("the logit check (--logits / --runtime) needs --source MODEL_DIR")
-    if n_tokens < 2:
-        raise ConfigError(f"n_tokens must be at least 2, found {n_tokens}")
+    if tokens < 2:
+        raise ConfigError(f"tokens must be at least 2, found {tokens}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, found {threads}")
     n_threads = threads or _default_threads()
     if runtime is not None:
         # A check the caller asked for that cannot run is a failure, not a skip: say so before any work.
         require("--runtime llama.cpp")
+    # bounded, regular file only (a FIFO would block verify forever); read before any work, as the source
+    text_s = default_text() if text is None else read_text(Path(text), InputError)
     src: Path | None = None
     local: Path | None = None  # the source's local folder (a hub id resolved to its cached snapshot)
     if source is not None:
@@ -182,16 +185,12 @@ def verify(
             checks += fchecks
             if logits:
                 lchecks, logits_d, runtime_d = run_logits(
-                    gf, prep, src, text if text is not None else _default_text(), n_tokens, runtime, n_threads,
+                    gf, prep, src, text_s, tokens, runtime, n_threads,
                     no_repack, ft)
                 checks += lchecks
 
     return VerifyReport(str(gf.path), None if source is None else str(source), checks, rows, logits_d, runtime_d,
                         round(time.perf_counter() - t0, 3), ft.label, len(gf.tensors), gf.file_size)
-
-
-def _default_text() -> str:
-    return default_text()
 
 
 def _prepare_like(prepare: Any, src: Path, ft: FileType, gf: GGUFFile) -> Any:

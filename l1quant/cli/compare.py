@@ -74,8 +74,8 @@ def compare_cmd(model: tuple[str, ...], types: list[str], base: Path | None, tex
     else:
         target = list(model)
     rep = compare(target, types, base=base, text=text, ctx=ctx, chunks=chunks, keep=keep, base_logits=base_logits,
-                  threads=threads, runtime=runtime, budgets=budgets, problems=problems, budget_limit=limit,
-                  max_mode=mode == "max", progress=not quiet, no_repack=no_repack)
+                  threads=threads, runtime=runtime, budgets=budgets, problems=problems, limit=limit,
+                  mode=mode, progress=not quiet, no_repack=no_repack)
     click.echo(rep.to_json() if as_json else rep.table())
     if plot_path is not None:
         rep.plot(plot_path)

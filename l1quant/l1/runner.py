@@ -13,7 +13,14 @@ from typing import Any
 from l1quant.errors import InputError
 from l1quant.l1.answers import budget_kept, default_max_tokens, parse_integer_answer, parse_response
 from l1quant.l1.chat import gguf_chat_info, gguf_kv, render_chat
-from l1quant.l1.prompt import DEFAULT_SAMPLING, EXACT_TOLERANCE, FORCED_THINK_END, THINK_CLOSE, l1_prompt
+from l1quant.l1.prompt import (
+    DEFAULT_SAMPLING,
+    EXACT_TOLERANCE,
+    FORCED_THINK_END,
+    THINK_CLOSE,
+    l1_prompt,
+    mode_is_max,
+)
 from l1quant.runtime import RUN_INSTALL_HINT, Model, extra_bufts, require
 
 __all__ = ["RUN_INSTALL_HINT", "RunResult", "run"]
@@ -336,19 +343,19 @@ def auto_ctx(prompt_bytes: int, max_tokens: int) -> int:
     return max(512, -(-need // 256) * 256)
 
 
-def check_resources(n_threads: int | None, n_gpu_layers: int | None) -> None:
+def check_resources(threads: int | None, n_gpu_layers: int | None) -> None:
     """Refuse a non-positive thread count or a negative GPU layer count (one-line :class:`InputError`)."""
-    if n_threads is not None and (isinstance(n_threads, bool) or n_threads < 1):
-        raise InputError(f"n_threads: expected a positive number of threads, found {n_threads!r}")
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise InputError(f"threads: expected a positive number of threads, found {threads!r}")
     if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or n_gpu_layers < -1):
         raise InputError(f"n_gpu_layers: expected -1 (all) or a number of layers >= 0, found {n_gpu_layers!r}")
 
 
-def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = False,
+def run(model_path: str | Path, question: str, budget: int, *, mode: str = "exact",
         temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
         seed: int | None = None, max_tokens: int | None = None, n_ctx: int | None = None,
         tolerance: float = EXACT_TOLERANCE, stream_to: Callable[[str], None] | None = None,
-        hard_limit: bool = False, n_threads: int | None = None, n_gpu_layers: int | None = None,
+        hard_limit: bool = False, threads: int | None = None, n_gpu_layers: int | None = None,
         no_repack: bool = False) -> RunResult:
     """Ask an L1 GGUF ``question`` with a thinking budget of ``budget`` tokens and measure what it did with it.
 
@@ -361,7 +368,9 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
     (:func:`default_max_tokens`, the authors' protocol); ``n_ctx`` defaults to what the prompt plus
     ``max_tokens`` need. ``hard_limit`` ends the thinking when the response reaches ``budget`` tokens without
     ``</think>`` (inserting :data:`FORCED_THINK_END`) and lets the model write its answer: budget forcing for
-    models that overshoot. ``n_threads`` and ``n_gpu_layers`` go to llama.cpp (default: its own choice; no GPU
+    models that overshoot. ``mode`` is the prompt wording: ``"exact"`` (L1-Exact, "Think for N tokens.") or
+    ``"max"`` (L1-Max); the parameters are named as ``l1quant run``'s flags (``--mode``, ``--threads``, ...).
+    ``threads`` and ``n_gpu_layers`` go to llama.cpp (default: its own choice; no GPU
     layers). ``no_repack`` runs llama.cpp without its extra buffer types (``--no-repack``, llama.cpp's ``-nr``; by
     default :mod:`l1quant.runtime.probe` decides once per machine). ``stream_to`` receives the text as it is
     generated.
@@ -370,15 +379,16 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
     longer than ``n_ctx``; :class:`~l1quant.errors.RuntimeMissingError` without llama-cpp-python.
 
     Example:
-        >>> r = run("L1-Qwen-1.5B-Max-Q8_0.gguf", "What is 17*3?", 512, max_mode=True, seed=0)  # doctest: +SKIP
+        >>> r = run("L1-Qwen-1.5B-Max-Q8_0.gguf", "What is 17*3?", 512, mode="max", seed=0)  # doctest: +SKIP
         >>> r.total_tokens, r.reasoning_tokens, r.budget_kept, r.boxed  # doctest: +SKIP
         (402, 371, True, '51')
     """
+    max_mode = mode_is_max(mode)
     user = l1_prompt(question, budget, max_mode=max_mode)  # validates before loading anything
     max_tokens = default_max_tokens(budget) if max_tokens is None else max_tokens
     if max_tokens <= 0:
         raise InputError(f"max_tokens: expected a positive number, found {max_tokens}")
-    check_resources(n_threads, n_gpu_layers)
+    check_resources(threads, n_gpu_layers)
     path = Path(model_path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such GGUF file")
@@ -387,7 +397,7 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
     if n_ctx is None:
         template, bos, eos = gguf_chat_info(path, kv)
         n_ctx = auto_ctx(len(render_chat(user, template, bos_token=bos, eos_token=eos).encode("utf-8")), max_tokens)
-    runner = Runner(path, n_ctx=n_ctx, kv=kv, n_threads=n_threads, n_gpu_layers=n_gpu_layers, no_repack=no_repack)
+    runner = Runner(path, n_ctx=n_ctx, kv=kv, n_threads=threads, n_gpu_layers=n_gpu_layers, no_repack=no_repack)
     try:
         sampling = resolve_sampling(runner.sampling, temperature, top_p, top_k)
         return runner.generate(question, budget, max_mode=max_mode, sampling=sampling, seed=seed,
