@@ -166,7 +166,8 @@ def test_the_walk_sees_the_package() -> None:
     assert "l1quant.conversion.convert" in MODULES and len(MODULES) > 50
     assert "l1quant.conversion.plan" in edges["l1quant.conversion.prepare"]
     # and the circle finder finds a circle when there is one (through a third module)
-    fake = {"l1quant.errors": {"l1quant.output"}, "l1quant.output": {"l1quant.cache"}, "l1quant.cache": {"l1quant.errors"}}
+    fake = {"l1quant.errors": {"l1quant.output"}, "l1quant.output": {"l1quant.cache"},
+            "l1quant.cache": {"l1quant.errors"}}
     assert _cycles(fake) == [["l1quant.cache", "l1quant.errors", "l1quant.output"]]
 
 

@@ -92,8 +92,8 @@ def verify(
     checks). ``logits`` runs the reference forward on the source and on the file (needs ``source``); ``text`` is
     a UTF-8 text file to tokenize (``--text FILE``, as :func:`l1quant.compare`'s ``text``; default: the bundled
     :func:`l1quant.evaluate.forward.default_text`), of which the first ``tokens`` tokens are used (``--tokens``).
-    The parameters are named as ``l1quant verify``'s flags. ``runtime="llama.cpp"`` also runs the file through llama-cpp-python (implies
-    ``logits``); ``no_repack`` runs it without llama.cpp's extra buffer types (``--no-repack``; by default
+    The parameters are named as ``l1quant verify``'s flags. ``runtime="llama.cpp"`` also runs the file through
+    llama-cpp-python (implies ``logits``); ``no_repack`` runs it without llama.cpp's extra buffer types (``--no-repack``; by default
     :mod:`l1quant.runtime.probe` decides). ``threads`` defaults to every core.
 
     Raises :class:`~l1quant.errors.GGUFFormatError` (exit code 2) when the file cannot be read at all,

@@ -146,7 +146,8 @@ def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    result = l1.run(model, question, budget, mode=_mode(mode, max_flag), temperature=temperature, top_p=top_p, top_k=top_k,
+    result = l1.run(model, question, budget, mode=_mode(mode, max_flag), temperature=temperature, top_p=top_p,
+                    top_k=top_k,
                     seed=seed, max_tokens=max_tokens, n_ctx=n_ctx, tolerance=tolerance,
                     stream_to=None if as_json else stream, hard_limit=hard_limit, threads=threads,
                     n_gpu_layers=n_gpu_layers, no_repack=no_repack)

@@ -120,8 +120,8 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     named by a hash of the base file and tokens, reused on the next run; a llama-perplexity ``--kl-divergence-base``
     file works too). ``runtime``: ``auto``/``llama.cpp``/``numpy``. ``budgets`` + ``problems`` add
     :func:`l1quant.budget_check` per type (llama.cpp), with its ``limit`` (the first K problems) and ``mode``
-    (``"exact"``/``"max"``): the parameters are named as ``l1quant compare``'s flags. ``no_repack``: llama.cpp without its extra buffer types
-    (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides). The numbers match ``llama-perplexity -c ctx --chunks N``
+    (``"exact"``/``"max"``): the parameters are named as ``l1quant compare``'s flags. ``no_repack``: llama.cpp
+    without its extra buffer types (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides). The numbers match ``llama-perplexity -c ctx --chunks N``
     (with ``--kl-divergence-base`` / ``--kl-divergence``): see the module docstring.
 
     Raises :class:`~l1quant.errors.InputError` for bad arguments or a text shorter than two chunks.

@@ -3,7 +3,8 @@
 On some virtual machines the CPU reports AMX but its tile state is unusable: llama.cpp, built natively as
 llama-cpp-python builds it, repacks Q4_0/Q8_0/K-quant weights into its AMX (or other CPU-specific) buffer types
 and dies with SIGSEGV or SIGILL on the first decode; F16 works, and llama.cpp's ``-nr/--no-repack``
-(``use_extra_bufts = false``) avoids it. So before the first model is run, a child process (:mod:`l1quant.runtime.probe_child`) builds a tiny model
+(``use_extra_bufts = false``) avoids it. So before the first model is run, a child process
+(:mod:`l1quant.runtime.probe_child`) builds a tiny model
 (:mod:`l1quant.testing` + :func:`l1quant.convert`, Q8_0 and Q4_0: the types the AMX and repack buffers take),
 loads it with the extra buffer types on and decodes a few tokens. The answer is cached per machine (CPU model
 and flags) and llama.cpp build (``build``: :func:`l1quant.runtime.llama.build_id`) under the user cache folder
@@ -102,7 +103,8 @@ def probe(build: str, *, use_cache: bool = True) -> ProbeResult:
     root = str(Path(__file__).resolve().parent.parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     try:
-        proc = subprocess.run([sys.executable, "-m", "l1quant.runtime.probe_child"], env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.run([sys.executable, "-m", "l1quant.runtime.probe_child"], env=env,
+                              stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return ProbeResult(True, None, False, path)
