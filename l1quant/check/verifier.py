@@ -194,8 +194,8 @@ def verify(
 
 
 def _prepare_like(prepare: Any, src: Path, ft: FileType, gf: GGUFFile) -> Any:
-    """:func:`~l1quant.conversion.prepare.prepare` for the file's type (its :attr:`~l1quant.filetypes.FileType.request`: a mix keeps
-    llama-quantize's layout, which differs from the converter's for Q8_0/F16...); if the source's pre-tokenizer
+    """:func:`~l1quant.conversion.prepare.prepare` for the file's type (its
+    :attr:`~l1quant.filetypes.FileType.request`: a mix keeps llama-quantize's layout, which differs from the converter's for Q8_0/F16...); if the source's pre-tokenizer
     hash is unknown, retry with the file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls
     are cheap: the tokenizer, the slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the
     source files are unchanged."""
