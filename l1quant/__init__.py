@@ -22,8 +22,9 @@ from l1quant.check import VerifyReport, verify
 from l1quant.evaluate import CompareReport, compare
 
 # The functions are bound after their submodules are imported, so ``l1quant.convert`` is the function.
-from l1quant.conversion.convert import convert, prepare
+from l1quant.conversion.convert import convert
 from l1quant.conversion.mixes import QuantOptions
+from l1quant.conversion.prepare import prepare
 from l1quant.conversion.quantize import quantize
 from l1quant.conversion.write import WriteOptions
 from l1quant.errors import L1QuantError

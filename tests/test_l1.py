@@ -384,15 +384,16 @@ def _capture(monkeypatch: pytest.MonkeyPatch, name: str) -> dict[str, object]:
     (["-c", "4096"], {"n_ctx": 4096}),
     (["--ctx-size", "4096"], {"n_ctx": 4096}),
     (["--n-ctx", "4096"], {"n_ctx": 4096}),
-    (["-t", "3"], {"n_threads": 3}),
-    (["--threads", "3"], {"n_threads": 3}),
+    (["-t", "3"], {"threads": 3}),
+    (["--threads", "3"], {"threads": 3}),
     (["-ngl", "99"], {"n_gpu_layers": 99}),
     (["--n-gpu-layers", "-1"], {"n_gpu_layers": -1}),
     (["--gpu-layers", "7"], {"n_gpu_layers": 7}),
     (["--hard-limit"], {"hard_limit": True}),
-    (["--mode", "max"], {"max_mode": True}),
-    ([], {"max_tokens": None, "n_ctx": None, "n_threads": None, "n_gpu_layers": None, "hard_limit": False,
-          "max_mode": False}),
+    (["--mode", "max"], {"mode": "max"}),
+    (["--max"], {"mode": "max"}),
+    ([], {"max_tokens": None, "n_ctx": None, "threads": None, "n_gpu_layers": None, "hard_limit": False,
+          "mode": "exact"}),
 ])
 def test_cli_run_options_as_llama_cpp_spells_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                  args: list[str], expected: dict[str, object]) -> None:
@@ -417,7 +418,7 @@ def test_cli_budget_check_defaults_follow_the_paper(monkeypatch: pytest.MonkeyPa
                                     "--budgets", "256,512", "-t", "2", "-ngl", "1", "--mode", "max"])
     assert res.exit_code == 0, res.output
     assert seen["args"] == ([model], [256, 512], PROBLEMS)
-    assert (seen["samples"], seen["n_threads"], seen["n_gpu_layers"], seen["max_mode"]) == (4, 2, 1, True)
+    assert (seen["samples"], seen["threads"], seen["n_gpu_layers"], seen["mode"]) == (4, 2, 1, "max")
     assert "--samples" in CliRunner().invoke(main, ["budget-check", "--help"]).output
     res = CliRunner().invoke(main, ["budget-check", str(model), "--problems", str(PROBLEMS), "--samples", "0"])
     assert res.exit_code == 2
@@ -652,8 +653,8 @@ def test_run_end_to_end(tiny_ggufs: dict[str, Path]) -> None:
 
 
 def test_run_max_mode_and_overrides(tiny_ggufs: dict[str, Path]) -> None:
-    a = l1.run(tiny_ggufs["f16"], Q, 4, max_mode=True, temperature=0.0, top_p=0.5, top_k=3, seed=1, max_tokens=6)
-    b = l1.run(tiny_ggufs["f16"], Q, 4, max_mode=True, temperature=0.0, top_p=0.5, top_k=3, seed=2, max_tokens=6)
+    a = l1.run(tiny_ggufs["f16"], Q, 4, mode="max", temperature=0.0, top_p=0.5, top_k=3, seed=1, max_tokens=6)
+    b = l1.run(tiny_ggufs["f16"], Q, 4, mode="max", temperature=0.0, top_p=0.5, top_k=3, seed=2, max_tokens=6)
     assert a.sampling == {"temperature": 0.0, "top_p": 0.5, "top_k": 3, "min_p": 0.0}
     assert a.text == b.text  # greedy: the seed does not matter
     assert a.mode == "max" and "Think for maximum 4 tokens." in a.prompt and a.tolerance is None
@@ -664,19 +665,19 @@ def test_run_max_mode_and_overrides(tiny_ggufs: dict[str, Path]) -> None:
 
 def test_run_hard_limit_end_to_end(tiny_ggufs: dict[str, Path]) -> None:
     # The tiny model's random weights never close their thinking: --hard-limit ends it at N and lets it answer.
-    r = l1.run(tiny_ggufs["q8_0"], Q, 4, max_mode=True, temperature=0.0, max_tokens=16, hard_limit=True)
+    r = l1.run(tiny_ggufs["q8_0"], Q, 4, mode="max", temperature=0.0, max_tokens=16, hard_limit=True)
     assert r.forced_think_end and r.hard_limit and r.think_closed
     assert r.reasoning_tokens == 5  # 4 sampled + the inserted </think> (one token in the R1 vocabulary)
     assert r.text.startswith(r.reasoning) and l1.FORCED_THINK_END in r.text
     assert r.answer_tokens == r.total_tokens - 5 and r.total_tokens <= 16
     assert r.budget_kept == (r.total_tokens <= 4)
-    free = l1.run(tiny_ggufs["q8_0"], Q, 4, max_mode=True, temperature=0.0, max_tokens=16)
+    free = l1.run(tiny_ggufs["q8_0"], Q, 4, mode="max", temperature=0.0, max_tokens=16)
     assert not free.forced_think_end and l1.FORCED_THINK_END not in free.text
     assert free.text.startswith(r.text[: r.text.index("</think>")])  # greedy: the same reasoning up to N
 
 
 def test_run_default_cap_is_twice_the_budget(tiny_ggufs: dict[str, Path]) -> None:
-    r = l1.run(tiny_ggufs["f16"], Q, 6, temperature=0.0, n_threads=1, n_gpu_layers=0)
+    r = l1.run(tiny_ggufs["f16"], Q, 6, temperature=0.0, threads=1, n_gpu_layers=0)
     assert r.max_tokens == 12 and r.total_tokens <= 12
 
 

@@ -213,7 +213,7 @@ def test_toy_block_type_converts_verifies_and_dequantizes(ckpt: Path, toy_type: 
     assert types["blk.0.attn_norm.weight"] == T.F32  # the converter's rule, not the type's
     assert file_type_of(gf).converter is toy_type
 
-    rep = l1quant.verify(out, source=ckpt, logits=True, n_tokens=32, threads=2)
+    rep = l1quant.verify(out, source=ckpt, logits=True, tokens=32, threads=2)
     assert rep.passed, rep.verdict
     assert rep.file_type == "MXFP4"
     toy_rows = [r for r in rep.tensors if r.type == "MXFP4"]

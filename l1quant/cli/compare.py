@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from l1quant.cli import main
-from l1quant.cli.l1 import NO_REPACK_OPTION, _budgets
+from l1quant.cli.l1 import NO_REPACK_OPTION, parse_budgets
 
 
 def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
@@ -23,7 +23,7 @@ def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[
 
 def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int]:
     """Optional ``--budgets``: empty when not given, else budget-check's own parsing."""
-    return _budgets(ctx, param, value) if value else []
+    return parse_budgets(ctx, param, value) if value else []
 
 
 @main.command("compare")
@@ -74,8 +74,8 @@ def compare_cmd(model: tuple[str, ...], types: list[str], base: Path | None, tex
     else:
         target = list(model)
     rep = compare(target, types, base=base, text=text, ctx=ctx, chunks=chunks, keep=keep, base_logits=base_logits,
-                  threads=threads, runtime=runtime, budgets=budgets, problems=problems, budget_limit=limit,
-                  max_mode=mode == "max", progress=not quiet, no_repack=no_repack)
+                  threads=threads, runtime=runtime, budgets=budgets, problems=problems, limit=limit,
+                  mode=mode, progress=not quiet, no_repack=no_repack)
     click.echo(rep.to_json() if as_json else rep.table())
     if plot_path is not None:
         rep.plot(plot_path)

@@ -19,8 +19,9 @@ from typing import Any
 
 import gguf
 
+from l1quant.check.verifier import verify
 from l1quant.gguf.reader import read_gguf
-from l1quant.l1 import l1_prompt
+from l1quant.l1.prompt import l1_prompt
 from l1quant.output import AtomicOutput, pwrite_all
 from l1quant.source.hub import resolve_model
 
@@ -178,8 +179,6 @@ def write_verified_card(gguf_path: str | os.PathLike[str], model: str | os.PathL
         >>> path.name, report.passed                                              # doctest: +SKIP
         ('README.md', True)
     """
-    from l1quant.check.verifier import verify  # check/ builds on conversion/: imported when a card is asked for
-
     src = resolve_model(model)
     report = verify(gguf_path, source=src, threads=threads)
     # a hub checkout's folder is named after its snapshot hash: the card names the repo id instead

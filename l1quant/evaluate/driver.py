@@ -50,6 +50,7 @@ from l1quant.errors import InputError
 from l1quant.evaluate.basefile import BaseFile, score_against_base, write_base
 from l1quant.evaluate.report import SCHEMA, CompareReport, TypeRow
 from l1quant.evaluate.sources import open_logits
+from l1quant.l1.prompt import mode_is_max
 
 __all__ = ["DEFAULT_CTX", "compare", "default_compare_text"]
 
@@ -108,7 +109,7 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             ctx: int = DEFAULT_CTX, chunks: int | None = None, keep: str | os.PathLike[str] | None = None,
             base_logits: str | os.PathLike[str] | None = None, threads: int | None = None,
             runtime: str = "auto", budgets: Sequence[int] = (), problems: str | os.PathLike[str] | None = None,
-            budget_limit: int | None = None, max_mode: bool = False, progress: bool = False,
+            limit: int | None = None, mode: str = "exact", progress: bool = False,
             no_repack: bool = False) -> CompareReport:
     """Table size, bits per weight, PPL and KLD statistics per GGUF type against a base, as llama-perplexity does.
 
@@ -118,8 +119,9 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     (default all the text gives). ``base_logits``: where to keep the base's log-prob file (default: a cache file
     named by a hash of the base file and tokens, reused on the next run; a llama-perplexity ``--kl-divergence-base``
     file works too). ``runtime``: ``auto``/``llama.cpp``/``numpy``. ``budgets`` + ``problems`` add
-    :func:`l1quant.budget_check` per type (llama.cpp). ``no_repack``: llama.cpp without its extra buffer types
-    (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides). The numbers match ``llama-perplexity -c ctx --chunks N``
+    :func:`l1quant.budget_check` per type (llama.cpp), with its ``limit`` (the first K problems) and ``mode``
+    (``"exact"``/``"max"``): the parameters are named as ``l1quant compare``'s flags. ``no_repack``: llama.cpp
+    without its extra buffer types (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides). The numbers match ``llama-perplexity -c ctx --chunks N``
     (with ``--kl-divergence-base`` / ``--kl-divergence``): see the module docstring.
 
     Raises :class:`~l1quant.errors.InputError` for bad arguments or a text shorter than two chunks.
@@ -136,6 +138,8 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         raise InputError(f"runtime must be auto, llama.cpp or numpy, got {runtime!r}")
     if budgets and problems is None:
         raise InputError("--budgets needs --problems FILE")
+    if budgets:
+        mode_is_max(mode)  # a bad mode fails now, not after the perplexity runs
     paths, names = _resolve_models(model, types, base, keep, threads, progress)
     tok_dir = Path(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_dir() else None
     if text is None:
@@ -196,7 +200,7 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             rows[0].ppl, rows[0].ppl_unc = base_ppl
     bar.close()
     if budgets:
-        _add_budgets(rows, budgets, problems, budget_limit, max_mode, threads, no_repack)
+        _add_budgets(rows, budgets, problems, limit, mode, threads, no_repack)
     return CompareReport(base=names[0], ctx=ctx, chunks=n_chunk, tokens_scored=n_chunk * bf.rows_per_chunk,
                          text=text_label, runtime="numpy" if weight_only else "llama.cpp", weight_only=weight_only,
                          base_logits=str(bf_path), threads=threads, rows=rows, seconds=time.perf_counter() - t0)
@@ -257,12 +261,12 @@ def _base_cache_path(base: Path, toks: Sequence[int], ctx: int, n_chunk: int, ru
     return _cache_dir() / f"base-{key}.kld"
 
 
-def _add_budgets(rows: list[TypeRow], budgets: Sequence[int], problems: Any, limit: int | None, max_mode: bool,
+def _add_budgets(rows: list[TypeRow], budgets: Sequence[int], problems: Any, limit: int | None, mode: str,
                  threads: int, no_repack: bool) -> None:
     from l1quant.l1.budget import budget_check
 
-    rep = budget_check([r.path for r in rows], list(budgets), problems, max_mode=max_mode, limit=limit,
-                       n_threads=threads, no_repack=no_repack)
+    rep = budget_check([r.path for r in rows], list(budgets), problems, mode=mode, limit=limit,
+                       threads=threads, no_repack=no_repack)
     for r in rows:
         r.budget = [{"budget": b.budget, "runs": b.runs, "mean_tokens": b.mean_tokens,
                      "share_within_budget": b.share_within_budget, "mean_rel_deviation": b.mean_rel_deviation,

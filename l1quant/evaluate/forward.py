@@ -127,7 +127,7 @@ class Hparams:
     @classmethod
     def from_config(cls, cfg: ModelConfig, arch: Arch) -> Hparams:
         """From a validated config (read from config.json, or back from a GGUF by
-        :func:`l1quant.check.structure.config_from_gguf`) and the architecture's forward-pass features.
+        :func:`l1quant.arch.from_gguf.config_from_gguf`) and the architecture's forward-pass features.
 
         Example:
             >>> from l1quant.arch import get_arch

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from l1quant.arch import Arch, get_arch
-from l1quant.check.structure import config_from_gguf
+from l1quant.arch.from_gguf import config_from_gguf
 from l1quant.conversion.vocab import tokenizer_from_text
 from l1quant.errors import InputError, TokenizerError, read_text
 from l1quant.evaluate.forward import Hparams, decoder_logits

@@ -299,13 +299,13 @@ def _ref_kernel(fn: Callable[[np.ndarray], np.ndarray]) -> Kernel:
 def _native_block_kernel(ggml_type: GGMLQuantizationType) -> Kernel | None:
     # present once the compiled module carries the block kernels (kernels/_kquants.c)
     kquant = getattr(_native, "kquant", None)
-    if not _native.AVAILABLE or kquant is None or not hasattr(_native._mod, "kquant"):
+    if not _native.AVAILABLE or kquant is None or not _native.has("kquant"):
         return None
     return functools.partial(kquant, int(ggml_type))
 
 
 def _native_imatrix_kernel(ggml_type: GGMLQuantizationType) -> ImatrixKernel | None:
-    if not _native.AVAILABLE or not hasattr(_native._mod, "kquant_imatrix"):
+    if not _native.AVAILABLE or not _native.has("kquant_imatrix"):
         return None
     return functools.partial(_native.kquant_imatrix, int(ggml_type))
 

@@ -42,6 +42,12 @@ except ImportError:
     _mod = None
 
 AVAILABLE: bool = _mod is not None
+
+
+def has(fn_name: str) -> bool:
+    """Whether the compiled module is loaded and carries ``fn_name`` (an older build may lack newer kernels)."""
+    return _mod is not None and hasattr(_mod, fn_name)
+
 _told_fallback = False
 
 
