@@ -356,7 +356,7 @@ def _iq(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
     native: Kernel | None = None
     native_imatrix: ImatrixKernel | None = None
-    if _native.AVAILABLE and hasattr(_native._mod, "iquant"):
+    if _native.AVAILABLE and _native.has("iquant"):
 
         def compiled(x: np.ndarray, out: np.ndarray) -> int:
             return _native.iquant(int(ggml_type), x, out, None, _iq_tables(ggml_type))
