@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from . import _native, blockwise, floats, kquants_imatrix, kquants_qkx2, kquants_qx, q4_q5, q8_0
+from . import _native, blockwise, floats, iquants1, iquants2, kquants_imatrix, kquants_qkx2, kquants_qx, q4_q5, q8_0
+from .iq_grids import iq_grid
 from ._common import (
     Kernel,
     KernelArgumentError,
@@ -262,6 +263,32 @@ def _block(ggml_type: GGMLQuantizationType, quantize_blocks: Callable[[np.ndarra
                  dequantize=lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape))
 
 
+def _iq(ggml_type: GGMLQuantizationType) -> QuantType:
+    """A grid type (kernels/iquants2.py, iquants1.py; compiled: _iquants2.c). Without an importance matrix the
+    kernels of IQ2_XXS, IQ2_XS and IQ1_S raise KernelArgumentError (ggml asserts one); the grid tables are built on
+    first use, not at import."""
+    name = ggml_type.name
+    weighted = (iquants1 if name in iquants1.IQ1_TYPES else iquants2).numpy_kernel(name)
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+
+    def plain(x: np.ndarray, out: np.ndarray) -> int:
+        return weighted(x, out, None)
+
+    native_plain = native_weighted = None
+    if _native.AVAILABLE and hasattr(_native._mod, "iquant"):
+        def native_weighted(x: np.ndarray, out: np.ndarray, qw: np.ndarray | None) -> int:
+            if qw is None and name in ("IQ2_XXS", "IQ2_XS", "IQ1_S"):
+                raise KernelArgumentError(f"{name} needs an importance matrix (ggml refuses to quantize it without one)")
+            g = iq_grid(name)
+            return _native.iquant(int(ggml_type), x, out, qw, g.levels, g.kmap, g.neighbours)
+
+        def native_plain(x: np.ndarray, out: np.ndarray) -> int:
+            return native_weighted(x, out, None)
+
+    return QuantType(name, ggml_type, block_size, type_size, None, plain, plain, native_plain,
+                     lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape), weighted, native_weighted)
+
+
 _T = GGMLQuantizationType
 _F = LlamaFileType
 QUANT_TYPES: dict[str, QuantType] = {
@@ -285,6 +312,12 @@ QUANT_TYPES: dict[str, QuantType] = {
         _block(_T.Q4_K, kquants_qkx2.quantize_q4_k),
         _block(_T.Q5_K, kquants_qkx2.quantize_q5_k),
         _block(_T.Q6_K, kquants_qx.quantize_q6_k, _F.MOSTLY_Q6_K),
+        # The grid types: the mix decides the file type (IQ2_M's tensors are IQ2_S and others ...).
+        _iq(_T.IQ2_XXS),
+        _iq(_T.IQ2_XS),
+        _iq(_T.IQ2_S),
+        _iq(_T.IQ1_S),
+        _iq(_T.IQ1_M),
     )
 }
 

@@ -96,6 +96,8 @@ def iq_grid(type_name: str) -> IqGrid:
         (2048, 3)
     """
     cls_name, nwant = GRID_TYPES[type_name.upper()]
+    if type_name.upper() == "IQ1_M":  # the same tables as IQ1_S: build them once
+        return iq_grid("IQ1_S")
     lev = _levels_from_gguf(cls_name)
     n = lev.shape[0]
     shifts = (2 * np.arange(8)).astype(np.int32)
