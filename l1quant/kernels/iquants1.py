@@ -100,7 +100,15 @@ def _refit(index: np.ndarray, X: np.ndarray, W: np.ndarray, xx: list[np.ndarray]
     return sqx, sq2
 
 
-def _iq1_s(xbl: np.ndarray, qw: np.ndarray) -> np.ndarray:
+def _sort_order(X: np.ndarray, stable: bool) -> np.ndarray:
+    if stable:
+        return np.argsort(X, axis=0, kind="stable")
+    # equal values in decreasing index order: sort the reversed groups stably, then map the positions back
+    n = X.shape[0]
+    return (n - 1) - np.argsort(X[::-1], axis=0, kind="stable")
+
+
+def _iq1_s(xbl: np.ndarray, qw: np.ndarray, stable: bool = True) -> np.ndarray:
     B = xbl.shape[0]
     G = B * 8
     sumx2 = sequential_sum(np.ascontiguousarray((xbl * xbl).T))
@@ -113,7 +121,7 @@ def _iq1_s(xbl: np.ndarray, qw: np.ndarray) -> np.ndarray:
     for i in range(1, 32):
         mx = np.where(mx > ax[i], mx, ax[i])
     live = ~(mx < F32(1e-12))
-    order = np.argsort(X, axis=0, kind="stable")
+    order = _sort_order(X, stable)
     lanes = np.arange(G)
     sumx = np.zeros((33, G), F32)
     sumw = np.zeros((33, G), F32)
@@ -184,7 +192,7 @@ def _iq1_s(xbl: np.ndarray, qw: np.ndarray) -> np.ndarray:
     return out
 
 
-def _iq1_m(xbl: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
+def _iq1_m(xbl: np.ndarray, qw: np.ndarray | None, stable: bool = True) -> np.ndarray:
     B = xbl.shape[0]
     G = B * 16
     sumx2 = sequential_sum(np.ascontiguousarray((xbl * xbl).T))
@@ -200,7 +208,7 @@ def _iq1_m(xbl: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     for i in range(1, 16):
         mx = np.where(mx > ax[i], mx, ax[i])
     live = ~(mx < F32(1e-7))
-    order = np.argsort(X, axis=0, kind="stable")
+    order = _sort_order(X, stable)
     lanes = np.arange(G)
     px = np.zeros((2, 17, G), F32)
     pw = np.zeros((2, 17, G), F32)
@@ -313,11 +321,13 @@ def _iq1_m(xbl: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def quantize_iq1(type_name: str, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+def quantize_iq1(type_name: str, x: np.ndarray, imatrix: np.ndarray | None, *, stable_ties: bool = True) -> np.ndarray:
     """(rows, ncols) float32 / float16 / uint16 (bf16 bits) -> uint8 (rows, ncols / 256 * bytes) of IQ1_S or IQ1_M.
 
     ``imatrix``: float32 (ncols,) importance weights, or None (IQ1_M only; KernelArgumentError for IQ1_S, as ggml
     asserts). Rule: ggml-quants.c ``quantize_row_iq1_s_impl`` / ``quantize_row_iq1_m_impl``.
+    ``stable_ties=False`` orders equal values by decreasing index instead (not ggml's order on glibc 2.36: only for
+    showing that the tie order changes the bytes).
     """
     if type_name == "IQ1_S" and imatrix is None:
         raise KernelArgumentError("IQ1_S needs an importance matrix (ggml refuses to quantize it without one)")
@@ -337,7 +347,7 @@ def quantize_iq1(type_name: str, x: np.ndarray, imatrix: np.ndarray | None) -> n
         safe = np.where(bad[:, None], F32(0), xb).astype(F32)
         w = None if qwb is None else qwb[np.arange(s, e) % nb]
         with np.errstate(over="ignore", invalid="ignore"):
-            o = _iq1_s(safe, w) if type_name == "IQ1_S" else _iq1_m(safe, w)  # type: ignore[arg-type]
+            o = _iq1_s(safe, w, stable_ties) if type_name == "IQ1_S" else _iq1_m(safe, w, stable_ties)  # type: ignore[arg-type]
         o[bad] = 0
         if type_name == "IQ1_S":
             o[bad, 0:2] = (0x00, 0x7E)
