@@ -37,7 +37,7 @@ import numpy as np
 from ._common import KernelArgumentError
 from ._kcommon import f16_bits
 from .floats import first_nonfinite_flat, to_f32
-from .iquants2 import codes_of, nearest_neighbour, nint, sequential_sum
+from .iquants2 import codes_of, nearest_neighbour, nint, q_table, sequential_sum
 from .iq_grids import iq_grid
 
 __all__ = ["IQ1_TYPES", "quantize_iq1"]
@@ -67,7 +67,9 @@ def _levels_from_split(order: np.ndarray, b1: np.ndarray, b2: np.ndarray) -> np.
 
 def _snap(L: np.ndarray, X: np.ndarray, W: np.ndarray, scale: np.ndarray, xx: list[np.ndarray]) -> tuple[
         np.ndarray, np.ndarray]:
-    """Grid index of every 8-value part (parts, lanes) and whether all parts of a lane were on the grid."""
+    """Grid index of every 8-value part (parts, lanes) and whether all parts of a lane were on the grid. ``xx[k]``:
+    (3, lanes) level values of part k, each lane's column XP or XM."""
+    tables = [q_table("IQ1_S", tuple(float(v) for v in XP)), q_table("IQ1_S", tuple(float(v) for v in XM))]
     g = iq_grid("IQ1_S")
     parts = L.shape[0] // 8
     index = np.zeros((parts, L.shape[1]), np.int32)
@@ -80,7 +82,8 @@ def _snap(L: np.ndarray, X: np.ndarray, W: np.ndarray, scale: np.ndarray, xx: li
         all_on &= ~off
         if off.any():
             j = np.flatnonzero(off)
-            gi[j] = nearest_neighbour("IQ1_S", u[j], X[sl][:, j], W[sl][:, j], scale[j], xx[k][:, j])
+            sel = (xx[k][0, j] != XP[0]).astype(np.int32)  # 0: XP, 1: XM
+            gi[j] = nearest_neighbour("IQ1_S", u[j], X[sl][:, j], W[sl][:, j], scale[j], tables, sel)
         index[k] = gi
     return index, all_on
 

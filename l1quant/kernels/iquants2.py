@@ -71,11 +71,11 @@ def nint(v: np.ndarray) -> np.ndarray:
 def padded_neighbours(type_name: str) -> tuple[np.ndarray, np.ndarray]:
     """(row of each code (KMAP_SIZE,) int32, -1 on the grid; neighbour lists (rows, longest) int32 padded with -1)."""
     g = iq_grid(type_name)
-    off = np.flatnonzero(g.kmap < 0)
+    u = np.arange(KMAP_SIZE)
+    reachable = np.all(((u[:, None] >> (2 * np.arange(8))) & 3) <= 2, axis=1)
+    off = np.flatnonzero((g.kmap < 0) & reachable)
     starts = -g.kmap[off] - 1
     lens = g.neighbours[starts].astype(np.int64)
-    reach = lens > 0
-    off, starts, lens = off[reach], starts[reach], lens[reach]
     width = int(lens.max())
     table = np.full((off.size, width), -1, np.int32)
     for r in range(off.size):  # a few thousand rows, once per process
@@ -94,27 +94,38 @@ def codes_of(L: np.ndarray) -> np.ndarray:
 
 
 def nearest_neighbour(type_name: str, codes: np.ndarray, xval: np.ndarray, w: np.ndarray, scale: np.ndarray,
-                      qvalues: np.ndarray) -> np.ndarray:
+                      tables: list[np.ndarray], select: np.ndarray | None = None) -> np.ndarray:
     """For off-grid ``codes`` (m,), the grid index among the code's neighbours minimizing
-    ``sum_i w_i * (scale*q_i - x_i)^2`` (8 terms in order), the first of equals. ``xval``, ``w``: (8, m); scale
-    (m,) or (3, m) level values per lane (``qvalues`` given per lane as q(level)); qvalues: (3, m) float32."""
-    g = iq_grid(type_name)
+    ``sum_i w_i * (scale*q_i - x_i)^2`` (8 terms in order), the first of equals (iq2_find_best_neighbour,
+    iq1_find_best_neighbour2). ``xval``, ``w``: (8, m) float32; ``scale``: (m,); ``tables``: the value q of every
+    grid point's coordinates, float32 (8, n_grid) each; ``select`` (m,) picks each lane's table (default the first)."""
     rows, table = padded_neighbours(type_name)
     out = np.empty(codes.size, np.int32)
     for s in range(0, codes.size, _SEARCH_CHUNK):
         e = min(codes.size, s + _SEARCH_CHUNK)
         cand = table[rows[codes[s:e]]]  # (m, width)
         valid = cand >= 0
-        lev = g.levels[np.where(valid, cand, 0)]  # (m, width, 8)
-        lanes = np.arange(e - s)[:, None]
+        safe = np.where(valid, cand, 0)
+        if select is None or len(tables) == 1:
+            Q = tables[0][:, safe]  # (8, m, width)
+        else:
+            pick = select[s:e]
+            Q = np.where(pick[None, :, None] == 0, tables[0][:, safe], tables[1][:, safe])
         d2 = np.zeros(cand.shape, F32)
+        sc = scale[s:e, None]
         for i in range(8):
-            q = qvalues[lev[:, :, i], s + lanes]  # (m, width)
-            diff = scale[s:e, None] * q - xval[i, s:e, None]
-            d2 += w[i, s:e, None] * diff * diff
+            diff = sc * Q[i] - xval[i, s:e, None]
+            d2 += (w[i, s:e, None] * diff) * diff
         d2[~valid | np.isnan(d2)] = np.inf
         out[s:e] = cand[np.arange(e - s), np.argmin(d2, axis=1)]
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def q_table(type_name: str, values: tuple[float, float, float]) -> np.ndarray:
+    """(8, n_grid) float32: the value of each level of every grid point, ``values[level]``."""
+    lev = iq_grid(type_name).levels
+    return np.ascontiguousarray(np.asarray(values, F32)[lev].T)
 
 
 def _levels(xval: np.ndarray, iscale: np.ndarray) -> np.ndarray:
@@ -131,7 +142,7 @@ def _snap(type_name: str, L: np.ndarray, xval: np.ndarray, waux: np.ndarray, sca
     lanes = L.shape[1]
     index = np.zeros((parts, lanes), np.int32)
     on = np.ones((parts, lanes), bool)
-    qv = np.repeat(np.array([[1], [3], [5]], F32), lanes, axis=1)
+    tables = [q_table(type_name, (1.0, 3.0, 5.0))]
     for k in range(parts):
         sl = slice(8 * k, 8 * k + 8)
         u = codes_of(L[sl])
@@ -142,7 +153,7 @@ def _snap(type_name: str, L: np.ndarray, xval: np.ndarray, waux: np.ndarray, sca
         on[k] = gi >= 0
         if off.any():
             j = np.flatnonzero(off)
-            found = nearest_neighbour(type_name, u[j], xval[sl][:, j], waux[sl][:, j], scale[j], qv[:, j])
+            found = nearest_neighbour(type_name, u[j], xval[sl][:, j], waux[sl][:, j], scale[j], tables)
             gi = gi.copy()
             gi[j] = found
             L[sl, j] = g.levels[found].T.astype(np.int8)
