@@ -280,7 +280,7 @@ def _iq(ggml_type: GGMLQuantizationType) -> QuantType:
             if qw is None and name in ("IQ2_XXS", "IQ2_XS", "IQ1_S"):
                 raise KernelArgumentError(f"{name} needs an importance matrix (ggml refuses to quantize it without one)")
             g = iq_grid(name)
-            return _native.iquant(int(ggml_type), x, out, qw, g.levels, g.kmap, g.neighbours)
+            return _native.iquant(int(ggml_type), x, out, qw, g.levels, g.kmap, g.neighbours, g.neighbour_levels)
 
         def native_plain(x: np.ndarray, out: np.ndarray) -> int:
             return native_weighted(x, out, None)

@@ -51,8 +51,48 @@ typedef struct {
     const uint8_t *lev;     /* (ngrid, 8) levels 0..2 */
     const int32_t *map;     /* code -> index, or -(offset + 1) into nb */
     const uint16_t *nb;     /* at an offset: count, then the list */
+    const float *nlev;      /* (8, nbsize): level i of the point at each position of nb, as float */
+    int64_t nbsize;
     int ngrid;
 } grid_t;
+
+/* Build the distance loops below also for AVX2 and pick at load time (GCC on x86-64 ELF); the sums per candidate
+ * stay sequential over the 8 coordinates, the vectors run across candidates, so every clone gives the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES)
+#define IQ_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define IQ_HOT
+#endif
+enum { MAX_LIST = 1024 };
+
+/* Weighted squared distances of the n candidates of a list (coordinates at nlev + pos) to x, each coordinate
+ * valued a*level + b and scaled: d2[j] = sum_i w_i * (scale*q - x_i)^2, i in order. a, b are exact for these
+ * levels (2l+1 for IQ2; l - 0.875 or l - 1.125 for IQ1's shifted levels). */
+IQ_HOT static void list_d2(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
+                           const float *restrict w, float scale, float a, float b, float *restrict d2) {
+    for (int j = 0; j < n; j++) d2[j] = 0;
+    for (int i = 0; i < 8; i++) {
+        const float *restrict l = nlev + i * stride + pos;
+        const float xi = x[i], wi = w[i];
+        for (int j = 0; j < n; j++) {
+            const float q = a * l[j] + b;
+            const float diff = scale * q - xi;
+            d2[j] += wi * diff * diff;
+        }
+    }
+}
+
+/* First j with the smallest d2[j] < FLT_MAX (strict, in order), or -1. */
+static inline int first_min(const float *d2, int n) {
+    float best = FLT_MAX;
+    int at = -1;
+    for (int j = 0; j < n; j++)
+        if (d2[j] < best) {
+            best = d2[j];
+            at = j;
+        }
+    return at;
+}
 
 /* ggml's nearest_int: adds 1.5 * 2**23 and reads the mantissa; out-of-range arguments give its same garbage. */
 static inline int nint(float f) {
@@ -77,23 +117,12 @@ static inline float sum_sq(const float *x, int n) {
 static int iq2_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
                        int8_t *L) {
     const int n = list[0];
-    float best = FLT_MAX;
-    int gi = -1;
-    for (int j = 1; j <= n; j++) {
-        const uint8_t *p = g->lev + 8 * (size_t)list[j];
-        float d2 = 0;
-        for (int i = 0; i < 8; i++) {
-            const float q = (float)(2 * p[i] + 1);
-            const float diff = scale * q - xval[i];
-            d2 += w[i] * diff * diff;
-        }
-        if (d2 < best) {
-            best = d2;
-            gi = list[j];
-        }
-    }
-    if (gi >= 0)
-        for (int i = 0; i < 8; i++) L[i] = (int8_t)g->lev[8 * (size_t)gi + i];
+    float d2[MAX_LIST];
+    list_d2(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 2.0f, 1.0f, d2);
+    const int j = first_min(d2, n);
+    if (j < 0) return -1;
+    const int gi = list[1 + j];
+    for (int i = 0; i < 8; i++) L[i] = (int8_t)g->lev[8 * (size_t)gi + i];
     return gi;
 }
 
@@ -424,30 +453,21 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
 static int iq1_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
                        const float *xg, int8_t *L) {
     const int n = list[0];
-    float best = FLT_MAX;
-    int gi = -1;
-    for (int j = 1; j <= n; j++) {
-        const uint8_t *p = g->lev + 8 * (size_t)list[j];
-        float d2 = 0;
-        for (int i = 0; i < 8; i++) {
-            const float diff = scale * xg[p[i]] - xval[i];
-            d2 += w[i] * diff * diff;
-        }
-        if (d2 < best) {
-            best = d2;
-            gi = list[j];
-        }
-    }
+    float d2[MAX_LIST];
+    list_d2(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 1.0f, xg[0], d2);
+    const int j = first_min(d2, n);
+    int gi = j < 0 ? -1 : list[1 + j];
     if (gi < 0) {
+        float best = FLT_MAX;
         for (int k = 0; k < g->ngrid; k++) {
             const uint8_t *p = g->lev + 8 * (size_t)k;
-            float d2 = 0;
+            float dd = 0;
             for (int i = 0; i < 8; i++) {
                 const float diff = scale * xg[p[i]] - xval[i];
-                d2 += w[i] * diff * diff;
+                dd += w[i] * diff * diff;
             }
-            if (d2 < best) {
-                best = d2;
+            if (dd < best) {
+                best = dd;
                 gi = k;
             }
         }
@@ -766,16 +786,18 @@ static void quant_block(int type, const grid_t *g, const float *x, const float *
     }
 }
 
-/* iquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, levels, kmap, neighbours, ngrid)
+/* iquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, levels, kmap, neighbours,
+ *        neighbour_levels, neighbours_size, ngrid)
  * -> flat index of the first non-finite value, or -1. imatrix: address of float32 (ncols,) or 0 for none (only
- * IQ2_S and IQ1_M; the caller refuses the others). levels/kmap/neighbours: kernels/iq_grids.py's arrays. */
+ * IQ2_S and IQ1_M; the caller refuses the others). levels/kmap/neighbours/neighbour_levels: kernels/iq_grids.py's
+ * arrays (every list no longer than MAX_LIST, checked by the caller). */
 PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
     int type, kind, ngrid;
-    unsigned long long s, d, q, lv, mp, nb;
-    long long rows, ncols, stride;
+    unsigned long long s, d, q, lv, mp, nb, nl;
+    long long rows, ncols, stride, nbsize;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iKiLLKLKKKKi", &type, &s, &kind, &rows, &ncols, &d, &stride, &q, &lv, &mp, &nb,
-                          &ngrid))
+    if (!PyArg_ParseTuple(args, "iKiLLKLKKKKKLi", &type, &s, &kind, &rows, &ncols, &d, &stride, &q, &lv, &mp, &nb,
+                          &nl, &nbsize, &ngrid))
         return NULL;
     const int bytes = block_bytes(type);
     if (bytes == 0 || kind < SRC_F32 || kind > SRC_BF16 || rows < 0 || ncols < 0 || ncols % QK != 0) {
@@ -789,7 +811,7 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
     }
     if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);
     grid_t g = {(const uint8_t *)(uintptr_t)lv, (const int32_t *)(uintptr_t)mp, (const uint16_t *)(uintptr_t)nb,
-                ngrid};
+                (const float *)(uintptr_t)nl, (int64_t)nbsize, ngrid};
     const uint8_t *src = (const uint8_t *)(uintptr_t)s;
     uint8_t *dst = (uint8_t *)(uintptr_t)d;
     const float *qw = (const float *)(uintptr_t)q;

@@ -184,7 +184,7 @@ def first_nonfinite(x: np.ndarray) -> int:
 
 
 def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None, levels: np.ndarray,
-           kmap: np.ndarray, neighbours: np.ndarray) -> int:
+           kmap: np.ndarray, neighbours: np.ndarray, neighbour_levels: np.ndarray) -> int:
     """IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S or IQ1_M kernel (compiled, kernels/_iquants2.c).
 
     ``x``: (rows, ncols) float32 / float16 / uint16 (bf16 bits), C-contiguous, ncols a multiple of 256; ``out``:
@@ -197,7 +197,9 @@ def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray |
     rows, ncols = x.shape
     if rows == 0 or ncols == 0:
         return -1
-    for a, dt in ((levels, np.uint8), (kmap, np.int32), (neighbours, np.uint16)):
+    if neighbour_levels.shape != (8, neighbours.size):
+        raise ValueError("iquant: neighbour_levels must be (8, neighbours.size)")
+    for a, dt in ((levels, np.uint8), (kmap, np.int32), (neighbours, np.uint16), (neighbour_levels, np.float32)):
         if a.dtype != dt or not a.flags.c_contiguous:
             raise ValueError(f"iquant: grid table must be C-contiguous {np.dtype(dt)}, found {a.dtype}")
     q = 0
@@ -208,4 +210,4 @@ def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray |
         q = imatrix.ctypes.data
     return int(_mod.iquant(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
                            out.strides[0], q, levels.ctypes.data, kmap.ctypes.data, neighbours.ctypes.data,
-                           levels.shape[0]))
+                           neighbour_levels.ctypes.data, neighbours.size, levels.shape[0]))

@@ -58,6 +58,15 @@ class IqGrid:
     kmap: np.ndarray
     neighbours: np.ndarray
 
+    @functools.cached_property
+    def neighbour_levels(self) -> np.ndarray:
+        """float32 (8, neighbours.size): the levels of the grid point at each position of ``neighbours`` (the count
+        positions hold a meaningless point): lets a search read a whole list's coordinates contiguously."""
+        pts = np.minimum(self.neighbours, self.levels.shape[0] - 1)
+        out = np.ascontiguousarray(self.levels[pts].T.astype(np.float32))
+        out.setflags(write=False)
+        return out
+
     def neighbours_of(self, code: int) -> np.ndarray:
         """The neighbour list (grid indices, search order) of an off-grid code; ValueError for an on-grid one.
 
