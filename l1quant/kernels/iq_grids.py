@@ -18,8 +18,8 @@ otherwise ``-kmap[u] - 1`` is the offset in ``neighbours`` of the list's length,
 
 Example:
     >>> g = iq_grid("IQ2_XXS")
-    >>> g.levels.shape, g.levels.dtype, int(g.kmap[0]), g.neighbours_of(1).tolist()
-    ((256, 8), dtype('uint8'), 0, [0, 1, 2, 5, 10, 23, 80, 97])
+    >>> g.levels.shape, g.levels.dtype, int(g.kmap[0]), g.neighbours_of(1).tolist()[:6]
+    ((256, 8), dtype('uint8'), 0, [0, 1, 2, 5, 11, 21])
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ class IqGrid:
         """The neighbour list (grid indices, search order) of an off-grid code; ValueError for an on-grid one.
 
         Example:
-            >>> iq_grid("IQ2_S").neighbours_of(1).tolist()
-            [0, 1, 2, 5]
+            >>> iq_grid("IQ2_S").neighbours_of(1).tolist()  # code 1: level 1 first, all at distance 4
+            [0, 1, 2, 5, 13, 34, 81, 206, 471]
         """
         m = int(self.kmap[code])
         if m >= 0:
