@@ -510,6 +510,20 @@ static int iq1_snap(const grid_t *g, const int8_t *L0, const float *xb, const fl
     return all_on;
 }
 
+/* The sums of IQ1_S's split (i1, i2) for i2 = i1..32, with the +delta levels (cand[0], cand[1]: sumqx, sumq2) and
+ * the -delta ones (cand[2], cand[3]), each formed as the reference forms it. */
+IQ_HOT static void split_sums_s(const float *restrict sumx, const float *restrict sumw, int i1, float cand[4][33]) {
+    const float a = sumx[i1] - sumx[0], wa = sumw[i1] - sumw[0];
+    for (int i2 = i1; i2 <= 32; i2++) {
+        const float b = sumx[i2] - sumx[i1], c = sumx[32] - sumx[i2];
+        const float wb = sumw[i2] - sumw[i1], wc = sumw[32] - sumw[i2];
+        cand[0][i2] = a * XP[0] + b * XP[1] + c * XP[2];
+        cand[1][i2] = wa * XP[0] * XP[0] + wb * XP[1] * XP[1] + wc * XP[2] * XP[2];
+        cand[2][i2] = a * XM[0] + b * XM[1] + c * XM[2];
+        cand[3][i2] = wa * XM[0] * XM[0] + wb * XM[1] * XM[1] + wc * XM[2] * XM[2];
+    }
+}
+
 /* IQ1_S super-block (quantize_row_iq1_s_impl): 8 groups of 32, one shift sign each. y: 50 bytes. */
 static void iq1_s_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
     float scales[8], weight[32], sumx[33], sumw[33];
@@ -540,26 +554,19 @@ static void iq1_s_block(const grid_t *g, const float *xbl, const float *qwb, uin
         float best_score = -FLT_MAX, scale = max;
         int b1 = -1, b2 = -1, bshift = 0;
         for (int i1 = 0; i1 <= 32; i1++) {
+            /* every split (i1, i2) for this i1 at once (vectorisable), then the reference's scan in its order */
+            float cand[4][33];
+            split_sums_s(sumx, sumw, i1, cand);
             for (int i2 = i1; i2 <= 32; i2++) {
-                const float a = sumx[i1] - sumx[0], b = sumx[i2] - sumx[i1], c = sumx[32] - sumx[i2];
-                const float wa = sumw[i1] - sumw[0], wb = sumw[i2] - sumw[i1], wc = sumw[32] - sumw[i2];
-                float sqx = a * XP[0] + b * XP[1] + c * XP[2];
-                float sq2 = wa * XP[0] * XP[0] + wb * XP[1] * XP[1] + wc * XP[2] * XP[2];
-                if (sq2 > 0 && sqx * sqx > best_score * sq2) {
-                    scale = sqx / sq2;
-                    best_score = scale * sqx;
-                    b1 = i1;
-                    b2 = i2;
-                    bshift = 1;
-                }
-                sqx = a * XM[0] + b * XM[1] + c * XM[2];
-                sq2 = wa * XM[0] * XM[0] + wb * XM[1] * XM[1] + wc * XM[2] * XM[2];
-                if (sq2 > 0 && sqx * sqx > best_score * sq2) {
-                    scale = sqx / sq2;
-                    best_score = scale * sqx;
-                    b1 = i1;
-                    b2 = i2;
-                    bshift = -1;
+                for (int t = 0; t < 2; t++) {
+                    const float sqx = cand[2 * t][i2], sq2 = cand[2 * t + 1][i2];
+                    if (sq2 > 0 && sqx * sqx > best_score * sq2) {
+                        scale = sqx / sq2;
+                        best_score = scale * sqx;
+                        b1 = i1;
+                        b2 = i2;
+                        bshift = t == 0 ? 1 : -1;
+                    }
                 }
             }
         }
