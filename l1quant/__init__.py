@@ -19,15 +19,18 @@ from l1quant._quiet_start import begin_quiet_start
 begin_quiet_start()  # Ctrl-C while the command line starts: one line, never an import traceback
 
 from l1quant.check import VerifyReport, verify
-from l1quant.check.compare import CompareReport, compare
+from l1quant.evaluate import CompareReport, compare
 
 # The functions are bound after their submodules are imported, so ``l1quant.convert`` is the function.
 from l1quant.conversion.convert import convert, prepare
+from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.quantize import quantize
+from l1quant.conversion.write import WriteOptions
 from l1quant.errors import L1QuantError
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.l1 import budget_check, l1_prompt, render_chat, run
 
-__all__ = ["QUANT_TYPES", "CompareReport", "L1QuantError", "VerifyReport", "budget_check", "compare", "convert",
+__all__ = ["QUANT_TYPES", "CompareReport", "L1QuantError", "QuantOptions", "VerifyReport", "WriteOptions",
+           "budget_check", "compare", "convert",
            "get_quant_type", "l1_prompt", "prepare", "quantize", "render_chat", "run", "verify"]
 __version__ = "0.1.0"

@@ -45,6 +45,11 @@ class TokenizerError(InputError):
     """Tokenizer files don't parse, don't fit the config, or hash to an unknown pre-tokenizer."""
 
 
+class NotImplementedInputError(ConfigError, NotImplementedError):
+    """A valid model that uses something l1quant does not implement (yarn rope scaling in the reference forward
+    pass): a one-line refusal for the CLI, and still a ``NotImplementedError`` for code that skips such a step."""
+
+
 class GGUFFormatError(L1QuantError):
     """A GGUF file cannot be read: bad magic, truncated, hostile lengths or offsets."""
 

@@ -24,7 +24,9 @@ from l1quant.conversion.convert import prepare
 from l1quant.conversion.pipeline import iter_jobs, stream_tensors
 from l1quant.conversion.plan import ConversionPlan
 from l1quant.errors import TensorError
-from l1quant.gguf.writer import AtomicOutput, BulkKVWriter, write_header
+from l1quant.gguf.header import infer_type
+from l1quant.gguf.writer import pack_value, write_header
+from l1quant.output import AtomicOutput
 from l1quant.kernels import native_available
 from l1quant.source.safetensors import read_header
 
@@ -103,7 +105,7 @@ def test_writeback_does_not_change_bytes(odd_model: Path, tmp_path: Path) -> Non
     for wb in (True, False):
         target = tmp_path / f"wb-{wb}.gguf"
         with AtomicOutput(target, 0) as out:
-            off = write_header(p.header, out.path)
+            off = write_header(p.header, out.fd)
             out.reserve(off + p.plan.data_nbytes)
             stream_tensors(p.plan, out.fd, off, threads=2, chunk_bytes=4097, writeback=wb)
         digests.append(sha(target))
@@ -144,13 +146,14 @@ def test_nonfinite_is_found_whatever_the_chunking(tiny_factory: Callable[..., Pa
 
 
 def test_bulk_kv_packing_matches_gguf(odd_model: Path) -> None:
-    # The header's long arrays are packed in bulk by BulkKVWriter: every KV must be byte-identical to gguf's own.
-    gw = prepare(odd_model, "q8_0", Path("unused.gguf")).header
-    assert isinstance(gw, BulkKVWriter)
+    # The header's long arrays are packed in bulk by the writer: every KV must be byte-identical to gguf's own.
+    header = prepare(odd_model, "q8_0", Path("unused.gguf")).header
+    gw = gguf.GGUFWriter(path=None, arch="qwen2")
     n_bulk = 0
-    for key, v in gw.kv_data[0].items():
-        mine = gw._pack_val(v.value, v.type, True, sub_type=v.sub_type)
-        theirs = gguf.GGUFWriter._pack_val(gw, v.value, v.type, True, sub_type=v.sub_type)
+    for key, v in header.kv.items():
+        sub = v.type[1] if isinstance(v.type, tuple) else None
+        mine = pack_value(v.value, v.type)
+        theirs = gguf.GGUFWriter._pack_val(gw, v.value, v.root_type, False, sub_type=sub)
         assert mine == theirs, key
         n_bulk += isinstance(v.value, list) and len(v.value) >= 256
     assert n_bulk >= 3  # tokens, token types, merges really took the bulk path
@@ -166,9 +169,9 @@ def test_bulk_kv_packing_matches_gguf(odd_model: Path) -> None:
     ([True, False] * 200, None),
 ])
 def test_bulk_kv_packing_edge_cases(val: list[object], sub: gguf.GGUFValueType | None) -> None:
-    gw = BulkKVWriter(path=None, arch="qwen2")
-    assert gw._pack_val(val, gguf.GGUFValueType.ARRAY, True, sub_type=sub) == gguf.GGUFWriter._pack_val(
-        gw, val, gguf.GGUFValueType.ARRAY, True, sub_type=sub)
+    gw = gguf.GGUFWriter(path=None, arch="qwen2")
+    vtype = infer_type(val) if sub is None else (gguf.GGUFValueType.ARRAY, sub)
+    assert pack_value(val, vtype) == gguf.GGUFWriter._pack_val(gw, val, gguf.GGUFValueType.ARRAY, False, sub_type=sub)
 
 
 @pytest.mark.parametrize("val, sub", [
@@ -178,8 +181,8 @@ def test_bulk_kv_packing_edge_cases(val: list[object], sub: gguf.GGUFValueType |
     (["a"] * 150 + [1] * 150, None),              # mixed types
 ])
 def test_bulk_kv_packing_errors_like_gguf(val: list[object], sub: gguf.GGUFValueType | None) -> None:
-    gw = BulkKVWriter(path=None, arch="qwen2")
+    gw = gguf.GGUFWriter(path=None, arch="qwen2")
     with pytest.raises(Exception) as theirs:
         gguf.GGUFWriter._pack_val(gw, val, gguf.GGUFValueType.ARRAY, True, sub_type=sub)
     with pytest.raises(type(theirs.value)):
-        gw._pack_val(val, gguf.GGUFValueType.ARRAY, True, sub_type=sub)
+        pack_value(val, infer_type(val) if sub is None else (gguf.GGUFValueType.ARRAY, sub))

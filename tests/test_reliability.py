@@ -29,7 +29,7 @@ from test_errors import set_value
 from test_signals import default_signals, temp_size
 
 from l1quant.errors import SafetensorsError
-from l1quant.gguf import writer as W
+from l1quant import output as W
 from l1quant.gguf.reader import MAX_KV_OBJECTS, read_gguf
 from l1quant.l1.chat import ChatTemplateError, render_chat
 from l1quant.source.safetensors import MAX_TENSORS, read_header
@@ -513,7 +513,7 @@ def test_ctrl_c_during_start_up_is_one_line(delay: float, tmp_path: Path) -> Non
 def test_signal_after_publishing_reports_the_file(tmp_path: Path) -> None:
     """A signal that arrives once the output is published says so, instead of a bare "interrupted"."""
     code = ("import os, signal, sys; from pathlib import Path; from l1quant.cli import main, _published_note; "
-            "from l1quant.gguf.writer import AtomicOutput\n"
+            "from l1quant.output import AtomicOutput\n"
             "with AtomicOutput(Path(sys.argv[1]), 4) as o: os.pwrite(o.fd, b'GGUF', 0)\n"
             "print(_published_note())")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.gguf")], capture_output=True, text=True,

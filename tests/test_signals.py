@@ -30,7 +30,7 @@ from cliutil import PRECIOUS, TARGET, clean_env, cli, tree_hash  # tests/ is on 
 
 import l1quant
 from l1quant.errors import OutputError
-from l1quant.gguf.writer import AtomicOutput
+from l1quant.output import AtomicOutput
 
 
 def out_dir_with_target(root: Path) -> Path:
@@ -340,7 +340,7 @@ def test_atomic_output_never_unlinks_target_on_early_failure(tmp_path: Path, mon
         raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
     monkeypatch.setattr(tempfile, "mkstemp", no_mkstemp)
-    monkeypatch.setattr("l1quant.gguf.writer._probe_link_mode", lambda folder: "none")  # the named fallback
+    monkeypatch.setattr("l1quant.output._probe_link_mode", lambda folder: "none")  # the named fallback
     with pytest.raises(OutputError, match="not writable"), AtomicOutput(out / TARGET, 16):
         pass
     assert_untouched(out)

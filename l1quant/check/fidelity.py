@@ -16,6 +16,7 @@ from l1quant.arch import Arch
 from l1quant.check.report import Check, TensorFidelity, _check
 from l1quant.check.structure import _STRICT_GENERAL, _T, CHUNK_BYTES
 from l1quant.errors import GGUFFormatError
+from l1quant.gguf.header import Header
 from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
     GGUFFile,
     TensorInfo,
@@ -37,17 +38,12 @@ Q8_0_BOUND_DOC = (
 # --------------------------------------------------------------------------------------------------- fidelity
 
 
-#: The 4/5/6-bit and K types' noise model: (values per scale group, bits per value, symmetric). A group's step is
-#: its range (2*amax when symmetric, max-min otherwise) over 2^bits - 1 levels; uniform rounding noise is
-#: step/sqrt(12) per value. The searches (make_qkx2_quants, make_qx_quants...) and the 6/8-bit quantized group
-#: scales move the real error around that figure, so a tensor fails only when its rel RMSE exceeds
-#: NOISE_SLACK times it: a net for gross faults (wrong dequantization, garbage blocks); the byte identity with
-#: re-quantizing the source is the precise check.
-NOISE_MODEL: dict[str, tuple[int, int, bool]] = {
-    "Q4_0": (32, 4, True), "Q4_1": (32, 4, False), "Q5_0": (32, 5, True), "Q5_1": (32, 5, False),
-    "Q2_K": (16, 2, False), "Q3_K": (16, 3, True), "Q4_K": (32, 4, False), "Q5_K": (32, 5, False),
-    "Q6_K": (16, 6, True),
-}
+#: The block types' noise model is their record's (:attr:`l1quant.kernels.QuantType.noise`: values per scale group,
+#: bits per value, symmetric). A group's step is its range (2*amax when symmetric, max-min otherwise) over
+#: 2^bits - 1 levels; uniform rounding noise is step/sqrt(12) per value. The searches (make_qkx2_quants,
+#: make_qx_quants...) and the 6/8-bit quantized group scales move the real error around that figure, so a tensor
+#: fails only when its rel RMSE exceeds NOISE_SLACK times it: a net for gross faults (wrong dequantization, garbage
+#: blocks); the byte identity with re-quantizing the source is the precise check.
 #: Measured (verify --json on tiny random-normal models, every mix): rel RMSE is 0.85-0.97x the model for every
 #: type (Q2_K/Q3_K 0.85, Q4_K 0.88, Q6_K 0.91, Q4_1 0.97). 3x leaves room for real weights' heavier tails and
 #: still fails a gross fault (garbage blocks are >10x).
@@ -94,8 +90,10 @@ def _values_differ(key: str, exp: Any, exp_type: Any, found: Any, found_type: An
     return None
 
 
-def _check_metadata(gf: GGUFFile, header: gguf.GGUFWriter, arch: Arch) -> list[Check]:
-    expected: dict[str, Any] = header.kv_data[0]
+def _check_metadata(gf: GGUFFile, header: Header, arch: Arch) -> list[Check]:
+    """The file's keys against ``header`` (what the converter writes for the source): each key present, with its
+    value type and value, no extra key, and the keys both hold in the same order."""
+    found = Header.from_file(gf)
     groups: dict[str, list[str]] = {"source.hparams": [], "source.tokenizer": [], "source.general": []}
     notes: list[str] = []
 
@@ -106,30 +104,36 @@ def _check_metadata(gf: GGUFFile, header: gguf.GGUFWriter, arch: Arch) -> list[C
             return "source.hparams"
         return "source.general"
 
-    for key, gv in expected.items():
-        etype: Any = gv.type
-        if gv.type == _T.ARRAY:
-            sub = gv.sub_type
-            if sub is None:
-                sub = _T.get_type(gv.value[0]) if gv.value else _T.STRING
-            etype = (_T.ARRAY, sub)
-        if key not in gf.kv:
+    for key, kv in header.kv.items():
+        if key not in found.kv:
             (notes if key.startswith("general.") and key not in _STRICT_GENERAL else groups[group(key)]).append(
-                f"key {_q(key)} is missing (the source gives {_short(gv.value)})")
+                f"key {_q(key)} is missing (the source gives {_short(kv.value)})")
             continue
-        d = _values_differ(key, gv.value, etype, gf.kv[key], gf.kv_types[key])
+        d = _values_differ(key, kv.value, kv.type, found.kv[key].value, found.kv[key].type)
         if d:
             (notes if key.startswith("general.") and key not in _STRICT_GENERAL else groups[group(key)]).append(d)
-    for key in gf.kv:
-        if key not in expected and key != "general.alignment":
+    for key in found.kv:
+        if key not in header.kv and key != "general.alignment":
             if key.startswith("general.") and key not in _STRICT_GENERAL:
                 notes.append(f"key {_q(key)} is not what the converter writes for this source")
             else:
                 groups[group(key)].append(f"key {_q(key)} is not what the converter writes for this source")
+    order = header.order_difference(found)
+    if order:
+        key, prev = order
+        groups[group(key)].append(f"key {_q(key)} comes before {_q(prev)}; the converter writes it after")
+    # tensor presence, shapes and types are the fidelity checks' (a llama-quantize file may choose its own
+    # types); the order of the tensor infos is the header's
+    t_order = header.tensor_order_difference(found)
+    if t_order:
+        i, got, want = t_order
+        groups["source.general"].append(f"tensor #{i} is {_q(got)}, the converter writes {_q(want)} there "
+                                        "(tensor order differs)")
     ok = {
         "source.hparams": "hparams (layers, context, sizes, heads, rope, eps) equal the source config",
         "source.tokenizer": "tokens, token types, merges, special ids, chat template equal the source tokenizer",
-        "source.general": "architecture, file type, quantization version as the converter writes them",
+        "source.general": "architecture, file type, quantization version and tensor order as the converter "
+                          "writes them",
     }
     checks = [_check(n, p, ok[n]) for n, p in groups.items()]
     if notes:
@@ -218,9 +222,9 @@ def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1
         acc.sse = float(np.dot(err, err))
         np.abs(err, out=err)
     acc.maxerr = float(err.max()) if err.size else 0.0
-    model = NOISE_MODEL.get(qt.name)
+    model = qt.noise
     if model is not None:
-        group, bits, symmetric = model
+        group, bits, symmetric = model.group, model.bits, model.symmetric
         g = ref.reshape(-1, group)
         with np.errstate(over="ignore", invalid="ignore"):
             rng = 2 * np.abs(g).max(axis=1) if symmetric else g.max(axis=1) - g.min(axis=1)
@@ -320,7 +324,7 @@ def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFid
             problems.append(f"{a.n_viol} block(s) outside the Q8_0 error bound, first at {a.first_viol}")
         if not rel <= threshold:
             problems.append(f"rel RMSE {rel:.4g} above the bound {threshold:.4g}")
-    elif qt.name in NOISE_MODEL:
+    elif qt.noise is not None:
         expected = _sqrt_ratio(a.noise_ss, a.ssr)
         threshold = NOISE_SLACK * expected
         if not rel <= threshold:

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
@@ -33,6 +34,24 @@ class _Group(click.Group):
             click.echo(ctx.get_help(), color=ctx.color)
             ctx.exit(0)
         return super().parse_args(ctx, args)
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        # errors in the group's own options (``l1quant --bogus``) are raised here, before invoke
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.UsageError as e:
+            _say(f"l1quant: error: {usage_line(e)}")
+            sys.exit(e.exit_code)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                              list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            commands = [c for c in self.list_commands(ctx) if not self.get_command(ctx, c).hidden]  # type: ignore
+            raise click.exceptions.UsageError(f"no command {name!r}{did_you_mean(name, commands)} (commands: "
+                                              f"{', '.join(commands)})", ctx)
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # click cuts each command's one-liner to the terminal width ("run each MODEL (GGUF) on each..."); the
@@ -76,8 +95,13 @@ class _Group(click.Group):
                 raise
             _say("l1quant: error: input nested too deeply to process")
             ctx.exit(1)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise  # usage errors, --help, ctx.exit: click's own handling
+        except click.exceptions.ClickException as e:
+            if debug():
+                raise
+            _say(f"l1quant: error: {usage_line(e)}")  # click would print three lines (usage, hint, error)
+            ctx.exit(e.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise  # --help, ctx.exit: click's own handling
         except BrokenPipeError:
             # `l1quant inspect x.gguf | head`: the reader went away; not an error worth a message. Point stdout
             # at /dev/null so the interpreter's final flush does not raise again.
@@ -97,6 +121,50 @@ class _Group(click.Group):
             ctx.exit(70)
 
 
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib's ratio >= 0.6), else "".
+
+    Example:
+        >>> did_you_mean("conver", ["convert", "quantize"])
+        "; did you mean 'convert'?"
+        >>> did_you_mean("zzz", ["convert"])
+        ''
+    """
+    import difflib
+
+    close = difflib.get_close_matches(word.lower(), [c.lower() for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+#: click's wording for a value outside a Choice: "'q9_9' is not one of 'q4_0', 'q8_0'." (8.1) or
+#: "'q9_9' is not 'x'." / "... is not one of 'a', 'b'." (8.2)
+_NOT_ONE_OF = re.compile(r"'([^']*)' is not (?:one of )?(.*?)\.?$")
+
+
+def usage_line(e: click.exceptions.ClickException) -> str:
+    """A click usage error as the text of one ``l1quant: error:`` line: the command, the error, the valid choices
+    (with a "did you mean" where one is close) or the command's usage.
+
+    Example:
+        >>> usage_line(click.exceptions.UsageError("Missing argument 'MODEL'."))
+        "Missing argument 'MODEL'."
+    """
+    msg = " ".join(e.format_message().split())  # one line, whatever click wrapped
+    ctx = getattr(e, "ctx", None)
+    where = f"{ctx.command_path.split(' ', 1)[1]}: " if ctx is not None and " " in ctx.command_path else ""
+    m = _NOT_ONE_OF.search(msg)
+    if m and "did you mean" not in msg:
+
+        choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
+        msg = msg.rstrip(".") + did_you_mean(m.group(1), choices)
+    elif isinstance(e, click.exceptions.UsageError) and ctx is not None and "did you mean" not in msg \
+            and "commands:" not in msg:
+        usage = " ".join(ctx.get_usage().split())
+        usage = usage.removeprefix("Usage: ")
+        msg += f" (usage: {usage}; see --help)"
+    return where + msg
+
+
 def _signal_name(signum: int) -> str:
     import signal
 
@@ -108,7 +176,7 @@ def _signal_name(signum: int) -> str:
 
 def _published_note() -> str:
     """What was really done before the signal: outputs already complete under their final name stay valid."""
-    from l1quant.gguf.writer import PUBLISHED
+    from l1quant.output import PUBLISHED
 
     if not PUBLISHED:
         return ""

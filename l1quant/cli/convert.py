@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
 from l1quant.cli import main
 from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
+from l1quant.conversion.card import card_path
 from l1quant.conversion.convert import convert
-from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
-from l1quant.conversion.plan import OUT_TYPES
-from l1quant.errors import ConfigError, VerifyError
+from l1quant.conversion.mixes import quant_options
+from l1quant.conversion.write import DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions
+from l1quant.errors import ConfigError, Terminated
+from l1quant.filetypes import out_types
+from l1quant.output import TERMINATING_SIGNALS
 
-
-#: --chunk-mb bounds: one job reads this many source MiB. Below 1 KiB the per-job overhead dominates; above 4 GiB
-#: the ~3 x threads x chunk buffers exceed any machine this runs on.
-MIN_CHUNK_MB = 0.001
-MAX_CHUNK_MB = 4096.0
+OUT_TYPES = out_types()  # the registry as the command line is built
 
 
 @main.command("convert")
@@ -41,11 +45,11 @@ MAX_CHUNK_MB = 4096.0
               help="Pre-tokenizer name (e.g. qwen2, deepseek-r1-qwen) when the tokenizer's hash is unknown.")
 @click.option("-t", "--threads", type=THREADS, default=None,
               help="Worker threads (default: all cores; at most 64 and 4 x cores). Output bytes do not depend on it.")
-@click.option("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20,
+@click.option("--chunk-mb", type=float, default=DEFAULT_CHUNK_MB,
               show_default=True, help="Source MiB per work item; bounds memory (about 3 x threads x chunk).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Convert even if weights hold NaN/Inf (refused by default, naming the tensor and index).")
-@click.option("--fsync", "durable", is_flag=True,
+@click.option("--fsync", is_flag=True,
               help="Flush the output to disk (file and folder) before publishing it, so it also survives a power "
                    "loss. Costs the time the disk needs to write the whole file. Without it the output is still "
                    "atomic: complete under its name, or absent.")
@@ -55,7 +59,7 @@ MAX_CHUNK_MB = 4096.0
 @per_tensor_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def convert_cmd(model: str, type_: str, output: str | None, name: str | None, metadata: Path | None,
-                pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, durable: bool,
+                pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                 card: bool, pure: bool, output_tensor_type: str | None, token_embedding_type: str | None,
                 tensor_types: tuple[str, ...], leave_output_tensor: bool, quiet: bool) -> None:
     """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
@@ -71,21 +75,34 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
     setup_logging(quiet)
     if not MIN_CHUNK_MB <= chunk_mb <= MAX_CHUNK_MB:  # also NaN (every comparison with NaN is false) and inf
         raise ConfigError(f"--chunk-mb must be a number of MiB in [{MIN_CHUNK_MB}, {MAX_CHUNK_MB}], found {chunk_mb}")
-    out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, threads=threads,
-                  chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite, durable=durable,
-                  progress=not quiet and sys.stderr.isatty(), pure=pure, output_tensor_type=output_tensor_type,
-                  token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                  leave_output_tensor=leave_output_tensor)
-    click.echo(str(out))
-    if card:
-        from l1quant.check.verifier import verify
-        from l1quant.conversion.card import write_card
-        from l1quant.conversion.convert import resolve_source
+    with _polite_signals(card):
+        out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, card=card,
+                      options=quant_options(pure=pure, output_tensor_type=output_tensor_type,
+                                            token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                                            leave_output_tensor=leave_output_tensor),
+                      write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
+                                         fsync=fsync, progress=not quiet and sys.stderr.isatty()))
+        click.echo(str(out))
+        if card:
+            click.echo(str(card_path(out)))
 
-        src = resolve_source(model)
-        report = verify(out, source=src, threads=threads)
-        # a hub checkout's folder is named after its snapshot hash: the card names the repo id instead
-        shown = None if Path(model).is_dir() else str(model)
-        click.echo(str(write_card(out, src, report, source_name=shown)))
-        if not report.passed:
-            raise VerifyError(f"{out}: verify: {report.verdict}")
+
+@contextmanager
+def _polite_signals(on: bool) -> Iterator[None]:
+    """With ``on``, SIGTERM/SIGHUP/SIGQUIT raise :class:`~l1quant.errors.Terminated` for the whole command, as
+    Ctrl-C raises KeyboardInterrupt: a signal after the GGUF is published (during --card's verify) is then the
+    same one line as Ctrl-C ("... after m.gguf was written completely"), not a silent kill. The output's own
+    handler (AtomicOutput) nests inside and puts this one back."""
+    if not on or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    old = {sig: signal.signal(sig, on_term) for sig in TERMINATING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, signal.SIG_DFL if h is None else h)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import click
 
-from l1quant.cli import main
+from l1quant.cli import did_you_mean, main
 from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
-from l1quant.conversion.mixes import ALIASES, MIXES
-from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
+from l1quant.conversion.mixes import quant_options
 from l1quant.conversion.quantize import quantize
+from l1quant.conversion.write import DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions
+from l1quant.filetypes import ALIASES, MIXES
 
 _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
 
@@ -26,14 +27,14 @@ _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
                    "suffers: quantize from F32/F16/BF16 when you can).")
 @click.option("-t", "--threads", type=THREADS, default=None,
               help="Worker threads (default: all cores). Output bytes do not depend on it.")
-@click.option("--chunk-mb", type=click.FloatRange(min=0.001), default=DEFAULT_CHUNK_BYTES / 2**20,
+@click.option("--chunk-mb", type=click.FloatRange(min=MIN_CHUNK_MB), default=DEFAULT_CHUNK_MB,
               show_default=True, help="Source MiB per work item; bounds memory.")
 @click.option("--allow-nonfinite", is_flag=True, help="Write the output even if tensors hold NaN/Inf.")
-@click.option("--fsync", "durable", is_flag=True, help="Flush the output to disk before publishing it.")
+@click.option("--fsync", is_flag=True, help="Flush the output to disk before publishing it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_type: str | None,
                  token_embedding_type: str | None, tensor_types: tuple[str, ...], leave_output_tensor: bool,
-                 allow_requantize: bool, threads: int | None, chunk_mb: float, allow_nonfinite: bool, durable: bool,
+                 allow_requantize: bool, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                  quiet: bool) -> None:
     """Quantize an F32/F16/BF16 GGUF to TYPE, byte-identical to llama-quantize.
 
@@ -45,12 +46,13 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
         raise click.UsageError(f"expected INPUT.gguf [OUTPUT.gguf] TYPE, found {len(args) + 1} arguments")
     type_ = args[-1]
     if type_.lower() not in _TYPES:
-        raise click.UsageError(f"TYPE {type_!r} is not one of {', '.join(_TYPES)}")
+        raise click.UsageError(f"TYPE {type_!r} is not one of {', '.join(_TYPES)}{did_you_mean(type_, _TYPES)}")
     output = args[0] if len(args) == 2 else None
     setup_logging(quiet)
-    out = quantize(input_, output, type_, pure=pure, output_tensor_type=output_tensor_type,
-                   token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                   leave_output_tensor=leave_output_tensor, allow_requantize=allow_requantize, threads=threads,
-                   chunk_bytes=max(1, int(chunk_mb * 2**20)), allow_nonfinite=allow_nonfinite, durable=durable,
-                   progress=not quiet and sys.stderr.isatty())
+    out = quantize(input_, output, type_, allow_requantize=allow_requantize,
+                   options=quant_options(pure=pure, output_tensor_type=output_tensor_type,
+                                         token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                                         leave_output_tensor=leave_output_tensor),
+                   write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
+                                      fsync=fsync, progress=not quiet and sys.stderr.isatty()))
     click.echo(str(out))

@@ -6,10 +6,11 @@
 * ``pipeline`` -- threaded (tensor, row-chunk) jobs: read -> kernel -> pwrite at the planned offset.
 * ``convert`` -- ``l1quant.convert``: checkpoint folder to GGUF in one pass.
 * ``quantize`` -- ``l1quant.quantize``: an F32/F16/BF16 GGUF to any type, as llama-quantize does.
-* ``card`` -- the model card written beside a converted file.
+* ``write`` -- what convert and quantize share: ``WriteOptions``, the output-path rule, the atomic write.
+* ``card`` -- the model card written beside a converted file (``convert --card``).
 
 Example:
-    >>> from l1quant.conversion.plan import pad
+    >>> from l1quant.gguf.header import pad
     >>> pad(33)
     64
 """

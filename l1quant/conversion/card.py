@@ -20,8 +20,9 @@ from typing import Any
 import gguf
 
 from l1quant.gguf.reader import read_gguf
-from l1quant.gguf.writer import AtomicOutput, pwrite_all
 from l1quant.l1 import l1_prompt
+from l1quant.output import AtomicOutput, pwrite_all
+from l1quant.source.hub import resolve_model
 
 MARKER = "<!-- written by l1quant; safe to regenerate -->"
 
@@ -142,10 +143,45 @@ def write_card(gguf_path: str | os.PathLike[str], source: str | os.PathLike[str]
     """
     g = Path(gguf_path)
     text = render_card(g, Path(source) if source is not None else None, report, source_name=source_name)
-    target = g.parent / "README.md"
-    if target.exists() and MARKER not in target.read_text(encoding="utf-8", errors="replace")[:200]:
-        target = g.parent / f"{g.stem}.README.md"
+    target = card_path(g)
     data = text.encode("utf-8")
     with AtomicOutput(target, len(data)) as out:  # same temp-file, mode and cleanup rules as the GGUF itself
         pwrite_all(out.fd, data, 0)
     return target
+
+
+def card_path(gguf_path: str | os.PathLike[str]) -> Path:
+    """Where the card of ``gguf_path`` goes: ``README.md`` beside it, unless a README.md that l1quant did not
+    write is there (never overwritten): then ``<gguf stem>.README.md``.
+
+    Example:
+        >>> card_path("/nonexistent/m-Q8_0.gguf")
+        PosixPath('/nonexistent/README.md')
+    """
+    g = Path(gguf_path)
+    target = g.parent / "README.md"
+    if target.exists() and MARKER not in target.read_text(encoding="utf-8", errors="replace")[:200]:
+        return g.parent / f"{g.stem}.README.md"
+    return target
+
+
+def write_verified_card(gguf_path: str | os.PathLike[str], model: str | os.PathLike[str], *,
+                        threads: int | None = None) -> tuple[Path, Any]:
+    """``convert --card``: verify ``gguf_path`` against its source ``model`` (a folder or a hub repo id), then write
+    the card with the verify summary beside it; return (card path, the :class:`~l1quant.check.report.VerifyReport`).
+
+    The card is written whatever the verdict (it states it); the caller decides what a failed verify means
+    (``convert(card=True)`` raises :class:`~l1quant.errors.VerifyError`).
+
+    Example:
+        >>> path, report = write_verified_card("out/m-Q8_0.gguf", "m", threads=2)  # doctest: +SKIP
+        >>> path.name, report.passed                                              # doctest: +SKIP
+        ('README.md', True)
+    """
+    from l1quant.check.verifier import verify  # check/ builds on conversion/: imported when a card is asked for
+
+    src = resolve_model(model)
+    report = verify(gguf_path, source=src, threads=threads)
+    # a hub checkout's folder is named after its snapshot hash: the card names the repo id instead
+    shown = None if Path(model).is_dir() else str(model)
+    return write_card(gguf_path, src, report, source_name=shown), report

@@ -15,26 +15,30 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gguf
 
-from l1quant.arch import get_arch
-from l1quant.conversion.mixes import QuantOptions, quant_options
-from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
-from l1quant.conversion.plan import ConversionPlan, make_plan
-from l1quant.conversion.vocab import Vocab, load_vocab
-from l1quant.errors import ConfigError, InputError, OutputError, read_json
+from l1quant.arch import Arch, get_arch
+from l1quant.conversion.card import write_verified_card
 from l1quant.conversion.metadata import check_model_card, validate_metadata
-from l1quant.gguf.writer import AtomicOutput, inside_folder, new_header, write_header
+from l1quant.conversion.mixes import QuantOptions
+from l1quant.conversion.plan import ConversionPlan, make_plan
+from l1quant.filetypes import Mix
+from l1quant.kernels import QuantType
+from l1quant.conversion.vocab import Vocab, load_vocab
+from l1quant.conversion.write import WriteOptions, output_path, split_flat_options, write_gguf
+from l1quant.errors import InputError, L1QuantError, OutputError, VerifyError, read_json
+from l1quant.gguf.header import Header
+from l1quant.output import inside_folder
 from l1quant.source.config import ModelConfig
 from l1quant.source.hub import is_repo_id, resolve_model
 from l1quant.source.inputs import check_reference_inputs
 from l1quant.source.safetensors import open_checkpoint
+
+__all__ = ["Prepared", "WriteOptions", "build_header", "convert", "prepare", "resolve_source"]
 
 log = logging.getLogger("l1quant")
 
@@ -47,7 +51,7 @@ class Prepared:
     cfg: ModelConfig
     plan: ConversionPlan
     vocab: Vocab
-    header: gguf.GGUFWriter
+    header: Header
     metadata: gguf.Metadata
     output: Path
     warnings: list[str] = field(default_factory=list)
@@ -114,9 +118,60 @@ def _load_metadata(model_dir: Path, display_name: str, metadata: str | os.PathLi
     return md
 
 
+def build_header(plan: ConversionPlan, cfg: ModelConfig, arch: Arch, vocab: Vocab,
+                 metadata: gguf.Metadata | None = None) -> Header:
+    """The header the reference writes for this plan: tensor infos from ``plan``, then the keys in its order.
+
+    Key order is the reference's: architecture, type, sampling + naming (``metadata``; gguf-py's
+    ``Metadata.set_gguf_meta_model``), hparams, file type, the architecture's later hparams (llama: vocab size,
+    rope dimensions), quantization version, tokenizer. llama-quantize (a mix: ``plan.quantized_layout``) removes
+    file type and quantization version and appends them at the end, quantization version first: so does the
+    one-pass mix (mixes.py, "the output file"). With ``metadata`` None the naming keys are left for the caller
+    (:func:`prepare` needs the tensor infos first: the size label counts their parameters).
+
+    Example:
+        >>> h = build_header(plan, cfg, get_arch("qwen2"), vocab, md)  # doctest: +SKIP
+        >>> list(h.kv)[:2]                                            # doctest: +SKIP
+        ['general.architecture', 'general.type']
+    """
+    h = Header()
+    for t in plan.tensors:
+        h.add_tensor(t.name, t.gguf_dims, t.qtype.ggml_type, t.nbytes)
+    h.add(gguf.Keys.General.ARCHITECTURE, plan.arch_name, gguf.GGUFValueType.STRING)
+    if metadata is not None:
+        add_model_keys(h, plan, cfg, arch, vocab, metadata)
+    return h
+
+
+def add_model_keys(h: Header, plan: ConversionPlan, cfg: ModelConfig, arch: Arch, vocab: Vocab,
+                   metadata: gguf.Metadata) -> None:
+    """Every key after ``general.architecture``, in the reference's order (see :func:`build_header`)."""
+    gw = h.gguf_writer(plan.arch_name)  # gguf-py's add_* helpers, recording into ``h``
+    gw.add_type(gguf.GGUFType.MODEL)
+    metadata.set_gguf_meta_model(gw)
+    for key, value, vtype in arch.kv_rows(cfg):
+        h.add(key, value, vtype)
+    if not plan.quantized_layout:
+        gw.add_file_type(plan.file_type)
+    for key, value, vtype in arch.kv_rows(cfg, after_file_type=True):
+        h.add(key, value, vtype)
+    if not plan.quantized_layout:
+        gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if arch.add_space_prefix and vocab.special.add_prefix_space is not None:
+        gw.add_add_space_prefix(vocab.special.add_prefix_space)
+    gw.add_tokenizer_model(arch.tokenizer_model)
+    gw.add_tokenizer_pre(vocab.pre)
+    gw.add_token_list(vocab.tokens)
+    gw.add_token_types(vocab.token_types)
+    vocab.special.add_to(gw)
+    if plan.quantized_layout:
+        gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        gw.add_file_type(plan.file_type)
+
+
 def prepare(
     model: str | os.PathLike[str],
-    type: str = "auto",
+    type: str | Mix | QuantType = "auto",
     output: str | os.PathLike[str] | None = None,
     *,
     name: str | None = None,
@@ -144,49 +199,18 @@ def prepare(
     plan = make_plan(ckpt, cfg, arch, type, options, as_mix=as_mix)  # before the vocab: tensor problems are refused seconds sooner
     vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
 
-    gw = new_header(plan)
-    total, shared, expert, n_expert = gw.get_total_parameter_count()
+    header = build_header(plan, cfg, arch, vocab)
+    total, shared, expert, n_expert = header.parameter_count()
     md = _load_metadata(model_dir, display_name, metadata, name, total)
     if md.size_label is None and total > 0:
         md.size_label = gguf.size_label(total, shared, expert, n_expert)
-    # Key order is the reference's: architecture (GGUFWriter adds it), type, sampling + naming, hparams, file
-    # type, the architecture's later hparams (llama: vocab size, rope dimensions), quantization version,
-    # tokenizer. llama-quantize (a mix) removes file type and quantization version and appends them at the end,
-    # quantization version first: so does the one-pass mix (mixes.py, "the output file").
-    gw.add_type(gguf.GGUFType.MODEL)
-    md.set_gguf_meta_model(gw)
-    for key, value, vtype in arch.kv_rows(cfg):
-        gw.add_key_value(key, value, vtype)
-    if not plan.quantized_layout:
-        gw.add_file_type(plan.file_type)
-    for key, value, vtype in arch.kv_rows(cfg, after_file_type=True):
-        gw.add_key_value(key, value, vtype)
-    if not plan.quantized_layout:
-        gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if arch.add_space_prefix and vocab.special.add_prefix_space is not None:
-        gw.add_add_space_prefix(vocab.special.add_prefix_space)
-    gw.add_tokenizer_model(arch.tokenizer_model)
-    gw.add_tokenizer_pre(vocab.pre)
-    gw.add_token_list(vocab.tokens)
-    gw.add_token_types(vocab.token_types)
-    vocab.special.add_to(gw)
-    if plan.quantized_layout:
-        gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        gw.add_file_type(plan.file_type)
+    add_model_keys(header, plan, cfg, arch, vocab, md)
 
-    out_type = plan.type_name
     # the reference's default name (e.g. L1-Qwen-1.5B-Max-Q8_0.gguf) in a folder, or a templated file name
     default_name = gguf.naming_convention(md.name, md.basename, md.finetune, md.version, md.size_label,
-                                          out_type) + ".gguf"
-    out = Path.cwd() if output is None else Path(output)
-    # "new/" (a trailing separator) names a folder, existing or not: never a file called "new"
-    names_folder = output is not None and str(output).endswith(("/", os.sep))
-    create = names_folder and not out.exists()
-    if out.is_dir() or names_folder:
-        out = out / default_name
-    else:
-        out = out.parent / gguf.fill_templated_filename(out.name, out_type)
-    return Prepared(model_dir, cfg, plan, vocab, gw, md, out, list(plan.warnings), create_folder=create)
+                                          plan.type_name) + ".gguf"
+    out, create = output_path(output, Path.cwd() / default_name, plan.type_name)
+    return Prepared(model_dir, cfg, plan, vocab, header, md, out, list(plan.warnings), create_folder=create)
 
 
 def convert(
@@ -197,16 +221,10 @@ def convert(
     name: str | None = None,
     metadata: str | os.PathLike[str] | None = None,
     pre: str | None = None,
-    threads: int | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    allow_nonfinite: bool = False,
-    durable: bool = False,
-    progress: bool | Callable[[int], None] = False,
-    pure: bool = False,
-    output_tensor_type: str | None = None,
-    token_embedding_type: str | None = None,
-    tensor_types: Sequence[tuple[str, str]] | Sequence[str] = (),
-    leave_output_tensor: bool = False,
+    card: bool = False,
+    options: QuantOptions | None = None,
+    write: WriteOptions | None = None,
+    **flags: Any,
 ) -> Path:
     """Convert a checkpoint (folder or Hugging Face repo id) to GGUF in one pass; return the output path.
 
@@ -214,94 +232,57 @@ def convert(
     ``q8_0``: the bytes ``convert_hf_to_gguf.py --outtype`` writes -- or a llama-quantize mix (``q4_0``, ``q4_1``,
     ``q5_0``, ``q5_1``, ``q2_k``, ``q3_k_s/m/l``, ``q4_k_s/m``, ``q5_k_s/m``, ``q6_k``; ``q3_k``, ``q4_k``, ``q5_k``
     are aliases of the ``_m`` ones): the bytes of the converter's lossless output (BF16 for a bf16 checkpoint)
-    followed by ``llama-quantize`` with that type. ``pure``, ``output_tensor_type``, ``token_embedding_type``,
-    ``tensor_types`` (``"REGEX=TYPE"`` strings or (regex, type) pairs) and ``leave_output_tensor`` are
-    llama-quantize's per-tensor flags; with any of them a converter type is applied as a mix too.
-    ``output`` is a file path (``{ftype}`` in it is replaced by the type), a folder, or None for a name like
-    ``L1-Qwen-1.5B-Max-Q8_0.gguf`` in the current folder. ``name`` and ``metadata`` (a JSON file of
-    ``general.*`` keys) override the naming metadata; ``pre`` overrides the pre-tokenizer name. ``threads``
-    defaults to every core; the output bytes do not depend on it or on ``chunk_bytes``. ``durable`` fsyncs the
-    output (and its folder) before publishing it, so it survives a power loss too. ``progress`` is True
-    for a progress bar on stderr, or a callback receiving the output bytes written.
+    followed by ``llama-quantize`` with that type.
+    ``output`` is a file path (``{ftype}`` in it is replaced by the type), a folder (a path ending in ``/`` is
+    one, created if missing), or None for a name like ``L1-Qwen-1.5B-Max-Q8_0.gguf`` in the current folder
+    (:func:`l1quant.conversion.write.output_path`, the rule ``quantize`` follows too). ``name`` and ``metadata``
+    (a JSON file of ``general.*`` keys) override the naming metadata; ``pre`` overrides the pre-tokenizer name.
+    ``card`` also verifies the result against the source and writes a model card beside it
+    (:func:`l1quant.conversion.card.write_verified_card`; a failed verify raises
+    :class:`~l1quant.errors.VerifyError` after the card is written).
+
+    The flags of ``l1quant convert`` are grouped: ``options`` holds llama-quantize's per-tensor flags
+    (:class:`~l1quant.conversion.mixes.QuantOptions`: ``pure``, ``output_tensor_type``, ``token_embedding_type``,
+    ``tensor_types``, ``leave_output_tensor``; with any of them a converter type is applied as a mix too), and
+    ``write`` how the file is written (:class:`~l1quant.conversion.write.WriteOptions`: ``threads``,
+    ``chunk_mb``, ``allow_nonfinite``, ``fsync``, ``progress``). Each can also be passed by its flag's name
+    (``threads=2``, ``pure=True``, ``tensor_types=["attn_v=q8_0"]``; ``durable`` and ``chunk_bytes`` are the
+    older spellings of ``fsync`` and ``chunk_mb``).
 
     Nothing is written until everything has been validated; the output appears atomically, and on any error
     no partial file is left and an existing file at ``output`` is untouched.
 
     Example:
-        >>> convert("L1-Qwen-1.5B-Max", "q8_0", "out.gguf", threads=2)  # doctest: +SKIP
+        >>> convert("L1-Qwen-1.5B-Max", "q8_0", "out.gguf", write=WriteOptions(threads=2))  # doctest: +SKIP
         PosixPath('out.gguf')
+        >>> convert("L1-Qwen-1.5B-Max", "q4_k_m", threads=2, pure=True)                     # doctest: +SKIP
+        PosixPath('L1-Qwen-1.5B-Max-Q4_K_M.gguf')
     """
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be >= 1, found {threads}")
-    options = quant_options(pure=pure, output_tensor_type=output_tensor_type,
-                            token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                            leave_output_tensor=leave_output_tensor)
+    options, w = split_flat_options("convert", flags, options, write)
     p = prepare(model, type, output, name=name, metadata=metadata, pre=pre, options=options)
     # The input folder is only ever read: no output (let alone one named like an input file) goes into it. Checked
     # here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its source.
     if inside_folder(p.output, p.model_dir):  # any depth, symlinks and bind mounts: compared by device and inode
         raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; pass -o elsewhere")
-    for w in p.warnings:
-        log.warning(w)
-    if p.create_folder:
+    for warning in p.warnings:
+        log.warning(warning)
+    write_gguf(p.plan, p.header, p.output, w, create_folder=p.create_folder)
+    if card:
         try:
-            p.output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"{p.output.parent}: cannot create the output folder: {e.strerror or e}") from e
-    write_gguf(p.plan, p.header, p.output, threads=threads, chunk_bytes=chunk_bytes,
-               allow_nonfinite=allow_nonfinite, durable=durable, progress=progress)
+            where, report = write_verified_card(p.output, model, threads=w.threads)
+        except (L1QuantError, OSError) as e:
+            # the GGUF is complete and valid: the message must not read as the conversion failing
+            code = e.exit_code if isinstance(e, L1QuantError) else 1
+            detail = str(e) if isinstance(e, L1QuantError) else f"{e.strerror or e}: {e.filename or ''}"
+            raise CardStepError(f"{p.output} was written completely; the --card step failed: {detail}", code) from e
+        if not report.passed:
+            raise VerifyError(f"{p.output}: verify: {report.verdict} (the card {where} says so)")
     return p.output
 
 
-def write_gguf(plan: ConversionPlan, header: gguf.GGUFWriter, output: Path, *, threads: int | None = None,
-               chunk_bytes: int = DEFAULT_CHUNK_BYTES, allow_nonfinite: bool = False, durable: bool = False,
-               progress: bool | Callable[[int], None] = False) -> None:
-    """Write ``header`` and stream every tensor of ``plan`` into ``output``, atomically; log one summary line.
+class CardStepError(L1QuantError):
+    """The GGUF was written and published; only the ``--card`` step after it failed (its own exit code kept)."""
 
-    The shared last step of ``convert`` and ``quantize`` (their parameters of the same names). ``progress``: True
-    for a bar on stderr counting output bytes, or a callback receiving them.
-
-    Example:
-        >>> write_gguf(plan, header, Path("out.gguf"), threads=2)  # doctest: +SKIP
-    """
-    started = time.monotonic()
-    bar: Any = None
-    cb: Callable[[int], None] | None
-    if progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(t.nbytes for t in plan.tensors), unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=output.name, leave=True)
-        cb = bar.update
-    else:
-        cb = progress or None
-    try:
-        with AtomicOutput(output, 0, durable=durable) as out:
-            data_offset = write_header(header, out.path)
-            out.reserve(data_offset + plan.data_nbytes)
-            # early writeback only pays off when a final fsync will wait for the disk anyway
-            stream_tensors(plan, out.fd, data_offset, threads=threads, chunk_bytes=chunk_bytes,
-                           allow_nonfinite=allow_nonfinite, on_progress=cb, writeback=durable)
-    finally:
-        if bar is not None:
-            bar.close()
-    log.info(summary_line(output, plan, time.monotonic() - started))
-
-
-def summary_line(path: Path, plan: ConversionPlan, seconds: float) -> str:
-    """One line saying what was written: path, size, file type, the tensor types and their counts, time.
-
-    Example:
-        >>> from l1quant.conversion.plan import layout
-        >>> summary_line(Path("m-Q4_K_M.gguf"), layout("qwen2", "Q4_K_M", 15, [], []), 7.25)
-        'wrote m-Q4_K_M.gguf (0.00 GB, Q4_K_M: no tensors) in 7.2 s'
-    """
-    counts: dict[str, int] = {}
-    for t in plan.tensors:
-        counts[t.qtype.name] = counts.get(t.qtype.name, 0) + 1
-    mix = ", ".join(f"{n} {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no tensors"
-    try:
-        size = path.stat().st_size
-    except OSError:
-        size = plan.data_nbytes
-    return f"wrote {path} ({size / 1e9:.2f} GB, {plan.type_name}: {mix}) in {seconds:.1f} s"
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

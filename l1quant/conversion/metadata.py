@@ -69,6 +69,9 @@ _FIELDS: dict[str, tuple[str, str | None, str]] = {
     "base_models": ("general.base_model", None, "entries"),  # written as general.base_model.{i}.name, ...
     "datasets": ("general.dataset", None, "entries"),
 }
+#: The --metadata file's key for a field, where it is not the GGUF key (gguf-py's ``apply_metadata_override``
+#: reads the lists of entries as ``general.base_models`` / ``general.datasets``).
+_OVERRIDE_KEYS = {"base_models": "general.base_models", "datasets": "general.datasets"}
 #: The string fields of one base_models / datasets entry that gguf-py writes (other keys are ignored, as there).
 _ENTRY_KEYS = ("name", "author", "version", "organization", "description", "url", "doi", "uuid", "repo_url")
 
@@ -145,16 +148,19 @@ def validate_metadata(md: gguf.Metadata, model_dir: Path, override: Path | None)
         if not isinstance(obj, dict):
             raise InputError(f"{override}: expected a JSON object of GGUF keys, found {type(obj).__name__}")
 
+    card = model_dir / "README.md"
     for field, (key, gen_key, kind) in _FIELDS.items():
         value = getattr(md, field, None)
         if value is None:
             continue
-        if key in over:
-            where = f"{override}: {key!r}"
+        if _OVERRIDE_KEYS.get(field, key) in over:
+            where = f"{override}: {_OVERRIDE_KEYS.get(field, key)!r}"
         elif gen_key is not None:
             where = f"{model_dir / 'generation_config.json'}: {gen_key!r} ({key})"
-        else:
-            where = f"{model_dir / 'README.md'} (front matter, or derived from it): {key}"
+        elif card.exists():
+            where = f"{card} (front matter, or derived from it): {key}"
+        else:  # no card: gguf-py derived it from the folder's name or config.json
+            where = f"{model_dir} (derived from the folder name and config.json): {key}"
         setattr(md, field, _check(value, kind, where))
 
 

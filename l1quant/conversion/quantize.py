@@ -20,27 +20,28 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
 from gguf.constants import GGMLQuantizationType
 
-from l1quant.conversion.convert import write_gguf
-from l1quant.conversion.mixes import ARCHS, get_mix, quant_options
-from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES
+from l1quant.check.complete import check_complete_model
+from l1quant.conversion.mixes import ARCHS, QuantOptions
 from l1quant.conversion.plan import ConversionPlan, apply_mix
-from l1quant.errors import ConfigError, InputError, OutputError, clip
+from l1quant.conversion.write import WriteOptions, output_path, split_flat_options, write_gguf
+from l1quant.errors import InputError, OutputError, clip
+from l1quant.gguf.header import Header
 from l1quant.gguf.reader import GGUFFile, TensorInfo, read_gguf
-from l1quant.gguf.writer import BulkKVWriter
+from l1quant.filetypes import get_mix
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.source.safetensors import SafeTensor
 
 log = logging.getLogger("l1quant")
 
-__all__ = ["GGUFSource", "quantize"]
+__all__ = ["GGUFSource", "default_output", "quantize", "quantized_header"]
 
 _T = GGMLQuantizationType
 #: Input tensor types read as they are (the kernels take float32, float16 and bf16 bits).
@@ -96,25 +97,30 @@ def _int_kv(gf: GGUFFile, key: str) -> int:
     return v
 
 
-def _header(gf: GGUFFile, plan: ConversionPlan, arch_name: str) -> gguf.GGUFWriter:
-    """The input's metadata in llama-quantize's output order, and the plan's tensor infos."""
-    gw = BulkKVWriter(path=None, arch=arch_name)
-    gw.kv_data[0].clear()  # GGUFWriter adds general.architecture itself; copy the input's keys in their order
-    for key, value in gf.kv.items():
-        if key in _SPLIT_KEYS or key in (_KEY_FILE_TYPE, _KEY_QNT_VERSION):
-            continue
-        vtype = gf.kv_types[key]
-        if isinstance(vtype, tuple):
-            if len(vtype) != 2:
-                raise InputError(f"{gf.path}: key {clip(key)} is an array of arrays, which llama.cpp cannot load")
-            gw.add_key_value(key, value, vtype[0], sub_type=vtype[1])
-        else:
-            gw.add_key_value(key, value, vtype)
-    gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    gw.add_file_type(plan.file_type)
+def quantized_header(gf: GGUFFile, plan: ConversionPlan) -> Header:
+    """The header llama-quantize writes for ``gf`` quantized as ``plan``: the input's keys in its order with their
+    value types, the ``split.*`` keys dropped, ``general.quantization_version`` then ``general.file_type`` (u32)
+    moved last (``gguf_set_val_u32`` erases and appends), GGUF version 3, 32-byte alignment, and the plan's
+    tensor infos (see :mod:`l1quant.conversion.mixes`, "the output file").
+
+    Raises :class:`~l1quant.errors.InputError` for an array-of-arrays key (llama.cpp cannot load it).
+
+    Example:
+        >>> list(quantized_header(read_gguf("m-BF16.gguf"), plan).kv)[-2:]  # doctest: +SKIP
+        ['general.quantization_version', 'general.file_type']
+    """
+    h = Header.from_file(gf)
+    h.version, h.alignment, h.tensors = gguf.GGUF_VERSION, gguf.GGUF_DEFAULT_ALIGNMENT, []
+    for key, kv in h.kv.items():
+        if isinstance(kv.type, tuple) and len(kv.type) != 2:
+            raise InputError(f"{gf.path}: key {clip(key)} is an array of arrays, which llama.cpp cannot load")
+    for key in (*_SPLIT_KEYS, _KEY_FILE_TYPE, _KEY_QNT_VERSION):
+        h.remove(key)
+    h.add(_KEY_QNT_VERSION, gguf.GGML_QUANT_VERSION, gguf.GGUFValueType.UINT32)
+    h.add(_KEY_FILE_TYPE, plan.file_type, gguf.GGUFValueType.UINT32)
     for t in plan.tensors:
-        gw.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype.ggml_type)
-    return gw
+        h.add_tensor(t.name, t.gguf_dims, t.qtype.ggml_type, t.nbytes)
+    return h
 
 
 def default_output(src: Path, type_name: str) -> Path:
@@ -133,25 +139,20 @@ def quantize(
     output: str | os.PathLike[str] | None,
     type: str,
     *,
-    pure: bool = False,
-    output_tensor_type: str | None = None,
-    token_embedding_type: str | None = None,
-    tensor_types: Sequence[tuple[str, str]] | Sequence[str] = (),
-    leave_output_tensor: bool = False,
     allow_requantize: bool = False,
-    threads: int | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    allow_nonfinite: bool = False,
-    durable: bool = False,
-    progress: bool | Callable[[int], None] = False,
+    options: QuantOptions | None = None,
+    write: WriteOptions | None = None,
+    **flags: Any,
 ) -> Path:
     """Quantize the GGUF ``input`` to ``type``, as ``llama-quantize input output type`` does; return the output.
 
     ``type`` is a llama-quantize type (``q4_0`` ... ``q6_k``, ``q8_0``, ``f16``, ``bf16``, ``f32``; ``q4_k`` =
-    ``q4_k_m`` ...). The per-tensor flags are llama-quantize's (see :func:`l1quant.convert`). ``output`` None
-    writes ``{stem}-{TYPE}.gguf`` beside the input. Any architecture the mix table knows (qwen2, qwen3, llama) is
-    accepted. ``threads``, ``chunk_bytes``, ``allow_nonfinite``, ``durable`` and ``progress`` are as in
-    ``convert``; the bytes do not depend on ``threads`` or ``chunk_bytes``.
+    ``q4_k_m`` ...). ``output`` None writes ``{stem}-{TYPE}.gguf`` beside the input; a folder (or a path ending
+    in ``/``) gets that name in it; a file path may hold ``{ftype}`` (:func:`l1quant.conversion.write.output_path`,
+    as ``convert``). Any architecture the mix table knows (qwen2, qwen3, llama) is accepted. ``options``
+    (llama-quantize's per-tensor flags) and ``write`` (threads, chunk size, fsync...) are as in
+    :func:`l1quant.convert`, and can be passed by the flags' names too (``threads=2``, ``pure=True``); the bytes do
+    not depend on ``threads`` or the chunk size.
 
     Raises :class:`~l1quant.errors.InputError` for an unreadable or unsupported input (quantized tensors without
     ``allow_requantize``, an architecture llama-quantize's rule is not written for here), ``ConfigError`` for an
@@ -161,13 +162,9 @@ def quantize(
         >>> quantize("m-BF16.gguf", None, "q6_k", threads=2)  # doctest: +SKIP
         PosixPath('m-Q6_K.gguf')
     """
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be >= 1, found {threads}")
+    options, w = split_flat_options("quantize", flags, options, write)
     src = Path(input)
     mix = get_mix(type)
-    options = quant_options(pure=pure, output_tensor_type=output_tensor_type,
-                            token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                            leave_output_tensor=leave_output_tensor)
     gf = read_gguf(src)
     arch_name = gf.kv.get(gguf.Keys.General.ARCHITECTURE)
     if not isinstance(arch_name, str) or arch_name not in ARCHS:
@@ -176,6 +173,7 @@ def quantize(
     if gf.alignment != gguf.GGUF_DEFAULT_ALIGNMENT:
         raise InputError(f"{src}: general.alignment {gf.alignment} is not supported (llama-quantize writes "
                          f"{gguf.GGUF_DEFAULT_ALIGNMENT}-byte alignment)")
+    check_complete_model(gf)  # a split part, a missing/extra/misshapen tensor: refused, as convert refuses them
     n_layer = _int_kv(gf, f"{arch_name}.block_count")
     n_head = _int_kv(gf, f"{arch_name}.attention.head_count")
     n_head_kv = _int_kv(gf, f"{arch_name}.attention.head_count_kv") \
@@ -185,20 +183,11 @@ def quantize(
         st, t_type = _source(gf, t, allow_requantize)
         planned.append((t.name, st, get_quant_type(t_type.name)))
     plan = apply_mix(arch_name, planned, mix, options, [], n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv)
-    out = Path(output) if output is not None else default_output(src, mix.name)
-    # "new/" (a trailing separator) names a folder, existing or not: never a file called "new"
-    if out.is_dir() or str(output).endswith(("/", os.sep)):
-        out = out / default_output(src, mix.name).name
+    out, create = output_path(output, default_output(src, mix.name), mix.name)
     if out.exists() and out.resolve() == src.resolve():
         raise OutputError(f"{out}: is the input file; write the output elsewhere")
-    for w in plan.warnings:
-        log.warning(w)
-    gw = _header(gf, plan, arch_name)
-    if not out.parent.exists() and str(output).endswith(("/", os.sep)):
-        try:
-            out.parent.mkdir(parents=True)
-        except OSError as e:
-            raise OutputError(f"{out.parent}: cannot create the output folder: {e.strerror or e}") from e
-    write_gguf(plan, gw, out, threads=threads, chunk_bytes=chunk_bytes, allow_nonfinite=allow_nonfinite,
-               durable=durable, progress=progress)
+    for warning in plan.warnings:
+        log.warning(warning)
+    header = quantized_header(gf, plan)
+    write_gguf(plan, header, out, w, create_folder=create)
     return out

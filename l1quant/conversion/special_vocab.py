@@ -28,7 +28,7 @@ from typing import Any
 
 import gguf
 
-from l1quant.errors import TokenizerError, read_json, read_text
+from l1quant.errors import TokenizerError, clip, read_json, read_text
 
 TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 K = gguf.Keys.Tokenizer
@@ -156,19 +156,32 @@ def _normalizer(sv: SpecialVocab, norm: dict[str, Any]) -> None:
                 _normalizer(sv, sub)
 
 
-def _special_id(item: Any) -> Any:
-    return item.get("SpecialToken", {}).get("id") if isinstance(item, dict) else None
+def _special_id(item: Any, kind: str = "SpecialToken") -> Any:
+    inner = item.get(kind) if isinstance(item, dict) else None
+    return inner.get("id") if isinstance(inner, dict) else None
 
 
-def _post_processor(sv: SpecialVocab, pp: dict[str, Any], tc: dict[str, Any] | None) -> None:
-    """Derive add_bos/eos/sep from the post-processor (and complete tokenizer_config like the reference does)."""
+def _list_field(obj: dict[str, Any], key: str, default: list[Any], path: Path, where: str) -> list[Any]:
+    """``obj[key]`` (``default`` when absent or null), refused in one line unless it is a list."""
+    v = obj.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, list):
+        raise TokenizerError(f"{path}: {where}.{key} is {clip(v)}, expected a list")
+    return v
+
+
+def _post_processor(sv: SpecialVocab, pp: dict[str, Any], tc: dict[str, Any] | None,
+                    path: Path = Path("tokenizer.json")) -> None:
+    """Derive add_bos/eos/sep from the post-processor (and complete tokenizer_config like the reference does).
+    A field of the wrong kind (``"processors": 5``) is a :class:`TokenizerError` naming ``path``."""
     bos, cls, eos, sep = (tc or {}).get("bos_token"), (tc or {}).get("cls_token"), \
         (tc or {}).get("eos_token"), (tc or {}).get("sep_token")
     if not bos and cls and tc:
         tc["bos_token"] = bos = cls
     if not eos and sep and tc:
         tc["eos_token"] = eos = sep
-    for proc in pp.get("processors", [pp]):
+    for proc in _list_field(pp, "processors", [pp], path, "post_processor"):
         if not isinstance(proc, dict):
             continue
         kind = proc.get("type")
@@ -178,11 +191,12 @@ def _post_processor(sv: SpecialVocab, pp: dict[str, Any], tc: dict[str, Any] | N
         elif kind == "RobertaProcessing":
             sv.add.update(bos=True, eos=True, sep=True)
             if not cls and tc:
-                tc["cls_token"] = cls = proc.get("cls", [bos])[0]
+                tc["cls_token"] = cls = (_list_field(proc, "cls", [bos], path, "post_processor") or [None])[0]
             if not sep and tc:
-                tc["sep_token"] = sep = proc.get("sep", [eos])[0]
+                tc["sep_token"] = sep = (_list_field(proc, "sep", [eos], path, "post_processor") or [None])[0]
         elif kind == "TemplateProcessing":
-            single, pair = proc.get("single") or [], proc.get("pair") or []
+            single = _list_field(proc, "single", [], path, "post_processor")
+            pair = _list_field(proc, "pair", [], path, "post_processor")
             first = last = None
             if len(single) > 1:
                 first = _special_id(single[0])
@@ -214,8 +228,7 @@ def _post_processor(sv: SpecialVocab, pp: dict[str, Any], tc: dict[str, Any] | N
                 stop = -1 if last and _special_id(pair[-1]) == last else None
                 mid = pair[start:stop]
                 if mid:
-                    a = mid[0].get("Sequence", {}).get("id") if isinstance(mid[0], dict) else None
-                    b = mid[-1].get("Sequence", {}).get("id") if isinstance(mid[-1], dict) else None
+                    a, b = _special_id(mid[0], "Sequence"), _special_id(mid[-1], "Sequence")
                     inner = mid[1:-1]
                     if a == "A" and b == "B" and inner:
                         add_sep = False
@@ -255,7 +268,7 @@ def load_special_vocab(model_dir: str | Path) -> SpecialVocab:
     if tc is not None and not isinstance(tc, dict):
         raise TokenizerError(f"{tc_path}: expected a JSON object")
     if tok is not None and isinstance(tok.get("post_processor"), dict):
-        _post_processor(sv, tok["post_processor"], tc)
+        _post_processor(sv, tok["post_processor"], tc, tok_path)
     if tc:
         _from_tokenizer_config(sv, d, tc, added)
     cfg_path = d / "config.json"

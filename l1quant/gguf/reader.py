@@ -53,6 +53,8 @@ __all__ = [
     "GGML_MAX_DIMS",
     "GGML_MAX_NAME",
     "MAX_ARRAY_DEPTH",
+    "MAX_KV_COUNT",
+    "MAX_TENSOR_COUNT",
     "GGUFFile",
     "TensorInfo",
     "describe",
@@ -83,6 +85,12 @@ MAX_NESTED_ARRAYS = 100_000
 #: read), instead of becoming a Python list (~9 bytes of RSS per u8 element: a 200 MiB u8 array cost 1.8 GB).
 #: Real per-token arrays (scores, token types) have at most ~262 k elements.
 MAX_LIST_ELEMENTS = 1 << 21
+#: Keys in one header: a real model has 20-60 (a few hundred at most, with every authorship key); each costs a
+#: dict entry and two Python objects, so 10 M one-byte keys took ~60 s and 2.9 GB before this bound.
+MAX_KV_COUNT = 65_536
+#: Tensor infos in one header: the largest real models (MoE with per-expert tensors) have ~10-60 k; the
+#: safetensors reader's bound (``MAX_TENSORS``) is the same. 5 M one-element infos took ~80 s and 2.9 GB.
+MAX_TENSOR_COUNT = 100_000
 _READ_AHEAD = 1 << 20  # header bytes read per system call
 _U64 = struct.Struct("<Q")
 
@@ -448,7 +456,11 @@ def _mapped_array(cur: _Cursor, etype: GGUFValueType, n: int, what: str) -> np.n
             if piece.size and int(piece.max()) > 1:
                 bad = int(np.argmax(piece > 1))
                 raise cur.fail(f"{what}[{off + bad}]: bool byte is {int(piece[bad])}, expected 0 or 1")
+    # np.memmap seeks the file object it is given (to its end, to size it): put the position back, or the next
+    # read of the header (refilling the read-ahead window) starts at the wrong place (a valid file refused).
+    here = cur.f.tell()
     arr = np.memmap(cur.f, dtype=np.dtype(dtype), mode="r", offset=start, shape=(n,))
+    cur.f.seek(here)
     return arr.view(bool) if etype == GGUFValueType.BOOL else arr
 
 
@@ -566,6 +578,12 @@ def _parse(f: BinaryIO, p: Path, file_size: int, max_header_bytes: int) -> GGUFF
         raise cur.fail(f"unsupported GGUF version {version}, expected one of {list(SUPPORTED_VERSIONS)}")
     n_tensors = cur.u64("tensor count")
     n_kv = cur.u64("kv count")
+    # refused before any is parsed: the per-object budget (MAX_KV_OBJECTS) counts values, not keys or infos
+    if n_kv > MAX_KV_COUNT:
+        raise cur.fail(f"kv count {n_kv} exceeds the maximum of {MAX_KV_COUNT} keys (hostile or corrupt file)")
+    if n_tensors > MAX_TENSOR_COUNT:
+        raise cur.fail(f"tensor count {n_tensors} exceeds the maximum of {MAX_TENSOR_COUNT} tensors "
+                       "(hostile or corrupt file)")
     if n_kv * _MIN_KV_BYTES > cur.left():
         raise cur.fail(f"kv count {n_kv} needs at least {n_kv * _MIN_KV_BYTES} bytes, only {cur.where()}")
     if n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES > cur.left():

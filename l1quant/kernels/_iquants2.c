@@ -793,12 +793,12 @@ static void quant_block(int type, const grid_t *g, const float *x, const float *
     }
 }
 
-/* iquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, levels, kmap, neighbours,
+/* iquant_grid(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, levels, kmap, neighbours,
  *        neighbour_levels, neighbours_size, ngrid)
  * -> flat index of the first non-finite value, or -1. imatrix: address of float32 (ncols,) or 0 for none (only
  * IQ2_S and IQ1_M; the caller refuses the others). levels/kmap/neighbours/neighbour_levels: kernels/iq_grids.py's
  * arrays (every list no longer than MAX_LIST, checked by the caller). */
-PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
+PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
     int type, kind, ngrid;
     unsigned long long s, d, q, lv, mp, nb, nl;
     long long rows, ncols, stride, nbsize;
@@ -808,12 +808,12 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
         return NULL;
     const int bytes = block_bytes(type);
     if (bytes == 0 || kind < SRC_F32 || kind > SRC_BF16 || rows < 0 || ncols < 0 || ncols % QK != 0) {
-        PyErr_Format(PyExc_ValueError, "_fastq8.iquant: unsupported type %d, bad kind or ncols not a multiple of 256",
+        PyErr_Format(PyExc_ValueError, "_fastq8.iquant_grid: unsupported type %d, bad kind or ncols not a multiple of 256",
                      type);
         return NULL;
     }
     if (q == 0 && type != GT_IQ2_S && type != GT_IQ1_M) {
-        PyErr_SetString(PyExc_ValueError, "_fastq8.iquant: this type needs an importance matrix");
+        PyErr_SetString(PyExc_ValueError, "_fastq8.iquant_grid: this type needs an importance matrix");
         return NULL;
     }
     if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);

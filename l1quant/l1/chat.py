@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from l1quant.errors import InputError, L1QuantError, TokenizerError, read_json
+from l1quant.errors import InputError, L1QuantError, TokenizerError, clip, read_json
 
 # A rendered prompt larger than this is refused: a hostile template could otherwise fill memory.
 _MAX_RENDER_CHARS = 1 << 20
@@ -43,9 +43,26 @@ def _make_env() -> Any:
     from jinja2.exceptions import SecurityError, TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    from jinja2.compiler import CodeGenerator
+
+    class _BoundedConcat(CodeGenerator):
+        # ``a ~ b`` compiles to a plain "".join: route it through the environment so its size is known first
+        def visit_Concat(self, node: Any, frame: Any) -> None:
+            self.write("environment.bounded_concat((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
     class _StrictSandbox(ImmutableSandboxedEnvironment):
         # Every size-changing operator goes through call_binop (and is no longer constant-folded at compile time).
         intercepted_binops = frozenset({"*", "**", "%"})
+        code_generator_class = _BoundedConcat
+
+        @staticmethod
+        def bounded_concat(parts: tuple[Any, ...]) -> str:
+            _check_estimate(sum(_size(x) for x in parts), "a ~ concatenation")
+            return "".join(map(str, parts))
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             if operator == "*":
@@ -56,7 +73,8 @@ def _make_env() -> Any:
                 if isinstance(right, (int, float)) and abs(right) > _MAX_POW_EXPONENT and not isinstance(left, float):
                     raise _BoundError(f"exponent {right} exceeds {_MAX_POW_EXPONENT}")
             elif operator == "%" and isinstance(left, str):
-                _check_format(left)
+                _check_format(left, right if isinstance(right, (tuple, list)) else (right,))
+                _check_estimate(len(left) + (left.count("%") + 1) * _size(right), "a % format")
             return super().call_binop(context, operator, left, right)
 
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
@@ -64,8 +82,11 @@ def _make_env() -> Any:
             if owner is None:
                 owner = getattr(getattr(__obj, "__wrapped__", None), "__self__", None)
             if isinstance(owner, str):
-                _check_format(owner) if getattr(__obj, "__name__", "") in ("format", "format_map") else None
+                name = getattr(__obj, "__name__", "")
+                if name in ("format", "format_map"):
+                    _check_format(owner)
                 _check_sizes(args, kwargs)  # 'a'.ljust(10**9), 'x'.zfill(...), ...
+                _check_estimate(_str_method_size(owner, name, args, kwargs), f"str.{name}")
             return _check_result(super().call(__context, __obj, *args, **kwargs))
 
         # Jinja's sandbox returns an Undefined for unsafe attributes, which prints as "" and only raises when used
@@ -124,7 +145,7 @@ def _make_env() -> Any:
     env = _StrictSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     for fname, f in list(env.filters.items()):  # x|center(10**9), x|indent(10**9), '%1000000000d'|format(1)...
-        env.filters[fname] = _bounded_filter(f, fname == "format")
+        env.filters[fname] = _bounded_filter(f, fname)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["dict"] = _Dict()
@@ -139,11 +160,15 @@ class _BoundError(Exception):
     """A template operation exceeded one of the render bounds above (becomes a ChatTemplateError)."""
 
 
-def _check_format(fmt: str) -> None:
+def _check_format(fmt: str, args: Any = ()) -> None:
     for m in _FORMAT_NUMBERS.finditer(fmt):
         for g in m.groups():
             if g and (len(g) > 6 or int(g) > _MAX_FORMAT_WIDTH):
                 raise _BoundError(f"format width/precision {g[:20]} exceeds {_MAX_FORMAT_WIDTH}")
+    if "*" in fmt:  # '%*d' % (10**9, 1): the width is an argument
+        for a in args:
+            if isinstance(a, int) and not isinstance(a, bool) and abs(a) > _MAX_FORMAT_WIDTH:
+                raise _BoundError(f"format width/precision {a} exceeds {_MAX_FORMAT_WIDTH}")
 
 
 def _check_sizes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -158,16 +183,106 @@ def _check_result(r: Any) -> Any:
     return r
 
 
-def _bounded_filter(f: Callable[..., Any], is_format: bool) -> Callable[..., Any]:
+def _check_estimate(n: int, what: str) -> None:
+    if n > _MAX_VALUE_ITEMS:
+        raise _BoundError(f"{what} would build about {n} characters, more than {_MAX_VALUE_ITEMS}")
+
+
+def _size(x: Any, limit: int = _MAX_VALUE_ITEMS) -> int:
+    """An upper estimate of ``len(str(x))`` (and of the items a join or copy of ``x`` makes), computed without
+    building it; it stops counting once past ``limit`` (a repeated or self-containing value costs nothing more)."""
+    total, stack = 0, [x]
+    while stack and total <= limit:
+        v = stack.pop()
+        if isinstance(v, str):
+            total += len(v)
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            total += 2 + 2 * len(v)
+            stack.extend(list(v)[: limit - total + 1] if len(v) > limit else v)
+        elif isinstance(v, dict):
+            total += 2 + 4 * len(v)
+            for k, w in list(v.items())[: max(0, limit - total + 1)]:
+                stack += (k, w)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            total += v.bit_length() // 3 + 2  # digits, sign
+        else:
+            total += 32  # a float, None, a bool, an Undefined: a short repr
+    return total
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str, default: Any) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _str_method_size(s: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """An upper estimate of the length of ``s.name(*args, **kwargs)``, before it runs."""
+    if name == "replace":
+        old, new = _arg(args, kwargs, 0, "old", ""), _arg(args, kwargs, 1, "new", "")
+        if isinstance(old, str) and isinstance(new, str):
+            n = s.count(old) if old else len(s) + 1
+            count = _arg(args, kwargs, 2, "count", -1)
+            if isinstance(count, int) and count >= 0:
+                n = min(n, count)
+            return len(s) + n * max(0, len(new) - len(old))
+    elif name == "join":
+        items = _arg(args, kwargs, 0, "iterable", ())
+        if isinstance(items, (list, tuple, str)):
+            return _size(items) + len(s) * len(items)
+    elif name in ("format", "format_map"):
+        return len(s) + (s.count("{") + 1) * (_size(args) + _size(kwargs))
+    elif name == "expandtabs":
+        tab = _arg(args, kwargs, 0, "tabsize", 8)
+        return len(s) + s.count("\t") * (tab if isinstance(tab, int) else 8)
+    return len(s)
+
+
+#: Filters whose result is no larger than their input (or a number): nothing to estimate.
+_NON_GROWING_FILTERS = frozenset({
+    "length", "count", "first", "last", "trim", "lower", "upper", "capitalize", "title", "default", "d", "int",
+    "float", "abs", "round", "bool", "selectattr", "rejectattr", "select", "reject", "unique", "sort", "reverse",
+    "dictsort", "items", "attr", "random", "max", "min", "safe", "striptags", "truncate", "wordcount", "map",
+    "groupby", "filesizeformat"})
+
+
+def _filter_size(fname: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """An upper estimate of the size of ``args[0]|fname(*args[1:])``'s result, before it runs (jinja's filters
+    take the value first; a context/eval-context argument, when there is one, is skipped)."""
+    from jinja2.nodes import EvalContext
+    from jinja2.runtime import Context
+
+    if args and isinstance(args[0], (EvalContext, Context)):
+        args = args[1:]
+    if not args:
+        return 0
+    value, rest = args[0], args[1:]
+    if fname == "replace" and isinstance(value, str):
+        return _str_method_size(value, "replace", rest, kwargs)
+    if fname == "join" and isinstance(value, (list, tuple)):
+        d = _arg(rest, kwargs, 0, "d", "")
+        return _size(value) + (len(d) if isinstance(d, str) else 0) * len(value)
+    if fname == "indent" and isinstance(value, str):
+        w = _arg(rest, kwargs, 0, "width", 4)
+        w = len(w) if isinstance(w, str) else w if isinstance(w, int) else 0
+        return len(value) + (value.count("\n") + 1) * w
+    if fname == "format" and isinstance(value, str):
+        return len(value) + (value.count("%") + 1) * (_size(rest) + _size(kwargs))
+    if fname in _NON_GROWING_FILTERS:
+        return 0
+    # string, tojson, list, pprint, wordwrap, center...: about the size of what they are given
+    return _size(args) + _size(kwargs)
+
+
+def _bounded_filter(f: Callable[..., Any], fname: str) -> Callable[..., Any]:
     import functools
 
     @functools.wraps(f)
     def bounded(*args: Any, **kwargs: Any) -> Any:
         # args[0] may be the context/environment (pass_context filters) or the value; sizes are the rest
         values = [a for a in args if isinstance(a, str)]
-        if is_format and values:
-            _check_format(values[0])
+        if fname == "format" and values:
+            _check_format(values[0], args[args.index(values[0]) + 1:])
         _check_sizes(tuple(a for a in args[1:] if isinstance(a, int)), kwargs)
+        _check_estimate(_filter_size(fname, args, kwargs), f"the {fname} filter")
         return _check_result(f(*args, **kwargs))
 
     return bounded
@@ -285,7 +400,13 @@ def render_messages(chat_template: str, messages: list[dict[str, Any]], *, bos_t
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError,
             RecursionError, MemoryError) as e:
         raise ChatTemplateError(f"chat template: failed while rendering: {type(e).__name__}: {e}") from None
-    return "".join(pieces)
+    text = "".join(pieces)
+    try:
+        text.encode("utf-8")  # a lone surrogate ('\\ud800') renders, but no tokenizer or terminal can take it
+    except UnicodeEncodeError as e:
+        raise ChatTemplateError(f"chat template: rendered {clip(text[e.start:e.end])} at character {e.start}, "
+                                "which is not valid Unicode text (a lone surrogate)") from None
+    return text
 
 
 def _token_content(value: Any) -> str:

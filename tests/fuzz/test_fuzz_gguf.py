@@ -85,7 +85,12 @@ def _save_failures() -> Iterator[None]:
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    data, u64s, u32s = seeds()[draw(st.integers(0, len(seeds()) - 1))]
+    return mutate(draw, *seeds()[draw(st.integers(0, len(seeds()) - 1))])
+
+
+def mutate(draw: st.DrawFn, data: bytes, u64s: list[int], u32s: list[int]) -> bytes:
+    """1-4 mutations of the valid file ``data`` whose u64/u32 fields start at ``u64s``/``u32s`` (also used by
+    test_fuzz_quantize.py on a whole model's file)."""
     buf = bytearray(data)
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["flip", "truncate", "u64", "u32", "insert", "delete", "byte"]))
