@@ -86,14 +86,16 @@ def test_derived_tables_are_llama_cpps() -> None:
                      ("BF16", "F16")}
     # quantize_* in ggml-quants.c: every 4/5-bit and K quantizer uses quant_weights; Q8_0 and the floats do not
     assert {n for n, q in QUANT_TYPES.items() if q.takes_imatrix} == set(QUANT_TYPES) - {"F32", "F16", "BF16", "Q8_0"}
-    # of the served types, llama-quantize refuses only IQ3_XXS without one (tensor_requires_imatrix)
+    # of the served types, llama-quantize refuses IQ3_XXS and the 1-2 bit grid types without one
+    # (tensor_requires_imatrix)
     assert {n for n, q in QUANT_TYPES.items() if q.needs_imatrix} <= {"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S",
                                                                        "IQ1_S", "IQ1_M"}
     assert get_quant_type("iq3_xxs").needs_imatrix and not get_quant_type("iq3_s").needs_imatrix
     # and l1quant has the weighted search for exactly those (kernels/kquants_imatrix.py)
     assert {n for n, q in QUANT_TYPES.items() if q.numpy_imatrix_kernel is not None} == \
         {n for n, q in QUANT_TYPES.items() if q.takes_imatrix}
-    assert not describe("iq2_xxs").served and describe(T.IQ2_XXS).needs_imatrix and describe("I8") is None
+    assert describe("iq2_xxs").served and describe(T.IQ2_XXS).needs_imatrix and describe("I8") is None
+    assert not describe("tq1_0").served
     # a mix named after one type writes that type's file type number (llama_ftype), and its base is that type
     for m in MIXES.values():
         qt = QUANT_TYPES.get(m.name)
