@@ -28,7 +28,7 @@ from test_reliability import REFUSE_SECONDS, one_error, run
 from test_signals import default_signals
 
 import l1quant
-from l1quant.check.forward import Hparams, decoder_logits, random_weights
+from l1quant.evaluate.forward import Hparams, decoder_logits, random_weights
 from l1quant.errors import InputError, L1QuantError
 from l1quant.gguf.reader import MAX_KV_COUNT, MAX_TENSOR_COUNT, read_gguf
 from l1quant.l1.budget import load_problems
