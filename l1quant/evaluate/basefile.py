@@ -69,6 +69,7 @@ class BaseFile:
         got = f.readinto(memoryview(out).cast("B"))  # type: ignore[attr-defined]
         if got != out.nbytes:
             raise InputError(f"{self.path}: truncated base log-prob file (chunk {i} of {self.n_chunk})")
+        _check_rows(self.path, i, out)
         return out
 
     @classmethod
@@ -143,6 +144,22 @@ def write_base_ppl(meta: Path, ppl: tuple[float, float]) -> None:
     data = json.dumps({"ppl": list(ppl)}).encode()
     with AtomicOutput(meta, len(data)) as out:
         pwrite_all(out.fd, data, 0)
+
+
+def _check_rows(path: Path, chunk: int, rows: np.ndarray) -> None:
+    """Each stored row's float32 scale and minimum log-prob must describe log-probs: finite, ``scale >= 0``, the
+    range within ``[-1e4, 1]`` nats (the writer stores ``(max - min) / 65535`` over at most 16 nats and a minimum
+    at most ``16 + ln(n_vocab)`` below 0, llama-perplexity alike; the slack is for rounding). A damaged file
+    otherwise overflowed ``exp`` in the statistics (found by tests/fuzz/test_fuzz_compare.py)."""
+    head = np.ascontiguousarray(rows[:, :4]).view("<f4")
+    scale, low = head[:, 0].astype(np.float64), head[:, 1].astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        high = low + scale * 65535.0
+        bad = ~(np.isfinite(scale) & np.isfinite(low) & (scale >= 0) & (low >= -1e4) & (high <= 1.0))
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: chunk {chunk}, scored token {r}: stored scale {scale[r]:g} and minimum log-prob "
+                         f"{low[r]:g} do not describe log-probs (a damaged base file)")
 
 
 def _chunk_targets(tokens: np.ndarray, start: int, first: int, n_ctx: int) -> np.ndarray:

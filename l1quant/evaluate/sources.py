@@ -160,8 +160,11 @@ class NumpyLogits:
         if whole:
             try:
                 check_supported(self.hp)
-            except NotImplementedInputError as e:
-                raise NotImplementedInputError(f"{path}: {e} (--runtime llama.cpp implements it)") from None
+            except NotImplementedInputError:
+                raise NotImplementedInputError(
+                    f"{path}: rope scaling type {self.hp.rope_scaling_type!r} is not implemented by the numpy "
+                    "reference forward pass (supported: none, linear, llama3); --runtime llama.cpp implements it"
+                ) from None
         self.n_vocab = self.hp.n_vocab
         self.add_bos = bool(self.gf.kv.get("tokenizer.ggml.add_bos_token", False))
         self.bos = int(self.gf.kv.get("tokenizer.ggml.bos_token_id", 0))
