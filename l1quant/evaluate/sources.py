@@ -6,7 +6,9 @@
   weights: the weights' quantization error only.
 
 Tokens come from the source's own tokenizer: llama.cpp's vocabulary for llama.cpp, a checkpoint's
-``tokenizer.json`` (:func:`tokenizer_json_ids`, the one place that loads one for evaluation) for numpy.
+``tokenizer.json`` for numpy (:func:`tokenizer_json_ids` for verify; :class:`NumpyLogits` loads it once).
+compare tokenizes its text as it streams (:func:`tokenize_stream`): only the ids its chunks use, with the whole
+text's ids.
 
 Example:
     >>> src = open_logits(Path("m-Q8_0.gguf"), ctx=128, threads=2)      # doctest: +SKIP
