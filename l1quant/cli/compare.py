@@ -15,6 +15,7 @@ import click
 
 from l1quant.cli import main
 from l1quant.cli.l1 import NO_REPACK_OPTION, parse_budgets
+from l1quant.cli.options import setup_logging
 
 
 def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
@@ -69,6 +70,7 @@ def compare_cmd(model: tuple[str, ...], types: list[str], base: Path | None, tex
     """
     from l1quant.evaluate import compare
 
+    setup_logging(quiet)  # a rebuilt cache entry is one warning line
     if len(model) == 1 and not model[0].endswith(".gguf"):
         target: str | list[str] = model[0]
     else:

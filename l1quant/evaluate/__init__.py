@@ -18,7 +18,8 @@ Example:
 
 from __future__ import annotations
 
-from l1quant.evaluate.basefile import MAGIC, BaseFile, score_against_base, write_base
+from l1quant.evaluate.basefile import (MAGIC, BaseFile, read_base_ppl, score_against_base, sidecar_path, write_base,
+                                       write_base_ppl)
 from l1quant.evaluate.driver import DEFAULT_CTX, compare, default_compare_text
 from l1quant.evaluate.metrics import (
     COMPRESSION_BOUND_NATS,
