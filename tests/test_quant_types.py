@@ -50,7 +50,7 @@ from l1quant.kernels import (
     registered,
 )
 from l1quant.kernels.blockwise import numpy_block_kernel
-from l1quant.kernels.nonfinite import can_overflow, first_nonfinite_output
+from l1quant.kernels.nonfinite import can_overflow
 
 T = GGMLQuantizationType
 

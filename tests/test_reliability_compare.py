@@ -28,8 +28,7 @@ from test_reliability3 import peak_rss_mib, rewrite
 import l1quant
 from l1quant.conversion.vocab import tokenizer_from_text
 from l1quant.errors import InputError
-from l1quant.evaluate import (MAGIC, BaseFile, compare, default_compare_text, read_base_ppl, row_width,
-                              sidecar_path)
+from l1quant.evaluate import (MAGIC, BaseFile, compare, default_compare_text, read_base_ppl, sidecar_path)
 from l1quant.evaluate.sources import LlamaCppLogits, safe_pieces, tokenize_stream
 from l1quant.gguf.reader import read_gguf
 

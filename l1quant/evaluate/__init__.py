@@ -38,4 +38,5 @@ from l1quant.evaluate.sources import LlamaCppLogits, LogitSource, NumpyLogits, o
 __all__ = ["COMPRESSION_BOUND_NATS", "DEFAULT_CTX", "LOGPROB_RANGE", "MAGIC", "SCHEMA", "BaseFile", "CompareReport",
            "KldAccumulator", "LlamaCppLogits", "LogitReport", "LogitSource", "NumpyLogits", "TypeRow", "compare",
            "compare_logits", "default_compare_text", "median", "open_logits", "pack_base_rows", "percentile",
-           "row_width", "score_against_base", "tokenizer_json_ids", "write_base"]
+           "read_base_ppl", "row_width", "score_against_base", "sidecar_path", "tokenizer_json_ids", "write_base",
+           "write_base_ppl"]

@@ -404,7 +404,7 @@ def _iq_grid(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:
 
     native: Kernel | None = None
     native_imatrix: ImatrixKernel | None = None
-    if _native.AVAILABLE and hasattr(_native._mod, "iquant_grid"):
+    if _native.AVAILABLE and _native.has("iquant_grid"):
 
         def compiled_imatrix(x: np.ndarray, out: np.ndarray, qw: np.ndarray | None) -> int:
             if qw is None and name in ("IQ2_XXS", "IQ2_XS", "IQ1_S"):
