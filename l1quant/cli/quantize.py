@@ -3,16 +3,18 @@ parameters."""
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from l1quant.cli import did_you_mean, main
-from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
+from l1quant.cli.options import THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging
 from l1quant.conversion.mixes import ALIASES, MIXES, quant_options
-from l1quant.conversion.quantize import quantize
-from l1quant.conversion.write import DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions
+from l1quant.conversion.quantize import plan_quantize, quantize
+from l1quant.conversion.write import DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_report, written_report
 
 _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
 
@@ -30,11 +32,12 @@ _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
               show_default=True, help="Source MiB per work item; bounds memory.")
 @click.option("--allow-nonfinite", is_flag=True, help="Write the output even if tensors hold NaN/Inf.")
 @click.option("--fsync", is_flag=True, help="Flush the output to disk before publishing it.")
+@run_report_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_type: str | None,
                  token_embedding_type: str | None, tensor_types: tuple[str, ...], leave_output_tensor: bool,
                  allow_requantize: bool, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
-                 quiet: bool) -> None:
+                 dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Quantize an F32/F16/BF16 GGUF to TYPE, byte-identical to llama-quantize.
 
     TYPE is one of q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k q8_0 f16
@@ -48,10 +51,20 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
         raise click.UsageError(f"TYPE {type_!r} is not one of {', '.join(_TYPES)}{did_you_mean(type_, _TYPES)}")
     output = args[0] if len(args) == 2 else None
     setup_logging(quiet)
-    out = quantize(input_, output, type_, allow_requantize=allow_requantize,
-                   options=quant_options(pure=pure, output_tensor_type=output_tensor_type,
-                                         token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                                         leave_output_tensor=leave_output_tensor),
+    options = quant_options(pure=pure, output_tensor_type=output_tensor_type,
+                            token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                            leave_output_tensor=leave_output_tensor)
+    if dry_run:
+        job = plan_quantize(input_, output, type_, allow_requantize=allow_requantize, options=options)
+        rep = output_report(job.header, job.output)
+        click.echo(json.dumps({"dry_run": True, "outputs": [rep]}, indent=2) if as_json else format_tensor_table(rep))
+        return
+    started = time.monotonic()
+    out = quantize(input_, output, type_, allow_requantize=allow_requantize, options=options,
                    write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
                                       fsync=fsync, progress=not quiet and sys.stderr.isatty()))
-    click.echo(str(out))
+    if as_json:
+        click.echo(json.dumps({"dry_run": False, "outputs": [written_report(out, time.monotonic() - started)]},
+                              indent=2))
+    else:
+        click.echo(str(out))

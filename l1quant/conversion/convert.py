@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,10 @@ from l1quant.arch import Arch, get_arch
 from l1quant.conversion.card import write_verified_card
 from l1quant.conversion.metadata import check_model_card, validate_metadata
 from l1quant.conversion.mixes import QuantOptions
-from l1quant.conversion.plan import ConversionPlan, make_plan
+from l1quant.conversion.plan import OUT_TYPES, ConversionPlan, make_plan
 from l1quant.conversion.vocab import Vocab, load_vocab
-from l1quant.conversion.write import WriteOptions, output_path, split_flat_options, write_gguf
-from l1quant.errors import InputError, L1QuantError, OutputError, VerifyError, read_json
+from l1quant.conversion.write import OutputFile, WriteOptions, output_path, split_flat_options, write_gguf_many
+from l1quant.errors import ConfigError, InputError, L1QuantError, OutputError, VerifyError, read_json
 from l1quant.gguf.header import Header
 from l1quant.output import inside_folder
 from l1quant.source.config import ModelConfig
@@ -36,7 +37,8 @@ from l1quant.source.hub import is_repo_id, resolve_model
 from l1quant.source.inputs import check_reference_inputs
 from l1quant.source.safetensors import open_checkpoint
 
-__all__ = ["Prepared", "WriteOptions", "build_header", "convert", "prepare", "resolve_source"]
+__all__ = ["Prepared", "WriteOptions", "build_header", "convert", "convert_many", "parse_types", "prepare",
+           "prepare_many", "resolve_source"]
 
 log = logging.getLogger("l1quant")
 
@@ -256,26 +258,125 @@ def convert(
         >>> convert("L1-Qwen-1.5B-Max", "q4_k_m", threads=2, pure=True)                     # doctest: +SKIP
         PosixPath('L1-Qwen-1.5B-Max-Q4_K_M.gguf')
     """
+    return convert_many(model, [type], output, name=name, metadata=metadata, pre=pre, card=card, options=options,
+                        write=write, **flags)[0]
+
+
+def parse_types(type: str | Sequence[str]) -> list[str]:
+    """The types of ``--type q8_0,q4_k_m`` (or a list): each checked against :data:`OUT_TYPES`, lower-cased,
+    repeats refused. Raises ``ConfigError`` naming the type that is not one.
+
+    Example:
+        >>> parse_types("Q8_0, q4_k_m")
+        ['q8_0', 'q4_k_m']
+        >>> parse_types("q8_0,q9")
+        Traceback (most recent call last):
+        ...
+        l1quant.errors.ConfigError: --type 'q9' is not one of auto, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q3_k, q4_k_s, q4_k_m, q4_k, q5_k_s, q5_k_m, q5_k, q6_k
+    """
+    items = type.split(",") if isinstance(type, str) else list(type)
+    out: list[str] = []
+    for item in items:
+        t = str(item).strip().lower()
+        if t not in OUT_TYPES:
+            raise ConfigError(f"--type {str(item).strip()!r} is not one of {', '.join(OUT_TYPES)}")
+        if t in out:
+            raise ConfigError(f"--type {t} is given twice")
+        out.append(t)
+    if not out:
+        raise ConfigError("--type names no type")
+    return out
+
+
+def prepare_many(
+    model: str | os.PathLike[str],
+    types: str | Sequence[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    metadata: str | os.PathLike[str] | None = None,
+    pre: str | None = None,
+    options: QuantOptions | None = None,
+) -> list[Prepared]:
+    """:func:`prepare` for each of ``types`` (``"q8_0,q4_k_m"`` or a list); reads no tensor data, writes nothing.
+
+    With several types ``output`` must name a folder (or hold ``{ftype}``, filled per type): each file gets the
+    name a single run would give it there. Raises ``ConfigError`` for a plain file name with several types, or
+    two types that name the same file (``q4_k`` and ``q4_k_m``).
+
+    Example:
+        >>> [p.output.name for p in prepare_many("tiny-qwen3", "q8_0,q4_k_m", "out/")]  # doctest: +SKIP
+        ['Tiny-Qwen3-Q8_0.gguf', 'Tiny-Qwen3-Q4_K_M.gguf']
+    """
+    wanted = parse_types(types)
+    if len(wanted) > 1 and output is not None:
+        o = str(output)
+        if not (Path(o).is_dir() or o.endswith(("/", os.sep)) or any(
+                t in Path(o).name for t in ("{ftype}", "{FTYPE}", "{outtype}"))):
+            raise ConfigError(f"{o}: with several types (--type {','.join(wanted)}) the output must be a folder "
+                              "(end it with /) or a file name holding {ftype}")
+    prepared = [prepare(model, t, output, name=name, metadata=metadata, pre=pre, options=options) for t in wanted]
+    seen: dict[Path, str] = {}
+    for t, p in zip(wanted, prepared):
+        if p.output in seen:
+            raise ConfigError(f"{p.output}: --type {seen[p.output]} and {t} would both write this file")
+        seen[p.output] = t
+    return prepared
+
+
+def convert_many(
+    model: str | os.PathLike[str],
+    types: str | Sequence[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    metadata: str | os.PathLike[str] | None = None,
+    pre: str | None = None,
+    card: bool = False,
+    options: QuantOptions | None = None,
+    write: WriteOptions | None = None,
+    **flags: Any,
+) -> list[Path]:
+    """Convert a checkpoint to several types in one run, reading its tensors once; return the output paths.
+
+    ``types`` is ``"q8_0,q4_k_m,q3_k_m"`` or a list; every other parameter is :func:`convert`'s. Each file is
+    byte for byte the file :func:`convert` writes for its type (named as a single run names it, in the folder
+    ``output`` names: :func:`prepare_many`). Every chunk of the checkpoint is read once and converted into every
+    file (:func:`l1quant.conversion.write.write_gguf_many`). ``card`` verifies each file and writes one card per
+    file (``README.md`` for the first, ``<stem>.README.md`` for the others when they share a folder).
+
+    Example:
+        >>> convert_many("L1-Qwen-1.5B-Max", "q8_0,q4_k_m", "out/", threads=2)  # doctest: +SKIP
+        [PosixPath('out/L1-Qwen-1.5B-Max-Q8_0.gguf'), PosixPath('out/L1-Qwen-1.5B-Max-Q4_K_M.gguf')]
+    """
     options, w = split_flat_options("convert", flags, options, write)
-    p = prepare(model, type, output, name=name, metadata=metadata, pre=pre, options=options)
-    # The input folder is only ever read: no output (let alone one named like an input file) goes into it. Checked
-    # here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its source.
-    if inside_folder(p.output, p.model_dir):  # any depth, symlinks and bind mounts: compared by device and inode
-        raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; pass -o elsewhere")
-    for warning in p.warnings:
-        log.warning(warning)
-    write_gguf(p.plan, p.header, p.output, w, create_folder=p.create_folder)
+    prepared = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options)
+    for p in prepared:
+        # The input folder is only ever read: no output (let alone one named like an input file) goes into it.
+        # Checked here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its
+        # source.
+        if inside_folder(p.output, p.model_dir):  # any depth, symlinks and bind mounts: compared by device and inode
+            raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; pass -o elsewhere")
+    for p in prepared:
+        for warning in p.warnings:
+            log.warning(warning)
+    write_gguf_many([OutputFile(p.plan, p.header, p.output, p.create_folder) for p in prepared], w)
     if card:
-        try:
-            where, report = write_verified_card(p.output, model, threads=w.threads)
-        except (L1QuantError, OSError) as e:
-            # the GGUF is complete and valid: the message must not read as the conversion failing
-            code = e.exit_code if isinstance(e, L1QuantError) else 1
-            detail = str(e) if isinstance(e, L1QuantError) else f"{e.strerror or e}: {e.filename or ''}"
-            raise CardStepError(f"{p.output} was written completely; the --card step failed: {detail}", code) from e
-        if not report.passed:
-            raise VerifyError(f"{p.output}: verify: {report.verdict} (the card {where} says so)")
-    return p.output
+        for p in prepared:
+            _card_step(p.output, model, w.threads)
+    return [p.output for p in prepared]
+
+
+def _card_step(output: Path, model: str | os.PathLike[str], threads: int | None) -> None:
+    try:
+        where, report = write_verified_card(output, model, threads=threads)
+    except (L1QuantError, OSError) as e:
+        # the GGUF is complete and valid: the message must not read as the conversion failing
+        code = e.exit_code if isinstance(e, L1QuantError) else 1
+        detail = str(e) if isinstance(e, L1QuantError) else f"{e.strerror or e}: {e.filename or ''}"
+        raise CardStepError(f"{output} was written completely; the --card step failed: {detail}", code) from e
+    if not report.passed:
+        raise VerifyError(f"{output}: verify: {report.verdict} (the card {where} says so)")
 
 
 class CardStepError(L1QuantError):

@@ -31,7 +31,7 @@ from gguf.constants import GGMLQuantizationType
 from l1quant.check.complete import check_complete_model
 from l1quant.conversion.mixes import ARCHS, QuantOptions, get_mix
 from l1quant.conversion.plan import ConversionPlan, apply_mix
-from l1quant.conversion.write import WriteOptions, output_path, split_flat_options, write_gguf
+from l1quant.conversion.write import OutputFile, WriteOptions, output_path, split_flat_options, write_gguf
 from l1quant.errors import InputError, OutputError, clip
 from l1quant.gguf.header import Header
 from l1quant.gguf.reader import GGUFFile, TensorInfo, read_gguf
@@ -40,7 +40,7 @@ from l1quant.source.safetensors import SafeTensor
 
 log = logging.getLogger("l1quant")
 
-__all__ = ["GGUFSource", "default_output", "quantize", "quantized_header"]
+__all__ = ["GGUFSource", "default_output", "plan_quantize", "quantize", "quantized_header"]
 
 _T = GGMLQuantizationType
 #: Input tensor types read as they are (the kernels take float32, float16 and bf16 bits).
@@ -162,6 +162,29 @@ def quantize(
         PosixPath('m-Q6_K.gguf')
     """
     options, w = split_flat_options("quantize", flags, options, write)
+    job = plan_quantize(input, output, type, allow_requantize=allow_requantize, options=options)
+    for warning in job.plan.warnings:
+        log.warning(warning)
+    write_gguf(job.plan, job.header, job.output, w, create_folder=job.create_folder)
+    return job.output
+
+
+def plan_quantize(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None,
+    type: str,
+    *,
+    allow_requantize: bool = False,
+    options: QuantOptions | None = None,
+) -> OutputFile:
+    """Everything :func:`quantize` decides before writing -- the plan, the header, the output path -- reading the
+    input's header only (``quantize --dry-run``); raises what :func:`quantize` raises for a bad input.
+
+    Example:
+        >>> job = plan_quantize("m-BF16.gguf", None, "q4_k_m")  # doctest: +SKIP
+        >>> job.output.name, job.header.data_nbytes             # doctest: +SKIP
+        ('m-Q4_K_M.gguf', 1117320736)
+    """
     src = Path(input)
     mix = get_mix(type)
     gf = read_gguf(src)
@@ -185,8 +208,5 @@ def quantize(
     out, create = output_path(output, default_output(src, mix.name), mix.name)
     if out.exists() and out.resolve() == src.resolve():
         raise OutputError(f"{out}: is the input file; write the output elsewhere")
-    for warning in plan.warnings:
-        log.warning(warning)
-    header = quantized_header(gf, plan)
-    write_gguf(plan, header, out, w, create_folder=create)
-    return out
+    return OutputFile(plan, quantized_header(gf, plan), out, create)
+
