@@ -61,6 +61,7 @@ from l1quant.check.structure import (
 )
 from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, RuntimeMissingError
 from l1quant.gguf.reader import GGUFFile, read_gguf
+from l1quant.gguf.split import merged_view, read_parts
 
 __all__ = ["verify"]
 
@@ -132,10 +133,16 @@ def verify(
         src = Path(source)
 
     try:
-        gf = read_gguf(gguf_path)
+        # a split's first part: the whole model, every part read (another part or a missing one: one line)
+        parts = read_parts(gguf_path)
+        gf = merged_view(parts)
     except InputError as e:  # missing, unreadable, not a regular file: "cannot be read" like a malformed one
         raise GGUFFormatError(str(e)) from None
-    checks: list[Check] = [_check_layout(gf)]
+    layouts = [_check_layout(p) for p in parts]  # each part of a split is a whole GGUF of its own
+    layout = next((c for c in layouts if c.status == FAIL), layouts[0])
+    if len(parts) > 1 and layout.status != FAIL:
+        layout = Check(layout.name, layout.status, f"{len(parts)} parts (split), first: " + layout.message)
+    checks: list[Check] = [layout]
     rows: list[TensorFidelity] = []
     logits_d = runtime_d = None
 

@@ -15,14 +15,16 @@ from typing import Any
 import click
 
 from l1quant.cli import main
-from l1quant.cli.options import THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging
+from l1quant.cli.options import (THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
+                                 split_options, split_write_fields)
 from l1quant.conversion.card import card_path
 from l1quant.conversion.convert import convert_many, parse_types, prepare_many
 from l1quant.conversion.mixes import quant_options
 from l1quant.conversion.plan import OUT_TYPES
-from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_report,
-                                     written_report)
+from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_parts,
+                                     output_report, written_report)
 from l1quant.errors import ConfigError, Terminated
+from l1quant.gguf.split import read_parts
 from l1quant.output import TERMINATING_SIGNALS
 
 
@@ -72,12 +74,13 @@ class _TypeList(click.ParamType):
                    "source, type, sizes, verify summary, and the L1 budget prompt format.")
 @per_tensor_options
 @run_report_options
+@split_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def convert_cmd(model: str, type_: str, output: str | None, name: str | None, metadata: Path | None,
                 pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                 card: bool, pure: bool, output_tensor_type: str | None, token_embedding_type: str | None,
                 tensor_types: tuple[str, ...], leave_output_tensor: bool, dry_run: bool, as_json: bool,
-                quiet: bool) -> None:
+                split_max_size: str | None, split_max_tensors: int | None, quiet: bool) -> None:
     """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
 
     MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
@@ -94,10 +97,11 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
     options = quant_options(pure=pure, output_tensor_type=output_tensor_type,
                             token_embedding_type=token_embedding_type, tensor_types=tensor_types,
                             leave_output_tensor=leave_output_tensor)
+    split = split_write_fields(split_max_size, split_max_tensors)
     if dry_run:
-        reports = [output_report(p.header, p.output)
-                   for p in prepare_many(model, type_, output, name=name, metadata=metadata, pre=pre,
-                                         options=options)]
+        reports = [output_report(h, path)
+                   for p in prepare_many(model, type_, output, name=name, metadata=metadata, pre=pre, options=options)
+                   for path, h in output_parts(p.output, p.header, WriteOptions(**split))]
         click.echo(json.dumps({"dry_run": True, "outputs": reports}, indent=2) if as_json
                    else "\n".join(format_tensor_table(r) for r in reports))
         return
@@ -106,11 +110,11 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
         outs = convert_many(model, type_, output, name=name, metadata=metadata, pre=pre, card=card,
                             options=options,
                             write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
-                                               fsync=fsync, progress=not quiet and sys.stderr.isatty()))
+                                               fsync=fsync, progress=not quiet and sys.stderr.isatty(), **split))
         seconds = time.monotonic() - started
         if as_json:
-            click.echo(json.dumps({"dry_run": False, "outputs": [written_report(o, seconds) for o in outs]},
-                                  indent=2))
+            click.echo(json.dumps({"dry_run": False, "outputs": [written_report(gf.path, seconds) for o in outs
+                                                                 for gf in read_parts(o)]}, indent=2))
             return
         for out in outs:
             click.echo(str(out))

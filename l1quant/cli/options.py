@@ -126,3 +126,29 @@ def format_tensor_table(report: dict[str, Any]) -> str:
         lines.append(f"  {t['name']:<40} {t['type']:<7} {str(t['shape']):<16} {t['nbytes']:>12}")
     lines.append("  tensor types: " + ", ".join(f"{n} {k}" for k, n in report["tensor_types"].items()))
     return "\n".join(lines)
+
+
+def split_options(f: F) -> F:
+    """Add ``--split-max-size`` and ``--split-max-tensors`` (llama.cpp gguf-split's flags; WriteOptions' fields)."""
+    for opt in reversed((
+        click.option("--split-max-size", default=None, metavar="N(M|G)",
+                     help="Write the output as parts of at most this much tensor data each (e.g. 2G, 500M: "
+                          "10^9/10^6 bytes), named NAME-00001-of-0000N.gguf, as llama.cpp's gguf-split does."),
+        click.option("--split-max-tensors", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Write the output as parts of at most N tensors each, as gguf-split does."),
+    )):
+        f = opt(f)
+    return f
+
+
+def split_write_fields(split_max_size: str | None, split_max_tensors: int | None) -> dict[str, int | None]:
+    """The WriteOptions fields of the split flags (``--split-max-size 2G`` in bytes).
+
+    Example:
+        >>> split_write_fields("2G", None)
+        {'split_max_size': 2000000000, 'split_max_tensors': None}
+    """
+    from l1quant.gguf.split import parse_split_size
+
+    return {"split_max_size": None if split_max_size is None else parse_split_size(split_max_size),
+            "split_max_tensors": split_max_tensors}

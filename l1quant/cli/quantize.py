@@ -11,10 +11,13 @@ from pathlib import Path
 import click
 
 from l1quant.cli import did_you_mean, main
-from l1quant.cli.options import THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging
+from l1quant.cli.options import (THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
+                                 split_options, split_write_fields)
 from l1quant.conversion.mixes import ALIASES, MIXES, quant_options
 from l1quant.conversion.quantize import plan_quantize, quantize
-from l1quant.conversion.write import DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_report, written_report
+from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_parts, output_report,
+                                     written_report)
+from l1quant.gguf.split import read_parts
 
 _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
 
@@ -33,11 +36,13 @@ _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
 @click.option("--allow-nonfinite", is_flag=True, help="Write the output even if tensors hold NaN/Inf.")
 @click.option("--fsync", is_flag=True, help="Flush the output to disk before publishing it.")
 @run_report_options
+@split_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_type: str | None,
                  token_embedding_type: str | None, tensor_types: tuple[str, ...], leave_output_tensor: bool,
                  allow_requantize: bool, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
-                 dry_run: bool, as_json: bool, quiet: bool) -> None:
+                 dry_run: bool, as_json: bool, split_max_size: str | None, split_max_tensors: int | None,
+                 quiet: bool) -> None:
     """Quantize an F32/F16/BF16 GGUF to TYPE, byte-identical to llama-quantize.
 
     TYPE is one of q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k q8_0 f16
@@ -54,17 +59,20 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
     options = quant_options(pure=pure, output_tensor_type=output_tensor_type,
                             token_embedding_type=token_embedding_type, tensor_types=tensor_types,
                             leave_output_tensor=leave_output_tensor)
+    split = split_write_fields(split_max_size, split_max_tensors)
     if dry_run:
         job = plan_quantize(input_, output, type_, allow_requantize=allow_requantize, options=options)
-        rep = output_report(job.header, job.output)
-        click.echo(json.dumps({"dry_run": True, "outputs": [rep]}, indent=2) if as_json else format_tensor_table(rep))
+        reps = [output_report(h, path) for path, h in output_parts(job.output, job.header, WriteOptions(**split))]
+        click.echo(json.dumps({"dry_run": True, "outputs": reps}, indent=2) if as_json
+                   else "\n".join(map(format_tensor_table, reps)))
         return
     started = time.monotonic()
     out = quantize(input_, output, type_, allow_requantize=allow_requantize, options=options,
                    write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
-                                      fsync=fsync, progress=not quiet and sys.stderr.isatty()))
+                                      fsync=fsync, progress=not quiet and sys.stderr.isatty(), **split))
     if as_json:
-        click.echo(json.dumps({"dry_run": False, "outputs": [written_report(out, time.monotonic() - started)]},
-                              indent=2))
+        seconds = time.monotonic() - started
+        click.echo(json.dumps({"dry_run": False, "outputs": [written_report(gf.path, seconds)
+                                                             for gf in read_parts(out)]}, indent=2))
     else:
         click.echo(str(out))

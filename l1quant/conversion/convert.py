@@ -28,7 +28,8 @@ from l1quant.conversion.metadata import check_model_card, validate_metadata
 from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.plan import OUT_TYPES, ConversionPlan, make_plan
 from l1quant.conversion.vocab import Vocab, load_vocab
-from l1quant.conversion.write import OutputFile, WriteOptions, output_path, split_flat_options, write_gguf_many
+from l1quant.conversion.write import (OutputFile, WriteOptions, output_parts, output_path, split_flat_options,
+                                     write_gguf_many)
 from l1quant.errors import ConfigError, InputError, L1QuantError, OutputError, VerifyError, read_json
 from l1quant.gguf.header import Header
 from l1quant.output import inside_folder
@@ -245,7 +246,8 @@ def convert(
     (:class:`~l1quant.conversion.mixes.QuantOptions`: ``pure``, ``output_tensor_type``, ``token_embedding_type``,
     ``tensor_types``, ``leave_output_tensor``; with any of them a converter type is applied as a mix too), and
     ``write`` how the file is written (:class:`~l1quant.conversion.write.WriteOptions`: ``threads``,
-    ``chunk_mb``, ``allow_nonfinite``, ``fsync``, ``progress``). Each can also be passed by its flag's name
+    ``chunk_mb``, ``allow_nonfinite``, ``fsync``, ``progress``, and ``split_max_size``/``split_max_tensors`` for
+    the parts llama.cpp's gguf-split writes, the first of which is returned). Each can also be passed by its flag's name
     (``threads=2``, ``pure=True``, ``tensor_types=["attn_v=q8_0"]``; ``durable`` and ``chunk_bytes`` are the
     older spellings of ``fsync`` and ``chunk_mb``).
 
@@ -361,10 +363,12 @@ def convert_many(
         for warning in p.warnings:
             log.warning(warning)
     write_gguf_many([OutputFile(p.plan, p.header, p.output, p.create_folder) for p in prepared], w)
+    # a split output is named by its first part (what llama.cpp loads, and what quantize/verify/inspect take)
+    outs = [output_parts(p.output, p.header, w)[0][0] for p in prepared]
     if card:
-        for p in prepared:
-            _card_step(p.output, model, w.threads)
-    return [p.output for p in prepared]
+        for out in outs:
+            _card_step(out, model, w.threads)
+    return outs
 
 
 def _card_step(output: Path, model: str | os.PathLike[str], threads: int | None) -> None:

@@ -21,7 +21,7 @@ import ctypes
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,7 +158,7 @@ def stream_tensors(
     allow_nonfinite: bool = False,
     on_progress: Callable[[int], None] | None = None,
     writeback: bool = True,
-    also: Sequence[tuple[ConversionPlan, int, int]] = (),
+    targets: Sequence[Mapping[str, tuple[PlannedTensor, int, int]]] | None = None,
 ) -> None:
     """Fill the data section of ``fd`` for every tensor of ``plan``.
 
@@ -167,9 +167,11 @@ def stream_tensors(
     value unless ``allow_nonfinite``. The first error in any worker stops all workers and is re-raised here.
     ``on_progress`` receives the output bytes of each finished job (their sum is the data section, padding aside).
     ``writeback`` starts asynchronous writeback of output pages as they are written (Linux; a no-op elsewhere).
-    ``also``: more ``(plan, fd, data_offset)`` outputs of the same source (``convert --type q8_0,q4_k_m``): each
-    chunk is read once and converted into every output, so the checkpoint is read once whatever the number of
-    types. Their plans must hold the same tensor names as ``plan`` (``ValueError`` otherwise).
+    ``targets`` replaces ``fd``/``data_offset``: one mapping per output, GGUF name -> (its planned tensor, the
+    descriptor, the data-section start that tensor's offset is relative to) -- several files of the same source
+    (``convert --type q8_0,q4_k_m``: each chunk is read once and converted into every output, so the checkpoint
+    is read once whatever the number of types), and the parts of a split file (each tensor in its part). Each
+    mapping must hold exactly ``plan``'s tensor names (``ValueError`` otherwise).
 
     Example:
         >>> stream_tensors(plan, out.fd, data_offset, threads=1, chunk_bytes=1 << 16)  # doctest: +SKIP
@@ -179,12 +181,12 @@ def stream_tensors(
     n_threads = max(1, min(threads or default_threads(), MAX_THREADS, 4 * default_threads()))
     if chunk_bytes <= 0:
         raise ValueError("chunk_bytes must be positive")
-    targets: list[tuple[int, int, dict[str, PlannedTensor]]] = [(fd, data_offset, {t.name: t for t in plan.tensors})]
-    for other, o_fd, o_off in also:
-        by_name = {t.name: t for t in other.tensors}
-        if by_name.keys() != targets[0][2].keys():
-            raise ValueError("stream_tensors: every output of one read must hold the same tensors")
-        targets.append((o_fd, o_off, by_name))
+    if targets is None:
+        targets = [{t.name: (t, fd, data_offset) for t in plan.tensors}]
+    names = {t.name for t in plan.tensors}
+    if any(m.keys() != names for m in targets):
+        raise ValueError("stream_tensors: every output of one read must hold the plan's tensors")
+    out_fds = sorted({t_fd for m in targets for _, t_fd, _ in m.values()})
     jobs = iter_jobs(plan, chunk_bytes)
     lock = threading.Lock()
     stop = threading.Event()
@@ -245,7 +247,7 @@ def stream_tensors(
                 if flush and start_writeback is not None:
                     # whole file: the kernel only visits dirty pages; pages another thread is filling right now
                     # are simply written again later (correctness never depends on this call)
-                    for t_fd, _, _ in targets:
+                    for t_fd in out_fds:
                         start_writeback(t_fd, 0, 0)
                 if job is None:
                     break
@@ -255,10 +257,10 @@ def stream_tensors(
                 x = buf("in", src.np_dtype, rows * t.n_cols).reshape(rows, t.n_cols)
                 src.read_rows(r0, r1, out=x, fd=None if src.path is None else sources.fd(src.path))
                 written = 0
-                for k, (t_fd, t_off, by_name) in enumerate(targets):
-                    written += convert_rows(by_name[t.name], x, r0, buf("out" + str(k), np.dtype(np.uint8),
-                                                                        rows * by_name[t.name].row_nbytes),
-                                            t_fd, t_off)
+                for k, target in enumerate(targets):
+                    t_out, t_fd, t_off = target[t.name]
+                    written += convert_rows(t_out, x, r0, buf("out" + str(k), np.dtype(np.uint8),
+                                                              rows * t_out.row_nbytes), t_fd, t_off)
                 if on_progress is not None:
                     on_progress(written)  # output bytes: what the user waits for and sees on disk
         except BaseException as e:  # noqa: BLE001 - handed to the main thread

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,17 @@ import gguf
 
 from l1quant.conversion.mixes import QuantOptions, quant_options
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
-from l1quant.conversion.plan import ConversionPlan
+from l1quant.conversion.plan import ConversionPlan, PlannedTensor
 from l1quant.errors import ConfigError, OutputError
 from l1quant.gguf.header import Header
 from l1quant.gguf.reader import read_gguf
+from l1quant.gguf.split import split_header, split_path
 from l1quant.gguf.writer import data_offset, write_header
 from l1quant.output import AtomicOutput
 from l1quant.source.snapshot import InputSnapshot
 
 __all__ = ["DEFAULT_CHUNK_MB", "MAX_CHUNK_MB", "MIN_CHUNK_MB", "OutputFile", "WriteOptions", "file_nbytes", "file_sha256",
-           "output_path", "output_report", "split_flat_options", "summary_line", "write_gguf", "write_gguf_many",
+           "output_parts", "output_path", "output_report", "split_flat_options", "summary_line", "write_gguf", "write_gguf_many",
            "written_report"]
 
 log = logging.getLogger("l1quant")
@@ -57,7 +58,10 @@ class WriteOptions:
     * ``fsync`` (``--fsync``): flush the file and its folder before publishing it, so it survives a power loss
       (the output is atomic without it);
     * ``progress``: True for a progress bar on stderr (the CLI's default on a terminal, off with ``-q``), or a
-      callback receiving the output bytes written.
+      callback receiving the output bytes written;
+    * ``split_max_size`` (``--split-max-size``, bytes; the CLI takes ``2G``/``500M``) or ``split_max_tensors``
+      (``--split-max-tensors``): write the file as the parts llama.cpp's ``gguf-split`` would cut it into,
+      ``NAME-00001-of-0000N.gguf``... (:mod:`l1quant.gguf.split`), instead of one file.
 
     The output bytes do not depend on ``threads`` or ``chunk_mb``. Raises ``ConfigError`` for ``threads < 1`` or a
     ``chunk_mb`` outside (0, 4096] (the CLI also refuses less than 0.001, :data:`MIN_CHUNK_MB`).
@@ -74,8 +78,16 @@ class WriteOptions:
     allow_nonfinite: bool = False
     fsync: bool = False
     progress: bool | Callable[[int], None] = False
+    split_max_size: int | None = None
+    split_max_tensors: int | None = None
 
     def __post_init__(self) -> None:
+        if self.split_max_size is not None and self.split_max_tensors is not None:
+            raise ConfigError("give one of split_max_size and split_max_tensors, not both")
+        for name in ("split_max_size", "split_max_tensors"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer, found {v!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, found {self.threads}")
         if not 0 < self.chunk_mb <= MAX_CHUNK_MB:  # also NaN (every comparison with NaN is false)
@@ -175,6 +187,21 @@ class OutputFile:
     create_folder: bool = False
 
 
+def output_parts(output: Path, header: Header, write: WriteOptions | None = None) -> list[tuple[Path, Header]]:
+    """The files one output is written as: ``[(output, header)]``, or with a split option each part's path and
+    header (:func:`l1quant.gguf.split.split_header`, named by :func:`l1quant.gguf.split.split_path`).
+
+    Example:
+        >>> output_parts(Path("m.gguf"), Header())[0][0]
+        PosixPath('m.gguf')
+    """
+    w = write or WriteOptions()
+    if w.split_max_size is None and w.split_max_tensors is None:
+        return [(output, header)]
+    parts = split_header(header, max_size=w.split_max_size, max_tensors=w.split_max_tensors)
+    return [(split_path(output, i, len(parts)), h) for i, h in enumerate(parts)]
+
+
 def write_gguf_many(files: Sequence[OutputFile], write: WriteOptions | None = None) -> None:
     """Write several files of the same source (``convert --type q8_0,q4_k_m``) reading the source once.
 
@@ -211,23 +238,29 @@ def write_gguf_many(files: Sequence[OutputFile], write: WriteOptions | None = No
     inputs = InputSnapshot.of(t.source.path for t in first.tensors)  # an input rewritten meanwhile: refused
     try:
         with ExitStack() as stack:
-            outs = []
+            targets = []
             for f in files:
-                out = stack.enter_context(AtomicOutput(f.output, 0, durable=w.fsync))
-                offset = write_header(f.header, out.fd)
-                out.reserve(offset + f.header.data_nbytes)
-                outs.append((f, out.fd, offset))
+                by_name = {t.name: t for t in f.plan.tensors}
+                target: dict[str, tuple[PlannedTensor, int, int]] = {}
+                for path, h in output_parts(f.output, f.header, w):
+                    out = stack.enter_context(AtomicOutput(path, 0, durable=w.fsync))
+                    offset = write_header(h, out.fd)
+                    out.reserve(offset + h.data_nbytes)
+                    for entry in h.tensors:  # a split part: the tensor at its place in its part
+                        target[entry.name] = (replace(by_name[entry.name], offset=entry.offset), out.fd, offset)
+                targets.append(target)
             # early writeback only pays off when a final fsync will wait for the disk anyway
-            stream_tensors(first, outs[0][1], outs[0][2], threads=w.threads, chunk_bytes=w.chunk_bytes,
-                           allow_nonfinite=w.allow_nonfinite, on_progress=cb, writeback=w.fsync,
-                           also=[(f.plan, fd, off) for f, fd, off in outs[1:]])
+            stream_tensors(first, -1, 0, threads=w.threads, chunk_bytes=w.chunk_bytes,
+                           allow_nonfinite=w.allow_nonfinite, on_progress=cb, writeback=w.fsync, targets=targets)
             inputs.check()
     finally:
         if bar is not None:
             bar.close()
     seconds = time.monotonic() - started
     for f in files:
-        log.info(summary_line(f.output, f.plan, seconds))
+        parts = output_parts(f.output, f.header, w)
+        log.info(summary_line(parts[0][0], f.plan, seconds)
+                 + (f" as {len(parts)} parts" if len(parts) > 1 or parts[0][0] != f.output else ""))
 
 
 def file_nbytes(header: Header) -> int:
