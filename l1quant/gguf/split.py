@@ -146,7 +146,7 @@ def read_parts(path: str | os.PathLike[str]) -> list[GGUFFile]:
         return [first]
     no = first.kv.get(SPLIT_NO, 0)
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise InputError(f"{first.path}: {SPLIT_COUNT} must be a positive integer, found {clip(count)}")
+        raise InputError(f"{first.path}: {SPLIT_COUNT} is {clip(count)}, expected a positive integer")
     if no != 0:
         m = _PART_NAME.match(first.path.name)
         hint = f"; pass the first part, {split_path(first.path.parent / m['prefix'], 0, count).name}" if m else \
@@ -156,13 +156,15 @@ def read_parts(path: str | os.PathLike[str]) -> list[GGUFFile]:
         return [first]
     m = _PART_NAME.match(first.path.name)
     if m is None or int(m["no"]) != 1 or int(m["count"]) != count:
-        raise InputError(f"{first.path}: first part of a {count}-part split GGUF, but not named "
-                         f"PREFIX-00001-of-{count:05d}.gguf: the other parts cannot be found")
+        raise InputError(f"{first.path}: part 1 of a {count}-part split GGUF, but not named "
+                         f"PREFIX-00001-of-{count:05d}.gguf, so the other parts cannot be found; name the parts as "
+                         "llama-gguf-split does, or merge them (llama-gguf-split --merge)")
     parts = [first]
     for i in range(1, count):
         p = split_path(first.path.parent / m["prefix"], i, count)
         if not p.exists():
-            raise InputError(f"{p}: part {i + 1} of {count} of the split GGUF {first.path.name} is missing")
+            raise InputError(f"{p}: part {i + 1} of {count} of the split GGUF {first.path.name} is missing "
+                             "(every part is read, as llama.cpp does)")
         gf = read_gguf(p)
         if gf.kv.get(SPLIT_NO) != i or gf.kv.get(SPLIT_COUNT) != count:
             raise InputError(f"{p}: expected {SPLIT_NO}={i} and {SPLIT_COUNT}={count}, found "
