@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -155,3 +156,35 @@ def test_cli_dry_run_table_and_quantize_json(model: Path, tmp_path: Path) -> Non
     rec = json.loads(q.output)["outputs"][0]
     assert rec["type"] == "Q6_K" and Path(rec["path"]).stat().st_size == rec["size"]
     assert rec["sha256"] == hashlib.sha256(Path(rec["path"]).read_bytes()).hexdigest()
+
+
+def test_card_is_a_hub_gguf_card_listing_every_file(model: Path, tmp_path: Path) -> None:
+    import yaml
+
+    lic = tmp_path / "src"
+    shutil.copytree(model, lic)
+    # the toy vocabulary's own end token (make_checkpoint writes R1's ids, outside its 352 tokens: verify fails)
+    (lic / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 2}))
+    (lic / "README.md").write_text("---\nlicense: mit\nbase_model: deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B\n---\n# x\n")
+    outs = convert_many(lic, "q8_0,q4_k_m", f"{tmp_path}/o/", pre="qwen2", threads=2, card=True)
+    text = (tmp_path / "o" / "README.md").read_text()
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["license"] == "mit" and meta["tags"][0] == "gguf" and meta["quantized_by"]
+    assert "base_model" not in meta  # a local folder: its repo id is unknown (never the base model's id)
+    assert "pypi.org" not in text
+    for out in outs:  # both files in the table, with their sizes
+        assert f"| `{out.name}` |" in text
+    assert "Think for maximum 512 tokens." in text
+
+
+def test_card_front_matter_names_the_hub_repo() -> None:
+    from l1quant.conversion.card import front_matter, source_repo_id
+
+    import yaml
+
+    snap = Path("/c/hub/models--l3lab--L1-Qwen-1.5B-Max/snapshots/0123abc")
+    meta = yaml.safe_load("\n".join(front_matter({"general.architecture": "qwen2"}, source_repo_id(snap, None))[1:-1]))
+    assert meta == {"base_model": "l3lab/L1-Qwen-1.5B-Max", "base_model_relation": "quantized",
+                    "tags": ["gguf", "l1quant", "llama.cpp", "qwen2", "reasoning"], "quantized_by": "l1quant"}
+    assert source_repo_id(Path("x"), "l3lab/L1-Qwen-1.5B-Exact") == "l3lab/L1-Qwen-1.5B-Exact"

@@ -119,8 +119,7 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
         for out in outs:
             click.echo(str(out))
         if card:
-            for out in outs:
-                click.echo(str(card_path(out)))
+            click.echo(str(card_path(outs[0])))  # one card for the run, beside the first file
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from typing import Any
 import gguf
 
 from l1quant.arch import Arch, get_arch
-from l1quant.conversion.card import write_verified_card
+from l1quant.conversion.card import write_verified_cards
 from l1quant.conversion.metadata import check_model_card, validate_metadata
 from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.plan import OUT_TYPES, ConversionPlan, make_plan
@@ -345,7 +345,7 @@ def convert_many(
     byte for byte the file :func:`convert` writes for its type (named as a single run names it, in the folder
     ``output`` names: :func:`prepare_many`). Every chunk of the checkpoint is read once and converted into every
     file (:func:`l1quant.conversion.write.write_gguf_many`). ``card`` verifies each file and writes one card per
-    file (``README.md`` for the first, ``<stem>.README.md`` for the others when they share a folder).
+    file and writes one card beside the first, listing them all.
 
     Example:
         >>> convert_many("L1-Qwen-1.5B-Max", "q8_0,q4_k_m", "out/", threads=2)  # doctest: +SKIP
@@ -366,21 +366,23 @@ def convert_many(
     # a split output is named by its first part (what llama.cpp loads, and what quantize/verify/inspect take)
     outs = [output_parts(p.output, p.header, w)[0][0] for p in prepared]
     if card:
-        for out in outs:
-            _card_step(out, model, w.threads)
+        _card_step(outs, model, w.threads)
     return outs
 
 
-def _card_step(output: Path, model: str | os.PathLike[str], threads: int | None) -> None:
+def _card_step(outs: list[Path], model: str | os.PathLike[str], threads: int | None) -> None:
+    """Verify every output and write one card listing them (beside the first); a failed verify raises."""
     try:
-        where, report = write_verified_card(output, model, threads=threads)
+        where, reports = write_verified_cards(outs, model, threads=threads)
     except (L1QuantError, OSError) as e:
         # the GGUF is complete and valid: the message must not read as the conversion failing
         code = e.exit_code if isinstance(e, L1QuantError) else 1
         detail = str(e) if isinstance(e, L1QuantError) else f"{e.strerror or e}: {e.filename or ''}"
-        raise CardStepError(f"{output} was written completely; the --card step failed: {detail}", code) from e
-    if not report.passed:
-        raise VerifyError(f"{output}: verify: {report.verdict} (the card {where} says so)")
+        written = outs[0] if len(outs) == 1 else ", ".join(map(str, outs))
+        raise CardStepError(f"{written} was written completely; the --card step failed: {detail}", code) from e
+    for output, report in zip(outs, reports):
+        if not report.passed:
+            raise VerifyError(f"{output}: verify: {report.verdict} (the card {where} says so)")
 
 
 class CardStepError(L1QuantError):
