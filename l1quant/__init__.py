@@ -19,7 +19,7 @@ from l1quant._quiet_start import begin_quiet_start
 begin_quiet_start()  # Ctrl-C while the command line starts: one line, never an import traceback
 
 from l1quant.check import VerifyReport, verify
-from l1quant.check.compare import CompareReport, compare
+from l1quant.evaluate import CompareReport, compare
 
 # The functions are bound after their submodules are imported, so ``l1quant.convert`` is the function.
 from l1quant.conversion.convert import convert, prepare

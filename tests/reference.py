@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -151,9 +151,34 @@ def require_module(name: str) -> ModuleType:
         'json'
     """
     try:
-        return importlib.import_module(name)
+        mod = importlib.import_module(name)
     except ImportError as e:
         unavailable(f"{name} is not importable ({e})")
+    if name == "llama_cpp":
+        _extra_bufts_as_probed(mod)
+    return mod
+
+
+def _extra_bufts_as_probed(llama_cpp: ModuleType) -> None:
+    """Tests that load models with llama-cpp-python's ``Llama`` directly get llama.cpp's extra buffer types exactly
+    where l1quant's runtime uses them: off where its probe found that they crash this CPU (some AMX machines), so
+    the suite runs there as anywhere else. ``Llama`` reads ``llama_model_default_params()`` at each load."""
+    from l1quant.runtime.llama import build_id
+    from l1quant.runtime.probe import extra_bufts_work
+
+    lc = llama_cpp.llama_cpp
+    default = lc.llama_model_default_params
+    if getattr(default, "l1quant_no_repack", False) or extra_bufts_work(build_id()):
+        return
+
+    def without_extra_bufts() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    without_extra_bufts.l1quant_no_repack = True  # type: ignore[attr-defined]
+    lc.llama_model_default_params = without_extra_bufts
+    llama_cpp.llama_model_default_params = without_extra_bufts
 
 
 class ReferenceFailed(RuntimeError):

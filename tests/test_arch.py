@@ -36,7 +36,7 @@ from l1quant.arch.decoder import HPARAMS, decoder_tensors, head_dim_rows
 from l1quant.arch.llama import llama3_rope_factors
 from l1quant.check import config_from_gguf
 from l1quant.check.fidelity import _to_f32
-from l1quant.check.forward import Hparams, decoder_logits
+from l1quant.evaluate.forward import Hparams, decoder_logits
 from l1quant.errors import ConfigError, TensorError
 from l1quant.gguf.reader import read_gguf
 from l1quant.source.config import ModelConfig

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from l1quant.check import compare as cmp
+from l1quant import evaluate as cmp
 from l1quant.errors import InputError
 from reference import REPO, require_module, unavailable
 
@@ -77,8 +77,8 @@ def test_accumulator_identical_and_shifted() -> None:
 
 def test_percentile_and_median_follow_llama_perplexity() -> None:
     v = np.array([1, 2, 3, 4], dtype=np.float32)
-    assert cmp._median(v) == 2.5 and cmp._percentile(v, 0.99) == pytest.approx(3.97)
-    assert cmp._median(np.array([1, 5, 9], np.float32)) == 5.0
+    assert cmp.median(v) == 2.5 and cmp.percentile(v, 0.99) == pytest.approx(3.97)
+    assert cmp.median(np.array([1, 5, 9], np.float32)) == 5.0
 
 
 def test_base_file_roundtrip_and_truncation(tmp_path: Path) -> None:

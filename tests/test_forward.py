@@ -1,4 +1,5 @@
-"""Tests for l1quant.check.forward: the numpy reference decoder forward (qwen2, qwen3, llama) and the logit metrics."""
+"""Tests for l1quant.evaluate.forward and .metrics: the numpy reference decoder forward (qwen2, qwen3, llama) and
+the logit metrics."""
 
 from __future__ import annotations
 
@@ -10,14 +11,8 @@ import numpy as np
 import pytest
 
 from l1quant.arch import get_arch
-from l1quant.check.forward import (
-    Hparams,
-    LogitReport,
-    compare_logits,
-    decoder_logits,
-    default_text,
-    random_weights,
-)
+from l1quant.evaluate.forward import Hparams, decoder_logits, default_text, random_weights
+from l1quant.evaluate.metrics import LogitReport, compare_logits
 from l1quant.errors import ConfigError, TensorError, VerifyError
 from l1quant.source.config import ModelConfig
 

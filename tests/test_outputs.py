@@ -23,16 +23,15 @@ from click.testing import CliRunner
 
 from l1quant.cli import main
 from l1quant.conversion.convert import convert, convert_many, prepare_many
-from l1quant.conversion.mixes import ALIASES, MIXES
-from l1quant.conversion.plan import CONVERT_TYPES
 from l1quant.conversion.quantize import plan_quantize, quantize
 from l1quant.conversion.write import output_report, written_report
+from l1quant.filetypes import ALIASES, MIXES, convert_types
 
 from cliutil import clean_env, cli, tree_hash
 
 #: every distinct file type: the converter's types (auto is bf16 here) and every mix (aliases name the same file)
-ALL_TYPES = [t for t in CONVERT_TYPES if t != "auto"] + [m.lower() for m in MIXES
-                                                         if m.lower() not in CONVERT_TYPES and m not in ALIASES]
+ALL_TYPES = [t for t in convert_types() if t != "auto"] + [m.lower() for m in MIXES
+                                                         if m.lower() not in convert_types() and m not in ALIASES]
 
 
 @pytest.fixture(scope="module")

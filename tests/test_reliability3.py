@@ -28,7 +28,7 @@ from test_reliability import REFUSE_SECONDS, one_error, run
 from test_signals import default_signals
 
 import l1quant
-from l1quant.check.forward import Hparams, decoder_logits, random_weights
+from l1quant.evaluate.forward import Hparams, decoder_logits, random_weights
 from l1quant.errors import InputError, L1QuantError
 from l1quant.gguf.reader import MAX_KV_COUNT, MAX_TENSOR_COUNT, read_gguf
 from l1quant.l1.budget import load_problems
@@ -587,7 +587,7 @@ def test_card_step_failure_does_not_read_as_the_conversion_failing(tiny_r1: Path
     (["--bogus"], ["No such option '--bogus'", "(usage: l1quant [OPTIONS] COMMAND [ARGS]...; see --help)"]),
     (["quantize", "IN.gguf"], ["quantize: Missing argument"]),
     (["quantize", "a", "b", "c", "q8_0"], ["expected INPUT.gguf [OUTPUT.gguf] TYPE, found 4 arguments"]),
-    (["verify", "x.gguf", "--threads", "zero"], ["verify: Invalid value for '--threads'"]),
+    (["verify", "x.gguf", "--threads", "zero"], ["verify: Invalid value for '-t' / '--threads'"]),
     (["budget-check"], ["budget-check: Missing argument"]),
     (["prompt", "q", "--budget", "x"], ["prompt: Invalid value for"]),
     (["compare"], ["compare: Missing argument"]),

@@ -26,7 +26,7 @@ from reference import require_module
 
 import l1quant
 from l1quant.arch import get_arch
-from l1quant.check.forward import Hparams, decoder_logits
+from l1quant.evaluate.forward import Hparams, decoder_logits
 from l1quant.check.structure import config_from_gguf
 from l1quant.gguf.reader import read_gguf
 
@@ -175,7 +175,7 @@ def test_generates_tokens(tok: str, llms: dict[str, Any]) -> None:
 
 
 def _gguf_weights(path: Path) -> tuple[Callable[[str], np.ndarray], Any]:
-    """(get_weight for l1quant.check.forward: GGUF name -> float32 in HF orientation, the parsed file).
+    """(get_weight for l1quant.evaluate.forward: GGUF name -> float32 in HF orientation, the parsed file).
 
     Headers via l1quant's read_gguf (gguf.GGUFReader takes ~40 s on a 151k-token vocabulary); dequantization via
     gguf.quants (llama.cpp's Python reference), not l1quant's kernels.

@@ -185,7 +185,7 @@ class HParam:
 
 @dataclass(frozen=True)
 class Features:
-    """What the reference forward pass needs to know (see :mod:`l1quant.check.forward`)."""
+    """What the reference forward pass needs to know (see :mod:`l1quant.evaluate.forward`)."""
 
     qkv_bias: bool
     qk_norm: bool

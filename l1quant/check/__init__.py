@@ -1,8 +1,8 @@
-"""Checking a GGUF (``l1quant.check``): structure, fidelity to its source, logits; and the reference forward pass.
+"""Checking a GGUF (``l1quant.check``): structure, fidelity to its source, logits.
 
 One module per concern: ``structure`` (no source needed), ``fidelity`` (against the checkpoint), ``logits``
-(KL divergence through :mod:`l1quant.check.forward` and llama.cpp), ``report`` (the result types and their text
-form) and ``verify`` (the entry point that runs them).
+(KL divergence through :mod:`l1quant.evaluate`: the reference forward pass and llama.cpp), ``report`` (the result
+types and their text form) and ``verify`` (the entry point that runs them).
 
 Example:
     >>> from l1quant.check import VerifyReport, verify

@@ -38,17 +38,12 @@ Q8_0_BOUND_DOC = (
 # --------------------------------------------------------------------------------------------------- fidelity
 
 
-#: The 4/5/6-bit and K types' noise model: (values per scale group, bits per value, symmetric). A group's step is
-#: its range (2*amax when symmetric, max-min otherwise) over 2^bits - 1 levels; uniform rounding noise is
-#: step/sqrt(12) per value. The searches (make_qkx2_quants, make_qx_quants...) and the 6/8-bit quantized group
-#: scales move the real error around that figure, so a tensor fails only when its rel RMSE exceeds
-#: NOISE_SLACK times it: a net for gross faults (wrong dequantization, garbage blocks); the byte identity with
-#: re-quantizing the source is the precise check.
-NOISE_MODEL: dict[str, tuple[int, int, bool]] = {
-    "Q4_0": (32, 4, True), "Q4_1": (32, 4, False), "Q5_0": (32, 5, True), "Q5_1": (32, 5, False),
-    "Q2_K": (16, 2, False), "Q3_K": (16, 3, True), "Q4_K": (32, 4, False), "Q5_K": (32, 5, False),
-    "Q6_K": (16, 6, True),
-}
+#: The block types' noise model is their record's (:attr:`l1quant.kernels.QuantType.noise`: values per scale group,
+#: bits per value, symmetric). A group's step is its range (2*amax when symmetric, max-min otherwise) over
+#: 2^bits - 1 levels; uniform rounding noise is step/sqrt(12) per value. The searches (make_qkx2_quants,
+#: make_qx_quants...) and the 6/8-bit quantized group scales move the real error around that figure, so a tensor
+#: fails only when its rel RMSE exceeds NOISE_SLACK times it: a net for gross faults (wrong dequantization, garbage
+#: blocks); the byte identity with re-quantizing the source is the precise check.
 #: Measured (verify --json on tiny random-normal models, every mix): rel RMSE is 0.85-0.97x the model for every
 #: type (Q2_K/Q3_K 0.85, Q4_K 0.88, Q6_K 0.91, Q4_1 0.97). 3x leaves room for real weights' heavier tails and
 #: still fails a gross fault (garbage blocks are >10x).
@@ -227,9 +222,9 @@ def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1
         acc.sse = float(np.dot(err, err))
         np.abs(err, out=err)
     acc.maxerr = float(err.max()) if err.size else 0.0
-    model = NOISE_MODEL.get(qt.name)
+    model = qt.noise
     if model is not None:
-        group, bits, symmetric = model
+        group, bits, symmetric = model.group, model.bits, model.symmetric
         g = ref.reshape(-1, group)
         with np.errstate(over="ignore", invalid="ignore"):
             rng = 2 * np.abs(g).max(axis=1) if symmetric else g.max(axis=1) - g.min(axis=1)
@@ -329,7 +324,7 @@ def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFid
             problems.append(f"{a.n_viol} block(s) outside the Q8_0 error bound, first at {a.first_viol}")
         if not rel <= threshold:
             problems.append(f"rel RMSE {rel:.4g} above the bound {threshold:.4g}")
-    elif qt.name in NOISE_MODEL:
+    elif qt.noise is not None:
         expected = _sqrt_ratio(a.noise_ss, a.ssr)
         threshold = NOISE_SLACK * expected
         if not rel <= threshold:

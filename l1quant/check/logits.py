@@ -1,4 +1,8 @@
-"""Logit checks: KL divergence of the file against its source through the reference forward pass and llama.cpp."""
+"""Logit checks: KL divergence of the file against its source through the reference forward pass and llama.cpp.
+
+The logits come from :mod:`l1quant.evaluate` (the numpy forward pass, and llama.cpp through :mod:`l1quant.runtime`)
+and are compared with :func:`l1quant.evaluate.metrics.compare_logits`; this module holds verify's checks and limits.
+"""
 
 from __future__ import annotations
 
@@ -9,49 +13,26 @@ import numpy as np
 
 from l1quant.check.fidelity import _to_f32
 from l1quant.check.report import FAIL, PASS, SKIP, Check
-from l1quant.check.structure import file_type_name
 from l1quant.errors import L1QuantError
+from l1quant.evaluate.forward import Hparams, decoder_logits
+from l1quant.evaluate.metrics import compare_logits
+from l1quant.evaluate.sources import NumpyLogits, tokenizer_json_ids
+from l1quant.filetypes import MIXES, FileType, file_type_of
 from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
     GGUFFile,
 )
+from l1quant.runtime import RUN_INSTALL_HINT, Model, available, extra_bufts
 
 #: Mean KL divergence limit (nats/token) of the logit check per GGUF file type, reference forward and llama.cpp
-#: alike. Measured here on random-weight models (real weights were not available): Q8_0 costs ~1e-6 on the tiny
-#: test model and 7e-4 on the L1-shaped one (128 tokens); F32 and BF16 from a bf16 source are exact (0), F16
-#: nearly so. One layer's ffn_down scaled x64 gives 1.8e-2 on the tiny model (>1000x its Q8_0 value). The limits
-#: sit ~10x above each type's expected cost; the per-tensor checks are the precise ones, this is the end-to-end net.
-#: The llama-quantize mixes, measured the same way (tiny hidden-256 model, 256 tokens; llama.cpp's own logits agree
-#: within 2%): Q6_K 1.0e-4, Q5_K_M 2.9e-4, Q5_0 4.7e-4, Q4_K_M 1.1e-3, Q4_1 1.3e-3, Q4_0 1.7e-3, Q3_K_M 2.0e-3,
-#: Q3_K_S 4.4e-3, Q2_K 7.1e-3. The limits sit 10-25x above; for the 2/3-bit mixes they exceed a broken layer's
-#: 1.8e-2, so there the per-tensor byte and noise checks are the net.
-LOGIT_KLD_LIMITS: dict[str, float] = {
-    "F32": 1e-4, "BF16": 1e-3, "F16": 1e-3, "Q8_0": 1e-2,
-    "Q6_K": 2e-3, "Q5_K_M": 5e-3, "Q5_K_S": 5e-3, "Q5_0": 5e-3, "Q5_1": 5e-3,
-    "Q4_K_M": 1e-2, "Q4_K_S": 1e-2, "Q4_0": 2e-2, "Q4_1": 2e-2,
-    "Q3_K_L": 5e-2, "Q3_K_M": 5e-2, "Q3_K_S": 5e-2, "Q2_K": 1e-1,
-}
+#: alike: each file type's own (:attr:`l1quant.filetypes.Mix.logit_kld_limit`, where the measurements are).
+LOGIT_KLD_LIMITS: dict[str, float] = {m.name: m.logit_kld_limit for m in MIXES.values()}
 
 
 # --------------------------------------------------------------------------------------------------- logits
 
 
-def _file_type_name(gf: GGUFFile) -> str | None:
-    name = file_type_name(gf)
-    if name is not None:
-        return name
-    try:
-        return gf.tensor("token_embd.weight").ggml_type.name
-    except KeyError:
-        return None
-
-
 def _tokenize(source: Path, text: str, n_tokens: int) -> list[int]:
-    from l1quant.conversion.vocab import tokenizer_from_text
-    from l1quant.errors import TokenizerError, read_text
-
-    path = source / "tokenizer.json"
-    tok = tokenizer_from_text(path, read_text(path, TokenizerError))
-    return list(tok.encode(text).ids[:n_tokens])
+    return tokenizer_json_ids(source / "tokenizer.json", text)[:n_tokens]
 
 
 def _logit_dict(rep: Any, limit: float) -> dict[str, Any]:
@@ -62,14 +43,14 @@ def _logit_dict(rep: Any, limit: float) -> dict[str, Any]:
 
 
 def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int, runtime: str | None,
-                threads: int) -> tuple[list[Check], dict[str, Any] | None, dict[str, Any] | None]:
+                threads: int, no_repack: bool = False, ft: FileType | None = None
+                ) -> tuple[list[Check], dict[str, Any] | None, dict[str, Any] | None]:
     from l1quant.arch import get_arch
-    from l1quant.check.forward import Hparams, compare_logits, decoder_logits
-    from l1quant.check.structure import config_from_gguf
 
     checks: list[Check] = []
-    ftype = _file_type_name(gf) or "F32"
-    limit = LOGIT_KLD_LIMITS.get(ftype, LOGIT_KLD_LIMITS["Q8_0"])
+    ft = ft or file_type_of(gf)
+    ftype = ft.label or "F32"
+    limit = ft.logit_kld_limit
     toks = _tokenize(source, text, n_tokens)
     if len(toks) < 2:
         checks.append(Check("logits", FAIL, f"the text gives {len(toks)} token(s); need at least 2"))
@@ -79,9 +60,6 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
     def src_weight(name: str) -> np.ndarray:
         pt = planned[name]  # KeyError for an absent tensor (tied output), as decoder_logits expects
         return _to_f32(pt.source.read_rows(0, pt.source.n_rows)).reshape(pt.shape)
-
-    def gguf_weight(name: str) -> np.ndarray:
-        return gf.read_tensor_f32(gf.tensor(name))
 
     try:
         # the source runs through the plan's sources: in the file's layout (llama's Q/K rows permuted, rope_freqs)
@@ -93,9 +71,8 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
         return checks, None, None
     logits_d = None
     try:
-        # the file's own hparams, read back through the same key table the converter writes with
-        hp_file = Hparams.from_config(config_from_gguf(gf, arch), arch)
-        test = decoder_logits(gguf_weight, hp_file, toks)
+        # the file as a logit source: its own hparams and dequantized weights, run as the source's architecture
+        test = NumpyLogits(gf.path, len(toks), threads, gf=gf, arch=arch).sequence_logits(toks)
         rep = compare_logits(ref, test, toks)
         logits_d = _logit_dict(rep, limit)
         msg = (f"weights-only KLD (numpy forward, every position; for llama-perplexity's numbers use l1quant "
@@ -111,31 +88,26 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
 
     runtime_d = None
     if runtime is not None:
-        runtime_d = _run_llama_cpp(gf, text, toks, ref, limit, ftype, threads, checks)
+        runtime_d = _run_llama_cpp(gf, text, toks, ref, limit, ftype, threads, checks, no_repack)
     return checks, logits_d, runtime_d
 
 
 def _run_llama_cpp(gf: GGUFFile, text: str, toks: list[int], ref: np.ndarray, limit: float, ftype: str,
-                   threads: int, checks: list[Check]) -> dict[str, Any] | None:
-    from l1quant.check.forward import compare_logits
-
-    try:
-        import llama_cpp
-    except ImportError:
+                   threads: int, checks: list[Check], no_repack: bool = False) -> dict[str, Any] | None:
+    if not available():
         # verify() refuses this up front; kept as a failure (never a skip) for any other caller.
-        from l1quant.l1.runner import RUN_INSTALL_HINT
-
         checks.append(Check("runtime", FAIL, f"llama-cpp-python is not installed ({RUN_INSTALL_HINT}); "
                                              "the llama.cpp logit check could not run"))
         return None
+    n = max(64, len(toks))
     try:
-        llm = llama_cpp.Llama(model_path=str(gf.path), n_ctx=max(64, len(toks)), n_batch=max(64, len(toks)),
-                              n_ubatch=max(64, len(toks)), logits_all=True, n_threads=threads, verbose=False)
-    except Exception as e:  # noqa: BLE001 - llama.cpp reports load failures as ValueError/RuntimeError
+        llm = Model(gf.path, n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=threads,
+                    extra_bufts=extra_bufts(no_repack))
+    except L1QuantError as e:
         checks.append(Check("runtime", FAIL, f"llama.cpp cannot load the file: {str(e).splitlines()[0]}"))
         return None
     try:
-        rt_ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:len(toks)]
+        rt_ids = llm.tokenize(text, add_bos=True, special=False)[:len(toks)]
         if list(rt_ids) != toks:
             i = next((i for i, (a, b) in enumerate(zip(rt_ids, toks)) if a != b), min(len(rt_ids), len(toks)))
             checks.append(Check("runtime.tokenize", FAIL,
@@ -144,13 +116,9 @@ def _run_llama_cpp(gf: GGUFFile, text: str, toks: list[int], ref: np.ndarray, li
         else:
             checks.append(Check("runtime.tokenize", PASS,
                                 f"llama.cpp tokenization equals tokenizer.json on the first {len(toks)} tokens"))
-        llm.reset()
-        llm.eval(toks)
-        scores = np.array(llm.scores[: len(toks)], dtype=np.float32)
+        scores = np.array(llm.logits(toks, first=0), dtype=np.float32)
     finally:
-        close = getattr(llm, "close", None)
-        if close is not None:
-            close()
+        llm.close()
     rep = compare_logits(ref, scores, toks)
     d = _logit_dict(rep, limit)
     msg = f"llama.cpp vs source: {rep.summary()} (limit mean KLD {limit:g} for {ftype})"

@@ -84,7 +84,7 @@ class VerifyReport:
     """Everything :func:`verify` found. ``passed`` is True when no check failed.
 
     ``tensors`` is sorted worst first (failed, then by relative RMSE); ``logits`` / ``runtime_logits`` are
-    :meth:`l1quant.check.forward.LogitReport.to_dict` plus ``limit`` and ``passed`` (None when not run).
+    :meth:`l1quant.evaluate.metrics.LogitReport.to_dict` plus ``limit`` and ``passed`` (None when not run).
 
     Example:
         >>> rep = VerifyReport("x.gguf", None, [Check("header", "pass", "ok")], [], None, None, 0.1)

@@ -12,16 +12,17 @@ from gguf.constants import GGMLQuantizationType, GGUFValueType
 
 from l1quant.arch import Arch
 from l1quant.check.report import FAIL, PASS, SKIP, Check, _check
-from l1quant.conversion.mixes import Mix, assign_types, get_mix
+from l1quant.conversion.mixes import assign_types
 from l1quant.conversion.plan import stays_f32, tensor_qtype
 from l1quant.errors import ConfigError
+from l1quant.filetypes import FileType, Mix, file_type_of
 from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
     GGUFFile,
     TensorInfo,
     _q,
 )
 from l1quant.gguf.reader import _type_name as _tname
-from l1quant.kernels import QUANT_TYPES, QuantType
+from l1quant.kernels import QUANT_TYPES
 from l1quant.kernels.nonfinite import first_nonfinite_output
 from l1quant.source.config import ModelConfig
 
@@ -260,33 +261,13 @@ def _bad_merges(merges: list[Any]) -> list[int]:
 
 
 def file_mix(gf: GGUFFile) -> Mix | None:
-    """The llama-quantize mix a file was written as: its ``general.file_type`` names one and is the file's last
-    key (llama-quantize appends it; the converter writes it before the tokenizer keys). None otherwise.
+    """The llama-quantize mix a file was written as (:func:`l1quant.filetypes.file_type_of`), or None.
 
     Example:
         >>> file_mix(read_gguf("m-Q4_K_M.gguf")).name  # doctest: +SKIP
         'Q4_K_M'
     """
-    keys = list(gf.kv)
-    ft = gf.kv.get(gguf.Keys.General.FILE_TYPE)
-    if not keys or keys[-1] != gguf.Keys.General.FILE_TYPE or isinstance(ft, bool) or not isinstance(ft, int):
-        return None
-    try:
-        return get_mix(ft)
-    except ConfigError:
-        return None
-
-
-def _matrix_types(gf: GGUFFile) -> QuantType | None:
-    """The converter type general.file_type names, for a file laid out as the converter writes it (None when
-    absent, not a converter type, or the file is a llama-quantize mix: see :func:`file_mix`)."""
-    if file_mix(gf) is not None:
-        return None
-    ft = gf.kv.get(gguf.Keys.General.FILE_TYPE)
-    for qt in QUANT_TYPES.values():
-        if qt.file_type == ft and qt.name in ("F32", "F16", "BF16", "Q8_0"):
-            return qt
-    return None
+    return file_type_of(gf).mix
 
 
 def file_type_name(gf: GGUFFile) -> str | None:
@@ -296,11 +277,7 @@ def file_type_name(gf: GGUFFile) -> str | None:
         >>> file_type_name(read_gguf("m-Q4_K_M.gguf"))  # doctest: +SKIP
         'Q4_K_M'
     """
-    mix = file_mix(gf)
-    if mix is not None:
-        return mix.name
-    qt = _matrix_types(gf)
-    return None if qt is None else qt.name
+    return file_type_of(gf).name
 
 
 def _mix_types(gf: GGUFFile, arch: Arch, cfg: ModelConfig, mix: Mix) -> tuple[list[str], list[str]]:
@@ -324,7 +301,9 @@ def _mix_types(gf: GGUFFile, arch: Arch, cfg: ModelConfig, mix: Mix) -> tuple[li
     return problems, deviations
 
 
-def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig) -> list[Check]:
+def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig, ft: FileType | None = None) -> list[Check]:
+    """The tensors against the description and the file's type ``ft`` (recognised once by the caller)."""
+    ft = ft or file_type_of(gf)
     expected = arch.file_tensors(cfg, frozenset(t.name for t in gf.tensors))  # llama's rope_freqs has no key
     by_name = {t.name: t for t in gf.tensors}
     missing = [n for n in expected if n not in by_name]
@@ -337,13 +316,12 @@ def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig) -> list[Check]:
         if t is not None and t.shape != tuple(reversed(hf_shape)):
             shapes.append(f"tensor {_q(name)} has shape {list(t.shape)}, the hparams imply "
                           f"{list(reversed(hf_shape))} (ggml order)")
-    mix = file_mix(gf)
-    ftype = _matrix_types(gf)
+    mix, ftype = ft.mix, ft.converter
     types = []
-    ft_val = gf.kv.get(gguf.Keys.General.FILE_TYPE)
+    ft_val = ft.value
     if ft_val is not None and ftype is None and mix is None:
         types.append(f"general.file_type is {ft_val!r}, not a type l1quant knows (converter types "
-                     f"{', '.join(f'{q.file_type} ({q.name})' for q in QUANT_TYPES.values() if q.file_type in (0, 1, 7, 32))}"
+                     f"{', '.join(f'{q.file_type} ({q.name})' for q in QUANT_TYPES.values() if q.outtype)}"
                      ", or a llama-quantize type as the last key)")
     for t in gf.tensors:
         if stays_f32(t.name, len(t.shape), arch):
@@ -408,7 +386,7 @@ def _check_finite(gf: GGUFFile, threads: int) -> Check:
         t, r0, r1 = job
         raw = np.frombuffer(gf.read_tensor_bytes(t, r0 * t.row_nbytes, (r1 - r0) * t.row_nbytes), np.uint8)
         # every type: F32/F16/BF16 values, the f16 scales of every block type (Q8_0 d, Q4_K d/dmin, Q6_K d, ...)
-        i = first_nonfinite_output(t.ggml_type.name, raw.reshape(r1 - r0, t.row_nbytes))
+        i = first_nonfinite_output(t.ggml_type.name, raw.reshape(r1 - r0, t.row_nbytes))  # the type's record
         if i is None:
             return None
         flat = r0 * t.shape[0] + i

@@ -22,7 +22,7 @@ Three layers and a compatibility group, each a list of named checks (pass / warn
   is deterministic and byte-identical with llama.cpp, so this is the strongest statement), and for Q8_0 every
   element must also sit inside the documented 8-bit absmax error bound (see :data:`Q8_0_BOUND_DOC`). Relative
   RMSE, max abs error, cosine and SNR are reported for every tensor.
-* **Logits** (``logits=True``). The reference numpy decoder forward (:mod:`l1quant.check.forward`) runs once on the
+* **Logits** (``logits=True``). The reference numpy decoder forward (:mod:`l1quant.evaluate.forward`) runs once on the
   source weights and once on the GGUF's dequantized weights and hparams over the first ``n_tokens`` tokens of a
   text; mean/max/p99 KL divergence, top-1 agreement and both perplexities are compared with a per-type limit
   (:data:`LOGIT_KLD_LIMITS`). ``runtime="llama.cpp"`` also runs the file itself through llama-cpp-python.
@@ -47,7 +47,7 @@ import gguf
 from l1quant.arch import Arch, all_arches, get_arch
 from l1quant.check.compat import check_compat
 from l1quant.check.fidelity import _check_fidelity, _check_metadata
-from l1quant.check.logits import _file_type_name, _run_logits
+from l1quant.check.logits import _run_logits
 from l1quant.check.report import FAIL, PASS, SKIP, Check, TensorFidelity, VerifyReport
 from l1quant.check.structure import (
     _TK,
@@ -57,9 +57,9 @@ from l1quant.check.structure import (
     _check_layout,
     _check_tensors,
     _check_tokenizer,
-    file_mix,
 )
-from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, RuntimeMissingError
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError
+from l1quant.filetypes import FileType, file_type_of
 from l1quant.gguf.reader import GGUFFile, read_gguf
 from l1quant.gguf.split import merged_view, read_parts
 
@@ -82,14 +82,16 @@ def verify(
     n_tokens: int = 256,
     runtime: str | None = None,
     threads: int | None = None,
+    no_repack: bool = False,
 ) -> VerifyReport:
     """Check ``gguf_path``; return a :class:`VerifyReport` (``report.passed``, ``report.verdict``).
 
     ``source`` is the checkpoint folder it was converted from (enables the metadata and per-tensor fidelity
     checks). ``logits`` runs the reference forward on the source and on the file (needs ``source``); ``text`` is
-    the text to tokenize (default: the bundled :func:`l1quant.check.forward.default_text`), of which the first
+    the text to tokenize (default: the bundled :func:`l1quant.evaluate.forward.default_text`), of which the first
     ``n_tokens`` tokens are used. ``runtime="llama.cpp"`` also runs the file through llama-cpp-python (implies
-    ``logits``). ``threads`` defaults to every core.
+    ``logits``); ``no_repack`` runs it without llama.cpp's extra buffer types (``--no-repack``; by default
+    :mod:`l1quant.runtime.probe` decides). ``threads`` defaults to every core.
 
     Raises :class:`~l1quant.errors.GGUFFormatError` (exit code 2) when the file cannot be read at all,
     :class:`~l1quant.errors.ConfigError` for contradictory arguments, :class:`~l1quant.errors.InputError` when
@@ -116,12 +118,9 @@ def verify(
     n_threads = threads or _default_threads()
     if runtime is not None:
         # A check the caller asked for that cannot run is a failure, not a skip: say so before any work.
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            from l1quant.l1.runner import RUN_INSTALL_HINT
+        from l1quant.runtime import require
 
-            raise RuntimeMissingError(f"--runtime llama.cpp needs llama-cpp-python: {RUN_INSTALL_HINT}") from None
+        require("--runtime llama.cpp")
     src: Path | None = None
     local: Path | None = None  # the source's local folder (a hub id resolved to its cached snapshot)
     if source is not None:
@@ -138,6 +137,7 @@ def verify(
         gf = merged_view(parts)
     except InputError as e:  # missing, unreadable, not a regular file: "cannot be read" like a malformed one
         raise GGUFFormatError(str(e)) from None
+    ft = file_type_of(gf)  # what the file is, recognised once and passed along
     layouts = [_check_layout(p) for p in parts]  # each part of a split is a whole GGUF of its own
     layout = next((c for c in layouts if c.status == FAIL), layouts[0])
     if len(parts) > 1 and layout.status != FAIL:
@@ -164,7 +164,7 @@ def verify(
         checks.append(hp_check)
         checks.append(_check_tokenizer(gf, arch, cfg.vocab_size if cfg else None))
         if cfg is not None:
-            checks += _check_tensors(gf, arch, cfg)
+            checks += _check_tensors(gf, arch, cfg, ft)
         else:
             checks.append(Check("tensors.shapes", SKIP, "hparams are inconsistent; expected shapes unknown"))
 
@@ -178,45 +178,46 @@ def verify(
         checks.append(Check("source", SKIP, "the architecture is not supported: nothing to compare with the source"))
     else:
         prep = None
-        ftype = _file_type_name(gf)
         try:
             from l1quant.conversion.convert import prepare
 
-            prep = _prepare_like(prepare, src, ftype or "auto", gf)
+            prep = _prepare_like(prepare, src, ft, gf)
         except L1QuantError as e:
             checks.append(Check("source", FAIL, f"cannot prepare the source for comparison: {e}"))
         if prep is not None:
             checks.append(Check("source", PASS, f"{src}: {prep.cfg.architecture}, "
                                                 f"{len(prep.plan.tensors)} tensors, vocab {prep.cfg.vocab_size}"))
             checks += _check_metadata(gf, prep.header, arch)
-            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads, own_types=file_mix(gf) is not None)
+            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads, own_types=ft.mix is not None)
             checks += fchecks
             if logits:
                 lchecks, logits_d, runtime_d = _run_logits(
-                    gf, prep, src, text if text is not None else _default_text(), n_tokens, runtime, n_threads)
+                    gf, prep, src, text if text is not None else _default_text(), n_tokens, runtime, n_threads,
+                    no_repack, ft)
                 checks += lchecks
 
     return VerifyReport(str(gf.path), None if source is None else str(source), checks, rows, logits_d, runtime_d,
-                        round(time.perf_counter() - t0, 3), _file_type_name(gf), len(gf.tensors), gf.file_size)
+                        round(time.perf_counter() - t0, 3), ft.label, len(gf.tensors), gf.file_size)
 
 
 def _default_text() -> str:
-    from l1quant.check.forward import default_text
+    from l1quant.evaluate.forward import default_text
 
     return default_text()
 
 
-def _prepare_like(prepare: Any, src: Path, ftype: str, gf: GGUFFile) -> Any:
-    """``convert.prepare`` for the file's type; if the source's pre-tokenizer hash is unknown, retry with the
-    file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls are cheap: the tokenizer, the
-    slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the source files are unchanged."""
+def _prepare_like(prepare: Any, src: Path, ft: FileType, gf: GGUFFile) -> Any:
+    """``convert.prepare`` for the file's type (its :attr:`~l1quant.filetypes.FileType.request`: a mix keeps
+    llama-quantize's layout, which differs from the converter's for Q8_0/F16...); if the source's pre-tokenizer
+    hash is unknown, retry with the file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls
+    are cheap: the tokenizer, the slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the
+    source files are unchanged."""
     from l1quant.errors import TokenizerError
 
-    as_mix = file_mix(gf) is not None  # llama-quantize's Q8_0/F16... differ from the converter's (layout)
     try:
-        return prepare(src, ftype.lower(), gf.path, as_mix=as_mix)
+        return prepare(src, ft.request, gf.path)
     except TokenizerError as e:
         pre = gf.kv.get(_TK.PRE)
         if "unknown BPE pre-tokenizer" not in str(e) or not isinstance(pre, str):
             raise
-        return prepare(src, ftype.lower(), gf.path, pre=pre, as_mix=as_mix)
+        return prepare(src, ft.request, gf.path, pre=pre)

@@ -1,6 +1,6 @@
 """``l1quant compare``: size, bits per weight, PPL and KLD per type, in llama-perplexity's protocol.
 
-Parses options and calls :func:`l1quant.check.compare.compare` with the same parameters.
+Parses options and calls :func:`l1quant.evaluate.compare` with the same parameters.
 
 Example:
     $ l1quant compare L1-Qwen-1.5B-Max --types f16,q8_0,q4_k_m --chunks 20
@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from l1quant.cli import main
-from l1quant.cli.l1 import _budgets
+from l1quant.cli.l1 import NO_REPACK_OPTION, _budgets
 
 
 def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
@@ -46,6 +46,7 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.option("--runtime", type=click.Choice(["auto", "llama.cpp", "numpy"]), default="auto", show_default=True,
               help="llama.cpp (llama-cpp-python) computes what llama-perplexity computes; numpy is weight-only.")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="Threads (default: all cores).")
+@NO_REPACK_OPTION
 @click.option("--budgets", default=None, callback=_ints, help="Also run budget-check at these budgets.")
 @click.option("--problems", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="Problems for --budgets (JSONL, as budget-check).")
@@ -58,15 +59,15 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def compare_cmd(model: tuple[str, ...], types: list[str], base: Path | None, text: Path | None, ctx: int,
                 chunks: int | None, keep: Path | None, base_logits: Path | None, runtime: str,
-                threads: int | None, budgets: list[int], problems: Path | None, limit: int | None, mode: str,
-                as_json: bool, plot_path: Path | None, quiet: bool) -> None:
+                threads: int | None, no_repack: bool, budgets: list[int], problems: Path | None,
+                limit: int | None, mode: str, as_json: bool, plot_path: Path | None, quiet: bool) -> None:
     """Table file size, bits per weight, PPL and KLD for each type, as llama-perplexity computes them.
 
     MODEL is a checkpoint folder (each --types entry is converted; the first is the base) or GGUF files with
     --base. Each chunk of --ctx tokens starts with BOS and only its second half is scored; the base's log-probs
     are computed once and cached on disk. KLD, same-top and Δp RMS are llama-perplexity --kl-divergence's.
     """
-    from l1quant.check.compare import compare
+    from l1quant.evaluate import compare
 
     if len(model) == 1 and not model[0].endswith(".gguf"):
         target: str | list[str] = model[0]
@@ -74,7 +75,7 @@ def compare_cmd(model: tuple[str, ...], types: list[str], base: Path | None, tex
         target = list(model)
     rep = compare(target, types, base=base, text=text, ctx=ctx, chunks=chunks, keep=keep, base_logits=base_logits,
                   threads=threads, runtime=runtime, budgets=budgets, problems=problems, budget_limit=limit,
-                  max_mode=mode == "max", progress=not quiet)
+                  max_mode=mode == "max", progress=not quiet, no_repack=no_repack)
     click.echo(rep.to_json() if as_json else rep.table())
     if plot_path is not None:
         rep.plot(plot_path)

@@ -20,12 +20,14 @@ from l1quant.cli.options import (THREADS, format_tensor_table, per_tensor_option
 from l1quant.conversion.card import card_path
 from l1quant.conversion.convert import convert_many, parse_types, prepare_many
 from l1quant.conversion.mixes import quant_options
-from l1quant.conversion.plan import OUT_TYPES
 from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_parts,
                                      output_report, written_report)
 from l1quant.errors import ConfigError, Terminated
+from l1quant.filetypes import out_types
 from l1quant.gguf.split import read_parts
 from l1quant.output import TERMINATING_SIGNALS
+
+OUT_TYPES = out_types()  # the registry as the command line is built
 
 
 class _TypeList(click.ParamType):

@@ -73,12 +73,20 @@ def _sampling_opts(f: click.decorators.FC) -> click.decorators.FC:
     return f
 
 
+#: llama.cpp's ``-nr/--no-repack``, on every command that runs llama.cpp (run, budget-check, compare, verify).
+NO_REPACK_OPTION = click.option(
+    "-nr", "--no-repack", "no_repack", is_flag=True,
+    help="Run llama.cpp without its extra buffer types (weight repacking), as llama.cpp's -nr. Default: off only "
+         "where a one-time probe found that they crash this CPU (some AMX machines).")
+
+
 def _runtime_opts(f: click.decorators.FC) -> click.decorators.FC:
     for opt in reversed([
         click.option("-t", "--threads", "n_threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for llama.cpp (default: llama.cpp's choice)."),
         click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=click.IntRange(min=-1),
                      default=None, help="Layers to offload to the GPU, passed to llama.cpp (-1 = all; default 0)."),
+        NO_REPACK_OPTION,
     ]):
         f = opt(f)
     return f
@@ -122,7 +130,7 @@ def prompt_cmd(question: str, budget: int, mode: str | None, max_flag: bool, cha
 def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag: bool, temperature: float | None,
             top_p: float | None, top_k: int | None, max_tokens: int | None, tolerance: float, hard_limit: bool,
             seed: int | None, n_ctx: int | None, n_threads: int | None, n_gpu_layers: int | None,
-            as_json: bool) -> None:
+            no_repack: bool, as_json: bool) -> None:
     """Answer QUESTION with MODEL (a GGUF) under a thinking budget; needs llama-cpp-python (`pip install '.[run]'` in a checkout).
 
     Streams the reasoning and answer to stdout, then reports on stderr the response tokens n (reasoning through
@@ -141,7 +149,7 @@ def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag:
     result = l1.run(model, question, budget, max_mode=max_mode, temperature=temperature, top_p=top_p, top_k=top_k,
                     seed=seed, max_tokens=max_tokens, n_ctx=n_ctx, tolerance=tolerance,
                     stream_to=None if as_json else stream, hard_limit=hard_limit, n_threads=n_threads,
-                    n_gpu_layers=n_gpu_layers)
+                    n_gpu_layers=n_gpu_layers, no_repack=no_repack)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -171,8 +179,8 @@ def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag:
 def budget_check_cmd(models: tuple[Path, ...], budgets: list[int], problems_path: Path, mode: str | None,
                      max_flag: bool, temperature: float | None, top_p: float | None, top_k: int | None,
                      max_tokens: int | None, tolerance: float, hard_limit: bool, samples: int, seed: int,
-                     limit: int | None, n_threads: int | None, n_gpu_layers: int | None, as_json: bool,
-                     plot_path: Path | None, quiet: bool) -> None:
+                     limit: int | None, n_threads: int | None, n_gpu_layers: int | None, no_repack: bool,
+                     as_json: bool, plot_path: Path | None, quiet: bool) -> None:
     """Check length control: run each MODEL (GGUF) on each problem at each budget; needs llama-cpp-python (`pip install '.[run]'` in a checkout).
 
     Defaults follow the L1 authors' evaluation: budgets 512,1024,2048,3600, at most 2 x N tokens per generation,
@@ -207,7 +215,8 @@ def budget_check_cmd(models: tuple[Path, ...], budgets: list[int], problems_path
         report = l1.budget_check(list(models), budgets, problems_path, max_mode=max_mode, seed=seed,
                                  temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                  limit=limit, tolerance=tolerance, samples=samples, hard_limit=hard_limit,
-                                 n_threads=n_threads, n_gpu_layers=n_gpu_layers, progress=progress)
+                                 n_threads=n_threads, n_gpu_layers=n_gpu_layers, progress=progress,
+                                 no_repack=no_repack)
     if as_json:
         click.echo(report.to_json())
     else:

@@ -13,10 +13,11 @@ import click
 from l1quant.cli import did_you_mean, main
 from l1quant.cli.options import (THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
                                  split_options, split_write_fields)
-from l1quant.conversion.mixes import ALIASES, MIXES, quant_options
+from l1quant.conversion.mixes import quant_options
 from l1quant.conversion.quantize import plan_quantize, quantize
 from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_parts, output_report,
                                      written_report)
+from l1quant.filetypes import ALIASES, MIXES
 from l1quant.gguf.split import read_parts
 
 _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))

@@ -18,6 +18,7 @@ import click
 
 from l1quant.check import format_report, verify
 from l1quant.cli import main
+from l1quant.cli.l1 import NO_REPACK_OPTION
 from l1quant.cli.options import THREADS
 from l1quant.errors import GGUFFormatError, InputError, read_text
 from l1quant.source.hub import resolve_model
@@ -39,10 +40,11 @@ from l1quant.source.hub import resolve_model
 @click.option("--runtime", type=click.Choice(["llama.cpp"]), default=None,
               help="Also run FILE through llama.cpp (llama-cpp-python) and compare its logits with the source's; "
                    "implies --logits.")
+@NO_REPACK_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-t", "--threads", type=THREADS, default=None, help="Worker threads (default: all cores).")
 def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | None, n_tokens: int,
-               runtime: str | None, as_json: bool, threads: int | None) -> None:
+               runtime: str | None, no_repack: bool, as_json: bool, threads: int | None) -> None:
     """Check that FILE is a sound GGUF, faithful to its source checkpoint, down to the logits.
 
     Always: header, key types, hparams, tokenizer arrays, tensor names/shapes/types, no NaN/Inf, and how the file
@@ -72,7 +74,7 @@ def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | 
         text = read_text(text_file, InputError)  # bounded, regular file only (a FIFO would block verify forever)
     try:
         rep = verify(file, source=source, logits=logits, text=text, n_tokens=n_tokens, runtime=runtime,
-                     threads=threads)
+                     threads=threads, no_repack=no_repack)
     except GGUFFormatError as e:
         if not as_json:
             raise  # the command group prints one line and exits 2

@@ -26,7 +26,9 @@ from l1quant.arch import Arch, get_arch
 from l1quant.conversion.card import write_verified_cards
 from l1quant.conversion.metadata import check_model_card, validate_metadata
 from l1quant.conversion.mixes import QuantOptions
-from l1quant.conversion.plan import OUT_TYPES, ConversionPlan, make_plan
+from l1quant.conversion.plan import ConversionPlan, make_plan
+from l1quant.filetypes import Mix, out_types
+from l1quant.kernels import QuantType
 from l1quant.conversion.vocab import Vocab, load_vocab
 from l1quant.conversion.write import (OutputFile, WriteOptions, output_parts, output_path, split_flat_options,
                                      write_gguf_many)
@@ -172,7 +174,7 @@ def add_model_keys(h: Header, plan: ConversionPlan, cfg: ModelConfig, arch: Arch
 
 def prepare(
     model: str | os.PathLike[str],
-    type: str = "auto",
+    type: str | Mix | QuantType = "auto",
     output: str | os.PathLike[str] | None = None,
     *,
     name: str | None = None,
@@ -265,7 +267,7 @@ def convert(
 
 
 def parse_types(type: str | Sequence[str]) -> list[str]:
-    """The types of ``--type q8_0,q4_k_m`` (or a list): each checked against :data:`OUT_TYPES`, lower-cased,
+    """The types of ``--type q8_0,q4_k_m`` (or a list): each one of :func:`l1quant.filetypes.out_types`, lower-cased,
     repeats refused. Raises ``ConfigError`` naming the type that is not one.
 
     Example:
@@ -280,8 +282,8 @@ def parse_types(type: str | Sequence[str]) -> list[str]:
     out: list[str] = []
     for item in items:
         t = str(item).strip().lower()
-        if t not in OUT_TYPES:
-            raise ConfigError(f"--type {str(item).strip()!r} is not one of {', '.join(OUT_TYPES)}")
+        if t not in out_types():
+            raise ConfigError(f"--type {str(item).strip()!r} is not one of {', '.join(out_types())}")
         if t in out:
             raise ConfigError(f"--type {t} is given twice")
         out.append(t)

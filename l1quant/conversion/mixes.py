@@ -58,10 +58,12 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from l1quant.arch import all_arches, get_arch
 from l1quant.errors import ConfigError, clip
+from l1quant.filetypes import ALIASES, MIXES, NEEDS_IMATRIX, NOT_SERVED, Mix, get_mix  # re-exported: the mixes' home
+from l1quant.kernels import KNOWN_TYPES, describe
 
 __all__ = [
     "ALIASES",
@@ -86,7 +88,6 @@ __all__ = [
 ]
 
 T = GGMLQuantizationType
-_FLOAT_TYPES = frozenset({T.F32, T.F16, T.BF16})
 
 #: Architectures whose rule this module states: those whose description gives llama.cpp's "70B" size test
 #: (:attr:`l1quant.arch.Arch.llama_quantize_70b`). The rule has Falcon- and MoE-only branches that would need more
@@ -95,114 +96,15 @@ ARCHS = tuple(a.name for a in all_arches() if a.llama_quantize_70b is not None)
 
 
 def block_size(t: GGMLQuantizationType) -> int:
-    """Values per block of ``t`` (1 for the float types): a row length must be a multiple of it.
+    """Values per block of ``t`` (1 for the float types): a row length must be a multiple of it (the type's
+    record, :mod:`l1quant.kernels`; gguf's table for a type l1quant knows nothing else about).
 
     Example:
         >>> block_size(T.Q4_K), block_size(T.Q8_0), block_size(T.F16)
         (256, 32, 1)
     """
-    return GGML_QUANT_SIZES[t][0]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The mixes (llama ftypes)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mix:
-    """One llama-quantize type argument: its name, the ``general.file_type`` it writes (the llama ftype number) and
-    its base GGML type (``llama_ftype_get_default_type``: what a tensor gets when no rule says otherwise).
-
-    Example:
-        >>> m = get_mix("Q4_K_M")
-        >>> m.name, m.file_type, m.base.name, m.quantized
-        ('Q4_K_M', 15, 'Q4_K', True)
-    """
-
-    name: str
-    file_type: int
-    base: GGMLQuantizationType
-
-    @property
-    def quantized(self) -> bool:
-        """False for F32/F16/BF16: llama-quantize then skips every rule, override and fallback (step 4)."""
-        return self.base not in _FLOAT_TYPES
-
-
-def _mix(name: str, base: GGMLQuantizationType) -> Mix:
-    ftype = LlamaFileType.ALL_F32 if name == "F32" else LlamaFileType[f"MOSTLY_{name}"]
-    return Mix(name, int(ftype), base)
-
-
-#: The mixes l1quant serves, by llama-quantize's name (``QUANT_OPTIONS`` in tools/quantize/quantize.cpp).
-MIXES: dict[str, Mix] = {m.name: m for m in (
-    _mix("Q4_0", T.Q4_0), _mix("Q4_1", T.Q4_1), _mix("Q5_0", T.Q5_0), _mix("Q5_1", T.Q5_1),
-    _mix("Q2_K", T.Q2_K),
-    _mix("Q3_K_S", T.Q3_K), _mix("Q3_K_M", T.Q3_K), _mix("Q3_K_L", T.Q3_K),
-    _mix("Q4_K_S", T.Q4_K), _mix("Q4_K_M", T.Q4_K),
-    _mix("Q5_K_S", T.Q5_K), _mix("Q5_K_M", T.Q5_K),
-    _mix("Q6_K", T.Q6_K), _mix("Q8_0", T.Q8_0),
-    _mix("F16", T.F16), _mix("BF16", T.BF16), _mix("F32", T.F32),
-)}
-
-#: llama-quantize's own aliases (entries "alias for ..." in ``QUANT_OPTIONS``): same ftype, same file.
-ALIASES: dict[str, str] = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-
-#: Mixes llama-quantize refuses without an importance matrix (it throws "this quantization requires an imatrix!",
-#: from ``tensor_requires_imatrix``): their types for ordinary tensors include IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/
-#: IQ3_XXS, whose quantizers need the imatrix, or Q2_K inside a Q2_K_S file. l1quant has no imatrix.
-NEEDS_IMATRIX: dict[str, str] = {
-    "IQ1_S": "its base type IQ1_S needs an importance matrix",
-    "IQ1_M": "its base type IQ1_M needs an importance matrix",
-    "IQ2_XXS": "its base type IQ2_XXS needs an importance matrix",
-    "IQ2_XS": "its base type IQ2_XS needs an importance matrix",
-    "IQ2_S": "its base type IQ2_XS needs an importance matrix",
-    "IQ2_M": "its base type IQ2_S needs an importance matrix",
-    "IQ3_XXS": "its base type IQ3_XXS needs an importance matrix",
-    "IQ3_XS": "it puts attn_q/attn_k (and middle ffn_gate/ffn_up) in IQ3_XXS, which needs an importance matrix",
-    "Q2_K_S": "llama-quantize requires an importance matrix for the Q2_K tensors of a Q2_K_S file",
-}
-
-#: Other names llama-quantize accepts that l1quant does not serve (no kernels, or not a mix: COPY).
-NOT_SERVED = ("Q1_0", "Q2_0", "MXFP4_MOE", "TQ1_0", "TQ2_0", "IQ3_S", "IQ3_M", "IQ4_NL", "IQ4_XS", "COPY")
-
-
-def get_mix(name: str | int | Mix) -> Mix:
-    """The mix called ``name`` (any case; ``Q4_K`` and the other aliases; or llama-quantize's ftype number).
-
-    Raises :class:`ConfigError` (one line) for unknown names, for mixes llama-quantize refuses without an
-    importance matrix (:data:`NEEDS_IMATRIX`) and for the ones l1quant does not serve (:data:`NOT_SERVED`).
-
-    Example:
-        >>> get_mix("q4_k").name, get_mix(15).name
-        ('Q4_K_M', 'Q4_K_M')
-        >>> get_mix("Q2_K_S")
-        Traceback (most recent call last):
-        ...
-        l1quant.errors.ConfigError: quant type 'Q2_K_S' needs an importance matrix (llama-quantize requires ...
-    """
-    if isinstance(name, Mix):
-        return name
-    if isinstance(name, int) and not isinstance(name, bool):
-        # like llama-quantize, which also takes the ftype number
-        for m in MIXES.values():
-            if m.file_type == name:
-                return m
-        raise ConfigError(f"quant type {name} is not a known llama ftype number; expected one of "
-                          f"{', '.join(f'{m.file_type} ({m.name})' for m in MIXES.values())}")
-    if not isinstance(name, str):
-        raise ConfigError(f"quant type must be a name like 'Q4_K_M', found {clip(name)}")
-    key = ALIASES.get(name.upper(), name.upper())
-    if key in MIXES:
-        return MIXES[key]
-    if key in NEEDS_IMATRIX:
-        raise ConfigError(f"quant type {clip(name)} needs an importance matrix ({NEEDS_IMATRIX[key]}), "
-                          "which l1quant does not support")
-    if key in NOT_SERVED:
-        raise ConfigError(f"quant type {clip(name)} is not supported by l1quant; "
-                          f"expected one of {', '.join([*MIXES, *ALIASES])}")
-    raise ConfigError(f"unknown quant type {clip(name)}: expected one of {', '.join([*MIXES, *ALIASES])}")
+    qt = describe(t)
+    return qt.block_size if qt is not None else GGML_QUANT_SIZES[t][0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -575,19 +477,17 @@ SIZE_BUMPS: tuple[Bump, ...] = (Bump(Role.ATTN_V, is_70b, frozenset({T.Q3_K, T.Q
 #: Roles whose running counter feeds the conditions, and what it counts against (see :class:`Where`).
 COUNTED_ROLES: frozenset[Role] = frozenset({Role.ATTN_V, Role.FFN_DOWN})
 
-#: ``tensor_type_fallback``: a type whose block does not divide the row length moves to a 32-block type. Any
-#: type with a block of 32 or less that does not fit (and the fallback when it does not fit either) -> F16.
+#: ``tensor_type_fallback``: a type whose block does not divide the row length moves to a 32-block type (each
+#: record's ``fallback``). Any type with a block of 32 or less that does not fit (and the fallback when it does not
+#: fit either) -> F16.
 FALLBACK: dict[GGMLQuantizationType, GGMLQuantizationType] = {
-    T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
-    T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
-    T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL,
-    T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
-}
+    qt.ggml_type: qt.fallback for qt in KNOWN_TYPES.values() if qt.fallback is not None}
 
-#: Types llama-quantize will not produce without an importance matrix: ``tensor_requires_imatrix`` refuses them
-#: for every tensor but token_embd.weight and output.weight, and for those two the IQ2_XXS, IQ2_XS and IQ1_S
-#: quantizers abort on the missing weights instead. l1quant refuses them for every tensor.
-IMATRIX_TYPES = frozenset({T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S})
+#: Types llama-quantize will not produce without an importance matrix (the records' ``needs_imatrix``):
+#: ``tensor_requires_imatrix`` refuses them for every tensor but token_embd.weight and output.weight, and for those
+#: two the IQ2_XXS, IQ2_XS and IQ1_S quantizers abort on the missing weights instead. l1quant refuses them for
+#: every tensor.
+IMATRIX_TYPES = frozenset(qt.ggml_type for qt in KNOWN_TYPES.values() if qt.needs_imatrix)
 
 
 def fallback_type(wanted: GGMLQuantizationType, row_length: int) -> GGMLQuantizationType:
@@ -599,8 +499,9 @@ def fallback_type(wanted: GGMLQuantizationType, row_length: int) -> GGMLQuantiza
     """
     if row_length % block_size(wanted) == 0:
         return wanted
-    if wanted in FALLBACK:
-        used = FALLBACK[wanted]
+    record = describe(wanted)
+    if record is not None and record.fallback is not None:
+        used = record.fallback
     elif block_size(wanted) <= 32:
         used = wanted  # already a 32-block type: nothing smaller to move to, so F16 below
     else:
@@ -731,7 +632,7 @@ def assign_types(
                 fallbacks[name] = (wanted, used)
                 warnings.append(f"{name}: row length {row} is not a multiple of {block_size(wanted)} "
                                 f"({wanted.name}): falling back to {used.name}")
-        if used in IMATRIX_TYPES:
+        if (d := describe(used)) is not None and d.needs_imatrix:
             raise ConfigError(f"{name}: type {used.name} needs an importance matrix, which l1quant does not support")
         types[name] = used
     return TypeAssignment(types=types, order=order, fallbacks=fallbacks, warnings=tuple(warnings))

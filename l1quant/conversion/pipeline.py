@@ -214,9 +214,9 @@ def stream_tensors(
         # the NaN/Inf scan is folded into the conversion pass: no second read of the chunk
         _, bad = t.qtype.quantize_checked(x, out)
         in_output = ""
-        if bad is None and not allow_nonfinite and can_overflow(t.qtype.name, src.dtype):
+        if bad is None and not allow_nonfinite and can_overflow(t.qtype, src.dtype):
             # finite input that overflows the output type
-            bad = first_nonfinite_output(t.qtype.name, out)
+            bad = first_nonfinite_output(t.qtype, out)
             in_output = f" in its {t.qtype.name} output (a finite value beyond the type's range)"
         if bad is not None and not allow_nonfinite:
             idx = np.unravel_index(r0 * t.n_cols + bad, t.shape)

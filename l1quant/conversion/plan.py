@@ -9,7 +9,7 @@ Two kinds of ``--type``, two rules, each llama.cpp's own:
   tensors, names ending in ``_norm.weight`` and every non-``.weight`` tensor (the biases) are F32; everything else
   takes the requested type; a row length that is not a multiple of the type's block size falls back to F16 with a
   warning. Tensors keep the checkpoint's order.
-* **llama-quantize mixes** (``q4_k_m``, ``q6_k``, ... :data:`l1quant.conversion.mixes.MIXES`), and any type when
+* **llama-quantize mixes** (``q4_k_m``, ``q6_k``, ... :data:`l1quant.filetypes.MIXES`), and any type when
   per-tensor options are given: what the converter would write losslessly (BF16 for a bf16 checkpoint, F16 for
   f16, F32 otherwise) followed by llama-quantize with that mix, in one pass. Each tensor's type comes from
   :func:`l1quant.conversion.mixes.assign_types`, and tensors are laid out in llama-quantize's order.
@@ -29,20 +29,16 @@ from dataclasses import dataclass, field
 import gguf
 
 from l1quant.arch import Arch
-from l1quant.conversion.mixes import Mix, QuantOptions, assign_types, get_mix
+from l1quant.conversion.mixes import QuantOptions, assign_types
 from l1quant.conversion.sources import Generated, PermutedRows, TensorSource, WholeTransformed
 from l1quant.errors import ConfigError, TensorError, clip
+from l1quant.filetypes import Mix, convert_types, resolve_type
 from l1quant.gguf.header import pad
 from l1quant.kernels import QuantType, get_quant_type
 from l1quant.source.config import ModelConfig
 from l1quant.source.safetensors import Checkpoint, SafeTensor, require_float
 
 ALIGNMENT = gguf.GGUF_DEFAULT_ALIGNMENT
-#: The converter's own types (``convert_hf_to_gguf.py --outtype``); every other ``--type`` is a llama-quantize mix.
-CONVERT_TYPES = ("auto", "f32", "f16", "bf16", "q8_0")
-#: Every ``--type`` value: the converter's types, then llama-quantize's mixes and aliases (lower case, as typed).
-OUT_TYPES = CONVERT_TYPES + ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k",
-                             "q4_k_s", "q4_k_m", "q4_k", "q5_k_s", "q5_k_m", "q5_k", "q6_k")
 
 
 @dataclass(frozen=True)
@@ -111,18 +107,21 @@ class ConversionPlan:
         return sum(math.prod(t.shape) for t in self.tensors)
 
 
-def resolve_out_type(requested: str, ckpt: Checkpoint, skip_suffixes: tuple[str, ...] = ()) -> QuantType:
-    """Map ``auto`` to bf16/f16 from the first 2-D bf16/f16 source tensor, as llama.cpp does; else look up the name.
+def resolve_out_type(requested: str | QuantType, ckpt: Checkpoint, skip_suffixes: tuple[str, ...] = ()) -> QuantType:
+    """Map ``auto`` to bf16/f16 from the first 2-D bf16/f16 source tensor, as llama.cpp does; else the converter
+    type's record (:func:`l1quant.filetypes.resolve_type`).
 
     Example:
         >>> resolve_out_type("q8_0", ckpt).name  # doctest: +SKIP
         'Q8_0'
     """
-    req = requested.lower()
-    if req not in CONVERT_TYPES:
-        raise ConfigError(f"--type {requested!r} is not one of {', '.join(CONVERT_TYPES)}")
-    if req != "auto":
-        return get_quant_type(req)
+    if isinstance(requested, QuantType):
+        return requested
+    if str(requested).lower() not in convert_types():
+        raise ConfigError(f"--type {requested!r} is not one of {', '.join(convert_types())}")
+    qt = resolve_type(requested)
+    if isinstance(qt, QuantType):
+        return qt
     for t in ckpt.tensors.values():
         if len(t.shape) < 2 or t.name.endswith(skip_suffixes):
             continue
@@ -201,19 +200,15 @@ def lossless_type(ckpt: Checkpoint, skip_suffixes: tuple[str, ...] = ()) -> Quan
     return get_quant_type("f32")
 
 
-def resolve_mix(out_type: str, options: QuantOptions | None) -> Mix | None:
+def resolve_mix(out_type: str | Mix | QuantType, options: QuantOptions | None) -> Mix | None:
     """The llama-quantize mix ``out_type`` names, or None for a converter type without per-tensor options.
 
     Example:
         >>> resolve_mix("q8_0", None) is None, resolve_mix("q4_k", None).name
         (True, 'Q4_K_M')
     """
-    req = str(out_type).lower()
-    if req in CONVERT_TYPES and (options is None or options == QuantOptions()):
-        return None
-    if req == "auto":
-        raise ConfigError("--type auto cannot be combined with per-tensor type options; name the type")
-    return get_mix(req)
+    want = resolve_type(out_type, per_tensor=options is not None and options != QuantOptions())
+    return want if isinstance(want, Mix) else None
 
 
 def source_for(arch: Arch, cfg: ModelConfig, name: str, st: SafeTensor, warnings: list[str]) -> TensorSource:
@@ -236,11 +231,12 @@ def source_for(arch: Arch, cfg: ModelConfig, name: str, st: SafeTensor, warnings
     return WholeTransformed(st, lambda x: tf.apply(cfg, x), tf.why_whole or "")
 
 
-def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
+def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mix | QuantType,
               options: QuantOptions | None = None, *, as_mix: bool = False) -> ConversionPlan:
     """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
 
-    ``out_type`` is a converter type or a llama-quantize mix (see the module docstring); ``options`` are
+    ``out_type`` is a converter type or a llama-quantize mix (see the module docstring), as typed or resolved
+    (:func:`l1quant.filetypes.resolve_type`); ``options`` are
     llama-quantize's per-tensor flags; ``as_mix`` applies a converter type as llama-quantize's mix of that name. Refuses (``TensorError``): a tensor name the architecture cannot map, a
     non-float weight, a tensor with the wrong shape, a tensor missing, or two source tensors mapping to one GGUF
     name; (``ConfigError``) an unknown type or a per-tensor type l1quant has no kernel for, or a config the
@@ -254,11 +250,12 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str,
     """
     arch.validate(cfg)
     check_layer_count(ckpt, cfg)
-    req = str(out_type).lower()
-    if req not in OUT_TYPES:
-        raise ConfigError(f"--type {out_type!r} is not one of {', '.join(OUT_TYPES)}")
-    mix = get_mix(req) if as_mix and req != "auto" else resolve_mix(req, options)
-    qt = resolve_out_type(req, ckpt, arch.skip_suffixes) if mix is None else lossless_type(ckpt, arch.skip_suffixes)
+    requested = resolve_type(out_type, per_tensor=options is not None and options != QuantOptions(), as_mix=as_mix)
+    mix: Mix | None = None
+    if isinstance(requested, Mix):
+        mix, qt = requested, lossless_type(ckpt, arch.skip_suffixes)
+    else:
+        qt = resolve_out_type(requested or "auto", ckpt, arch.skip_suffixes)
     f32 = get_quant_type("f32")
     name_map = arch.tensor_name_map(cfg.num_hidden_layers)
     expected = arch.expected_tensors(cfg, generated=False)
@@ -327,7 +324,7 @@ def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]]
     for name in a.order:
         st, t_in = by_name[name]
         chosen = a.types[name]
-        out.append((name, st, t_in if chosen is None else get_quant_type(chosen.name)))
+        out.append((name, st, t_in if chosen is None else get_quant_type(chosen)))
     return layout(arch_name, mix.name, mix.file_type, out, warnings + list(a.warnings), quantized_layout=True)
 
 

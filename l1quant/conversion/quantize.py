@@ -30,13 +30,14 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType
 
 from l1quant.check.complete import check_complete_model
-from l1quant.conversion.mixes import ARCHS, QuantOptions, get_mix
+from l1quant.conversion.mixes import ARCHS, QuantOptions
 from l1quant.conversion.plan import ConversionPlan, apply_mix
 from l1quant.conversion.write import OutputFile, WriteOptions, output_parts, output_path, split_flat_options, write_gguf
 from l1quant.errors import InputError, OutputError, clip
 from l1quant.gguf.header import Header
 from l1quant.gguf.reader import GGUFFile, TensorInfo, read_gguf
 from l1quant.gguf.split import merged_view, read_parts
+from l1quant.filetypes import get_mix
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.source.safetensors import SafeTensor
 

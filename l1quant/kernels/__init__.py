@@ -24,9 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,14 +43,20 @@ from ._common import (
 )
 
 __all__ = [
+    "KNOWN_TYPES",
     "QUANT_TYPES",
+    "FloatField",
     "KernelArgumentError",
+    "NoiseModel",
     "QuantType",
     "UnknownQuantTypeError",
     "decode_bf16",
+    "describe",
     "first_nonfinite",
     "get_quant_type",
     "native_available",
+    "register",
+    "registered",
 ]
 
 IMPLS = ("auto", "native", "numpy", "ref")
@@ -76,28 +83,83 @@ def native_available() -> bool:
 
 
 @dataclass(frozen=True)
+class FloatField:
+    """A float inside one block (``ggml-common.h``): its byte offset and format (``f16``, ``bf16`` or ``f32``).
+
+    The non-finite scan (:mod:`l1quant.kernels.nonfinite`) reads exactly these: a block type's f16 scales
+    (Q8_0's ``d``, Q4_K's ``d`` and ``dmin``...) or a float type's one value.
+    """
+
+    offset: int
+    format: str = "f16"
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Rounding noise of a block type, for verify's per-tensor net (``check/fidelity.py``): ``group`` values share
+    a scale; a group's step is its range (``2*amax`` when ``symmetric``, ``max-min`` otherwise) over
+    ``2**bits - 1`` levels."""
+
+    group: int
+    bits: int
+    symmetric: bool
+
+
+@dataclass(frozen=True)
 class QuantType:
-    """One GGUF tensor type: identity, block geometry and its kernels (looked up by name).
+    """One GGML tensor type, every fact l1quant knows about it in one record (looked up by name).
+
+    * identity and block layout: ``name`` (gguf's ``GGMLQuantizationType`` name), ``ggml_type``, ``block_size``
+      and ``type_size`` (gguf's ``GGML_QUANT_SIZES``);
+    * ``file_type``: the ``general.file_type`` of a file whose matrices are all this type (None where only a mix
+      names the file: Q2_K..Q5_K); ``outtype``: the converter writes it directly (``convert_hf_to_gguf.py
+      --outtype``: f32, f16, bf16, q8_0), with the converter's rule, instead of as a llama-quantize mix;
+    * kernels: ``numpy_kernel``, ``ref_kernel`` (the plain reference), ``native_kernel`` (compiled, when built)
+      and the ``dequantizer``; all None for a type l1quant describes but does not serve (the i-quants,
+      the ternary types: llama-quantize's rules still name them);
+    * ``float_fields``: where the block keeps floats that a finite input can overflow (the non-finite scan);
+      ``never_overflows_from``: source dtypes (safetensors names) whose finite values always stay finite here;
+    * ``fallback``: llama-quantize's shape fallback (``tensor_type_fallback``) when a row does not fill whole
+      blocks (None: F16 if even a 32-block does not fit);
+    * ``noise``: the rounding-noise model verify checks a tensor against (None: no model; Q8_0 has an exact
+      bound of its own);
+    * ``takes_imatrix``: llama.cpp's quantizer uses an importance matrix when given one; ``needs_imatrix``:
+      llama-quantize refuses the type without one (``tensor_requires_imatrix``).
+
+    Adding a type is adding one record (:func:`register`, or the tables below).
 
     Example:
         >>> get_quant_type("bf16").nbytes((3, 64))
         384
+        >>> q = get_quant_type("q4_k"); q.fallback.name, q.noise, q.takes_imatrix, q.needs_imatrix
+        ('Q5_0', NoiseModel(group=32, bits=4, symmetric=False), True, False)
     """
 
     name: str
     ggml_type: GGMLQuantizationType
     block_size: int
     type_size: int
-    #: ``general.file_type`` of a file whose matrices are all this type (None for the K types: the mix decides).
     file_type: int | None
-    numpy_kernel: Kernel = field(repr=False, compare=False)
-    ref_kernel: Kernel = field(repr=False, compare=False)
+    numpy_kernel: Kernel | None = field(repr=False, compare=False)
+    ref_kernel: Kernel | None = field(repr=False, compare=False)
     native_kernel: Kernel | None = field(repr=False, compare=False)
-    dequantizer: Dequantizer = field(repr=False, compare=False)
+    dequantizer: Dequantizer | None = field(repr=False, compare=False)
     #: ggml's importance-weighted search (``quantize_row_<type>_impl``), numpy and compiled; None for the types
-    #: whose quantization ignores an importance matrix (F32, F16, BF16, Q8_0).
+    #: whose quantization ignores an importance matrix (F32, F16, BF16, Q8_0) or that l1quant does not serve.
     numpy_imatrix_kernel: ImatrixKernel | None = field(default=None, repr=False, compare=False)
     native_imatrix_kernel: ImatrixKernel | None = field(default=None, repr=False, compare=False)
+    outtype: bool = False
+    float_fields: tuple[FloatField, ...] = ()
+    never_overflows_from: frozenset[str] = frozenset()
+    fallback: GGMLQuantizationType | None = None
+    noise: NoiseModel | None = None
+    takes_imatrix: bool = False
+    needs_imatrix: bool = False
+
+    @property
+    def served(self) -> bool:
+        """True when l1quant has kernels for the type (it can write and read it)."""
+        return self.numpy_kernel is not None and self.dequantizer is not None
 
     def row_nbytes(self, ncols: int) -> int:
         """Bytes of one row of ``ncols`` values (``ncols`` must be a multiple of ``block_size``).
@@ -126,6 +188,8 @@ class QuantType:
     def _kernel(self, impl: str) -> Kernel:
         if impl not in IMPLS:
             raise KernelArgumentError(f"{self.name}: impl must be one of {', '.join(IMPLS)}, found {impl!r}")
+        if self.numpy_kernel is None or self.ref_kernel is None:
+            raise UnknownQuantTypeError(f"{self.name}: l1quant has no kernel for this type")
         if impl == "ref":
             return self.ref_kernel
         if impl == "native" or (impl == "auto" and self.native_kernel is not None):
@@ -196,6 +260,8 @@ class QuantType:
             array([[0.5, 3. ]], dtype=float32)
         """
         shape = tuple(int(s) for s in shape)
+        if self.dequantizer is None:
+            raise UnknownQuantTypeError(f"{self.name}: l1quant has no dequantizer for this type")
         raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         if raw.size != self.nbytes(shape):
             raise KernelArgumentError(
@@ -242,65 +308,175 @@ def _native_imatrix_kernel(ggml_type: GGMLQuantizationType) -> ImatrixKernel | N
     return functools.partial(_native.kquant_imatrix, int(ggml_type))
 
 
-def _make(ggml_type: GGMLQuantizationType, file_type: LlamaFileType | None, *, numpy: Kernel, ref: Kernel,
-          native: Kernel | None, dequantize: Dequantizer) -> QuantType:
+def _make(ggml_type: GGMLQuantizationType, file_type: LlamaFileType | None, *, numpy: Kernel | None = None,
+          ref: Kernel | None = None, native: Kernel | None = None, dequantize: Dequantizer | None = None,
+          **facts: object) -> QuantType:
     # Block geometry comes from gguf's table: defined once, upstream.
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
     weighted = ggml_type.name in kquants_imatrix.IMATRIX_TYPES
     return QuantType(ggml_type.name, ggml_type, block_size, type_size, None if file_type is None else int(file_type),
                      numpy, ref, native, dequantize,
                      kquants_imatrix.imatrix_kernel(ggml_type.name) if weighted else None,
-                     _native_imatrix_kernel(ggml_type) if weighted else None)
+                     _native_imatrix_kernel(ggml_type) if weighted else None,
+                     **facts)  # type: ignore[arg-type]
 
 
 def _block(ggml_type: GGMLQuantizationType, quantize_blocks: Callable[[np.ndarray], np.ndarray],
-           file_type: LlamaFileType | None = None) -> QuantType:
+           file_type: LlamaFileType | None = None, **facts: object) -> QuantType:
     """A 4/5-bit or K type: the lane-wise numpy block quantizer is also the reference (there is no plainer one)."""
     kernel = blockwise.numpy_block_kernel(quantize_blocks, GGML_QUANT_SIZES[ggml_type][0])
     name = ggml_type.name
     return _make(ggml_type, file_type, numpy=kernel, ref=kernel, native=_native_block_kernel(ggml_type),
-                 dequantize=lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape))
+                 dequantize=lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape), **facts)
+
+
+def _f16(*offsets: int) -> tuple[FloatField, ...]:
+    return tuple(FloatField(o, "f16") for o in offsets)
 
 
 _T = GGMLQuantizationType
 _F = LlamaFileType
-QUANT_TYPES: dict[str, QuantType] = {
+
+
+def _iquant(ggml_type: GGMLQuantizationType, *, needs_imatrix: bool = False) -> QuantType:
+    """An i-quant l1quant describes (the rules name it) but does not serve: IQ4_NL is its shape fallback."""
+    return _make(ggml_type, None, fallback=GGMLQuantizationType.IQ4_NL, takes_imatrix=True,
+                 needs_imatrix=needs_imatrix)
+
+
+#: Every type l1quant knows, served or only described, by name. Float fields: ggml-common.h's block structs.
+KNOWN_TYPES: dict[str, QuantType] = {
     qt.name: qt
     for qt in (
         _make(_T.F32, _F.ALL_F32, numpy=floats.f32_numpy, ref=_ref_kernel(floats.f32_ref),
-              native=_native.f32 if _native.AVAILABLE else None, dequantize=_dequantize_f32),
+              native=_native.f32 if _native.AVAILABLE else None, dequantize=_dequantize_f32, outtype=True,
+              float_fields=(FloatField(0, "f32"),), never_overflows_from=frozenset({"F32", "F16", "BF16"})),
         _make(_T.F16, _F.MOSTLY_F16, numpy=floats.f16_numpy, ref=_ref_kernel(floats.f16_ref),
-              native=_native.f16 if _native.AVAILABLE else None, dequantize=_dequantize_f16),
+              native=_native.f16 if _native.AVAILABLE else None, dequantize=_dequantize_f16, outtype=True,
+              float_fields=_f16(0), never_overflows_from=frozenset({"F16"})),
         _make(_T.BF16, _F.MOSTLY_BF16, numpy=floats.bf16_numpy, ref=_ref_kernel(floats.bf16_ref),
-              native=_native.bf16 if _native.AVAILABLE else None, dequantize=_dequantize_bf16),
+              native=_native.bf16 if _native.AVAILABLE else None, dequantize=_dequantize_bf16, outtype=True,
+              float_fields=(FloatField(0, "bf16"),), never_overflows_from=frozenset({"BF16", "F16"})),
         _make(_T.Q8_0, _F.MOSTLY_Q8_0, numpy=q8_0.q8_0_numpy, ref=_ref_kernel(q8_0.q8_0_ref),
-              native=_native.q8_0 if _native.AVAILABLE else None, dequantize=_dequantize_q8_0),
+              native=_native.q8_0 if _native.AVAILABLE else None, dequantize=_dequantize_q8_0, outtype=True,
+              float_fields=_f16(0)),                                      # d, qs[32]
         # The file type of a K type depends on the mix (Q4_K_S vs Q4_K_M ...): the mix table owns it.
-        _block(_T.Q4_0, q4_q5.quantize_q4_0, _F.MOSTLY_Q4_0),
-        _block(_T.Q4_1, q4_q5.quantize_q4_1, _F.MOSTLY_Q4_1),
-        _block(_T.Q5_0, q4_q5.quantize_q5_0, _F.MOSTLY_Q5_0),
-        _block(_T.Q5_1, q4_q5.quantize_q5_1, _F.MOSTLY_Q5_1),
-        _block(_T.Q2_K, kquants_qkx2.quantize_q2_k),
-        _block(_T.Q3_K, kquants_qx.quantize_q3_k),
-        _block(_T.Q4_K, kquants_qkx2.quantize_q4_k),
-        _block(_T.Q5_K, kquants_qkx2.quantize_q5_k),
-        _block(_T.Q6_K, kquants_qx.quantize_q6_k, _F.MOSTLY_Q6_K),
+        _block(_T.Q4_0, q4_q5.quantize_q4_0, _F.MOSTLY_Q4_0, float_fields=_f16(0),         # d, qs[16]
+               noise=NoiseModel(32, 4, True), takes_imatrix=True),
+        _block(_T.Q4_1, q4_q5.quantize_q4_1, _F.MOSTLY_Q4_1, float_fields=_f16(0, 2),      # d, m, qs[16]
+               noise=NoiseModel(32, 4, False), takes_imatrix=True),
+        _block(_T.Q5_0, q4_q5.quantize_q5_0, _F.MOSTLY_Q5_0, float_fields=_f16(0),         # d, qh[4], qs[16]
+               noise=NoiseModel(32, 5, True), takes_imatrix=True),
+        _block(_T.Q5_1, q4_q5.quantize_q5_1, _F.MOSTLY_Q5_1, float_fields=_f16(0, 2),      # d, m, qh[4], qs[16]
+               noise=NoiseModel(32, 5, False), takes_imatrix=True),
+        _block(_T.Q2_K, kquants_qkx2.quantize_q2_k, float_fields=_f16(80, 82),   # scales[16], qs[64], d, dmin
+               fallback=_T.Q4_0, noise=NoiseModel(16, 2, False), takes_imatrix=True),
+        _block(_T.Q3_K, kquants_qx.quantize_q3_k, float_fields=_f16(108),        # hmask[32], qs[64], scales[12], d
+               fallback=_T.Q4_0, noise=NoiseModel(16, 3, True), takes_imatrix=True),
+        _block(_T.Q4_K, kquants_qkx2.quantize_q4_k, float_fields=_f16(0, 2),     # d, dmin, scales[12], qs[128]
+               fallback=_T.Q5_0, noise=NoiseModel(32, 4, False), takes_imatrix=True),
+        _block(_T.Q5_K, kquants_qkx2.quantize_q5_k, float_fields=_f16(0, 2),     # d, dmin, scales[12], qh, qs
+               fallback=_T.Q5_1, noise=NoiseModel(32, 5, False), takes_imatrix=True),
+        _block(_T.Q6_K, kquants_qx.quantize_q6_k, _F.MOSTLY_Q6_K, float_fields=_f16(208),  # ql, qh, scales, d
+               fallback=_T.Q8_0, noise=NoiseModel(16, 6, True), takes_imatrix=True),
+        # Described, not served: llama-quantize's rules name them (shape fallback, importance matrix).
+        _make(_T.TQ1_0, None, fallback=_T.Q4_0),
+        _make(_T.TQ2_0, None, fallback=_T.Q4_0),
+        _iquant(_T.IQ1_S, needs_imatrix=True),
+        _iquant(_T.IQ1_M, needs_imatrix=True),
+        _iquant(_T.IQ2_XXS, needs_imatrix=True),
+        _iquant(_T.IQ2_XS, needs_imatrix=True),
+        _iquant(_T.IQ2_S, needs_imatrix=True),
+        _iquant(_T.IQ3_XXS, needs_imatrix=True),
+        _iquant(_T.IQ3_S),
+        _iquant(_T.IQ4_XS),
+        _make(_T.IQ4_NL, None, takes_imatrix=True),
     )
 }
 
+#: The types l1quant writes and reads (kernels and a dequantizer), by name: the served part of :data:`KNOWN_TYPES`
+#: (:func:`register` keeps both).
+QUANT_TYPES: dict[str, QuantType] = {n: qt for n, qt in KNOWN_TYPES.items() if qt.served}
 
-def get_quant_type(name: str) -> QuantType:
-    """Look up a GGML tensor type by name, case-insensitively ("f16", "q8_0", "q4_k", ...; see QUANT_TYPES).
+
+def get_quant_type(name: str | GGMLQuantizationType) -> QuantType:
+    """Look up a GGML tensor type by name, case-insensitively ("f16", "q8_0", "q4_k", ...; see QUANT_TYPES), or by
+    its ``GGMLQuantizationType``.
+
+    Raises :class:`UnknownQuantTypeError` for a type l1quant has no kernels for.
 
     Example:
         >>> get_quant_type("Q8_0").file_type
         7
     """
-    qt = QUANT_TYPES.get(str(name).upper())
+    qt = QUANT_TYPES.get(name.name if isinstance(name, GGMLQuantizationType) else str(name).upper())
     if qt is None:
         valid = ", ".join(n.lower() for n in QUANT_TYPES)
         raise UnknownQuantTypeError(f"unknown quant type {name!r}: expected one of {valid}")
     return qt
+
+
+def describe(t: GGMLQuantizationType | str) -> QuantType | None:
+    """The record of ``t`` (a GGML type or its name, any case), served or only described; None when l1quant
+    knows nothing about it beyond gguf's block table.
+
+    Example:
+        >>> describe("iq2_xxs").needs_imatrix, describe("iq2_xxs").served, describe("I8") is None
+        (True, False, True)
+    """
+    return KNOWN_TYPES.get(t.name if isinstance(t, GGMLQuantizationType) else str(t).upper())
+
+
+def register(qt: QuantType) -> None:
+    """Add a type: after this every module serves it (convert with ``--type`` when ``qt.outtype``, verify,
+    dequantize, the non-finite scan, the fidelity noise net). ``qt`` needs its kernels and dequantizer; its
+    ``ggml_type`` is one of gguf's (the file format names types by number) with gguf's block layout and name, not
+    one already served (a described type, such as an i-quant, is replaced); its ``file_type`` number, if any, is
+    not taken. Raises :class:`KernelArgumentError` otherwise.
+
+    Example:
+        >>> register(get_quant_type("q8_0"))
+        Traceback (most recent call last):
+        ...
+        l1quant.kernels._common.KernelArgumentError: quant type Q8_0 is already registered
+    """
+    if qt.name in QUANT_TYPES:
+        raise KernelArgumentError(f"quant type {qt.name} is already registered")
+    if qt.name != qt.ggml_type.name or GGML_QUANT_SIZES.get(qt.ggml_type) != (qt.block_size, qt.type_size):
+        raise KernelArgumentError(f"quant type {qt.name}: name and block layout must be gguf's for {qt.ggml_type!r}")
+    if not qt.served:
+        raise KernelArgumentError(f"quant type {qt.name}: a kernel and a dequantizer are required")
+    taken = {k.file_type for k in KNOWN_TYPES.values()} | {int(f) for f in LlamaFileType}
+    if qt.file_type is not None and qt.file_type in taken:
+        raise KernelArgumentError(f"quant type {qt.name}: general.file_type {qt.file_type} is taken")
+    KNOWN_TYPES[qt.name] = qt
+    QUANT_TYPES[qt.name] = qt
+
+
+@contextlib.contextmanager
+def registered(qt: QuantType) -> Iterator[QuantType]:
+    """:func:`register` ``qt`` for the ``with`` block only (tests, experiments); on exit the registry is as before.
+
+    Example:
+        >>> import dataclasses
+        >>> iq4 = dataclasses.replace(get_quant_type("q4_0"), name="IQ4_NL", ggml_type=GGMLQuantizationType.IQ4_NL,
+        ...                           file_type=None)  # a stand-in: Q4_0's kernels under IQ4_NL's number
+        >>> with registered(iq4):
+        ...     get_quant_type("iq4_nl").served
+        True
+        >>> describe("iq4_nl").served, "IQ4_NL" in QUANT_TYPES
+        (False, False)
+    """
+    before = KNOWN_TYPES.get(qt.name)
+    register(qt)
+    try:
+        yield qt
+    finally:
+        QUANT_TYPES.pop(qt.name, None)
+        if before is None:
+            KNOWN_TYPES.pop(qt.name, None)
+        else:
+            KNOWN_TYPES[qt.name] = before
 
 
 def first_nonfinite(x: np.ndarray) -> int | None:

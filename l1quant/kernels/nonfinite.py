@@ -7,8 +7,8 @@ these exactly as it refuses NaN in the input (same message, same ``--allow-nonfi
 output bytes of every job whose output type can overflow its input (:func:`can_overflow`) with
 :func:`first_nonfinite_output`.
 
-Layouts are ggml's (``ggml-common.h``): for every block type, the byte offsets of its f16 scale fields within one
-block. F32/F16/BF16 are checked value by value.
+Where to look is each type's record (:attr:`l1quant.kernels.QuantType.float_fields`, ggml's ``ggml-common.h``
+layouts): the byte offsets of a block's f16 scales; F32/F16/BF16 are checked value by value.
 
 Example:
     >>> import numpy as np
@@ -20,64 +20,49 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-#: type name -> byte offsets of the block's f16 fields (block sizes come from the type registry, gguf's table)
-F16_FIELDS: dict[str, tuple[int, ...]] = {
-    "Q8_0": (0,),        # d, qs[32]
-    "Q4_0": (0,),        # d, qs[16]
-    "Q4_1": (0, 2),      # d, m, qs[16]
-    "Q5_0": (0,),        # d, qh[4], qs[16]
-    "Q5_1": (0, 2),      # d, m, qh[4], qs[16]
-    "Q2_K": (80, 82),    # scales[16], qs[64], d, dmin
-    "Q3_K": (108,),      # hmask[32], qs[64], scales[12], d
-    "Q4_K": (0, 2),      # d, dmin, scales[12], qs[128]
-    "Q5_K": (0, 2),      # d, dmin, scales[12], qh[32], qs[128]
-    "Q6_K": (208,),      # ql[128], qh[64], scales[16], d
-}
+from l1quant.kernels import QuantType, describe
 
-#: (output type, source dtype) pairs where a finite input always gives a finite output: the output's range holds
-#: the input's, so the converter skips the output scan for them (it is ~60% of a chunk's kernel time for F32/F16).
-NEVER_OVERFLOWS = frozenset({("F32", "F32"), ("F32", "F16"), ("F32", "BF16"), ("F16", "F16"),
-                             ("BF16", "BF16"), ("BF16", "F16")})
+#: per float format: the unsigned view and the exponent bits that, all set, mean ±inf or NaN
+_EXPONENT = {"f16": (np.uint16, 0x7C00), "bf16": (np.uint16, 0x7F80), "f32": (np.uint32, 0x7F800000)}
 
 
-def can_overflow(type_name: str, source_dtype: str) -> bool:
+def _record(qtype: QuantType | str) -> QuantType | None:
+    return qtype if isinstance(qtype, QuantType) else describe(qtype)
+
+
+def can_overflow(qtype: QuantType | str, source_dtype: str) -> bool:
     """Whether finite ``source_dtype`` values (safetensors names: F32/F16/BF16) can become non-finite in
-    ``type_name``. Block types always can (their f16 scales); F16 from BF16/F32 and BF16 from F32 can.
+    ``qtype`` (a record or its name): not when its range holds the source's (``QuantType.never_overflows_from``:
+    F32 from anything, F16 from F16, BF16 from BF16/F16); the scan is ~60% of a chunk's kernel time for those.
+    Block types always can (their f16 scales).
 
     Example:
         >>> can_overflow("F16", "BF16"), can_overflow("F32", "BF16"), can_overflow("Q8_0", "F16")
         (True, False, True)
     """
-    return (type_name, source_dtype) not in NEVER_OVERFLOWS
+    qt = _record(qtype)
+    return qt is None or source_dtype not in qt.never_overflows_from
 
 
-_F16_EXP = 0x7C00  # all exponent bits set: ±inf or NaN
-_BF16_EXP = 0x7F80
-
-
-def first_nonfinite_output(type_name: str, out: np.ndarray) -> int | None:
+def first_nonfinite_output(qtype: QuantType | str, out: np.ndarray) -> int | None:
     """Flat index (in values, over the rows of ``out``) of the first value whose output is non-finite -- for a
     block type the first value of the first block with a non-finite scale -- or None when all are finite.
 
-    ``out`` is the kernel's output: (rows, row_nbytes) uint8, C-contiguous.
+    ``qtype`` is the output's type (a record or its name; its ``float_fields`` say where to look: nothing for a
+    type l1quant does not know); ``out`` is the kernel's output: (rows, row_nbytes) uint8, C-contiguous.
     """
+    qt = _record(qtype)
+    if qt is None or not qt.float_fields:
+        return None  # a type without float fields cannot overflow here
     flat = np.ascontiguousarray(out).reshape(-1)
-    if type_name == "F32":
-        ok = np.isfinite(flat.view(np.float32))
-        return None if ok.all() else int(np.argmin(ok))
-    if type_name in ("F16", "BF16"):
-        exp = _F16_EXP if type_name == "F16" else _BF16_EXP
-        bad = (flat.view(np.uint16) & exp) == exp
-        return int(np.argmax(bad)) if bad.any() else None
-    offsets = F16_FIELDS.get(type_name)
-    if offsets is None:
-        return None  # a type without f16 fields cannot overflow here
-    per_block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
-    blocks = flat.reshape(-1, nbytes)
-    bad = np.zeros(len(blocks), dtype=bool)
-    for off in offsets:
-        h = np.ascontiguousarray(blocks[:, off:off + 2]).view(np.uint16).reshape(-1)
-        bad |= (h & _F16_EXP) == _F16_EXP
-    return int(np.argmax(bad)) * per_block if bad.any() else None
+    blocks = flat.reshape(-1, qt.type_size)
+    bad: np.ndarray | None = None
+    for f in qt.float_fields:
+        view, exp = _EXPONENT[f.format]
+        width = np.dtype(view).itemsize
+        h = np.ascontiguousarray(blocks[:, f.offset:f.offset + width]).view(view).reshape(-1)
+        hit = (h & exp) == exp
+        bad = hit if bad is None else (bad | hit)
+    assert bad is not None
+    return int(np.argmax(bad)) * qt.block_size if bad.any() else None

@@ -298,7 +298,7 @@ def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_
                  top_p: float | None = None, top_k: int | None = None, max_tokens: int | None = None,
                  limit: int | None = None, tolerance: float = EXACT_TOLERANCE, samples: int = 1,
                  hard_limit: bool = False, n_threads: int | None = None, n_gpu_layers: int | None = None,
-                 progress: Callable[[RunResult], None] | None = None) -> BudgetReport:
+                 progress: Callable[[RunResult], None] | None = None, no_repack: bool = False) -> BudgetReport:
     """Run every model on every problem, ``samples`` times, at every budget; aggregate length control and accuracy.
 
     The L1 authors' protocol is the default: lengths count every response token (reasoning and answer, as LCPO's
@@ -307,7 +307,7 @@ def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_
     :data:`~l1quant.l1.prompt.PAPER_BUDGETS` with several samples per problem; accuracy is the mean over samples.
 
     Sample ``s`` of problem ``i`` uses seed ``(seed + i * samples + s) mod 2**32`` for every model and budget, so
-    models are compared on the same random streams. ``hard_limit``, ``n_threads`` and ``n_gpu_layers`` are as in
+    models are compared on the same random streams. ``hard_limit``, ``n_threads``, ``n_gpu_layers`` and ``no_repack`` are as in
     :func:`~l1quant.l1.runner.run`. ``progress`` is called after each run.
 
     Raises :class:`~l1quant.errors.InputError` for bad arguments, an unreadable problems file or a missing model;
@@ -349,7 +349,8 @@ def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_
         longest = max(len(render_chat(l1_prompt(q.question, max(budgets), max_mode=max_mode), template,
                                       bos_token=bos, eos_token=eos).encode("utf-8")) for q in problems)
         cap = max(max_tokens if max_tokens is not None else default_max_tokens(b) for b in budgets)
-        runner = _Runner(path, n_ctx=_auto_ctx(longest, cap), kv=kv, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+        runner = _Runner(path, n_ctx=_auto_ctx(longest, cap), kv=kv, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                         no_repack=no_repack)
         try:
             sampling = _resolve_sampling(runner.sampling, temperature, top_p, top_k)
             for budget in budgets:

@@ -1,4 +1,4 @@
-"""Running a GGUF with llama-cpp-python under a thinking budget."""
+"""Running a GGUF under a thinking budget, in the llama.cpp runtime (:mod:`l1quant.runtime`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from l1quant.errors import InputError, RuntimeMissingError
+from l1quant.errors import InputError
 from l1quant.l1.answers import budget_kept, default_max_tokens, parse_integer_answer, parse_response
 from l1quant.l1.chat import _gguf_chat_info, _gguf_kv, render_chat
 from l1quant.l1.prompt import DEFAULT_SAMPLING, EXACT_TOLERANCE, FORCED_THINK_END, THINK_CLOSE, l1_prompt
+from l1quant.runtime import RUN_INSTALL_HINT, Model, extra_bufts, require
+
+__all__ = ["RUN_INSTALL_HINT", "RunResult", "run"]
 
 # --------------------------------------------------------------------------------------------------------------
 # Running a GGUF with llama-cpp-python
@@ -124,18 +127,9 @@ class RunResult:
         return "\n".join(lines)
 
 
-#: How to get llama-cpp-python, for every message that needs it. l1quant installs from a checkout (it is not on
-#: PyPI), so "pip install 'l1quant[run]'" would look for a package that is not there: name the pinned runtime.
-RUN_INSTALL_HINT = ("pip install 'llama-cpp-python==0.3.36' (l1quant's run extra; in a checkout: pip install '.[run]'; "
-                    "it compiles llama.cpp: ~13 min on 2 cores, silent unless pip -v)")
-
-
-def _import_llama() -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise RuntimeMissingError(f"running a GGUF needs llama-cpp-python: {RUN_INSTALL_HINT}") from None
-    return llama_cpp
+def _import_llama() -> None:
+    """Fail on a missing run extra before any model is read."""
+    require("running a GGUF")
 
 
 def _sampling_from_kv(kv: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,11 +276,10 @@ def _result(gen: _Generation, *, model: str, question: str, budget: int, max_mod
 
 
 class _Runner:
-    """One loaded GGUF (llama-cpp-python) plus what l1quant needs around it; reused across runs."""
+    """One loaded GGUF (:class:`l1quant.runtime.Model`) plus what l1quant needs around it; reused across runs."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int, kv: Mapping[str, Any],
-                 n_threads: int | None = None, n_gpu_layers: int | None = None) -> None:
-        llama_cpp = _import_llama()
+                 n_threads: int | None = None, n_gpu_layers: int | None = None, no_repack: bool = False) -> None:
         self.path = Path(model_path).expanduser()
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such GGUF file")
@@ -294,27 +287,22 @@ class _Runner:
         self.template, self.bos_text, self.eos_text = _gguf_chat_info(self.path, kv)
         self.sampling = _sampling_from_kv(kv)
         self.n_ctx = n_ctx
-        extra: dict[str, Any] = {} if n_gpu_layers is None else {"n_gpu_layers": n_gpu_layers}
-        try:
-            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=n_threads, verbose=False,
-                                       **extra)
-        except (ValueError, RuntimeError, OSError) as e:
-            raise InputError(f"{self.path}: llama.cpp could not load the model: {e}") from None
-        self._llama_cpp = llama_cpp
-        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.llm._model.vocab))
+        self.llm = Model(self.path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                         extra_bufts=extra_bufts(no_repack))
+        self.add_bos = self.llm.add_bos
         # </think> is one special token in R1/L1 vocabularies; when it is, count by id (exact, no text matching).
-        ids = self.llm.tokenize(THINK_CLOSE.encode(), add_bos=False, special=True)
+        ids = self.llm.tokenize(THINK_CLOSE, add_bos=False, special=True)
         self.think_close_id: int | None = ids[0] if len(ids) == 1 else None
-        self.force_ids: list[int] = self.llm.tokenize(FORCED_THINK_END.encode(), add_bos=False, special=True)
+        self.force_ids: list[int] = self.llm.tokenize(FORCED_THINK_END, add_bos=False, special=True)
 
     def is_eog(self, token: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
+        return self.llm.is_eog(token)
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
         # Add bos exactly when the GGUF asks for it (tokenizer.ggml.add_bos_token) and the rendered template has
         # not already put it there (R1 templates render bos_token themselves); never two.
-        toks = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        bos = self.llm.token_bos()
+        toks = self.llm.tokenize(prompt, add_bos=False, special=True)
+        bos = self.llm.bos
         if self.add_bos and bos >= 0 and (not toks or toks[0] != bos):
             toks = [bos] + toks
         return toks
@@ -331,16 +319,15 @@ class _Runner:
         max_tokens = min(max_tokens, room)
         if seed is not None:
             self.llm.set_seed(seed)
-        self.llm.reset()
+        self.llm.reset()  # every run from an empty cache: a seed gives the same run whatever ran before
 
         def start(seq: list[int]) -> Iterator[int]:
-            return iter(self.llm.generate(seq, temp=sampling["temperature"], top_p=sampling["top_p"],
-                                          top_k=sampling["top_k"], min_p=sampling["min_p"], repeat_penalty=1.0,
-                                          reset=True))
+            return self.llm.generate(seq, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                                     top_k=sampling["top_k"], min_p=sampling["min_p"])
 
         t0 = time.perf_counter()
-        gen = _generate_counted(start, toks, detokenize=lambda t: self.llm.detokenize([t], special=True),
-                                is_eog=self.is_eog, think_close_id=self.think_close_id, max_tokens=max_tokens,
+        gen = _generate_counted(start, toks, detokenize=self.llm.token_bytes, is_eog=self.is_eog,
+                                think_close_id=self.think_close_id, max_tokens=max_tokens,
                                 force_at=budget if hard_limit else None, force_ids=self.force_ids,
                                 stream_to=stream_to)
         return _result(gen, model=str(self.path), question=question, budget=budget, max_mode=max_mode,
@@ -386,7 +373,8 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
         temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
         seed: int | None = None, max_tokens: int | None = None, n_ctx: int | None = None,
         tolerance: float = EXACT_TOLERANCE, stream_to: Callable[[str], None] | None = None,
-        hard_limit: bool = False, n_threads: int | None = None, n_gpu_layers: int | None = None) -> RunResult:
+        hard_limit: bool = False, n_threads: int | None = None, n_gpu_layers: int | None = None,
+        no_repack: bool = False) -> RunResult:
     """Ask an L1 GGUF ``question`` with a thinking budget of ``budget`` tokens and measure what it did with it.
 
     The prompt is :func:`l1_prompt` rendered through the GGUF's own chat template. The verdict
@@ -399,7 +387,9 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
     ``max_tokens`` need. ``hard_limit`` ends the thinking when the response reaches ``budget`` tokens without
     ``</think>`` (inserting :data:`FORCED_THINK_END`) and lets the model write its answer: budget forcing for
     models that overshoot. ``n_threads`` and ``n_gpu_layers`` go to llama.cpp (default: its own choice; no GPU
-    layers). ``stream_to`` receives the text as it is generated.
+    layers). ``no_repack`` runs llama.cpp without its extra buffer types (``--no-repack``, llama.cpp's ``-nr``; by
+    default :mod:`l1quant.runtime.probe` decides once per machine). ``stream_to`` receives the text as it is
+    generated.
 
     Raises :class:`~l1quant.errors.InputError` for a bad argument, a missing or unloadable file, or a prompt
     longer than ``n_ctx``; :class:`~l1quant.errors.RuntimeMissingError` without llama-cpp-python.
@@ -422,7 +412,7 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
     if n_ctx is None:
         template, bos, eos = _gguf_chat_info(path, kv)
         n_ctx = _auto_ctx(len(render_chat(user, template, bos_token=bos, eos_token=eos).encode("utf-8")), max_tokens)
-    runner = _Runner(path, n_ctx=n_ctx, kv=kv, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    runner = _Runner(path, n_ctx=n_ctx, kv=kv, n_threads=n_threads, n_gpu_layers=n_gpu_layers, no_repack=no_repack)
     try:
         sampling = _resolve_sampling(runner.sampling, temperature, top_p, top_k)
         return runner.generate(question, budget, max_mode=max_mode, sampling=sampling, seed=seed,

@@ -1,4 +1,4 @@
-"""Reference decoder forward pass in pure numpy, for ``l1quant verify --logits``.
+"""Reference decoder forward pass in pure numpy: ``verify --logits``'s logits and ``compare``'s weights-only source.
 
 The same function runs on the source checkpoint (bf16 weights upcast to float32, through the architecture's
 transforms, so in the file's layout) and on the dequantized GGUF, so the two logit matrices differ only by what
@@ -25,14 +25,10 @@ Example:
     >>> logits = decoder_logits(weights.__getitem__, hp, [1, 2, 3])
     >>> logits.shape, logits.dtype
     ((3, 10), dtype('float32'))
-    >>> report = compare_logits(logits, logits, [1, 2, 3])
-    >>> report.mean_kld, report.top1_agreement
-    (0.0, 1.0)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,8 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Hparams",
-    "LogitReport",
-    "compare_logits",
     "decoder_logits",
     "default_text",
     "random_weights",
@@ -60,8 +54,6 @@ __all__ = [
 _NO_SCALING = (None, "", "none", "default")
 # Query rows processed together in attention: bounds the score buffer to group * block * n_tokens floats.
 _ATTN_QUERY_BLOCK = 512
-# Rows of logits processed together in compare_logits: bounds the float64 temporaries.
-_METRIC_ROW_BLOCK = 64
 _ROPE_STYLES = ("neox", "norm")
 
 
@@ -353,122 +345,6 @@ def decoder_logits(
     if progress is not None:
         progress(total_steps, total_steps)
     return logits
-
-
-# --------------------------------------------------------------------------------------------------- metrics
-
-
-@dataclass(frozen=True)
-class LogitReport:
-    """Agreement between reference and test logits over one sequence.
-
-    ``*_kld`` are per-position KL(P_ref || P_test) in nats; ``top1_agreement`` is the fraction of positions whose
-    argmax matches; ``ppl_*`` are perplexities of ``tokens[1:]`` predicted from positions ``0..n-2`` (NaN when
-    fewer than 2 tokens). NaN/Inf in the test logits propagate into the numbers: they are never hidden.
-
-    Example:
-        >>> import numpy as np
-        >>> r = compare_logits(np.zeros((3, 4)), np.zeros((3, 4)), [0, 1, 2])
-        >>> r.to_dict()["ppl_ref"]
-        4.0
-    """
-
-    mean_kld: float
-    max_kld: float
-    p99_kld: float
-    top1_agreement: float
-    ppl_ref: float
-    ppl_test: float
-    n_tokens: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        """Plain-Python dict (JSON-ready; NaN stays NaN)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def summary(self) -> str:
-        """One line for the CLI.
-
-        Example:
-            >>> import numpy as np
-            >>> compare_logits(np.zeros((2, 2)), np.zeros((2, 2)), [0, 1]).summary()
-            'n=2 mean KLD 0.000000 p99 0.000000 max 0.000000 top1 100.00% ppl 2.000 -> 2.000'
-        """
-        return (
-            f"n={self.n_tokens} mean KLD {self.mean_kld:.6f} p99 {self.p99_kld:.6f} max {self.max_kld:.6f} "
-            f"top1 {100.0 * self.top1_agreement:.2f}% ppl {self.ppl_ref:.3f} -> {self.ppl_test:.3f}"
-        )
-
-
-def _log_softmax64(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    m = np.max(x, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)  # an all -inf (or inf/NaN) row must not turn the shift itself into NaN
-    z = x - m
-    with np.errstate(divide="ignore"):
-        return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
-
-
-def compare_logits(ref: np.ndarray, test: np.ndarray, tokens: Sequence[int]) -> LogitReport:
-    """KL divergence, top-1 agreement and perplexities of ``test`` logits against ``ref`` logits.
-
-    Both are (n_tokens, n_vocab); ``tokens`` is the sequence they were computed on. Work is done in float64 in
-    row blocks, so memory stays bounded for a 151936-entry vocabulary.
-
-    Example:
-        >>> import numpy as np
-        >>> ref = np.log(np.array([[0.5, 0.5]]))
-        >>> test = np.log(np.array([[0.9, 0.1]]))
-        >>> round(compare_logits(ref, test, [0]).mean_kld, 6)  # 0.5*ln(0.5/0.9) + 0.5*ln(0.5/0.1)
-        0.510826
-    """
-    ref = np.asarray(ref)
-    test = np.asarray(test)
-    toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
-    if ref.ndim != 2 or ref.shape != test.shape:
-        raise VerifyError(f"compare_logits: reference logits {ref.shape} and test logits {test.shape} differ")
-    n_tokens, n_vocab = ref.shape
-    if n_tokens == 0 or n_tokens != toks.size:
-        raise VerifyError(f"compare_logits: {n_tokens} logit rows for {toks.size} tokens (need equal and non-zero)")
-    if np.any((toks < 0) | (toks >= n_vocab)):
-        raise VerifyError(f"compare_logits: a token id is outside 0..{n_vocab - 1}")
-
-    kld = np.empty(n_tokens, dtype=np.float64)
-    agree = np.empty(n_tokens, dtype=bool)
-    nll_ref = np.empty(max(n_tokens - 1, 0), dtype=np.float64)
-    nll_test = np.empty_like(nll_ref)
-    for start in range(0, n_tokens, _METRIC_ROW_BLOCK):
-        stop = min(start + _METRIC_ROW_BLOCK, n_tokens)
-        lp = _log_softmax64(ref[start:stop])
-        lq = _log_softmax64(test[start:stop])
-        p = np.exp(lp)
-        with np.errstate(invalid="ignore"):
-            # 0 * log(0/q) = 0 by convention; p > 0 with q = 0 gives +inf, as it should.
-            terms = np.where(p > 0, p * (lp - lq), 0.0)
-        kld[start:stop] = np.maximum(terms.sum(axis=-1), 0.0)  # tiny negatives are rounding, KL is >= 0
-        agree[start:stop] = np.argmax(ref[start:stop], axis=-1) == np.argmax(test[start:stop], axis=-1)
-        # Row i predicts tokens[i + 1]; the last row predicts nothing.
-        pred = np.arange(start, min(stop, n_tokens - 1))
-        if pred.size:
-            nll_ref[pred] = -lp[pred - start, toks[pred + 1]]
-            nll_test[pred] = -lq[pred - start, toks[pred + 1]]
-        del lp, lq, p, terms
-
-    def ppl(nll: np.ndarray) -> float:
-        if nll.size == 0:
-            return float("nan")
-        with np.errstate(over="ignore"):
-            return float(np.exp(np.mean(nll)))
-
-    return LogitReport(
-        mean_kld=float(np.mean(kld)),
-        max_kld=float(np.max(kld)),
-        # "higher": an observed value, so an infinite KLD reads as inf rather than an interpolated NaN.
-        p99_kld=float(np.percentile(kld, 99, method="higher")),
-        top1_agreement=float(np.mean(agree)),
-        ppl_ref=ppl(nll_ref),
-        ppl_test=ppl(nll_test),
-        n_tokens=int(n_tokens),
-    )
 
 
 # --------------------------------------------------------------------------------------------------- helpers

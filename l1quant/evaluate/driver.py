@@ -1,0 +1,290 @@
+"""``l1quant.compare``: choose a type by measurement: size, PPL and KL divergence per GGUF type, as
+``llama-perplexity`` computes them (the driver; :mod:`~l1quant.evaluate.basefile` holds the passes,
+:mod:`~l1quant.evaluate.report` the table, :mod:`~l1quant.evaluate.plot` the chart).
+
+The protocol is llama-perplexity's (``tools/perplexity/perplexity.cpp`` of the pinned llama.cpp):
+
+* the text is tokenized with the vocabulary's own rule (a BOS when ``add_bos``), cut into ``n_chunk`` chunks of
+  ``ctx`` tokens (``n_chunk <= n_tokens // ctx``; at least two chunks' worth of text is required);
+* each chunk is evaluated from an empty KV cache with its first token replaced by BOS (when the vocabulary adds
+  one), and only the positions ``ctx // 2 .. ctx - 2`` are scored against the next token (``ctx - 1 - ctx // 2``
+  tokens per chunk);
+* the base model's log-probabilities are stored as llama-perplexity's ``--kl-divergence-base`` file
+  (``_logits_`` header, the tokens, then per scored token a float32 scale and offset and ``n_vocab`` uint16
+  codes spanning the 16 nats below the top log-prob); every other type is scored against that file, so the base
+  is evaluated once and the statistics (``kl_divergence()`` / ``log_softmax()`` with a base) are the tool's.
+
+The compression is the tool's own, so it does not change the numbers relative to llama-perplexity at all; relative
+to the base's exact float logits it moves each stored log-prob by at most half a code step,
+``16 / 65535 / 2 = 1.2e-4`` nats, and drops base probabilities below ``e**-16`` from the KL sum (a bias below
+``1e-4`` nats per token, far under the ± of any real comparison). A base file written by ``llama-perplexity
+--kl-divergence-base`` can be used directly (``base_logits=``), and llama-perplexity accepts the files this
+module writes.
+
+The logits come from the llama.cpp runtime (llama-cpp-python, all logits of the scored half): activations are
+quantized by the runtime exactly as in llama-perplexity. Without llama-cpp-python the numpy reference forward pass
+(:mod:`l1quant.evaluate.forward`) stands in and the report is labelled ``weight-only``: it sees only the weights'
+quantization error, so its KLD is lower than llama-perplexity's.
+
+Example:
+    >>> r = compare(["m-Q8_0.gguf"], base="m-F16.gguf", ctx=128, chunks=4)   # doctest: +SKIP
+    >>> print(r.table())                                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l1quant.cache import user_cache_dir
+from l1quant.errors import InputError
+from l1quant.evaluate.basefile import BaseFile, score_against_base, write_base
+from l1quant.evaluate.report import SCHEMA, CompareReport, TypeRow
+from l1quant.evaluate.sources import open_logits
+
+__all__ = ["DEFAULT_CTX", "compare", "default_compare_text"]
+
+#: llama-perplexity's default context.
+DEFAULT_CTX = 512
+
+
+@functools.lru_cache(maxsize=256)
+def _summary(path: Path, mtime_ns: int, size: int) -> tuple[str | None, int, int]:
+    """(file type name, tensor bytes, tensor elements) of one version of a GGUF, parsed once: the label and the
+    size/bpw columns both need it, and a 152k vocabulary's string arrays take ~0.25 s to parse. Only the three
+    values are kept, not the parsed header."""
+    from l1quant.check.structure import file_type_name
+    from l1quant.gguf.reader import read_gguf
+
+    gf = read_gguf(path)
+    try:
+        label = file_type_name(gf)
+    except Exception:  # noqa: BLE001 - a label only
+        label = None
+    return label, sum(t.nbytes for t in gf.tensors), sum(t.n_elements for t in gf.tensors)
+
+
+def _read_summary(path: Path) -> tuple[str | None, int, int]:
+    st = path.stat()
+    return _summary(path, st.st_mtime_ns, st.st_size)
+
+
+def _file_info(path: Path) -> tuple[int, float]:
+    _, nbytes, n = _read_summary(path)
+    return path.stat().st_size, (8 * nbytes / n if n else 0.0)
+
+
+def _type_label(path: Path) -> str:
+    try:
+        return _read_summary(path)[0] or path.stem
+    except Exception:  # noqa: BLE001 - a label only
+        return path.stem
+
+
+def default_compare_text() -> str:
+    """The bundled evaluation text (``l1quant/data/compare_text.txt``), built by ``benchmarks/make_compare_text.py``
+    (prose written for this project, then worked problems from a fixed seed; the README says more)."""
+    from importlib import resources
+
+    return resources.files("l1quant").joinpath("data").joinpath("compare_text.txt").read_text(encoding="utf-8")
+
+
+def _cache_dir() -> Path:
+    return user_cache_dir("compare")
+
+
+def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+            types: Sequence[str] = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"), *,
+            base: str | os.PathLike[str] | None = None, text: str | os.PathLike[str] | None = None,
+            ctx: int = DEFAULT_CTX, chunks: int | None = None, keep: str | os.PathLike[str] | None = None,
+            base_logits: str | os.PathLike[str] | None = None, threads: int | None = None,
+            runtime: str = "auto", budgets: Sequence[int] = (), problems: str | os.PathLike[str] | None = None,
+            budget_limit: int | None = None, max_mode: bool = False, progress: bool = False,
+            no_repack: bool = False) -> CompareReport:
+    """Table size, bits per weight, PPL and KLD statistics per GGUF type against a base, as llama-perplexity does.
+
+    ``model``: a checkpoint folder (each of ``types`` is converted with :func:`l1quant.convert`, into ``keep`` or
+    a cache folder; the base is ``types[0]``) or a list of GGUF files (then ``base`` names the base GGUF).
+    ``text``: a text file (default: the bundled text); ``ctx`` tokens per chunk; ``chunks`` at most that many
+    (default all the text gives). ``base_logits``: where to keep the base's log-prob file (default: a cache file
+    named by a hash of the base file and tokens, reused on the next run; a llama-perplexity ``--kl-divergence-base``
+    file works too). ``runtime``: ``auto``/``llama.cpp``/``numpy``. ``budgets`` + ``problems`` add
+    :func:`l1quant.budget_check` per type (llama.cpp). ``no_repack``: llama.cpp without its extra buffer types
+    (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides). The numbers match ``llama-perplexity -c ctx --chunks N``
+    (with ``--kl-divergence-base`` / ``--kl-divergence``): see the module docstring.
+
+    Raises :class:`~l1quant.errors.InputError` for bad arguments or a text shorter than two chunks.
+
+    Example:
+        >>> r = compare(["m-Q8_0.gguf"], base="m-F16.gguf", ctx=128, chunks=4)   # doctest: +SKIP
+        >>> print(r.table())                                                     # doctest: +SKIP
+    """
+    t0 = time.perf_counter()
+    threads = threads or max(1, (os.cpu_count() or 2))
+    if ctx < 8 or ctx % 2:
+        raise InputError(f"--ctx must be an even number of at least 8 tokens, got {ctx}")
+    if runtime not in ("auto", "llama.cpp", "numpy"):
+        raise InputError(f"runtime must be auto, llama.cpp or numpy, got {runtime!r}")
+    if budgets and problems is None:
+        raise InputError("--budgets needs --problems FILE")
+    paths, names = _resolve_models(model, types, base, keep, threads, progress)
+    tok_dir = Path(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_dir() else None
+    if text is None:
+        text_s, text_label = default_compare_text(), "l1quant/data/compare_text.txt"
+    else:
+        from l1quant.errors import read_text
+
+        text_s, text_label = read_text(Path(text), InputError, max_bytes=64 << 20), str(text)
+
+    base_path = paths[0]
+    bar = _Progress(progress)
+    src = open_logits(base_path, ctx, threads, runtime, vocab_only=True, tok_dir=tok_dir,
+                      no_repack=no_repack)
+    try:
+        weight_only = src.weight_only
+        toks = src.tokenize(text_s)
+        n_max = len(toks) // ctx
+        if len(toks) < 2 * ctx:
+            raise InputError(f"{text_label}: {len(toks)} tokens; llama-perplexity needs at least {2 * ctx} "
+                             f"(two chunks of --ctx {ctx})")
+        n_chunk = min(chunks, n_max) if chunks else n_max
+        bar.total = n_chunk * len(paths)
+        bf_path = Path(base_logits) if base_logits else _base_cache_path(base_path, toks, ctx, n_chunk, runtime)
+        bf_path.parent.mkdir(parents=True, exist_ok=True)
+        base_ppl = None
+        if bf_path.exists():
+            bf = BaseFile.open(bf_path)
+            if bf.n_ctx != ctx or bf.n_chunk < n_chunk:
+                raise InputError(f"{bf_path}: base file has {bf.n_chunk} chunks of {bf.n_ctx} tokens; "
+                                 f"asked for {n_chunk} of {ctx}")
+            if not np.array_equal(bf.tokens[:n_chunk * ctx], np.asarray(toks[:n_chunk * ctx], dtype=np.int32)):
+                raise InputError(f"{bf_path}: the base log-probs were computed for another text (tokens differ)")
+            meta = _meta_path(bf_path)
+            if meta.exists():
+                base_ppl = tuple(json.loads(meta.read_text())["ppl"])
+            bar.step(n_chunk, "base (cached)")
+        else:
+            src.close()
+            src = open_logits(base_path, ctx, threads, runtime, no_repack=no_repack)
+            base_ppl = write_base(src, toks, ctx, n_chunk, bf_path, lambda: bar.step(1, "base"), threads)
+            _meta_path(bf_path).write_text(json.dumps({"ppl": list(base_ppl)}))
+            bf = BaseFile.open(bf_path)
+        bf.n_chunk = n_chunk  # score only the chunks asked for (a base file may hold more)
+    finally:
+        src.close()
+    size, bpw = _file_info(base_path)
+    rows = [TypeRow(names[0], str(base_path), size, bpw, *(base_ppl or (float("nan"), float("nan"))))]
+    for p, name in zip(paths[1:], names[1:]):
+        src = open_logits(p, ctx, threads, runtime, no_repack=no_repack)
+        try:
+            stats = score_against_base(src, bf, lambda n=name: bar.step(1, n), threads)
+        finally:
+            src.close()
+        size, bpw = _file_info(p)
+        rows.append(TypeRow(name, str(p), size, bpw, stats["ppl"]["value"], stats["ppl"]["unc"], stats))
+        if base_ppl is None:  # a base file from elsewhere: the base's PPL from its stored log-probs
+            base_ppl = (stats["ppl_base_stored"]["value"], stats["ppl_base_stored"]["unc"])
+            rows[0].ppl, rows[0].ppl_unc = base_ppl
+    bar.close()
+    if budgets:
+        _add_budgets(rows, budgets, problems, budget_limit, max_mode, threads, no_repack)
+    return CompareReport(base=names[0], ctx=ctx, chunks=n_chunk, tokens_scored=n_chunk * bf.rows_per_chunk,
+                         text=text_label, runtime="numpy" if weight_only else "llama.cpp", weight_only=weight_only,
+                         base_logits=str(bf_path), threads=threads, rows=rows, seconds=time.perf_counter() - t0)
+
+
+def _resolve_models(model: Any, types: Sequence[str], base: Any, keep: Any, threads: int,
+                    progress: bool) -> tuple[list[Path], list[str]]:
+    if isinstance(model, (str, os.PathLike)) and not str(model).endswith(".gguf"):
+        folder = Path(model)
+        if not types:
+            raise InputError("--types is empty")
+        if base is not None:
+            raise InputError("--base is for a list of GGUF files; with a checkpoint the base is the first type")
+        from l1quant.conversion.convert import convert
+
+        out_dir = Path(keep) if keep else _cache_dir() / "models" / _hash(str(folder.resolve()), _dir_stamp(folder))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for t in types:
+            target = out_dir / f"{folder.name}-{t.upper()}.gguf"
+            if not target.exists():
+                if progress:
+                    print(f"converting {folder} -> {target.name}", file=sys.stderr)
+                convert(folder, type=t, output=target, threads=threads)
+            paths.append(target)
+        return paths, [t.upper() for t in types]
+    files = [Path(model)] if isinstance(model, (str, os.PathLike)) else [Path(m) for m in model]
+    if base is None:
+        raise InputError("comparing GGUF files needs --base BASE.gguf")
+    paths = [Path(base)] + files
+    for p in paths:
+        if not p.is_file():
+            raise InputError(f"{p}: no such GGUF file")
+    labels = [_type_label(p) for p in paths]
+    if len(set(labels)) != len(labels):
+        labels = [p.name for p in paths]
+    return paths, labels
+
+
+def _meta_path(base_file: Path) -> Path:
+    """Beside the base file: the base's exact PPL (the base file itself stores only compressed log-probs)."""
+    return base_file.with_name(base_file.name + ".json")
+
+
+def _dir_stamp(folder: Path) -> str:
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(folder.glob("*"))
+                    if p.is_file())
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _base_cache_path(base: Path, toks: Sequence[int], ctx: int, n_chunk: int, runtime: str) -> Path:
+    st = base.stat()
+    key = _hash(str(base.resolve()), str(st.st_size), str(st.st_mtime_ns), str(ctx), str(n_chunk), runtime,
+                hashlib.sha256(np.asarray(toks, np.int32).tobytes()).hexdigest(), SCHEMA)
+    return _cache_dir() / f"base-{key}.kld"
+
+
+def _add_budgets(rows: list[TypeRow], budgets: Sequence[int], problems: Any, limit: int | None, max_mode: bool,
+                 threads: int, no_repack: bool) -> None:
+    from l1quant.l1.budget import budget_check
+
+    rep = budget_check([r.path for r in rows], list(budgets), problems, max_mode=max_mode, limit=limit,
+                       n_threads=threads, no_repack=no_repack)
+    for r in rows:
+        r.budget = [{"budget": b.budget, "runs": b.runs, "mean_tokens": b.mean_tokens,
+                     "share_within_budget": b.share_within_budget, "mean_rel_deviation": b.mean_rel_deviation,
+                     "accuracy": b.accuracy} for b in rep.rows if b.model == r.path or Path(b.model) == Path(r.path)]
+
+
+class _Progress:
+    """A tqdm bar over chunks x types with an ETA (silent when disabled)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.total, self.bar = enabled, 0, None
+
+    def step(self, n: int, label: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="chunk", file=sys.stderr, dynamic_ncols=True)
+        self.bar.set_description(label)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
