@@ -27,8 +27,7 @@ from typing import Any
 
 import gguf
 
-from l1quant.gguf.reader import read_gguf
-from l1quant.gguf.split import read_parts
+from l1quant.gguf.split import merged_view, read_parts
 from l1quant.l1 import l1_prompt
 from l1quant.output import AtomicOutput, pwrite_all
 from l1quant.source.hub import resolve_model
@@ -138,7 +137,7 @@ def render_card(gguf_path: Path, source: Path | None, report: Any | None = None,
         >>> print(render_card(Path("tiny-Q8_0.gguf"), Path("tiny"))[:4])  # doctest: +SKIP
         ---
     """
-    gf = read_gguf(gguf_path)
+    gf = merged_view(read_parts(gguf_path))  # a split: the whole model (every part's tensors)
     shown = source_name or (source.name if source else "?")
     kv = gf.kv
     name = kv.get("general.name", gguf_path.stem)
@@ -159,7 +158,8 @@ def render_card(gguf_path: Path, source: Path | None, report: Any | None = None,
     lines = [
         *front_matter(kv, source_repo_id(source, source_name)),
         MARKER,
-        f"# {name} — GGUF {ftype}",
+        f"# {name} — GGUF {ftype}" if len(rows) == 1 else
+        f"# {name} — GGUF {', '.join(_file_type(read_parts(p)[0].kv) for p, _ in rows)}",
         "",
         (f"Converted with l1quant from `{shown}`; "
          "tensors byte-identical to llama.cpp's `convert_hf_to_gguf.py` (and `llama-quantize` for the mixes)."),
