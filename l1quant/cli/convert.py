@@ -47,7 +47,8 @@ class _TypeList(click.ParamType):
 @click.option("--type", "--outtype", "type_", type=_TypeList(),
               default="auto", show_default=True, metavar="TYPE[,TYPE...]",
               help="Output type, or several separated by commas (the checkpoint is then read once and one file "
-                   "written per type; -o must then be a folder): q4_k_m (llama.cpp's usual choice), q5_k_m, q6_k, q3_k_m, ... (llama-quantize's "
+                   "written per type; -o must then be a folder): q4_k_m (llama.cpp's usual choice), q5_k_m, q6_k, "
+                   "q3_k_m, ... (llama-quantize's "
                    "mixes, same bytes), q8_0 (near-lossless), f16/bf16 (16-bit), f32, or auto (bf16 or f16 as "
                    "the checkpoint). Choices: " + ", ".join(OUT_TYPES) + ".")
 @click.option("-o", "--output", "--outfile", type=click.Path(), default=None,

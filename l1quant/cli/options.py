@@ -117,7 +117,7 @@ def format_tensor_table(report: dict[str, Any]) -> str:
         >>> print(format_tensor_table({"path": "m.gguf", "type": "Q8_0", "size": 4224, "tensor_types": {"Q8_0": 1},
         ...                            "tensors": [{"name": "w", "type": "Q8_0", "shape": [64, 64], "nbytes": 4352}]}))
         m.gguf (Q8_0): 1 tensors, 4224 bytes (0.00 GB)
-          w                                        Q8_0    [64, 64]                4352
+          w                                        Q8_0    [64, 64]                 4352
           tensor types: 1 Q8_0
     """
     lines = [f"{report['path']} ({report['type']}): {len(report['tensors'])} tensors, {report['size']} bytes "

@@ -285,7 +285,8 @@ def write_verified_cards(gguf_paths: Sequence[Path], model: str | os.PathLike[st
     (beside the first file) whose files table lists them all; return (card path, the reports in order).
 
     Example:
-        >>> where, reports = write_verified_cards([Path("o/m-Q8_0.gguf"), Path("o/m-Q4_K_M.gguf")], "m")  # doctest: +SKIP
+        >>> files = [Path("o/m-Q8_0.gguf"), Path("o/m-Q4_K_M.gguf")]
+        >>> where, reports = write_verified_cards(files, "m")  # doctest: +SKIP
     """
     from l1quant.check.verifier import verify  # check/ builds on conversion/: imported when a card is asked for
 

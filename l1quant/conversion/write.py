@@ -34,8 +34,9 @@ from l1quant.gguf.writer import data_offset, write_header
 from l1quant.output import AtomicOutput
 from l1quant.source.snapshot import InputSnapshot
 
-__all__ = ["DEFAULT_CHUNK_MB", "MAX_CHUNK_MB", "MIN_CHUNK_MB", "OutputFile", "WriteOptions", "file_nbytes", "file_sha256",
-           "output_parts", "output_path", "output_report", "split_flat_options", "summary_line", "write_gguf", "write_gguf_many",
+__all__ = ["DEFAULT_CHUNK_MB", "MAX_CHUNK_MB", "MIN_CHUNK_MB", "OutputFile", "WriteOptions", "file_nbytes",
+           "file_sha256", "output_parts", "output_path", "output_report", "split_flat_options", "summary_line",
+           "write_gguf", "write_gguf_many",
            "written_report"]
 
 log = logging.getLogger("l1quant")
@@ -297,7 +298,8 @@ def output_report(header: Header, path: Path, *, seconds: float | None = None,
                   sha256: str | None = None) -> dict[str, Any]:
     """The ``--json`` (and ``--dry-run``) record of one output file of ``convert``/``quantize``.
 
-    Keys: ``path``, ``type`` (``general.file_type``'s name: ``Q4_K_M``, ``BF16``, ``F32``...; None without it), ``size`` (bytes, exact: :func:`file_nbytes`), ``tensor_types``
+    Keys: ``path``, ``type`` (``general.file_type``'s name: ``Q4_K_M``, ``BF16``, ``F32``...; None without it),
+    ``size`` (bytes, exact: :func:`file_nbytes`), ``tensor_types``
     (type name -> tensor count), ``tensors`` (each tensor's ``name``, ``type``, ``shape`` -- ggml order, ne0
     first -- and ``nbytes``), then ``sha256`` and ``seconds`` when given (a real run; a dry run has neither).
 

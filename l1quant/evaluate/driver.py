@@ -159,7 +159,8 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     :func:`l1quant.budget_check` per type (llama.cpp). ``no_repack``: llama.cpp without its extra buffer types
     (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides). ``no_cache``: keep nothing in
     :func:`compare_cache_dir` (converted files and the base's log-probs go to a temporary folder, removed at the
-    end; ``keep``/``base_logits`` still name where to keep them). The numbers match ``llama-perplexity -c ctx --chunks N``
+    end; ``keep``/``base_logits`` still name where to keep them).
+    The numbers match ``llama-perplexity -c ctx --chunks N``
     (with ``--kl-divergence-base`` / ``--kl-divergence``): see the module docstring.
 
     Raises :class:`~l1quant.errors.InputError` for bad arguments or a text shorter than two chunks.
