@@ -592,6 +592,25 @@ def test_forced_end_of_thinking() -> None:
     assert "thinking forced to end at 4 tokens (--hard-limit)" in r.summary()
 
 
+def test_hard_limit_verdict_is_on_the_thinking_and_reports_the_whole_response() -> None:
+    # issue 21: `run --hard-limit --mode max` said "budget kept: no" for every forced run, because the forced
+    # answer counts in n. The flag promises a thinking budget: that is the verdict, n is reported beside it.
+    r = _verdict(_gen(_Script(itertools.count(1), [7, 8, EOG]), force_at=4), 4, max_mode=True, hard_limit=True)
+    assert r.thinking_kept is True and r.budget_kept is False
+    text = r.summary()
+    assert "thinking budget kept (thinking <= 4, --hard-limit): yes" in text
+    assert "whole response n = 9 (n <= 4: no" in text and "budget kept (n <= 4)" not in text
+    assert r.to_dict()["thinking_kept"] is True
+    # The model closed its thinking itself within N: kept; beyond N (it closed at the cap's edge): not kept.
+    own = _verdict(_gen(_Script([1, 2, CLOSE, 4, EOG]), force_at=4), 4, max_mode=True, hard_limit=True)
+    assert own.thinking_kept is True and not own.forced_think_end
+    late = _verdict(_gen(_Script([1, 2, 3, 4, 5, CLOSE, EOG])), 4, max_mode=True, hard_limit=True)
+    assert late.thinking_kept is False and "thinking budget kept (thinking <= 4, --hard-limit): no" in late.summary()
+    # Without --hard-limit the verdict is LCPO's alone, as before.
+    free = _verdict(_gen(_Script([1, 2, CLOSE, 4, EOG])), 4, max_mode=True)
+    assert free.thinking_kept is None and "budget kept (n <= 4): yes" in free.summary()
+
+
 def test_forced_end_respects_the_cap_and_the_models_own_close() -> None:
     # Only the room the cap leaves is inserted, and sampling does not resume at the cap.
     script = _Script(itertools.count(1), [7])

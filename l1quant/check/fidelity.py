@@ -378,12 +378,13 @@ def check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
         jobs += [(t, pt, r, min(pt.n_rows, r + step)) for r in range(0, pt.n_rows, step)]
 
     accs: dict[str, _Acc] = {}
-    fd = os.open(gf.path, os.O_RDONLY)
+    # one descriptor per file the tensors are in (the parts of a split file: GGUFFile.file_of)
+    fds = {p: os.open(p, os.O_RDONLY) for p in {gf.file_of(t) for t, _, _, _ in jobs} | {gf.path}}
     try:
         ex = ThreadPoolExecutor(max_workers=threads)
         try:
-            results = ex.map(lambda j: (j[0].name, _fidelity_job(fd, j[0], j[1].source, j[1].qtype, j[2], j[3])),
-                             jobs)
+            results = ex.map(lambda j: (j[0].name, _fidelity_job(fds[gf.file_of(j[0])], j[0], j[1].source,
+                                                                 j[1].qtype, j[2], j[3])), jobs)
             for name, acc in results:
                 if name in accs:
                     _merge(accs[name], acc)
@@ -394,7 +395,8 @@ def check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
             raise
         ex.shutdown(wait=True)
     finally:
-        os.close(fd)
+        for fd in fds.values():
+            os.close(fd)
     for t in gf.tensors:
         if t.name in accs:
             pt = planned[t.name]

@@ -62,6 +62,7 @@ from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantErro
 from l1quant.evaluate.forward import default_text
 from l1quant.filetypes import FileType, file_type_of
 from l1quant.gguf.reader import GGUFFile, read_gguf
+from l1quant.gguf.split import merged_view, read_parts
 from l1quant.runtime import require
 from l1quant.source.hub import resolve_model
 
@@ -133,11 +134,17 @@ def verify(
         src = Path(source)
 
     try:
-        gf = read_gguf(gguf_path)
+        # a split's first part: the whole model, every part read (another part or a missing one: one line)
+        parts = read_parts(gguf_path)
+        gf = merged_view(parts)
     except InputError as e:  # missing, unreadable, not a regular file: "cannot be read" like a malformed one
         raise GGUFFormatError(str(e)) from None
     ft = file_type_of(gf)  # what the file is, recognised once and passed along
-    checks: list[Check] = [check_layout(gf)]
+    layouts = [check_layout(p) for p in parts]  # each part of a split is a whole GGUF of its own
+    layout = next((c for c in layouts if c.status == FAIL), layouts[0])
+    if len(parts) > 1 and layout.status != FAIL:
+        layout = Check(layout.name, layout.status, f"{len(parts)} parts (split), first: " + layout.message)
+    checks: list[Check] = [layout]
     rows: list[TensorFidelity] = []
     logits_d = runtime_d = None
 

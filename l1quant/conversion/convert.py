@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from l1quant.conversion.card import write_verified_card
+from l1quant.conversion.card import write_verified_cards
 from l1quant.conversion.mixes import QuantOptions
-from l1quant.conversion.prepare import prepare
-from l1quant.conversion.write import WriteOptions, split_flat_options, write_gguf
-from l1quant.errors import L1QuantError, OutputError, VerifyError
+from l1quant.conversion.prepare import Prepared, prepare
+from l1quant.conversion.write import OutputFile, WriteOptions, output_parts, split_flat_options, write_gguf_many
+from l1quant.errors import ConfigError, L1QuantError, OutputError, VerifyError
+from l1quant.filetypes import out_types
 from l1quant.output import inside_folder
 
-__all__ = ["CardStepError", "WriteOptions", "convert"]
+__all__ = ["CardStepError", "WriteOptions", "convert", "convert_many", "parse_types", "prepare_many"]
 
 log = logging.getLogger("l1quant")
 
@@ -60,7 +62,8 @@ def convert(
     (:class:`~l1quant.conversion.mixes.QuantOptions`: ``pure``, ``output_tensor_type``, ``token_embedding_type``,
     ``tensor_types``, ``leave_output_tensor``; with any of them a converter type is applied as a mix too), and
     ``write`` how the file is written (:class:`~l1quant.conversion.write.WriteOptions`: ``threads``,
-    ``chunk_mb``, ``allow_nonfinite``, ``fsync``, ``progress``). Each can also be passed by its flag's name
+    ``chunk_mb``, ``allow_nonfinite``, ``fsync``, ``progress``, and ``split_max_size``/``split_max_tensors`` for
+    the parts llama.cpp's gguf-split writes, the first of which is returned). Each can also be passed by its flag's name
     (``threads=2``, ``pure=True``, ``tensor_types=["attn_v=q8_0"]``; ``durable`` and ``chunk_bytes`` are the
     older spellings of ``fsync`` and ``chunk_mb``).
 
@@ -73,26 +76,130 @@ def convert(
         >>> convert("L1-Qwen-1.5B-Max", "q4_k_m", threads=2, pure=True)                     # doctest: +SKIP
         PosixPath('L1-Qwen-1.5B-Max-Q4_K_M.gguf')
     """
+    return convert_many(model, [type], output, name=name, metadata=metadata, pre=pre, card=card, options=options,
+                        write=write, **flags)[0]
+
+
+def parse_types(type: str | Sequence[str]) -> list[str]:
+    """The types of ``--type q8_0,q4_k_m`` (or a list): each one of :func:`l1quant.filetypes.out_types`, lower-cased,
+    repeats refused. Raises ``ConfigError`` naming the type that is not one.
+
+    Example:
+        >>> parse_types("Q8_0, q4_k_m")
+        ['q8_0', 'q4_k_m']
+        >>> parse_types("q8_0,q9")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        l1quant.errors.ConfigError: --type 'q9' is not one of 'auto', 'f32', 'f16', 'bf16', 'q8_0', ..., 'q6_k'
+    """
+    items = type.split(",") if isinstance(type, str) else list(type)
+    out: list[str] = []
+    for item in items:
+        t = str(item).strip().lower()
+        if t not in out_types():
+            # each choice quoted, as click's Choice lists them (the usage-error line reads the same either way)
+            raise ConfigError(f"--type {str(item).strip()!r} is not one of {', '.join(map(repr, out_types()))}")
+        if t in out:
+            raise ConfigError(f"--type {t} is given twice")
+        out.append(t)
+    if not out:
+        raise ConfigError("--type names no type")
+    return out
+
+
+def prepare_many(
+    model: str | os.PathLike[str],
+    types: str | Sequence[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    metadata: str | os.PathLike[str] | None = None,
+    pre: str | None = None,
+    options: QuantOptions | None = None,
+) -> list[Prepared]:
+    """:func:`prepare` for each of ``types`` (``"q8_0,q4_k_m"`` or a list); reads no tensor data, writes nothing.
+
+    With several types ``output`` must name a folder (or hold ``{ftype}``, filled per type): each file gets the
+    name a single run would give it there. Raises ``ConfigError`` for a plain file name with several types, or
+    two types that name the same file (``q4_k`` and ``q4_k_m``).
+
+    Example:
+        >>> [p.output.name for p in prepare_many("tiny-qwen3", "q8_0,q4_k_m", "out/")]  # doctest: +SKIP
+        ['Tiny-Qwen3-Q8_0.gguf', 'Tiny-Qwen3-Q4_K_M.gguf']
+    """
+    wanted = parse_types(types)
+    if len(wanted) > 1 and output is not None:
+        o = str(output)
+        if not (Path(o).is_dir() or o.endswith(("/", os.sep)) or any(
+                t in Path(o).name for t in ("{ftype}", "{FTYPE}", "{outtype}"))):
+            raise ConfigError(f"{o}: with several types (--type {','.join(wanted)}) the output must be a folder "
+                              "(end it with /) or a file name holding {ftype}")
+    prepared = [prepare(model, t, output, name=name, metadata=metadata, pre=pre, options=options) for t in wanted]
+    seen: dict[Path, str] = {}
+    for t, p in zip(wanted, prepared):
+        if p.output in seen:
+            raise ConfigError(f"{p.output}: --type {seen[p.output]} and {t} would both write this file")
+        seen[p.output] = t
+    return prepared
+
+
+def convert_many(
+    model: str | os.PathLike[str],
+    types: str | Sequence[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    metadata: str | os.PathLike[str] | None = None,
+    pre: str | None = None,
+    card: bool = False,
+    options: QuantOptions | None = None,
+    write: WriteOptions | None = None,
+    **flags: Any,
+) -> list[Path]:
+    """Convert a checkpoint to several types in one run, reading its tensors once; return the output paths.
+
+    ``types`` is ``"q8_0,q4_k_m,q3_k_m"`` or a list; every other parameter is :func:`convert`'s. Each file is
+    byte for byte the file :func:`convert` writes for its type (named as a single run names it, in the folder
+    ``output`` names: :func:`prepare_many`). Every chunk of the checkpoint is read once and converted into every
+    file (:func:`l1quant.conversion.write.write_gguf_many`). ``card`` verifies each file and writes one card per
+    file and writes one card beside the first, listing them all.
+
+    Example:
+        >>> convert_many("L1-Qwen-1.5B-Max", "q8_0,q4_k_m", "out/", threads=2)  # doctest: +SKIP
+        [PosixPath('out/L1-Qwen-1.5B-Max-Q8_0.gguf'), PosixPath('out/L1-Qwen-1.5B-Max-Q4_K_M.gguf')]
+    """
     options, w = split_flat_options("convert", flags, options, write)
-    p = prepare(model, type, output, name=name, metadata=metadata, pre=pre, options=options)
-    # The input folder is only ever read: no output (let alone one named like an input file) goes into it. Checked
-    # here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its source.
-    if inside_folder(p.output, p.model_dir):  # any depth, symlinks and bind mounts: compared by device and inode
-        raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; pass -o elsewhere")
-    for warning in p.warnings:
-        log.warning(warning)
-    write_gguf(p.plan, p.header, p.output, w, create_folder=p.create_folder)
+    prepared = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options)
+    for p in prepared:
+        # The input folder is only ever read: no output (let alone one named like an input file) goes into it.
+        # Checked here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its
+        # source.
+        if inside_folder(p.output, p.model_dir):  # any depth, symlinks and bind mounts: compared by device and inode
+            raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; pass -o elsewhere")
+    for p in prepared:
+        for warning in p.warnings:
+            log.warning(warning)
+    write_gguf_many([OutputFile(p.plan, p.header, p.output, p.create_folder) for p in prepared], w)
+    # a split output is named by its first part (what llama.cpp loads, and what quantize/verify/inspect take)
+    outs = [output_parts(p.output, p.header, w)[0][0] for p in prepared]
     if card:
-        try:
-            where, report = write_verified_card(p.output, model, threads=w.threads)
-        except (L1QuantError, OSError) as e:
-            # the GGUF is complete and valid: the message must not read as the conversion failing
-            code = e.exit_code if isinstance(e, L1QuantError) else 1
-            detail = str(e) if isinstance(e, L1QuantError) else f"{e.strerror or e}: {e.filename or ''}"
-            raise CardStepError(f"{p.output} was written completely; the --card step failed: {detail}", code) from e
+        _card_step(outs, model, w.threads)
+    return outs
+
+
+def _card_step(outs: list[Path], model: str | os.PathLike[str], threads: int | None) -> None:
+    """Verify every output and write one card listing them (beside the first); a failed verify raises."""
+    try:
+        where, reports = write_verified_cards(outs, model, threads=threads)
+    except (L1QuantError, OSError) as e:
+        # the GGUF is complete and valid: the message must not read as the conversion failing
+        code = e.exit_code if isinstance(e, L1QuantError) else 1
+        detail = str(e) if isinstance(e, L1QuantError) else f"{e.strerror or e}: {e.filename or ''}"
+        written = outs[0] if len(outs) == 1 else ", ".join(map(str, outs))
+        raise CardStepError(f"{written} was written completely; the --card step failed: {detail}", code) from e
+    for output, report in zip(outs, reports):
         if not report.passed:
-            raise VerifyError(f"{p.output}: verify: {report.verdict} (the card {where} says so)")
-    return p.output
+            raise VerifyError(f"{output}: verify: {report.verdict} (the card {where} says so)")
 
 
 class CardStepError(L1QuantError):

@@ -53,7 +53,7 @@ from l1quant.evaluate.report import SCHEMA, CompareReport, TypeRow
 from l1quant.evaluate.sources import open_logits, text_blocks, tokenize_stream
 from l1quant.l1.prompt import mode_is_max
 
-__all__ = ["DEFAULT_CTX", "compare", "default_compare_text"]
+__all__ = ["DEFAULT_CTX", "cache_size", "clear_cache", "compare", "compare_cache_dir", "default_compare_text"]
 
 #: llama-perplexity's default context.
 DEFAULT_CTX = 512
@@ -108,6 +108,44 @@ def _cache_dir() -> Path:
     return user_cache_dir("compare")
 
 
+def compare_cache_dir() -> Path:
+    """Where ``compare`` keeps converted files and base log-probs between runs (``$L1QUANT_CACHE/compare``,
+    default ``~/.cache/l1quant/compare``); ``--no-cache`` keeps nothing there, ``--clear-cache`` empties it.
+
+    Example:
+        >>> compare_cache_dir().name
+        'compare'
+    """
+    return _cache_dir()
+
+
+def cache_size() -> int:
+    """Bytes held in :func:`compare_cache_dir` (0 when it does not exist).
+
+    Example:
+        >>> cache_size() >= 0
+        True
+    """
+    root = _cache_dir()
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink()) if root.is_dir() else 0
+
+
+def clear_cache() -> tuple[Path, int]:
+    """Delete :func:`compare_cache_dir` and everything in it; return (the folder, bytes freed).
+
+    Example:
+        >>> clear_cache()  # doctest: +SKIP
+        (PosixPath('/root/.cache/l1quant/compare'), 13421772800)
+    """
+    import shutil
+
+    root = _cache_dir()
+    size = cache_size()
+    if root.is_dir():
+        shutil.rmtree(root)
+    return root, size
+
+
 def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             types: Sequence[str] = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"), *,
             base: str | os.PathLike[str] | None = None, text: str | os.PathLike[str] | None = None,
@@ -115,7 +153,7 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             base_logits: str | os.PathLike[str] | None = None, threads: int | None = None,
             runtime: str = "auto", budgets: Sequence[int] = (), problems: str | os.PathLike[str] | None = None,
             limit: int | None = None, mode: str = "exact", progress: bool = False,
-            no_repack: bool = False) -> CompareReport:
+            no_repack: bool = False, no_cache: bool = False) -> CompareReport:
     """Table size, bits per weight, PPL and KLD statistics per GGUF type against a base, as llama-perplexity does.
 
     ``model``: a checkpoint folder (each of ``types`` is converted with :func:`l1quant.convert`, into ``keep`` or
@@ -126,7 +164,10 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     file works too). ``runtime``: ``auto``/``llama.cpp``/``numpy``. ``budgets`` + ``problems`` add
     :func:`l1quant.budget_check` per type (llama.cpp), with its ``limit`` (the first K problems) and ``mode``
     (``"exact"``/``"max"``): the parameters are named as ``l1quant compare``'s flags. ``no_repack``: llama.cpp
-    without its extra buffer types (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides). The numbers match ``llama-perplexity -c ctx --chunks N``
+    without its extra buffer types (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides).
+    ``no_cache``: keep nothing in :func:`compare_cache_dir` (converted files and the base's log-probs go to a
+    temporary folder, removed at the end; ``keep``/``base_logits`` still name where to keep them).
+    The numbers match ``llama-perplexity -c ctx --chunks N``
     (with ``--kl-divergence-base`` / ``--kl-divergence``): see the module docstring.
 
     Raises :class:`~l1quant.errors.InputError` for bad arguments or a text shorter than two chunks.
@@ -135,6 +176,15 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         >>> r = compare(["m-Q8_0.gguf"], base="m-F16.gguf", ctx=128, chunks=4)   # doctest: +SKIP
         >>> print(r.table())                                                     # doctest: +SKIP
     """
+    if no_cache and (keep is None or base_logits is None):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="l1quant-compare-") as td:
+            return compare(model, types, base=base, text=text, ctx=ctx, chunks=chunks,
+                           keep=keep if keep is not None else Path(td) / "models",
+                           base_logits=base_logits if base_logits is not None else Path(td) / "base.kld",
+                           threads=threads, runtime=runtime, budgets=budgets, problems=problems,
+                           limit=limit, mode=mode, progress=progress, no_repack=no_repack)
     t0 = time.perf_counter()
     threads = threads or max(1, (os.cpu_count() or 2))
     if ctx < 8 or ctx % 2:

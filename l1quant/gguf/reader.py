@@ -176,6 +176,12 @@ class GGUFFile:
     data_offset: int
     file_size: int
     _by_name: dict[str, TensorInfo] = field(default_factory=dict, repr=False, compare=False)
+    #: the file each tensor's data is in when it is not ``path`` (the parts of a split: l1quant.gguf.split)
+    tensor_files: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
+
+    def file_of(self, info: TensorInfo) -> Path:
+        """The file holding ``info``'s data (``abs_offset`` is in that file): ``path`` unless the file is split."""
+        return self.tensor_files.get(info.name, self.path)
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tensors}
@@ -194,7 +200,7 @@ class GGUFFile:
             length = info.nbytes - start
         if start < 0 or length < 0 or start + length > info.nbytes:
             raise ValueError(f"{info.name}: byte range [{start}, {start + length}) outside [0, {info.nbytes})")
-        with self._open() as f:
+        with self._open(info) as f:
             return self._pread(f, info, info.abs_offset + start, length)
 
     def tensor_rows(self, info: TensorInfo, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -209,7 +215,7 @@ class GGUFFile:
         if rows_per_chunk < 1:
             raise ValueError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
         row_nbytes, n_rows = info.row_nbytes, info.n_rows
-        with self._open() as f:
+        with self._open(info) as f:
             for row0 in range(0, n_rows, rows_per_chunk):
                 rows = min(rows_per_chunk, n_rows - row0)
                 out = np.empty((rows, row_nbytes), dtype=np.uint8)
@@ -247,9 +253,10 @@ class GGUFFile:
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _open(self) -> io.FileIO:
+    def _open(self, info: TensorInfo | None = None) -> io.FileIO:
         # open_regular: O_NONBLOCK and the type checked on the descriptor, so a FIFO swapped in cannot hang us
-        return open(open_regular(self.path, InputError), "rb", buffering=0)
+        path = self.path if info is None else self.file_of(info)
+        return open(open_regular(path, InputError), "rb", buffering=0)
 
     def _pread(self, f: io.FileIO, info: TensorInfo, pos: int, n: int) -> bytes:
         f.seek(pos)

@@ -73,9 +73,24 @@ class RunResult:
     hard_limit: bool = False
     forced_think_end: bool = False
 
+    @property
+    def thinking_kept(self) -> bool | None:
+        """With ``hard_limit``: whether the thinking stayed within the budget -- what ``--hard-limit`` promises
+        (it ended the thinking at N tokens, or the model closed it by then: at most N tokens before its
+        ``</think>``). None without ``hard_limit``.
+
+        ``budget_kept`` stays LCPO's verdict on the whole response n, in which the answer written after a forced
+        ``</think>`` counts: a forced run is then almost always over N in Max mode, though its thinking was cut
+        exactly at N.
+        """
+        if not self.hard_limit:
+            return None
+        # reasoning_tokens counts the </think> itself (forced or not): the thinking is the tokens before it
+        return self.forced_think_end or (self.think_closed and self.reasoning_tokens - 1 <= self.budget)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (field names as above)."""
-        return asdict(self)
+        """Plain JSON-ready dict (field names as above, and ``thinking_kept``)."""
+        return {**asdict(self), "thinking_kept": self.thinking_kept}
 
     def summary(self) -> str:
         """Human-readable report, a few lines.
@@ -100,8 +115,16 @@ class RunResult:
         if self.forced_think_end:
             lines.append(f"thinking forced to end at {self.budget} tokens (--hard-limit): </think> and an answer cue "
                          "inserted")
+        if self.hard_limit:
+            # the flag bounds the thinking, not the answer after it: its verdict first, then LCPO's whole-response one
+            lines.append(f"thinking budget kept (thinking <= {self.budget}, --hard-limit): "
+                         f"{'yes' if self.thinking_kept else 'no'}; reasoning {self.reasoning_tokens} tokens through </think>")
+            lines.append(f"whole response n = {self.total_tokens} ({rule}: {'yes' if self.budget_kept else 'no'}; "
+                         f"the answer after </think> counts in n); |n-N|/N = {self.rel_deviation:.3f}")
+        else:
+            lines.append(f"budget kept ({rule}): {'yes' if self.budget_kept else 'no'}; "
+                         f"|n-N|/N = {self.rel_deviation:.3f}")
         lines += [
-            f"budget kept ({rule}): {'yes' if self.budget_kept else 'no'}; |n-N|/N = {self.rel_deviation:.3f}",
             ("stop: end of generation" if self.stop_reason == "eos" else "stop: hit the cap")
             + f" (cap {self.max_tokens} tokens); prompt tokens: {self.prompt_tokens}",
             "answer: " + (self.boxed if self.boxed is not None else "(no \\boxed{} answer)"),
