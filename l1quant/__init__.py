@@ -25,7 +25,6 @@ from l1quant.evaluate import CompareReport, compare
 from l1quant.conversion.convert import convert, convert_many
 from l1quant.conversion.prepare import prepare
 from l1quant.conversion.mixes import QuantOptions
-from l1quant.conversion.prepare import prepare
 from l1quant.conversion.quantize import quantize
 from l1quant.conversion.write import WriteOptions
 from l1quant.errors import L1QuantError

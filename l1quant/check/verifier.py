@@ -61,7 +61,7 @@ from l1quant.conversion.prepare import prepare
 from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, TokenizerError, read_text
 from l1quant.evaluate.forward import default_text
 from l1quant.filetypes import FileType, file_type_of
-from l1quant.gguf.reader import GGUFFile, read_gguf
+from l1quant.gguf.reader import GGUFFile
 from l1quant.gguf.split import merged_view, read_parts
 from l1quant.runtime import require
 from l1quant.source.hub import resolve_model

@@ -28,7 +28,6 @@ from typing import Any
 import gguf
 
 from l1quant.check.verifier import verify
-from l1quant.gguf.reader import read_gguf
 from l1quant.gguf.split import merged_view, read_parts
 from l1quant.l1.prompt import l1_prompt
 from l1quant.output import AtomicOutput, pwrite_all

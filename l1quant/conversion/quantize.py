@@ -36,7 +36,7 @@ from l1quant.conversion.write import OutputFile, WriteOptions, output_parts, out
 from l1quant.errors import InputError, OutputError, clip
 from l1quant.filetypes import get_mix
 from l1quant.gguf.header import Header
-from l1quant.gguf.reader import GGUFFile, TensorInfo, read_gguf
+from l1quant.gguf.reader import GGUFFile, TensorInfo
 from l1quant.gguf.split import merged_view, read_parts
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.source.safetensors import SafeTensor
