@@ -31,6 +31,7 @@ import gguf
 from gguf.constants import GGMLQuantizationType, LlamaFileType
 
 from l1quant.errors import ConfigError, clip
+from l1quant.imatrix_file import IMATRIX_KEY_PREFIX
 from l1quant.kernels import QUANT_TYPES, QuantType, describe, get_quant_type
 
 __all__ = [
@@ -117,8 +118,8 @@ _IMATRIX_MIX_BASES: dict[str, GGMLQuantizationType] = {
 
 #: Mixes llama-quantize refuses without an importance matrix (it throws "this quantization requires an imatrix!",
 #: from ``tensor_requires_imatrix``) that l1quant does not serve: their types for ordinary tensors include a type
-#: that needs one (:attr:`~l1quant.kernels.QuantType.needs_imatrix`: IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS),
-#: which has no kernel here. Q2_K_S (its Q2_K tensors need one) is served:
+#: that needs one (:attr:`~l1quant.kernels.QuantType.needs_imatrix`: IQ1_S/IQ1_M/IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS);
+#: the kernels exist, but their mixes' per-tensor rules are not in :data:`l1quant.conversion.mixes.MIX_RULES`. Q2_K_S (its Q2_K tensors need one) is served:
 #: :func:`l1quant.conversion.mixes.assign_types` refuses it without an imatrix, as llama-quantize does.
 NEEDS_IMATRIX: dict[str, str] = {
     **{mix: f"its base type {t.name} needs an importance matrix"
@@ -317,7 +318,7 @@ def file_type_of(gf: _FileLike) -> FileType:
         (None, 'Q8_0')
     """
     key = gguf.Keys.General.FILE_TYPE
-    keys = [k for k in gf.kv if not k.startswith("quantize.imatrix.")]
+    keys = [k for k in gf.kv if not k.startswith(IMATRIX_KEY_PREFIX)]
     value = gf.kv.get(key)
     mix = None
     if keys and keys[-1] == key and isinstance(value, int) and not isinstance(value, bool):

@@ -327,7 +327,9 @@ def format_imatrix(d: dict[str, object], limit: int = 8) -> str:
     return "\n".join(lines)
 
 
-#: The keys llama-quantize adds to a file quantized with an importance matrix (tools/quantize/quantize.cpp).
+#: The keys llama-quantize adds to a file quantized with an importance matrix (tools/quantize/quantize.cpp); a
+#: file holding any key of this prefix was quantized with one.
+IMATRIX_KEY_PREFIX = "quantize.imatrix."
 KEY_QUANTIZE_FILE = "quantize.imatrix.file"
 KEY_QUANTIZE_DATASET = "quantize.imatrix.dataset"
 KEY_QUANTIZE_N_ENTRIES = "quantize.imatrix.entries_count"

@@ -79,6 +79,17 @@ def test_registry_geometry_and_file_types() -> None:
         "Q4_K": (T.Q4_K, 256, 144, None),
         "Q5_K": (T.Q5_K, 256, 176, None),
         "Q6_K": (T.Q6_K, 256, 210, 18),
+        # the grid types: the mix decides the file type (IQ2_M is mostly IQ2_S, ...)
+        "IQ2_XXS": (T.IQ2_XXS, 256, 66, None),
+        "IQ2_XS": (T.IQ2_XS, 256, 74, None),
+        "IQ2_S": (T.IQ2_S, 256, 82, None),
+        "IQ1_S": (T.IQ1_S, 256, 50, None),
+        "IQ1_M": (T.IQ1_M, 256, 56, None),
+        # as the K types: the IQ mixes decide the file type
+        "IQ4_NL": (T.IQ4_NL, 32, 18, None),
+        "IQ4_XS": (T.IQ4_XS, 256, 136, None),
+        "IQ3_XXS": (T.IQ3_XXS, 256, 98, None),
+        "IQ3_S": (T.IQ3_S, 256, 110, None),
     }
     assert set(QUANT_TYPES) == set(expected)
     for name, (gt, bs, ts, ft) in expected.items():
@@ -94,8 +105,8 @@ def test_get_quant_type_case_insensitive(name: str) -> None:
 
 
 def test_get_quant_type_unknown_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"iq4_nl.*f32, f16, bf16, q8_0, q4_0, .*q6_k") as ei:
-        get_quant_type("iq4_nl")
+    with pytest.raises(ValueError, match=r"tq1_0.*f32, f16, bf16, q8_0, q4_0, .*q6_k") as ei:
+        get_quant_type("tq1_0")
     assert isinstance(ei.value, L1QuantError)
 
 

@@ -50,7 +50,7 @@ from l1quant.kernels import (
     registered,
 )
 from l1quant.kernels.blockwise import numpy_block_kernel
-from l1quant.kernels.nonfinite import can_overflow, first_nonfinite_output
+from l1quant.kernels.nonfinite import can_overflow
 
 T = GGMLQuantizationType
 
@@ -68,7 +68,8 @@ def test_derived_tables_are_llama_cpps() -> None:
     assert mixes.IMATRIX_TYPES == {T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S}
     # ggml-common.h: byte offsets of the f16 fields of one block
     f16 = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q2_K": (80, 82),
-           "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "F16": (0,)}
+           "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "F16": (0,),
+           "IQ4_NL": (0,), "IQ4_XS": (0,), "IQ3_XXS": (0,), "IQ3_S": (0,)}
     for name, qt in QUANT_TYPES.items():
         assert (qt.block_size, qt.type_size) == GGML_QUANT_SIZES[qt.ggml_type]
         if name in f16:
@@ -85,11 +86,16 @@ def test_derived_tables_are_llama_cpps() -> None:
                      ("BF16", "F16")}
     # quantize_* in ggml-quants.c: every 4/5-bit and K quantizer uses quant_weights; Q8_0 and the floats do not
     assert {n for n, q in QUANT_TYPES.items() if q.takes_imatrix} == set(QUANT_TYPES) - {"F32", "F16", "BF16", "Q8_0"}
-    assert not any(q.needs_imatrix for q in QUANT_TYPES.values())
+    # of the served types, llama-quantize refuses IQ3_XXS and the 1-2 bit grid types without one
+    # (tensor_requires_imatrix)
+    assert {n for n, q in QUANT_TYPES.items() if q.needs_imatrix} <= {"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+                                                                       "IQ1_S", "IQ1_M"}
+    assert get_quant_type("iq3_xxs").needs_imatrix and not get_quant_type("iq3_s").needs_imatrix
     # and l1quant has the weighted search for exactly those (kernels/kquants_imatrix.py)
     assert {n for n, q in QUANT_TYPES.items() if q.numpy_imatrix_kernel is not None} == \
         {n for n, q in QUANT_TYPES.items() if q.takes_imatrix}
-    assert not describe("iq2_xxs").served and describe(T.IQ2_XXS).needs_imatrix and describe("I8") is None
+    assert describe("iq2_xxs").served and describe(T.IQ2_XXS).needs_imatrix and describe("I8") is None
+    assert not describe("tq1_0").served
     # a mix named after one type writes that type's file type number (llama_ftype), and its base is that type
     for m in MIXES.values():
         qt = QUANT_TYPES.get(m.name)
@@ -209,7 +215,7 @@ def test_toy_block_type_converts_verifies_and_dequantizes(ckpt: Path, toy_type: 
     assert types["blk.0.attn_norm.weight"] == T.F32  # the converter's rule, not the type's
     assert file_type_of(gf).converter is toy_type
 
-    rep = l1quant.verify(out, source=ckpt, logits=True, n_tokens=32, threads=2)
+    rep = l1quant.verify(out, source=ckpt, logits=True, tokens=32, threads=2)
     assert rep.passed, rep.verdict
     assert rep.file_type == "MXFP4"
     toy_rows = [r for r in rep.tensors if r.type == "MXFP4"]

@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from l1quant.cli import main
-from l1quant.gguf.reader import describe, format_description, read_gguf
+from l1quant.gguf.reader import describe, format_description
+from l1quant.gguf.split import merged_view, read_parts
 from l1quant.imatrix_file import describe_imatrix, format_imatrix, is_imatrix_file
 
 
@@ -32,7 +33,8 @@ def inspect_cmd(file: Path, as_json: bool, tokens: int) -> None:
         im = describe_imatrix(file)
         click.echo(json.dumps(im, indent=2, ensure_ascii=False) if as_json else format_imatrix(im, limit=tokens))
         return
-    d = describe(read_gguf(file), tokens=tokens)
+    # a split's first part: the whole model (every part's tensors, the keys without split.*), as llama.cpp loads it
+    d = describe(merged_view(read_parts(file)), tokens=tokens)
     if as_json:
         click.echo(json.dumps(d, indent=2, ensure_ascii=False))
     else:

@@ -33,7 +33,22 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from . import _native, blockwise, floats, kquants_imatrix, kquants_qkx2, kquants_qx, q4_q5, q8_0
+from . import (
+    _native,
+    blockwise,
+    floats,
+    iquants1,
+    iquants2,
+    iquants3,
+    iquants_nl,
+    kquants_imatrix,
+    kquants_qkx2,
+    kquants_qx,
+    q4_q5,
+    q8_0,
+)
+from .iq_grids import iq_grid
+from .iq3_grids import iq3_tables, lane_tables
 from ._common import (
     Kernel,
     KernelArgumentError,
@@ -221,7 +236,8 @@ class QuantType:
         into a larger buffer). ``impl``: "auto" (compiled if built, else numpy), "native", "numpy" or "ref".
         ``imatrix``: importance weights, float32 (ncols,), finite (as llama-quantize passes an imatrix entry's
         per-column means to ``ggml_quantize_chunk``): Q4_0..Q5_1 and Q2_K..Q6_K then run ggml's weighted searches
-        (kernels/kquants_imatrix.py); the other types ignore it, as ggml does. None: the unweighted path.
+        (kernels/kquants_imatrix.py), as do IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S (kernels/iquants_nl.py,
+        kernels/iquants3.py); the other types ignore it, as ggml does. None: the unweighted path.
 
         Example:
             >>> qt = get_quant_type("f16")
@@ -297,13 +313,13 @@ def _ref_kernel(fn: Callable[[np.ndarray], np.ndarray]) -> Kernel:
 def _native_block_kernel(ggml_type: GGMLQuantizationType) -> Kernel | None:
     # present once the compiled module carries the block kernels (kernels/_kquants.c)
     kquant = getattr(_native, "kquant", None)
-    if not _native.AVAILABLE or kquant is None or not hasattr(_native._mod, "kquant"):
+    if not _native.AVAILABLE or kquant is None or not _native.has("kquant"):
         return None
     return functools.partial(kquant, int(ggml_type))
 
 
 def _native_imatrix_kernel(ggml_type: GGMLQuantizationType) -> ImatrixKernel | None:
-    if not _native.AVAILABLE or not hasattr(_native._mod, "kquant_imatrix"):
+    if not _native.AVAILABLE or not _native.has("kquant_imatrix"):
         return None
     return functools.partial(_native.kquant_imatrix, int(ggml_type))
 
@@ -334,8 +350,75 @@ def _f16(*offsets: int) -> tuple[FloatField, ...]:
     return tuple(FloatField(o, "f16") for o in offsets)
 
 
+@functools.lru_cache(maxsize=None)
+def _iq_tables(ggml_type: GGMLQuantizationType) -> tuple[np.ndarray, ...]:
+    # The compiled kernels read the tables built once per process in Python (one home: iq3_grids.py, from gguf-py),
+    # on first use: deriving the IQ3 neighbour lists takes a moment that a process not using IQ3 should not pay.
+    if ggml_type.name in iquants_nl.IQ4_TYPES:
+        return (iquants_nl.KVALUES,)
+    size = 256 if ggml_type == GGMLQuantizationType.IQ3_XXS else 512
+    t = iq3_tables(size)
+    return (t.grid, t.kmap, t.neighbours, *lane_tables(size))
+
+
+def _iq(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:
+    """A served i-quant (IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S): ggml runs the same search with and without importance
+    weights (``quantize_<type>`` with quant_weights NULL or not), numpy and compiled; ``facts``: the record's
+    other fields."""
+    name = ggml_type.name
+    make = iquants_nl.iq4_kernel if name in iquants_nl.IQ4_TYPES else iquants3.iq3_kernel
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    native: Kernel | None = None
+    native_imatrix: ImatrixKernel | None = None
+    if _native.AVAILABLE and _native.has("iquant"):
+
+        def compiled(x: np.ndarray, out: np.ndarray) -> int:
+            return _native.iquant(int(ggml_type), x, out, None, _iq_tables(ggml_type))
+
+        def compiled_imatrix(x: np.ndarray, out: np.ndarray, qw: np.ndarray) -> int:
+            return _native.iquant(int(ggml_type), x, out, qw, _iq_tables(ggml_type))
+
+        native, native_imatrix = compiled, compiled_imatrix
+
+    numpy_kernel = make(name, False)
+    return QuantType(name, ggml_type, block_size, type_size, None, numpy_kernel, numpy_kernel, native,
+                     lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape),
+                     make(name, True), native_imatrix, **facts)  # type: ignore[arg-type]
+
+
 _T = GGMLQuantizationType
 _F = LlamaFileType
+
+
+def _iq_grid(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:
+    """A served grid i-quant of 2 bits and below (IQ2_XXS, IQ2_XS, IQ2_S: kernels/iquants2.py; IQ1_S, IQ1_M:
+    iquants1.py; compiled: _iquants2.c). ggml's kernels for IQ2_XXS, IQ2_XS and IQ1_S assert an importance
+    matrix: without one these kernels raise KernelArgumentError; IQ2_S and IQ1_M run without (their own weights).
+    The grid tables (iq_grids.py) are built on first use, not at import. ``facts``: the record's other fields."""
+    name = ggml_type.name
+    weighted = (iquants1 if name in iquants1.IQ1_TYPES else iquants2).numpy_kernel(name)
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+
+    def plain(x: np.ndarray, out: np.ndarray) -> int:
+        return weighted(x, out, None)
+
+    native: Kernel | None = None
+    native_imatrix: ImatrixKernel | None = None
+    if _native.AVAILABLE and _native.has("iquant_grid"):
+
+        def compiled_imatrix(x: np.ndarray, out: np.ndarray, qw: np.ndarray | None) -> int:
+            if qw is None and name in ("IQ2_XXS", "IQ2_XS", "IQ1_S"):
+                raise KernelArgumentError(f"{name} needs an importance matrix (ggml refuses to quantize it without one)")
+            g = iq_grid(name)
+            return _native.iquant_grid(int(ggml_type), x, out, qw, g.levels, g.kmap, g.neighbours, g.neighbour_levels)
+
+        def compiled(x: np.ndarray, out: np.ndarray) -> int:
+            return compiled_imatrix(x, out, None)
+
+        native, native_imatrix = compiled, compiled_imatrix
+    return QuantType(name, ggml_type, block_size, type_size, None, plain, plain, native,
+                     lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape), weighted, native_imatrix,
+                     **facts)  # type: ignore[arg-type]
 
 
 def _iquant(ggml_type: GGMLQuantizationType, *, needs_imatrix: bool = False) -> QuantType:
@@ -382,15 +465,23 @@ KNOWN_TYPES: dict[str, QuantType] = {
         # Described, not served: llama-quantize's rules name them (shape fallback, importance matrix).
         _make(_T.TQ1_0, None, fallback=_T.Q4_0),
         _make(_T.TQ2_0, None, fallback=_T.Q4_0),
-        _iquant(_T.IQ1_S, needs_imatrix=True),
-        _iquant(_T.IQ1_M, needs_imatrix=True),
-        _iquant(_T.IQ2_XXS, needs_imatrix=True),
-        _iquant(_T.IQ2_XS, needs_imatrix=True),
-        _iquant(_T.IQ2_S, needs_imatrix=True),
-        _iquant(_T.IQ3_XXS, needs_imatrix=True),
-        _iquant(_T.IQ3_S),
-        _iquant(_T.IQ4_XS),
-        _make(_T.IQ4_NL, None, takes_imatrix=True),
+        # Served grid i-quants of 2 bits and below (needs_imatrix: llama-quantize's rule; ggml's kernels for IQ2_S
+        # and IQ1_M also run without). IQ1_M keeps its f16 scale split into nibbles: no plain float field.
+        _iq_grid(_T.IQ1_S, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,     # d, qs[32], qh[8]
+                 needs_imatrix=True),
+        _iq_grid(_T.IQ1_M, fallback=_T.IQ4_NL, takes_imatrix=True, needs_imatrix=True),      # qs, qh, scales
+        _iq_grid(_T.IQ2_XXS, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,   # d, qs[32]
+                 needs_imatrix=True),
+        _iq_grid(_T.IQ2_XS, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,    # d, qs[32], scales
+                 needs_imatrix=True),
+        _iq_grid(_T.IQ2_S, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,     # d, qs, qh, scales
+                 needs_imatrix=True),
+        # Served i-quants; their file types depend on the mix as for the K types (IQ3_M vs IQ3_S ...).
+        _iq(_T.IQ3_XXS, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,   # d, qs[96]
+            needs_imatrix=True),
+        _iq(_T.IQ3_S, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True),    # d, qs, qh, signs, scales
+        _iq(_T.IQ4_XS, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True),   # d, scales_h/_l, qs[128]
+        _iq(_T.IQ4_NL, float_fields=_f16(0), takes_imatrix=True),                       # d, qs[16]
     )
 }
 
@@ -421,7 +512,7 @@ def describe(t: GGMLQuantizationType | str) -> QuantType | None:
     knows nothing about it beyond gguf's block table.
 
     Example:
-        >>> describe("iq2_xxs").needs_imatrix, describe("iq2_xxs").served, describe("I8") is None
+        >>> describe("iq2_xxs").needs_imatrix, describe("tq1_0").served, describe("I8") is None
         (True, False, True)
     """
     return KNOWN_TYPES.get(t.name if isinstance(t, GGMLQuantizationType) else str(t).upper())
@@ -459,12 +550,12 @@ def registered(qt: QuantType) -> Iterator[QuantType]:
 
     Example:
         >>> import dataclasses
-        >>> iq4 = dataclasses.replace(get_quant_type("q4_0"), name="IQ4_NL", ggml_type=GGMLQuantizationType.IQ4_NL,
-        ...                           file_type=None)  # a stand-in: Q4_0's kernels under IQ4_NL's number
-        >>> with registered(iq4):
-        ...     get_quant_type("iq4_nl").served
+        >>> tq2 = dataclasses.replace(get_quant_type("q4_k"), name="TQ2_0", ggml_type=GGMLQuantizationType.TQ2_0,
+        ...                           type_size=66, file_type=None)  # a stand-in: Q4_K's kernels, never called here
+        >>> with registered(tq2):
+        ...     get_quant_type("tq2_0").served
         True
-        >>> describe("iq4_nl").served, "IQ4_NL" in QUANT_TYPES
+        >>> describe("tq2_0").served, "TQ2_0" in QUANT_TYPES
         (False, False)
     """
     before = KNOWN_TYPES.get(qt.name)

@@ -1,0 +1,149 @@
+"""The IQ3 grid codebooks and the search tables ggml derives from them (``iq3xs_init_impl``), built once per process.
+
+IQ3_XXS encodes each group of 4 magnitudes as an index into a 256-point grid, IQ3_S into a 512-point grid; each
+point is 4 levels l in 0..7 (the quantizer works with the odd values 2l+1 = 1..15, the dequantizer with gguf's
+``grid_map`` values). The quantizer rounds 4 values to levels, packs them as a 12-bit key ``sum(l_i << 3i)`` and
+looks the key up:
+
+* ``kmap`` (int32 (4096,)): the grid index of a key that is a grid point; for any other key ``-(offset + 1)``, where
+  ``neighbours[offset]`` is the count n and ``neighbours[offset+1 : offset+1+n]`` the candidate grid indices.
+* the candidates of an off-grid key are every grid point whose squared distance (in 2l+1 units) is one of the
+  ``nwant`` smallest distinct distances (2 for the 256 grid, 3 for the 512 grid), ordered by (distance, index):
+  ggml sorts (distance, index) pairs with a comparator that breaks ties by index, so the order does not depend on
+  the sort algorithm. The search takes the first candidate of least weighted error, so this order matters.
+* offsets follow the keys in increasing order, as ggml lays them out.
+
+The grids come from gguf-py (``gguf.quants.IQ3_XXS`` / ``IQ3_S``: the dequantizer's codebooks); a point's levels are
+the positions of its values in ``grid_map``. tests/test_iquants34.py proves the tables equal ggml's: the grid by
+ggml's own dequantizer, the neighbour lists by re-deriving them with a separate per-key loop and by byte identity
+of quantized output on inputs that hit every off-grid key.
+
+Example:
+    >>> t = iq3_tables(256)
+    >>> t.grid.shape, int((t.kmap >= 0).sum()), int(t.kmap[0])
+    ((256, 4), 256, 0)
+    >>> int(t.neighbours[-int(t.kmap[1]) - 1]) > 0   # key 1 (levels 1,0,0,0) is off the grid: it has candidates
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import quants as gguf_quants
+
+__all__ = ["IQ3Tables", "KMAP_SIZE", "iq3_tables", "lane_tables"]
+
+KMAP_SIZE = 4096  # 8 levels ** 4 values
+
+
+@dataclass(frozen=True)
+class IQ3Tables:
+    """One IQ3 grid and its search tables (read-only arrays).
+
+    ``levels``: uint8 (n, 4), 0..7; ``grid``: int8 (n, 4) = 2*levels + 1 (what the searches compare with);
+    ``keys``: int32 (n,) the 12-bit key of each point; ``kmap``: int32 (4096,); ``neighbours``: uint16, the flat
+    lists (see the module docstring); ``padded``: int32 (4096, width) the candidates of each key, -1 padded (rows of
+    grid keys are all -1), for the vectorised search.
+    """
+
+    size: int
+    levels: np.ndarray
+    grid: np.ndarray
+    keys: np.ndarray
+    kmap: np.ndarray
+    neighbours: np.ndarray
+    padded: np.ndarray
+
+
+def grid_levels(size: int) -> np.ndarray:
+    """The levels (uint8 (size, 4), 0..7) of gguf-py's IQ3 grid of ``size`` points (256: IQ3_XXS, 512: IQ3_S).
+
+    Example:
+        >>> grid_levels(512)[:2].tolist()
+        [[0, 0, 0, 0], [1, 0, 0, 0]]
+    """
+    cls = {256: gguf_quants.IQ3_XXS, 512: gguf_quants.IQ3_S}.get(size)
+    if cls is None:
+        raise ValueError(f"IQ3 grids have 256 or 512 points, not {size}")
+    cls.init_grid()
+    assert cls.grid is not None
+    values = np.asarray(cls.grid, dtype=np.float32).reshape(size, 4)
+    grid_map = np.asarray(cls.grid_map, dtype=np.float32)
+    # every grid value is one of grid_map's 8 values; its position there is the level
+    hit = values[..., None] == grid_map
+    assert hit.sum(axis=-1).min() == 1, "gguf grid value outside grid_map"
+    return np.argmax(hit, axis=-1).astype(np.uint8)
+
+
+def _key_levels() -> np.ndarray:
+    """(4096, 4) int: the levels of every 12-bit key."""
+    k = np.arange(KMAP_SIZE)
+    return np.stack([(k >> (3 * i)) & 7 for i in range(4)], axis=1)
+
+
+@functools.lru_cache(maxsize=None)
+def iq3_tables(size: int) -> IQ3Tables:
+    """The tables of the ``size``-point grid (256 or 512), derived once per process (see the module docstring).
+
+    Example:
+        >>> t = iq3_tables(512)
+        >>> t.kmap.dtype, t.neighbours.dtype, t.padded.shape[0]
+        (dtype('int32'), dtype('uint16'), 4096)
+    """
+    levels = grid_levels(size)
+    grid = (2 * levels.astype(np.int8) + 1).astype(np.int8)
+    keys = (levels.astype(np.int32) << np.array([0, 3, 6, 9], np.int32)).sum(axis=1).astype(np.int32)
+    nwant = 2 if size == 256 else 3
+    kmap = np.full(KMAP_SIZE, -1, np.int32)
+    kmap[keys] = np.arange(size, dtype=np.int32)
+    pos = 2 * _key_levels() + 1
+    # squared distances of every key to every grid point, exact in int32
+    d2 = ((pos[:, None, :] - grid[None, :, :].astype(np.int64)) ** 2).sum(axis=2).astype(np.int32)
+    # per key: candidates ordered by (distance, index) (a stable sort by distance keeps index order among ties),
+    # kept while their distance is among the nwant smallest distinct ones
+    order = np.argsort(d2, axis=1, kind="stable")
+    dist = np.take_along_axis(d2, order, axis=1)
+    rank = np.cumsum(np.concatenate([np.ones((KMAP_SIZE, 1), bool), dist[:, 1:] != dist[:, :-1]], axis=1), axis=1)
+    counts = (rank <= nwant).sum(axis=1)
+    off = np.flatnonzero(kmap < 0)
+    width = int(counts[off].max())
+    padded = np.full((KMAP_SIZE, width), -1, np.int32)
+    flat = np.empty(int(counts[off].sum()) + len(off), np.int64)
+    at = 0
+    for key in off:
+        n = int(counts[key])
+        kmap[key] = -(at + 1)
+        flat[at] = n
+        flat[at + 1 : at + 1 + n] = order[key, :n]
+        padded[key, :n] = order[key, :n]
+        at += 1 + n
+    flat = flat.astype(np.uint16)
+    arrays = (levels, grid, keys, kmap, flat, padded)
+    for a in arrays:
+        a.setflags(write=False)
+    return IQ3Tables(size, *arrays)
+
+
+@functools.lru_cache(maxsize=None)
+def lane_tables(size: int, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate lists laid out for a search that scores many candidates at once (kernels/_iquants3.c):
+    (q float32 (4096, 4, W): component i of each candidate's 2l+1 values, idx int32 (4096, W): its grid index),
+    W = the longest list rounded up to ``multiple``; padding has idx -1 and q 0; rows of grid keys are padding.
+
+    Example:
+        >>> q, idx = lane_tables(256)
+        >>> q.shape[1:2], idx.shape[1] % 16, int(idx[0, 0])
+        ((4,), 0, -1)
+    """
+    t = iq3_tables(size)
+    width = -(-t.padded.shape[1] // multiple) * multiple
+    idx = np.full((KMAP_SIZE, width), -1, np.int32)
+    idx[:, : t.padded.shape[1]] = t.padded
+    q = t.grid.astype(np.float32)[np.maximum(idx, 0)].transpose(0, 2, 1).copy()  # (4096, 4, W)
+    q[np.broadcast_to((idx < 0)[:, None, :], q.shape)] = 0
+    for a in (q, idx):
+        a.setflags(write=False)
+    return q, idx
