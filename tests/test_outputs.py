@@ -18,20 +18,29 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from l1quant.cli import main
 from l1quant.conversion.convert import convert, convert_many, prepare_many
+from l1quant.conversion.mixes import QuantOptions, requires_imatrix
+from l1quant.conversion.prepare import prepare
 from l1quant.conversion.quantize import plan_quantize, quantize
 from l1quant.conversion.write import output_report, written_report
 from l1quant.filetypes import ALIASES, MIXES, convert_types
+from l1quant.gguf.reader import read_gguf
+from l1quant.imatrix_file import write_imatrix
 
 from cliutil import clean_env, cli, tree_hash
 
+#: the mixes llama-quantize refuses without an importance matrix (Q2_K_S: its Q2_K tensors need one)
+IMATRIX_MIXES = [m.lower() for m, mix in MIXES.items() if requires_imatrix("blk.0.ffn_up.weight", mix.base, mix)]
 #: every distinct file type: the converter's types (auto is bf16 here) and every mix (aliases name the same file)
+#: that needs no importance matrix
 ALL_TYPES = [t for t in convert_types() if t != "auto"] + [m.lower() for m in MIXES
-                                                         if m.lower() not in convert_types() and m not in ALIASES]
+                                                         if m.lower() not in convert_types() and m not in ALIASES
+                                                         and m.lower() not in IMATRIX_MIXES]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +48,17 @@ def model(tiny_factory: Callable[..., Path]) -> Path:
     # width 256: every K-quant gets real K-quant tensors (no fallback); a 352-token vocabulary keeps it fast
     return tiny_factory("toy", vocab=352, hidden=256, ff=512, layers=2,
                         extra_config={"bos_token_id": 0, "eos_token_id": 2})
+
+
+@pytest.fixture(scope="module")
+def imatrix(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A uniform importance matrix for ``model`` (every layer matrix, as llama-imatrix collects them)."""
+    plan = prepare(model, "f32", pre="qwen2").plan
+    path = tmp_path_factory.mktemp("imatrix") / "toy.imatrix.gguf"
+    write_imatrix(path, {t.name: (np.full(t.n_cols, 4.0, np.float32), np.array([4]))
+                         for t in plan.tensors if t.name.startswith("blk.") and len(t.shape) == 2},
+                  datasets=["calib.txt"], chunk_count=1, chunk_size=512)
+    return path
 
 
 @pytest.fixture
@@ -71,19 +91,43 @@ def test_dry_run_sizes_equal_the_real_files_for_every_type(model: Path, tmp_path
     assert dry[ALL_TYPES.index("q4_k_m")]["tensor_types"].get("Q4_K", 0) > 0  # width 256: real K-quants
 
 
+def test_dry_run_with_an_imatrix_equals_the_real_files(model: Path, imatrix: Path, tmp_path: Path) -> None:
+    """q2_k_s (refused without an imatrix) and q4_0 (weighted by it): the dry run plans the same files,
+    ``quantize.imatrix.*`` keys included, as the real run writes, through the library and ``--dry-run``."""
+    types = [*IMATRIX_MIXES, "q4_0"]
+    dry = [output_report(p.header, p.output)
+           for p in prepare_many(model, types, f"{tmp_path}/out/", pre="qwen2", options=QuantOptions(imatrix=imatrix))]
+    assert not (tmp_path / "out").exists()
+    outs = convert_many(model, types, f"{tmp_path}/out/", pre="qwen2", threads=2, imatrix=imatrix)
+    for d, out in zip(dry, outs, strict=True):
+        real = written_report(out)
+        real.pop("sha256")
+        assert real == d, out.name
+        assert read_gguf(out).kv["quantize.imatrix.file"] == str(imatrix)
+    assert dry[types.index("q2_k_s")]["tensor_types"].get("Q2_K", 0) > 0  # the tensors that need the weights
+    r = CliRunner().invoke(main, ["convert", str(model), "--type", ",".join(types), "--imatrix", str(imatrix),
+                                  "--pre", "qwen2", "-o", f"{tmp_path}/cli/", "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [{**d, "path": Path(d["path"]).name} for d in json.loads(r.output)["outputs"]] == [
+        {**d, "path": Path(d["path"]).name} for d in dry]
+    assert not (tmp_path / "cli").exists()
+
+
 def test_dry_run_reads_no_tensor_data(model: Path, tmp_path: Path, preadv_bytes: list[int]) -> None:
     prepare_many(model, "q8_0,q4_k_m", f"{tmp_path}/o/", pre="qwen2")
     assert preadv_bytes[0] == 0
 
 
-def test_quantize_dry_run_sizes_equal_the_real_files(model: Path, tmp_path: Path, preadv_bytes: list[int]) -> None:
+def test_quantize_dry_run_sizes_equal_the_real_files(model: Path, imatrix: Path, tmp_path: Path,
+                                                     preadv_bytes: list[int]) -> None:
     src = convert(model, "bf16", tmp_path / "m-BF16.gguf", pre="qwen2", threads=2)
     for t in [m.lower() for m in MIXES if m not in ALIASES]:
+        options = QuantOptions(imatrix=imatrix) if t in IMATRIX_MIXES else None
         before = preadv_bytes[0]
-        job = plan_quantize(src, f"{tmp_path}/q/", t)
+        job = plan_quantize(src, f"{tmp_path}/q/", t, options=options)
         assert preadv_bytes[0] == before, t  # header only
         assert not job.output.exists()
-        out = quantize(src, f"{tmp_path}/q/", t, threads=2)
+        out = quantize(src, f"{tmp_path}/q/", t, threads=2, options=options)
         rep = written_report(out)
         rep.pop("sha256")
         assert output_report(job.header, job.output) == rep, t
