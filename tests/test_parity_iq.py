@@ -64,3 +64,4 @@ def test_quantize_from_the_reference_f16(tiny_factory: Callable[..., Path], llam
     want = llama_quantize(llama_cpp, ref_f16, tmp_path / "llama-quantize.gguf", mix.upper())
     assert want.rc == 0
     _same_file(l1quant.quantize(ref_f16, tmp_path / "ours.gguf", mix), want.path)
+
