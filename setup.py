@@ -18,7 +18,7 @@ setup(
         Extension(
             "l1quant.kernels._fastq8",
             sources=["l1quant/kernels/_fastq8.c", "l1quant/kernels/_kquants.c",
-                     "l1quant/kernels/_iquants3.c"],
+                     "l1quant/kernels/_iquants2.c", "l1quant/kernels/_iquants3.c"],
             depends=["l1quant/kernels/_halfconv.h"],  # rebuild when the shared f16 helpers change; ships in sdists
             extra_compile_args=[] if sys.platform == "win32" else _UNIX_FLAGS,
             optional=True,

@@ -17,5 +17,5 @@ else:
 
 question = "What is the sum of the first 20 odd numbers?"
 print(l1quant.l1_prompt(question, 32, max_mode=True))
-result = l1quant.run(model, question, 32, max_mode=True, seed=0, max_tokens=48)
+result = l1quant.run(model, question, 32, mode="max", seed=0, max_tokens=48)
 print(result.summary())

@@ -13,7 +13,7 @@ HERE = Path(__file__).parent
 src = HERE / "tiny-qwen2"
 out = l1quant.convert(src, "q8_0", Path(tempfile.mkdtemp()) / "tiny-q8_0.gguf")
 
-report = l1quant.verify(out, source=src, logits=True, n_tokens=64)
+report = l1quant.verify(out, source=src, logits=True, tokens=64)
 print(report.verdict)
 for t in report.tensors[:3]:  # worst first
     print(f"  {t.name:28s} {t.type:5s} rel RMSE {t.rel_rmse:.2e}  SNR {t.snr_db:.1f} dB  bytes identical: "

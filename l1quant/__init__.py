@@ -22,7 +22,8 @@ from l1quant.check import VerifyReport, verify
 from l1quant.evaluate import CompareReport, compare
 
 # The functions are bound after their submodules are imported, so ``l1quant.convert`` is the function.
-from l1quant.conversion.convert import convert, prepare
+from l1quant.conversion.convert import convert, convert_many
+from l1quant.conversion.prepare import prepare
 from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.quantize import quantize
 from l1quant.conversion.write import WriteOptions
@@ -31,6 +32,6 @@ from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.l1 import budget_check, l1_prompt, render_chat, run
 
 __all__ = ["QUANT_TYPES", "CompareReport", "L1QuantError", "QuantOptions", "VerifyReport", "WriteOptions",
-           "budget_check", "compare", "convert",
+           "budget_check", "compare", "convert", "convert_many",
            "get_quant_type", "l1_prompt", "prepare", "quantize", "render_chat", "run", "verify"]
 __version__ = "0.1.0"

@@ -85,6 +85,16 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+def quote(name: str) -> str:
+    """Quote a key or tensor name for a one-line message: non-printable characters (newlines...) escaped.
+
+    Example:
+        >>> quote("blk.0.attn_q.weight"), quote("a\\nb")
+        ("'blk.0.attn_q.weight'", "'a\\\\nb'")
+    """
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in name) + "'"
+
+
 def clip(value: object, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters, so a hostile value cannot flood a one-line message.
 

@@ -33,11 +33,11 @@ from reference import require_module
 import l1quant
 from l1quant.arch import Arch, HParam, RopeRowPermutation, TensorSpec, WholeTensor, all_arches, get_arch, registered
 from l1quant.arch.decoder import HPARAMS, decoder_tensors, head_dim_rows
+from l1quant.arch.from_gguf import config_from_gguf
 from l1quant.arch.llama import llama3_rope_factors
-from l1quant.check import config_from_gguf
-from l1quant.check.fidelity import _to_f32
-from l1quant.evaluate.forward import Hparams, decoder_logits
+from l1quant.check.fidelity import to_f32
 from l1quant.errors import ConfigError, TensorError
+from l1quant.evaluate.forward import Hparams, decoder_logits
 from l1quant.gguf.reader import read_gguf
 from l1quant.source.config import ModelConfig
 from l1quant.source.safetensors import open_checkpoint
@@ -335,7 +335,7 @@ def test_toy_architecture_converts_and_verifies(toy: Path, toy_arch: Arch, tmp_p
     keys = list(gf.kv)
     assert keys.index("general.file_type") < keys.index("toy.vocab_size") < keys.index("tokenizer.ggml.model")
     assert [t.name for t in gf.tensors][0] == "rope_freqs.weight"
-    rep = l1quant.verify(out, source=toy, logits=True, n_tokens=48, threads=2)
+    rep = l1quant.verify(out, source=toy, logits=True, tokens=48, threads=2)
     assert rep.passed, rep.verdict
     names = {c.name for c in rep.checks}
     assert {"keys", "hparams", "tensors.present", "tensors.shapes", "source.hparams", "source.tensors",
@@ -349,7 +349,7 @@ def test_toy_architecture_converts_and_verifies(toy: Path, toy_arch: Arch, tmp_p
     ours = decoder_logits(lambda n: gf.read_tensor_f32(gf.tensor(n)), file_hp, tokens)
     ckpt = open_checkpoint(toy)
     name_map = TOY.tensor_name_map(2)
-    hf = {name_map.get_name(n, try_suffixes=(".weight", ".bias")): _to_f32(t.read_rows(0, t.n_rows)).reshape(t.shape)
+    hf = {name_map.get_name(n, try_suffixes=(".weight", ".bias")): to_f32(t.read_rows(0, t.n_rows)).reshape(t.shape)
           for n, t in ckpt.tensors.items()}
     hf_hp = dataclasses.replace(file_hp, rope_style="neox", rope_scaling_type="linear", rope_scaling_factor=2.0)
     want = decoder_logits(hf.__getitem__, hf_hp, tokens)

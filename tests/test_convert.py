@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import l1quant
 from l1quant.cli import main
-from l1quant.conversion.convert import prepare
+from l1quant.conversion.prepare import prepare
 from l1quant.gguf.reader import read_gguf
 from l1quant.kernels import decode_bf16
 from l1quant.source.safetensors import open_checkpoint

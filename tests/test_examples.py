@@ -60,7 +60,7 @@ def test_convert_card(tmp_path: Path) -> None:
                                     "--card"])
     assert res.exit_code == 0, res.output
     card = (tmp_path / "README.md").read_text()
-    assert card.startswith(MARKER)
+    assert card.startswith("---\n") and MARKER in card  # the Hub's YAML front matter first
     # published like the GGUF beside it (readable by others under the usual umask), not as a private temp file
     assert (tmp_path / "README.md").stat().st_mode & 0o777 == out.stat().st_mode & 0o777
     assert "# Tiny Qwen2 — GGUF Q8_0" in card and "PASS" in card

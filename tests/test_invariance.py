@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import l1quant
-from l1quant.conversion.convert import prepare
+from l1quant.conversion.prepare import prepare
 from l1quant.conversion.pipeline import iter_jobs, stream_tensors
 from l1quant.conversion.plan import ConversionPlan
 from l1quant.errors import TensorError

@@ -79,6 +79,12 @@ def test_registry_geometry_and_file_types() -> None:
         "Q4_K": (T.Q4_K, 256, 144, None),
         "Q5_K": (T.Q5_K, 256, 176, None),
         "Q6_K": (T.Q6_K, 256, 210, 18),
+        # the grid types: the mix decides the file type (IQ2_M is mostly IQ2_S, ...)
+        "IQ2_XXS": (T.IQ2_XXS, 256, 66, None),
+        "IQ2_XS": (T.IQ2_XS, 256, 74, None),
+        "IQ2_S": (T.IQ2_S, 256, 82, None),
+        "IQ1_S": (T.IQ1_S, 256, 50, None),
+        "IQ1_M": (T.IQ1_M, 256, 56, None),
         # as the K types: the IQ mixes decide the file type
         "IQ4_NL": (T.IQ4_NL, 32, 18, None),
         "IQ4_XS": (T.IQ4_XS, 256, 136, None),

@@ -169,7 +169,7 @@ def test_quantize_equals_llama_quantize_on_l1quants_own_bf16(bf16: Path, tmp_pat
 def test_llama_cpp_loads_generates_and_agrees_with_the_reference_forward(model: Path, tmp_path: Path, mix: str,
                                                                           llama_cpp: object) -> None:
     out = l1quant.convert(model, mix, tmp_path / "m.gguf")
-    rep = l1quant.verify(out, source=model, logits=True, runtime="llama.cpp", n_tokens=128)
+    rep = l1quant.verify(out, source=model, logits=True, runtime="llama.cpp", tokens=128)
     status = {c.name: c for c in rep.checks}
     assert status["logits"].status == "pass" and status["runtime"].status == "pass", status
     # llama.cpp on the file and the numpy forward on the file's dequantized weights see the same model: their

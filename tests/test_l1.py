@@ -384,15 +384,16 @@ def _capture(monkeypatch: pytest.MonkeyPatch, name: str) -> dict[str, object]:
     (["-c", "4096"], {"n_ctx": 4096}),
     (["--ctx-size", "4096"], {"n_ctx": 4096}),
     (["--n-ctx", "4096"], {"n_ctx": 4096}),
-    (["-t", "3"], {"n_threads": 3}),
-    (["--threads", "3"], {"n_threads": 3}),
+    (["-t", "3"], {"threads": 3}),
+    (["--threads", "3"], {"threads": 3}),
     (["-ngl", "99"], {"n_gpu_layers": 99}),
     (["--n-gpu-layers", "-1"], {"n_gpu_layers": -1}),
     (["--gpu-layers", "7"], {"n_gpu_layers": 7}),
     (["--hard-limit"], {"hard_limit": True}),
-    (["--mode", "max"], {"max_mode": True}),
-    ([], {"max_tokens": None, "n_ctx": None, "n_threads": None, "n_gpu_layers": None, "hard_limit": False,
-          "max_mode": False}),
+    (["--mode", "max"], {"mode": "max"}),
+    (["--max"], {"mode": "max"}),
+    ([], {"max_tokens": None, "n_ctx": None, "threads": None, "n_gpu_layers": None, "hard_limit": False,
+          "mode": "exact"}),
 ])
 def test_cli_run_options_as_llama_cpp_spells_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                  args: list[str], expected: dict[str, object]) -> None:
@@ -417,7 +418,7 @@ def test_cli_budget_check_defaults_follow_the_paper(monkeypatch: pytest.MonkeyPa
                                     "--budgets", "256,512", "-t", "2", "-ngl", "1", "--mode", "max"])
     assert res.exit_code == 0, res.output
     assert seen["args"] == ([model], [256, 512], PROBLEMS)
-    assert (seen["samples"], seen["n_threads"], seen["n_gpu_layers"], seen["max_mode"]) == (4, 2, 1, True)
+    assert (seen["samples"], seen["threads"], seen["n_gpu_layers"], seen["mode"]) == (4, 2, 1, "max")
     assert "--samples" in CliRunner().invoke(main, ["budget-check", "--help"]).output
     res = CliRunner().invoke(main, ["budget-check", str(model), "--problems", str(PROBLEMS), "--samples", "0"])
     assert res.exit_code == 2
@@ -591,6 +592,25 @@ def test_forced_end_of_thinking() -> None:
     assert "thinking forced to end at 4 tokens (--hard-limit)" in r.summary()
 
 
+def test_hard_limit_verdict_is_on_the_thinking_and_reports_the_whole_response() -> None:
+    # issue 21: `run --hard-limit --mode max` said "budget kept: no" for every forced run, because the forced
+    # answer counts in n. The flag promises a thinking budget: that is the verdict, n is reported beside it.
+    r = _verdict(_gen(_Script(itertools.count(1), [7, 8, EOG]), force_at=4), 4, max_mode=True, hard_limit=True)
+    assert r.thinking_kept is True and r.budget_kept is False
+    text = r.summary()
+    assert "thinking budget kept (thinking <= 4, --hard-limit): yes" in text
+    assert "whole response n = 9 (n <= 4: no" in text and "budget kept (n <= 4)" not in text
+    assert r.to_dict()["thinking_kept"] is True
+    # The model closed its thinking itself within N: kept; beyond N (it closed at the cap's edge): not kept.
+    own = _verdict(_gen(_Script([1, 2, CLOSE, 4, EOG]), force_at=4), 4, max_mode=True, hard_limit=True)
+    assert own.thinking_kept is True and not own.forced_think_end
+    late = _verdict(_gen(_Script([1, 2, 3, 4, 5, CLOSE, EOG])), 4, max_mode=True, hard_limit=True)
+    assert late.thinking_kept is False and "thinking budget kept (thinking <= 4, --hard-limit): no" in late.summary()
+    # Without --hard-limit the verdict is LCPO's alone, as before.
+    free = _verdict(_gen(_Script([1, 2, CLOSE, 4, EOG])), 4, max_mode=True)
+    assert free.thinking_kept is None and "budget kept (n <= 4): yes" in free.summary()
+
+
 def test_forced_end_respects_the_cap_and_the_models_own_close() -> None:
     # Only the room the cap leaves is inserted, and sampling does not resume at the cap.
     script = _Script(itertools.count(1), [7])
@@ -652,8 +672,8 @@ def test_run_end_to_end(tiny_ggufs: dict[str, Path]) -> None:
 
 
 def test_run_max_mode_and_overrides(tiny_ggufs: dict[str, Path]) -> None:
-    a = l1.run(tiny_ggufs["f16"], Q, 4, max_mode=True, temperature=0.0, top_p=0.5, top_k=3, seed=1, max_tokens=6)
-    b = l1.run(tiny_ggufs["f16"], Q, 4, max_mode=True, temperature=0.0, top_p=0.5, top_k=3, seed=2, max_tokens=6)
+    a = l1.run(tiny_ggufs["f16"], Q, 4, mode="max", temperature=0.0, top_p=0.5, top_k=3, seed=1, max_tokens=6)
+    b = l1.run(tiny_ggufs["f16"], Q, 4, mode="max", temperature=0.0, top_p=0.5, top_k=3, seed=2, max_tokens=6)
     assert a.sampling == {"temperature": 0.0, "top_p": 0.5, "top_k": 3, "min_p": 0.0}
     assert a.text == b.text  # greedy: the seed does not matter
     assert a.mode == "max" and "Think for maximum 4 tokens." in a.prompt and a.tolerance is None
@@ -664,19 +684,19 @@ def test_run_max_mode_and_overrides(tiny_ggufs: dict[str, Path]) -> None:
 
 def test_run_hard_limit_end_to_end(tiny_ggufs: dict[str, Path]) -> None:
     # The tiny model's random weights never close their thinking: --hard-limit ends it at N and lets it answer.
-    r = l1.run(tiny_ggufs["q8_0"], Q, 4, max_mode=True, temperature=0.0, max_tokens=16, hard_limit=True)
+    r = l1.run(tiny_ggufs["q8_0"], Q, 4, mode="max", temperature=0.0, max_tokens=16, hard_limit=True)
     assert r.forced_think_end and r.hard_limit and r.think_closed
     assert r.reasoning_tokens == 5  # 4 sampled + the inserted </think> (one token in the R1 vocabulary)
     assert r.text.startswith(r.reasoning) and l1.FORCED_THINK_END in r.text
     assert r.answer_tokens == r.total_tokens - 5 and r.total_tokens <= 16
     assert r.budget_kept == (r.total_tokens <= 4)
-    free = l1.run(tiny_ggufs["q8_0"], Q, 4, max_mode=True, temperature=0.0, max_tokens=16)
+    free = l1.run(tiny_ggufs["q8_0"], Q, 4, mode="max", temperature=0.0, max_tokens=16)
     assert not free.forced_think_end and l1.FORCED_THINK_END not in free.text
     assert free.text.startswith(r.text[: r.text.index("</think>")])  # greedy: the same reasoning up to N
 
 
 def test_run_default_cap_is_twice_the_budget(tiny_ggufs: dict[str, Path]) -> None:
-    r = l1.run(tiny_ggufs["f16"], Q, 6, temperature=0.0, n_threads=1, n_gpu_layers=0)
+    r = l1.run(tiny_ggufs["f16"], Q, 6, temperature=0.0, threads=1, n_gpu_layers=0)
     assert r.max_tokens == 12 and r.total_tokens <= 12
 
 

@@ -50,7 +50,7 @@ from l1quant.kernels import (
     registered,
 )
 from l1quant.kernels.blockwise import numpy_block_kernel
-from l1quant.kernels.nonfinite import can_overflow, first_nonfinite_output
+from l1quant.kernels.nonfinite import can_overflow
 
 T = GGMLQuantizationType
 
@@ -87,14 +87,16 @@ def test_derived_tables_are_llama_cpps() -> None:
                      ("BF16", "F16")}
     # quantize_* in ggml-quants.c: every 4/5-bit and K quantizer uses quant_weights; Q8_0 and the floats do not
     assert {n for n, q in QUANT_TYPES.items() if q.takes_imatrix} == set(QUANT_TYPES) - {"F32", "F16", "BF16", "Q8_0"}
-    # of the served types, llama-quantize refuses only IQ3_XXS without one (tensor_requires_imatrix)
+    # of the served types, llama-quantize refuses IQ3_XXS and the 1-2 bit grid types without one
+    # (tensor_requires_imatrix)
     assert {n for n, q in QUANT_TYPES.items() if q.needs_imatrix} <= {"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S",
                                                                        "IQ1_S", "IQ1_M"}
     assert get_quant_type("iq3_xxs").needs_imatrix and not get_quant_type("iq3_s").needs_imatrix
     # and l1quant has the weighted search for exactly those (kernels/kquants_imatrix.py)
     assert {n for n, q in QUANT_TYPES.items() if q.numpy_imatrix_kernel is not None} == \
         {n for n, q in QUANT_TYPES.items() if q.takes_imatrix}
-    assert not describe("iq2_xxs").served and describe(T.IQ2_XXS).needs_imatrix and describe("I8") is None
+    assert describe("iq2_xxs").served and describe(T.IQ2_XXS).needs_imatrix and describe("I8") is None
+    assert not describe("tq1_0").served
     # a mix named after one type writes that type's file type number (llama_ftype), and its base is that type
     for m in MIXES.values():
         qt = QUANT_TYPES.get(m.name)
@@ -215,7 +217,7 @@ def test_toy_block_type_converts_verifies_and_dequantizes(ckpt: Path, toy_type: 
     assert types["blk.0.attn_norm.weight"] == T.F32  # the converter's rule, not the type's
     assert file_type_of(gf).converter is toy_type
 
-    rep = l1quant.verify(out, source=ckpt, logits=True, n_tokens=32, threads=2)
+    rep = l1quant.verify(out, source=ckpt, logits=True, tokens=32, threads=2)
     assert rep.passed, rep.verdict
     assert rep.file_type == "MXFP4"
     toy_rows = [r for r in rep.tensors if r.type == "MXFP4"]

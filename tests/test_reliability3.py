@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import signal
 import struct
 import subprocess
 import sys

@@ -82,3 +82,18 @@ def test_install_line_has_every_extra_and_warns_of_the_build() -> None:
     from l1quant.l1.runner import RUN_INSTALL_HINT
 
     assert "13 min" in RUN_INSTALL_HINT
+
+
+def test_readme_keeps_to_what_a_user_does_and_links_the_details() -> None:
+    """issue 21: the README was 491 lines; the refusal table, benchmark details and format facts live in docs/."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) < 400
+    for needed in ("## Quick start", "## Using it on L1", "## Commands", "## Output types", "python -m pytest -q",
+                   "l1quant convert examples/tiny-qwen2 --type q8_0 -o tiny-Q8_0.gguf"):
+        assert needed in readme, needed
+    links = re.findall(r"\]\((docs/[^)#]+)", readme)
+    assert {"docs/refusals.md", "docs/performance.md", "docs/formats.md"} <= set(links)
+    for link in links:
+        assert (ROOT / link).is_file(), link
+    assert "| Input problem |" not in readme and "| Input problem |" in (ROOT / "docs/refusals.md").read_text()
+    assert "bench_kquants.py" in (ROOT / "docs/performance.md").read_text()

@@ -26,8 +26,8 @@ from reference import require_module
 
 import l1quant
 from l1quant.arch import get_arch
+from l1quant.arch.from_gguf import config_from_gguf
 from l1quant.evaluate.forward import Hparams, decoder_logits
-from l1quant.check.structure import config_from_gguf
 from l1quant.gguf.reader import read_gguf
 
 pytestmark = pytest.mark.slow
@@ -286,7 +286,7 @@ def test_every_command_on_the_new_architectures(tok: str, llama_cpp: Any, q8_mod
     else:  # the distill template: bos, <｜User｜>, and a generation prompt that opens <think>
         assert chat.startswith("<｜begin▁of▁sentence｜><｜User｜>What is 17 * 23?")
         assert chat.rstrip().endswith("<｜Assistant｜><think>")
-    r = l1quant.run(q8, "What is 17 * 23?", 16, max_mode=True, seed=0, n_threads=2)
+    r = l1quant.run(q8, "What is 17 * 23?", 16, mode="max", seed=0, threads=2)
     assert 1 <= r.total_tokens <= 32
     problems = tmp_path / "p.jsonl"
     problems.write_text('{"id": "add", "question": "What is 2 + 2?", "answer": 4}\n')

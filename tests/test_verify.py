@@ -23,7 +23,8 @@ import pytest
 from click.testing import CliRunner
 from reference import require_module
 
-from l1quant.check import LOGIT_KLD_LIMITS, config_from_gguf, format_report, verify
+from l1quant.arch.from_gguf import config_from_gguf
+from l1quant.check import LOGIT_KLD_LIMITS, format_report, verify
 from l1quant.check.report import Check, TensorFidelity, VerifyReport
 from l1quant.cli import main
 from l1quant.conversion.convert import convert
@@ -453,7 +454,7 @@ def test_logits_corrupted_layer_orders_of_magnitude_worse(q8: Path, tiny_r1: Pat
     d = blocks[:, :2].copy().view(np.float16)
     blocks[:, :2] = (d.astype(np.float32) * 64).astype(np.float16).view(np.uint8).reshape(-1, 2)
     _patch(bad, info.abs_offset, blocks.tobytes())
-    rep = verify(bad, source=tiny_r1, logits=True, n_tokens=N_TOK, threads=2)
+    rep = verify(bad, source=tiny_r1, logits=True, tokens=N_TOK, threads=2)
     clean = clean_doc("q8_0")["logits"]
     assert rep.logits is not None
     assert rep.logits["mean_kld"] > 1000 * clean["mean_kld"]
@@ -465,7 +466,7 @@ def test_logits_corrupted_layer_orders_of_magnitude_worse(q8: Path, tiny_r1: Pat
 @pytest.mark.slow
 def test_runtime_llama_cpp(q8: Path, tiny_r1: Path) -> None:
     require_module("llama_cpp")
-    rep = verify(q8, source=tiny_r1, runtime="llama.cpp", n_tokens=N_TOK, threads=2)
+    rep = verify(q8, source=tiny_r1, runtime="llama.cpp", tokens=N_TOK, threads=2)
     checks = {c.name: c for c in rep.checks}
     assert checks["runtime.tokenize"].status == "pass"
     assert checks["runtime"].status == "pass", checks["runtime"].message
@@ -481,7 +482,7 @@ def test_block_amax_of_bf16_bits() -> None:
     v = importlib.import_module("l1quant.check.fidelity")
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     bits = (x.view(np.uint32) >> 16).astype(np.uint16)
-    amax = v._block_amax(bits, v._to_f32(bits).reshape(-1), 8)
+    amax = v._block_amax(bits, v.to_f32(bits).reshape(-1), 8)
     assert np.array_equal(amax, np.abs(decode_bf16(bits)).reshape(8, 32).max(axis=1))
 
 

@@ -30,20 +30,22 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
 
 from l1quant.errors import ConfigError
-from l1quant.source.config import ModelConfig
+
+if TYPE_CHECKING:  # a description is data about a config; parsing a config reads the descriptions
+    from l1quant.source.config import ModelConfig
 
 __all__ = ["Arch", "Features", "HParam", "RopeRowPermutation", "TensorSpec", "Transform", "WholeTensor",
            "all_arches", "dims", "get_arch", "register", "registered"]
@@ -57,6 +59,7 @@ def dims(cfg: ModelConfig) -> dict[str, int]:
     ``hd`` head dimension, ``q`` = heads x hd, ``kv`` = kv heads x hd, ``rot`` = hd / 2 (rope frequencies).
 
     Example:
+        >>> from l1quant.source.config import ModelConfig
         >>> cfg = ModelConfig.from_dict({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
         ...     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         ...     "num_key_value_heads": 2, "vocab_size": 1000})
@@ -99,6 +102,7 @@ class RopeRowPermutation(Transform):
     ``heads`` says which head count splits the rows: ``"heads"`` for Q, ``"kv_heads"`` for K.
 
     Example:
+        >>> from l1quant.source.config import ModelConfig
         >>> cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "hidden_size": 8,
         ...     "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
         ...     "num_key_value_heads": 1, "vocab_size": 10})
@@ -253,6 +257,7 @@ class Arch:
         ``generated=False`` only those read from the checkpoint.
 
         Example:
+            >>> from l1quant.source.config import ModelConfig
             >>> cfg = ModelConfig.from_dict({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
             ...     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
             ...     "num_key_value_heads": 2, "vocab_size": 1000})
@@ -269,6 +274,7 @@ class Arch:
         (``present``: the file's tensor names). verify checks presence and shapes against this.
 
         Example:
+            >>> from l1quant.source.config import ModelConfig
             >>> cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
             ...     "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
             ...     "num_key_value_heads": 2, "vocab_size": 10})
@@ -286,6 +292,7 @@ class Arch:
         """(GGUF name, float32 data in source shape) of every tensor computed from ``cfg``, in writing order.
 
         Example:
+            >>> from l1quant.source.config import ModelConfig
             >>> cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
             ...     "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
             ...     "num_key_value_heads": 2, "vocab_size": 1000, "rope_scaling": {"rope_type": "llama3",
@@ -327,6 +334,7 @@ class Arch:
         """Refuse a config this architecture cannot convert (an unsupported rope scaling type, the extra check).
 
         Example:
+            >>> from l1quant.source.config import ModelConfig
             >>> cfg = ModelConfig.from_dict({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
             ...     "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
             ...     "num_key_value_heads": 2, "vocab_size": 10, "rope_scaling": {"rope_type": "llama3",
@@ -348,6 +356,7 @@ class Arch:
         ``general.file_type``, or with ``after_file_type`` those after it.
 
         Example:
+            >>> from l1quant.source.config import ModelConfig
             >>> cfg = ModelConfig.from_dict({"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
             ...     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
             ...     "num_key_value_heads": 2, "vocab_size": 1000})
@@ -408,6 +417,7 @@ class Arch:
         """Derived keys (rows without a field) whose value in ``kv`` is not what ``cfg`` implies.
 
         Example:
+            >>> from l1quant.source.config import ModelConfig
             >>> cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
             ...     "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
             ...     "num_key_value_heads": 2, "vocab_size": 10})

@@ -15,12 +15,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 
 from l1quant.arch import HParam, TensorSpec, Transform
-from l1quant.source.config import ModelConfig
+
+if TYPE_CHECKING:  # a description is data about a config; parsing a config reads the descriptions
+    from l1quant.source.config import ModelConfig
 
 K = gguf.Keys
 T = gguf.GGUFValueType

@@ -14,6 +14,7 @@ llama class adds them after its base class). tokenizer_config's ``add_prefix_spa
 as ``tokenizer.ggml.add_space_prefix``.
 
 Example:
+    >>> from l1quant.source.config import ModelConfig
     >>> cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
     ...     "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
     ...     "vocab_size": 10})
@@ -27,6 +28,7 @@ import ctypes
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gguf
 import numpy as np
@@ -34,7 +36,9 @@ import numpy as np
 from l1quant.arch import Arch, HParam, RopeRowPermutation, TensorSpec
 from l1quant.arch.decoder import HPARAMS, decoder_tensors, head_dim_rows
 from l1quant.errors import ConfigError, TokenizerError, clip, read_json
-from l1quant.source.config import ModelConfig
+
+if TYPE_CHECKING:  # a description is data about a config; parsing a config reads the descriptions
+    from l1quant.source.config import ModelConfig
 
 K = gguf.Keys
 T = gguf.GGUFValueType
@@ -77,6 +81,7 @@ def llama3_rope_factors(cfg: ModelConfig) -> np.ndarray:
     ``generate_extra_tensors``), including torch's ``a / t`` being ``reciprocal(t) * a``, so the bytes match.
 
     Example:
+        >>> from l1quant.source.config import ModelConfig
         >>> cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
         ...     "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
         ...     "num_key_value_heads": 2, "vocab_size": 10, "rope_theta": 10000.0, "rope_scaling": {

@@ -13,14 +13,17 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gguf
 
 from l1quant.arch import Arch
 from l1quant.arch.decoder import HPARAMS, decoder_tensors, head_dim_rows
-from l1quant.conversion.metadata import MAX_MODEL_CARD_BYTES
 from l1quant.errors import ConfigError, clip, read_text
-from l1quant.source.config import ModelConfig
+from l1quant.source.inputs import MAX_MODEL_CARD_BYTES
+
+if TYPE_CHECKING:  # a description is data about a config; parsing a config reads the descriptions
+    from l1quant.source.config import ModelConfig
 
 #: What makes the reference's Qwen3Model a reranker (``_is_qwen3_reranker``): a README heading, or one of these in
 #: the folder's path, config.json's ``_name_or_path`` or ``model_type``, or a sequence-classification architecture.

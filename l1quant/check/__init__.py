@@ -15,8 +15,7 @@ from __future__ import annotations
 from l1quant.check.fidelity import Q8_0_BOUND_DOC
 from l1quant.check.logits import LOGIT_KLD_LIMITS
 from l1quant.check.report import Check, TensorFidelity, VerifyReport, format_report, iter_failed
-from l1quant.check.structure import config_from_gguf
 from l1quant.check.verifier import verify
 
-__all__ = ["LOGIT_KLD_LIMITS", "Q8_0_BOUND_DOC", "Check", "TensorFidelity", "VerifyReport", "config_from_gguf",
-           "format_report", "iter_failed", "verify"]
+__all__ = ["LOGIT_KLD_LIMITS", "Q8_0_BOUND_DOC", "Check", "TensorFidelity", "VerifyReport", "format_report",
+           "iter_failed", "verify"]

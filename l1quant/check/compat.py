@@ -46,8 +46,10 @@ from typing import Any
 import gguf
 
 from l1quant.check.report import FAIL, PASS, SKIP, WARN, Check
+from l1quant.conversion.vocab import load_vocab
 from l1quant.errors import InputError, L1QuantError, read_json
 from l1quant.gguf.reader import GGUFFile
+from l1quant.l1.chat import ChatTemplateError, render_messages
 
 __all__ = ["CHECK_IDS", "EOG_TEXTS", "PRE_TOKENIZER_RELEASES", "REFERENCE_LLAMA_CPP", "TEMPLATE_CONSTRUCTS",
            "PreRelease", "check_compat", "eog_set"]
@@ -235,16 +237,12 @@ def _conversations(args_as_string: bool) -> dict[str, tuple[list[dict[str, Any]]
 def _render(tmpl: str, messages: list[dict[str, Any]], bos: str, eos: str, **context: Any) -> str:
     """The template rendered in the sandbox and bounds of :func:`l1quant.l1.chat.render_messages` (a hostile
     template in a GGUF cannot hang or exhaust verify)."""
-    from l1quant.l1.chat import render_messages
-
     return render_messages(tmpl, messages, bos_token=bos, eos_token=eos, **context)
 
 
 def _render_problems(tmpl: str, bos: str, eos: str) -> list[str]:
     """Each (conversation, enable_thinking) case the template cannot render, one line each. Tool-call arguments
     are tried as an object, then as a JSON string (templates expect one or the other; llama.cpp passes either)."""
-    from l1quant.l1.chat import ChatTemplateError
-
     problems = []
     for think in (None, True, False):
         extra = {} if think is None else {"enable_thinking": think}
@@ -287,8 +285,6 @@ def _construct_problems(tmpl: str) -> list[tuple[str, str]]:
 
 def _end_of_turn(tmpl: str, tokens: list[str], types: list[int], bos: str, eos: str) -> int | None:
     """The special token the template writes right after an assistant reply (None when none or on error)."""
-    from l1quant.l1.chat import ChatTemplateError
-
     try:
         out = _render(tmpl, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _REPLY}], bos, eos,
                       add_generation_prompt=False)
@@ -405,8 +401,6 @@ def _check_bos(gf: GGUFFile, tokens: list[str], tmpl: str | None, bos_text: str,
             checks.append(Check("compat.bos.missing", WARN, f"{_TK.BOS_ID} is missing: llama.cpp uses {default} "
                                                             "wherever a BOS is asked for (add_bos is off)"))
     elif add_bos and tmpl is not None and bos_text:
-        from l1quant.l1.chat import ChatTemplateError
-
         try:
             out = _render(tmpl, [{"role": "user", "content": "Hi"}], bos_text, eos_text, add_generation_prompt=True)
         except ChatTemplateError:  # the template check reports render errors
@@ -437,8 +431,6 @@ def _check_pre(gf: GGUFFile, src: Path | None, tokens: list[str], types: list[in
     expected = chash = None
     if src is not None:
         try:
-            from l1quant.conversion.vocab import load_vocab
-
             v = load_vocab(src, vocab_size=len(types))
             expected, chash = v.pre, v.check_hash
         except L1QuantError as e:

@@ -11,18 +11,18 @@ from typing import Any
 
 import gguf
 import numpy as np
+from gguf.constants import GGUFValueType
 
 from l1quant.arch import Arch
-from l1quant.check.report import Check, TensorFidelity, _check
-from l1quant.check.structure import _STRICT_GENERAL, _T, CHUNK_BYTES
-from l1quant.errors import GGUFFormatError
+from l1quant.check.report import Check, TensorFidelity, problems_check
+from l1quant.check.structure import CHUNK_BYTES, STRICT_GENERAL
+from l1quant.errors import GGUFFormatError, quote
 from l1quant.gguf.header import Header
-from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
+from l1quant.gguf.reader import (  # one type-naming rule for reader and verifier
     GGUFFile,
     TensorInfo,
-    _q,
+    type_name,
 )
-from l1quant.gguf.reader import _type_name as _tname
 from l1quant.kernels import QUANT_TYPES, QuantType, decode_bf16
 
 Q8_0_BOUND_DOC = (
@@ -59,16 +59,16 @@ UNORDERED_KEYS = frozenset({gguf.Keys.Tokenizer.CHAT_TEMPLATES})
 def _values_differ(key: str, exp: Any, exp_type: Any, found: Any, found_type: Any) -> str | None:
     """A one-line description of how ``found`` differs from ``exp`` (None when equal)."""
     if exp_type != found_type:
-        return f"key {_q(key)} has type {_tname(found_type)}, the source gives {_tname(exp_type)}"
+        return f"key {quote(key)} has type {type_name(found_type)}, the source gives {type_name(exp_type)}"
     if key in UNORDERED_KEYS and isinstance(exp, list) and isinstance(found, list):
         if sorted(map(str, exp)) == sorted(map(str, found)):
             return None
         return f"{key}: expected {_short(sorted(map(str, exp)))} in any order, found {_short(found)}"
     if isinstance(exp, list):
         if len(exp) != len(found):
-            return f"key {_q(key)} has {len(found)} items, the source gives {len(exp)}"
+            return f"key {quote(key)} has {len(found)} items, the source gives {len(exp)}"
         elem = exp_type[-1] if isinstance(exp_type, tuple) else None
-        if elem in (_T.FLOAT32,):
+        if elem in (GGUFValueType.FLOAT32,):
             e, f = np.asarray(exp, np.float32), np.asarray(found, np.float32)
             diff: list[int] = np.flatnonzero(e != f).tolist()
         else:
@@ -78,7 +78,7 @@ def _values_differ(key: str, exp: Any, exp_type: Any, found: Any, found_type: An
             return (f"{key}[{i}]: expected {exp[i]!r}, found {found[i]!r} "
                     f"({len(diff)} of {len(exp)} items differ)")
         return None
-    if exp_type in (_T.FLOAT32,):
+    if exp_type in (GGUFValueType.FLOAT32,):
         if np.float32(exp) == np.float32(found):
             return None
         ratio = f" (x{found / exp:.6g})" if exp else ""
@@ -90,7 +90,7 @@ def _values_differ(key: str, exp: Any, exp_type: Any, found: Any, found_type: An
     return None
 
 
-def _check_metadata(gf: GGUFFile, header: Header, arch: Arch) -> list[Check]:
+def check_metadata(gf: GGUFFile, header: Header, arch: Arch) -> list[Check]:
     """The file's keys against ``header`` (what the converter writes for the source): each key present, with its
     value type and value, no extra key, and the keys both hold in the same order."""
     found = Header.from_file(gf)
@@ -106,28 +106,28 @@ def _check_metadata(gf: GGUFFile, header: Header, arch: Arch) -> list[Check]:
 
     for key, kv in header.kv.items():
         if key not in found.kv:
-            (notes if key.startswith("general.") and key not in _STRICT_GENERAL else groups[group(key)]).append(
-                f"key {_q(key)} is missing (the source gives {_short(kv.value)})")
+            (notes if key.startswith("general.") and key not in STRICT_GENERAL else groups[group(key)]).append(
+                f"key {quote(key)} is missing (the source gives {_short(kv.value)})")
             continue
         d = _values_differ(key, kv.value, kv.type, found.kv[key].value, found.kv[key].type)
         if d:
-            (notes if key.startswith("general.") and key not in _STRICT_GENERAL else groups[group(key)]).append(d)
+            (notes if key.startswith("general.") and key not in STRICT_GENERAL else groups[group(key)]).append(d)
     for key in found.kv:
         if key not in header.kv and key != "general.alignment":
-            if key.startswith("general.") and key not in _STRICT_GENERAL:
-                notes.append(f"key {_q(key)} is not what the converter writes for this source")
+            if key.startswith("general.") and key not in STRICT_GENERAL:
+                notes.append(f"key {quote(key)} is not what the converter writes for this source")
             else:
-                groups[group(key)].append(f"key {_q(key)} is not what the converter writes for this source")
+                groups[group(key)].append(f"key {quote(key)} is not what the converter writes for this source")
     order = header.order_difference(found)
     if order:
         key, prev = order
-        groups[group(key)].append(f"key {_q(key)} comes before {_q(prev)}; the converter writes it after")
+        groups[group(key)].append(f"key {quote(key)} comes before {quote(prev)}; the converter writes it after")
     # tensor presence, shapes and types are the fidelity checks' (a llama-quantize file may choose its own
     # types); the order of the tensor infos is the header's
     t_order = header.tensor_order_difference(found)
     if t_order:
         i, got, want = t_order
-        groups["source.general"].append(f"tensor #{i} is {_q(got)}, the converter writes {_q(want)} there "
+        groups["source.general"].append(f"tensor #{i} is {quote(got)}, the converter writes {quote(want)} there "
                                         "(tensor order differs)")
     ok = {
         "source.hparams": "hparams (layers, context, sizes, heads, rope, eps) equal the source config",
@@ -135,7 +135,7 @@ def _check_metadata(gf: GGUFFile, header: Header, arch: Arch) -> list[Check]:
         "source.general": "architecture, file type, quantization version and tensor order as the converter "
                           "writes them",
     }
-    checks = [_check(n, p, ok[n]) for n, p in groups.items()]
+    checks = [problems_check(n, p, ok[n]) for n, p in groups.items()]
     if notes:
         # Naming keys (general.name, size label, sampling...) depend on --name/--metadata: reported, not failed.
         checks[-1].message += f"; naming metadata differs (allowed, set by --name/--metadata): {notes[0]}" + (
@@ -149,7 +149,7 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _to_f32(x: np.ndarray) -> np.ndarray:
+def to_f32(x: np.ndarray) -> np.ndarray:
     """Source values as float32 (uint16 arrays are raw bf16 bits, widened exactly)."""
     if x.dtype == np.uint16:
         return decode_bf16(x)
@@ -198,7 +198,7 @@ def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1
             break
         n += r
     if n != got.nbytes:
-        raise GGUFFormatError(f"tensor {_q(info.name)}: expected {got.nbytes} bytes at offset {pos}, got {n}; "
+        raise GGUFFormatError(f"tensor {quote(info.name)}: expected {got.nbytes} bytes at offset {pos}, got {n}; "
                               "was the file truncated while verifying?")
     acc = _Acc()
     if not np.array_equal(expect, got):
@@ -213,7 +213,7 @@ def _fidelity_job(fd: int, info: TensorInfo, st: Any, qt: QuantType, r0: int, r1
             where += f", column {byte // qt.type_size}"
         acc.first_diff = where
     del expect
-    ref = _to_f32(src).reshape(-1)
+    ref = to_f32(src).reshape(-1)
     deq = qt.dequantize(got, (rows, ncols)).reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):
         acc.ssr = float(np.dot(ref, ref))
@@ -341,7 +341,7 @@ def _row(name: str, qt: QuantType, shape: tuple[int, ...], a: _Acc) -> TensorFid
                           expected, passed, msg)
 
 
-def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
+def check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
                     own_types: bool = False) -> tuple[list[Check], list[TensorFidelity]]:
     """Every tensor against re-quantizing its source. ``own_types``: a tensor whose type differs from the plan's
     is re-quantized with the file's own type (a llama-quantize file made with per-tensor flags) instead of
@@ -350,11 +350,11 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
     pres: list[str] = []
     for t in gf.tensors:
         if t.name not in planned:
-            pres.append(f"tensor {_q(t.name)} has no source tensor (the converter would not write it)")
+            pres.append(f"tensor {quote(t.name)} has no source tensor (the converter would not write it)")
     in_file = {t.name for t in gf.tensors}
     for name, pt in planned.items():
         if name not in in_file:
-            pres.append(f"tensor {_q(name)} is missing (the source has {pt.source.name!r})")
+            pres.append(f"tensor {quote(name)} is missing (the source has {pt.source.name!r})")
     rows: list[TensorFidelity] = []
     jobs: list[tuple[TensorInfo, Any, int, int]] = []
     for t in gf.tensors:
@@ -362,7 +362,7 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
         if pt is None:
             continue
         if t.shape != pt.gguf_dims:
-            pres.append(f"tensor {_q(t.name)} has shape {list(t.shape)}, the source {pt.source.name!r} gives "
+            pres.append(f"tensor {quote(t.name)} has shape {list(t.shape)}, the source {pt.source.name!r} gives "
                         f"{list(pt.gguf_dims)}")
             continue
         if t.ggml_type != pt.qtype.ggml_type and own_types and t.ggml_type.name in QUANT_TYPES:
@@ -378,12 +378,13 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
         jobs += [(t, pt, r, min(pt.n_rows, r + step)) for r in range(0, pt.n_rows, step)]
 
     accs: dict[str, _Acc] = {}
-    fd = os.open(gf.path, os.O_RDONLY)
+    # one descriptor per file the tensors are in (the parts of a split file: GGUFFile.file_of)
+    fds = {p: os.open(p, os.O_RDONLY) for p in {gf.file_of(t) for t, _, _, _ in jobs} | {gf.path}}
     try:
         ex = ThreadPoolExecutor(max_workers=threads)
         try:
-            results = ex.map(lambda j: (j[0].name, _fidelity_job(fd, j[0], j[1].source, j[1].qtype, j[2], j[3])),
-                             jobs)
+            results = ex.map(lambda j: (j[0].name, _fidelity_job(fds[gf.file_of(j[0])], j[0], j[1].source,
+                                                                 j[1].qtype, j[2], j[3])), jobs)
             for name, acc in results:
                 if name in accs:
                     _merge(accs[name], acc)
@@ -394,7 +395,8 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
             raise
         ex.shutdown(wait=True)
     finally:
-        os.close(fd)
+        for fd in fds.values():
+            os.close(fd)
     for t in gf.tensors:
         if t.name in accs:
             pt = planned[t.name]
@@ -407,5 +409,5 @@ def _check_fidelity(gf: GGUFFile, plan: Any, threads: int, *,
         ok += f"; worst rel RMSE {worst.rel_rmse:.3g} ({worst.name})"
     if any(r.type == "Q8_0" for r in rows):
         ok += "; every Q8_0 element within the 8-bit absmax bound"
-    return [_check("source.tensors.present", pres, "the file has exactly the tensors the source yields"),
-            _check("source.tensors", bad, ok)], rows
+    return [problems_check("source.tensors.present", pres, "the file has exactly the tensors the source yields"),
+            problems_check("source.tensors", bad, ok)], rows

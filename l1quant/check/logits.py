@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from l1quant.check.fidelity import _to_f32
+from l1quant.arch import get_arch
+from l1quant.check.fidelity import to_f32
 from l1quant.check.report import FAIL, PASS, SKIP, Check
 from l1quant.errors import L1QuantError
 from l1quant.evaluate.forward import Hparams, decoder_logits
@@ -42,11 +43,9 @@ def _logit_dict(rep: Any, limit: float) -> dict[str, Any]:
     return d
 
 
-def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int, runtime: str | None,
+def run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int, runtime: str | None,
                 threads: int, no_repack: bool = False, ft: FileType | None = None
                 ) -> tuple[list[Check], dict[str, Any] | None, dict[str, Any] | None]:
-    from l1quant.arch import get_arch
-
     checks: list[Check] = []
     ft = ft or file_type_of(gf)
     ftype = ft.label or "F32"
@@ -59,7 +58,7 @@ def _run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int,
 
     def src_weight(name: str) -> np.ndarray:
         pt = planned[name]  # KeyError for an absent tensor (tied output), as decoder_logits expects
-        return _to_f32(pt.source.read_rows(0, pt.source.n_rows)).reshape(pt.shape)
+        return to_f32(pt.source.read_rows(0, pt.source.n_rows)).reshape(pt.shape)
 
     try:
         # the source runs through the plan's sources: in the file's layout (llama's Q/K rows permuted, rope_freqs)

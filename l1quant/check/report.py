@@ -167,7 +167,13 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
-def _check(name: str, problems: list[str], ok_message: str) -> Check:
+def problems_check(name: str, problems: list[str], ok_message: str) -> Check:
+    """One check from its list of problems: PASS with ``ok_message`` when empty, else FAIL listing the first few.
+
+    Example:
+        >>> problems_check("keys", [], "all keys present").status
+        'pass'
+    """
     if not problems:
         return Check(name, PASS, ok_message)
     more = f" (+{len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""

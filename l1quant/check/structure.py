@@ -11,17 +11,18 @@ import numpy as np
 from gguf.constants import GGMLQuantizationType, GGUFValueType
 
 from l1quant.arch import Arch
-from l1quant.check.report import FAIL, PASS, SKIP, Check, _check
+from l1quant.arch.from_gguf import config_from_gguf
+from l1quant.check.report import FAIL, PASS, SKIP, Check, problems_check
+from l1quant.conversion.metadata import FIELDS
 from l1quant.conversion.mixes import assign_types
 from l1quant.conversion.plan import stays_f32, tensor_qtype
-from l1quant.errors import ConfigError
+from l1quant.errors import ConfigError, quote
 from l1quant.filetypes import FileType, Mix, file_type_of
-from l1quant.gguf.reader import (  # one quoting/type-naming rule for reader and verifier
+from l1quant.gguf.reader import (  # one type-naming rule for reader and verifier
     GGUFFile,
     TensorInfo,
-    _q,
+    type_name,
 )
-from l1quant.gguf.reader import _type_name as _tname
 from l1quant.kernels import QUANT_TYPES
 from l1quant.kernels.nonfinite import first_nonfinite_output
 from l1quant.source.config import ModelConfig
@@ -49,58 +50,11 @@ _GENERIC_KEYS: tuple[tuple[str, Any, bool], ...] = (
 )
 _SPECIAL_ID_KEYS = tuple(k for k, t, _ in _GENERIC_KEYS if k.endswith("_token_id"))
 # general.* keys that depend on naming options (--name, --metadata, README), not on the weights.
-_STRICT_GENERAL = (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.TYPE, gguf.Keys.General.FILE_TYPE,
+STRICT_GENERAL = (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.TYPE, gguf.Keys.General.FILE_TYPE,
                    gguf.Keys.General.QUANTIZATION_VERSION, "general.alignment")
 
 
 # --------------------------------------------------------------------------------------------------- structure
-
-
-def config_from_gguf(gf: GGUFFile, arch: Arch) -> ModelConfig:
-    """The :class:`ModelConfig` a GGUF's hparams imply, read back through the architecture's own key table
-    (:meth:`~l1quant.arch.Arch.config_from_kv`, the rows convert writes with): vocab size from ``token_embd`` rows,
-    else the token list; tied embeddings when there is no ``output.weight``. The arch table then says which
-    tensors must exist, and the forward pass runs the file from it.
-
-    Raises :class:`ConfigError` (naming GGUF keys) when a required key is missing, mistyped or inconsistent.
-
-    Example:
-        >>> cfg = config_from_gguf(read_gguf("model.gguf"), get_arch("qwen2"))   # doctest: +SKIP
-        >>> cfg.num_hidden_layers, cfg.head_dim                                  # doctest: +SKIP
-        (28, 128)
-    """
-    kv, a = gf.kv, arch.name
-    d = arch.config_from_kv(kv, str(gf.path))
-    n_embd, n_head, n_kv = d["hidden_size"], d["num_attention_heads"], d["num_key_value_heads"]
-    for key, v in ((gguf.Keys.Attention.HEAD_COUNT, n_head), (gguf.Keys.Attention.HEAD_COUNT_KV, n_kv)):
-        if v <= 0:
-            raise ConfigError(f"{gf.path}: {key.format(arch=a)} is {v}, expected a positive integer")
-    if d.get("head_dim") is None and n_embd % n_head:
-        raise ConfigError(f"{gf.path}: {a}.attention.head_count={n_head} does not divide "
-                          f"{a}.embedding_length={n_embd}")
-    if n_head % n_kv:
-        raise ConfigError(f"{gf.path}: {a}.attention.head_count_kv={n_kv} does not divide "
-                          f"{a}.attention.head_count={n_head}")
-    n_layer = d["num_hidden_layers"]
-    if isinstance(n_layer, int) and n_layer > max(len(gf.tensors), 1):
-        # every block has several tensors: a larger count is not this file's, and trusting it would build
-        # n_layer x (tensors per block) expected names (block_count 10**6: seconds and gigabytes)
-        raise ConfigError(f"{gf.path}: {a}.block_count is {n_layer}, but the file has only {len(gf.tensors)} "
-                          "tensors (each block has several)")
-    names = {t.name for t in gf.tensors}
-    emb = next((t for t in gf.tensors if t.name == "token_embd.weight"), None)
-    tokens = kv.get(_TK.LIST)
-    if emb is not None and len(emb.shape) == 2:
-        n_vocab = emb.shape[1]
-    elif isinstance(tokens, list) and tokens:
-        n_vocab = len(tokens)
-    else:
-        raise ConfigError(f"{gf.path}: cannot tell the vocabulary size (no token_embd.weight, no {_TK.LIST})")
-    if d.get("vocab_size", n_vocab) != n_vocab:  # an architecture that writes {arch}.vocab_size (llama)
-        raise ConfigError(f"{gf.path}: {a}.vocab_size={d['vocab_size']} but the vocabulary has {n_vocab} entries")
-    d.update(architectures=[arch.hf_architectures[0]], vocab_size=n_vocab,
-             tie_word_embeddings="output.weight" not in names)
-    return ModelConfig.from_dict(d, source=f"{gf.path} (GGUF hparams)", arch_defaults=False)
 
 
 def _general_key_types() -> dict[str, Any]:
@@ -108,11 +62,9 @@ def _general_key_types() -> dict[str, Any]:
     llama.cpp's loader throw "wrong type"), from the converter-side table in conversion/metadata.py."""
     from gguf import GGUFValueType as V
 
-    from l1quant.conversion.metadata import _FIELDS
-
     kinds = {"str": V.STRING, "license": V.STRING, "f32": V.FLOAT32, "i32": V.INT32,
              "strs": (V.ARRAY, V.STRING)}
-    out: dict[str, Any] = {key: kinds[kind] for key, _, kind in _FIELDS.values() if kind in kinds}
+    out: dict[str, Any] = {key: kinds[kind] for key, _, kind in FIELDS.values() if kind in kinds}
     out["general.base_model.count"] = out["general.dataset.count"] = V.UINT32
     return out
 
@@ -131,7 +83,7 @@ def loader_type_problems(gf: GGUFFile, checked: set[str] = frozenset()) -> list[
     problems = []
     for key, t in gf.kv_types.items():
         if isinstance(t, tuple) and len(t) > 2:
-            problems.append(f"key {_q(key)} is an array of arrays ({_tname(t)}): ggml's loader refuses the file")
+            problems.append(f"key {quote(key)} is an array of arrays ({type_name(t)}): ggml's loader refuses the file")
             continue
         if key in checked:
             continue
@@ -139,11 +91,11 @@ def loader_type_problems(gf: GGUFFile, checked: set[str] = frozenset()) -> list[
         if exp is None and _INDEXED_GENERAL.fullmatch(key):
             exp = V.STRING
         if exp is not None and t != exp:
-            problems.append(f"key {_q(key)} has type {_tname(t)}, llama.cpp reads it as {_tname(exp)}")
+            problems.append(f"key {quote(key)} has type {type_name(t)}, llama.cpp reads it as {type_name(exp)}")
     return problems
 
 
-def _check_keys(gf: GGUFFile, arch: Arch) -> Check:
+def check_keys(gf: GGUFFile, arch: Arch) -> Check:
     spec: list[tuple[str, Any, bool]] = list(_GENERIC_KEYS)
     for row in arch.all_hparams:
         spec.append((row.key.format(arch=arch.name), row.vtype, row.required))
@@ -151,17 +103,17 @@ def _check_keys(gf: GGUFFile, arch: Arch) -> Check:
     for key, vtype, req in spec:
         if key not in gf.kv:
             if req:
-                problems.append(f"missing required key {_q(key)}")
+                problems.append(f"missing required key {quote(key)}")
             continue
         found = gf.kv_types[key]
         if found != vtype:
-            problems.append(f"key {_q(key)} has type {_tname(found)}, expected {_tname(vtype)}")
+            problems.append(f"key {quote(key)} has type {type_name(found)}, expected {type_name(vtype)}")
     problems += loader_type_problems(gf, {k for k, *_ in spec})
-    return _check("keys", problems, f"{len(gf.kv)} keys; the {sum(r for *_, r in spec)} required keys present, "
+    return problems_check("keys", problems, f"{len(gf.kv)} keys; the {sum(r for *_, r in spec)} required keys present, "
                                     "value types as the converter writes them")
 
 
-def _check_hparams(gf: GGUFFile, arch: Arch) -> tuple[Check, ModelConfig | None]:
+def check_hparams(gf: GGUFFile, arch: Arch) -> tuple[Check, ModelConfig | None]:
     try:
         cfg = config_from_gguf(gf, arch)
     except ConfigError as e:
@@ -170,13 +122,13 @@ def _check_hparams(gf: GGUFFile, arch: Arch) -> tuple[Check, ModelConfig | None]
         return Check("hparams", FAIL, msg.removeprefix(prefix)), None
     # keys the table derives from others (value_length, llama's rope.dimension_count) must agree with them
     problems = arch.derived_mismatches(gf.kv, cfg)
-    return _check("hparams", problems,
+    return problems_check("hparams", problems,
                   f"{cfg.num_hidden_layers} layers, embedding {cfg.hidden_size}, ff {cfg.intermediate_size}, "
                   f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} kv heads (head dim {cfg.head_dim}), "
                   f"vocab {cfg.vocab_size}"), cfg
 
 
-def _check_tokenizer(gf: GGUFFile, arch: Arch, n_vocab: int | None) -> Check:
+def check_tokenizer(gf: GGUFFile, arch: Arch, n_vocab: int | None) -> Check:
     kv = gf.kv
     problems: list[str] = []
 
@@ -197,7 +149,7 @@ def _check_tokenizer(gf: GGUFFile, arch: Arch, n_vocab: int | None) -> Check:
             for i, t in enumerate(tokens):
                 j = seen.setdefault(t, i)
                 if j != i:
-                    problems.append(f"{_TK.LIST}[{i}] {_q(t)} duplicates token {j}")
+                    problems.append(f"{_TK.LIST}[{i}] {quote(t)} duplicates token {j}")
                     break
     if isinstance(types, list):
         if isinstance(tokens, list) and len(types) != len(tokens):
@@ -211,7 +163,7 @@ def _check_tokenizer(gf: GGUFFile, arch: Arch, n_vocab: int | None) -> Check:
     if isinstance(merges, list):
         bad_m = _bad_merges(merges)
         if bad_m:
-            problems.append(f"{_TK.MERGES}[{bad_m[0]}] {_q(str(merges[bad_m[0]]))} is not two space-separated "
+            problems.append(f"{_TK.MERGES}[{bad_m[0]}] {quote(str(merges[bad_m[0]]))} is not two space-separated "
                             f"parts ({len(bad_m)} malformed)")
         if not merges:
             problems.append(f"{_TK.MERGES} is empty")
@@ -235,7 +187,7 @@ def _check_tokenizer(gf: GGUFFile, arch: Arch, n_vocab: int | None) -> Check:
                 problems.append(f"{_TK.CHAT_TEMPLATE} does not parse as Jinja: {str(e).splitlines()[0]}")
     n_tok = len(tokens) if isinstance(tokens, list) else 0
     n_merge = len(merges) if isinstance(merges, list) else 0
-    return _check("tokenizer", problems, f"{n_tok} tokens, {n_merge} merges, token types valid, special ids in "
+    return problems_check("tokenizer", problems, f"{n_tok} tokens, {n_merge} merges, token types valid, special ids in "
                                          "range, chat template present and parses")
 
 
@@ -292,29 +244,29 @@ def _mix_types(gf: GGUFFile, arch: Arch, cfg: ModelConfig, mix: Mix) -> tuple[li
     for t in gf.tensors:
         want = a.types.get(t.name)
         if want is not None and t.ggml_type != want:
-            deviations.append(f"{_q(t.name)} is {t.ggml_type.name} (rule: {want.name})")
+            deviations.append(f"{quote(t.name)} is {t.ggml_type.name} (rule: {want.name})")
         if want is None and t.ggml_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16,
                                                  GGMLQuantizationType.BF16):
-            problems.append(f"tensor {_q(t.name)} is {t.ggml_type.name}; llama-quantize never quantizes it")
+            problems.append(f"tensor {quote(t.name)} is {t.ggml_type.name}; llama-quantize never quantizes it")
     if a.order != tuple(t.name for t in gf.tensors):
         problems.append("tensors are not in llama-quantize's order (non-blk names sorted, then layer by layer)")
     return problems, deviations
 
 
-def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig, ft: FileType | None = None) -> list[Check]:
+def check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig, ft: FileType | None = None) -> list[Check]:
     """The tensors against the description and the file's type ``ft`` (recognised once by the caller)."""
     ft = ft or file_type_of(gf)
     expected = arch.file_tensors(cfg, frozenset(t.name for t in gf.tensors))  # llama's rope_freqs has no key
     by_name = {t.name: t for t in gf.tensors}
     missing = [n for n in expected if n not in by_name]
     extra = [t.name for t in gf.tensors if t.name not in expected]
-    pres = [f"tensor {_q(n)} is missing" for n in missing] + \
-           [f"tensor {_q(n)} is not expected by a {arch.name} model with these hparams" for n in extra]
+    pres = [f"tensor {quote(n)} is missing" for n in missing] + \
+           [f"tensor {quote(n)} is not expected by a {arch.name} model with these hparams" for n in extra]
     shapes = []
     for name, hf_shape in expected.items():
         t = by_name.get(name)
         if t is not None and t.shape != tuple(reversed(hf_shape)):
-            shapes.append(f"tensor {_q(name)} has shape {list(t.shape)}, the hparams imply "
+            shapes.append(f"tensor {quote(name)} has shape {list(t.shape)}, the hparams imply "
                           f"{list(reversed(hf_shape))} (ggml order)")
     mix, ftype = ft.mix, ft.converter
     types = []
@@ -326,28 +278,28 @@ def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig, ft: FileType | No
     for t in gf.tensors:
         if stays_f32(t.name, len(t.shape), arch):
             if t.ggml_type != GGMLQuantizationType.F32:
-                types.append(f"tensor {_q(t.name)} is {t.ggml_type.name}, norms/biases/1-D tensors must be F32")
+                types.append(f"tensor {quote(t.name)} is {t.ggml_type.name}, norms/biases/1-D tensors must be F32")
             continue
         if t.ggml_type.name not in QUANT_TYPES:
-            types.append(f"tensor {_q(t.name)} has type {t.ggml_type.name}, which l1quant does not write "
+            types.append(f"tensor {quote(t.name)} has type {t.ggml_type.name}, which l1quant does not write "
                          f"({', '.join(QUANT_TYPES)})")
             continue
         if ftype is None:
             continue
         want = tensor_qtype(t.name, t.shape[0], len(t.shape), arch, ftype)  # ggml order: shape[0] is the row
         if t.ggml_type != want.ggml_type:
-            types.append(f"tensor {_q(t.name)} is {t.ggml_type.name}, general.file_type says {want.name}")
+            types.append(f"tensor {quote(t.name)} is {t.ggml_type.name}, general.file_type says {want.name}")
     checks = [
-        _check("tensors.present", pres, f"all {len(expected)} expected tensors present, none unexpected"),
-        _check("tensors.shapes", shapes, "every tensor has the shape the hparams imply"),
+        problems_check("tensors.present", pres, f"all {len(expected)} expected tensors present, none unexpected"),
+        problems_check("tensors.shapes", shapes, "every tensor has the shape the hparams imply"),
     ]
     if mix is None:
-        checks.append(_check("tensors.types", types, f"norms/biases F32, matrices "
+        checks.append(problems_check("tensors.types", types, f"norms/biases F32, matrices "
                                                      f"{ftype.name if ftype else 'a known type'} (the converter's "
                                                      "type rules)"))
         return checks
     problems, deviations = _mix_types(gf, arch, cfg, mix)
-    checks.append(_check("tensors.types", types + problems,
+    checks.append(problems_check("tensors.types", types + problems,
                          f"norms/biases F32, every type known, in llama-quantize's order for {mix.name}"))
     if deviations:
         # per-tensor flags (--pure, --tensor-type ...) legitimately change types: said, not failed
@@ -360,7 +312,7 @@ def _check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig, ft: FileType | No
     return checks
 
 
-def _check_layout(gf: GGUFFile) -> Check:
+def check_layout(gf: GGUFFile) -> Check:
     end = gf.data_offset
     if gf.tensors:
         last = gf.tensors[-1]
@@ -369,12 +321,12 @@ def _check_layout(gf: GGUFFile) -> Check:
     if gf.file_size > end:
         problems.append(f"{gf.file_size - end} unexpected bytes after the last tensor's padded end "
                         f"(offset {end}, file size {gf.file_size})")
-    return _check("header", problems,
+    return problems_check("header", problems,
                   f"GGUF v{gf.version}, {len(gf.kv)} keys, {len(gf.tensors)} tensors, alignment {gf.alignment}, "
                   f"offsets aligned, packed and inside the file")
 
 
-def _check_finite(gf: GGUFFile, threads: int) -> Check:
+def check_finite(gf: GGUFFile, threads: int) -> Check:
     """Scan every tensor for NaN/Inf (block types: their f16 scales, kernels/nonfinite.py), in parallel row
     chunks. Runs with and without ``--source``: one file, one verdict."""
     jobs = []
@@ -390,7 +342,7 @@ def _check_finite(gf: GGUFFile, threads: int) -> Check:
         if i is None:
             return None
         flat = r0 * t.shape[0] + i
-        return f"tensor {_q(t.name)} holds NaN/Inf at row {flat // t.shape[0]}, column {flat % t.shape[0]}"
+        return f"tensor {quote(t.name)} holds NaN/Inf at row {flat // t.shape[0]}, column {flat % t.shape[0]}"
 
     with ThreadPoolExecutor(max_workers=threads) as ex:
         found = [m for m in ex.map(scan, jobs) if m is not None]
@@ -401,4 +353,4 @@ def _check_finite(gf: GGUFFile, threads: int) -> Check:
         if key not in seen:
             seen.add(key)
             problems.append(m)
-    return _check("tensors.finite", problems, "no NaN/Inf in any tensor")
+    return problems_check("tensors.finite", problems, "no NaN/Inf in any tensor")

@@ -16,14 +16,14 @@ Three layers and a compatibility group, each a list of named checks (pass / warn
   generation, BOS, pre-tokenizer release, chat template, head sizes, requantization (:mod:`l1quant.check.compat`;
   ``compat.*`` checks, ``warn`` unless llama.cpp itself would refuse the file or misbehave).
 * **Fidelity** (``source=MODEL_DIR``). The header the converter would write for this source
-  (:func:`l1quant.conversion.convert.prepare`, nothing written) is compared key by key: hparams, rope, eps, tokens, token
+  (:func:`l1quant.conversion.prepare.prepare`, nothing written) is compared key by key: hparams, rope, eps, tokens, token
   types, merges, special ids, chat template. Every tensor is streamed in row chunks (bounded memory, a thread
   pool, the same kernels as the converter): its bytes must equal re-quantizing the source exactly (the converter
   is deterministic and byte-identical with llama.cpp, so this is the strongest statement), and for Q8_0 every
   element must also sit inside the documented 8-bit absmax error bound (see :data:`Q8_0_BOUND_DOC`). Relative
   RMSE, max abs error, cosine and SNR are reported for every tensor.
 * **Logits** (``logits=True``). The reference numpy decoder forward (:mod:`l1quant.evaluate.forward`) runs once on the
-  source weights and once on the GGUF's dequantized weights and hparams over the first ``n_tokens`` tokens of a
+  source weights and once on the GGUF's dequantized weights and hparams over the first ``tokens`` tokens of a
   text; mean/max/p99 KL divergence, top-1 agreement and both perplexities are compared with a per-type limit
   (:data:`LOGIT_KLD_LIMITS`). ``runtime="llama.cpp"`` also runs the file itself through llama-cpp-python.
 
@@ -46,21 +46,25 @@ import gguf
 
 from l1quant.arch import Arch, all_arches, get_arch
 from l1quant.check.compat import check_compat
-from l1quant.check.fidelity import _check_fidelity, _check_metadata
-from l1quant.check.logits import _run_logits
+from l1quant.check.fidelity import check_fidelity, check_metadata
+from l1quant.check.logits import run_logits
 from l1quant.check.report import FAIL, PASS, SKIP, Check, TensorFidelity, VerifyReport
 from l1quant.check.structure import (
-    _TK,
-    _check_finite,
-    _check_hparams,
-    _check_keys,
-    _check_layout,
-    _check_tensors,
-    _check_tokenizer,
+    check_finite,
+    check_hparams,
+    check_keys,
+    check_layout,
+    check_tensors,
+    check_tokenizer,
 )
-from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError
+from l1quant.conversion.prepare import prepare
+from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, TokenizerError, read_text
+from l1quant.evaluate.forward import default_text
 from l1quant.filetypes import FileType, file_type_of
-from l1quant.gguf.reader import GGUFFile, read_gguf
+from l1quant.gguf.reader import GGUFFile
+from l1quant.gguf.split import merged_view, read_parts
+from l1quant.runtime import require
+from l1quant.source.hub import resolve_model
 
 __all__ = ["verify"]
 
@@ -77,8 +81,8 @@ def verify(
     *,
     source: str | os.PathLike[str] | None = None,
     logits: bool = False,
-    text: str | None = None,
-    n_tokens: int = 256,
+    text: str | os.PathLike[str] | None = None,
+    tokens: int = 256,
     runtime: str | None = None,
     threads: int | None = None,
     no_repack: bool = False,
@@ -87,19 +91,20 @@ def verify(
 
     ``source`` is the checkpoint folder it was converted from (enables the metadata and per-tensor fidelity
     checks). ``logits`` runs the reference forward on the source and on the file (needs ``source``); ``text`` is
-    the text to tokenize (default: the bundled :func:`l1quant.evaluate.forward.default_text`), of which the first
-    ``n_tokens`` tokens are used. ``runtime="llama.cpp"`` also runs the file through llama-cpp-python (implies
-    ``logits``); ``no_repack`` runs it without llama.cpp's extra buffer types (``--no-repack``; by default
+    a UTF-8 text file to tokenize (``--text FILE``, as :func:`l1quant.compare`'s ``text``; default: the bundled
+    :func:`l1quant.evaluate.forward.default_text`), of which the first ``tokens`` tokens are used (``--tokens``).
+    The parameters are named as ``l1quant verify``'s flags. ``runtime="llama.cpp"`` also runs the file through
+    llama-cpp-python (implies ``logits``); ``no_repack`` runs it without llama.cpp's extra buffer types (``--no-repack``; by default
     :mod:`l1quant.runtime.probe` decides). ``threads`` defaults to every core.
 
     Raises :class:`~l1quant.errors.GGUFFormatError` (exit code 2) when the file cannot be read at all,
     :class:`~l1quant.errors.ConfigError` for contradictory arguments, :class:`~l1quant.errors.InputError` when
-    ``source`` is neither a folder nor a resolvable Hugging Face repo id, and
+    ``source`` is neither a folder nor a resolvable Hugging Face repo id or ``text`` is not a readable text file, and
     :class:`~l1quant.errors.RuntimeMissingError` when ``runtime`` is asked for without llama-cpp-python (a check
     that was asked for and cannot run is a failure); every other finding is a check in the report.
 
     Example:
-        >>> rep = verify("tiny-Q8_0.gguf", source="tiny", logits=True, n_tokens=64)   # doctest: +SKIP
+        >>> rep = verify("tiny-Q8_0.gguf", source="tiny", logits=True, tokens=64)     # doctest: +SKIP
         >>> [c.name for c in rep.checks if c.failed]                                  # doctest: +SKIP
         []
     """
@@ -110,32 +115,36 @@ def verify(
         logits = True
     if logits and source is None:
         raise ConfigError("the logit check (--logits / --runtime) needs --source MODEL_DIR")
-    if n_tokens < 2:
-        raise ConfigError(f"n_tokens must be at least 2, found {n_tokens}")
+    if tokens < 2:
+        raise ConfigError(f"tokens must be at least 2, found {tokens}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, found {threads}")
     n_threads = threads or _default_threads()
     if runtime is not None:
         # A check the caller asked for that cannot run is a failure, not a skip: say so before any work.
-        from l1quant.runtime import require
-
         require("--runtime llama.cpp")
+    # bounded, regular file only (a FIFO would block verify forever); read before any work, as the source
+    text_s = default_text() if text is None else read_text(Path(text), InputError)
     src: Path | None = None
     local: Path | None = None  # the source's local folder (a hub id resolved to its cached snapshot)
     if source is not None:
         # An unusable source is a wrong argument, not a fault of the file: refuse it before reading the file.
         # (prepare() below resolves it again from the name as given, so a hub id keeps its repo name.)
-        from l1quant.source.hub import resolve_model
-
         local = resolve_model(str(source))
         src = Path(source)
 
     try:
-        gf = read_gguf(gguf_path)
+        # a split's first part: the whole model, every part read (another part or a missing one: one line)
+        parts = read_parts(gguf_path)
+        gf = merged_view(parts)
     except InputError as e:  # missing, unreadable, not a regular file: "cannot be read" like a malformed one
         raise GGUFFormatError(str(e)) from None
     ft = file_type_of(gf)  # what the file is, recognised once and passed along
-    checks: list[Check] = [_check_layout(gf)]
+    layouts = [check_layout(p) for p in parts]  # each part of a split is a whole GGUF of its own
+    layout = next((c for c in layouts if c.status == FAIL), layouts[0])
+    if len(parts) > 1 and layout.status != FAIL:
+        layout = Check(layout.name, layout.status, f"{len(parts)} parts (split), first: " + layout.message)
+    checks: list[Check] = [layout]
     rows: list[TensorFidelity] = []
     logits_d = runtime_d = None
 
@@ -152,19 +161,19 @@ def verify(
                             "cannot run)"))
     else:
         checks.append(Check("architecture", PASS, f"{arch.name}"))
-        checks.append(_check_keys(gf, arch))
-        hp_check, cfg = _check_hparams(gf, arch)
+        checks.append(check_keys(gf, arch))
+        hp_check, cfg = check_hparams(gf, arch)
         checks.append(hp_check)
-        checks.append(_check_tokenizer(gf, arch, cfg.vocab_size if cfg else None))
+        checks.append(check_tokenizer(gf, arch, cfg.vocab_size if cfg else None))
         if cfg is not None:
-            checks += _check_tensors(gf, arch, cfg, ft)
+            checks += check_tensors(gf, arch, cfg, ft)
         else:
             checks.append(Check("tensors.shapes", SKIP, "hparams are inconsistent; expected shapes unknown"))
 
     # how the file behaves in the runtimes users run (warnings; a failure only where llama.cpp itself misbehaves)
     checks += check_compat(gf, local)
     # NaN/Inf scan with or without a source: a file must not pass with --source what it fails without it
-    checks.append(_check_finite(gf, n_threads))
+    checks.append(check_finite(gf, n_threads))
     if src is None:
         pass
     elif arch is None:
@@ -172,20 +181,18 @@ def verify(
     else:
         prep = None
         try:
-            from l1quant.conversion.convert import prepare
-
             prep = _prepare_like(prepare, src, ft, gf)
         except L1QuantError as e:
             checks.append(Check("source", FAIL, f"cannot prepare the source for comparison: {e}"))
         if prep is not None:
             checks.append(Check("source", PASS, f"{src}: {prep.cfg.architecture}, "
                                                 f"{len(prep.plan.tensors)} tensors, vocab {prep.cfg.vocab_size}"))
-            checks += _check_metadata(gf, prep.header, arch)
-            fchecks, rows = _check_fidelity(gf, prep.plan, n_threads, own_types=ft.mix is not None)
+            checks += check_metadata(gf, prep.header, arch)
+            fchecks, rows = check_fidelity(gf, prep.plan, n_threads, own_types=ft.mix is not None)
             checks += fchecks
             if logits:
-                lchecks, logits_d, runtime_d = _run_logits(
-                    gf, prep, src, text if text is not None else _default_text(), n_tokens, runtime, n_threads,
+                lchecks, logits_d, runtime_d = run_logits(
+                    gf, prep, src, text_s, tokens, runtime, n_threads,
                     no_repack, ft)
                 checks += lchecks
 
@@ -193,24 +200,16 @@ def verify(
                         round(time.perf_counter() - t0, 3), ft.label, len(gf.tensors), gf.file_size)
 
 
-def _default_text() -> str:
-    from l1quant.evaluate.forward import default_text
-
-    return default_text()
-
-
 def _prepare_like(prepare: Any, src: Path, ft: FileType, gf: GGUFFile) -> Any:
-    """``convert.prepare`` for the file's type (its :attr:`~l1quant.filetypes.FileType.request`: a mix keeps
-    llama-quantize's layout, which differs from the converter's for Q8_0/F16...); if the source's pre-tokenizer
+    """:func:`~l1quant.conversion.prepare.prepare` for the file's type (its
+    :attr:`~l1quant.filetypes.FileType.request`: a mix keeps llama-quantize's layout, which differs from the converter's for Q8_0/F16...); if the source's pre-tokenizer
     hash is unknown, retry with the file's ``tokenizer.ggml.pre`` (what ``--pre`` would have done). Repeated calls
     are cheap: the tokenizer, the slow part, is cached by :func:`l1quant.conversion.vocab.load_vocab` while the
     source files are unchanged."""
-    from l1quant.errors import TokenizerError
-
     try:
         return prepare(src, ft.request, gf.path)
     except TokenizerError as e:
-        pre = gf.kv.get(_TK.PRE)
+        pre = gf.kv.get(gguf.Keys.Tokenizer.PRE)
         if "unknown BPE pre-tokenizer" not in str(e) or not isinstance(pre, str):
             raise
         return prepare(src, ft.request, gf.path, pre=pre)

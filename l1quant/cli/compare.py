@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from l1quant.cli import main
-from l1quant.cli.l1 import NO_REPACK_OPTION, _budgets
+from l1quant.cli.l1 import NO_REPACK_OPTION, parse_budgets
+from l1quant.cli.options import setup_logging
 
 
 def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
@@ -23,11 +24,27 @@ def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[
 
 def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int]:
     """Optional ``--budgets``: empty when not given, else budget-check's own parsing."""
-    return _budgets(ctx, param, value) if value else []
+    return parse_budgets(ctx, param, value) if value else []
+
+
+def _clear_cache(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--clear-cache``: empty compare's cache folder and exit (no MODEL needed)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from l1quant.evaluate import clear_cache
+
+    root, freed = clear_cache()
+    click.echo(f"removed {root} ({freed / 1e9:.2f} GB)")
+    ctx.exit(0)
 
 
 @main.command("compare")
 @click.argument("model", nargs=-1, required=True)
+@click.option("--no-cache", is_flag=True,
+              help="Keep nothing in the cache folder: converted files and base log-probs go to a temporary folder "
+                   "removed at the end (by default they are kept for the next run; the folder is printed).")
+@click.option("--clear-cache", is_flag=True, is_eager=True, expose_value=False, callback=_clear_cache,
+              help="Delete the cache folder (converted files, base log-probs) and exit.")
 @click.option("--types", default="f16,q8_0,q6_k,q5_k_m,q4_k_m", show_default=True, callback=_csv,
               help="With a checkpoint folder: the types to convert and compare; the first is the base.")
 @click.option("--base", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
@@ -60,22 +77,29 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
 def compare_cmd(model: tuple[str, ...], types: list[str], base: Path | None, text: Path | None, ctx: int,
                 chunks: int | None, keep: Path | None, base_logits: Path | None, runtime: str,
                 threads: int | None, no_repack: bool, budgets: list[int], problems: Path | None,
-                limit: int | None, mode: str, as_json: bool, plot_path: Path | None, quiet: bool) -> None:
+                limit: int | None, mode: str, as_json: bool, plot_path: Path | None, quiet: bool,
+                no_cache: bool) -> None:
     """Table file size, bits per weight, PPL and KLD for each type, as llama-perplexity computes them.
 
     MODEL is a checkpoint folder (each --types entry is converted; the first is the base) or GGUF files with
     --base. Each chunk of --ctx tokens starts with BOS and only its second half is scored; the base's log-probs
     are computed once and cached on disk. KLD, same-top and Δp RMS are llama-perplexity --kl-divergence's.
     """
-    from l1quant.evaluate import compare
+    from l1quant.evaluate import cache_size, compare, compare_cache_dir
 
+    setup_logging(quiet)  # a rebuilt cache entry is one warning line
     if len(model) == 1 and not model[0].endswith(".gguf"):
         target: str | list[str] = model[0]
     else:
         target = list(model)
     rep = compare(target, types, base=base, text=text, ctx=ctx, chunks=chunks, keep=keep, base_logits=base_logits,
-                  threads=threads, runtime=runtime, budgets=budgets, problems=problems, budget_limit=limit,
-                  max_mode=mode == "max", progress=not quiet, no_repack=no_repack)
+                  threads=threads, runtime=runtime, budgets=budgets, problems=problems, limit=limit,
+                  mode=mode, progress=not quiet, no_repack=no_repack, no_cache=no_cache)
     click.echo(rep.to_json() if as_json else rep.table())
+    converted = len(model) == 1 and not model[0].endswith(".gguf")
+    if not no_cache and ((converted and keep is None) or base_logits is None):
+        # converted files and base log-probs of a 1.5B model take ~13 GB: say where, and how to get it back
+        click.echo(f"l1quant: cache: {compare_cache_dir()} holds {cache_size() / 1e9:.2f} GB (reused by the next "
+                   "run; `l1quant compare --clear-cache` deletes it, --no-cache keeps nothing)", err=True)
     if plot_path is not None:
         rep.plot(plot_path)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,23 +15,40 @@ from typing import Any
 import click
 
 from l1quant.cli import main
-from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
+from l1quant.cli.options import (THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
+                                 split_options, split_write_fields)
 from l1quant.conversion.card import card_path
-from l1quant.conversion.convert import convert
+from l1quant.conversion.convert import convert_many, parse_types, prepare_many
 from l1quant.conversion.mixes import quant_options
-from l1quant.conversion.write import DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions
+from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_parts,
+                                     output_report, written_report)
 from l1quant.errors import ConfigError, Terminated
 from l1quant.filetypes import out_types
+from l1quant.gguf.split import read_parts
 from l1quant.output import TERMINATING_SIGNALS
 
 OUT_TYPES = out_types()  # the registry as the command line is built
 
 
+class _TypeList(click.ParamType):
+    """``--type``: one type or several separated by commas, each one of :data:`OUT_TYPES` (case-insensitive)."""
+
+    name = "type"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return ",".join(parse_types(value))
+        except ConfigError as e:
+            self.fail(str(e).removeprefix("--type "), param, ctx)
+
+
 @main.command("convert")
 @click.argument("model", metavar="MODEL")
-@click.option("--type", "--outtype", "type_", type=click.Choice(OUT_TYPES, case_sensitive=False),
-              default="auto", show_default=True, metavar="TYPE",
-              help="Output type: q4_k_m (llama.cpp's usual choice), q5_k_m, q6_k, q3_k_m, ... (llama-quantize's "
+@click.option("--type", "--outtype", "type_", type=_TypeList(),
+              default="auto", show_default=True, metavar="TYPE[,TYPE...]",
+              help="Output type, or several separated by commas (the checkpoint is then read once and one file "
+                   "written per type; -o must then be a folder): q4_k_m (llama.cpp's usual choice), q5_k_m, q6_k, "
+                   "q3_k_m, ... (llama-quantize's "
                    "mixes, same bytes), q8_0 (near-lossless), f16/bf16 (16-bit), f32, or auto (bf16 or f16 as "
                    "the checkpoint). Choices: " + ", ".join(OUT_TYPES) + ".")
 @click.option("-o", "--output", "--outfile", type=click.Path(), default=None,
@@ -57,11 +76,14 @@ OUT_TYPES = out_types()  # the registry as the command line is built
               help="Also verify the result against the source and write a model card (README.md) beside it: "
                    "source, type, sizes, verify summary, and the L1 budget prompt format.")
 @per_tensor_options
+@run_report_options
+@split_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def convert_cmd(model: str, type_: str, output: str | None, name: str | None, metadata: Path | None,
                 pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                 card: bool, pure: bool, output_tensor_type: str | None, token_embedding_type: str | None,
-                tensor_types: tuple[str, ...], leave_output_tensor: bool, quiet: bool) -> None:
+                tensor_types: tuple[str, ...], leave_output_tensor: bool, dry_run: bool, as_json: bool,
+                split_max_size: str | None, split_max_tensors: int | None, quiet: bool) -> None:
     """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
 
     MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
@@ -75,16 +97,32 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
     setup_logging(quiet)
     if not MIN_CHUNK_MB <= chunk_mb <= MAX_CHUNK_MB:  # also NaN (every comparison with NaN is false) and inf
         raise ConfigError(f"--chunk-mb must be a number of MiB in [{MIN_CHUNK_MB}, {MAX_CHUNK_MB}], found {chunk_mb}")
+    options = quant_options(pure=pure, output_tensor_type=output_tensor_type,
+                            token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                            leave_output_tensor=leave_output_tensor)
+    split = split_write_fields(split_max_size, split_max_tensors)
+    if dry_run:
+        reports = [output_report(h, path)
+                   for p in prepare_many(model, type_, output, name=name, metadata=metadata, pre=pre, options=options)
+                   for path, h in output_parts(p.output, p.header, WriteOptions(**split))]
+        click.echo(json.dumps({"dry_run": True, "outputs": reports}, indent=2) if as_json
+                   else "\n".join(format_tensor_table(r) for r in reports))
+        return
     with _polite_signals(card):
-        out = convert(model, type_, output, name=name, metadata=metadata, pre=pre, card=card,
-                      options=quant_options(pure=pure, output_tensor_type=output_tensor_type,
-                                            token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                                            leave_output_tensor=leave_output_tensor),
-                      write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
-                                         fsync=fsync, progress=not quiet and sys.stderr.isatty()))
-        click.echo(str(out))
+        started = time.monotonic()
+        outs = convert_many(model, type_, output, name=name, metadata=metadata, pre=pre, card=card,
+                            options=options,
+                            write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
+                                               fsync=fsync, progress=not quiet and sys.stderr.isatty(), **split))
+        seconds = time.monotonic() - started
+        if as_json:
+            click.echo(json.dumps({"dry_run": False, "outputs": [written_report(gf.path, seconds) for o in outs
+                                                                 for gf in read_parts(o)]}, indent=2))
+            return
+        for out in outs:
+            click.echo(str(out))
         if card:
-            click.echo(str(card_path(out)))
+            click.echo(str(card_path(outs[0])))  # one card for the run, beside the first file
 
 
 @contextmanager

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from l1quant.cli import main
-from l1quant.gguf.reader import describe, format_description, read_gguf
+from l1quant.gguf.reader import describe, format_description
+from l1quant.gguf.split import merged_view, read_parts
 
 
 @main.command("inspect")
@@ -23,7 +24,8 @@ from l1quant.gguf.reader import describe, format_description, read_gguf
               help="How many items of each array (e.g. the vocabulary) to show.")
 def inspect_cmd(file: Path, as_json: bool, tokens: int) -> None:
     """Show FILE's GGUF header, every key/value (long arrays abbreviated) and its tensors."""
-    d = describe(read_gguf(file), tokens=tokens)
+    # a split's first part: the whole model (every part's tensors, the keys without split.*), as llama.cpp loads it
+    d = describe(merged_view(read_parts(file)), tokens=tokens)
     if as_json:
         click.echo(json.dumps(d, indent=2, ensure_ascii=False))
     else:

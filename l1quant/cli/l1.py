@@ -22,7 +22,8 @@ from l1quant.errors import RuntimeMissingError
 from l1quant.l1.runner import RunResult
 
 
-def _budgets(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+def parse_budgets(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    """``--budgets 512,1024``: the click callback run, budget-check and compare share (positive integers)."""
     try:
         out = [int(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
@@ -32,11 +33,12 @@ def _budgets(ctx: click.Context, param: click.Parameter, value: str) -> list[int
     return out
 
 
-def _max_mode(mode: str | None, max_flag: bool) -> bool:
-    """``--mode`` and the older ``--max`` flag as one bool; contradicting each other is a usage error (exit 2)."""
+def _mode(mode: str | None, max_flag: bool) -> str:
+    """``--mode`` and the older ``--max`` flag as one mode ("exact" or "max"); contradicting each other is a usage
+    error (exit 2)."""
     if max_flag and mode == "exact":
         raise click.UsageError("--max contradicts --mode exact (--max is the old spelling of --mode max)")
-    return max_flag or mode == "max"
+    return "max" if max_flag or mode == "max" else "exact"
 
 
 _budget_opt = click.option("--budget", "-b", type=click.IntRange(min=1), required=True,
@@ -82,7 +84,7 @@ NO_REPACK_OPTION = click.option(
 
 def _runtime_opts(f: click.decorators.FC) -> click.decorators.FC:
     for opt in reversed([
-        click.option("-t", "--threads", "n_threads", type=click.IntRange(min=1), default=None,
+        click.option("-t", "--threads", "threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for llama.cpp (default: llama.cpp's choice)."),
         click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=click.IntRange(min=-1),
                      default=None, help="Layers to offload to the GPU, passed to llama.cpp (-1 = all; default 0)."),
@@ -106,7 +108,7 @@ def prompt_cmd(question: str, budget: int, mode: str | None, max_flag: bool, cha
     Exact: QUESTION Let's think step by step and output the final answer within \\boxed{}. Think for N tokens.
     Max:   ... Think for maximum N tokens.
     """
-    text = l1.l1_prompt(question, budget, max_mode=_max_mode(mode, max_flag))
+    text = l1.l1_prompt(question, budget, max_mode=_mode(mode, max_flag) == "max")
     if chat_model is None:
         click.echo(text)
         return
@@ -129,7 +131,7 @@ def prompt_cmd(question: str, budget: int, mode: str | None, max_flag: bool, cha
                                                         "of streaming.")
 def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag: bool, temperature: float | None,
             top_p: float | None, top_k: int | None, max_tokens: int | None, tolerance: float, hard_limit: bool,
-            seed: int | None, n_ctx: int | None, n_threads: int | None, n_gpu_layers: int | None,
+            seed: int | None, n_ctx: int | None, threads: int | None, n_gpu_layers: int | None,
             no_repack: bool, as_json: bool) -> None:
     """Answer QUESTION with MODEL (a GGUF) under a thinking budget; needs llama-cpp-python (`pip install '.[run]'` in a checkout).
 
@@ -140,15 +142,14 @@ def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag:
     excluded): LCPO's reward compares the budget with the whole response, so that is the length L1 was trained
     to control. Max keeps the budget when n <= N, Exact when |n-N|/N <= --tolerance.
     """
-    max_mode = _max_mode(mode, max_flag)
-
     def stream(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    result = l1.run(model, question, budget, max_mode=max_mode, temperature=temperature, top_p=top_p, top_k=top_k,
+    result = l1.run(model, question, budget, mode=_mode(mode, max_flag), temperature=temperature, top_p=top_p,
+                    top_k=top_k,
                     seed=seed, max_tokens=max_tokens, n_ctx=n_ctx, tolerance=tolerance,
-                    stream_to=None if as_json else stream, hard_limit=hard_limit, n_threads=n_threads,
+                    stream_to=None if as_json else stream, hard_limit=hard_limit, threads=threads,
                     n_gpu_layers=n_gpu_layers, no_repack=no_repack)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
@@ -159,9 +160,9 @@ def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag:
 
 @main.command("budget-check")
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--budgets", default=",".join(map(str, l1.PAPER_BUDGETS)), show_default=True, callback=_budgets,
+@click.option("--budgets", default=",".join(map(str, l1.PAPER_BUDGETS)), show_default=True, callback=parse_budgets,
               help="Comma-separated budgets (default: the L1 paper's).")
-@click.option("--problems", "problems_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--problems", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSONL file, one {\"id\", \"question\", \"answer\": int} per line (see examples/problems.jsonl).")
 @_mode_opts
 @_sampling_opts
@@ -176,10 +177,10 @@ def run_cmd(model: Path, question: str, budget: int, mode: str | None, max_flag:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a plot of mean response tokens vs budget (needs matplotlib: `pip install '.[plot]'`).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def budget_check_cmd(models: tuple[Path, ...], budgets: list[int], problems_path: Path, mode: str | None,
+def budget_check_cmd(models: tuple[Path, ...], budgets: list[int], problems: Path, mode: str | None,
                      max_flag: bool, temperature: float | None, top_p: float | None, top_k: int | None,
                      max_tokens: int | None, tolerance: float, hard_limit: bool, samples: int, seed: int,
-                     limit: int | None, n_threads: int | None, n_gpu_layers: int | None, no_repack: bool,
+                     limit: int | None, threads: int | None, n_gpu_layers: int | None, no_repack: bool,
                      as_json: bool, plot_path: Path | None, quiet: bool) -> None:
     """Check length control: run each MODEL (GGUF) on each problem at each budget; needs llama-cpp-python (`pip install '.[run]'` in a checkout).
 
@@ -191,7 +192,7 @@ def budget_check_cmd(models: tuple[Path, ...], budgets: list[int], problems_path
     n counts every generated token, reasoning and answer together (the end-of-generation token excluded): LCPO's
     reward compares the budget with the whole response, so that is the length L1 was trained to control.
     """
-    max_mode = _max_mode(mode, max_flag)
+    mode = _mode(mode, max_flag)
     if plot_path is not None:
         try:
             import matplotlib  # noqa: F401  (fail before hours of generation, not after)
@@ -200,7 +201,7 @@ def budget_check_cmd(models: tuple[Path, ...], budgets: list[int], problems_path
                                       "extra)") from None
     from tqdm import tqdm
 
-    n_problems = len(l1.load_problems(problems_path, limit=limit))
+    n_problems = len(l1.load_problems(problems, limit=limit))
     n_budgets = len(set(budgets))
     what = f"{n_problems} problems x {samples} samples x {n_budgets} budgets"
     if len(models) > 1:
@@ -212,10 +213,10 @@ def budget_check_cmd(models: tuple[Path, ...], budgets: list[int], problems_path
             bar.set_postfix_str(f"{Path(r.model).name} N={r.budget}", refresh=False)
             bar.update(1)
 
-        report = l1.budget_check(list(models), budgets, problems_path, max_mode=max_mode, seed=seed,
+        report = l1.budget_check(list(models), budgets, problems, mode=mode, seed=seed,
                                  temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                  limit=limit, tolerance=tolerance, samples=samples, hard_limit=hard_limit,
-                                 n_threads=n_threads, n_gpu_layers=n_gpu_layers, progress=progress,
+                                 threads=threads, n_gpu_layers=n_gpu_layers, progress=progress,
                                  no_repack=no_repack)
     if as_json:
         click.echo(report.to_json())

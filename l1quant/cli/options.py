@@ -94,3 +94,61 @@ class _Threads(click.types.IntRange):
 
 #: The type of every ``-t``/``--threads`` option: a positive int, with a hint for ``-t q4_k_m``.
 THREADS = _Threads(min=1)
+
+
+def run_report_options(f: F) -> F:
+    """Add ``--dry-run`` and ``--json`` (the output record of ``convert``/``quantize``)."""
+    for opt in reversed((
+        click.option("--dry-run", is_flag=True,
+                     help="Show each tensor's type and size and the file's exact size, without reading tensor "
+                          "data or writing anything."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print one JSON object per run: outputs with path, size, sha256, tensor types and their "
+                          "counts, seconds (a --dry-run prints the same, without sha256 and seconds)."),
+    )):
+        f = opt(f)
+    return f
+
+
+def format_tensor_table(report: dict[str, Any]) -> str:
+    """The ``--dry-run`` text for one output record (:func:`l1quant.conversion.write.output_report`).
+
+    Example:
+        >>> print(format_tensor_table({"path": "m.gguf", "type": "Q8_0", "size": 4224, "tensor_types": {"Q8_0": 1},
+        ...                            "tensors": [{"name": "w", "type": "Q8_0", "shape": [64, 64], "nbytes": 4352}]}))
+        m.gguf (Q8_0): 1 tensors, 4224 bytes (0.00 GB)
+          w                                        Q8_0    [64, 64]                 4352
+          tensor types: 1 Q8_0
+    """
+    lines = [f"{report['path']} ({report['type']}): {len(report['tensors'])} tensors, {report['size']} bytes "
+             f"({report['size'] / 1e9:.2f} GB)"]
+    for t in report["tensors"]:
+        lines.append(f"  {t['name']:<40} {t['type']:<7} {str(t['shape']):<16} {t['nbytes']:>12}")
+    lines.append("  tensor types: " + ", ".join(f"{n} {k}" for k, n in report["tensor_types"].items()))
+    return "\n".join(lines)
+
+
+def split_options(f: F) -> F:
+    """Add ``--split-max-size`` and ``--split-max-tensors`` (llama.cpp gguf-split's flags; WriteOptions' fields)."""
+    for opt in reversed((
+        click.option("--split-max-size", default=None, metavar="N(M|G)",
+                     help="Write the output as parts of at most this much tensor data each (e.g. 2G, 500M: "
+                          "10^9/10^6 bytes), named NAME-00001-of-0000N.gguf, as llama.cpp's gguf-split does."),
+        click.option("--split-max-tensors", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Write the output as parts of at most N tensors each, as gguf-split does."),
+    )):
+        f = opt(f)
+    return f
+
+
+def split_write_fields(split_max_size: str | None, split_max_tensors: int | None) -> dict[str, int | None]:
+    """The WriteOptions fields of the split flags (``--split-max-size 2G`` in bytes).
+
+    Example:
+        >>> split_write_fields("2G", None)
+        {'split_max_size': 2000000000, 'split_max_tensors': None}
+    """
+    from l1quant.gguf.split import parse_split_size
+
+    return {"split_max_size": None if split_max_size is None else parse_split_size(split_max_size),
+            "split_max_tensors": split_max_tensors}

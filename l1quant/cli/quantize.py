@@ -3,17 +3,22 @@ parameters."""
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from l1quant.cli import did_you_mean, main
-from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
+from l1quant.cli.options import (THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
+                                 split_options, split_write_fields)
 from l1quant.conversion.mixes import quant_options
-from l1quant.conversion.quantize import quantize
-from l1quant.conversion.write import DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions
+from l1quant.conversion.quantize import plan_quantize, quantize
+from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_parts, output_report,
+                                     written_report)
 from l1quant.filetypes import ALIASES, MIXES
+from l1quant.gguf.split import read_parts
 
 _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
 
@@ -31,10 +36,13 @@ _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
               show_default=True, help="Source MiB per work item; bounds memory.")
 @click.option("--allow-nonfinite", is_flag=True, help="Write the output even if tensors hold NaN/Inf.")
 @click.option("--fsync", is_flag=True, help="Flush the output to disk before publishing it.")
+@run_report_options
+@split_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_type: str | None,
                  token_embedding_type: str | None, tensor_types: tuple[str, ...], leave_output_tensor: bool,
                  allow_requantize: bool, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
+                 dry_run: bool, as_json: bool, split_max_size: str | None, split_max_tensors: int | None,
                  quiet: bool) -> None:
     """Quantize an F32/F16/BF16 GGUF to TYPE, byte-identical to llama-quantize.
 
@@ -49,10 +57,23 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
         raise click.UsageError(f"TYPE {type_!r} is not one of {', '.join(_TYPES)}{did_you_mean(type_, _TYPES)}")
     output = args[0] if len(args) == 2 else None
     setup_logging(quiet)
-    out = quantize(input_, output, type_, allow_requantize=allow_requantize,
-                   options=quant_options(pure=pure, output_tensor_type=output_tensor_type,
-                                         token_embedding_type=token_embedding_type, tensor_types=tensor_types,
-                                         leave_output_tensor=leave_output_tensor),
+    options = quant_options(pure=pure, output_tensor_type=output_tensor_type,
+                            token_embedding_type=token_embedding_type, tensor_types=tensor_types,
+                            leave_output_tensor=leave_output_tensor)
+    split = split_write_fields(split_max_size, split_max_tensors)
+    if dry_run:
+        job = plan_quantize(input_, output, type_, allow_requantize=allow_requantize, options=options)
+        reps = [output_report(h, path) for path, h in output_parts(job.output, job.header, WriteOptions(**split))]
+        click.echo(json.dumps({"dry_run": True, "outputs": reps}, indent=2) if as_json
+                   else "\n".join(map(format_tensor_table, reps)))
+        return
+    started = time.monotonic()
+    out = quantize(input_, output, type_, allow_requantize=allow_requantize, options=options,
                    write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
-                                      fsync=fsync, progress=not quiet and sys.stderr.isatty()))
-    click.echo(str(out))
+                                      fsync=fsync, progress=not quiet and sys.stderr.isatty(), **split))
+    if as_json:
+        seconds = time.monotonic() - started
+        click.echo(json.dumps({"dry_run": False, "outputs": [written_report(gf.path, seconds)
+                                                             for gf in read_parts(out)]}, indent=2))
+    else:
+        click.echo(str(out))

@@ -20,7 +20,7 @@ from l1quant.check import format_report, verify
 from l1quant.cli import main
 from l1quant.cli.l1 import NO_REPACK_OPTION
 from l1quant.cli.options import THREADS
-from l1quant.errors import GGUFFormatError, InputError, read_text
+from l1quant.errors import GGUFFormatError, InputError
 from l1quant.source.hub import resolve_model
 
 
@@ -33,9 +33,9 @@ from l1quant.source.hub import resolve_model
 @click.option("--logits", is_flag=True,
               help="Also run a reference forward pass on the source and on FILE and compare the logits "
                    "(KL divergence, top-1 agreement, perplexity). Needs --source.")
-@click.option("--text", "text_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+@click.option("--text", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               metavar="FILE", help="UTF-8 text for the logit check (default: the bundled evaluation text).")
-@click.option("--tokens", "n_tokens", type=click.IntRange(min=2), default=256, show_default=True,
+@click.option("--tokens", type=click.IntRange(min=2), default=256, show_default=True,
               help="How many tokens of the text the logit check uses.")
 @click.option("--runtime", type=click.Choice(["llama.cpp"]), default=None,
               help="Also run FILE through llama.cpp (llama-cpp-python) and compare its logits with the source's; "
@@ -43,7 +43,7 @@ from l1quant.source.hub import resolve_model
 @NO_REPACK_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-t", "--threads", type=THREADS, default=None, help="Worker threads (default: all cores).")
-def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | None, n_tokens: int,
+def verify_cmd(file: Path, source: Path | None, logits: bool, text: Path | None, tokens: int,
                runtime: str | None, no_repack: bool, as_json: bool, threads: int | None) -> None:
     """Check that FILE is a sound GGUF, faithful to its source checkpoint, down to the logits.
 
@@ -69,11 +69,8 @@ def verify_cmd(file: Path, source: Path | None, logits: bool, text_file: Path | 
             resolve_model(str(source))
         except InputError as e:
             raise click.BadParameter(str(e), param_hint="'--source'") from None
-    text = None
-    if text_file is not None:
-        text = read_text(text_file, InputError)  # bounded, regular file only (a FIFO would block verify forever)
     try:
-        rep = verify(file, source=source, logits=logits, text=text, n_tokens=n_tokens, runtime=runtime,
+        rep = verify(file, source=source, logits=logits, text=text, tokens=tokens, runtime=runtime,
                      threads=threads, no_repack=no_repack)
     except GGUFFormatError as e:
         if not as_json:

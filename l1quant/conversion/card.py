@@ -4,6 +4,12 @@
 An existing README.md that l1quant did not write is never overwritten: the card then goes to
 ``<gguf stem>.README.md``.
 
+It is a card the Hub reads for a GGUF repo: YAML front matter first (``base_model`` -- the source repo, when it is
+known: a hub id, or a hub cache snapshot -- with ``base_model_relation: quantized``, ``tags`` starting with
+``gguf``, ``quantized_by``, and the source's license as the converter copied it into ``general.license``), then
+the table of the files (``convert --type q8_0,q4_k_m --card`` lists every file of the run) with their sizes,
+verify verdicts and mean KLD when a verify measured it, and the L1 prompt format.
+
 Example:
     >>> path = write_card(Path("out/L1-Qwen-1.5B-Max-Q8_0.gguf"), Path("L1-Qwen-1.5B-Max"))  # doctest: +SKIP
     >>> path.name                                                                               # doctest: +SKIP
@@ -13,14 +19,17 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import gguf
 
-from l1quant.gguf.reader import read_gguf
-from l1quant.l1 import l1_prompt
+from l1quant.check.verifier import verify
+from l1quant.gguf.split import merged_view, read_parts
+from l1quant.l1.prompt import l1_prompt
 from l1quant.output import AtomicOutput, pwrite_all
 from l1quant.source.hub import resolve_model
 
@@ -43,18 +52,93 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Where a repo id can be read from a hub cache folder: .../models--ORG--NAME/snapshots/<commit>
+_SNAPSHOT = "snapshots"
+
+
+def source_repo_id(source: Path | None, source_name: str | None) -> str | None:
+    """The Hub repo id of the source, when it is known: ``source_name`` if it is one (``org/name``), or the id a
+    hub cache snapshot folder encodes (``models--org--name/snapshots/<commit>``); None for a plain local folder.
+
+    Example:
+        >>> source_repo_id(Path("/c/hub/models--l3lab--L1-Qwen-1.5B-Max/snapshots/abc"), None)
+        'l3lab/L1-Qwen-1.5B-Max'
+        >>> source_repo_id(Path("L1-Qwen-1.5B-Max"), None) is None
+        True
+    """
+    if source_name and source_name.count("/") == 1:
+        return source_name
+    if source is not None and source.parent.name == _SNAPSHOT and source.parent.parent.name.startswith("models--"):
+        return source.parent.parent.name.removeprefix("models--").replace("--", "/", 1)
+    return None
+
+
+def _yaml_str(v: str) -> str:
+    """A YAML scalar that always reads back as the string ``v`` (JSON strings are YAML)."""
+    return json.dumps(v, ensure_ascii=False)
+
+
+def front_matter(kv: dict[str, Any], repo_id: str | None, quantized_by: str = "l1quant") -> list[str]:
+    """The card's YAML front matter lines (``---`` ... ``---``), as the Hub reads a GGUF repo's card.
+
+    Example:
+        >>> print("\\n".join(front_matter({"general.license": "mit", "general.architecture": "qwen2"}, "l3lab/L1")))
+        ---
+        base_model: "l3lab/L1"
+        base_model_relation: quantized
+        license: "mit"
+        tags:
+        - gguf
+        - l1quant
+        - llama.cpp
+        - qwen2
+        - reasoning
+        quantized_by: "l1quant"
+        ---
+    """
+    lines = ["---"]
+    if repo_id:
+        lines += [f"base_model: {_yaml_str(repo_id)}", "base_model_relation: quantized"]
+    else:
+        lines.append("# base_model: the source's Hub repo id (unknown for a local folder)")
+    lic = kv.get("general.license")
+    if isinstance(lic, str) and lic:
+        lines.append(f"license: {_yaml_str(lic)}")
+        for key, field in (("general.license.name", "license_name"), ("general.license.link", "license_link")):
+            if isinstance(kv.get(key), str):
+                lines.append(f"{field}: {_yaml_str(kv[key])}")
+    arch = kv.get("general.architecture")
+    tags = ["gguf", "l1quant", "llama.cpp"] + ([arch] if isinstance(arch, str) else []) + ["reasoning"]
+    lines += ["tags:", *[f"- {t}" for t in tags], f"quantized_by: {_yaml_str(quantized_by)}", "---"]
+    return lines
+
+
+def _file_type(kv: dict[str, Any]) -> str:
+    try:
+        return gguf.LlamaFileType(int(kv.get("general.file_type", -1))).name.partition("_")[2]
+    except ValueError:
+        return "?"
+
+
+def _kld(report: Any | None) -> str:
+    logits = getattr(report, "logits", None)
+    v = logits.get("mean_kld") if isinstance(logits, dict) else getattr(logits, "mean_kld", None)
+    return f"{v:.4g}" if isinstance(v, (int, float)) else "—"
+
+
 def render_card(gguf_path: Path, source: Path | None, report: Any | None = None, *,
-                source_name: str | None = None) -> str:
+                source_name: str | None = None, files: Sequence[tuple[Path, Any | None]] = ()) -> str:
     """The card's Markdown for ``gguf_path`` (converted from ``source``), with ``report`` (a VerifyReport) if given.
 
     ``source_name`` is how the card names the source (default: the folder's name); pass the repo id for a hub
-    checkout, whose folder is a snapshot hash.
+    checkout, whose folder is a snapshot hash. ``files``: every file of the run with its report (default: this
+    one), for the files table; a split file is listed by its first part, with the size of all its parts.
 
     Example:
-        >>> print(render_card(Path("tiny-Q8_0.gguf"), Path("tiny"))[:30])  # doctest: +SKIP
-        <!-- written by l1quant; safe
+        >>> print(render_card(Path("tiny-Q8_0.gguf"), Path("tiny"))[:4])  # doctest: +SKIP
+        ---
     """
-    gf = read_gguf(gguf_path)
+    gf = merged_view(read_parts(gguf_path))  # a split: the whole model (every part's tensors)
     shown = source_name or (source.name if source else "?")
     kv = gf.kv
     name = kv.get("general.name", gguf_path.stem)
@@ -62,29 +146,40 @@ def render_card(gguf_path: Path, source: Path | None, report: Any | None = None,
     types: dict[str, int] = {}
     for t in gf.tensors:
         types[t.ggml_type.name] = types.get(t.ggml_type.name, 0) + 1
-    n_params = sum(int(_prod(t.shape)) for t in gf.tensors)
     src_size = sum(p.stat().st_size for p in source.glob("*.safetensors")) if source else 0
-    try:
-        ftype = gguf.LlamaFileType(int(kv.get("general.file_type", -1))).name.partition("_")[2]
-    except ValueError:
-        ftype = "?"
+    ftype = _file_type(kv)
+    rows = list(files) or [(gguf_path, report)]
+    table = ["| file | type | size | verify | mean KLD |", "|---|---|---|---|---|"]
+    for path, rep in rows:
+        parts = read_parts(path)
+        size = sum(p.path.stat().st_size for p in parts)
+        n = f" ({len(parts)} parts)" if len(parts) > 1 else ""
+        verdict = "not run" if rep is None else ("PASS" if rep.passed else "FAIL")
+        table.append(f"| `{path.name}`{n} | {_file_type(parts[0].kv)} | {_human(size)} | {verdict} | {_kld(rep)} |")
     lines = [
+        *front_matter(kv, source_repo_id(source, source_name)),
         MARKER,
-        f"# {name} — GGUF {ftype}",
+        f"# {name} — GGUF {ftype}" if len(rows) == 1 else
+        f"# {name} — GGUF {', '.join(_file_type(read_parts(p)[0].kv) for p, _ in rows)}",
         "",
-        (f"Converted with [l1quant](https://pypi.org/project/l1quant/) from `{shown}`; "
-         "tensors byte-identical to llama.cpp's `convert_hf_to_gguf.py`."),
+        (f"Converted with l1quant from `{shown}`; "
+         "tensors byte-identical to llama.cpp's `convert_hf_to_gguf.py` (and `llama-quantize` for the mixes)."),
+        "",
+        "## Files",
+        "",
+        *table,
+        "",
+        (f"Source safetensors: {_human(src_size)}. " if src_size else "")
+        + "Mean KLD (vs the source's logits) is shown when a verify with `--logits` measured it.",
         "",
         "| | |",
         "|---|---|",
         f"| file | `{gguf_path.name}` |",
         f"| sha256 | `{_sha256(gguf_path)}` |",
-        (f"| size | {_human(gguf_path.stat().st_size)}"
-         + (f" (source safetensors: {_human(src_size)})" if src_size else "") + " |"),
         f"| architecture | {arch}, {kv.get(f'{arch}.block_count', '?')} layers, "
         f"hidden {kv.get(f'{arch}.embedding_length', '?')}, "
         f"{kv.get(f'{arch}.attention.head_count', '?')}/{kv.get(f'{arch}.attention.head_count_kv', '?')} heads |",
-        f"| parameters | {n_params / 1e9:.3f} B |",
+        f"| parameters | {sum(int(_prod(t.shape)) for t in gf.tensors) / 1e9:.3f} B |",
         f"| tensor types | {', '.join(f'{k} x{v}' for k, v in sorted(types.items()))} |",
         f"| context length | {kv.get(f'{arch}.context_length', '?')} |",
         f"| pre-tokenizer | {kv.get('tokenizer.ggml.pre', '?')} |",
@@ -134,7 +229,8 @@ def _prod(shape: Any) -> int:
 
 
 def write_card(gguf_path: str | os.PathLike[str], source: str | os.PathLike[str] | None,
-               report: Any | None = None, *, source_name: str | None = None) -> Path:
+               report: Any | None = None, *, source_name: str | None = None,
+               files: Sequence[tuple[Path, Any | None]] = ()) -> Path:
     """Write the card beside ``gguf_path`` (atomically); return its path.
 
     Example:
@@ -142,7 +238,8 @@ def write_card(gguf_path: str | os.PathLike[str], source: str | os.PathLike[str]
         PosixPath('README.md')
     """
     g = Path(gguf_path)
-    text = render_card(g, Path(source) if source is not None else None, report, source_name=source_name)
+    text = render_card(g, Path(source) if source is not None else None, report, source_name=source_name,
+                       files=files)
     target = card_path(g)
     data = text.encode("utf-8")
     with AtomicOutput(target, len(data)) as out:  # same temp-file, mode and cleanup rules as the GGUF itself
@@ -160,7 +257,8 @@ def card_path(gguf_path: str | os.PathLike[str]) -> Path:
     """
     g = Path(gguf_path)
     target = g.parent / "README.md"
-    if target.exists() and MARKER not in target.read_text(encoding="utf-8", errors="replace")[:200]:
+    # the marker follows the YAML front matter (a few hundred bytes): look for it in the card's head
+    if target.exists() and MARKER not in target.read_text(encoding="utf-8", errors="replace")[:8192]:
         return g.parent / f"{g.stem}.README.md"
     return target
 
@@ -178,10 +276,22 @@ def write_verified_card(gguf_path: str | os.PathLike[str], model: str | os.PathL
         >>> path.name, report.passed                                              # doctest: +SKIP
         ('README.md', True)
     """
-    from l1quant.check.verifier import verify  # check/ builds on conversion/: imported when a card is asked for
+    where, reports = write_verified_cards([Path(gguf_path)], model, threads=threads)
+    return where, reports[0]
 
+
+def write_verified_cards(gguf_paths: Sequence[Path], model: str | os.PathLike[str], *,
+                         threads: int | None = None) -> tuple[Path, list[Any]]:
+    """``convert --type q8_0,q4_k_m --card``: verify every file of the run against ``model``, then write one card
+    (beside the first file) whose files table lists them all; return (card path, the reports in order).
+
+    Example:
+        >>> files = [Path("o/m-Q8_0.gguf"), Path("o/m-Q4_K_M.gguf")]
+        >>> where, reports = write_verified_cards(files, "m")  # doctest: +SKIP
+    """
     src = resolve_model(model)
-    report = verify(gguf_path, source=src, threads=threads)
+    reports = [verify(p, source=src, threads=threads) for p in gguf_paths]
     # a hub checkout's folder is named after its snapshot hash: the card names the repo id instead
     shown = None if Path(model).is_dir() else str(model)
-    return write_card(gguf_path, src, report, source_name=shown), report
+    where = write_card(gguf_paths[0], src, reports[0], source_name=shown, files=list(zip(gguf_paths, reports)))
+    return where, reports

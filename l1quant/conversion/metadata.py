@@ -33,9 +33,8 @@ import gguf
 
 from l1quant.errors import ConfigError, InputError, clip, read_json, read_text
 from l1quant.source.config import MAX_F32, MAX_INT
+from l1quant.source.inputs import MAX_MODEL_CARD_BYTES  # the folder's README.md, read by arch checks too
 
-#: A model card is text for people: the largest on the Hub are ~100 KB. 4 MiB bounds the read and the scan.
-MAX_MODEL_CARD_BYTES = 4 << 20
 #: The YAML front matter of real cards is a few KB (tags, license, base_model, datasets, a model-index of
 #: evaluation results up to ~100 KB). 512 KiB is generous and bounds the YAML parse (pure Python, ~1 s/MB).
 MAX_FRONT_MATTER_BYTES = 512 << 10
@@ -46,7 +45,7 @@ MAX_FRONT_MATTER_ITEMS = 100_000
 MAX_ARRAY_ITEMS = 10_000
 
 #: field -> (GGUF key, generation_config.json key or None, kind)
-_FIELDS: dict[str, tuple[str, str | None, str]] = {
+FIELDS: dict[str, tuple[str, str | None, str]] = {
     "sampling_sequence": (gguf.Keys.General.SAMPLING_SEQUENCE, "sequence", "str"),
     "sampling_top_k": (gguf.Keys.General.SAMPLING_TOP_K, "top_k", "i32"),
     "sampling_top_p": (gguf.Keys.General.SAMPLING_TOP_P, "top_p", "f32"),
@@ -149,7 +148,7 @@ def validate_metadata(md: gguf.Metadata, model_dir: Path, override: Path | None)
             raise InputError(f"{override}: expected a JSON object of GGUF keys, found {type(obj).__name__}")
 
     card = model_dir / "README.md"
-    for field, (key, gen_key, kind) in _FIELDS.items():
+    for field, (key, gen_key, kind) in FIELDS.items():
         value = getattr(md, field, None)
         if value is None:
             continue

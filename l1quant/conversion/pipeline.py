@@ -21,7 +21,7 @@ import ctypes
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +158,7 @@ def stream_tensors(
     allow_nonfinite: bool = False,
     on_progress: Callable[[int], None] | None = None,
     writeback: bool = True,
+    targets: Sequence[Mapping[str, tuple[PlannedTensor, int, int]]] | None = None,
 ) -> None:
     """Fill the data section of ``fd`` for every tensor of ``plan``.
 
@@ -166,6 +167,11 @@ def stream_tensors(
     value unless ``allow_nonfinite``. The first error in any worker stops all workers and is re-raised here.
     ``on_progress`` receives the output bytes of each finished job (their sum is the data section, padding aside).
     ``writeback`` starts asynchronous writeback of output pages as they are written (Linux; a no-op elsewhere).
+    ``targets`` replaces ``fd``/``data_offset``: one mapping per output, GGUF name -> (its planned tensor, the
+    descriptor, the data-section start that tensor's offset is relative to) -- several files of the same source
+    (``convert --type q8_0,q4_k_m``: each chunk is read once and converted into every output, so the checkpoint
+    is read once whatever the number of types), and the parts of a split file (each tensor in its part). Each
+    mapping must hold exactly ``plan``'s tensor names (``ValueError`` otherwise).
 
     Example:
         >>> stream_tensors(plan, out.fd, data_offset, threads=1, chunk_bytes=1 << 16)  # doctest: +SKIP
@@ -175,6 +181,12 @@ def stream_tensors(
     n_threads = max(1, min(threads or default_threads(), MAX_THREADS, 4 * default_threads()))
     if chunk_bytes <= 0:
         raise ValueError("chunk_bytes must be positive")
+    if targets is None:
+        targets = [{t.name: (t, fd, data_offset) for t in plan.tensors}]
+    names = {t.name for t in plan.tensors}
+    if any(m.keys() != names for m in targets):
+        raise ValueError("stream_tensors: every output of one read must hold the plan's tensors")
+    out_fds = sorted({t_fd for m in targets for _, t_fd, _ in m.values()})
     jobs = iter_jobs(plan, chunk_bytes)
     lock = threading.Lock()
     stop = threading.Event()
@@ -193,6 +205,28 @@ def stream_tensors(
             if stop.is_set():
                 return None, False
             return next(jobs, None), flush
+
+    def convert_rows(t: PlannedTensor, x: np.ndarray, r0: int, out_flat: np.ndarray, t_fd: int, t_off: int) -> int:
+        """Convert the source rows ``x`` (from row ``r0``) to ``t``'s type and write them; return the bytes."""
+        rows = x.shape[0]
+        src = t.source
+        out = out_flat.reshape(rows, t.row_nbytes)
+        # the NaN/Inf scan is folded into the conversion pass: no second read of the chunk
+        _, bad = t.qtype.quantize_checked(x, out)
+        in_output = ""
+        if bad is None and not allow_nonfinite and can_overflow(t.qtype, src.dtype):
+            # finite input that overflows the output type
+            bad = first_nonfinite_output(t.qtype, out)
+            in_output = f" in its {t.qtype.name} output (a finite value beyond the type's range)"
+        if bad is not None and not allow_nonfinite:
+            idx = np.unravel_index(r0 * t.n_cols + bad, t.shape)
+            where = "generated" if src.path is None else src.path.name
+            raise TensorError(
+                f"{where}: tensor {src.name!r} ({t.name}) holds a non-finite value "
+                f"(NaN/Inf){in_output} at index {list(map(int, idx))}; pass --allow-nonfinite to convert "
+                f"anyway")
+        pwrite_all(t_fd, out, t_off + t.offset + r0 * t.row_nbytes)
+        return out.nbytes
 
     def work() -> None:
         bufs: dict[str, np.ndarray] = {}
@@ -213,7 +247,8 @@ def stream_tensors(
                 if flush and start_writeback is not None:
                     # whole file: the kernel only visits dirty pages; pages another thread is filling right now
                     # are simply written again later (correctness never depends on this call)
-                    start_writeback(fd, 0, 0)
+                    for t_fd in out_fds:
+                        start_writeback(t_fd, 0, 0)
                 if job is None:
                     break
                 t, r0, r1 = job.tensor, job.row_start, job.row_stop
@@ -221,26 +256,13 @@ def stream_tensors(
                 src = t.source
                 x = buf("in", src.np_dtype, rows * t.n_cols).reshape(rows, t.n_cols)
                 src.read_rows(r0, r1, out=x, fd=None if src.path is None else sources.fd(src.path))
-                out = buf("out", np.dtype(np.uint8), rows * t.row_nbytes).reshape(rows, t.row_nbytes)
-                # the NaN/Inf scan is folded into the conversion pass: no second read of the chunk
-                _, bad = t.qtype.quantize_checked(x, out)
-                in_output = ""
-                if bad is None and not allow_nonfinite and can_overflow(t.qtype, src.dtype):
-                    # finite input that overflows the output type
-                    bad = first_nonfinite_output(t.qtype, out)
-                    in_output = f" in its {t.qtype.name} output (a finite value beyond the type's range)"
-                if bad is not None and not allow_nonfinite:
-                    idx = np.unravel_index(r0 * t.n_cols + bad, t.shape)
-                    where = "generated" if src.path is None else src.path.name
-                    raise TensorError(
-                        f"{where}: tensor {src.name!r} ({t.name}) holds a non-finite value "
-                        f"(NaN/Inf){in_output} at index {list(map(int, idx))}; pass --allow-nonfinite to convert "
-                        f"anyway")
-                pos = data_offset + t.offset + r0 * t.row_nbytes
-                pwrite_all(fd, out, pos)
-                written = out.nbytes
+                written = 0
+                for k, target in enumerate(targets):
+                    t_out, t_fd, t_off = target[t.name]
+                    written += convert_rows(t_out, x, r0, buf("out" + str(k), np.dtype(np.uint8),
+                                                              rows * t_out.row_nbytes), t_fd, t_off)
                 if on_progress is not None:
-                    on_progress(out.nbytes)  # output bytes: what the user waits for and sees on disk
+                    on_progress(written)  # output bytes: what the user waits for and sees on disk
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             with lock:
                 errors.append(e)

@@ -7,7 +7,8 @@ types, except what llama-quantize changes: ``general.quantization_version`` and 
 and appended as the last two keys, and the ``split.*`` keys are dropped (``llama_model_quantize_impl``).
 
 Inputs: F32, F16 and BF16 tensors. A quantized input is refused unless ``allow_requantize``, as llama-quantize
-does (its values are dequantized first, so the result is worse than quantizing the original weights).
+does (its values are dequantized first, so the result is worse than quantizing the original weights). A split input is
+read whole from its first part (every part, as llama-quantize reads it); another part is refused in one line.
 
 Example:
     >>> import l1quant
@@ -28,20 +29,21 @@ import gguf
 import numpy as np
 from gguf.constants import GGMLQuantizationType
 
-from l1quant.check.complete import check_complete_model
+from l1quant.arch.from_gguf import check_complete_model
 from l1quant.conversion.mixes import ARCHS, QuantOptions
 from l1quant.conversion.plan import ConversionPlan, apply_mix
-from l1quant.conversion.write import WriteOptions, output_path, split_flat_options, write_gguf
+from l1quant.conversion.write import OutputFile, WriteOptions, output_parts, output_path, split_flat_options, write_gguf
 from l1quant.errors import InputError, OutputError, clip
-from l1quant.gguf.header import Header
-from l1quant.gguf.reader import GGUFFile, TensorInfo, read_gguf
 from l1quant.filetypes import get_mix
+from l1quant.gguf.header import Header
+from l1quant.gguf.reader import GGUFFile, TensorInfo
+from l1quant.gguf.split import merged_view, read_parts
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.source.safetensors import SafeTensor
 
 log = logging.getLogger("l1quant")
 
-__all__ = ["GGUFSource", "default_output", "quantize", "quantized_header"]
+__all__ = ["GGUFSource", "default_output", "plan_quantize", "quantize", "quantized_header"]
 
 _T = GGMLQuantizationType
 #: Input tensor types read as they are (the kernels take float32, float16 and bf16 bits).
@@ -123,6 +125,11 @@ def quantized_header(gf: GGUFFile, plan: ConversionPlan) -> Header:
     return h
 
 
+def _unsplit_name(src: Path) -> Path:
+    """``m-BF16-00001-of-00003.gguf`` -> ``m-BF16.gguf``: a split input's outputs are named after the whole file."""
+    return src.with_name(re.sub(r"-\d{5}-of-\d{5}\.gguf$", ".gguf", src.name))
+
+
 def default_output(src: Path, type_name: str) -> Path:
     """``{stem}-{TYPE}.gguf`` beside the input, with a trailing type in the stem replaced (``-BF16`` -> ``-Q4_K_M``).
 
@@ -163,9 +170,34 @@ def quantize(
         PosixPath('m-Q6_K.gguf')
     """
     options, w = split_flat_options("quantize", flags, options, write)
+    job = plan_quantize(input, output, type, allow_requantize=allow_requantize, options=options)
+    for warning in job.plan.warnings:
+        log.warning(warning)
+    write_gguf(job.plan, job.header, job.output, w, create_folder=job.create_folder)
+    return output_parts(job.output, job.header, w)[0][0]
+
+
+def plan_quantize(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None,
+    type: str,
+    *,
+    allow_requantize: bool = False,
+    options: QuantOptions | None = None,
+) -> OutputFile:
+    """Everything :func:`quantize` decides before writing -- the plan, the header, the output path -- reading the
+    input's header only (``quantize --dry-run``); raises what :func:`quantize` raises for a bad input.
+
+    Example:
+        >>> job = plan_quantize("m-BF16.gguf", None, "q4_k_m")  # doctest: +SKIP
+        >>> job.output.name, job.header.data_nbytes             # doctest: +SKIP
+        ('m-Q4_K_M.gguf', 1117320736)
+    """
     src = Path(input)
     mix = get_mix(type)
-    gf = read_gguf(src)
+    # a split input is read whole from its first part, as llama-quantize does; any other part is refused
+    parts = read_parts(src)
+    gf = merged_view(parts)
     arch_name = gf.kv.get(gguf.Keys.General.ARCHITECTURE)
     if not isinstance(arch_name, str) or arch_name not in ARCHS:
         raise InputError(f"{src}: general.architecture is {clip(arch_name)}; l1quant quantizes "
@@ -173,21 +205,19 @@ def quantize(
     if gf.alignment != gguf.GGUF_DEFAULT_ALIGNMENT:
         raise InputError(f"{src}: general.alignment {gf.alignment} is not supported (llama-quantize writes "
                          f"{gguf.GGUF_DEFAULT_ALIGNMENT}-byte alignment)")
-    check_complete_model(gf)  # a split part, a missing/extra/misshapen tensor: refused, as convert refuses them
+    check_complete_model(gf)  # a missing/extra/misshapen tensor: refused, as convert refuses them
     n_layer = _int_kv(gf, f"{arch_name}.block_count")
     n_head = _int_kv(gf, f"{arch_name}.attention.head_count")
     n_head_kv = _int_kv(gf, f"{arch_name}.attention.head_count_kv") \
         if f"{arch_name}.attention.head_count_kv" in gf.kv else n_head
     planned = []
-    for t in gf.tensors:
-        st, t_type = _source(gf, t, allow_requantize)
-        planned.append((t.name, st, get_quant_type(t_type.name)))
+    for part in parts:
+        for t in part.tensors:
+            st, t_type = _source(part, t, allow_requantize)
+            planned.append((t.name, st, get_quant_type(t_type.name)))
     plan = apply_mix(arch_name, planned, mix, options, [], n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv)
-    out, create = output_path(output, default_output(src, mix.name), mix.name)
-    if out.exists() and out.resolve() == src.resolve():
+    out, create = output_path(output, default_output(_unsplit_name(src), mix.name), mix.name)
+    if any(out.exists() and out.resolve() == part.path.resolve() for part in parts):
         raise OutputError(f"{out}: is the input file; write the output elsewhere")
-    for warning in plan.warnings:
-        log.warning(warning)
-    header = quantized_header(gf, plan)
-    write_gguf(plan, header, out, w, create_folder=create)
-    return out
+    return OutputFile(plan, quantized_header(gf, plan), out, create)
+

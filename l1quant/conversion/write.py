@@ -11,11 +11,13 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,19 @@ import gguf
 
 from l1quant.conversion.mixes import QuantOptions, quant_options
 from l1quant.conversion.pipeline import DEFAULT_CHUNK_BYTES, stream_tensors
-from l1quant.conversion.plan import ConversionPlan
+from l1quant.conversion.plan import ConversionPlan, PlannedTensor
 from l1quant.errors import ConfigError, OutputError
 from l1quant.gguf.header import Header
-from l1quant.gguf.writer import write_header
+from l1quant.gguf.reader import read_gguf
+from l1quant.gguf.split import split_header, split_path
+from l1quant.gguf.writer import data_offset, write_header
 from l1quant.output import AtomicOutput
 from l1quant.source.snapshot import InputSnapshot
 
-__all__ = ["DEFAULT_CHUNK_MB", "MAX_CHUNK_MB", "MIN_CHUNK_MB", "WriteOptions", "output_path", "split_flat_options", "summary_line", "write_gguf"]
+__all__ = ["DEFAULT_CHUNK_MB", "MAX_CHUNK_MB", "MIN_CHUNK_MB", "OutputFile", "WriteOptions", "file_nbytes",
+           "file_sha256", "output_parts", "output_path", "output_report", "split_flat_options", "summary_line",
+           "write_gguf", "write_gguf_many",
+           "written_report"]
 
 log = logging.getLogger("l1quant")
 
@@ -52,7 +59,10 @@ class WriteOptions:
     * ``fsync`` (``--fsync``): flush the file and its folder before publishing it, so it survives a power loss
       (the output is atomic without it);
     * ``progress``: True for a progress bar on stderr (the CLI's default on a terminal, off with ``-q``), or a
-      callback receiving the output bytes written.
+      callback receiving the output bytes written;
+    * ``split_max_size`` (``--split-max-size``, bytes; the CLI takes ``2G``/``500M``) or ``split_max_tensors``
+      (``--split-max-tensors``): write the file as the parts llama.cpp's ``gguf-split`` would cut it into,
+      ``NAME-00001-of-0000N.gguf``... (:mod:`l1quant.gguf.split`), instead of one file.
 
     The output bytes do not depend on ``threads`` or ``chunk_mb``. Raises ``ConfigError`` for ``threads < 1`` or a
     ``chunk_mb`` outside (0, 4096] (the CLI also refuses less than 0.001, :data:`MIN_CHUNK_MB`).
@@ -69,8 +79,16 @@ class WriteOptions:
     allow_nonfinite: bool = False
     fsync: bool = False
     progress: bool | Callable[[int], None] = False
+    split_max_size: int | None = None
+    split_max_tensors: int | None = None
 
     def __post_init__(self) -> None:
+        if self.split_max_size is not None and self.split_max_tensors is not None:
+            raise ConfigError("give one of split_max_size and split_max_tensors, not both")
+        for name in ("split_max_size", "split_max_tensors"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer, found {v!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, found {self.threads}")
         if not 0 < self.chunk_mb <= MAX_CHUNK_MB:  # also NaN (every comparison with NaN is false)
@@ -157,36 +175,170 @@ def write_gguf(plan: ConversionPlan, header: Header, output: Path, write: WriteO
     Example:
         >>> write_gguf(plan, header, Path("out.gguf"), WriteOptions(threads=2))  # doctest: +SKIP
     """
+    write_gguf_many([OutputFile(plan, header, output, create_folder)], write)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file to write: its plan, its header, its path, and whether its folder must be created first."""
+
+    plan: ConversionPlan
+    header: Header
+    output: Path
+    create_folder: bool = False
+
+
+def output_parts(output: Path, header: Header, write: WriteOptions | None = None) -> list[tuple[Path, Header]]:
+    """The files one output is written as: ``[(output, header)]``, or with a split option each part's path and
+    header (:func:`l1quant.gguf.split.split_header`, named by :func:`l1quant.gguf.split.split_path`).
+
+    Example:
+        >>> output_parts(Path("m.gguf"), Header())[0][0]
+        PosixPath('m.gguf')
+    """
     w = write or WriteOptions()
-    if create_folder:
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"{output.parent}: cannot create the output folder: {e.strerror or e}") from e
+    if w.split_max_size is None and w.split_max_tensors is None:
+        return [(output, header)]
+    parts = split_header(header, max_size=w.split_max_size, max_tensors=w.split_max_tensors)
+    return [(split_path(output, i, len(parts)), h) for i, h in enumerate(parts)]
+
+
+def write_gguf_many(files: Sequence[OutputFile], write: WriteOptions | None = None) -> None:
+    """Write several files of the same source (``convert --type q8_0,q4_k_m``) reading the source once.
+
+    Each chunk of the source is read once and converted into every file (:func:`stream_tensors`'s ``also``);
+    the files' plans must hold the same tensor names. Each file is atomic on its own; they are published
+    together at the end, so an error before that leaves none of them (one that fails while publishing -- a
+    full disk at the rename -- may leave the ones published before it). One summary line per file.
+
+    Example:
+        >>> write_gguf_many([OutputFile(p1, h1, Path("a.gguf")), OutputFile(p2, h2, Path("b.gguf"))])  # doctest: +SKIP
+    """
+    if not files:
+        return
+    w = write or WriteOptions()
+    for f in files:
+        if f.create_folder:
+            try:
+                f.output.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OutputError(f"{f.output.parent}: cannot create the output folder: {e.strerror or e}") from e
     started = time.monotonic()
     bar: Any = None
     cb: Callable[[int], None] | None
     if w.progress is True:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(t.nbytes for t in plan.tensors), unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=output.name, leave=True)
+        bar = tqdm(total=sum(t.nbytes for f in files for t in f.plan.tensors), unit="B", unit_scale=True,
+                   unit_divisor=1024, desc=files[0].output.name if len(files) == 1 else f"{len(files)} files",
+                   leave=True)
         cb = bar.update
     else:
         cb = w.progress or None
-    inputs = InputSnapshot.of(t.source.path for t in plan.tensors)  # an input rewritten meanwhile: refused
+    first = files[0].plan
+    inputs = InputSnapshot.of(t.source.path for t in first.tensors)  # an input rewritten meanwhile: refused
     try:
-        with AtomicOutput(output, 0, durable=w.fsync) as out:
-            data_offset = write_header(header, out.fd)
-            out.reserve(data_offset + header.data_nbytes)
+        with ExitStack() as stack:
+            targets = []
+            for f in files:
+                by_name = {t.name: t for t in f.plan.tensors}
+                target: dict[str, tuple[PlannedTensor, int, int]] = {}
+                for path, h in output_parts(f.output, f.header, w):
+                    out = stack.enter_context(AtomicOutput(path, 0, durable=w.fsync))
+                    offset = write_header(h, out.fd)
+                    out.reserve(offset + h.data_nbytes)
+                    for entry in h.tensors:  # a split part: the tensor at its place in its part
+                        target[entry.name] = (replace(by_name[entry.name], offset=entry.offset), out.fd, offset)
+                targets.append(target)
             # early writeback only pays off when a final fsync will wait for the disk anyway
-            stream_tensors(plan, out.fd, data_offset, threads=w.threads, chunk_bytes=w.chunk_bytes,
-                           allow_nonfinite=w.allow_nonfinite, on_progress=cb, writeback=w.fsync)
+            stream_tensors(first, -1, 0, threads=w.threads, chunk_bytes=w.chunk_bytes,
+                           allow_nonfinite=w.allow_nonfinite, on_progress=cb, writeback=w.fsync, targets=targets)
             inputs.check()
     finally:
         if bar is not None:
             bar.close()
-    log.info(summary_line(output, plan, time.monotonic() - started))
+    seconds = time.monotonic() - started
+    for f in files:
+        parts = output_parts(f.output, f.header, w)
+        log.info(summary_line(parts[0][0], f.plan, seconds)
+                 + (f" as {len(parts)} parts" if len(parts) > 1 or parts[0][0] != f.output else ""))
+
+
+def file_nbytes(header: Header) -> int:
+    """The exact size of the file ``header`` describes: the header padded to the alignment, then every tensor
+    padded to it (what :func:`write_gguf` writes, known before any tensor data is read: ``--dry-run``).
+
+    Example:
+        >>> h = Header()
+        >>> h.add("general.architecture", "qwen2", gguf.GGUFValueType.STRING)
+        >>> _ = h.add_tensor("w", (32,), gguf.GGMLQuantizationType.F32, 128)
+        >>> file_nbytes(h)
+        256
+    """
+    return data_offset(header) + header.data_nbytes
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path``, hex (read in 16 MiB blocks: bounded memory).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile() as f:
+        ...     file_sha256(Path(f.name))[:12]
+        'e3b0c44298fc'
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(16 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def output_report(header: Header, path: Path, *, seconds: float | None = None,
+                  sha256: str | None = None) -> dict[str, Any]:
+    """The ``--json`` (and ``--dry-run``) record of one output file of ``convert``/``quantize``.
+
+    Keys: ``path``, ``type`` (``general.file_type``'s name: ``Q4_K_M``, ``BF16``, ``F32``...; None without it),
+    ``size`` (bytes, exact: :func:`file_nbytes`), ``tensor_types``
+    (type name -> tensor count), ``tensors`` (each tensor's ``name``, ``type``, ``shape`` -- ggml order, ne0
+    first -- and ``nbytes``), then ``sha256`` and ``seconds`` when given (a real run; a dry run has neither).
+
+    Example:
+        >>> h = Header()
+        >>> _ = h.add_tensor("w", (32,), gguf.GGMLQuantizationType.F32, 128)
+        >>> r = output_report(h, Path("m.gguf"))
+        >>> r["size"], r["tensor_types"], r["tensors"][0]["nbytes"]
+        (192, {'F32': 1}, 128)
+    """
+    counts: dict[str, int] = {}
+    for t in header.tensors:
+        counts[t.ggml_type.name] = counts.get(t.ggml_type.name, 0) + 1
+    ft = header.get(gguf.Keys.General.FILE_TYPE)
+    try:
+        type_name = None if ft is None else gguf.LlamaFileType(int(ft)).name.partition("_")[2]
+    except ValueError:
+        type_name = str(ft)
+    rep: dict[str, Any] = {
+        "path": str(path), "type": type_name, "size": file_nbytes(header),
+        "tensor_types": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "tensors": [{"name": t.name, "type": t.ggml_type.name, "shape": list(t.dims), "nbytes": t.nbytes}
+                    for t in header.tensors],
+    }
+    if sha256 is not None:
+        rep["sha256"] = sha256
+    if seconds is not None:
+        rep["seconds"] = round(seconds, 3)
+    return rep
+
+
+def written_report(path: Path, seconds: float | None = None) -> dict[str, Any]:
+    """:func:`output_report` of a written file, read back from its header, with its sha256 (``--json``).
+
+    Example:
+        >>> written_report(Path("m-Q8_0.gguf"), 1.5)["sha256"][:8]  # doctest: +SKIP
+        '3f2a9c1e'
+    """
+    return output_report(Header.from_file(read_gguf(path)), path, seconds=seconds, sha256=file_sha256(path))
 
 
 def summary_line(path: Path, plan: ConversionPlan, seconds: float) -> str:

@@ -18,8 +18,9 @@ Example:
 
 from __future__ import annotations
 
-from l1quant.evaluate.basefile import MAGIC, BaseFile, score_against_base, write_base
-from l1quant.evaluate.driver import DEFAULT_CTX, compare, default_compare_text
+from l1quant.evaluate.basefile import (MAGIC, BaseFile, read_base_ppl, score_against_base, sidecar_path, write_base,
+                                       write_base_ppl)
+from l1quant.evaluate.driver import DEFAULT_CTX, cache_size, clear_cache, compare, compare_cache_dir, default_compare_text
 from l1quant.evaluate.metrics import (
     COMPRESSION_BOUND_NATS,
     LOGPROB_RANGE,
@@ -34,7 +35,8 @@ from l1quant.evaluate.metrics import (
 from l1quant.evaluate.report import SCHEMA, CompareReport, TypeRow
 from l1quant.evaluate.sources import LlamaCppLogits, LogitSource, NumpyLogits, open_logits, tokenizer_json_ids
 
-__all__ = ["COMPRESSION_BOUND_NATS", "DEFAULT_CTX", "LOGPROB_RANGE", "MAGIC", "SCHEMA", "BaseFile", "CompareReport",
-           "KldAccumulator", "LlamaCppLogits", "LogitReport", "LogitSource", "NumpyLogits", "TypeRow", "compare",
-           "compare_logits", "default_compare_text", "median", "open_logits", "pack_base_rows", "percentile",
-           "row_width", "score_against_base", "tokenizer_json_ids", "write_base"]
+__all__ = ["BaseFile", "COMPRESSION_BOUND_NATS", "CompareReport", "DEFAULT_CTX", "KldAccumulator", "LOGPROB_RANGE",
+           "LlamaCppLogits", "LogitReport", "LogitSource", "MAGIC", "NumpyLogits", "SCHEMA", "TypeRow", "cache_size",
+           "clear_cache", "compare", "compare_cache_dir", "compare_logits", "default_compare_text", "median",
+           "open_logits", "pack_base_rows", "percentile", "read_base_ppl", "row_width", "score_against_base",
+           "sidecar_path", "tokenizer_json_ids", "write_base", "write_base_ppl"]

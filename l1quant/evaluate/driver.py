@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
+import logging
 import os
 import sys
 import time
@@ -47,14 +47,20 @@ import numpy as np
 
 from l1quant.cache import user_cache_dir
 from l1quant.errors import InputError
-from l1quant.evaluate.basefile import BaseFile, score_against_base, write_base
+from l1quant.evaluate.basefile import (BaseFile, read_base_ppl, score_against_base, sidecar_path, write_base,
+                                         write_base_ppl)
 from l1quant.evaluate.report import SCHEMA, CompareReport, TypeRow
-from l1quant.evaluate.sources import open_logits
+from l1quant.evaluate.sources import open_logits, text_blocks, tokenize_stream
+from l1quant.l1.prompt import mode_is_max
 
-__all__ = ["DEFAULT_CTX", "compare", "default_compare_text"]
+__all__ = ["DEFAULT_CTX", "cache_size", "clear_cache", "compare", "compare_cache_dir", "default_compare_text"]
 
 #: llama-perplexity's default context.
 DEFAULT_CTX = 512
+#: Largest --text read (it is streamed; the cap bounds a run over all the chunks a text gives).
+MAX_TEXT_BYTES = 64 << 20
+
+log = logging.getLogger("l1quant")
 
 
 @functools.lru_cache(maxsize=256)
@@ -102,14 +108,52 @@ def _cache_dir() -> Path:
     return user_cache_dir("compare")
 
 
+def compare_cache_dir() -> Path:
+    """Where ``compare`` keeps converted files and base log-probs between runs (``$L1QUANT_CACHE/compare``,
+    default ``~/.cache/l1quant/compare``); ``--no-cache`` keeps nothing there, ``--clear-cache`` empties it.
+
+    Example:
+        >>> compare_cache_dir().name
+        'compare'
+    """
+    return _cache_dir()
+
+
+def cache_size() -> int:
+    """Bytes held in :func:`compare_cache_dir` (0 when it does not exist).
+
+    Example:
+        >>> cache_size() >= 0
+        True
+    """
+    root = _cache_dir()
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink()) if root.is_dir() else 0
+
+
+def clear_cache() -> tuple[Path, int]:
+    """Delete :func:`compare_cache_dir` and everything in it; return (the folder, bytes freed).
+
+    Example:
+        >>> clear_cache()  # doctest: +SKIP
+        (PosixPath('/root/.cache/l1quant/compare'), 13421772800)
+    """
+    import shutil
+
+    root = _cache_dir()
+    size = cache_size()
+    if root.is_dir():
+        shutil.rmtree(root)
+    return root, size
+
+
 def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             types: Sequence[str] = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"), *,
             base: str | os.PathLike[str] | None = None, text: str | os.PathLike[str] | None = None,
             ctx: int = DEFAULT_CTX, chunks: int | None = None, keep: str | os.PathLike[str] | None = None,
             base_logits: str | os.PathLike[str] | None = None, threads: int | None = None,
             runtime: str = "auto", budgets: Sequence[int] = (), problems: str | os.PathLike[str] | None = None,
-            budget_limit: int | None = None, max_mode: bool = False, progress: bool = False,
-            no_repack: bool = False) -> CompareReport:
+            limit: int | None = None, mode: str = "exact", progress: bool = False,
+            no_repack: bool = False, no_cache: bool = False) -> CompareReport:
     """Table size, bits per weight, PPL and KLD statistics per GGUF type against a base, as llama-perplexity does.
 
     ``model``: a checkpoint folder (each of ``types`` is converted with :func:`l1quant.convert`, into ``keep`` or
@@ -118,8 +162,12 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     (default all the text gives). ``base_logits``: where to keep the base's log-prob file (default: a cache file
     named by a hash of the base file and tokens, reused on the next run; a llama-perplexity ``--kl-divergence-base``
     file works too). ``runtime``: ``auto``/``llama.cpp``/``numpy``. ``budgets`` + ``problems`` add
-    :func:`l1quant.budget_check` per type (llama.cpp). ``no_repack``: llama.cpp without its extra buffer types
-    (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides). The numbers match ``llama-perplexity -c ctx --chunks N``
+    :func:`l1quant.budget_check` per type (llama.cpp), with its ``limit`` (the first K problems) and ``mode``
+    (``"exact"``/``"max"``): the parameters are named as ``l1quant compare``'s flags. ``no_repack``: llama.cpp
+    without its extra buffer types (``--no-repack``; by default :mod:`l1quant.runtime.probe` decides).
+    ``no_cache``: keep nothing in :func:`compare_cache_dir` (converted files and the base's log-probs go to a
+    temporary folder, removed at the end; ``keep``/``base_logits`` still name where to keep them).
+    The numbers match ``llama-perplexity -c ctx --chunks N``
     (with ``--kl-divergence-base`` / ``--kl-divergence``): see the module docstring.
 
     Raises :class:`~l1quant.errors.InputError` for bad arguments or a text shorter than two chunks.
@@ -128,6 +176,15 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         >>> r = compare(["m-Q8_0.gguf"], base="m-F16.gguf", ctx=128, chunks=4)   # doctest: +SKIP
         >>> print(r.table())                                                     # doctest: +SKIP
     """
+    if no_cache and (keep is None or base_logits is None):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="l1quant-compare-") as td:
+            return compare(model, types, base=base, text=text, ctx=ctx, chunks=chunks,
+                           keep=keep if keep is not None else Path(td) / "models",
+                           base_logits=base_logits if base_logits is not None else Path(td) / "base.kld",
+                           threads=threads, runtime=runtime, budgets=budgets, problems=problems,
+                           limit=limit, mode=mode, progress=progress, no_repack=no_repack)
     t0 = time.perf_counter()
     threads = threads or max(1, (os.cpu_count() or 2))
     if ctx < 8 or ctx % 2:
@@ -136,14 +193,16 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         raise InputError(f"runtime must be auto, llama.cpp or numpy, got {runtime!r}")
     if budgets and problems is None:
         raise InputError("--budgets needs --problems FILE")
+    if budgets:
+        mode_is_max(mode)  # a bad mode fails now, not after the perplexity runs
     paths, names = _resolve_models(model, types, base, keep, threads, progress)
     tok_dir = Path(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_dir() else None
+    _check_vocabularies(paths)
     if text is None:
-        text_s, text_label = default_compare_text(), "l1quant/data/compare_text.txt"
+        blocks: Any = iter([default_compare_text()])
+        text_label = "l1quant/data/compare_text.txt"
     else:
-        from l1quant.errors import read_text
-
-        text_s, text_label = read_text(Path(text), InputError, max_bytes=64 << 20), str(text)
+        blocks, text_label = text_blocks(Path(text), MAX_TEXT_BYTES), str(text)
 
     base_path = paths[0]
     bar = _Progress(progress)
@@ -151,33 +210,36 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                       no_repack=no_repack)
     try:
         weight_only = src.weight_only
-        toks = src.tokenize(text_s)
+        # llama-perplexity tokenizes the whole text; the chunks asked for use only its first ids
+        toks = tokenize_stream(src, blocks, max(2, chunks) * ctx if chunks else None)
         n_max = len(toks) // ctx
         if len(toks) < 2 * ctx:
             raise InputError(f"{text_label}: {len(toks)} tokens; llama-perplexity needs at least {2 * ctx} "
                              f"(two chunks of --ctx {ctx})")
         n_chunk = min(chunks, n_max) if chunks else n_max
+        toks = toks[:n_chunk * ctx]
         bar.total = n_chunk * len(paths)
-        bf_path = Path(base_logits) if base_logits else _base_cache_path(base_path, toks, ctx, n_chunk, runtime)
+        given = base_logits is not None
+        bf_path = Path(base_logits) if given else _base_cache_path(base_path, toks, ctx, n_chunk, runtime)
         bf_path.parent.mkdir(parents=True, exist_ok=True)
-        base_ppl = None
-        if bf_path.exists():
-            bf = BaseFile.open(bf_path)
-            if bf.n_ctx != ctx or bf.n_chunk < n_chunk:
-                raise InputError(f"{bf_path}: base file has {bf.n_chunk} chunks of {bf.n_ctx} tokens; "
-                                 f"asked for {n_chunk} of {ctx}")
-            if not np.array_equal(bf.tokens[:n_chunk * ctx], np.asarray(toks[:n_chunk * ctx], dtype=np.int32)):
-                raise InputError(f"{bf_path}: the base log-probs were computed for another text (tokens differ)")
-            meta = _meta_path(bf_path)
-            if meta.exists():
-                base_ppl = tuple(json.loads(meta.read_text())["ppl"])
+        base_ppl: tuple[float, float] | None = None
+        bf = None
+        if os.path.lexists(bf_path):
+            try:
+                bf, base_ppl = _open_base(bf_path, toks, ctx, src.n_vocab, n_chunk, sidecar_required=not given)
+            except InputError as e:
+                if given:  # the user's file: theirs to fix
+                    raise
+                log.warning("%s; rebuilding that cache entry", e)  # a cache is ours: a bad entry is rebuilt
+                _remove_entry(bf_path)
+        if bf is not None:
             bar.step(n_chunk, "base (cached)")
         else:
             src.close()
             src = open_logits(base_path, ctx, threads, runtime, no_repack=no_repack)
             base_ppl = write_base(src, toks, ctx, n_chunk, bf_path, lambda: bar.step(1, "base"), threads)
-            _meta_path(bf_path).write_text(json.dumps({"ppl": list(base_ppl)}))
-            bf = BaseFile.open(bf_path)
+            write_base_ppl(sidecar_path(bf_path), base_ppl)
+            bf = BaseFile.open(bf_path, n_ctx=ctx, n_chunk=n_chunk)
         bf.n_chunk = n_chunk  # score only the chunks asked for (a base file may hold more)
     finally:
         src.close()
@@ -196,7 +258,7 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             rows[0].ppl, rows[0].ppl_unc = base_ppl
     bar.close()
     if budgets:
-        _add_budgets(rows, budgets, problems, budget_limit, max_mode, threads, no_repack)
+        _add_budgets(rows, budgets, problems, limit, mode, threads, no_repack)
     return CompareReport(base=names[0], ctx=ctx, chunks=n_chunk, tokens_scored=n_chunk * bf.rows_per_chunk,
                          text=text_label, runtime="numpy" if weight_only else "llama.cpp", weight_only=weight_only,
                          base_logits=str(bf_path), threads=threads, rows=rows, seconds=time.perf_counter() - t0)
@@ -236,9 +298,79 @@ def _resolve_models(model: Any, types: Sequence[str], base: Any, keep: Any, thre
     return paths, labels
 
 
-def _meta_path(base_file: Path) -> Path:
-    """Beside the base file: the base's exact PPL (the base file itself stores only compressed log-probs)."""
-    return base_file.with_name(base_file.name + ".json")
+def _check_vocabularies(paths: Sequence[Path]) -> None:
+    """Refuse a model whose vocabulary is not the base's, token for token, in one line naming both files.
+
+    llama-perplexity compares only the vocabulary sizes; a KL divergence between two vocabularies of the same
+    size in another order compares unrelated tokens' probabilities, so it is meaningless: refused, not reported.
+    """
+    base = paths[0]
+    want = _vocab_summary(base)
+    for p in paths[1:]:
+        got = _vocab_summary(p)
+        if got[0] != want[0]:
+            raise InputError(f"{p}: vocabulary of {got[0]} tokens, the base {base} has {want[0]}: "
+                             "KL divergence needs the same vocabulary")
+        if got[1] != want[1]:
+            i = _first_difference(base, p)
+            raise InputError(f"{p}: vocabulary differs from the base {base}'s (same size {got[0]}, but token {i} "
+                             "differs): KL divergence between different vocabularies is meaningless")
+
+
+def _read_tokens(path: Path) -> list[Any]:
+    from l1quant.gguf.reader import read_gguf
+
+    toks = read_gguf(path).kv.get("tokenizer.ggml.tokens")
+    if not isinstance(toks, (list, tuple)) and not hasattr(toks, "__len__"):
+        raise InputError(f"{path}: no tokenizer.ggml.tokens: a model to compare needs its vocabulary")
+    return list(toks)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=64)
+def _vocab_key(path: Path, mtime_ns: int, size: int) -> tuple[int, str]:
+    toks = _read_tokens(path)
+    h = hashlib.sha256()
+    for t in toks:
+        b = t.encode("utf-8", "surrogatepass") if isinstance(t, str) else bytes(t)
+        h.update(len(b).to_bytes(4, "little") + b)
+    return len(toks), h.hexdigest()
+
+
+def _vocab_summary(path: Path) -> tuple[int, str]:
+    """(token count, hash of the token texts in order) of a GGUF's ``tokenizer.ggml.tokens``."""
+    st = path.stat()
+    return _vocab_key(path, st.st_mtime_ns, st.st_size)
+
+
+def _first_difference(a: Path, b: Path) -> int:
+    return next(i for i, (x, y) in enumerate(zip(_read_tokens(a), _read_tokens(b))) if x != y)
+
+
+def _open_base(path: Path, toks: np.ndarray, ctx: int, n_vocab: int, n_chunk: int,
+               sidecar_required: bool) -> tuple[BaseFile, tuple[float, float] | None]:
+    """An existing base file checked against what this run needs (context, vocabulary, chunks, the very tokens)
+    and its sidecar's PPL (None when there is none and ``sidecar_required`` is False: a llama-perplexity file).
+    Raises InputError naming the file that does not check out."""
+    bf = BaseFile.open(path, n_ctx=ctx, n_vocab=n_vocab, n_chunk=n_chunk)
+    if not np.array_equal(bf.tokens[:n_chunk * ctx], toks[:n_chunk * ctx]):
+        raise InputError(f"{path}: the base log-probs were computed for another text (tokens differ)")
+    meta = sidecar_path(path)
+    if not os.path.lexists(meta):
+        if sidecar_required:
+            raise InputError(f"{meta}: missing (the run that wrote {path.name} did not finish)")
+        return bf, None
+    return bf, read_base_ppl(meta)
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove a cache entry (base file and sidecar) that did not check out; a folder in its place is refused."""
+    for p in (path, sidecar_path(path)):
+        if p.is_dir() and not p.is_symlink():
+            raise InputError(f"{p}: a folder in place of a compare cache file; remove it")
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _dir_stamp(folder: Path) -> str:
@@ -250,19 +382,20 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def _base_cache_path(base: Path, toks: Sequence[int], ctx: int, n_chunk: int, runtime: str) -> Path:
+def _base_cache_path(base: Path, toks: np.ndarray, ctx: int, n_chunk: int, runtime: str) -> Path:
+    """The cache entry for the base file, the tokens the chunks use, the protocol and the runtime."""
     st = base.stat()
     key = _hash(str(base.resolve()), str(st.st_size), str(st.st_mtime_ns), str(ctx), str(n_chunk), runtime,
-                hashlib.sha256(np.asarray(toks, np.int32).tobytes()).hexdigest(), SCHEMA)
+                hashlib.sha256(np.asarray(toks[:n_chunk * ctx], "<i4").tobytes()).hexdigest(), SCHEMA)
     return _cache_dir() / f"base-{key}.kld"
 
 
-def _add_budgets(rows: list[TypeRow], budgets: Sequence[int], problems: Any, limit: int | None, max_mode: bool,
+def _add_budgets(rows: list[TypeRow], budgets: Sequence[int], problems: Any, limit: int | None, mode: str,
                  threads: int, no_repack: bool) -> None:
     from l1quant.l1.budget import budget_check
 
-    rep = budget_check([r.path for r in rows], list(budgets), problems, max_mode=max_mode, limit=limit,
-                       n_threads=threads, no_repack=no_repack)
+    rep = budget_check([r.path for r in rows], list(budgets), problems, mode=mode, limit=limit,
+                       threads=threads, no_repack=no_repack)
     for r in rows:
         r.budget = [{"budget": b.budget, "runs": b.runs, "mean_tokens": b.mean_tokens,
                      "share_within_budget": b.share_within_budget, "mean_rel_deviation": b.mean_rel_deviation,

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Hparams",
+    "check_supported",
     "decoder_logits",
     "default_text",
     "random_weights",
@@ -127,7 +128,7 @@ class Hparams:
     @classmethod
     def from_config(cls, cfg: ModelConfig, arch: Arch) -> Hparams:
         """From a validated config (read from config.json, or back from a GGUF by
-        :func:`l1quant.check.structure.config_from_gguf`) and the architecture's forward-pass features.
+        :func:`l1quant.arch.from_gguf.config_from_gguf`) and the architecture's forward-pass features.
 
         Example:
             >>> from l1quant.arch import get_arch
@@ -249,6 +250,17 @@ def _freq_factors(get_weight: Callable[[str], np.ndarray], hp: Hparams) -> np.nd
         if hp.rope_scaling_type == "llama3":
             raise
         return None
+
+
+def check_supported(hp: Hparams) -> None:
+    """Raise :class:`~l1quant.errors.NotImplementedInputError` when :func:`decoder_logits` cannot run ``hp``
+    (rope scaling other than none/linear/llama3), before any weight is read.
+
+    Example:
+        >>> check_supported(Hparams(n_layer=1, n_embd=8, n_head=2, n_head_kv=1, n_ff=16, n_vocab=10,
+        ...                         rope_theta=1e4, rms_eps=1e-6, rope_scaling_type="linear"))
+    """
+    _rope_tables(hp, 1, None)
 
 
 def decoder_logits(

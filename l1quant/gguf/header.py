@@ -3,7 +3,7 @@
 One :class:`Header` is built once per command and is what gets written and what gets checked:
 
 * ``convert`` builds it from the plan, the config, the vocabulary and the naming metadata
-  (:func:`l1quant.conversion.convert.prepare`; gguf-py's ``add_*`` helpers write into it through
+  (:func:`l1quant.conversion.prepare.prepare`; gguf-py's ``add_*`` helpers write into it through
   :meth:`Header.gguf_writer`);
 * ``quantize`` builds it from the input file's header (:meth:`Header.from_file`), then moves and drops keys as
   llama-quantize does;
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUF_VERSION, GGMLQuantizationType, GGUFValueType
 
+from l1quant.errors import quote
 from l1quant.gguf.reader import KVType
 
 if TYPE_CHECKING:
@@ -304,27 +305,22 @@ class Header:
         out: list[str] = []
         have = {t.name: t for t in found.tensors}
         want = {t.name: t for t in self.tensors}
-        out += [f"tensor {_q(n)} is missing" for n in want if n not in have]
-        out += [f"tensor {_q(n)} is not expected" for n in have if n not in want]
+        out += [f"tensor {quote(n)} is missing" for n in want if n not in have]
+        out += [f"tensor {quote(n)} is not expected" for n in have if n not in want]
         order = self.tensor_order_difference(found)
         if order:
-            out.append(f"tensor #{order[0]} is {_q(order[1])}, expected {_q(order[2])} (tensor order differs)")
+            out.append(f"tensor #{order[0]} is {quote(order[1])}, expected {quote(order[2])} (tensor order differs)")
         for name, w in want.items():
             f = have.get(name)
             if f is None:
                 continue
             if f.dims != w.dims:
-                out.append(f"tensor {_q(name)}: dims {list(f.dims)}, expected {list(w.dims)}")
+                out.append(f"tensor {quote(name)}: dims {list(f.dims)}, expected {list(w.dims)}")
             elif f.ggml_type != w.ggml_type:
-                out.append(f"tensor {_q(name)}: type {f.ggml_type.name}, expected {w.ggml_type.name}")
+                out.append(f"tensor {quote(name)}: type {f.ggml_type.name}, expected {w.ggml_type.name}")
             elif f.offset != w.offset and not out:
-                out.append(f"tensor {_q(name)}: offset {f.offset}, expected {w.offset}")
+                out.append(f"tensor {quote(name)}: offset {f.offset}, expected {w.offset}")
         return out
-
-
-def _q(name: str) -> str:
-    """A key or tensor name quoted for a one-line message (non-printable characters escaped)."""
-    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in name) + "'"
 
 
 def _recorder(header: Header, arch: str) -> gguf.GGUFWriter:

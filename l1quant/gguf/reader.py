@@ -46,7 +46,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from l1quant.errors import GGUFFormatError, InputError, L1QuantError, open_regular
+from l1quant.errors import GGUFFormatError, InputError, L1QuantError, open_regular, quote
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
@@ -176,6 +176,12 @@ class GGUFFile:
     data_offset: int
     file_size: int
     _by_name: dict[str, TensorInfo] = field(default_factory=dict, repr=False, compare=False)
+    #: the file each tensor's data is in when it is not ``path`` (the parts of a split: l1quant.gguf.split)
+    tensor_files: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
+
+    def file_of(self, info: TensorInfo) -> Path:
+        """The file holding ``info``'s data (``abs_offset`` is in that file): ``path`` unless the file is split."""
+        return self.tensor_files.get(info.name, self.path)
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tensors}
@@ -194,7 +200,7 @@ class GGUFFile:
             length = info.nbytes - start
         if start < 0 or length < 0 or start + length > info.nbytes:
             raise ValueError(f"{info.name}: byte range [{start}, {start + length}) outside [0, {info.nbytes})")
-        with self._open() as f:
+        with self._open(info) as f:
             return self._pread(f, info, info.abs_offset + start, length)
 
     def tensor_rows(self, info: TensorInfo, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -209,7 +215,7 @@ class GGUFFile:
         if rows_per_chunk < 1:
             raise ValueError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
         row_nbytes, n_rows = info.row_nbytes, info.n_rows
-        with self._open() as f:
+        with self._open(info) as f:
             for row0 in range(0, n_rows, rows_per_chunk):
                 rows = min(rows_per_chunk, n_rows - row0)
                 out = np.empty((rows, row_nbytes), dtype=np.uint8)
@@ -217,7 +223,7 @@ class GGUFFile:
                 got = f.readinto(memoryview(out.reshape(-1)))  # type: ignore[arg-type]
                 if got != out.nbytes:
                     raise GGUFFormatError(
-                        f"{self.path}: tensor {_q(info.name)}: file ends inside rows {row0}..{row0 + rows} "
+                        f"{self.path}: tensor {quote(info.name)}: file ends inside rows {row0}..{row0 + rows} "
                         f"(expected {out.nbytes} bytes, got {got}); was it truncated after opening?")
                 yield row0, out
 
@@ -247,9 +253,10 @@ class GGUFFile:
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _open(self) -> io.FileIO:
+    def _open(self, info: TensorInfo | None = None) -> io.FileIO:
         # open_regular: O_NONBLOCK and the type checked on the descriptor, so a FIFO swapped in cannot hang us
-        return open(open_regular(self.path, InputError), "rb", buffering=0)
+        path = self.path if info is None else self.file_of(info)
+        return open(open_regular(path, InputError), "rb", buffering=0)
 
     def _pread(self, f: io.FileIO, info: TensorInfo, pos: int, n: int) -> bytes:
         f.seek(pos)
@@ -257,14 +264,9 @@ class GGUFFile:
         got = f.readinto(buf) or 0
         if got != n:
             raise GGUFFormatError(
-                f"{self.path}: tensor {_q(info.name)}: expected {n} bytes at offset {pos}, got {got}; "
+                f"{self.path}: tensor {quote(info.name)}: expected {n} bytes at offset {pos}, got {got}; "
                 "was it truncated after opening?")
         return bytes(buf)
-
-
-def _q(name: str) -> str:
-    """Quote a key or tensor name for a one-line message: non-printable characters (newlines...) escaped."""
-    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in name) + "'"
 
 
 class _Cursor:
@@ -472,8 +474,8 @@ def _read_kvs(cur: _Cursor, n_kv: int) -> tuple[dict[str, Any], dict[str, KVType
         if not key:
             raise cur.fail(f"KV #{i}: key is empty")
         if key in kv:
-            raise cur.fail(f"KV #{i}: duplicate key {_q(key)}")
-        what = f"key {_q(key)}"
+            raise cur.fail(f"KV #{i}: duplicate key {quote(key)}")
+        what = f"key {quote(key)}"
         vtype = _value_type(cur, cur.u32(f"{what} type"), f"{what} type")
         value: Any
         if vtype == GGUFValueType.STRING:
@@ -500,9 +502,9 @@ def _read_tensor_infos(cur: _Cursor, n_tensors: int) -> list[tuple[str, tuple[in
         if len(name.encode("utf-8")) >= GGML_MAX_NAME:  # pragma: no cover - max_len above already enforces it
             raise cur.fail(f"tensor #{i}: name longer than {GGML_MAX_NAME - 1} bytes")
         if name in seen:
-            raise cur.fail(f"tensor #{i}: duplicate tensor name {_q(name)}")
+            raise cur.fail(f"tensor #{i}: duplicate tensor name {quote(name)}")
         seen.add(name)
-        what = f"tensor {_q(name)}"
+        what = f"tensor {quote(name)}"
         n_dims = cur.u32(f"{what} n_dims")
         if not 1 <= n_dims <= GGML_MAX_DIMS:
             raise cur.fail(f"{what}: n_dims is {n_dims}, expected 1..{GGML_MAX_DIMS}")
@@ -594,7 +596,7 @@ def _parse(f: BinaryIO, p: Path, file_size: int, max_header_bytes: int) -> GGUFF
     alignment = GGUF_DEFAULT_ALIGNMENT
     if "general.alignment" in kv:
         if kv_types["general.alignment"] != GGUFValueType.UINT32:
-            raise cur.fail(f"key 'general.alignment' has type {_type_name(kv_types['general.alignment'])}, "
+            raise cur.fail(f"key 'general.alignment' has type {type_name(kv_types['general.alignment'])}, "
                            "expected UINT32")
         alignment = int(kv["general.alignment"])
         if alignment == 0 or alignment & (alignment - 1):
@@ -610,7 +612,7 @@ def _parse(f: BinaryIO, p: Path, file_size: int, max_header_bytes: int) -> GGUFF
     expected = 0  # llama.cpp requires each tensor at the previous one's end, padded to the alignment
     prev: TensorInfo | None = None
     for name, shape, gtype, offset, nbytes in infos:
-        what = f"tensor {_q(name)}"
+        what = f"tensor {quote(name)}"
         if offset % alignment:
             raise cur.fail(f"{what}: offset {offset} is not a multiple of the alignment {alignment}")
         abs_off = data_offset + offset
@@ -618,7 +620,7 @@ def _parse(f: BinaryIO, p: Path, file_size: int, max_header_bytes: int) -> GGUFF
             raise cur.fail(f"{what}: data [{abs_off}, {abs_off + nbytes}) extends past the end of the file "
                            f"(size {file_size}): file truncated or offset corrupt")
         if prev is not None and offset < prev.offset + prev.nbytes:
-            raise cur.fail(f"{what}: data at offset {offset} overlaps tensor {_q(prev.name)} "
+            raise cur.fail(f"{what}: data at offset {offset} overlaps tensor {quote(prev.name)} "
                            f"[{prev.offset}, {prev.offset + prev.nbytes})")
         if offset != expected:
             raise cur.fail(f"{what}: offset {offset}, expected {expected} "
@@ -632,7 +634,8 @@ def _parse(f: BinaryIO, p: Path, file_size: int, max_header_bytes: int) -> GGUFF
                     data_offset=data_offset, file_size=file_size)
 
 
-def _type_name(t: KVType) -> str:
+def type_name(t: KVType) -> str:
+    """A GGUF value type as messages name it: ``UINT32``, ``[STRING]`` for an array of strings."""
     if isinstance(t, tuple):
         return "[" * (len(t) - 1) + t[-1].name + "]" * (len(t) - 1)
     return t.name
@@ -658,7 +661,7 @@ def describe(gf: GGUFFile, tokens: int = 8) -> dict[str, Any]:
     """
     kvs = []
     for key, value in gf.kv.items():
-        item: dict[str, Any] = {"key": key, "type": _type_name(gf.kv_types[key])}
+        item: dict[str, Any] = {"key": key, "type": type_name(gf.kv_types[key])}
         if isinstance(value, np.ndarray):  # a long numeric array left in the file (MAX_LIST_ELEMENTS)
             item["length"] = len(value)
             item["value"] = value[:max(tokens, 0)].tolist()

@@ -33,7 +33,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from . import _native, blockwise, floats, iquants3, iquants_nl, kquants_imatrix, kquants_qkx2, kquants_qx, q4_q5, q8_0
+from . import (
+    _native,
+    blockwise,
+    floats,
+    iquants1,
+    iquants2,
+    iquants3,
+    iquants_nl,
+    kquants_imatrix,
+    kquants_qkx2,
+    kquants_qx,
+    q4_q5,
+    q8_0,
+)
+from .iq_grids import iq_grid
 from .iq3_grids import iq3_tables, lane_tables
 from ._common import (
     Kernel,
@@ -299,13 +313,13 @@ def _ref_kernel(fn: Callable[[np.ndarray], np.ndarray]) -> Kernel:
 def _native_block_kernel(ggml_type: GGMLQuantizationType) -> Kernel | None:
     # present once the compiled module carries the block kernels (kernels/_kquants.c)
     kquant = getattr(_native, "kquant", None)
-    if not _native.AVAILABLE or kquant is None or not hasattr(_native._mod, "kquant"):
+    if not _native.AVAILABLE or kquant is None or not _native.has("kquant"):
         return None
     return functools.partial(kquant, int(ggml_type))
 
 
 def _native_imatrix_kernel(ggml_type: GGMLQuantizationType) -> ImatrixKernel | None:
-    if not _native.AVAILABLE or not hasattr(_native._mod, "kquant_imatrix"):
+    if not _native.AVAILABLE or not _native.has("kquant_imatrix"):
         return None
     return functools.partial(_native.kquant_imatrix, int(ggml_type))
 
@@ -356,7 +370,7 @@ def _iq(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
     native: Kernel | None = None
     native_imatrix: ImatrixKernel | None = None
-    if _native.AVAILABLE and hasattr(_native._mod, "iquant"):
+    if _native.AVAILABLE and _native.has("iquant"):
 
         def compiled(x: np.ndarray, out: np.ndarray) -> int:
             return _native.iquant(int(ggml_type), x, out, None, _iq_tables(ggml_type))
@@ -374,6 +388,37 @@ def _iq(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:
 
 _T = GGMLQuantizationType
 _F = LlamaFileType
+
+
+def _iq_grid(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:
+    """A served grid i-quant of 2 bits and below (IQ2_XXS, IQ2_XS, IQ2_S: kernels/iquants2.py; IQ1_S, IQ1_M:
+    iquants1.py; compiled: _iquants2.c). ggml's kernels for IQ2_XXS, IQ2_XS and IQ1_S assert an importance
+    matrix: without one these kernels raise KernelArgumentError; IQ2_S and IQ1_M run without (their own weights).
+    The grid tables (iq_grids.py) are built on first use, not at import. ``facts``: the record's other fields."""
+    name = ggml_type.name
+    weighted = (iquants1 if name in iquants1.IQ1_TYPES else iquants2).numpy_kernel(name)
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+
+    def plain(x: np.ndarray, out: np.ndarray) -> int:
+        return weighted(x, out, None)
+
+    native: Kernel | None = None
+    native_imatrix: ImatrixKernel | None = None
+    if _native.AVAILABLE and _native.has("iquant_grid"):
+
+        def compiled_imatrix(x: np.ndarray, out: np.ndarray, qw: np.ndarray | None) -> int:
+            if qw is None and name in ("IQ2_XXS", "IQ2_XS", "IQ1_S"):
+                raise KernelArgumentError(f"{name} needs an importance matrix (ggml refuses to quantize it without one)")
+            g = iq_grid(name)
+            return _native.iquant_grid(int(ggml_type), x, out, qw, g.levels, g.kmap, g.neighbours, g.neighbour_levels)
+
+        def compiled(x: np.ndarray, out: np.ndarray) -> int:
+            return compiled_imatrix(x, out, None)
+
+        native, native_imatrix = compiled, compiled_imatrix
+    return QuantType(name, ggml_type, block_size, type_size, None, plain, plain, native,
+                     lambda raw, shape: blockwise.dequantize_gguf(raw, name, shape), weighted, native_imatrix,
+                     **facts)  # type: ignore[arg-type]
 
 
 def _iquant(ggml_type: GGMLQuantizationType, *, needs_imatrix: bool = False) -> QuantType:
@@ -420,11 +465,17 @@ KNOWN_TYPES: dict[str, QuantType] = {
         # Described, not served: llama-quantize's rules name them (shape fallback, importance matrix).
         _make(_T.TQ1_0, None, fallback=_T.Q4_0),
         _make(_T.TQ2_0, None, fallback=_T.Q4_0),
-        _iquant(_T.IQ1_S, needs_imatrix=True),
-        _iquant(_T.IQ1_M, needs_imatrix=True),
-        _iquant(_T.IQ2_XXS, needs_imatrix=True),
-        _iquant(_T.IQ2_XS, needs_imatrix=True),
-        _iquant(_T.IQ2_S, needs_imatrix=True),
+        # Served grid i-quants of 2 bits and below (needs_imatrix: llama-quantize's rule; ggml's kernels for IQ2_S
+        # and IQ1_M also run without). IQ1_M keeps its f16 scale split into nibbles: no plain float field.
+        _iq_grid(_T.IQ1_S, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,     # d, qs[32], qh[8]
+                 needs_imatrix=True),
+        _iq_grid(_T.IQ1_M, fallback=_T.IQ4_NL, takes_imatrix=True, needs_imatrix=True),      # qs, qh, scales
+        _iq_grid(_T.IQ2_XXS, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,   # d, qs[32]
+                 needs_imatrix=True),
+        _iq_grid(_T.IQ2_XS, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,    # d, qs[32], scales
+                 needs_imatrix=True),
+        _iq_grid(_T.IQ2_S, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,     # d, qs, qh, scales
+                 needs_imatrix=True),
         # Served i-quants; their file types depend on the mix as for the K types (IQ3_M vs IQ3_S ...).
         # Noise models (one scale per 32 values; the grids' values as a symmetric uniform quantizer of that many
         # bits), measured as the K types' were: rel RMSE / model on 256x1024 random-normal (and Student-t4) weights
@@ -466,7 +517,7 @@ def describe(t: GGMLQuantizationType | str) -> QuantType | None:
     knows nothing about it beyond gguf's block table.
 
     Example:
-        >>> describe("iq2_xxs").needs_imatrix, describe("iq2_xxs").served, describe("I8") is None
+        >>> describe("iq2_xxs").needs_imatrix, describe("tq1_0").served, describe("I8") is None
         (True, False, True)
     """
     return KNOWN_TYPES.get(t.name if isinstance(t, GGMLQuantizationType) else str(t).upper())

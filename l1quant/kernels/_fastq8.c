@@ -12,6 +12,7 @@
  *   first_nonfinite(src, kind, n)
  *   kquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride)   Q4_0/Q4_1/Q5_0/Q5_1/Q2_K..Q6_K (_kquants.c)
  *   kquant_imatrix(..., dst_row_stride, imatrix)   the same types with importance weights (_kquants.c)
+ *   iquant_grid(..., imatrix, grid tables...)   IQ2_XXS/IQ2_XS/IQ2_S/IQ1_S/IQ1_M (_iquants2.c)
  *   iquant(..., dst_row_stride, imatrix, tables...)   IQ4_NL/IQ4_XS/IQ3_XXS/IQ3_S, imatrix optional (_iquants3.c)
  *
  * kind: 0 = float32, 1 = float16, 2 = bf16 (uint16 bits). Source rows are contiguous (row r at r * ncols).
@@ -435,8 +436,9 @@ static PyObject *py_first_nonfinite(PyObject *self, PyObject *args) {
 /* K-quants and Q4_0/Q4_1/Q5_0/Q5_1 live in _kquants.c (a second source of this extension). */
 PyObject *l1q_py_kquant(PyObject *self, PyObject *args);
 PyObject *l1q_py_kquant_imatrix(PyObject *self, PyObject *args);
-/* IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S live in _iquants3.c. */
+/* IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S live in _iquants3.c; IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M in _iquants2.c. */
 PyObject *l1q_py_iquant(PyObject *self, PyObject *args);
+PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args);
 
 static PyMethodDef methods[] = {
     {"q8_0", py_q8_0, METH_VARARGS, "q8_0(src, kind, rows, ncols, dst, dst_row_stride) -> first non-finite or -1"},
@@ -450,6 +452,9 @@ static PyMethodDef methods[] = {
     {"iquant", l1q_py_iquant, METH_VARARGS,
      "iquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, table_a, table_b, table_c) -> first "
      "non-finite or -1"},
+    {"iquant_grid", l1q_py_iquant_grid, METH_VARARGS,
+     "iquant_grid(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, levels, kmap, neighbours, "
+     "neighbour_levels, neighbours_size, ngrid) -> first non-finite or -1"},
     {"first_nonfinite", py_first_nonfinite, METH_VARARGS, "first_nonfinite(src, kind, n) -> index or -1"},
     {NULL, NULL, 0, NULL},
 };

@@ -12,16 +12,16 @@ from typing import Any
 
 from l1quant.errors import InputError, OutputError, RuntimeMissingError, read_text
 from l1quant.l1.answers import default_max_tokens
-from l1quant.l1.chat import _gguf_chat_info, _gguf_kv, render_chat
-from l1quant.l1.prompt import BUDGET_COUNT_RULE, EXACT_TOLERANCE, REPORT_SCHEMA, l1_prompt
+from l1quant.l1.chat import gguf_chat_info, gguf_kv, render_chat
+from l1quant.l1.prompt import BUDGET_COUNT_RULE, EXACT_TOLERANCE, REPORT_SCHEMA, l1_prompt, mode_is_max
 from l1quant.l1.runner import (
+    Runner,
     RunResult,
-    _auto_ctx,
-    _check_resources,
-    _import_llama,
-    _resolve_sampling,
-    _Runner,
+    auto_ctx,
+    check_resources,
+    resolve_sampling,
 )
+from l1quant.runtime import require
 
 # --------------------------------------------------------------------------------------------------------------
 # Budget check: many models x budgets x problems
@@ -293,11 +293,11 @@ def _run_record(model: str, budget: int, q: Problem, sample: int, seed: int, r: 
     }
 
 
-def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_path: str | Path, *,
-                 max_mode: bool = False, seed: int = 0, temperature: float | None = None,
+def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems: str | Path, *,
+                 mode: str = "exact", seed: int = 0, temperature: float | None = None,
                  top_p: float | None = None, top_k: int | None = None, max_tokens: int | None = None,
                  limit: int | None = None, tolerance: float = EXACT_TOLERANCE, samples: int = 1,
-                 hard_limit: bool = False, n_threads: int | None = None, n_gpu_layers: int | None = None,
+                 hard_limit: bool = False, threads: int | None = None, n_gpu_layers: int | None = None,
                  progress: Callable[[RunResult], None] | None = None, no_repack: bool = False) -> BudgetReport:
     """Run every model on every problem, ``samples`` times, at every budget; aggregate length control and accuracy.
 
@@ -307,17 +307,19 @@ def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_
     :data:`~l1quant.l1.prompt.PAPER_BUDGETS` with several samples per problem; accuracy is the mean over samples.
 
     Sample ``s`` of problem ``i`` uses seed ``(seed + i * samples + s) mod 2**32`` for every model and budget, so
-    models are compared on the same random streams. ``hard_limit``, ``n_threads``, ``n_gpu_layers`` and ``no_repack`` are as in
-    :func:`~l1quant.l1.runner.run`. ``progress`` is called after each run.
+    models are compared on the same random streams. ``problems`` is the JSONL file of problems (``--problems``);
+    ``mode``, ``hard_limit``, ``threads``, ``n_gpu_layers`` and ``no_repack`` are as in :func:`~l1quant.l1.runner.run`
+    (the parameters are named as ``l1quant budget-check``'s flags). ``progress`` is called after each run.
 
     Raises :class:`~l1quant.errors.InputError` for bad arguments, an unreadable problems file or a missing model;
     :class:`~l1quant.errors.RuntimeMissingError` without llama-cpp-python.
 
     Example:
         >>> rep = budget_check(["L1-Q8_0.gguf", "L1-F16.gguf"], [512, 1024], "examples/problems.jsonl",
-        ...                    max_mode=True, samples=4)  # doctest: +SKIP
+        ...                    mode="max", samples=4)  # doctest: +SKIP
         >>> print(rep.table())  # doctest: +SKIP
     """
+    max_mode = mode_is_max(mode)
     if not models:
         raise InputError("models: expected at least one GGUF file")
     budgets = sorted(set(budgets))
@@ -330,32 +332,33 @@ def budget_check(models: Sequence[str | Path], budgets: Sequence[int], problems_
         raise InputError(f"max_tokens: expected a positive number, found {max_tokens}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise InputError(f"samples: expected a positive number of samples per problem, found {samples!r}")
-    _check_resources(n_threads, n_gpu_layers)
-    problems = load_problems(problems_path, limit=limit)
+    check_resources(threads, n_gpu_layers)
+    problems_path = problems
+    items = load_problems(problems_path, limit=limit)
     paths = [Path(m).expanduser() for m in models]
     for p in paths:
         if not p.is_file():
             raise InputError(f"{p}: no such GGUF file")
-    _import_llama()
+    require("running a GGUF")  # fail on a missing extra before reading any model
     overrides = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
     report = BudgetReport(mode="max" if max_mode else "exact", tolerance=None if max_mode else tolerance,
                           budgets=list(budgets), models=[str(m) for m in models], problems_path=str(problems_path),
-                          problem_ids=[q.id for q in problems], seed=seed, sampling_overrides=overrides,
+                          problem_ids=[q.id for q in items], seed=seed, sampling_overrides=overrides,
                           samples=samples, max_tokens=max_tokens, hard_limit=hard_limit)
     for model, path in zip(report.models, paths):
-        kv = _gguf_kv(path)
-        template, bos, eos = _gguf_chat_info(path, kv)
+        kv = gguf_kv(path)
+        template, bos, eos = gguf_chat_info(path, kv)
         # One context for the whole model: the longest prompt plus the largest generation cap.
         longest = max(len(render_chat(l1_prompt(q.question, max(budgets), max_mode=max_mode), template,
-                                      bos_token=bos, eos_token=eos).encode("utf-8")) for q in problems)
+                                      bos_token=bos, eos_token=eos).encode("utf-8")) for q in items)
         cap = max(max_tokens if max_tokens is not None else default_max_tokens(b) for b in budgets)
-        runner = _Runner(path, n_ctx=_auto_ctx(longest, cap), kv=kv, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+        runner = Runner(path, n_ctx=auto_ctx(longest, cap), kv=kv, n_threads=threads, n_gpu_layers=n_gpu_layers,
                          no_repack=no_repack)
         try:
-            sampling = _resolve_sampling(runner.sampling, temperature, top_p, top_k)
+            sampling = resolve_sampling(runner.sampling, temperature, top_p, top_k)
             for budget in budgets:
                 results: list[tuple[Problem, RunResult]] = []
-                for i, q in enumerate(problems):
+                for i, q in enumerate(items):
                     for s in range(samples):
                         run_seed = (seed + i * samples + s) % 2**32
                         r = runner.generate(q.question, budget, max_mode=max_mode, sampling=sampling, seed=run_seed,

@@ -8,7 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from l1quant.conversion.special_vocab import read_chat_template
 from l1quant.errors import InputError, L1QuantError, TokenizerError, clip, read_json
+from l1quant.gguf.reader import read_gguf
 
 # A rendered prompt larger than this is refused: a hostile template could otherwise fill memory.
 _MAX_RENDER_CHARS = 1 << 20
@@ -40,10 +42,9 @@ def _make_env() -> Any:
     import jinja2.ext
     import jinja2.nodes
     import jinja2.utils
+    from jinja2.compiler import CodeGenerator
     from jinja2.exceptions import SecurityError, TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    from jinja2.compiler import CodeGenerator
 
     class _BoundedConcat(CodeGenerator):
         # ``a ~ b`` compiles to a plain "".join: route it through the environment so its size is known first
@@ -420,15 +421,14 @@ def _token_content(value: Any) -> str:
     raise TokenizerError(f"tokenizer_config.json: expected a token string or AddedToken dict, found {value!r}")
 
 
-def _gguf_kv(path: Path) -> Mapping[str, Any]:
+def gguf_kv(path: Path) -> Mapping[str, Any]:
     """Key/value metadata of a GGUF file, through l1quant's hardened reader (bounded reads, clear errors)."""
-    from l1quant.gguf.reader import read_gguf
-
     return read_gguf(path).kv
 
 
-def _gguf_chat_info(path: Path, kv: Mapping[str, Any] | None = None) -> tuple[str, str, str]:
-    kv = _gguf_kv(path) if kv is None else kv
+def gguf_chat_info(path: Path, kv: Mapping[str, Any] | None = None) -> tuple[str, str, str]:
+    """(chat template, bos text, eos text) of a GGUF, read from its tokenizer keys; ``kv`` when already read."""
+    kv = gguf_kv(path) if kv is None else kv
     template = kv.get("tokenizer.chat_template")
     if not isinstance(template, str) or not template.strip():
         raise ChatTemplateError(f"{path}: no tokenizer.chat_template key in the GGUF metadata")
@@ -455,8 +455,6 @@ def _folder_chat_info(folder: Path) -> tuple[str, str, str]:
         cfg = read_json(cfg_path, TokenizerError)
         if not isinstance(cfg, dict):
             raise TokenizerError(f"{cfg_path}: expected a JSON object, found {type(cfg).__name__}")
-    from l1quant.conversion.special_vocab import read_chat_template
-
     # the converter's own reader: the template convert embeds is the template prompt renders
     template: Any = read_chat_template(folder, cfg)
     if isinstance(template, list):
@@ -491,5 +489,5 @@ def chat_template_from(model: str | Path) -> tuple[str, str, str]:
     if path.is_dir():
         return _folder_chat_info(path)
     if path.is_file():
-        return _gguf_chat_info(path)
+        return gguf_chat_info(path)
     raise InputError(f"{path}: no such GGUF file or model folder")

@@ -44,6 +44,24 @@ FORCED_THINK_END = THINK_CLOSE + "\n\n**Final Answer**\n\\boxed{"
 # Prompt wording
 
 
+#: The two prompt wordings (``--mode``): L1-Exact's "Think for N tokens." and L1-Max's "Think for maximum N tokens."
+MODES = ("exact", "max")
+
+
+def mode_is_max(mode: str) -> bool:
+    """``mode`` (``--mode``: ``"exact"`` or ``"max"``) as the bool :func:`l1_prompt` takes.
+
+    Raises :class:`~l1quant.errors.InputError` for any other value.
+
+    Example:
+        >>> mode_is_max("max"), mode_is_max("exact")
+        (True, False)
+    """
+    if mode not in MODES:
+        raise InputError(f"mode: expected 'exact' or 'max', found {mode!r}")
+    return mode == "max"
+
+
 def l1_prompt(question: str, budget: int, *, max_mode: bool = False) -> str:
     """The user message L1 was trained on: the question, the boxed-answer instruction, the budget.
 

@@ -12,8 +12,15 @@ from typing import Any
 
 from l1quant.errors import InputError
 from l1quant.l1.answers import budget_kept, default_max_tokens, parse_integer_answer, parse_response
-from l1quant.l1.chat import _gguf_chat_info, _gguf_kv, render_chat
-from l1quant.l1.prompt import DEFAULT_SAMPLING, EXACT_TOLERANCE, FORCED_THINK_END, THINK_CLOSE, l1_prompt
+from l1quant.l1.chat import gguf_chat_info, gguf_kv, render_chat
+from l1quant.l1.prompt import (
+    DEFAULT_SAMPLING,
+    EXACT_TOLERANCE,
+    FORCED_THINK_END,
+    THINK_CLOSE,
+    l1_prompt,
+    mode_is_max,
+)
 from l1quant.runtime import RUN_INSTALL_HINT, Model, extra_bufts, require
 
 __all__ = ["RUN_INSTALL_HINT", "RunResult", "run"]
@@ -66,9 +73,24 @@ class RunResult:
     hard_limit: bool = False
     forced_think_end: bool = False
 
+    @property
+    def thinking_kept(self) -> bool | None:
+        """With ``hard_limit``: whether the thinking stayed within the budget -- what ``--hard-limit`` promises
+        (it ended the thinking at N tokens, or the model closed it by then: at most N tokens before its
+        ``</think>``). None without ``hard_limit``.
+
+        ``budget_kept`` stays LCPO's verdict on the whole response n, in which the answer written after a forced
+        ``</think>`` counts: a forced run is then almost always over N in Max mode, though its thinking was cut
+        exactly at N.
+        """
+        if not self.hard_limit:
+            return None
+        # reasoning_tokens counts the </think> itself (forced or not): the thinking is the tokens before it
+        return self.forced_think_end or (self.think_closed and self.reasoning_tokens - 1 <= self.budget)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (field names as above)."""
-        return asdict(self)
+        """Plain JSON-ready dict (field names as above, and ``thinking_kept``)."""
+        return {**asdict(self), "thinking_kept": self.thinking_kept}
 
     def summary(self) -> str:
         """Human-readable report, a few lines.
@@ -93,8 +115,16 @@ class RunResult:
         if self.forced_think_end:
             lines.append(f"thinking forced to end at {self.budget} tokens (--hard-limit): </think> and an answer cue "
                          "inserted")
+        if self.hard_limit:
+            # the flag bounds the thinking, not the answer after it: its verdict first, then LCPO's whole-response one
+            lines.append(f"thinking budget kept (thinking <= {self.budget}, --hard-limit): "
+                         f"{'yes' if self.thinking_kept else 'no'}; reasoning {self.reasoning_tokens} tokens through </think>")
+            lines.append(f"whole response n = {self.total_tokens} ({rule}: {'yes' if self.budget_kept else 'no'}; "
+                         f"the answer after </think> counts in n); |n-N|/N = {self.rel_deviation:.3f}")
+        else:
+            lines.append(f"budget kept ({rule}): {'yes' if self.budget_kept else 'no'}; "
+                         f"|n-N|/N = {self.rel_deviation:.3f}")
         lines += [
-            f"budget kept ({rule}): {'yes' if self.budget_kept else 'no'}; |n-N|/N = {self.rel_deviation:.3f}",
             ("stop: end of generation" if self.stop_reason == "eos" else "stop: hit the cap")
             + f" (cap {self.max_tokens} tokens); prompt tokens: {self.prompt_tokens}",
             "answer: " + (self.boxed if self.boxed is not None else "(no \\boxed{} answer)"),
@@ -102,11 +132,6 @@ class RunResult:
             + (f", {self.total_tokens / self.elapsed_s:.1f} tok/s" if self.elapsed_s > 0 else ""),
         ]
         return "\n".join(lines)
-
-
-def _import_llama() -> None:
-    """Fail on a missing run extra before any model is read."""
-    require("running a GGUF")
 
 
 def _sampling_from_kv(kv: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,7 +201,7 @@ def _generate_counted(start: Callable[[list[int]], Iterator[int]], prompt: Seque
     When ``force_at`` is set and the response reaches that many tokens with no ``</think>``, ``force_ids`` (the
     tokens of :data:`FORCED_THINK_END`) are appended as response tokens, only as many as the cap leaves room for.
 
-    The model-free core of :meth:`_Runner.generate`, so tests can pin the counts on scripted token streams.
+    The model-free core of :meth:`Runner.generate`, so tests can pin the counts on scripted token streams.
 
     Example:
         >>> text = {1: b"so", 2: b" 8", 9: b"</think>", 3: b"It is 8.", 0: b""}
@@ -252,7 +277,7 @@ def _result(gen: _Generation, *, model: str, question: str, budget: int, max_mod
     )
 
 
-class _Runner:
+class Runner:
     """One loaded GGUF (:class:`l1quant.runtime.Model`) plus what l1quant needs around it; reused across runs."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int, kv: Mapping[str, Any],
@@ -261,7 +286,7 @@ class _Runner:
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such GGUF file")
         # ``kv``: the header its caller already read (151k token strings are not free to read twice)
-        self.template, self.bos_text, self.eos_text = _gguf_chat_info(self.path, kv)
+        self.template, self.bos_text, self.eos_text = gguf_chat_info(self.path, kv)
         self.sampling = _sampling_from_kv(kv)
         self.n_ctx = n_ctx
         self.llm = Model(self.path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
@@ -315,8 +340,9 @@ class _Runner:
         self.llm.close()
 
 
-def _resolve_sampling(base: Mapping[str, Any], temperature: float | None, top_p: float | None,
+def resolve_sampling(base: Mapping[str, Any], temperature: float | None, top_p: float | None,
                       top_k: int | None) -> dict[str, Any]:
+    """``base`` sampling (the GGUF's, else R1's defaults) with the caller's explicit values laid over it."""
     out = dict(base)
     if temperature is not None:
         if not (math.isfinite(temperature) and temperature >= 0):
@@ -333,24 +359,26 @@ def _resolve_sampling(base: Mapping[str, Any], temperature: float | None, top_p:
     return out
 
 
-def _auto_ctx(prompt_bytes: int, max_tokens: int) -> int:
+def auto_ctx(prompt_bytes: int, max_tokens: int) -> int:
+    """The context size that always fits a prompt of ``prompt_bytes`` bytes plus ``max_tokens`` generated."""
     # Byte-level BPE never makes more tokens than bytes (+1 for bos), so this always fits prompt + generation.
     need = prompt_bytes + 1 + max_tokens
     return max(512, -(-need // 256) * 256)
 
 
-def _check_resources(n_threads: int | None, n_gpu_layers: int | None) -> None:
-    if n_threads is not None and (isinstance(n_threads, bool) or n_threads < 1):
-        raise InputError(f"n_threads: expected a positive number of threads, found {n_threads!r}")
+def check_resources(threads: int | None, n_gpu_layers: int | None) -> None:
+    """Refuse a non-positive thread count or a negative GPU layer count (one-line :class:`InputError`)."""
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise InputError(f"threads: expected a positive number of threads, found {threads!r}")
     if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or n_gpu_layers < -1):
         raise InputError(f"n_gpu_layers: expected -1 (all) or a number of layers >= 0, found {n_gpu_layers!r}")
 
 
-def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = False,
+def run(model_path: str | Path, question: str, budget: int, *, mode: str = "exact",
         temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
         seed: int | None = None, max_tokens: int | None = None, n_ctx: int | None = None,
         tolerance: float = EXACT_TOLERANCE, stream_to: Callable[[str], None] | None = None,
-        hard_limit: bool = False, n_threads: int | None = None, n_gpu_layers: int | None = None,
+        hard_limit: bool = False, threads: int | None = None, n_gpu_layers: int | None = None,
         no_repack: bool = False) -> RunResult:
     """Ask an L1 GGUF ``question`` with a thinking budget of ``budget`` tokens and measure what it did with it.
 
@@ -363,7 +391,9 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
     (:func:`default_max_tokens`, the authors' protocol); ``n_ctx`` defaults to what the prompt plus
     ``max_tokens`` need. ``hard_limit`` ends the thinking when the response reaches ``budget`` tokens without
     ``</think>`` (inserting :data:`FORCED_THINK_END`) and lets the model write its answer: budget forcing for
-    models that overshoot. ``n_threads`` and ``n_gpu_layers`` go to llama.cpp (default: its own choice; no GPU
+    models that overshoot. ``mode`` is the prompt wording: ``"exact"`` (L1-Exact, "Think for N tokens.") or
+    ``"max"`` (L1-Max); the parameters are named as ``l1quant run``'s flags (``--mode``, ``--threads``, ...).
+    ``threads`` and ``n_gpu_layers`` go to llama.cpp (default: its own choice; no GPU
     layers). ``no_repack`` runs llama.cpp without its extra buffer types (``--no-repack``, llama.cpp's ``-nr``; by
     default :mod:`l1quant.runtime.probe` decides once per machine). ``stream_to`` receives the text as it is
     generated.
@@ -372,26 +402,27 @@ def run(model_path: str | Path, question: str, budget: int, *, max_mode: bool = 
     longer than ``n_ctx``; :class:`~l1quant.errors.RuntimeMissingError` without llama-cpp-python.
 
     Example:
-        >>> r = run("L1-Qwen-1.5B-Max-Q8_0.gguf", "What is 17*3?", 512, max_mode=True, seed=0)  # doctest: +SKIP
+        >>> r = run("L1-Qwen-1.5B-Max-Q8_0.gguf", "What is 17*3?", 512, mode="max", seed=0)  # doctest: +SKIP
         >>> r.total_tokens, r.reasoning_tokens, r.budget_kept, r.boxed  # doctest: +SKIP
         (402, 371, True, '51')
     """
+    max_mode = mode_is_max(mode)
     user = l1_prompt(question, budget, max_mode=max_mode)  # validates before loading anything
     max_tokens = default_max_tokens(budget) if max_tokens is None else max_tokens
     if max_tokens <= 0:
         raise InputError(f"max_tokens: expected a positive number, found {max_tokens}")
-    _check_resources(n_threads, n_gpu_layers)
+    check_resources(threads, n_gpu_layers)
     path = Path(model_path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such GGUF file")
-    _import_llama()  # fail on a missing extra before reading the model
-    kv = _gguf_kv(path)
+    require("running a GGUF")  # fail on a missing extra before reading the model
+    kv = gguf_kv(path)
     if n_ctx is None:
-        template, bos, eos = _gguf_chat_info(path, kv)
-        n_ctx = _auto_ctx(len(render_chat(user, template, bos_token=bos, eos_token=eos).encode("utf-8")), max_tokens)
-    runner = _Runner(path, n_ctx=n_ctx, kv=kv, n_threads=n_threads, n_gpu_layers=n_gpu_layers, no_repack=no_repack)
+        template, bos, eos = gguf_chat_info(path, kv)
+        n_ctx = auto_ctx(len(render_chat(user, template, bos_token=bos, eos_token=eos).encode("utf-8")), max_tokens)
+    runner = Runner(path, n_ctx=n_ctx, kv=kv, n_threads=threads, n_gpu_layers=n_gpu_layers, no_repack=no_repack)
     try:
-        sampling = _resolve_sampling(runner.sampling, temperature, top_p, top_k)
+        sampling = resolve_sampling(runner.sampling, temperature, top_p, top_k)
         return runner.generate(question, budget, max_mode=max_mode, sampling=sampling, seed=seed,
                                max_tokens=max_tokens, tolerance=tolerance, stream_to=stream_to,
                                hard_limit=hard_limit)

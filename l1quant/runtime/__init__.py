@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from l1quant.errors import RuntimeMissingError
 from l1quant.runtime.llama import RUN_INSTALL_HINT, EvalCallback, EvalTensor, Model, available
 
 __all__ = ["RUN_INSTALL_HINT", "EvalCallback", "EvalTensor", "Model", "available", "extra_bufts", "require"]
@@ -29,7 +30,5 @@ def extra_bufts(no_repack: bool) -> bool | None:
 def require(what: str) -> None:
     """Raise :class:`~l1quant.errors.RuntimeMissingError` naming ``what`` needs llama-cpp-python, when it is not
     installed (before any work is done)."""
-    from l1quant.errors import RuntimeMissingError
-
     if not available():
         raise RuntimeMissingError(f"{what} needs llama-cpp-python: {RUN_INSTALL_HINT}")

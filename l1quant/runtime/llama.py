@@ -196,6 +196,9 @@ class Model:
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
         self.bos = int(lc.llama_vocab_bos(self.vocab))
         self.eos = int(lc.llama_vocab_eos(self.vocab))
+        self.add_eos = bool(lc.llama_vocab_get_add_eos(self.vocab))
+        #: llama.cpp's ``llama_vocab_type`` (``LLAMA_VOCAB_TYPE_BPE`` is 2): which tokenizer the vocabulary uses
+        self.vocab_type = int(lc.llama_vocab_type(self.vocab))
         self.n_ctx = n_ctx
         self.seed = lc.LLAMA_DEFAULT_SEED if seed is None else int(seed) % 2**32
         self.logits_all = logits_all

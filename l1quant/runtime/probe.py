@@ -3,7 +3,8 @@
 On some virtual machines the CPU reports AMX but its tile state is unusable: llama.cpp, built natively as
 llama-cpp-python builds it, repacks Q4_0/Q8_0/K-quant weights into its AMX (or other CPU-specific) buffer types
 and dies with SIGSEGV or SIGILL on the first decode; F16 works, and llama.cpp's ``-nr/--no-repack``
-(``use_extra_bufts = false``) avoids it. So before the first model is run, a child process builds a tiny model
+(``use_extra_bufts = false``) avoids it. So before the first model is run, a child process
+(:mod:`l1quant.runtime.probe_child`) builds a tiny model
 (:mod:`l1quant.testing` + :func:`l1quant.convert`, Q8_0 and Q4_0: the types the AMX and repack buffers take),
 loads it with the extra buffer types on and decodes a few tokens. The answer is cached per machine (CPU model
 and flags) and llama.cpp build (``build``: :func:`l1quant.runtime.llama.build_id`) under the user cache folder
@@ -27,7 +28,6 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +103,8 @@ def probe(build: str, *, use_cache: bool = True) -> ProbeResult:
     root = str(Path(__file__).resolve().parent.parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     try:
-        proc = subprocess.run([sys.executable, "-m", "l1quant.runtime.probe"], env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.run([sys.executable, "-m", "l1quant.runtime.probe_child"], env=env,
+                              stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return ProbeResult(True, None, False, path)
@@ -132,49 +133,3 @@ def extra_bufts_work(build: str) -> bool:
             _say(f"llama.cpp's extra buffer types (weight repacking) crashed a probe on this CPU ({res.signal}); "
                  f"running without them, as --no-repack (cached in {res.path})")
     return _memo[key]
-
-
-def _child() -> None:
-    """The probe itself: a tiny Q8_0 and Q4_0 model decoded with extra buffer types on; exit 0 when it worked."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    from l1quant.conversion.convert import convert
-    # the child's entry point: what only the child needs is imported here
-    from l1quant.runtime.crash import disable
-    from l1quant.runtime.llama import Model
-    from l1quant.testing import make_checkpoint
-
-    disable()  # the parent must see the signal itself
-    with tempfile.TemporaryDirectory(prefix="l1quant-probe-") as d:
-        tok_dir = Path(d) / "tok"
-        tok_dir.mkdir()
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        vocab = {c: i for i, c in enumerate(sorted(alphabet))}
-        merges = [("Ġ", "t"), ("h", "e")]  # a byte-level BPE needs some merges
-        for a, b in merges:
-            vocab[a + b] = len(vocab)
-        vocab["<|endoftext|>"] = len(vocab)
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens(["<|endoftext|>"])
-        tok.save(str(tok_dir / "tokenizer.json"))
-        (tok_dir / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
-        # Rows a multiple of 32 and 64-wide blocks: shapes the AMX and repack buffer types accept.
-        ckpt = make_checkpoint(Path(d) / "m", tokenizer_dir=tok_dir, hidden=128, layers=1, heads=4, kv_heads=2,
-                               ff=256, vocab=len(vocab), tied=True, generation_config=None,
-                               extra_config={"bos_token_id": None, "eos_token_id": len(vocab) - 1})
-        for t in ("q8_0", "q4_0"):
-            out = convert(ckpt, t, Path(d) / f"m-{t}.gguf", pre="qwen2", threads=1)
-            with Model(out, n_ctx=64, n_threads=2, extra_bufts=True, seed=0) as m:
-                crash_sig = os.environ.get(CRASH_ENV)
-                if crash_sig:
-                    os.kill(os.getpid(), signal.Signals[crash_sig.upper()])
-                m.logits([1, 2, 3, 4, 5, 6, 7, 8], first=0)
-                stream = m.generate([1, 2, 3], temperature=0, top_p=1.0, top_k=0, min_p=0.0)
-                for _ in range(3):
-                    next(stream)
-
-
-if __name__ == "__main__":
-    _child()

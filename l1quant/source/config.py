@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from l1quant.arch import get_arch
 from l1quant.errors import ConfigError, clip, read_text
 
 # Defaults for keys an architecture description does not default itself (transformers' PretrainedConfig and
@@ -145,8 +146,6 @@ class ModelConfig:
             raise ConfigError(f"{source}: missing 'architectures' (expected e.g. [\"Qwen2ForCausalLM\"])")
         defaults = dict(_DEFAULTS)
         if arch_defaults:
-            from l1quant.arch import get_arch  # the descriptions import this module: imported when first needed
-
             try:
                 defaults.update(get_arch(arches[0]).config_defaults)
             except ConfigError as e:

@@ -60,6 +60,10 @@ EXTRA_KEY_SPELLINGS: dict[str, str] = {
     "classifier_pooling": "{arch}.classifier.pooling_type",
 }
 #: Nested configs ``load_hparams`` renames to ``text_config`` (then merged over the top level).
+#: A model card is text for people: the largest on the Hub are ~100 KB. 4 MiB bounds
+#: (convert's metadata and an architecture's folder check both read README.md through this bound) the read and the scan.
+MAX_MODEL_CARD_BYTES = 4 << 20
+
 WRAPPERS = ("llm_config", "lm_config", "thinker_config", "language_config", "lfm")
 #: Keys of the rope dict the reference reads that l1quant does not reproduce: key -> what the reference does.
 ROPE_EXTRAS = {

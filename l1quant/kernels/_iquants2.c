@@ -1,0 +1,859 @@
+/*
+ * l1quant.kernels._fastq8 (a source file of it): IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M, giving the bytes of
+ * ggml's ggml_quantize_chunk for these types (the quantize_row_<type>_impl grid searches of ggml-quants.c), with and
+ * without an importance matrix where ggml accepts both (IQ2_S and IQ1_M; the other three require one).
+ *
+ * Exactness: as _kquants.c, built with -ffp-contract=off and no -ffast-math; every float expression is written with
+ * the reference's operands, association and order (a*b*c is (a*b)*c, int operands converted first), sums are
+ * sequential, comparisons strict as in the reference.
+ *
+ * The grid tables (levels of each grid point, the code -> index map, the neighbour lists) are not built here: the
+ * caller passes kernels/iq_grids.py's arrays, derived once per process from gguf-py's grids.
+ *
+ * Ties in the IQ1 searches: ggml sorts a group's (value, index) pairs with qsort comparing the value alone. The
+ * glibc this project runs against (2.36) implements qsort as a merge sort for arrays this small (it falls back to
+ * quicksort only when a temporary buffer cannot be had, and 16 or 32 eight-byte pairs use a stack buffer), and its
+ * merge takes the left element on equality: the sort is stable, so equal values keep increasing index order. The
+ * insertion sort below gives that same order. tests/test_iquants12.py pins it against ggml on tied inputs.
+ *
+ * Non-finite policy (l1quant's): a 256-value super-block holding NaN/Inf is written as zeros with its f16 scale set
+ * to 0x7E00 (for IQ1_M the scale's four nibbles in the scales field), and counts as nothing elsewhere: every type
+ * here computes its statistics per super-block, so neighbours are unaffected.
+ *
+ * Thread safety: no global state; the GIL is released while quantizing.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_halfconv.h"
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+enum { GT_IQ2_XXS = 16, GT_IQ2_XS = 17, GT_IQ1_S = 19, GT_IQ2_S = 22, GT_IQ1_M = 29 };
+enum { SRC_F32 = 0, SRC_F16 = 1, SRC_BF16 = 2 };
+enum { QK = 256 };
+
+#define EPS_GROUP 1e-15f   /* GROUP_MAX_EPS */
+#define EPS_IQ2_S 1e-8f    /* GROUP_MAX_EPS_IQ2_S */
+#define EPS_IQ1_M 1e-7f    /* GROUP_MAX_EPS_IQ1_M */
+#define EPS_IQ1_S 1e-12f   /* GROUP_MAX_EPS_IQ1_S */
+#define IQ1_DELTA 0.125f   /* IQ1S_DELTA = IQ1M_DELTA */
+
+typedef struct {
+    const uint8_t *lev;     /* (ngrid, 8) levels 0..2 */
+    const int32_t *map;     /* code -> index, or -(offset + 1) into nb */
+    const uint16_t *nb;     /* at an offset: count, then the list */
+    const float *nlev;      /* (8, nbsize): level i of the point at each position of nb, as float */
+    int64_t nbsize;
+    int ngrid;
+} grid_t;
+
+/* Build the distance loops below also for AVX2 and pick at load time (GCC on x86-64 ELF); the sums per candidate
+ * stay sequential over the 8 coordinates, the vectors run across candidates, so every clone gives the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES)
+#define IQ_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define IQ_HOT
+#endif
+enum { MAX_LIST = 1024 };
+
+/* Weighted squared distances of the n candidates of a list (coordinates at nlev + pos) to x, each coordinate
+ * valued a*level + b and scaled: d2[j] = sum_i w_i * (scale*q - x_i)^2, i in order. a, b are exact for these
+ * levels (2l+1 for IQ2; l - 0.875 or l - 1.125 for IQ1's shifted levels). */
+IQ_HOT static void list_d2(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
+                           const float *restrict w, float scale, float a, float b, float *restrict d2) {
+    for (int j = 0; j < n; j++) d2[j] = 0;
+    for (int i = 0; i < 8; i++) {
+        const float *restrict l = nlev + i * stride + pos;
+        const float xi = x[i], wi = w[i];
+        for (int j = 0; j < n; j++) {
+            const float q = a * l[j] + b;
+            const float diff = scale * q - xi;
+            d2[j] += wi * diff * diff;
+        }
+    }
+}
+
+/* First j with the smallest d2[j] < FLT_MAX (strict, in order), or -1. */
+static inline int first_min(const float *d2, int n) {
+    float best = FLT_MAX;
+    int at = -1;
+    for (int j = 0; j < n; j++)
+        if (d2[j] < best) {
+            best = d2[j];
+            at = j;
+        }
+    return at;
+}
+
+/* ggml's nearest_int: adds 1.5 * 2**23 and reads the mantissa; out-of-range arguments give its same garbage. */
+static inline int nint(float f) {
+    const uint32_t u = f32_to_bits(f + 12582912.0f);
+    return (int)(u & 0x007FFFFFu) - 0x00400000;
+}
+static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int imax(int a, int b) { return a > b ? a : b; }
+static inline float fmaxr(float a, float b) { return a > b ? a : b; } /* MAX(a, b) as ggml's macro */
+static inline uint16_t f16b(float f) { return f32_to_f16_bits(f32_to_bits(f)); }
+static inline void put16(uint8_t *p, uint16_t h) { p[0] = (uint8_t)h; p[1] = (uint8_t)(h >> 8); }
+
+static inline float sum_sq(const float *x, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += x[i] * x[i];
+    return s;
+}
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* IQ2: the nearest grid point among a code's neighbours by weighted squared distance (iq2_find_best_neighbour).
+ * Writes the point's levels to L, returns its index (-1 if every distance is NaN or >= FLT_MAX; ggml aborts). */
+static int iq2_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
+                       int8_t *L) {
+    const int n = list[0];
+    float d2[MAX_LIST];
+    list_d2(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 2.0f, 1.0f, d2);
+    const int j = first_min(d2, n);
+    if (j < 0) return -1;
+    const int gi = list[1 + j];
+    for (int i = 0; i < 8; i++) L[i] = (int8_t)g->lev[8 * (size_t)gi + i];
+    return gi;
+}
+
+/* The grid index of 8 levels, searching the neighbours of an off-grid code (levels rewritten to the point's). */
+static inline int iq2_snap(const grid_t *g, int8_t *L, const float *xval, const float *w, float scale, int *on) {
+    uint16_t u = 0;
+    for (int i = 0; i < 8; i++) u |= (uint16_t)(L[i] << 2 * i);
+    int gi = g->map[u];
+    *on = gi >= 0;
+    if (gi < 0) gi = iq2_nearest(g, g->nb + (-g->map[u] - 1), xval, w, scale, L);
+    return gi;
+}
+
+static inline void iq2_levels(const float *xval, float id, int8_t *L, int n) {
+    for (int i = 0; i < n; i++) L[i] = (int8_t)imax(0, imin(2, nint(0.5f * (id * xval[i] - 1))));
+}
+
+static inline int code_of(const int8_t *L) {
+    uint16_t u = 0;
+    for (int i = 0; i < 8; i++) u |= (uint16_t)(L[i] << 2 * i);
+    return u;
+}
+
+/* make_qp_quants(n, nmax, x, L, w) with L kept as uint8_t, as the reference does: a negative level wraps. */
+static float qp_fit(int n, int nmax, const float *x, uint8_t *L, const float *w) {
+    float max = 0;
+    for (int i = 0; i < n; i++) max = fmaxr(max, x[i]);
+    if (max < EPS_GROUP) {
+        memset(L, 0, (size_t)n);
+        return 0.f;
+    }
+    float iscale = (float)nmax / max;
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)nint(iscale * x[i]);
+    const float scale = 1 / iscale;
+    float best_mse = 0;
+    for (int i = 0; i < n; i++) {
+        const float diff = x[i] - scale * (float)L[i];
+        best_mse += w[i] * diff * diff;
+    }
+    for (int is = -4; is <= 4; is++) {
+        if (is == 0) continue;
+        const float iscale_is = (0.1f * (float)is + (float)nmax) / max;
+        const float scale_is = 1 / iscale_is;
+        float mse = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = imin(nmax, nint(iscale_is * x[i]));
+            const float diff = x[i] - scale_is * (float)l;
+            mse += w[i] * diff * diff;
+        }
+        if (mse < best_mse) {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = imin(nmax, nint(iscale * x[i]));
+        L[i] = (uint8_t)l;
+        sumlx += w[i] * x[i] * (float)l;
+        suml2 += w[i] * (float)l * (float)l;
+    }
+    for (int itry = 0; itry < 5; itry++) {
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            const float wi = w[i];
+            float slx = sumlx - wi * x[i] * (float)L[i];
+            float sl2 = suml2 - wi * (float)L[i] * (float)L[i];
+            if (slx > 0 && sl2 > 0) {
+                const int nl = imin(nmax, nint(x[i] * sl2 / slx));
+                if (nl != L[i]) {
+                    slx += wi * x[i] * (float)nl;
+                    sl2 += wi * (float)nl * (float)nl;
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)nl;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed++;
+                    }
+                }
+            }
+        }
+        if (!changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* Sign handling of IQ2_XXS / IQ2_XS: magnitudes in xval; an odd number of negatives flips back the one of least
+ * weight*x*x (the format stores 7 sign bits, the 8th is the parity). Returns the 7 stored sign bits. */
+static inline uint8_t even_signs(const float *xb, const float *w, float *xval) {
+    int nflip = 0;
+    uint8_t s = 0;
+    for (int i = 0; i < 8; i++) {
+        if (xb[i] >= 0) {
+            xval[i] = xb[i];
+        } else {
+            xval[i] = -xb[i];
+            nflip++;
+            s |= (uint8_t)(1 << i);
+        }
+    }
+    if (nflip % 2) {
+        int im = 0;
+        float mn = w[0] * xb[0] * xb[0];
+        for (int i = 1; i < 8; i++) {
+            const float ax = w[i] * xb[i] * xb[i];
+            if (ax < mn) {
+                mn = ax;
+                im = i;
+            }
+        }
+        xval[im] = -xval[im];
+        s ^= (uint8_t)(1 << im);
+    }
+    return s & 127;
+}
+
+static inline void qx_q2(const float *w, const float *xval, const int8_t *L, int n, float *sqx, float *sq2) {
+    float a = 0, b = 0;
+    for (int i = 0; i < n; i++) {
+        const float q = (float)(2 * L[i] + 1);
+        a += w[i] * xval[i] * q;
+        b += w[i] * q * q;
+    }
+    *sqx = a;
+    *sq2 = b;
+}
+
+/* IQ2_XXS: one super-block (quantize_row_iq2_xxs_impl). y: 66 bytes. */
+static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
+    float scales[8], weight[32], waux[32], xval[32];
+    int8_t L[32], Laux[32];
+    uint8_t signs[4];
+    uint32_t q2[16];
+    memset(q2, 0, sizeof q2);
+    float max_scale = 0;
+    const float sigma2 = sum_sq(xbl, QK) / QK;
+    for (int ib = 0; ib < 8; ib++) {
+        const float *xb = xbl + 32 * ib;
+        const float *qw = qwb + 32 * ib;
+        for (int i = 0; i < 32; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+        for (int i = 0; i < 32; i++) waux[i] = sqrtf(weight[i]);
+        for (int k = 0; k < 4; k++) signs[k] = even_signs(xb + 8 * k, weight + 8 * k, xval + 8 * k);
+        float max = xval[0];
+        for (int i = 1; i < 32; i++) max = fmaxr(max, xval[i]);
+        if (max < EPS_GROUP) {
+            scales[ib] = 0;
+            continue;
+        }
+        float scale = qp_fit(32, 4, xval, (uint8_t *)L, weight);
+        const float eff_max = scale * 3;
+        if (eff_max <= 0) {
+            scales[ib] = 0;
+            continue;
+        }
+        float best = 0;
+        int on;
+        for (int is = -6; is <= 6; is++) {
+            const float id = (5 + (float)is * 0.1f) / eff_max;
+            const float this_scale = 1 / id;
+            for (int k = 0; k < 4; k++) {
+                iq2_levels(xval + 8 * k, id, Laux + 8 * k, 8);
+                iq2_snap(g, Laux + 8 * k, xval + 8 * k, waux + 8 * k, this_scale, &on);
+            }
+            float sumqx, sumq2;
+            qx_q2(weight, xval, Laux, 32, &sumqx, &sumq2);
+            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                scale = sumqx / sumq2;
+                best = scale * sumqx;
+                memcpy(L, Laux, 32);
+            }
+        }
+        if (scale > 0) {
+            const float id = 1 / scale;
+            for (int k = 0; k < 4; k++) {
+                iq2_levels(xval + 8 * k, id, L + 8 * k, 8);
+                const int gi = iq2_snap(g, L + 8 * k, xval + 8 * k, waux + 8 * k, scale, &on);
+                for (int i = 0; i < 8; i++) L[8 * k + i] = (int8_t)g->lev[8 * (size_t)gi + i];
+            }
+            float sumqx, sumq2;
+            qx_q2(weight, xval, L, 32, &sumqx, &sumq2);
+            if (sumq2 > 0) scale = sumqx / sumq2;
+        }
+        if (scale < 0) {
+            scale = -scale;
+            for (int k = 0; k < 4; k++) signs[k] = (uint8_t)(~signs[k] & 127);
+        }
+        for (int k = 0; k < 4; k++) {
+            const int gi = g->map[code_of(L + 8 * k)];
+            q2[2 * ib] |= (uint32_t)gi << 8 * k;
+            q2[2 * ib + 1] |= (uint32_t)signs[k] << 7 * k;
+        }
+        scales[ib] = scale;
+        max_scale = fmaxr(max_scale, scale);
+    }
+    memset(y, 0, 66);
+    if (!max_scale) return;
+    const float d = max_scale / 31;
+    put16(y, f16b(d));
+    const float id = 1 / d;
+    for (int ib = 0; ib < 8; ib++) {
+        const int l = imax(0, imin(15, nint(0.5f * (id * scales[ib] - 1))));
+        q2[2 * ib + 1] |= (uint32_t)l << 28;
+    }
+    for (int i = 0; i < 16; i++)
+        for (int b = 0; b < 4; b++) y[2 + 4 * i + b] = (uint8_t)(q2[i] >> 8 * b);
+}
+
+/* IQ2_XS (quantize_row_iq2_xs_impl) and IQ2_S (quantize_row_iq2_s_impl): 16-value groups, 19 trial scales, only
+ * off-grid halves re-searched at the end. They differ in the weights, the signs (IQ2_S stores all 8), the group
+ * threshold, the scale's fudge factor and the layout. */
+static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const float *qwb, uint8_t *y) {
+    float scales[16], weight[16], waux[16], xval[16];
+    int8_t L[16], Laux[16];
+    int on_grid[2], on_aux[2];
+    uint8_t signs[2];
+    uint16_t gidx[32];
+    uint8_t sgn[32];
+    float max_scale = 0;
+    const float sigma2 = is_s ? 2 * sum_sq(xbl, QK) / QK : sum_sq(xbl, QK) / QK;
+    memset(gidx, 0, sizeof gidx);
+    memset(sgn, 0, sizeof sgn);
+    for (int ib = 0; ib < 16; ib++) {
+        const float *xb = xbl + 16 * ib;
+        if (qwb) {
+            const float *qw = qwb + 16 * ib;
+            for (int i = 0; i < 16; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+        } else {
+            for (int i = 0; i < 16; i++) weight[i] = 0.25f * sigma2 + xb[i] * xb[i];
+        }
+        for (int i = 0; i < 16; i++) waux[i] = sqrtf(weight[i]);
+        for (int k = 0; k < 2; k++) {
+            if (is_s) {
+                uint8_t s = 0;
+                for (int i = 0; i < 8; i++) {
+                    if (xb[8 * k + i] >= 0) {
+                        xval[8 * k + i] = xb[8 * k + i];
+                    } else {
+                        xval[8 * k + i] = -xb[8 * k + i];
+                        s |= (uint8_t)(1 << i);
+                    }
+                }
+                signs[k] = s;
+            } else {
+                signs[k] = even_signs(xb + 8 * k, weight + 8 * k, xval + 8 * k);
+            }
+        }
+        float max = xval[0];
+        for (int i = 1; i < 16; i++) max = fmaxr(max, xval[i]);
+        memset(L, 0, 16);
+        if (max < (is_s ? EPS_IQ2_S : EPS_GROUP)) {
+            scales[ib] = 0;
+            continue;
+        }
+        float best = 0;
+        float scale = max / 5;
+        on_grid[0] = on_grid[1] = 1;
+        for (int is = -9; is <= 9; is++) {
+            const float id = (5 + (float)is * 0.1f) / max;
+            const float this_scale = 1 / id;
+            for (int k = 0; k < 2; k++) {
+                iq2_levels(xval + 8 * k, id, Laux + 8 * k, 8);
+                iq2_snap(g, Laux + 8 * k, xval + 8 * k, waux + 8 * k, this_scale, &on_aux[k]);
+            }
+            float sumqx, sumq2;
+            qx_q2(weight, xval, Laux, 16, &sumqx, &sumq2);
+            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                scale = sumqx / sumq2;
+                best = scale * sumqx;
+                memcpy(L, Laux, 16);
+                on_grid[0] = on_aux[0];
+                on_grid[1] = on_aux[1];
+            }
+        }
+        if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
+            const float id = 1 / scale;
+            int on;
+            for (int k = 0; k < 2; k++) {
+                if (on_grid[k]) continue;
+                iq2_levels(xval + 8 * k, id, L + 8 * k, 8);
+                iq2_snap(g, L + 8 * k, xval + 8 * k, waux + 8 * k, scale, &on);
+            }
+            float sumqx, sumq2;
+            qx_q2(weight, xval, L, 16, &sumqx, &sumq2);
+            if (sumq2 > 0) scale = sumqx / sumq2;
+        }
+        if (scale < 0) {
+            scale = -scale;
+            for (int k = 0; k < 2; k++) signs[k] = is_s ? (uint8_t)~signs[k] : (uint8_t)(~signs[k] & 127);
+        }
+        for (int k = 0; k < 2; k++) {
+            gidx[2 * ib + k] = (uint16_t)g->map[code_of(L + 8 * k)];
+            sgn[2 * ib + k] = signs[k];
+        }
+        scales[ib] = scale;
+        max_scale = fmaxr(max_scale, scale);
+    }
+    const int nbytes = is_s ? 82 : 74;
+    memset(y, 0, (size_t)nbytes);
+    if (!max_scale) return;
+    const float d = max_scale / 31;
+    put16(y, f16b(is_s ? d * 0.9875f : d));
+    const float id = 1 / d;
+    uint8_t *sc = y + (is_s ? 2 + 64 + 8 : 2 + 64);
+    for (int ib = 0; ib < 16; ib++) {
+        const int l = imax(0, imin(15, nint(0.5f * (id * scales[ib] - 1))));
+        if (ib % 2 == 0)
+            sc[ib / 2] = (uint8_t)l;
+        else
+            sc[ib / 2] |= (uint8_t)(l << 4);
+    }
+    for (int i8 = 0; i8 < 32; i8++) {
+        if (is_s) {
+            y[2 + i8] = (uint8_t)(gidx[i8] & 255);
+            y[2 + 64 + i8 / 4] |= (uint8_t)((gidx[i8] >> 8) << 2 * (i8 % 4));
+            y[2 + 32 + i8] = sgn[i8];
+        } else {
+            put16(y + 2 + 2 * i8, (uint16_t)(gidx[i8] | (sgn[i8] << 9)));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* IQ1: the nearest grid point among a code's neighbours, the point's levels valued through xg (the three shifted
+ * levels) times scale (iq1_find_best_neighbour2). ggml then tries the whole grid when no neighbour's distance is
+ * below FLT_MAX, reading its values with the grid index (out of the group's bounds); that happens only for
+ * non-finite distances, which the inputs this project passes do not produce: the whole-grid pass here reads the
+ * group's own values. */
+static int iq1_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
+                       const float *xg, int8_t *L) {
+    const int n = list[0];
+    float d2[MAX_LIST];
+    list_d2(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 1.0f, xg[0], d2);
+    const int j = first_min(d2, n);
+    int gi = j < 0 ? -1 : list[1 + j];
+    if (gi < 0) {
+        float best = FLT_MAX;
+        for (int k = 0; k < g->ngrid; k++) {
+            const uint8_t *p = g->lev + 8 * (size_t)k;
+            float dd = 0;
+            for (int i = 0; i < 8; i++) {
+                const float diff = scale * xg[p[i]] - xval[i];
+                dd += w[i] * diff * diff;
+            }
+            if (dd < best) {
+                best = dd;
+                gi = k;
+            }
+        }
+    }
+    if (gi < 0) gi = 0;
+    for (int i = 0; i < 8; i++) L[i] = (int8_t)g->lev[8 * (size_t)gi + i];
+    return gi;
+}
+
+/* The group's indices in ascending value order, equal values in index order (glibc 2.36's stable qsort). */
+static inline void sort_idx(const float *x, int n, int *idx) {
+    for (int j = 0; j < n; j++) {
+        int k = j;
+        while (k > 0 && x[idx[k - 1]] > x[j]) {
+            idx[k] = idx[k - 1];
+            k--;
+        }
+        idx[k] = j;
+    }
+}
+
+static const float XP[3] = {-1 + IQ1_DELTA, IQ1_DELTA, 1 + IQ1_DELTA};
+static const float XM[3] = {-1 - IQ1_DELTA, -IQ1_DELTA, 1 - IQ1_DELTA};
+
+/* Grid indices of a group's 8-value parts after the 3-level split; returns 1 when all were on the grid. */
+static int iq1_snap(const grid_t *g, const int8_t *L0, const float *xb, const float *w, float scale,
+                    const float *const *xx, int nparts, uint16_t *index) {
+    int all_on = 1;
+    int8_t L[8];
+    for (int k = 0; k < nparts; k++) {
+        memcpy(L, L0 + 8 * k, 8);
+        const int u = code_of(L);
+        int gi = g->map[u];
+        if (gi < 0) {
+            all_on = 0;
+            gi = iq1_nearest(g, g->nb + (-g->map[u] - 1), xb + 8 * k, w + 8 * k, scale, xx[k], L);
+        }
+        index[k] = (uint16_t)gi;
+    }
+    return all_on;
+}
+
+/* The sums of IQ1_S's split (i1, i2) for i2 = i1..32, with the +delta levels (cand[0], cand[1]: sumqx, sumq2) and
+ * the -delta ones (cand[2], cand[3]), each formed as the reference forms it. */
+IQ_HOT static void split_sums_s(const float *restrict sumx, const float *restrict sumw, int i1, float cand[4][33]) {
+    const float a = sumx[i1] - sumx[0], wa = sumw[i1] - sumw[0];
+    for (int i2 = i1; i2 <= 32; i2++) {
+        const float b = sumx[i2] - sumx[i1], c = sumx[32] - sumx[i2];
+        const float wb = sumw[i2] - sumw[i1], wc = sumw[32] - sumw[i2];
+        cand[0][i2] = a * XP[0] + b * XP[1] + c * XP[2];
+        cand[1][i2] = wa * XP[0] * XP[0] + wb * XP[1] * XP[1] + wc * XP[2] * XP[2];
+        cand[2][i2] = a * XM[0] + b * XM[1] + c * XM[2];
+        cand[3][i2] = wa * XM[0] * XM[0] + wb * XM[1] * XM[1] + wc * XM[2] * XM[2];
+    }
+}
+
+/* IQ1_S super-block (quantize_row_iq1_s_impl): 8 groups of 32, one shift sign each. y: 50 bytes. */
+static void iq1_s_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
+    float scales[8], weight[32], sumx[33], sumw[33];
+    int8_t L[32], shifts[8];
+    int idx[32];
+    uint16_t index[4];
+    memset(y, 0, 50);
+    float max_scale = 0;
+    const float sigma2 = 2 * sum_sq(xbl, QK) / QK;
+    for (int ib = 0; ib < 8; ib++) {
+        const float *xb = xbl + 32 * ib;
+        const float *qw = qwb + 32 * ib;
+        for (int i = 0; i < 32; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+        float max = fabsf(xb[0]);
+        for (int i = 1; i < 32; i++) max = fmaxr(max, fabsf(xb[i]));
+        if (max < EPS_IQ1_S) {
+            scales[ib] = 0;
+            shifts[ib] = 1;
+            continue;
+        }
+        sort_idx(xb, 32, idx);
+        sumx[0] = sumw[0] = 0;
+        for (int j = 0; j < 32; j++) {
+            const int i = idx[j];
+            sumx[j + 1] = sumx[j] + weight[i] * xb[i];
+            sumw[j + 1] = sumw[j] + weight[i];
+        }
+        float best_score = -FLT_MAX, scale = max;
+        int b1 = -1, b2 = -1, bshift = 0;
+        for (int i1 = 0; i1 <= 32; i1++) {
+            /* every split (i1, i2) for this i1 at once (vectorisable), then the reference's scan in its order */
+            float cand[4][33];
+            split_sums_s(sumx, sumw, i1, cand);
+            for (int i2 = i1; i2 <= 32; i2++) {
+                for (int t = 0; t < 2; t++) {
+                    const float sqx = cand[2 * t][i2], sq2 = cand[2 * t + 1][i2];
+                    if (sq2 > 0 && sqx * sqx > best_score * sq2) {
+                        scale = sqx / sq2;
+                        best_score = scale * sqx;
+                        b1 = i1;
+                        b2 = i2;
+                        bshift = t == 0 ? 1 : -1;
+                    }
+                }
+            }
+        }
+        if (b1 < 0 || b2 < 0 || bshift == 0) {
+            scales[ib] = 0;
+            shifts[ib] = 1;
+            continue;
+        }
+        for (int j = 0; j < 32; j++) L[idx[j]] = (int8_t)(j < b1 ? 0 : j < b2 ? 1 : 2);
+        if (scale < 0) {
+            for (int j = 0; j < 32; j++) L[j] = (int8_t)(2 - L[j]);
+            scale = -scale;
+            bshift = -bshift;
+        }
+        const float *xx = bshift == 1 ? XP : XM;
+        const float *xxs[4] = {xx, xx, xx, xx};
+        if (!iq1_snap(g, L, xb, weight, scale, xxs, 4, index)) {
+            float sqx = 0, sq2 = 0;
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *p = g->lev + 8 * (size_t)index[k];
+                for (int j = 0; j < 8; j++) {
+                    const float w = weight[8 * k + j];
+                    const float q = xx[p[j]];
+                    sqx += w * q * xb[8 * k + j];
+                    sq2 += w * q * q;
+                }
+            }
+            if (sqx > 0 && sq2 > 0) scale = sqx / sq2;
+        }
+        uint16_t h = 0;
+        for (int k = 0; k < 4; k++) {
+            y[2 + 4 * ib + k] = (uint8_t)(index[k] & 255);
+            h |= (uint16_t)((index[k] >> 8) << 3 * k);
+        }
+        put16(y + 34 + 2 * ib, h);
+        scales[ib] = scale;
+        shifts[ib] = (int8_t)bshift;
+        max_scale = fmaxr(max_scale, scale);
+    }
+    if (!max_scale) return;
+    const float d = max_scale / 15;
+    put16(y, f16b(d * 1.125f));
+    const float id = 1 / d;
+    for (int ib = 0; ib < 8; ib++) {
+        int l = imax(0, imin(7, nint(0.5f * (id * scales[ib] - 1))));
+        if (shifts[ib] == -1) l |= 8;
+        const uint16_t h = (uint16_t)(y[34 + 2 * ib] | (y[35 + 2 * ib] << 8) | (l << 12));
+        put16(y + 34 + 2 * ib, h);
+    }
+}
+
+/* IQ1_M super-block (quantize_row_iq1_m_impl): 16 groups of 16, a shift sign per 8-value half. y: 56 bytes:
+ * qs[32], qh[16], scales[8] (4 little-endian uint16 holding the 3-bit group scales and the f16 scale's nibbles). */
+static void iq1_m_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
+    static const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
+    float scales[16], weight[16];
+    int8_t L[16], shifts[16];
+    int idx[16];
+    uint16_t index[2];
+    uint8_t *qs = y, *qh = y + 32;
+    uint16_t sc[4] = {0, 0, 0, 0};
+    memset(y, 0, 56);
+    float max_scale = 0;
+    const float sigma2 = 2 * sum_sq(xbl, QK) / QK;
+    for (int ib = 0; ib < 16; ib++) {
+        const float *xb = xbl + 16 * ib;
+        if (qwb) {
+            const float *qw = qwb + 16 * ib;
+            for (int i = 0; i < 16; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+        } else {
+            for (int i = 0; i < 16; i++) weight[i] = xb[i] * xb[i];
+        }
+        float max = fabsf(xb[0]);
+        for (int i = 1; i < 16; i++) max = fmaxr(max, fabsf(xb[i]));
+        if (max < EPS_IQ1_M) {
+            scales[ib] = 0;
+            shifts[ib] = 0;
+            continue;
+        }
+        sort_idx(xb, 16, idx);
+        float px[2][17], pw[2][17];
+        px[0][0] = px[1][0] = pw[0][0] = pw[1][0] = 0;
+        for (int j = 0; j < 16; j++) {
+            const int i = idx[j];
+            const int h = i < 8 ? 0 : 1;
+            px[h][j + 1] = px[h][j] + weight[i] * xb[i];
+            px[1 - h][j + 1] = px[1 - h][j];
+            pw[h][j + 1] = pw[h][j] + weight[i];
+            pw[1 - h][j + 1] = pw[1 - h][j];
+        }
+        const float txs[2] = {px[0][16], px[1][16]}, tws[2] = {pw[0][16], pw[1][16]};
+        const float p2 = XP[2], m2 = XM[2];
+        const float cp1 = XP[0] * XP[0] - XP[1] * XP[1], cp2 = XP[1] * XP[1] - XP[2] * XP[2];
+        const float cm1 = XM[0] * XM[0] - XM[1] * XM[1], cm2 = XM[1] * XM[1] - XM[2] * XM[2];
+        float best_score = -FLT_MAX, scale = max;
+        int b1 = -1, b2 = -1, bk = -1;
+        for (int i1 = 0; i1 <= 16; i1++) {
+            for (int i2 = i1; i2 <= 16; i2++) {
+                float qxp[2], qxm[2], q2p[2], q2m[2], sqx[4], sq2[4];
+                for (int h = 0; h < 2; h++) {
+                    const float sx = px[h][i1] + px[h][i2];
+                    qxp[h] = txs[h] * p2 - sx;
+                    qxm[h] = txs[h] * m2 - sx;
+                    q2p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
+                    q2m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
+                }
+                sqx[0] = qxp[0] + qxp[1];
+                sqx[1] = qxp[0] + qxm[1];
+                sqx[2] = qxm[0] + qxp[1];
+                sqx[3] = qxm[0] + qxm[1];
+                sq2[0] = q2p[0] + q2p[1];
+                sq2[1] = q2p[0] + q2m[1];
+                sq2[2] = q2m[0] + q2p[1];
+                sq2[3] = q2m[0] + q2m[1];
+                for (int k = 0; k < 4; k++) {
+                    if (sq2[k] > 0 && sqx[k] * sqx[k] > best_score * sq2[k]) {
+                        scale = sqx[k] / sq2[k];
+                        best_score = scale * sqx[k];
+                        b1 = i1;
+                        b2 = i2;
+                        bk = k;
+                    }
+                }
+            }
+        }
+        if (b1 < 0 || b2 < 0 || bk < 0) {
+            scales[ib] = 0;
+            shifts[ib] = 0;
+            continue;
+        }
+        for (int j = 0; j < 16; j++) L[idx[j]] = (int8_t)(j < b1 ? 0 : j < b2 ? 1 : 2);
+        if (scale < 0) {
+            for (int j = 0; j < 16; j++) L[j] = (int8_t)(2 - L[j]);
+            scale = -scale;
+            bk = 3 - bk;
+        }
+        const float *xxs[2] = {bk < 2 ? XP : XM, bk % 2 == 0 ? XP : XM};
+        if (!iq1_snap(g, L, xb, weight, scale, xxs, 2, index)) {
+            float sqx = 0, sq2 = 0;
+            for (int k = 0; k < 2; k++) {
+                const uint8_t *p = g->lev + 8 * (size_t)index[k];
+                for (int j = 0; j < 8; j++) {
+                    const float w = weight[8 * k + j];
+                    const float q = xxs[k][p[j]];
+                    sqx += w * q * xb[8 * k + j];
+                    sq2 += w * q * q;
+                }
+            }
+            if (sqx > 0 && sq2 > 0) scale = sqx / sq2;
+        }
+        qs[2 * ib] = (uint8_t)(index[0] & 255);
+        qs[2 * ib + 1] = (uint8_t)(index[1] & 255);
+        qh[ib] = (uint8_t)((index[0] >> 8) | ((index[1] >> 8) << 4));
+        scales[ib] = scale;
+        shifts[ib] = (int8_t)bk;
+        max_scale = fmaxr(max_scale, scale);
+    }
+    if (!max_scale) return;
+    float d = max_scale / 15;
+    const float id = 1 / d;
+    float sqx = 0, sq2 = 0;
+    for (int ib = 0; ib < 16; ib++) {
+        const int l = imax(0, imin(7, nint(0.5f * (id * scales[ib] - 1))));
+        sc[ib / 4] |= (uint16_t)(l << 3 * (ib % 4));
+        qh[ib] |= masks[shifts[ib]];
+        const float *xb = xbl + 16 * ib;
+        if (qwb) {
+            const float *qw = qwb + 16 * ib;
+            for (int i = 0; i < 16; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
+        } else {
+            for (int i = 0; i < 16; i++) weight[i] = xb[i] * xb[i];
+        }
+        for (int k = 0; k < 2; k++) {
+            const float *xx = k == 0 ? (shifts[ib] < 2 ? XP : XM) : (shifts[ib] % 2 == 0 ? XP : XM);
+            const int gi = qs[2 * ib + k] + ((qh[ib] << (8 - 4 * k)) & 0x700);
+            const uint8_t *p = g->lev + 8 * (size_t)gi;
+            for (int j = 0; j < 8; j++) {
+                const float w = weight[8 * k + j];
+                const float q = xx[p[j]] * (float)(2 * l + 1);
+                sqx += w * q * xb[8 * k + j];
+                sq2 += w * q * q;
+            }
+        }
+    }
+    if (sq2 > 0) d = sqx / sq2;
+    const uint16_t s = f16b(d * 1.1125f);
+    sc[0] |= (uint16_t)((s & 0x000f) << 12);
+    sc[1] |= (uint16_t)((s & 0x00f0) << 8);
+    sc[2] |= (uint16_t)((s & 0x0f00) << 4);
+    sc[3] |= (uint16_t)(s & 0xf000);
+    for (int i = 0; i < 4; i++) put16(y + 48 + 2 * i, sc[i]);
+}
+
+/* ------------------------------------------------------------------------------------------------------------ */
+
+static int block_bytes(int type) {
+    switch (type) {
+    case GT_IQ2_XXS: return 66;
+    case GT_IQ2_XS: return 74;
+    case GT_IQ2_S: return 82;
+    case GT_IQ1_S: return 50;
+    case GT_IQ1_M: return 56;
+    default: return 0;
+    }
+}
+
+static void poison(int type, uint8_t *y) {
+    memset(y, 0, (size_t)block_bytes(type));
+    if (type == GT_IQ1_M) {
+        const uint16_t s = 0x7E00u; /* the f16 scale's nibbles sit in the top nibble of each scales word */
+        for (int i = 0; i < 4; i++) put16(y + 48 + 2 * i, (uint16_t)(((s >> 4 * i) & 0xF) << 12));
+    } else {
+        put16(y, 0x7E00u);
+    }
+}
+
+static void quant_block(int type, const grid_t *g, const float *x, const float *qw, uint8_t *y) {
+    switch (type) {
+    case GT_IQ2_XXS: iq2_xxs_block(g, x, qw, y); break;
+    case GT_IQ2_XS: iq2_xs_s_block(g, 0, x, qw, y); break;
+    case GT_IQ2_S: iq2_xs_s_block(g, 1, x, qw, y); break;
+    case GT_IQ1_S: iq1_s_block(g, x, qw, y); break;
+    default: iq1_m_block(g, x, qw, y); break;
+    }
+}
+
+/* iquant_grid(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, levels, kmap, neighbours,
+ *        neighbour_levels, neighbours_size, ngrid)
+ * -> flat index of the first non-finite value, or -1. imatrix: address of float32 (ncols,) or 0 for none (only
+ * IQ2_S and IQ1_M; the caller refuses the others). levels/kmap/neighbours/neighbour_levels: kernels/iq_grids.py's
+ * arrays (every list no longer than MAX_LIST, checked by the caller). */
+PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
+    int type, kind, ngrid;
+    unsigned long long s, d, q, lv, mp, nb, nl;
+    long long rows, ncols, stride, nbsize;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iKiLLKLKKKKKLi", &type, &s, &kind, &rows, &ncols, &d, &stride, &q, &lv, &mp, &nb,
+                          &nl, &nbsize, &ngrid))
+        return NULL;
+    const int bytes = block_bytes(type);
+    if (bytes == 0 || kind < SRC_F32 || kind > SRC_BF16 || rows < 0 || ncols < 0 || ncols % QK != 0) {
+        PyErr_Format(PyExc_ValueError, "_fastq8.iquant_grid: unsupported type %d, bad kind or ncols not a multiple of 256",
+                     type);
+        return NULL;
+    }
+    if (q == 0 && type != GT_IQ2_S && type != GT_IQ1_M) {
+        PyErr_SetString(PyExc_ValueError, "_fastq8.iquant_grid: this type needs an importance matrix");
+        return NULL;
+    }
+    if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);
+    grid_t g = {(const uint8_t *)(uintptr_t)lv, (const int32_t *)(uintptr_t)mp, (const uint16_t *)(uintptr_t)nb,
+                (const float *)(uintptr_t)nl, (int64_t)nbsize, ngrid};
+    const uint8_t *src = (const uint8_t *)(uintptr_t)s;
+    uint8_t *dst = (uint8_t *)(uintptr_t)d;
+    const float *qw = (const float *)(uintptr_t)q;
+    const size_t esz = kind == SRC_F32 ? 4u : 2u;
+    const int64_t nb_row = ncols / QK;
+    int64_t first = -1;
+    Py_BEGIN_ALLOW_THREADS
+    float buf[QK];
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t b = 0; b < nb_row; b++) {
+            const uint8_t *p = src + ((size_t)r * (size_t)ncols + (size_t)b * QK) * esz;
+            const float *xb;
+            if (kind == SRC_F32) {
+                xb = (const float *)p;
+            } else {
+                const uint16_t *h = (const uint16_t *)p;
+                for (int i = 0; i < QK; i++)
+                    buf[i] = kind == SRC_BF16 ? bits_to_f32((uint32_t)h[i] << 16) : bits_to_f32(f16_to_f32_bits(h[i]));
+                xb = buf;
+            }
+            uint8_t *y = dst + r * stride + b * bytes;
+            int bad = -1;
+            for (int i = 0; i < QK; i++)
+                if ((f32_to_bits(xb[i]) & 0x7F800000u) == 0x7F800000u) {
+                    bad = i;
+                    break;
+                }
+            if (bad >= 0) {
+                if (first < 0) first = r * ncols + b * QK + bad;
+                poison(type, y);
+                continue;
+            }
+            quant_block(type, &g, xb, qw ? qw + b * QK : NULL, y);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong(first);
+}

@@ -1,0 +1,139 @@
+"""The grid codebooks of IQ2_XXS (256 points), IQ2_XS (512), IQ2_S (1024) and IQ1_S / IQ1_M (2048), with the
+reverse map and neighbour lists that ggml's quantizers search, derived from gguf-py's grids.
+
+Every grid point is 8 levels in 0..2 (gguf-py stores the dequantized values: 8/25/43 for the IQ2 grids, -1/0/1
+for IQ1's; a level is the value's position in ``grid_map``). ggml (``iq2xs_init_impl`` in ggml-quants.c) derives,
+once per process:
+
+- the code of a point, ``u = sum(level[i] << 2*i)``, and a map from every code to its grid index;
+- for a code that is not a grid point, the grid points nearest to it: with the point and the code placed at
+  ``2*level + 1`` per coordinate, the squared distances of all grid points are ordered by (distance, index) and
+  the list keeps every point whose distance is among the ``nwant`` smallest distinct distances, in that order
+  (``nwant`` = 3 for IQ1_S/IQ1_M, 2 for IQ2_XXS/IQ2_XS, 1 for IQ2_S).
+
+The quantizers only look up codes whose 8 levels are each 0..2 (they clamp to ``kMaxQ - 1 = 2``, and IQ1 has three
+levels), so the neighbour lists are built for those 3**8 = 6561 codes only (ggml also lists codes holding a
+level 3, which no search reaches). The layout is ggml's: ``kmap[u] >= 0`` is the grid index of an on-grid code;
+otherwise ``-kmap[u] - 1`` is the offset in ``neighbours`` of the list's length, followed by the list.
+
+Example:
+    >>> g = iq_grid("IQ2_XXS")
+    >>> g.levels.shape, g.levels.dtype, int(g.kmap[0]), g.neighbours_of(1).tolist()[:6]
+    ((256, 8), dtype('uint8'), 0, [0, 1, 2, 5, 11, 21])
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import quants as gguf_quants
+
+__all__ = ["GRID_TYPES", "KMAP_SIZE", "IqGrid", "iq_grid"]
+
+#: ggml's map size: every 16-bit code with 2-bit fields up to 0b10 in the top field (0xAAAA + 2).
+KMAP_SIZE = 43692
+#: type -> (gguf-py class name whose grid it uses, nwant).
+GRID_TYPES: dict[str, tuple[str, int]] = {
+    "IQ2_XXS": ("IQ2_XXS", 2),
+    "IQ2_XS": ("IQ2_XS", 2),
+    "IQ2_S": ("IQ2_S", 1),
+    "IQ1_S": ("IQ1_S", 3),
+    "IQ1_M": ("IQ1_S", 3),  # IQ1_M shares IQ1_S's grid (gguf-py's IQ1_M class holds the same table)
+}
+
+
+@dataclass(frozen=True)
+class IqGrid:
+    """One grid and its derived tables (read-only arrays, C-contiguous, shared by every caller).
+
+    levels: uint8 (n, 8), 0..2; codes: int32 (n,); kmap: int32 (KMAP_SIZE,); neighbours: uint16 (flat lists).
+    """
+
+    name: str
+    nwant: int
+    levels: np.ndarray
+    codes: np.ndarray
+    kmap: np.ndarray
+    neighbours: np.ndarray
+
+    @functools.cached_property
+    def neighbour_levels(self) -> np.ndarray:
+        """float32 (8, neighbours.size): the levels of the grid point at each position of ``neighbours`` (the count
+        positions hold a meaningless point): lets a search read a whole list's coordinates contiguously."""
+        pts = np.minimum(self.neighbours, self.levels.shape[0] - 1)
+        out = np.ascontiguousarray(self.levels[pts].T.astype(np.float32))
+        out.setflags(write=False)
+        return out
+
+    def neighbours_of(self, code: int) -> np.ndarray:
+        """The neighbour list (grid indices, search order) of an off-grid code; ValueError for an on-grid one.
+
+        Example:
+            >>> iq_grid("IQ2_S").neighbours_of(1).tolist()  # code 1: level 1 first, all at distance 4
+            [0, 1, 2, 5, 13, 34, 81, 206, 471]
+        """
+        m = int(self.kmap[code])
+        if m >= 0:
+            raise ValueError(f"{self.name}: code {code} is grid point {m}, it has no neighbour list")
+        off = -m - 1
+        return self.neighbours[off + 1: off + 1 + int(self.neighbours[off])]
+
+
+def _levels_from_gguf(cls_name: str) -> np.ndarray:
+    cls = getattr(gguf_quants, cls_name)
+    cls.init_grid()
+    values = np.asarray(cls.grid, dtype=np.float32).reshape(-1, 8)
+    gmap = np.asarray(cls.grid_map, dtype=np.float32)
+    lev = np.argmax(values[..., None] == gmap, axis=-1)
+    if not np.array_equal(gmap[lev], values):  # every value is one of the map's
+        raise AssertionError(f"gguf-py {cls_name} grid holds values outside its grid_map")
+    return lev.astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def iq_grid(type_name: str) -> IqGrid:
+    """The tables of one IQ type ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"), built once per process.
+
+    Rule: ggml-quants.c ``iq2xs_init_impl`` (map, neighbour order and count), on gguf-py's grid.
+    Raises KeyError for another type name.
+
+    Example:
+        >>> g = iq_grid("IQ1_S")
+        >>> g.levels.shape[0], g.nwant
+        (2048, 3)
+    """
+    cls_name, nwant = GRID_TYPES[type_name.upper()]
+    if type_name.upper() == "IQ1_M":  # the same tables as IQ1_S: build them once
+        return iq_grid("IQ1_S")
+    lev = _levels_from_gguf(cls_name)
+    n = lev.shape[0]
+    shifts = (2 * np.arange(8)).astype(np.int32)
+    codes = (lev.astype(np.int32) << shifts).sum(axis=1).astype(np.int32)
+    kmap = np.full(KMAP_SIZE, -1, np.int32)
+    kmap[codes] = np.arange(n, dtype=np.int32)
+    # the reachable codes: 8 levels in 0..2, in increasing code order (ggml's list order)
+    digits = np.array(np.meshgrid(*([np.arange(3)] * 8), indexing="ij")).reshape(8, -1).T[:, ::-1]
+    all_codes = (digits.astype(np.int32) << shifts).sum(axis=1)
+    order = np.argsort(all_codes)
+    digits, all_codes = digits[order], all_codes[order]
+    off = all_codes[kmap[all_codes] < 0]
+    pos = 2 * digits[kmap[all_codes] < 0].astype(np.int32) + 1  # (m, 8)
+    gpos = 2 * lev.astype(np.int32) + 1  # (n, 8)
+    d2 = ((pos[:, None, :] - gpos[None, :, :]) ** 2).sum(axis=2)  # (m, n), small ints
+    out: list[np.ndarray] = []
+    total = 0
+    for r in range(off.size):
+        row = d2[r]
+        o = np.argsort(row, kind="stable")  # (distance, index) order: indices are unique, ties go by index
+        dist = row[o]
+        distinct = np.unique(dist)[:nwant]
+        keep = o[dist <= distinct[-1]]
+        kmap[off[r]] = -(total + 1)
+        out.append(np.concatenate(([keep.size], keep)).astype(np.uint16))
+        total += keep.size + 1
+    neighbours = np.concatenate(out)
+    for a in (lev, codes, kmap, neighbours):
+        a.setflags(write=False)
+    return IqGrid(type_name.upper(), nwant, lev, codes, kmap, neighbours)
