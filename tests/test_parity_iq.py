@@ -17,9 +17,9 @@ from types import ModuleType
 import pytest
 from llama_quantize import llama_quantize
 from reference import require_reference, run_reference
-from test_parity_quant import _same_file
 
 import l1quant
+from l1quant.gguf.reader import read_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +30,16 @@ CHECKPOINTS = {
     "qwen3-h256-gqa4": dict(tok="qwen3", hidden=256, layers=3, heads=8, kv_heads=2, ff=512),
     "llama-h96-gqa4": dict(tok="r1-llama", hidden=96, layers=3, heads=8, kv_heads=2, ff=200),
 }
+
+
+def _same_file(ours: Path, theirs: Path) -> None:
+    a, b = read_gguf(ours), read_gguf(theirs)
+    assert [(k, a.kv_types[k], a.kv[k]) for k in a.kv] == [(k, b.kv_types[k], b.kv[k]) for k in b.kv]
+    assert [(t.name, t.ggml_type, t.shape, t.offset) for t in a.tensors] == \
+        [(t.name, t.ggml_type, t.shape, t.offset) for t in b.tensors]
+    for ta, tb in zip(a.tensors, b.tensors):  # the first tensor that differs, by name
+        assert a.read_tensor_bytes(ta) == b.read_tensor_bytes(tb), ta.name
+    assert ours.read_bytes() == theirs.read_bytes()
 
 
 @pytest.fixture(scope="module")
