@@ -104,6 +104,13 @@ MIXES: dict[str, Mix] = {m.name: m for m in (
     _mix("Q5_K_S", T.Q5_K, 5e-3), _mix("Q5_K_M", T.Q5_K, 5e-3),
     _mix("Q6_K", T.Q6_K, 2e-3), _mix("Q8_0", T.Q8_0, 1e-2),
     _mix("F16", T.F16, 1e-3), _mix("BF16", T.BF16, 1e-3), _mix("F32", T.F32, 1e-4),
+    # the i-quant mixes llama-quantize makes without an importance matrix (base types: llama_ftype_get_default_type;
+    # IQ3_M shares IQ3_S's base, its rule gives attn_v/attn_output/early ffn_down Q4_K). Limits: those of the K mix
+    # of the same bits. Measured as above (verify --logits, random hidden-256 9-layer model, r1 tokenizer, 256
+    # tokens; Q4_K_M 1.5e-3 and Q3_K_M 3.1e-3 on it): IQ4_NL 1.8e-3, IQ4_XS 1.7e-3, IQ3_M 2.9e-3, IQ3_S 7.8e-3
+    # (its attn_v stays IQ3_S at GQA 2), so 6-17x under the limits.
+    _mix("IQ4_NL", T.IQ4_NL, 1e-2), _mix("IQ4_XS", T.IQ4_XS, 1e-2),
+    _mix("IQ3_S", T.IQ3_S, 5e-2), _mix("IQ3_M", T.IQ3_S, 5e-2),
 )}
 
 #: llama-quantize's own aliases (entries "alias for ..." in ``QUANT_OPTIONS``): same ftype, same file.
@@ -128,7 +135,7 @@ NEEDS_IMATRIX: dict[str, str] = {
 }
 
 #: Other names llama-quantize accepts that l1quant does not serve (no kernels, or not a mix: COPY).
-NOT_SERVED = ("Q1_0", "Q2_0", "MXFP4_MOE", "TQ1_0", "TQ2_0", "IQ3_S", "IQ3_M", "IQ4_NL", "IQ4_XS", "COPY")
+NOT_SERVED = ("Q1_0", "Q2_0", "MXFP4_MOE", "TQ1_0", "TQ2_0", "COPY")
 
 
 def get_mix(name: str | int | Mix) -> Mix:
@@ -160,8 +167,8 @@ def get_mix(name: str | int | Mix) -> Mix:
     if key in MIXES:
         return MIXES[key]
     if key in NEEDS_IMATRIX:
-        raise ConfigError(f"quant type {clip(name)} needs an importance matrix ({NEEDS_IMATRIX[key]}), "
-                          "which l1quant does not support")
+        raise ConfigError(f"quant type {clip(name)} needs an importance matrix ({NEEDS_IMATRIX[key]}): "
+                          "pass --imatrix FILE (or --calibration TEXT to compute one)")
     if key in NOT_SERVED:
         raise ConfigError(f"quant type {clip(name)} is not supported by l1quant; "
                           f"expected one of {', '.join([*MIXES, *ALIASES])}")
@@ -216,16 +223,20 @@ def resolve_type(requested: str | Mix | QuantType, *, per_tensor: bool = False,
     Example:
         >>> resolve_type("Q6_K").file_type, resolve_type("f16", per_tensor=True).name
         (18, 'F16')
-        >>> resolve_type("iq4_nl")
+        >>> resolve_type("iq4_xs").file_type
+        30
+        >>> resolve_type("iq2_m")
         Traceback (most recent call last):
         ...
-        l1quant.errors.ConfigError: --type 'iq4_nl' is not one of auto, f32, f16, bf16, q8_0, q4_0, ...
+        l1quant.errors.ConfigError: quant type 'iq2_m' needs an importance matrix (its base type IQ2_S needs ...
     """
     if isinstance(requested, Mix):
         return requested
     if isinstance(requested, QuantType):
         return get_mix(requested.name) if per_tensor or as_mix else requested
     req = str(requested).lower()
+    if req.upper() in NEEDS_IMATRIX:
+        return get_mix(req)  # refuses, naming the type and the flag that would make it
     if req not in out_types():
         raise ConfigError(f"--type {clip(requested)} is not one of {', '.join(out_types())}")
     if req == "auto":

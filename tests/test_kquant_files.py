@@ -34,7 +34,7 @@ def bf16(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return l1quant.convert(model, "bf16", tmp_path_factory.mktemp("bf16") / "m-BF16.gguf")
 
 
-@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m", "q2_k", "q6_k", "q5_1"])
+@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m", "q2_k", "q6_k", "q5_1", "iq4_xs", "iq4_nl", "iq3_s", "iq3_m"])
 def test_verify_passes_every_check_on_a_mix(model: Path, tmp_path: Path, mix: str) -> None:
     out = l1quant.convert(model, mix, tmp_path / "m.gguf")
     rep = l1quant.verify(out, source=model)
@@ -42,6 +42,16 @@ def test_verify_passes_every_check_on_a_mix(model: Path, tmp_path: Path, mix: st
     assert {c.name: c.status for c in rep.checks}["tensors.mix"] == "pass"
     assert rep.file_type == get_mix(mix).name
     assert all(r.bytes_identical and r.passed for r in rep.tensors)
+
+
+def test_iq_noise_models_fit(model: Path, tmp_path: Path) -> None:
+    """Each IQ type's noise model (its record's) is near the error it really makes: the tensors' rel RMSE is 0.5-1.5x
+    the model on random weights (measured 0.7-1.1x), so verify's 3x net has room and still catches garbage."""
+    for mix in ("iq4_xs", "iq3_s"):
+        rep = l1quant.verify(l1quant.convert(model, mix, tmp_path / f"{mix}.gguf"), source=model)
+        iq = [r for r in rep.tensors if r.type.startswith("IQ")]
+        assert iq and all(r.expected_rel_rmse is not None for r in iq)
+        assert all(0.5 < r.rel_rmse / r.expected_rel_rmse < 1.5 for r in iq), [(r.name, r.rel_rmse) for r in iq]
 
 
 def test_verify_says_per_tensor_options_but_passes(model: Path, tmp_path: Path) -> None:
@@ -84,6 +94,10 @@ def test_inspect_reports_bits_per_weight(model: Path, tmp_path: Path) -> None:
     assert 4.5 < d["totals"]["bpw"] < 6.5625
     r = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.gguf")])
     assert r.exit_code == 0 and "bits per weight" in r.output and "4.5000 bpw" in r.output
+    by = describe(read_gguf(l1quant.convert(model, "iq3_m", tmp_path / "i.gguf")))["totals"]["by_type"]
+    assert by["IQ3_S"]["bpw"] == 3.4375 and by["Q4_K"]["bpw"] == 4.5
+    by = describe(read_gguf(l1quant.convert(model, "iq4_xs", tmp_path / "x.gguf")))["totals"]["by_type"]
+    assert by["IQ4_XS"]["bpw"] == 4.25
 
 
 # ------------------------------------------------------------------------------------------------ quantize
@@ -151,7 +165,7 @@ def test_quantize_equals_llama_quantize_on_l1quants_own_bf16(bf16: Path, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m"])
+@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m", "iq4_xs", "iq3_m"])
 def test_llama_cpp_loads_generates_and_agrees_with_the_reference_forward(model: Path, tmp_path: Path, mix: str,
                                                                           llama_cpp: object) -> None:
     out = l1quant.convert(model, mix, tmp_path / "m.gguf")

@@ -239,6 +239,66 @@ def test_80_layer_models(llama_cpp: ModuleType, gguf_of: Callable[[Model], Path]
         assert {a.types[f"blk.{i}.attn_v.weight"] for i in range(80)} == {T.Q5_K if bumped else T.Q3_K}
 
 
+IQ_MIXES = [m for m in MIXES if m.startswith("IQ")]
+
+
+def test_iq_mixes_served() -> None:
+    # the i-quant mixes made without an importance matrix; the others refuse (test_get_mix)
+    assert IQ_MIXES == ["IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_M"]
+    assert [MIXES[m].base for m in IQ_MIXES] == [T.IQ4_NL, T.IQ4_XS, T.IQ3_S, T.IQ3_S]
+
+
+def test_iq_rules_are_exercised(llama_cpp: ModuleType, gguf_of: Callable[[Model], Path], tmp_path: Path) -> None:
+    """The i-quant rows of the table go both ways on the test models, as llama-quantize decides them."""
+    src = gguf_of(MODELS["h256-untied-gqa2-9L"])  # 9 layers: the first eighth is layer 0
+    for mix in ("IQ4_NL", "IQ4_XS"):
+        a, _ = check_types(llama_cpp, src, tmp_path / f"{mix}.gguf", mix)
+        base = MIXES[mix].base
+        assert [a.types[f"blk.{i}.ffn_down.weight"] for i in range(3)] == [T.Q5_K, base, base]
+        assert a.types["blk.0.attn_v.weight"] == base  # GQA 2: no Q5_K
+        assert a.types["output.weight"] == T.Q6_K and a.types["token_embd.weight"] == base
+    a, _ = check_types(llama_cpp, src, tmp_path / "m.gguf", "IQ3_M")
+    assert [a.types[f"blk.{i}.ffn_down.weight"] for i in range(2)] == [T.Q4_K, T.IQ3_S]
+    assert a.types["blk.3.attn_v.weight"] == a.types["blk.3.attn_output.weight"] == T.Q4_K
+    assert a.types["blk.3.attn_q.weight"] == T.IQ3_S
+    a, _ = check_types(llama_cpp, gguf_of(MODELS["h256-tied-gqa4-8L"]), tmp_path / "s.gguf", "IQ3_S")
+    assert a.types["blk.0.attn_v.weight"] == T.Q4_K and a.types["token_embd.weight"] == T.Q6_K  # GQA 4, tied
+    a, _ = check_types(llama_cpp, gguf_of(MODELS["h256-tied-gqa4-8L"]), tmp_path / "x.gguf", "IQ4_XS")
+    assert a.types["blk.0.attn_v.weight"] == T.Q5_K
+    # rows of 96: IQ types fall back to IQ4_NL (a 32-block type), Q5_K to Q5_1, Q4_K to Q5_0; ffn 200 -> F16
+    a, _ = check_types(llama_cpp, gguf_of(MODELS["h96-untied-ff200-9L"]), tmp_path / "f.gguf", "IQ3_M")
+    assert a.fallbacks["blk.1.attn_q.weight"] == (T.IQ3_S, T.IQ4_NL)
+    assert a.fallbacks["blk.0.ffn_down.weight"] == (T.Q4_K, T.F16)
+    assert a.types["blk.1.attn_v.weight"] == T.Q5_0 and a.types["output.weight"] == T.Q8_0
+    a, _ = check_types(llama_cpp, gguf_of(MODELS["h96-untied-ff200-9L"]), tmp_path / "n.gguf", "IQ4_NL")
+    assert a.types["blk.1.attn_q.weight"] == T.IQ4_NL and "blk.1.attn_q.weight" not in a.fallbacks
+    assert a.types["blk.1.ffn_up.weight"] == T.IQ4_NL and a.types["blk.0.ffn_down.weight"] == T.F16
+
+
+@pytest.mark.parametrize("mix", ["IQ3_S", "IQ3_M", "IQ4_XS"])
+@pytest.mark.parametrize("model", ["qwen2-80L", "llama-80L-mha"])
+def test_iq_80_layer_models(llama_cpp: ModuleType, gguf_of: Callable[[Model], Path], tmp_path: Path, model: str,
+                            mix: str) -> None:
+    a, _ = check_types(llama_cpp, gguf_of(BIG[model]), tmp_path / "q.gguf", mix)
+    if mix == "IQ3_M":  # attn_v Q4_K, bumped to Q5_K on a "70B"
+        assert {a.types[f"blk.{i}.attn_v.weight"] for i in range(80)} == {T.Q5_K if model == "qwen2-80L" else T.Q4_K}
+
+
+def test_iq_rules_with_imatrix_and_without() -> None:
+    """The rows that depend on ``has_imatrix`` and the IQ1/IQ2 branch, read off llama_tensor_get_type_impl (checked
+    against llama-quantize with an importance matrix once l1quant applies one)."""
+    where = mixes.Where(0, 16, 2, 256, T.IQ3_XXS)
+    v = [r for r in mixes.MIX_RULES if "IQ3_XXS" in r.mixes and r.role is mixes.Role.ATTN_V and r.when(where)]
+    assert v[0].type == T.IQ3_S  # no imatrix, GQA 2
+    assert not [r for r in v if r.when(replace(where, has_imatrix=True))]  # with one: the base type, IQ3_XXS
+    down = [r for r in mixes.MIX_RULES if r.role is mixes.Role.FFN_DOWN and "IQ4_XS" in r.mixes]
+    assert down[0].when(where) and not down[0].when(replace(where, has_imatrix=True))
+    gate = [r for r in mixes.MIX_RULES if r.role is mixes.Role.FFN_GATE and "IQ3_XS" in r.mixes][0]
+    assert [i for i in range(16) if gate.when(replace(where, index=i))] == list(range(2, 14))
+    # IQ1/IQ2 mixes keep attn_v out of the 70B bump; IQ3_M's Q4_K is bumped
+    assert mixes.SIZE_BUMPS[0].except_mixes >= {"IQ2_M", "IQ1_S"} and "IQ3_M" not in mixes.SIZE_BUMPS[0].except_mixes
+
+
 def test_real_vocabulary(llama_cpp: ModuleType, gguf_of: Callable[[Model], Path], tmp_path: Path) -> None:
     for mix in ("Q4_K_M", "Q8_0"):
         check_types(llama_cpp, gguf_of(REAL_VOCAB), tmp_path / f"{mix}.gguf", mix)
@@ -387,8 +447,8 @@ def test_get_mix() -> None:
     for name, m in MIXES.items():
         assert get_mix(name.lower()) is m and get_mix(m.file_type) is m
     assert get_mix("q4_k_m").base == T.Q4_K and get_mix("F32").file_type == 0 and get_mix("bf16").file_type == 32
-    for name in [*NEEDS_IMATRIX, "iq2_xxs"]:
-        with pytest.raises(ConfigError, match="importance matrix"):
+    for name in [*NEEDS_IMATRIX, "iq2_xxs", "iq2_m", "iq1_s", "iq3_xs", "iq3_xxs"]:
+        with pytest.raises(ConfigError, match=rf"'{name}' needs an importance matrix .*--imatrix .*--calibration"):
             get_mix(name)
     for name in NOT_SERVED:
         with pytest.raises(ConfigError, match="not supported"):

@@ -17,7 +17,7 @@ from l1quant.conversion.mixes import quant_options
 from l1quant.conversion.quantize import plan_quantize, quantize
 from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_parts, output_report,
                                      written_report)
-from l1quant.filetypes import ALIASES, MIXES
+from l1quant.filetypes import ALIASES, MIXES, NEEDS_IMATRIX
 from l1quant.gguf.split import read_parts
 
 _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
@@ -54,7 +54,7 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
     if len(args) > 2:
         raise click.UsageError(f"expected INPUT.gguf [OUTPUT.gguf] TYPE, found {len(args) + 1} arguments")
     type_ = args[-1]
-    if type_.lower() not in _TYPES:
+    if type_.lower() not in _TYPES and type_.upper() not in NEEDS_IMATRIX:  # those: the library's refusal
         raise click.UsageError(f"TYPE {type_!r} is not one of {', '.join(_TYPES)}{did_you_mean(type_, _TYPES)}")
     output = args[0] if len(args) == 2 else None
     setup_logging(quiet)

@@ -23,7 +23,7 @@ from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.prepare import Prepared, prepare
 from l1quant.conversion.write import OutputFile, WriteOptions, output_parts, split_flat_options, write_gguf_many
 from l1quant.errors import ConfigError, L1QuantError, OutputError, VerifyError
-from l1quant.filetypes import out_types
+from l1quant.filetypes import NEEDS_IMATRIX, get_mix, out_types
 from l1quant.output import inside_folder
 
 __all__ = ["CardStepError", "WriteOptions", "convert", "convert_many", "parse_types", "prepare_many"]
@@ -90,12 +90,18 @@ def parse_types(type: str | Sequence[str]) -> list[str]:
         >>> parse_types("q8_0,q9")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        l1quant.errors.ConfigError: --type 'q9' is not one of 'auto', 'f32', 'f16', 'bf16', 'q8_0', ..., 'q6_k'
+        l1quant.errors.ConfigError: --type 'q9' is not one of 'auto', 'f32', 'f16', 'bf16', 'q8_0', ..., 'iq3_m'
+        >>> parse_types("iq2_m")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        l1quant.errors.ConfigError: quant type 'iq2_m' needs an importance matrix (...): pass --imatrix FILE ...
     """
     items = type.split(",") if isinstance(type, str) else list(type)
     out: list[str] = []
     for item in items:
         t = str(item).strip().lower()
+        if t.upper() in NEEDS_IMATRIX:
+            get_mix(t)  # refuses, naming the type and --imatrix
         if t not in out_types():
             # each choice quoted, as click's Choice lists them (the usage-error line reads the same either way)
             raise ConfigError(f"--type {str(item).strip()!r} is not one of {', '.join(map(repr, out_types()))}")

@@ -40,8 +40,9 @@ What llama-quantize's output file looks like next to its input (read from ``llam
   file size is ``data_offset + sum(pad32(nbytes))``. A tensor whose assigned type equals its input type (1-D F32
   tensors, or every tensor of an F32 mix on an F32 input) is copied byte for byte.
 
-The mixes here are the ones l1quant serves; llama-quantize's i-quant mixes and MoE/other-architecture branches are
-left out on purpose (see :data:`NEEDS_IMATRIX` and :data:`NOT_SERVED`).
+The mixes here are the ones l1quant serves, and the i-quant mixes that need an importance matrix (their rows are
+data here; :func:`get_mix` refuses them until they are served); MoE/other-architecture branches are left out on
+purpose (see :data:`NEEDS_IMATRIX` and :data:`NOT_SERVED`).
 
 Example:
     >>> a = assign_types([("token_embd.weight", (256, 1000)), ("blk.0.attn_v.weight", (256, 64)),
@@ -372,9 +373,9 @@ class Where:
     ``index`` and ``count`` are the role's running counter: for attn_v the number of attn_v-like tensors already
     decided by the mix table and the number of such tensors in the model (``i_attention_wv``,
     ``n_attention_wv``); for ffn_down the same counter against the number of layers (``i_ffn_down``, ``n_layer``).
-    For dense models in :func:`quantize_order` both amount to the layer number. ``has_imatrix``: the file is
-    quantized with an importance matrix (llama.cpp's ``qs.has_imatrix``: one with at least one entry left after
-    --include-weights/--exclude-weights)."""
+    For dense models in :func:`quantize_order` both amount to the layer number; ffn_gate and ffn_up count the same
+    way (``i_ffn_gate``, ``i_ffn_up``). ``has_imatrix``: the file is quantized with an importance matrix
+    (llama.cpp's ``qs.has_imatrix``: one with at least one entry left after --include-weights/--exclude-weights)."""
 
     index: int
     count: int
@@ -421,6 +422,21 @@ def first_eighth_with_imatrix(w: Where) -> bool:
     return w.has_imatrix and first_eighth(w)
 
 
+def middle_layers(w: Where) -> bool:
+    """Counter outside the first and last eighth (``i >= n/8 && i < 7*n/8``)."""
+    return w.count // 8 <= w.index < 7 * w.count // 8
+
+
+def without_imatrix(w: Where) -> bool:
+    """No importance matrix (llama.cpp spends more bits where it cannot weight the error)."""
+    return not w.has_imatrix
+
+
+def first_eighth_without_imatrix(w: Where) -> bool:
+    """Counter in the first eighth, and no importance matrix."""
+    return not w.has_imatrix and first_eighth(w)
+
+
 def gqa_at_least_4(w: Where) -> bool:
     """At least 4 query heads per KV head (``n_gqa() >= 4``, layer 0's heads)."""
     return w.n_gqa >= 4
@@ -451,17 +467,36 @@ def _mixes(*names: str) -> frozenset[str]:
 _QUANTIZED = frozenset(n for n, m in MIXES.items() if m.quantized)
 _K_Q2, _K_Q3M, _K_Q3L, _K_Q4S = _mixes("Q2_K"), _mixes("Q3_K_M"), _mixes("Q3_K_L"), _mixes("Q4_K_S")
 _K_Q2S = _mixes("Q2_K_S")
+#: The i-quant mixes by family, llama-quantize's names (their rows below name mixes l1quant may not serve yet:
+#: :data:`~l1quant.filetypes.NEEDS_IMATRIX`; get_mix refuses those before the table is read).
+_IQ_12 = _mixes("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")  # llama.cpp's branch of its own
+_IQ_2SM = _mixes("IQ2_S", "IQ2_M")
+_IQ_LOW_OUTPUT = _IQ_12 | _mixes("IQ3_XXS")  # output.weight in Q5_K
+_IQ4 = _mixes("IQ4_NL", "IQ4_XS")
+_IQ_ALL = _IQ_12 | _IQ4 | _mixes("IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M")
 
-#: ``llama_tensor_get_type_impl`` for the served mixes and dense qwen2/qwen3/llama. For a (mix, role) the first
+#: ``llama_tensor_get_type_impl`` for the served mixes (and the i-quant mixes that need an importance matrix) and dense qwen2/qwen3/llama. For a (mix, role) the first
 #: rule whose condition holds gives the type; no rule -> the mix's base type. The output rules also serve
-#: ``token_embd.weight`` when the embeddings are tied. Roles without rules here (attn_q, attn_k, ffn_gate,
-#: ffn_up, token_embd when untied) keep the base type: llama.cpp's branches for them concern only i-quant mixes
-#: and 8-expert models. llama.cpp's separate attn_qkv branch is unreachable (attn_qkv takes the attn_v branch).
+#: ``token_embd.weight`` when the embeddings are tied. Roles without rules here keep the base type (llama.cpp's
+#: other branches concern 8-expert models and Falcon). The IQ1/IQ2 mixes (``_IQ_12``) have a branch of their own in
+#: llama.cpp, ahead of the general attn_v one: the 70B attn_v bump does not reach them (:data:`SIZE_BUMPS`). llama.cpp's separate attn_qkv branch is unreachable (attn_qkv takes the attn_v branch).
 MIX_RULES: tuple[Rule, ...] = (
     # output.weight (and a tied token_embd.weight): Q6_K, or Q8_0 when the base type's block does not fit
-    Rule(Role.OUTPUT, _QUANTIZED, rows_off_base_block, T.Q8_0),
-    Rule(Role.OUTPUT, _QUANTIZED - {"Q8_0"}, always, T.Q6_K),
+    Rule(Role.OUTPUT, _QUANTIZED | _IQ_ALL, rows_off_base_block, T.Q8_0),
+    Rule(Role.OUTPUT, _IQ_LOW_OUTPUT, always, T.Q5_K),
+    Rule(Role.OUTPUT, (_QUANTIZED | _IQ_ALL) - {"Q8_0"}, always, T.Q6_K),
+    # token_embd.weight when untied (no --token-embedding-type)
+    Rule(Role.TOKEN_EMBD, _IQ_12 - _IQ_2SM, always, T.Q2_K),
+    Rule(Role.TOKEN_EMBD, _IQ_2SM | {"IQ3_XXS"}, always, T.IQ3_S),
     # attn_v: the tensor most sensitive to quantization
+    Rule(Role.ATTN_V, _IQ_12, gqa_at_least_4, T.Q4_K),
+    Rule(Role.ATTN_V, _IQ_2SM, always, T.IQ3_S),
+    Rule(Role.ATTN_V, _IQ_12, always, T.Q2_K),
+    Rule(Role.ATTN_V, _mixes("IQ3_XXS"), gqa_at_least_4, T.Q4_K),
+    Rule(Role.ATTN_V, _mixes("IQ3_XXS"), without_imatrix, T.IQ3_S),
+    Rule(Role.ATTN_V, _mixes("IQ3_XS", "IQ3_S"), gqa_at_least_4, T.Q4_K),
+    Rule(Role.ATTN_V, _mixes("IQ3_M"), always, T.Q4_K),
+    Rule(Role.ATTN_V, _IQ4, gqa_at_least_4, T.Q5_K),
     Rule(Role.ATTN_V, _K_Q2, gqa_at_least_4, T.Q4_K),
     Rule(Role.ATTN_V, _K_Q2, always, T.Q3_K),
     Rule(Role.ATTN_V, _K_Q2S, gqa_at_least_4, T.Q4_K),
@@ -471,6 +506,12 @@ MIX_RULES: tuple[Rule, ...] = (
     Rule(Role.ATTN_V, _mixes("Q4_K_M", "Q5_K_M"), more_bits, T.Q6_K),
     Rule(Role.ATTN_V, _K_Q4S, first_four, T.Q5_K),
     # ffn_down
+    Rule(Role.FFN_DOWN, _IQ_2SM, first_eighth, T.IQ3_S),
+    Rule(Role.FFN_DOWN, _IQ_12 - _IQ_2SM, first_eighth, T.Q2_K),
+    Rule(Role.FFN_DOWN, _mixes("IQ3_XXS"), first_eighth_without_imatrix, T.Q4_K),
+    Rule(Role.FFN_DOWN, _mixes("IQ3_XXS"), without_imatrix, T.Q3_K),
+    Rule(Role.FFN_DOWN, _mixes("IQ3_M"), first_eighth, T.Q4_K),
+    Rule(Role.FFN_DOWN, _IQ4, first_eighth_without_imatrix, T.Q5_K),
     Rule(Role.FFN_DOWN, _K_Q2, always, T.Q3_K),
     Rule(Role.FFN_DOWN, _K_Q2S, first_eighth, T.Q4_K),
     Rule(Role.FFN_DOWN, _K_Q3M, first_sixteenth, T.Q5_K),
@@ -484,6 +525,17 @@ MIX_RULES: tuple[Rule, ...] = (
     Rule(Role.ATTN_OUTPUT, _K_Q2, always, T.Q3_K),
     Rule(Role.ATTN_OUTPUT, _K_Q3M, always, T.Q4_K),
     Rule(Role.ATTN_OUTPUT, _K_Q3L, always, T.Q5_K),
+    Rule(Role.ATTN_OUTPUT, _mixes("IQ1_S", "IQ1_M"), always, T.IQ2_XXS),
+    Rule(Role.ATTN_OUTPUT, _IQ_2SM | {"IQ3_XXS"}, always, T.IQ3_S),
+    Rule(Role.ATTN_OUTPUT, _mixes("IQ3_M"), always, T.Q4_K),
+    # attn_q / attn_k: only the 3-bit i-quant mixes move them
+    Rule(Role.ATTN_Q, _mixes("IQ3_XS"), always, T.IQ3_XXS),
+    Rule(Role.ATTN_Q, _mixes("IQ3_XXS"), always, T.IQ2_S),
+    Rule(Role.ATTN_K, _mixes("IQ3_XS"), always, T.IQ3_XXS),
+    Rule(Role.ATTN_K, _mixes("IQ3_XXS"), always, T.IQ2_S),
+    # ffn_gate / ffn_up: IQ3_XS's middle layers
+    Rule(Role.FFN_GATE, _mixes("IQ3_XS"), middle_layers, T.IQ3_XXS),
+    Rule(Role.FFN_UP, _mixes("IQ3_XS"), middle_layers, T.IQ3_XXS),
 )
 
 
@@ -507,13 +559,15 @@ class Bump:
     applies: Callable[[str, int, int, int], bool]  # (arch, n_layer, n_head, n_head_kv)
     from_types: frozenset[GGMLQuantizationType]
     to: GGMLQuantizationType
+    except_mixes: frozenset[str] = frozenset()
 
 
 #: 70B models share each attn_v among 8 heads, so attn_v is small and llama.cpp gives it more bits.
-SIZE_BUMPS: tuple[Bump, ...] = (Bump(Role.ATTN_V, is_70b, frozenset({T.Q3_K, T.Q4_K}), T.Q5_K),)
+#: (The IQ1/IQ2 mixes decide attn_v in their own branch, which returns before the bump.)
+SIZE_BUMPS: tuple[Bump, ...] = (Bump(Role.ATTN_V, is_70b, frozenset({T.Q3_K, T.Q4_K}), T.Q5_K, _IQ_12),)
 
 #: Roles whose running counter feeds the conditions, and what it counts against (see :class:`Where`).
-COUNTED_ROLES: frozenset[Role] = frozenset({Role.ATTN_V, Role.FFN_DOWN})
+COUNTED_ROLES: frozenset[Role] = frozenset({Role.ATTN_V, Role.FFN_DOWN, Role.FFN_GATE, Role.FFN_UP})
 
 #: ``tensor_type_fallback``: a type whose block does not divide the row length moves to a 32-block type (each
 #: record's ``fallback``). Any type with a block of 32 or less that does not fit (and the fallback when it does not
@@ -659,10 +713,12 @@ def assign_types(
     roles = {name: tensor_role(name) for name in order}
     tied = "output.weight" not in shapes
     n_gqa = n_head // n_head_kv
-    bumps = [b for b in SIZE_BUMPS if b.applies(arch, n_layer, n_head, n_head_kv)]
+    bumps = [b for b in SIZE_BUMPS if b.applies(arch, n_layer, n_head, n_head_kv) and m.name not in b.except_mixes]
     # llama.cpp counts attn_v-like tensors by name over the whole file, and uses the layer count for ffn_down
-    count = {Role.ATTN_V: sum(r is Role.ATTN_V for r in roles.values()), Role.FFN_DOWN: n_layer}
-    index = {Role.ATTN_V: 0, Role.FFN_DOWN: 0}
+    # (ffn_gate and ffn_up likewise: n_ffn_gate = n_ffn_up = n_layer)
+    count = {Role.ATTN_V: sum(r is Role.ATTN_V for r in roles.values()), Role.FFN_DOWN: n_layer,
+             Role.FFN_GATE: n_layer, Role.FFN_UP: n_layer}
+    index = dict.fromkeys(COUNTED_ROLES, 0)
 
     types: dict[str, GGMLQuantizationType | None] = {}
     fallbacks: dict[str, tuple[GGMLQuantizationType, GGMLQuantizationType]] = {}
