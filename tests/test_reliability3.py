@@ -28,6 +28,7 @@ from test_signals import default_signals
 import l1quant
 from l1quant.evaluate.forward import Hparams, decoder_logits, random_weights
 from l1quant.errors import InputError, L1QuantError
+from l1quant.filetypes import out_types
 from l1quant.gguf.reader import MAX_KV_COUNT, MAX_TENSOR_COUNT, read_gguf
 from l1quant.l1.budget import load_problems
 from l1quant.l1.chat import ChatTemplateError, render_chat
@@ -578,7 +579,7 @@ def test_card_step_failure_does_not_read_as_the_conversion_failing(tiny_r1: Path
     (["quantize", "IN.gguf", "OUT.gguf", "q4_km"], ["did you mean 'q4_k_m'?"]),
     (["conver", "m"], ["no command 'conver'; did you mean 'convert'?", "(commands: budget-check, compare, convert,"]),
     (["convert", "m", "--type", "q4_km"], ["convert: Invalid value for", "'q4_km' is not one of",
-                                            "'q6_k'; did you mean 'q4_k_m'?"]),
+                                            f"'{out_types()[-1]}'; did you mean 'q4_k_m'?"]),
     (["convert", "m", "--bogus"], ["convert: No such option '--bogus'"]),
     (["convert", "m", "--thread", "2"], ["convert: No such option '--thread'", "'--threads'?"]),
     (["inspect"], ["inspect: Missing argument 'FILE'", "(usage: l1quant inspect [OPTIONS] FILE; see --help)"]),
