@@ -49,7 +49,9 @@ import numpy as np
 from l1quant.errors import InputError, L1QuantError, read_bytes
 from l1quant.imatrix_file import write_imatrix
 
-__all__ = ["Collector", "ImatrixReport", "OUTPUT_FORMATS", "imatrix", "lossless_type", "seq_square_sum"]
+__all__ = ["BUNDLED_DATASET", "Collector", "ImatrixReport", "OUTPUT_FORMATS", "calibration_imatrix",
+           "calibration_options", "default_calibration_text", "imatrix", "imatrix_path_for", "lossless_type",
+           "seq_square_sum"]
 
 log = logging.getLogger("l1quant")
 
@@ -255,8 +257,30 @@ def _as_gguf(model: str | os.PathLike[str], scratch: Path, threads: int | None) 
         yield Path(out)
 
 
-def _read_prompt(text: str | os.PathLike[str]) -> str:
-    """``-f``: the file's text, one trailing newline dropped (common/arg.cpp)."""
+#: The dataset name recorded for the bundled text (``imatrix.datasets``, then ``quantize.imatrix.dataset``).
+BUNDLED_DATASET = "l1quant/data/calibration.txt"
+
+
+def default_calibration_text() -> str:
+    """The bundled calibration text (``l1quant/data/calibration.txt``, built by ``benchmarks/make_calibration.py``:
+    math word problems with worked step-by-step solutions in L1's prompt and answer format, prose and code, all
+    written for this project; ~68 k tokens with the Qwen tokenizer).
+
+    Example:
+        >>> "\\boxed{" in default_calibration_text()
+        True
+    """
+    from importlib import resources
+
+    return resources.files("l1quant").joinpath("data").joinpath("calibration.txt").read_text(encoding="utf-8")
+
+
+def _read_prompt(text: str | os.PathLike[str] | None) -> str:
+    """``-f``: the file's text, one trailing newline dropped (common/arg.cpp); None: the bundled text, the same
+    rule applied."""
+    if text is None:
+        s = default_calibration_text()
+        return s[:-1] if s.endswith("\n") else s
     raw = read_bytes(Path(text), InputError)
     try:
         s = raw.decode("utf-8")
@@ -273,7 +297,7 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return -(picked.astype(np.float64) - np.log(s))
 
 
-def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str], output: str | os.PathLike[str], *,
+def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, output: str | os.PathLike[str], *,
             ctx_size: int = 512, chunks: int | None = None, batch_size: int = 2048, threads: int | None = None,
             output_format: str = "gguf", process_output: bool = False, no_ppl: bool = False,
             no_repack: bool = False, progress: bool = False,
@@ -282,7 +306,7 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str], output:
 
     ``model``: a GGUF, or a checkpoint folder (converted on the way to a temporary BF16/F16/F32 GGUF, whichever
     keeps its weights exact; :func:`lossless_type`). ``text``: UTF-8 calibration text; its path as given is the
-    file's dataset name. Parameters are llama-imatrix's flags: ``ctx_size`` (``-c``, tokens per chunk),
+    file's dataset name (None: the bundled text, :func:`default_calibration_text`, named :data:`BUNDLED_DATASET`). Parameters are llama-imatrix's flags: ``ctx_size`` (``-c``, tokens per chunk),
     ``chunks`` (``--chunks``, at most this many; default all), ``batch_size`` (``-b``: ``batch_size //
     ctx_size`` chunks per decode), ``threads`` (``-t``), ``output_format`` (``--output-format gguf|dat``),
     ``process_output`` (``--process-output``: also ``output.weight``), ``no_ppl`` (``--no-ppl``), ``no_repack``
@@ -344,7 +368,7 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str], output:
                                               not no_ppl, progress, echo)
         finally:
             m.close()
-    write_imatrix(out, collector.stats, datasets=[str(text)], chunk_count=collector.last_chunk,
+    write_imatrix(out, collector.stats, datasets=[BUNDLED_DATASET if text is None else str(text)], chunk_count=collector.last_chunk,
                   chunk_size=ctx_size, output_format=output_format)
     return ImatrixReport(out, output_format, collector.last_chunk, ctx_size, len(collector.stats), len(tokens),
                          tuple(chunk_ppl), ppl, unc, time.monotonic() - t0)
@@ -428,3 +452,60 @@ def _run_chunks(m: Any, collector: Collector, tokens: list[int], n_ctx: int, n_c
         echo(f"Final estimate: PPL = {ppl:.4f} +/- {unc:.5f}\n" if unc is not None
              else "Unexpected negative standard deviation of log(prob)\n")
     return chunk_ppl, ppl, unc
+
+
+# ------------------------------------------------------------------------------------- convert --calibration
+
+#: Types an importance matrix does not change (llama-quantize ignores it for them): --calibration is refused.
+_NO_IMATRIX_TYPES = frozenset({"auto", "f32", "f16", "bf16", "q8_0"})
+
+
+def imatrix_path_for(output: Path) -> Path:
+    """Where ``--calibration`` keeps the importance matrix: ``NAME.imatrix.gguf`` beside the output ``NAME.gguf``.
+
+    Example:
+        >>> imatrix_path_for(Path("out/L1-Qwen-1.5B-Max-Q4_K_M.gguf"))
+        PosixPath('out/L1-Qwen-1.5B-Max-Q4_K_M.imatrix.gguf')
+    """
+    stem = output.name[:-5] if output.name.endswith(".gguf") else output.name
+    return output.with_name(f"{stem}.imatrix.gguf")
+
+
+def calibration_imatrix(model: str | os.PathLike[str], calibration: str | os.PathLike[str] | bool,
+                        output: Path, *, threads: int | None = None, no_repack: bool = False,
+                        progress: bool = False) -> Path:
+    """``--calibration [TEXT]`` of ``convert`` and ``quantize``: compute the importance matrix of ``model`` (a
+    checkpoint folder, converted losslessly on the way, or an F32/F16/BF16 GGUF) over ``calibration`` (a text file,
+    or True/"" for the bundled text) with llama-imatrix's defaults, into :func:`imatrix_path_for` ``output``
+    (kept); return its path. Raises whatever :func:`imatrix` raises.
+
+    Example:
+        >>> calibration_imatrix("L1-Qwen-1.5B-Max", True, Path("L1-Q4_K_M.gguf"))  # doctest: +SKIP
+        PosixPath('L1-Q4_K_M.imatrix.gguf')
+    """
+    text = None if calibration is True or calibration == "" else calibration
+    kept = imatrix_path_for(output)
+    kept.parent.mkdir(parents=True, exist_ok=True)  # an output folder the command creates anyway
+    rep = imatrix(model, text, kept, threads=threads, no_repack=no_repack, progress=progress)
+    log.info("importance matrix: %s (%d entries, %d chunks of %d tokens)", kept, rep.entries, rep.chunk_count,
+             rep.chunk_size)
+    return kept
+
+
+def calibration_options(options: Any, output: Path, type: str) -> Any:
+    """The quantization options of a ``--calibration`` run: ``options`` (a
+    :class:`~l1quant.conversion.mixes.QuantOptions` or None) with ``imatrix`` = :func:`imatrix_path_for`
+    ``output``. Checked before any work: raises :class:`~l1quant.errors.InputError` when ``type`` is one an
+    importance matrix does not change (f32/f16/bf16/q8_0/auto), or when this build's convert/quantize take no
+    importance matrix."""
+    import dataclasses
+
+    from l1quant.conversion.mixes import QuantOptions
+
+    if type.lower() in _NO_IMATRIX_TYPES:
+        raise InputError(f"--calibration: type {type.upper()} does not use an importance matrix (pick a K-quant or "
+                         "4/5-bit type, e.g. q4_k_m)")
+    if "imatrix" not in {f.name for f in dataclasses.fields(QuantOptions)}:
+        raise InputError("--calibration: this build's convert/quantize cannot quantize with an importance matrix "
+                         "(--imatrix)")
+    return dataclasses.replace(options or QuantOptions(), imatrix=str(imatrix_path_for(output)))

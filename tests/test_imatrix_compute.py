@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from reference import REPO, require_module, unavailable
 
 import l1quant
+import l1quant.imatrix_compute
 from l1quant.cli import main
 from l1quant.errors import InputError
 from l1quant.imatrix_compute import lossless_type, seq_square_sum
@@ -193,3 +194,46 @@ def test_refuses_an_unknown_output_format(tmp_path: Path) -> None:
     _one_line_error(["imatrix", "m.gguf", "-f", str(text), "--output-format", "npz"], "npz")
     with pytest.raises(InputError, match="--output-format must be one of gguf, dat, found 'npz'"):
         l1quant.imatrix("m.gguf", text, tmp_path / "o", output_format="npz")
+
+
+# ------------------------------------------------------------------------------------ convert --calibration
+
+
+def _takes_imatrix() -> bool:
+    import dataclasses
+
+    from l1quant.conversion.mixes import QuantOptions
+
+    return "imatrix" in {f.name for f in dataclasses.fields(QuantOptions)}
+
+
+def test_calibration_refuses_a_type_without_importance_weights(tiny_factory: Callable[..., Path],
+                                                               tmp_path: Path) -> None:
+    _one_line_error(["convert", str(tiny_factory()), "--type", "f16", "--calibration", "-o", str(tmp_path / "o.gguf")],
+                    "--calibration: type F16 does not use an importance matrix")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(not _takes_imatrix(), raises=InputError, strict=True,
+                   reason="convert/quantize --imatrix come from the imatrixapply branch")
+def test_convert_and_quantize_calibration_are_imatrix_then_imatrix_quant(tiny_factory: Callable[..., Path],
+                                                                        tmp_path: Path) -> None:
+    require_module("llama_cpp")
+    src = tiny_factory(hidden=256, layers=2, heads=4, kv_heads=2, ff=512, dtype="bf16")
+    text = tmp_path / "short.txt"
+    text.write_text(l1quant.imatrix_compute.default_calibration_text()[:9000], encoding="utf-8")  # 2 chunks of 512
+    out = l1quant.convert(src, "q4_k_m", tmp_path / "cal" / "m-Q4_K_M.gguf", threads=THREADS, calibration=text)
+    kept = tmp_path / "cal" / "m-Q4_K_M.imatrix.gguf"
+    # the kept matrix is l1quant imatrix's over the lossless conversion, and the quant is convert --imatrix with it
+    alone = tmp_path / "alone.imatrix.gguf"
+    l1quant.imatrix(src, text, alone, threads=THREADS, no_ppl=True)
+    assert kept.read_bytes() == alone.read_bytes()
+    again = l1quant.convert(src, "q4_k_m", tmp_path / "again.gguf", threads=THREADS, imatrix=str(kept))
+    assert out.read_bytes() == again.read_bytes()
+    # quantize --calibration from the lossless GGUF: the same matrix (same activations), the same quant bytes
+    bf16 = l1quant.convert(src, "bf16", tmp_path / "m-BF16.gguf", threads=THREADS)
+    q = l1quant.quantize(bf16, tmp_path / "q" / "m-Q4_K_M.gguf", "q4_k_m", threads=THREADS, calibration=text)
+    assert (tmp_path / "q" / "m-Q4_K_M.imatrix.gguf").read_bytes() == kept.read_bytes()
+    assert q.read_bytes() == l1quant.quantize(bf16, tmp_path / "q2.gguf", "q4_k_m", threads=THREADS,
+                                              imatrix=str(kept)).read_bytes()

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from l1quant.cli import main
-from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
+from l1quant.cli.l1 import NO_REPACK_OPTION
+from l1quant.cli.options import CALIBRATION_OPTION, THREADS, per_tensor_options, setup_logging
 from l1quant.conversion.card import card_path
 from l1quant.conversion.convert import convert
 from l1quant.conversion.mixes import quant_options
@@ -55,11 +56,14 @@ from l1quant.output import TERMINATING_SIGNALS
               help="Also verify the result against the source and write a model card (README.md) beside it: "
                    "source, type, sizes, verify summary, and the L1 budget prompt format.")
 @per_tensor_options
+@CALIBRATION_OPTION
+@NO_REPACK_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def convert_cmd(model: str, type_: str, output: str | None, name: str | None, metadata: Path | None,
                 pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                 card: bool, pure: bool, output_tensor_type: str | None, token_embedding_type: str | None,
-                tensor_types: tuple[str, ...], leave_output_tensor: bool, quiet: bool) -> None:
+                tensor_types: tuple[str, ...], leave_output_tensor: bool, calibration: str | None,
+                no_repack: bool, quiet: bool) -> None:
     """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
 
     MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
@@ -79,7 +83,8 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
                                             token_embedding_type=token_embedding_type, tensor_types=tensor_types,
                                             leave_output_tensor=leave_output_tensor),
                       write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
-                                         fsync=fsync, progress=not quiet and sys.stderr.isatty()))
+                                         fsync=fsync, progress=not quiet and sys.stderr.isatty()),
+                      calibration=calibration, no_repack=no_repack)
         click.echo(str(out))
         if card:
             click.echo(str(card_path(out)))

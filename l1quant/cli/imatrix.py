@@ -20,8 +20,9 @@ from l1quant.cli.options import THREADS, setup_logging
 
 @main.command("imatrix")
 @click.argument("model")
-@click.option("-f", "--file", "text", required=True, metavar="FNAME",
-              help="The calibration text (UTF-8; its path as given is the file's dataset name).")
+@click.option("-f", "--file", "text", default=None, metavar="FNAME",
+              help="The calibration text (UTF-8; its path as given is the file's dataset name). Default: the "
+                   "bundled text (math word problems with worked solutions, prose, code; ~68 k tokens).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=Path("imatrix.gguf"),
               show_default=True, metavar="FNAME", help="The imatrix file to write.")
 @click.option("-c", "--ctx-size", "ctx_size", type=click.IntRange(min=1), default=512, show_default=True,
@@ -36,7 +37,7 @@ from l1quant.cli.options import THREADS, setup_logging
 @click.option("--no-ppl", is_flag=True, help="Do not compute the perplexity of each chunk.")
 @NO_REPACK_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def imatrix_cmd(model: str, text: str, output: Path, ctx_size: int, chunks: int | None, batch_size: int,
+def imatrix_cmd(model: str, text: str | None, output: Path, ctx_size: int, chunks: int | None, batch_size: int,
                 threads: int | None, output_format: str, process_output: bool, no_ppl: bool, no_repack: bool,
                 quiet: bool) -> None:
     """Compute an importance matrix over a calibration text, as llama-imatrix does (same tensors, sums, counts

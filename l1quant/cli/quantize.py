@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from l1quant.cli import did_you_mean, main
-from l1quant.cli.options import THREADS, per_tensor_options, setup_logging
+from l1quant.cli.l1 import NO_REPACK_OPTION
+from l1quant.cli.options import CALIBRATION_OPTION, THREADS, per_tensor_options, setup_logging
 from l1quant.conversion.mixes import ALIASES, MIXES, quant_options
 from l1quant.conversion.quantize import quantize
 from l1quant.conversion.write import DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions
@@ -30,11 +31,13 @@ _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
               show_default=True, help="Source MiB per work item; bounds memory.")
 @click.option("--allow-nonfinite", is_flag=True, help="Write the output even if tensors hold NaN/Inf.")
 @click.option("--fsync", is_flag=True, help="Flush the output to disk before publishing it.")
+@CALIBRATION_OPTION
+@NO_REPACK_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
 def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_type: str | None,
                  token_embedding_type: str | None, tensor_types: tuple[str, ...], leave_output_tensor: bool,
                  allow_requantize: bool, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
-                 quiet: bool) -> None:
+                 calibration: str | None, no_repack: bool, quiet: bool) -> None:
     """Quantize an F32/F16/BF16 GGUF to TYPE, byte-identical to llama-quantize.
 
     TYPE is one of q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k q8_0 f16
@@ -53,5 +56,6 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
                                          token_embedding_type=token_embedding_type, tensor_types=tensor_types,
                                          leave_output_tensor=leave_output_tensor),
                    write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
-                                      fsync=fsync, progress=not quiet and sys.stderr.isatty()))
+                                      fsync=fsync, progress=not quiet and sys.stderr.isatty()),
+                   calibration=calibration, no_repack=no_repack)
     click.echo(str(out))

@@ -222,6 +222,8 @@ def convert(
     card: bool = False,
     options: QuantOptions | None = None,
     write: WriteOptions | None = None,
+    calibration: str | os.PathLike[str] | bool | None = None,
+    no_repack: bool = False,
     **flags: Any,
 ) -> Path:
     """Convert a checkpoint (folder or Hugging Face repo id) to GGUF in one pass; return the output path.
@@ -247,6 +249,11 @@ def convert(
     (``threads=2``, ``pure=True``, ``tensor_types=["attn_v=q8_0"]``; ``durable`` and ``chunk_bytes`` are the
     older spellings of ``fsync`` and ``chunk_mb``).
 
+    ``calibration`` (``--calibration [TEXT]``; True or "" for the bundled text) first computes an importance matrix
+    from the lossless conversion as llama-imatrix does (:func:`l1quant.imatrix_compute.calibration_imatrix`, kept
+    as ``NAME.imatrix.gguf`` beside the output) and then quantizes with it; ``no_repack`` is llama.cpp's ``-nr``
+    for that step.
+
     Nothing is written until everything has been validated; the output appears atomically, and on any error
     no partial file is left and an existing file at ``output`` is untouched.
 
@@ -257,6 +264,15 @@ def convert(
         PosixPath('L1-Qwen-1.5B-Max-Q4_K_M.gguf')
     """
     options, w = split_flat_options("convert", flags, options, write)
+    if calibration is not None and calibration is not False:
+        from l1quant.imatrix_compute import calibration_imatrix, calibration_options
+
+        p = prepare(model, type, output, name=name, metadata=metadata, pre=pre, options=options)  # refusals first
+        if inside_folder(p.output, p.model_dir):
+            raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; pass -o elsewhere")
+        options = calibration_options(options, p.output, type)
+        calibration_imatrix(p.model_dir, calibration, p.output, threads=w.threads, no_repack=no_repack,
+                            progress=w.progress)
     p = prepare(model, type, output, name=name, metadata=metadata, pre=pre, options=options)
     # The input folder is only ever read: no output (let alone one named like an input file) goes into it. Checked
     # here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its source.

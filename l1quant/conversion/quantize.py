@@ -141,6 +141,8 @@ def quantize(
     allow_requantize: bool = False,
     options: QuantOptions | None = None,
     write: WriteOptions | None = None,
+    calibration: str | os.PathLike[str] | bool | None = None,
+    no_repack: bool = False,
     **flags: Any,
 ) -> Path:
     """Quantize the GGUF ``input`` to ``type``, as ``llama-quantize input output type`` does; return the output.
@@ -151,7 +153,9 @@ def quantize(
     as ``convert``). Any architecture the mix table knows (qwen2, qwen3, llama) is accepted. ``options``
     (llama-quantize's per-tensor flags) and ``write`` (threads, chunk size, fsync...) are as in
     :func:`l1quant.convert`, and can be passed by the flags' names too (``threads=2``, ``pure=True``); the bytes do
-    not depend on ``threads`` or the chunk size.
+    not depend on ``threads`` or the chunk size. ``calibration`` (True or "" for the bundled text) first computes
+    an importance matrix of ``input`` as llama-imatrix does, kept as ``NAME.imatrix.gguf`` beside the output, and
+    quantizes with it (as :func:`l1quant.convert`'s; ``no_repack`` is llama.cpp's ``-nr`` for that step).
 
     Raises :class:`~l1quant.errors.InputError` for an unreadable or unsupported input (quantized tensors without
     ``allow_requantize``, an architecture llama-quantize's rule is not written for here), ``ConfigError`` for an
@@ -164,6 +168,14 @@ def quantize(
     options, w = split_flat_options("quantize", flags, options, write)
     src = Path(input)
     mix = get_mix(type)
+    if calibration is not None and calibration is not False:
+        from l1quant.imatrix_compute import calibration_imatrix, calibration_options
+
+        read_gguf(src)  # a file that is not a GGUF is refused before the runtime loads it
+        out0, _ = output_path(output, default_output(src, mix.name), mix.name)
+        options = calibration_options(options, out0, type)
+        calibration_imatrix(src, calibration, out0, threads=w.threads, no_repack=no_repack,
+                            progress=w.progress)
     gf = read_gguf(src)
     arch_name = gf.kv.get(gguf.Keys.General.ARCHITECTURE)
     if not isinstance(arch_name, str) or arch_name not in ARCHS:
