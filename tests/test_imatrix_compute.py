@@ -234,6 +234,8 @@ def test_convert_and_quantize_calibration_are_imatrix_then_imatrix_quant(tiny_fa
     # quantize --calibration from the lossless GGUF: the same matrix (same activations), the same quant bytes
     bf16 = l1quant.convert(src, "bf16", tmp_path / "m-BF16.gguf", threads=THREADS)
     q = l1quant.quantize(bf16, tmp_path / "q" / "m-Q4_K_M.gguf", "q4_k_m", threads=THREADS, calibration=text)
-    assert (tmp_path / "q" / "m-Q4_K_M.imatrix.gguf").read_bytes() == kept.read_bytes()
+    kept_q = tmp_path / "q" / "m-Q4_K_M.imatrix.gguf"
+    assert kept_q.read_bytes() == kept.read_bytes()
+    # (the quant names its imatrix file by path in quantize.imatrix.file: compare with the one it kept)
     assert q.read_bytes() == l1quant.quantize(bf16, tmp_path / "q2.gguf", "q4_k_m", threads=THREADS,
-                                              imatrix=str(kept)).read_bytes()
+                                              imatrix=str(kept_q)).read_bytes()
