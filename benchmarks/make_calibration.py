@@ -65,8 +65,8 @@ def _bakery(r: random.Random) -> tuple[str, list[str], str]:
              f"At ${price} each, that brings in {sold} * {price} = ${sold * price}.",
              f"The rest is {total} - {sold} = {rest} rolls, sold at half price, ${Fraction(price, 2)} each.",
              f"The afternoon brings in {rest} * {Fraction(price, 2)} = ${_num(Fraction(rest * price, 2))}.",
-             f"Altogether: {sold * price} + {_num(Fraction(rest * price, 2))} = "
-             f"{_num(sold * price + Fraction(rest * price, 2))} dollars."]
+             (f"Altogether: {sold * price} + {_num(Fraction(rest * price, 2))} = "
+             f"{_num(sold * price + Fraction(rest * price, 2))} dollars.")]
     return q, steps, _num(sold * price + Fraction(rest * price, 2))
 
 
@@ -87,8 +87,8 @@ def _trains(r: random.Random) -> tuple[str, list[str], str]:
              f"Closing speed: {v1} + {v2} = {v1 + v2} km/h.",
              f"Time to cover {d} km at {v1 + v2} km/h is {d} / {v1 + v2} hours.",
              f"{d} / {v1 + v2} = {_num(hours)}, so they meet after {_num(hours)} hours.",
-             f"Check: in {_num(hours)} hours the first train goes {_num(v1 * hours)} km and the second "
-             f"{_num(v2 * hours)} km, and {_num(v1 * hours)} + {_num(v2 * hours)} = {d}. Correct."]
+             (f"Check: in {_num(hours)} hours the first train goes {_num(v1 * hours)} km and the second "
+             f"{_num(v2 * hours)} km, and {_num(v1 * hours)} + {_num(v2 * hours)} = {d}. Correct.")]
     return q, steps, _num(hours)
 
 
@@ -103,8 +103,8 @@ def _percent(r: random.Random) -> tuple[str, list[str], str]:
              f"New price: {price} * {_num(Fraction(100 + up, 100))} = {_num(after_up)}.",
              f"A {down}% discount multiplies by 1 - {down}/100 = {_num(Fraction(100 - down, 100))}.",
              f"Sale price: {_num(after_up)} * {_num(Fraction(100 - down, 100))} = {_num(final)}.",
-             f"Note that the result is not {price} {'+' if up >= down else '-'} {abs(up - down)}%: percentages of "
-             "different bases do not simply add."]
+             (f"Note that the result is not {price} {'+' if up >= down else '-'} {abs(up - down)}%: percentages of "
+             "different bases do not simply add.")]
     return q, steps, _num(final)
 
 
@@ -117,21 +117,20 @@ def _linear(r: random.Random) -> tuple[str, list[str], str]:
     # a x + b = c x + d  -> d chosen so that x is the solution
     d = a * x + b - c * x
     q = f"Solve for $x$: ${a}x {'+' if b >= 0 else '-'} {abs(b)} = {c}x {'+' if d >= 0 else '-'} {abs(d)}$."
-    steps = [f"Collect the $x$ terms on the left: subtract ${c}x$ from both sides to get "
-             f"${a - c}x {'+' if b >= 0 else '-'} {abs(b)} = {d}$.",
+    steps = [(f"Collect the $x$ terms on the left: subtract ${c}x$ from both sides to get "
+             f"${a - c}x {'+' if b >= 0 else '-'} {abs(b)} = {d}$."),
              f"Move the constant: ${a - c}x = {d} {'-' if b >= 0 else '+'} {abs(b)} = {d - b}$.",
              f"Divide by {a - c}: $x = {d - b} / {a - c} = {x}$.",
-             f"Check: left side {a}*{x} {'+' if b >= 0 else '-'} {abs(b)} = {a * x + b}, right side "
-             f"{c}*{x} {'+' if d >= 0 else '-'} {abs(d)} = {c * x + d}. They agree."]
+             (f"Check: left side {a}*{x} {'+' if b >= 0 else '-'} {abs(b)} = {a * x + b}, right side "
+             f"{c}*{x} {'+' if d >= 0 else '-'} {abs(d)} = {c * x + d}. They agree.")]
     return q, steps, str(x)
 
 
 def _system(r: random.Random) -> tuple[str, list[str], str]:
     x, y = r.randint(2, 20), r.randint(2, 20)
-    p1, p2 = r.randint(2, 9), r.randint(2, 9)
     item1, item2 = r.choice([("notebook", "pen"), ("adult ticket", "child ticket"), ("coffee", "muffin")])
     n1, n2 = r.randint(1, 5), r.randint(1, 5)
-    q = (f"A {item1} and a {item2} cost ${p1 * 0 + x + y} together. {n1 + 1} {item1}s and {n2} {item2}s cost "
+    q = (f"A {item1} and a {item2} cost ${x + y} together. {n1 + 1} {item1}s and {n2} {item2}s cost "
          f"${(n1 + 1) * x + n2 * y}. How much does one {item1} cost?")
     s, t = x + y, (n1 + 1) * x + n2 * y
     steps = [f"Let $a$ be the price of a {item1} and $b$ the price of a {item2}.",
@@ -159,9 +158,9 @@ def _quadratic(r: random.Random) -> tuple[str, list[str], str]:
     steps = [f"By Vieta's formulas the roots $r$ and $s$ satisfy $r + s = {-b}$ and $rs = {c}$.",
              "We want $r^2 + s^2 = (r + s)^2 - 2rs$.",
              f"So $r^2 + s^2 = ({-b})^2 - 2({c}) = {b * b} {'-' if c >= 0 else '+'} {abs(2 * c)} = {p * p + q_ * q_}$.",
-             f"Check by factoring: $x^2 {'+' if b >= 0 else '-'} {abs(b)}x {'+' if c >= 0 else '-'} {abs(c)} = "
+             (f"Check by factoring: $x^2 {'+' if b >= 0 else '-'} {abs(b)}x {'+' if c >= 0 else '-'} {abs(c)} = "
              f"(x {'-' if p >= 0 else '+'} {abs(p)})(x {'-' if q_ >= 0 else '+'} {abs(q_)})$, roots {p} and {q_}, "
-             f"and {p}^2 + {q_}^2 = {p * p} + {q_ * q_} = {p * p + q_ * q_}."]
+             f"and {p}^2 + {q_}^2 = {p * p} + {q_ * q_} = {p * p + q_ * q_}.")]
     return q, steps, str(p * p + q_ * q_)
 
 
@@ -289,10 +288,11 @@ def _triangle(r: random.Random) -> tuple[str, list[str], str]:
 def _circle(r: random.Random) -> tuple[str, list[str], str]:
     side = r.randint(2, 20)
     ans = Fraction(side * side, 4)
-    steps = [f"The circle inscribed in a square of side {side} has diameter {side}, so radius {_frac(Fraction(side, 2))}.",
+    steps = [f"The circle inscribed in a square of side {side} has diameter {side}, so radius "
+             f"{_frac(Fraction(side, 2))}.",
              f"Its area is pi * ({_frac(Fraction(side, 2))})^2 = {_frac(ans)} pi.",
-             f"The square's area is {side * side}, so the region outside the circle has area "
-             f"{side * side} - {_frac(ans)} pi."]
+             (f"The square's area is {side * side}, so the region outside the circle has area "
+             f"{side * side} - {_frac(ans)} pi.")]
     q = (f"A circle is inscribed in a square of side length {side}. The area of the region inside the square but "
          f"outside the circle is $a - b\\pi$. Find $b$.")
     return q, steps, _frac(ans)
@@ -331,7 +331,7 @@ def _digits(r: random.Random) -> tuple[str, list[str], str]:
     units = sum(1 for k in range(lo, hi + 1) if k % 10 == d)
     tens = sum(1 for k in range(lo, hi + 1) if (k // 10) % 10 == d and k >= 10)
     hundreds = sum(1 for k in range(lo, hi + 1) if k // 100 == d)
-    steps = [f"Count the units place, the tens place and the hundreds place separately.",
+    steps = ["Count the units place, the tens place and the hundreds place separately.",
              f"Units digit equal to {d}: {units} numbers.",
              f"Tens digit equal to {d}: {tens} numbers.",
              f"Hundreds digit equal to {d}: {hundreds} numbers.",
@@ -367,91 +367,91 @@ def math_item(r: random.Random) -> str:
 # ------------------------------------------------------------------------------------------- prose
 
 PROSE = [
-    "The first mechanical calculators did only what their gears allowed. Pascal's machine could add and subtract by "
-    "carrying a digit from one wheel to the next, and Leibniz added a stepped drum so that multiplication became "
-    "repeated addition. Neither machine could decide anything on its own. The idea that a machine might follow a "
-    "list of instructions, and choose the next instruction from the result of the last one, came later, and it "
-    "changed the question from how fast a machine could count to what a machine could be told to do.",
-    "A river delta is built from what the river cannot carry any further. Where the current slows at the sea, sand "
-    "drops first, then silt, then the finest clay, and the channel splits around its own deposits. Over centuries the "
-    "channels wander: one is blocked, another breaks through a levee during a flood, and a new lobe of land begins to "
-    "grow. Farmers have settled deltas for thousands of years because the soil is rich and water is close, and they "
-    "have also learned that the ground there is never finished moving.",
-    "Bread is a small lesson in chemistry. Flour and water make gluten when they are mixed and worked, a network of "
-    "proteins that can stretch and hold gas. Yeast eats the sugars in the dough and gives off carbon dioxide, which "
-    "the gluten traps in thousands of small pockets. In the oven the gas expands, the water turns to steam, and the "
-    "starches set, so the loaf keeps the shape the bubbles gave it. A baker who understands each step can fix a "
-    "dense loaf by asking which one went wrong.",
-    "When people estimate, they often anchor on the first number they hear. Asked whether a city has more or fewer "
-    "than two million people, and then asked for their best guess, they answer closer to two million than people who "
-    "were first offered a different number. A useful habit is to build an estimate from parts instead: how many "
-    "people live in a typical household, how many households fit on a block, how many blocks the city covers. Each "
-    "part can be wrong, but the errors tend to cancel rather than pile up in one direction.",
-    "The lighthouse keeper's log was a plain record: the time the lamp was lit, the weather, the ships that passed, "
-    "the oil used. Read a century later, those entries tell a story no one meant to write. The dates of the first "
-    "autumn gales move, the number of sailing ships falls while steamers rise, and one winter the oil allowance is "
-    "cut in half. Historians value such logs precisely because they were kept for a practical reason, by someone who "
-    "had no interest in how the future would see them.",
-    "A good proof is a path that a reader can walk without being carried. Each step should follow from what came "
-    "before, and the reader should be able to see why the step was taken, not only that it is valid. Mathematicians "
-    "often write the final version backwards from how they found it: the discovery started from the conclusion and "
-    "searched for a way in, while the written proof starts from the assumptions and walks forward. Both directions "
-    "are part of the work, and students learn a great deal by reconstructing the search behind a tidy proof.",
-    "Migrating birds navigate with several senses at once. They use the position of the sun during the day, the "
-    "rotation of the stars at night, landmarks such as coastlines and mountain ridges, and, for many species, the "
-    "earth's magnetic field. Young birds on their first migration often fly the right direction for the right "
-    "distance without having learned the route, which suggests that part of the plan is inherited. Older birds "
-    "correct for storms and detours in a way the young ones cannot, because they have a map as well as a compass.",
-    "Compression works because most data is not random. A text uses some letters far more than others, repeats whole "
-    "words and phrases, and follows patterns that a model can predict. An encoder that predicts the next symbol well "
-    "can spend fewer bits on the likely symbols and more on the surprising ones, and the average length shrinks. The "
-    "same idea sits under the measure called perplexity: a language model that is rarely surprised by the next token "
-    "would also make a good compressor of the text it was tested on.",
-    "The small town library opened at ten and closed at six, except on Thursdays, when it stayed open late for the "
-    "evening reading group. The group had read the same author for two years, one chapter a week, and argued about "
-    "every chapter as if the outcome mattered. Newcomers were welcome but were warned that the discussion of the "
-    "ending had been postponed indefinitely, since nobody wanted the book to be finished.",
-    "Engineers who design bridges think about loads that are rare as well as loads that are common. A bridge must "
-    "carry its own weight every day, traffic most days, a crowd on a festival day, and the wind of a storm that comes "
-    "once in a century. Each of these is multiplied by a safety factor, and the structure is checked against the "
-    "worst combination that could plausibly happen at the same time. The hardest part is often not the calculation "
-    "but deciding which combinations are plausible.",
-    "Rounding errors are small, but they are not always harmless. Adding a long list of numbers in floating point "
-    "can give a different result depending on the order, because each addition rounds to the nearest representable "
-    "value. Summing the small numbers first usually helps, and pairwise summation, which adds neighbours and then "
-    "adds the partial sums, keeps the error growing slowly. Two programs that agree on every formula can still "
-    "disagree in the last digits if they add in a different order.",
-    "In the hills above the village, terraces turn a steep slope into a staircase of narrow fields. Each wall of "
-    "stacked stone holds back the soil of the field above it and drains the water that would otherwise wash the "
-    "slope away. Keeping the walls in repair is constant work, passed down through families, and when a village "
-    "empties the terraces slowly collapse. Walking there, one can read in the stones how much labour it took to "
-    "make a flat place to grow a single row of beans.",
-    "A scientific instrument is trusted only after it has been compared with something already trusted. A new "
-    "thermometer is checked in melting ice and in boiling water; a new telescope is pointed at stars whose positions "
-    "are known. The comparison does not prove the instrument right everywhere, but it shows where it agrees and how "
-    "large its errors are. Much of the progress in measurement has come from people who spent years on such "
-    "comparisons, which rarely make headlines but make every later headline possible.",
-    "Chess players talk about tempo: a move that forces the opponent to respond gains time, while a move that does "
-    "nothing useful loses it. The idea carries over to planning of any kind. A task that unblocks three others is "
-    "worth doing first even if it is small, and a task that can wait without cost should wait. Good planners are "
-    "not the ones who work fastest, but the ones who waste the fewest moves.",
-    "Tea reached Europe as an expensive curiosity and became a daily habit within a few generations. Its spread "
-    "changed trade routes, taxes, porcelain, and even the hours at which people ate. Many things that now seem "
-    "ordinary began as luxuries that someone found a way to make cheaper, and the history of everyday objects is "
-    "often a history of patient improvements in shipping, storage and manufacture rather than of single inventions.",
-    "When a student is stuck on a problem, the most useful question is often the simplest: what is actually being "
-    "asked? Rewriting the question in one's own words, drawing a picture, or trying the smallest possible case can "
-    "reveal which quantity matters and which details are decoration. A worked example is valuable not because its "
-    "numbers will appear again, but because it shows which step comes next when the page is blank.",
-    "Weather forecasts are stated as probabilities because the atmosphere is sensitive to small differences. "
-    "Forecasters run the same model many times from slightly different starting conditions and count how often "
-    "rain appears over a given place. If seventy of a hundred runs give rain, the forecast says seventy percent. "
-    "Over many days, a well calibrated forecaster's seventy percent days should turn out rainy about seven times "
-    "in ten, and checking that is how forecasts are graded.",
-    "Old maps are full of confident mistakes: islands that do not exist, rivers that run the wrong way, mountains "
-    "placed from a traveller's guess. Mapmakers copied from each other, and an error could survive for centuries "
-    "because no one went to check. The maps improved when surveyors started measuring angles and distances on the "
-    "ground and when sailors began to record their longitude with accurate clocks, turning rumours into numbers.",
+    ("The first mechanical calculators did only what their gears allowed. Pascal's machine could add and subtract by "
+     "carrying a digit from one wheel to the next, and Leibniz added a stepped drum so that multiplication became "
+     "repeated addition. Neither machine could decide anything on its own. The idea that a machine might follow a "
+     "list of instructions, and choose the next instruction from the result of the last one, came later, and it "
+     "changed the question from how fast a machine could count to what a machine could be told to do."),
+    ("A river delta is built from what the river cannot carry any further. Where the current slows at the sea, sand "
+     "drops first, then silt, then the finest clay, and the channel splits around its own deposits. Over centuries the "
+     "channels wander: one is blocked, another breaks through a levee during a flood, and a new lobe of land begins to "
+     "grow. Farmers have settled deltas for thousands of years because the soil is rich and water is close, and they "
+     "have also learned that the ground there is never finished moving."),
+    ("Bread is a small lesson in chemistry. Flour and water make gluten when they are mixed and worked, a network of "
+     "proteins that can stretch and hold gas. Yeast eats the sugars in the dough and gives off carbon dioxide, which "
+     "the gluten traps in thousands of small pockets. In the oven the gas expands, the water turns to steam, and the "
+     "starches set, so the loaf keeps the shape the bubbles gave it. A baker who understands each step can fix a "
+     "dense loaf by asking which one went wrong."),
+    ("When people estimate, they often anchor on the first number they hear. Asked whether a city has more or fewer "
+     "than two million people, and then asked for their best guess, they answer closer to two million than people who "
+     "were first offered a different number. A useful habit is to build an estimate from parts instead: how many "
+     "people live in a typical household, how many households fit on a block, how many blocks the city covers. Each "
+     "part can be wrong, but the errors tend to cancel rather than pile up in one direction."),
+    ("The lighthouse keeper's log was a plain record: the time the lamp was lit, the weather, the ships that passed, "
+     "the oil used. Read a century later, those entries tell a story no one meant to write. The dates of the first "
+     "autumn gales move, the number of sailing ships falls while steamers rise, and one winter the oil allowance is "
+     "cut in half. Historians value such logs precisely because they were kept for a practical reason, by someone who "
+     "had no interest in how the future would see them."),
+    ("A good proof is a path that a reader can walk without being carried. Each step should follow from what came "
+     "before, and the reader should be able to see why the step was taken, not only that it is valid. Mathematicians "
+     "often write the final version backwards from how they found it: the discovery started from the conclusion and "
+     "searched for a way in, while the written proof starts from the assumptions and walks forward. Both directions "
+     "are part of the work, and students learn a great deal by reconstructing the search behind a tidy proof."),
+    ("Migrating birds navigate with several senses at once. They use the position of the sun during the day, the "
+     "rotation of the stars at night, landmarks such as coastlines and mountain ridges, and, for many species, the "
+     "earth's magnetic field. Young birds on their first migration often fly the right direction for the right "
+     "distance without having learned the route, which suggests that part of the plan is inherited. Older birds "
+     "correct for storms and detours in a way the young ones cannot, because they have a map as well as a compass."),
+    ("Compression works because most data is not random. A text uses some letters far more than others, repeats whole "
+     "words and phrases, and follows patterns that a model can predict. An encoder that predicts the next symbol well "
+     "can spend fewer bits on the likely symbols and more on the surprising ones, and the average length shrinks. The "
+     "same idea sits under the measure called perplexity: a language model that is rarely surprised by the next token "
+     "would also make a good compressor of the text it was tested on."),
+    ("The small town library opened at ten and closed at six, except on Thursdays, when it stayed open late for the "
+     "evening reading group. The group had read the same author for two years, one chapter a week, and argued about "
+     "every chapter as if the outcome mattered. Newcomers were welcome but were warned that the discussion of the "
+     "ending had been postponed indefinitely, since nobody wanted the book to be finished."),
+    ("Engineers who design bridges think about loads that are rare as well as loads that are common. A bridge must "
+     "carry its own weight every day, traffic most days, a crowd on a festival day, and the wind of a storm that comes "
+     "once in a century. Each of these is multiplied by a safety factor, and the structure is checked against the "
+     "worst combination that could plausibly happen at the same time. The hardest part is often not the calculation "
+     "but deciding which combinations are plausible."),
+    ("Rounding errors are small, but they are not always harmless. Adding a long list of numbers in floating point "
+     "can give a different result depending on the order, because each addition rounds to the nearest representable "
+     "value. Summing the small numbers first usually helps, and pairwise summation, which adds neighbours and then "
+     "adds the partial sums, keeps the error growing slowly. Two programs that agree on every formula can still "
+     "disagree in the last digits if they add in a different order."),
+    ("In the hills above the village, terraces turn a steep slope into a staircase of narrow fields. Each wall of "
+     "stacked stone holds back the soil of the field above it and drains the water that would otherwise wash the "
+     "slope away. Keeping the walls in repair is constant work, passed down through families, and when a village "
+     "empties the terraces slowly collapse. Walking there, one can read in the stones how much labour it took to "
+     "make a flat place to grow a single row of beans."),
+    ("A scientific instrument is trusted only after it has been compared with something already trusted. A new "
+     "thermometer is checked in melting ice and in boiling water; a new telescope is pointed at stars whose positions "
+     "are known. The comparison does not prove the instrument right everywhere, but it shows where it agrees and how "
+     "large its errors are. Much of the progress in measurement has come from people who spent years on such "
+     "comparisons, which rarely make headlines but make every later headline possible."),
+    ("Chess players talk about tempo: a move that forces the opponent to respond gains time, while a move that does "
+     "nothing useful loses it. The idea carries over to planning of any kind. A task that unblocks three others is "
+     "worth doing first even if it is small, and a task that can wait without cost should wait. Good planners are "
+     "not the ones who work fastest, but the ones who waste the fewest moves."),
+    ("Tea reached Europe as an expensive curiosity and became a daily habit within a few generations. Its spread "
+     "changed trade routes, taxes, porcelain, and even the hours at which people ate. Many things that now seem "
+     "ordinary began as luxuries that someone found a way to make cheaper, and the history of everyday objects is "
+     "often a history of patient improvements in shipping, storage and manufacture rather than of single inventions."),
+    ("When a student is stuck on a problem, the most useful question is often the simplest: what is actually being "
+     "asked? Rewriting the question in one's own words, drawing a picture, or trying the smallest possible case can "
+     "reveal which quantity matters and which details are decoration. A worked example is valuable not because its "
+     "numbers will appear again, but because it shows which step comes next when the page is blank."),
+    ("Weather forecasts are stated as probabilities because the atmosphere is sensitive to small differences. "
+     "Forecasters run the same model many times from slightly different starting conditions and count how often "
+     "rain appears over a given place. If seventy of a hundred runs give rain, the forecast says seventy percent. "
+     "Over many days, a well calibrated forecaster's seventy percent days should turn out rainy about seven times "
+     "in ten, and checking that is how forecasts are graded."),
+    ("Old maps are full of confident mistakes: islands that do not exist, rivers that run the wrong way, mountains "
+     "placed from a traveller's guess. Mapmakers copied from each other, and an error could survive for centuries "
+     "because no one went to check. The maps improved when surveyors started measuring angles and distances on the "
+     "ground and when sailors began to record their longitude with accurate clocks, turning rumours into numbers."),
 ]
 
 

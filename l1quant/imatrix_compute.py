@@ -49,9 +49,19 @@ import numpy as np
 from l1quant.errors import InputError, L1QuantError, read_bytes
 from l1quant.imatrix_file import write_imatrix
 
-__all__ = ["BUNDLED_DATASET", "Collector", "ImatrixReport", "OUTPUT_FORMATS", "calibration_imatrix",
-           "calibration_options", "default_calibration_text", "imatrix", "imatrix_path_for", "lossless_type",
-           "seq_square_sum"]
+__all__ = [
+    "BUNDLED_DATASET",
+    "OUTPUT_FORMATS",
+    "Collector",
+    "ImatrixReport",
+    "calibration_imatrix",
+    "calibration_options",
+    "default_calibration_text",
+    "imatrix",
+    "imatrix_path_for",
+    "lossless_type",
+    "seq_square_sum",
+]
 
 log = logging.getLogger("l1quant")
 
@@ -113,7 +123,7 @@ class Collector:
     def __call__(self, t: Any, ask: bool) -> bool:
         try:
             return self._collect(t, ask)
-        except BaseException as e:  # an exception must not cross the C boundary: stop the graph, raise later
+        except BaseException as e:  # noqa: BLE001 -- nothing may cross the C boundary: stop the graph, raise later
             self.error = e
             return False
 
@@ -160,7 +170,7 @@ class Collector:
         n_mat = s02 * s03
         values, counts = self._entry(wname, ne0 * n_mat, 1)
         x = src1.to_numpy().reshape(ne3, ne2, ne1, ne0)
-        key = (src1.name, src1._ptr, src1.shape, src1.strides)
+        key = (src1.name, src1.data_address, src1.shape, src1.strides)
         for i3 in range(ne3):
             for i2 in range(ne2):
                 mat = (i3 % s03) * s02 + (i2 % s02)
@@ -264,10 +274,10 @@ BUNDLED_DATASET = "l1quant/data/calibration.txt"
 def default_calibration_text() -> str:
     """The bundled calibration text (``l1quant/data/calibration.txt``, built by ``benchmarks/make_calibration.py``:
     math word problems with worked step-by-step solutions in L1's prompt and answer format, prose and code, all
-    written for this project; ~68 k tokens with the Qwen tokenizer).
+    written for this project; ~67 k tokens with the Qwen tokenizer).
 
     Example:
-        >>> "\\boxed{" in default_calibration_text()
+        >>> "Think for 512 tokens." in default_calibration_text()
         True
     """
     from importlib import resources
@@ -280,13 +290,13 @@ def _read_prompt(text: str | os.PathLike[str] | None) -> str:
     rule applied."""
     if text is None:
         s = default_calibration_text()
-        return s[:-1] if s.endswith("\n") else s
+        return s.removesuffix("\n")
     raw = read_bytes(Path(text), InputError)
     try:
         s = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"{text}: not UTF-8 text (byte {e.start})") from None
-    return s[:-1] if s.endswith("\n") else s
+    return s.removesuffix("\n")
 
 
 def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -306,7 +316,8 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, 
 
     ``model``: a GGUF, or a checkpoint folder (converted on the way to a temporary BF16/F16/F32 GGUF, whichever
     keeps its weights exact; :func:`lossless_type`). ``text``: UTF-8 calibration text; its path as given is the
-    file's dataset name (None: the bundled text, :func:`default_calibration_text`, named :data:`BUNDLED_DATASET`). Parameters are llama-imatrix's flags: ``ctx_size`` (``-c``, tokens per chunk),
+    file's dataset name (None: the bundled text, :func:`default_calibration_text`, named
+    :data:`BUNDLED_DATASET`). Parameters are llama-imatrix's flags: ``ctx_size`` (``-c``, tokens per chunk),
     ``chunks`` (``--chunks``, at most this many; default all), ``batch_size`` (``-b``: ``batch_size //
     ctx_size`` chunks per decode), ``threads`` (``-t``), ``output_format`` (``--output-format gguf|dat``),
     ``process_output`` (``--process-output``: also ``output.weight``), ``no_ppl`` (``--no-ppl``), ``no_repack``
@@ -368,7 +379,8 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, 
                                               not no_ppl, progress, echo)
         finally:
             m.close()
-    write_imatrix(out, collector.stats, datasets=[BUNDLED_DATASET if text is None else str(text)], chunk_count=collector.last_chunk,
+    write_imatrix(out, collector.stats, datasets=[BUNDLED_DATASET if text is None else str(text)],
+                  chunk_count=collector.last_chunk,
                   chunk_size=ctx_size, output_format=output_format)
     return ImatrixReport(out, output_format, collector.last_chunk, ctx_size, len(collector.stats), len(tokens),
                          tuple(chunk_ppl), ppl, unc, time.monotonic() - t0)
@@ -467,7 +479,7 @@ def imatrix_path_for(output: Path) -> Path:
         >>> imatrix_path_for(Path("out/L1-Qwen-1.5B-Max-Q4_K_M.gguf"))
         PosixPath('out/L1-Qwen-1.5B-Max-Q4_K_M.imatrix.gguf')
     """
-    stem = output.name[:-5] if output.name.endswith(".gguf") else output.name
+    stem = output.name.removesuffix(".gguf")
     return output.with_name(f"{stem}.imatrix.gguf")
 
 

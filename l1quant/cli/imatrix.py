@@ -22,7 +22,7 @@ from l1quant.cli.options import THREADS, setup_logging
 @click.argument("model")
 @click.option("-f", "--file", "text", default=None, metavar="FNAME",
               help="The calibration text (UTF-8; its path as given is the file's dataset name). Default: the "
-                   "bundled text (math word problems with worked solutions, prose, code; ~68 k tokens).")
+                   "bundled text (math word problems with worked solutions, prose, code; ~67 k tokens).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=Path("imatrix.gguf"),
               show_default=True, metavar="FNAME", help="The imatrix file to write.")
 @click.option("-c", "--ctx-size", "ctx_size", type=click.IntRange(min=1), default=512, show_default=True,

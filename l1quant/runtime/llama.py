@@ -167,6 +167,12 @@ class EvalTensor:
         return tuple(_eval_tensor(s) for s in t.src if s)
 
     @property
+    def data_address(self) -> int:
+        """Where the values live (ggml's ``data`` pointer; 0 when unallocated): with the name, what identifies
+        one tensor's values within one graph evaluation."""
+        return int(_GGMLTensor.from_address(self._ptr).data or 0)
+
+    @property
     def strides(self) -> tuple[int, ...]:
         """ggml's ``nb`` in bytes, for the dimensions of ``shape``."""
         t = _GGMLTensor.from_address(self._ptr)
