@@ -119,8 +119,13 @@ class Collector:
     # (src1 name, data address, shape, acc before) -> acc after: q/k/v (and gate/up) read the same input, so the
     # second and third products add the same squares onto equal sums; the result is reused when both are equal.
     _last: tuple[tuple[Any, ...], np.ndarray, np.ndarray] | None = None
+    #: set while llama.cpp decodes; a terminating signal then only sets ``signum``, which stops the graph
+    decoding: bool = False
+    signum: int | None = None
 
     def __call__(self, t: Any, ask: bool) -> bool:
+        if self.signum is not None:
+            return False
         try:
             return self._collect(t, ask)
         except BaseException as e:  # noqa: BLE001 -- nothing may cross the C boundary: stop the graph, raise later
@@ -142,8 +147,8 @@ class Collector:
         return w.startswith("blk.") or (self.process_output and w == "output.weight")
 
     def _collect(self, t: Any, ask: bool) -> bool:
-        if ask:
-            return self.wanted(t)
+        if ask or not self.wanted(t):  # never collect what was not asked for, whatever the scheduler calls
+            return self.wanted(t) if ask else True
         srcs = t.srcs
         src0, src1 = srcs[0], srcs[1]
         wname = _weight_name(src0.name)
@@ -285,6 +290,36 @@ def default_calibration_text() -> str:
     return resources.files("l1quant").joinpath("data").joinpath("calibration.txt").read_text(encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _terminations_raise(collector: Collector) -> Iterator[None]:
+    """SIGTERM/SIGHUP/SIGQUIT raise :class:`~l1quant.errors.Terminated` (as Ctrl-C raises KeyboardInterrupt) for
+    the whole computation, so the temporary lossless GGUF is removed and nothing is written. During a decode the
+    handler only records the signal (an exception raised inside ggml's callback could not be caught reliably):
+    the collector then stops the graph and :func:`_run_chunks` raises after the decode. Main thread only."""
+    import signal
+    import threading
+
+    from l1quant.errors import Terminated
+    from l1quant.output import TERMINATING_SIGNALS
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        if collector.decoding:
+            collector.signum = signum
+            return
+        raise Terminated(signum)
+
+    old = {sig: signal.signal(sig, on_term) for sig in TERMINATING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, signal.SIG_DFL if h is None else h)
+
+
 def _read_prompt(text: str | os.PathLike[str] | None) -> str:
     """``-f``: the file's text, one trailing newline dropped (common/arg.cpp); None: the bundled text, the same
     rule applied."""
@@ -352,6 +387,11 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, 
     p = Path(model)
     if not p.exists():
         raise InputError(f"{p}: no such GGUF file or model folder")
+    if p.is_dir():
+        from l1quant.output import inside_folder
+
+        if inside_folder(out, p):  # the input folder is only ever read
+            raise InputError(f"{out}: refusing to write into the input folder {p}; pass -o elsewhere")
     if p.is_file() and _magic(p) != b"GGUF":
         raise InputError(f"{p}: not a GGUF file (expected a GGUF or a model folder)")
     prompt = _read_prompt(text)
@@ -365,7 +405,7 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, 
     n_kv = n_seq * ctx_size
     n_batch = min(batch_size, n_kv)
     collector = Collector(chunk_size=ctx_size, process_output=process_output)
-    with _as_gguf(model, out.parent, threads) as gguf_path:
+    with _terminations_raise(collector), _as_gguf(model, out.parent, threads) as gguf_path:
         m = Model(gguf_path, n_ctx=n_kv, n_threads=threads, n_batch=n_batch, n_ubatch=min(DEFAULT_UBATCH, n_batch),
                   flash_attn="auto", extra_bufts=extra_bufts(no_repack), cb_eval=collector, n_seq_max=n_seq)
         try:
@@ -426,7 +466,15 @@ def _run_chunks(m: Any, collector: Collector, tokens: list[int], n_ctx: int, n_c
                     pos += range(j * n_batch, j * n_batch + size)
                     seq += [s] * size
                 collector._last = None  # the reuse of sums never reaches across decodes
-                logits = m.decode_batch(toks, pos, seq, [True] * len(toks))
+                collector.decoding = True
+                try:
+                    logits = m.decode_batch(toks, pos, seq, [True] * len(toks))
+                finally:
+                    collector.decoding = False
+                if collector.signum is not None:
+                    from l1quant.errors import Terminated
+
+                    raise Terminated(collector.signum)
                 if collector.error is not None:
                     raise collector.error
                 if compute_ppl:

@@ -240,3 +240,22 @@ def test_convert_and_quantize_calibration_are_imatrix_then_imatrix_quant(tiny_fa
     # (the quant names its imatrix file by path in quantize.imatrix.file: compare with the one it kept)
     assert q.read_bytes() == l1quant.quantize(bf16, tmp_path / "q2.gguf", "q4_k_m", threads=THREADS,
                                               imatrix=str(kept_q)).read_bytes()
+
+
+@pytest.mark.slow
+def test_sigterm_writes_nothing_and_leaves_no_temporary(tiny_factory: Callable[..., Path], calib_text: Path,
+                                                       tmp_path: Path) -> None:
+    import signal
+    import time
+
+    require_module("llama_cpp")
+    src = tiny_factory(hidden=256, layers=2, heads=4, kv_heads=2, ff=512, dtype="f16")
+    out = tmp_path / "o.gguf"
+    p = subprocess.Popen([sys.executable, "-m", "l1quant", "imatrix", str(src), "-f", str(calib_text), "-o",
+                          str(out), "-c", "128", "-t", "1", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    time.sleep(12)  # converting, then decoding (the whole text takes minutes)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())  # no output, no temporary GGUF

@@ -288,9 +288,16 @@ class Model:
         cp.n_threads_batch = n_threads or cores
         cp.flash_attn_type = getattr(lc, _FLASH[flash_attn])
         cp.no_perf = True
+        self._cb_error: BaseException | None = None
         if cb_eval is not None:
             def _cb(t: int, ask: bool, user_data: Any) -> bool:
-                return bool(cb_eval(_eval_tensor(t), bool(ask)))
+                # an exception must not cross the C boundary (ctypes would print it and return garbage): keep it,
+                # stop the graph, and raise it when llama_decode returns
+                try:
+                    return bool(cb_eval(_eval_tensor(t), bool(ask)))
+                except BaseException as e:  # noqa: BLE001
+                    self._cb_error = e
+                    return False
 
             self._cb = lc.ggml_backend_sched_eval_callback(_cb)  # kept alive with the context
             cp.cb_eval = self._cb
@@ -347,6 +354,9 @@ class Model:
         b.n_tokens = len(tokens)
         with guard(self.label, "decode"):
             rc = lc.llama_decode(self.ctx, b)
+        if self._cb_error is not None:
+            err, self._cb_error = self._cb_error, None
+            raise err
         if rc != 0:
             raise VerifyError(f"{self.label}: llama.cpp failed to decode (llama_decode returned {rc})")
 
@@ -399,6 +409,9 @@ class Model:
         b.n_tokens = n
         with guard(self.label, "decode"):
             rc = lc.llama_decode(self.ctx, b)
+        if self._cb_error is not None:
+            err, self._cb_error = self._cb_error, None
+            raise err
         if rc != 0:
             raise VerifyError(f"{self.label}: llama.cpp failed to decode (llama_decode returned {rc})")
         self._past = []
