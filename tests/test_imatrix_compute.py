@@ -259,3 +259,14 @@ def test_sigterm_writes_nothing_and_leaves_no_temporary(tiny_factory: Callable[.
     _, err = p.communicate(timeout=120)
     assert p.returncode == 128 + signal.SIGTERM, err
     assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())  # no output, no temporary GGUF
+
+
+def test_written_file_has_the_ordinary_mode(tmp_path: Path) -> None:
+    from l1quant.imatrix_file import write_imatrix
+
+    out = tmp_path / "m.imatrix.gguf"
+    write_imatrix(out, {"blk.0.ffn_up.weight": (np.ones(4, np.float32), np.array([16]))}, datasets=["t.txt"],
+                  chunk_count=1, chunk_size=16)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
