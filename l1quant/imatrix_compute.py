@@ -113,6 +113,9 @@ class Collector:
 
     chunk_size: int
     process_output: bool = False
+    #: threads for the sums (ggml's are idle during the callback): columns are split between them, each column
+    #: still summed row after row, so the result does not depend on the number
+    threads: int = 1
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     last_chunk: int = 0
     error: BaseException | None = None
@@ -122,6 +125,7 @@ class Collector:
     #: set while llama.cpp decodes; a terminating signal then only sets ``signum``, which stops the graph
     decoding: bool = False
     signum: int | None = None
+    _pool: Any = None
 
     def __call__(self, t: Any, ask: bool) -> bool:
         if self.signum is not None:
@@ -174,7 +178,7 @@ class Collector:
         s02, s03 = _ne(src0, 2), _ne(src0, 3)
         n_mat = s02 * s03
         values, counts = self._entry(wname, ne0 * n_mat, 1)
-        x = src1.to_numpy().reshape(ne3, ne2, ne1, ne0)
+        x = src1.to_numpy(copy=False).reshape(ne3, ne2, ne1, ne0)  # read during the callback only
         key = (src1.name, src1.data_address, src1.shape, src1.strides)
         for i3 in range(ne3):
             for i2 in range(ne2):
@@ -186,7 +190,7 @@ class Collector:
                     acc[:] = last[2]
                     continue
                 before = acc.copy()
-                acc[:] = seq_square_sum(acc, x[i3, i2])
+                acc[:] = self.square_sum(acc, x[i3, i2])
                 if n_mat == 1 and ne2 == ne3 == 1:
                     self._last = (key, before, acc.copy())
         if not np.isfinite(values).all():
@@ -194,6 +198,32 @@ class Collector:
         counts += (ne1 * ne2 * ne3) // n_mat
         for c in counts:
             self._chunk_step(c)
+
+    def square_sum(self, acc: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """:func:`seq_square_sum`, the columns split between ``threads`` (the same numbers for any count)."""
+        n = rows.shape[1]
+        parts = min(self.threads, n // 256)  # ~256+ columns a thread, or the threads cost more than they save
+        if parts < 2 or rows.size < 1 << 16:
+            return seq_square_sum(acc, rows)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="l1q-imatrix")
+        cuts = [n * k // parts for k in range(parts + 1)]
+        out = np.empty_like(acc)
+
+        def one(k: int) -> None:
+            a, b = cuts[k], cuts[k + 1]
+            out[a:b] = seq_square_sum(acc[a:b], rows[:, a:b])
+
+        list(self._pool.map(one, range(parts)))
+        return out
+
+    def close(self) -> None:
+        """Stop the summing threads."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _collect_id(self, wname: str, src0: Any, src1: Any, ids_t: Any) -> None:
         # src1 [cols, n_expert_used (or 1), n_tokens], ids [n_expert_used, n_tokens]: expert by expert, in
@@ -404,7 +434,8 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, 
     n_seq = max(1, batch_size // ctx_size)
     n_kv = n_seq * ctx_size
     n_batch = min(batch_size, n_kv)
-    collector = Collector(chunk_size=ctx_size, process_output=process_output)
+    collector = Collector(chunk_size=ctx_size, process_output=process_output,
+                          threads=threads or os.cpu_count() or 1)
     with _terminations_raise(collector), _as_gguf(model, out.parent, threads) as gguf_path:
         m = Model(gguf_path, n_ctx=n_kv, n_threads=threads, n_batch=n_batch, n_ubatch=min(DEFAULT_UBATCH, n_batch),
                   flash_attn="auto", extra_bufts=extra_bufts(no_repack), cb_eval=collector, n_seq_max=n_seq)
@@ -419,6 +450,7 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, 
                                               not no_ppl, progress, echo)
         finally:
             m.close()
+            collector.close()
     write_imatrix(out, collector.stats, datasets=[BUNDLED_DATASET if text is None else str(text)],
                   chunk_count=collector.last_chunk,
                   chunk_size=ctx_size, output_format=output_format)

@@ -57,6 +57,23 @@ def test_seq_square_sum_is_the_row_by_row_float32_sum(rows: int, cols: int) -> N
         assert not np.array_equal(wide, want), "the test data must tell the float32 order apart"
 
 
+def test_threaded_square_sum_equals_the_sequential_one() -> None:
+    from l1quant.imatrix_compute import Collector
+
+    rng = np.random.default_rng(7)
+    acc = (rng.random(8960) * 50).astype(np.float32)
+    x = (rng.standard_normal((512, 8960)) * 4).astype(np.float32)
+    c = Collector(chunk_size=512, threads=4)
+    try:
+        got = c.square_sum(acc, x)
+        strided = c.square_sum(acc[:1000], x[:, :1000])  # a column slice of a wider array, as ggml's rows can be
+    finally:
+        c.close()
+    assert np.array_equal(got.view(np.uint32), seq_square_sum(acc, x).view(np.uint32))
+    assert np.array_equal(strided.view(np.uint32), seq_square_sum(acc[:1000], np.ascontiguousarray(x[:, :1000]))
+                          .view(np.uint32))
+
+
 def test_lossless_type_follows_the_source_dtype(tiny_factory: Callable[..., Path]) -> None:
     assert lossless_type(tiny_factory(dtype="bf16")) == "bf16"
     assert lossless_type(tiny_factory(dtype="f16")) == "f16"

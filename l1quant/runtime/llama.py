@@ -178,12 +178,13 @@ class EvalTensor:
         t = _GGMLTensor.from_address(self._ptr)
         return tuple(int(t.nb[i]) for i in range(len(self.shape)))
 
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self, copy: bool = True) -> np.ndarray:
         """A float32 (or, for an I32 tensor, int32) copy of the values, numpy shape ``shape[::-1]``, read as
         llama-imatrix reads a tensor: straight from host memory when its buffer is a host buffer
         (``ggml_backend_buffer_is_host``), else through ggml's backend API (``ggml_backend_tensor_get``: a GPU
         build works too); rows may be strided (``nb``), elements must be contiguous. Only valid when the callback is
-        not merely asked (``ask`` False).
+        not merely asked (``ask`` False). ``copy=False`` returns, for a tensor in host memory, a read-only view of
+        ggml's memory instead: valid only until the callback returns (ggml reuses it).
 
         Raises ValueError for other types, elements that are not contiguous, or a tensor without data."""
         t = _GGMLTensor.from_address(self._ptr)
@@ -201,6 +202,9 @@ class EvalTensor:
         else:
             raw = np.ctypeslib.as_array(ctypes.cast(t.data, ctypes.POINTER(ctypes.c_uint8)), shape=(nbytes,))
         view = np.ndarray(tuple(ne[::-1]), dtype=dtype, buffer=raw, strides=tuple(int(t.nb[i]) for i in range(4))[::-1])
+        if not copy:
+            view.flags.writeable = False
+            return view.reshape(self.shape[::-1])
         return np.array(view, order="C").reshape(self.shape[::-1])  # a copy: ggml reuses the memory
 
 
