@@ -28,10 +28,11 @@ from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.quantize import quantize
 from l1quant.conversion.write import WriteOptions
 from l1quant.errors import L1QuantError
+from l1quant.imatrix_compute import imatrix
 from l1quant.kernels import QUANT_TYPES, get_quant_type
 from l1quant.l1 import budget_check, l1_prompt, render_chat, run
 
 __all__ = ["QUANT_TYPES", "CompareReport", "L1QuantError", "QuantOptions", "VerifyReport", "WriteOptions",
            "budget_check", "compare", "convert", "convert_many",
-           "get_quant_type", "l1_prompt", "prepare", "quantize", "render_chat", "run", "verify"]
+           "get_quant_type", "imatrix", "l1_prompt", "prepare", "quantize", "render_chat", "run", "verify"]
 __version__ = "0.1.0"

@@ -223,7 +223,7 @@ def _register() -> None:
     # Each command module adds itself to ``main``; a module that is not written yet is simply absent.
     import importlib
 
-    for mod in ("convert", "quantize", "inspect", "verify", "l1", "compare"):
+    for mod in ("convert", "quantize", "inspect", "verify", "l1", "compare", "imatrix"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as e:

@@ -15,7 +15,8 @@ from typing import Any
 import click
 
 from l1quant.cli import main
-from l1quant.cli.options import (THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
+from l1quant.cli.l1 import NO_REPACK_OPTION
+from l1quant.cli.options import (CALIBRATION_OPTION, THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
                                  split_options, split_write_fields)
 from l1quant.conversion.card import card_path
 from l1quant.conversion.convert import convert_many, parse_types, prepare_many
@@ -76,6 +77,8 @@ class _TypeList(click.ParamType):
               help="Also verify the result against the source and write a model card (README.md) beside it: "
                    "source, type, sizes, verify summary, and the L1 budget prompt format.")
 @per_tensor_options
+@CALIBRATION_OPTION
+@NO_REPACK_OPTION
 @run_report_options
 @split_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
@@ -84,7 +87,8 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
                 card: bool, pure: bool, output_tensor_type: str | None, token_embedding_type: str | None,
                 tensor_types: tuple[str, ...], leave_output_tensor: bool, imatrix: str | None,
                 include_weights: tuple[str, ...], exclude_weights: tuple[str, ...], dry_run: bool, as_json: bool,
-                split_max_size: str | None, split_max_tensors: int | None, quiet: bool) -> None:
+                split_max_size: str | None, split_max_tensors: int | None, calibration: str | None,
+                no_repack: bool, quiet: bool) -> None:
     """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
 
     MODEL is a model folder (config.json, tokenizer.json, *.safetensors) or a Hugging Face repo id such as
@@ -115,7 +119,8 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
         outs = convert_many(model, type_, output, name=name, metadata=metadata, pre=pre, card=card,
                             options=options,
                             write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
-                                               fsync=fsync, progress=not quiet and sys.stderr.isatty(), **split))
+                                               fsync=fsync, progress=not quiet and sys.stderr.isatty(), **split),
+                            calibration=calibration, no_repack=no_repack)
         seconds = time.monotonic() - started
         if as_json:
             click.echo(json.dumps({"dry_run": False, "outputs": [written_report(gf.path, seconds) for o in outs

@@ -53,6 +53,14 @@ def per_tensor_options(f: F) -> F:
     return f
 
 
+#: ``--calibration [TEXT]`` of ``convert`` and ``quantize`` (the parameter ``calibration``; "" = the bundled text).
+CALIBRATION_OPTION = click.option(
+    "--calibration", is_flag=False, flag_value="", default=None, metavar="[TEXT]",
+    help="Compute an importance matrix over TEXT first (as llama-imatrix, from the lossless model; without TEXT "
+         "the bundled calibration text: math with worked solutions, prose, code) and quantize with it; the matrix "
+         "is kept beside the output as NAME.imatrix.gguf. Needs llama-cpp-python.")
+
+
 class _Prefix(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         kind = "warning: " if record.levelno >= logging.WARNING else ""

@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from l1quant.cli import did_you_mean, main
-from l1quant.cli.options import (THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
+from l1quant.cli.l1 import NO_REPACK_OPTION
+from l1quant.cli.options import (CALIBRATION_OPTION, THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
                                  split_options, split_write_fields)
 from l1quant.conversion.mixes import quant_options
 from l1quant.conversion.quantize import plan_quantize, quantize
@@ -36,6 +37,8 @@ _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
               show_default=True, help="Source MiB per work item; bounds memory.")
 @click.option("--allow-nonfinite", is_flag=True, help="Write the output even if tensors hold NaN/Inf.")
 @click.option("--fsync", is_flag=True, help="Flush the output to disk before publishing it.")
+@CALIBRATION_OPTION
+@NO_REPACK_OPTION
 @run_report_options
 @split_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
@@ -44,7 +47,8 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
                  imatrix: str | None, include_weights: tuple[str, ...], exclude_weights: tuple[str, ...],
                  allow_requantize: bool, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                  dry_run: bool, as_json: bool, split_max_size: str | None, split_max_tensors: int | None,
-                 quiet: bool) -> None:
+                 calibration: str | None,
+                 no_repack: bool, quiet: bool) -> None:
     """Quantize an F32/F16/BF16 GGUF to TYPE, byte-identical to llama-quantize.
 
     TYPE is one of q4_0 q4_1 q5_0 q5_1 q2_k q2_k_s q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k q8_0 f16
@@ -72,7 +76,8 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
     started = time.monotonic()
     out = quantize(input_, output, type_, allow_requantize=allow_requantize, options=options,
                    write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
-                                      fsync=fsync, progress=not quiet and sys.stderr.isatty(), **split))
+                                      fsync=fsync, progress=not quiet and sys.stderr.isatty(), **split),
+                   calibration=calibration, no_repack=no_repack)
     if as_json:
         seconds = time.monotonic() - started
         click.echo(json.dumps({"dry_run": False, "outputs": [written_report(gf.path, seconds)

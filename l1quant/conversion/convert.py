@@ -41,6 +41,8 @@ def convert(
     card: bool = False,
     options: QuantOptions | None = None,
     write: WriteOptions | None = None,
+    calibration: str | os.PathLike[str] | bool | None = None,
+    no_repack: bool = False,
     **flags: Any,
 ) -> Path:
     """Convert a checkpoint (folder or Hugging Face repo id) to GGUF in one pass; return the output path.
@@ -67,6 +69,11 @@ def convert(
     (``threads=2``, ``pure=True``, ``tensor_types=["attn_v=q8_0"]``; ``durable`` and ``chunk_bytes`` are the
     older spellings of ``fsync`` and ``chunk_mb``).
 
+    ``calibration`` (``--calibration [TEXT]``; True or "" for the bundled text) first computes an importance matrix
+    from the lossless conversion as llama-imatrix does (:func:`l1quant.imatrix_compute.calibration_imatrix`, kept
+    as ``NAME.imatrix.gguf`` beside the output) and then quantizes with it; ``no_repack`` is llama.cpp's ``-nr``
+    for that step.
+
     Nothing is written until everything has been validated; the output appears atomically, and on any error
     no partial file is left and an existing file at ``output`` is untouched.
 
@@ -77,7 +84,7 @@ def convert(
         PosixPath('L1-Qwen-1.5B-Max-Q4_K_M.gguf')
     """
     return convert_many(model, [type], output, name=name, metadata=metadata, pre=pre, card=card, options=options,
-                        write=write, **flags)[0]
+                        write=write, calibration=calibration, no_repack=no_repack, **flags)[0]
 
 
 def parse_types(type: str | Sequence[str]) -> list[str]:
@@ -160,6 +167,8 @@ def convert_many(
     card: bool = False,
     options: QuantOptions | None = None,
     write: WriteOptions | None = None,
+    calibration: str | os.PathLike[str] | bool | None = None,
+    no_repack: bool = False,
     **flags: Any,
 ) -> list[Path]:
     """Convert a checkpoint to several types in one run, reading its tensors once; return the output paths.
@@ -167,7 +176,8 @@ def convert_many(
     ``types`` is ``"q8_0,q4_k_m,q3_k_m"`` or a list; every other parameter is :func:`convert`'s. Each file is
     byte for byte the file :func:`convert` writes for its type (named as a single run names it, in the folder
     ``output`` names: :func:`prepare_many`). Every chunk of the checkpoint is read once and converted into every
-    file (:func:`l1quant.conversion.write.write_gguf_many`). ``card`` verifies each file and writes one card per
+    file (:func:`l1quant.conversion.write.write_gguf_many`). ``calibration``/``no_repack`` as in
+    :func:`convert`: one importance matrix, kept beside the first output, serves every type. ``card`` verifies each file and writes one card per
     file and writes one card beside the first, listing them all.
 
     Example:
@@ -175,6 +185,21 @@ def convert_many(
         [PosixPath('out/L1-Qwen-1.5B-Max-Q8_0.gguf'), PosixPath('out/L1-Qwen-1.5B-Max-Q4_K_M.gguf')]
     """
     options, w = split_flat_options("convert", flags, options, write)
+    if calibration is not None and calibration is not False:
+        from l1quant.imatrix_compute import calibration_imatrix, calibration_options  # runs llama.cpp: lazily
+
+        first = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options)
+        for p in first:  # refusals before the long step
+            if inside_folder(p.output, p.model_dir):
+                raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; "
+                                  "pass -o elsewhere")
+        wanted = parse_types(types)
+        for t in wanted:  # each type must be one an importance matrix changes
+            calibration_options(options, first[0].output, t)
+        # one matrix serves every type of the run: kept beside the first output
+        options = calibration_options(options, first[0].output, wanted[0])
+        calibration_imatrix(first[0].model_dir, calibration, first[0].output, threads=w.threads,
+                            no_repack=no_repack, progress=w.progress)
     prepared = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options)
     for p in prepared:
         # The input folder is only ever read: no output (let alone one named like an input file) goes into it.

@@ -153,6 +153,8 @@ def quantize(
     allow_requantize: bool = False,
     options: QuantOptions | None = None,
     write: WriteOptions | None = None,
+    calibration: str | os.PathLike[str] | bool | None = None,
+    no_repack: bool = False,
     **flags: Any,
 ) -> Path:
     """Quantize the GGUF ``input`` to ``type``, as ``llama-quantize input output type`` does; return the output.
@@ -163,7 +165,9 @@ def quantize(
     as ``convert``). Any architecture the mix table knows (qwen2, qwen3, llama) is accepted. ``options``
     (llama-quantize's per-tensor flags) and ``write`` (threads, chunk size, fsync...) are as in
     :func:`l1quant.convert`, and can be passed by the flags' names too (``threads=2``, ``pure=True``); the bytes do
-    not depend on ``threads`` or the chunk size.
+    not depend on ``threads`` or the chunk size. ``calibration`` (True or "" for the bundled text) first computes
+    an importance matrix of ``input`` as llama-imatrix does, kept as ``NAME.imatrix.gguf`` beside the output, and
+    quantizes with it (as :func:`l1quant.convert`'s; ``no_repack`` is llama.cpp's ``-nr`` for that step).
 
     Raises :class:`~l1quant.errors.InputError` for an unreadable or unsupported input (quantized tensors without
     ``allow_requantize``, an architecture llama-quantize's rule is not written for here), ``ConfigError`` for an
@@ -174,6 +178,15 @@ def quantize(
         PosixPath('m-Q6_K.gguf')
     """
     options, w = split_flat_options("quantize", flags, options, write)
+    if calibration is not None and calibration is not False:
+        from l1quant.imatrix_compute import calibration_imatrix, calibration_options  # runs llama.cpp: lazily
+
+        src = Path(input)
+        mix = get_mix(type)
+        merged_view(read_parts(src))  # a file that is not a (whole) GGUF is refused before the runtime loads it
+        out0, _ = output_path(output, default_output(_unsplit_name(src), mix.name), mix.name)
+        options = calibration_options(options, out0, type)
+        calibration_imatrix(src, calibration, out0, threads=w.threads, no_repack=no_repack, progress=w.progress)
     job = plan_quantize(input, output, type, allow_requantize=allow_requantize, options=options)
     for warning in job.plan.warnings:
         log.warning(warning)

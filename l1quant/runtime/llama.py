@@ -105,13 +105,52 @@ class _GGMLTensor(ctypes.Structure):
 _GGML_TYPE_F32 = 0
 
 
+def _ggml_base() -> Any:
+    """ggml's base library as llama-cpp-python loaded it (ctypes), with the few functions the evaluation callback
+    needs: ``ggml_op_name``, ``ggml_backend_buffer_is_host``, ``ggml_backend_tensor_get``."""
+    if "ggml" not in _state:
+        lc = lib()
+        root = Path(lc.__file__).resolve().parent / "lib"
+        cands = sorted(root.glob("libggml-base.*")) if root.is_dir() else []
+        names = [str(c) for c in cands] + ["libggml-base.so", "libggml-base.dylib", "ggml-base.dll"]
+        g = None
+        for n in names:
+            try:
+                g = ctypes.CDLL(n)
+                break
+            except OSError:
+                continue
+        if g is None:
+            raise RuntimeMissingError(f"ggml's base library not found beside llama-cpp-python ({root})")
+        g.ggml_op_name.restype = ctypes.c_char_p
+        g.ggml_op_name.argtypes = [ctypes.c_int]
+        g.ggml_backend_buffer_is_host.restype = ctypes.c_bool
+        g.ggml_backend_buffer_is_host.argtypes = [ctypes.c_void_p]
+        g.ggml_backend_tensor_get.restype = None
+        g.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        _state["ggml"] = g
+        _state["ops"] = {}
+    return _state["ggml"]
+
+
+def _op_name(op: int) -> str:
+    ops: dict[int, str] | None = _state.get("ops")
+    if ops is None:
+        _ggml_base()
+        ops = _state["ops"]
+    if op not in ops:
+        ops[op] = _state["ggml"].ggml_op_name(op).decode()
+    return ops[op]
+
+
 @dataclass(frozen=True)
 class EvalTensor:
     """A tensor of the graph llama.cpp evaluates, as ggml's evaluation callback sees it.
 
     ``name`` is ggml's tensor name (``ffn_inp-0``, ``attn_norm-3``, ``result_output``; weights by their GGUF
     names), ``shape`` is ggml's ``ne`` (innermost first, trailing 1s dropped), ``type`` the ggml type number,
-    ``src_names`` the names of the operation's inputs (a matrix product's weight first).
+    ``src_names`` the names of the operation's inputs (a matrix product's weight first), ``op`` ggml's operation
+    name (``ggml_op_name``: ``MUL_MAT``, ``MUL_MAT_ID``, ``NONE`` for a leaf).
     """
 
     name: str
@@ -119,18 +158,57 @@ class EvalTensor:
     type: int
     src_names: tuple[str, ...]
     _ptr: int
+    op: str = ""
 
-    def to_numpy(self) -> np.ndarray:
-        """A float32 copy of the values, numpy shape ``shape[::-1]``; only for contiguous F32 tensors in host
-        memory (the CPU backend), and only when the callback is not merely asked (``ask`` False).
-
-        Raises ValueError otherwise."""
+    @property
+    def srcs(self) -> tuple[EvalTensor, ...]:
+        """The operation's inputs (``src[0..]``, the non-null ones in order)."""
         t = _GGMLTensor.from_address(self._ptr)
-        n = int(np.prod(self.shape)) if self.shape else 1
-        if t.type != _GGML_TYPE_F32 or not t.data or t.nb[0] != 4:
-            raise ValueError(f"{self.name}: not a contiguous F32 tensor in host memory")
-        arr = np.ctypeslib.as_array(ctypes.cast(t.data, ctypes.POINTER(ctypes.c_float)), shape=(n,))
-        return arr.reshape(self.shape[::-1]).copy()
+        return tuple(_eval_tensor(s) for s in t.src if s)
+
+    @property
+    def data_address(self) -> int:
+        """Where the values live (ggml's ``data`` pointer; 0 when unallocated): with the name, what identifies
+        one tensor's values within one graph evaluation."""
+        return int(_GGMLTensor.from_address(self._ptr).data or 0)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """ggml's ``nb`` in bytes, for the dimensions of ``shape``."""
+        t = _GGMLTensor.from_address(self._ptr)
+        return tuple(int(t.nb[i]) for i in range(len(self.shape)))
+
+    def to_numpy(self, copy: bool = True) -> np.ndarray:
+        """A float32 (or, for an I32 tensor, int32) copy of the values, numpy shape ``shape[::-1]``, read as
+        llama-imatrix reads a tensor: straight from host memory when its buffer is a host buffer
+        (``ggml_backend_buffer_is_host``), else through ggml's backend API (``ggml_backend_tensor_get``: a GPU
+        build works too); rows may be strided (``nb``), elements must be contiguous. Only valid when the callback is
+        not merely asked (``ask`` False). ``copy=False`` returns, for a tensor in host memory, a read-only view of
+        ggml's memory instead: valid only until the callback returns (ggml reuses it).
+
+        Raises ValueError for other types, elements that are not contiguous, or a tensor without data."""
+        t = _GGMLTensor.from_address(self._ptr)
+        dtype = {_GGML_TYPE_F32: np.float32, _GGML_TYPE_I32: np.int32}.get(t.type)
+        if dtype is None or t.nb[0] != 4 or not (t.data or t.buffer):
+            raise ValueError(f"{self.name}: not an F32/I32 tensor with contiguous elements")
+        ne = [int(x) for x in t.ne]
+        if min(ne) <= 0:
+            return np.zeros(self.shape[::-1], dtype)
+        nbytes = 4 + sum((ne[i] - 1) * int(t.nb[i]) for i in range(4))  # ggml_nbytes
+        g = _ggml_base()
+        if t.buffer and not g.ggml_backend_buffer_is_host(t.buffer):
+            raw = np.empty(nbytes, np.uint8)
+            g.ggml_backend_tensor_get(self._ptr, raw.ctypes.data, 0, nbytes)
+        else:
+            raw = np.ctypeslib.as_array(ctypes.cast(t.data, ctypes.POINTER(ctypes.c_uint8)), shape=(nbytes,))
+        view = np.ndarray(tuple(ne[::-1]), dtype=dtype, buffer=raw, strides=tuple(int(t.nb[i]) for i in range(4))[::-1])
+        if not copy:
+            view.flags.writeable = False
+            return view.reshape(self.shape[::-1])
+        return np.array(view, order="C").reshape(self.shape[::-1])  # a copy: ggml reuses the memory
+
+
+_GGML_TYPE_I32 = 26
 
 
 def _eval_tensor(ptr: int) -> EvalTensor:
@@ -139,7 +217,8 @@ def _eval_tensor(ptr: int) -> EvalTensor:
     while len(ne) > 1 and ne[-1] == 1:
         ne.pop()
     srcs = tuple(_GGMLTensor.from_address(s).name.decode("utf-8", "replace") for s in t.src if s)
-    return EvalTensor(t.name.decode("utf-8", "replace"), tuple(int(x) for x in ne), int(t.type), srcs, ptr)
+    return EvalTensor(t.name.decode("utf-8", "replace"), tuple(int(x) for x in ne), int(t.type), srcs, ptr,
+                      _op_name(int(t.op)))
 
 
 #: ``cb_eval(tensor, ask) -> bool``: asked first (``ask`` True) whether the tensor is wanted, then called again
@@ -158,7 +237,8 @@ class Model:
     ``min(n_ctx, 512)``), ``n_ubatch`` (physical, default ``min(n_batch, 512)``), ``seed`` (the sampler's; None:
     random), ``flash_attn`` (``"auto"``, True, False), ``extra_bufts`` (llama.cpp's ``use_extra_bufts``,
     weight repacking: None = what :func:`l1quant.runtime.probe.extra_bufts_work` found for this machine; False
-    is ``--no-repack``), ``cb_eval`` (see :data:`EvalCallback`). ``logits_all`` makes :meth:`logits` default to
+    is ``--no-repack``), ``cb_eval`` (see :data:`EvalCallback`), ``n_seq_max`` (sequences one batch may hold, see
+    :meth:`decode_batch`). ``logits_all`` makes :meth:`logits` default to
     every position (``first=0``); otherwise only the last row is kept.
 
     Raises :class:`~l1quant.errors.RuntimeMissingError` without llama-cpp-python, :class:`InputError` when the
@@ -169,7 +249,7 @@ class Model:
                  n_gpu_layers: int | None = None, n_batch: int | None = None, n_ubatch: int | None = None,
                  seed: int | None = None, logits_all: bool = False, flash_attn: bool | str = False,
                  extra_bufts: bool | None = None, vocab_only: bool = False,
-                 cb_eval: EvalCallback | None = None) -> None:
+                 cb_eval: EvalCallback | None = None, n_seq_max: int = 1) -> None:
         lc = lib()
         self.lc = lc
         self.path = Path(path)
@@ -209,15 +289,22 @@ class Model:
         cp.n_ctx = n_ctx
         cp.n_batch = self.n_batch = n_batch or min(n_ctx, 512)
         cp.n_ubatch = n_ubatch or min(self.n_batch, 512)
-        cp.n_seq_max = 1
+        cp.n_seq_max = n_seq_max  # with the KV cache per sequence (kv_unified off), as llama.cpp's tools
         cores = os.cpu_count() or 1
         cp.n_threads = n_threads or max(cores // 2, 1)
         cp.n_threads_batch = n_threads or cores
         cp.flash_attn_type = getattr(lc, _FLASH[flash_attn])
         cp.no_perf = True
+        self._cb_error: BaseException | None = None
         if cb_eval is not None:
             def _cb(t: int, ask: bool, user_data: Any) -> bool:
-                return bool(cb_eval(_eval_tensor(t), bool(ask)))
+                # an exception must not cross the C boundary (ctypes would print it and return garbage): keep it,
+                # stop the graph, and raise it when llama_decode returns
+                try:
+                    return bool(cb_eval(_eval_tensor(t), bool(ask)))
+                except BaseException as e:  # noqa: BLE001
+                    self._cb_error = e
+                    return False
 
             self._cb = lc.ggml_backend_sched_eval_callback(_cb)  # kept alive with the context
             cp.cb_eval = self._cb
@@ -274,6 +361,9 @@ class Model:
         b.n_tokens = len(tokens)
         with guard(self.label, "decode"):
             rc = lc.llama_decode(self.ctx, b)
+        if self._cb_error is not None:
+            err, self._cb_error = self._cb_error, None
+            raise err
         if rc != 0:
             raise VerifyError(f"{self.label}: llama.cpp failed to decode (llama_decode returned {rc})")
 
@@ -304,6 +394,39 @@ class Model:
                 parts.append(a if n <= self.n_batch else a.copy())
         self._past = list(tokens)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def decode_batch(self, tokens: Sequence[int], pos: Sequence[int], seq: Sequence[int],
+                     output: Sequence[bool]) -> np.ndarray:
+        """One ``llama_decode`` of a batch as llama.cpp's tools build it (``common_batch_add``): token ``k`` at
+        position ``pos[k]`` of sequence ``seq[k]`` (``< n_seq_max``), its logits kept when ``output[k]``. The cache
+        is not cleared (see :meth:`reset`). Returns the kept rows' logits, (rows, n_vocab) float32, a view of
+        llama.cpp's buffer valid until the next call.
+
+        Raises :class:`InputError` for more tokens than ``n_batch``, :class:`VerifyError` when llama.cpp fails."""
+        n = len(tokens)
+        if not 0 < n <= self.n_batch:
+            raise InputError(f"{self.label}: a batch of {n} tokens (n_batch {self.n_batch})")
+        lc, b = self.lc, self.batch
+        for k in range(n):
+            b.token[k] = int(tokens[k])
+            b.pos[k] = int(pos[k])
+            b.n_seq_id[k] = 1
+            b.seq_id[k][0] = int(seq[k])
+            b.logits[k] = bool(output[k])
+        b.n_tokens = n
+        with guard(self.label, "decode"):
+            rc = lc.llama_decode(self.ctx, b)
+        if self._cb_error is not None:
+            err, self._cb_error = self._cb_error, None
+            raise err
+        if rc != 0:
+            raise VerifyError(f"{self.label}: llama.cpp failed to decode (llama_decode returned {rc})")
+        self._past = []
+        rows = sum(1 for o in output if o)
+        if not rows:
+            return np.zeros((0, self.n_vocab), np.float32)
+        ptr = lc.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(ptr, shape=(rows * self.n_vocab,)).reshape(rows, self.n_vocab)
 
     def _new_sampler(self, temperature: float, top_p: float, top_k: int, min_p: float) -> Any:
         # llama-cpp-python's Llama.generate chain, less its no-op stages at our settings (penalties at 1.0,
