@@ -115,7 +115,7 @@ def test_out_types_and_resolution() -> None:
     assert resolve_type("q5_k") is MIXES["Q5_K_M"] and resolve_type(MIXES["Q2_K"]) is MIXES["Q2_K"]
     assert resolve_type(get_quant_type("bf16"), per_tensor=True) is MIXES["BF16"]
     assert resolve_type("IQ3_M") is MIXES["IQ3_M"] and MIXES["IQ3_M"].base == T.IQ3_S
-    for bad, msg in (("mxfp4", "is not one of"), ("iq2_xxs", "needs an importance matrix.*--imatrix")):
+    for bad, msg in (("mxfp4", "is not one of"), ("iq2_xxs", "is not made by l1quant yet.*--imatrix")):
         with pytest.raises(ConfigError, match=msg):
             resolve_type(bad)
     with pytest.raises(ConfigError, match="auto cannot be combined"):
