@@ -291,15 +291,21 @@ def _as_gguf(model: str | os.PathLike[str], scratch: Path, threads: int | None) 
     if p.is_file():
         yield p
         return
-    from l1quant.conversion.convert import convert, resolve_source
+    # prepare + write_gguf, not l1quant.convert: convert's --calibration calls into this module
+    from l1quant.conversion.prepare import prepare, resolve_source
+    from l1quant.conversion.write import WriteOptions, write_gguf
 
     folder = resolve_source(model)
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder}: not a model (a GGUF file, or a folder with config.json)")
     typ = lossless_type(folder)
     with tempfile.TemporaryDirectory(prefix=".l1q-imatrix-", dir=scratch) as d:
-        out = convert(folder, type=typ, output=Path(d) / f"source-{typ.upper()}.gguf", threads=threads)
-        yield Path(out)
+        prep = prepare(folder, typ, Path(d) / f"source-{typ.upper()}.gguf")
+        for warning in prep.warnings:
+            log.warning(warning)
+        write_gguf(prep.plan, prep.header, prep.output, WriteOptions(threads=threads),
+                   create_folder=prep.create_folder)
+        yield prep.output
 
 
 #: The dataset name recorded for the bundled text (``imatrix.datasets``, then ``quantize.imatrix.dataset``).
