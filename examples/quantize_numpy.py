@@ -10,9 +10,12 @@ from l1quant.kernels import QUANT_TYPES, get_quant_type
 rng = np.random.default_rng(0)
 x = rng.standard_normal((4, 256), dtype=np.float32) * 0.02  # 4 rows of 256 values (8 Q8_0 blocks each)
 
+ones = np.ones(x.shape[1], dtype=np.float32)  # per-column importance weights (an imatrix's means); here uniform
+
 for name in QUANT_TYPES:
     qt = get_quant_type(name)
-    data = qt.quantize(x)  # uint8, shape (rows, qt.row_nbytes(256))
+    # IQ1_S, IQ2_XXS, IQ2_XS ... cannot be made without importance weights (ggml refuses too)
+    data = qt.quantize(x, imatrix=ones if qt.needs_imatrix else None)  # uint8, shape (rows, qt.row_nbytes(256))
     back = qt.dequantize(data, x.shape)
     rel = float(np.linalg.norm(back - x) / np.linalg.norm(x))
     print(f"{qt.name:5s} block={qt.block_size:2d} bytes/block={qt.type_size:2d} "
