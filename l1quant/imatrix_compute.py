@@ -87,7 +87,8 @@ def seq_square_sum(acc: np.ndarray, rows: np.ndarray) -> np.ndarray:
     sq = np.empty((rows.shape[0] + 1, rows.shape[1]), np.float32)
     sq[0] = acc
     np.multiply(rows, rows, out=sq[1:])
-    return np.add.reduce(sq, axis=0)
+    result: np.ndarray = np.add.reduce(sq, axis=0)
+    return result
 
 
 def _weight_name(name: str) -> str:
@@ -375,7 +376,8 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     m = logits.max(axis=1)
     s = np.exp(logits - m[:, None]).sum(axis=1, dtype=np.float64)
     picked = logits[np.arange(len(targets)), targets] - m
-    return -(picked.astype(np.float64) - np.log(s))
+    result: np.ndarray = -(picked.astype(np.float64) - np.log(s))
+    return result
 
 
 def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, output: str | os.PathLike[str], *,

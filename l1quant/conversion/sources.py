@@ -172,4 +172,5 @@ class Generated(_InMemoryF32):
         return _deliver(self.data.reshape(self.n_rows, self.n_cols)[start:stop], out, self.name)
 
     def read(self) -> np.ndarray:
-        return self.data.copy()
+        result: np.ndarray = self.data.copy()
+        return result

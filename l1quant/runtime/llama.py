@@ -204,7 +204,8 @@ class EvalTensor:
         view = np.ndarray(tuple(ne[::-1]), dtype=dtype, buffer=raw, strides=tuple(int(t.nb[i]) for i in range(4))[::-1])
         if not copy:
             view.flags.writeable = False
-            return view.reshape(self.shape[::-1])
+            result: np.ndarray = view.reshape(self.shape[::-1])
+            return result
         return np.array(view, order="C").reshape(self.shape[::-1])  # a copy: ggml reuses the memory
 
 
