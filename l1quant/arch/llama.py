@@ -53,7 +53,7 @@ def _libm_powf() -> Callable[[float, float], float] | None:
         return None
     fn.argtypes = [ctypes.c_float, ctypes.c_float]
     fn.restype = ctypes.c_float
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 _POWF = _libm_powf()
