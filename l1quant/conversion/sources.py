@@ -39,11 +39,15 @@ from l1quant.source.safetensors import SafeTensor, View2D
 class TensorSource(Protocol):
     """The interface every planned tensor reads through (see the module docstring)."""
 
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-
+    # read-only: SafeTensor is frozen, so settable protocol members would reject it
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def nbytes(self) -> int: ...
     @property
     def path(self) -> Path | None: ...
     @property
