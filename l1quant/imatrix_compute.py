@@ -583,7 +583,8 @@ def calibration_imatrix(model: str | os.PathLike[str], calibration: str | os.Pat
         >>> calibration_imatrix("L1-Qwen-1.5B-Max", True, Path("L1-Q4_K_M.gguf"))  # doctest: +SKIP
         PosixPath('L1-Q4_K_M.imatrix.gguf')
     """
-    text = None if calibration is True or calibration == "" else calibration
+    # callers pass a text or True/"" (never False), so the bool test only narrows the type
+    text = None if isinstance(calibration, bool) or calibration == "" else calibration
     kept = imatrix_path_for(output)
     kept.parent.mkdir(parents=True, exist_ok=True)  # an output folder the command creates anyway
     rep = imatrix(model, text, kept, threads=threads, no_repack=no_repack, progress=progress)

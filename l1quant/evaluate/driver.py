@@ -220,7 +220,8 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         toks = toks[:n_chunk * ctx]
         bar.total = n_chunk * len(paths)
         given = base_logits is not None
-        bf_path = Path(base_logits) if base_logits is not None else _base_cache_path(base_path, toks, ctx, n_chunk, runtime)
+        bf_path = (Path(base_logits) if base_logits is not None
+                   else _base_cache_path(base_path, toks, ctx, n_chunk, runtime))
         bf_path.parent.mkdir(parents=True, exist_ok=True)
         base_ppl: tuple[float, float] | None = None
         bf = None
