@@ -87,7 +87,8 @@ def seq_square_sum(acc: np.ndarray, rows: np.ndarray) -> np.ndarray:
     sq = np.empty((rows.shape[0] + 1, rows.shape[1]), np.float32)
     sq[0] = acc
     np.multiply(rows, rows, out=sq[1:])
-    return np.add.reduce(sq, axis=0)
+    result: np.ndarray = np.add.reduce(sq, axis=0)
+    return result
 
 
 def _weight_name(name: str) -> str:
@@ -375,7 +376,8 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     m = logits.max(axis=1)
     s = np.exp(logits - m[:, None]).sum(axis=1, dtype=np.float64)
     picked = logits[np.arange(len(targets)), targets] - m
-    return -(picked.astype(np.float64) - np.log(s))
+    result: np.ndarray = -(picked.astype(np.float64) - np.log(s))
+    return result
 
 
 def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, output: str | os.PathLike[str], *,
@@ -581,7 +583,8 @@ def calibration_imatrix(model: str | os.PathLike[str], calibration: str | os.Pat
         >>> calibration_imatrix("L1-Qwen-1.5B-Max", True, Path("L1-Q4_K_M.gguf"))  # doctest: +SKIP
         PosixPath('L1-Q4_K_M.imatrix.gguf')
     """
-    text = None if calibration is True or calibration == "" else calibration
+    # callers pass a text or True/"" (never False), so the bool test only narrows the type
+    text = None if isinstance(calibration, bool) or calibration == "" else calibration
     kept = imatrix_path_for(output)
     kept.parent.mkdir(parents=True, exist_ok=True)  # an output folder the command creates anyway
     rep = imatrix(model, text, kept, threads=threads, no_repack=no_repack, progress=progress)

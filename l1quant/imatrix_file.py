@@ -36,12 +36,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType, GGUFValueType
 
 from l1quant.errors import InputError, L1QuantError, open_regular, read_bytes
-from l1quant.gguf.reader import read_gguf
+from l1quant.gguf.reader import TensorInfo, read_gguf
 
 __all__ = ["Imatrix", "ImatrixFileError", "ImatrixStats", "describe_imatrix", "format_imatrix", "is_imatrix_file",
            "quantize_keys", "read_imatrix", "write_imatrix"]
@@ -161,7 +162,7 @@ def _read_gguf(p: Path) -> Imatrix:
     datasets: tuple[str, ...] = ()
     if gf.kv_types[KEY_DATASETS] == (GGUFValueType.ARRAY, GGUFValueType.STRING):
         datasets = tuple(str(s) for s in gf.kv[KEY_DATASETS])
-    pairs: dict[str, list] = {}
+    pairs: dict[str, list[TensorInfo | None]] = {}
     for t in gf.tensors:
         for suffix, slot in ((SUM2_SUFFIX, 0), (COUNTS_SUFFIX, 1)):
             if t.name.endswith(suffix) and len(t.name) > len(suffix):
@@ -285,7 +286,7 @@ def describe_imatrix(path: str | os.PathLike[str], im: Imatrix | None = None) ->
         ('dat', 1, 2, ['calib.txt'], 1)
     """
     im = im or read_imatrix(path)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in im.names:
         e = im.entries[name]
         rows.append({"name": name, "n_values": int(e.size), "never_activated": int(np.count_nonzero(e == 0)),

@@ -117,7 +117,8 @@ class RopeRowPermutation(Transform):
         rows = shape[0]
         if rows % (2 * n):
             raise ConfigError(f"{cfg.source}: {rows} rows cannot be split into {n} heads of rotary pairs")
-        return np.arange(rows, dtype=np.int64).reshape(n, 2, rows // n // 2).transpose(0, 2, 1).reshape(-1)
+        order: np.ndarray = np.arange(rows, dtype=np.int64).reshape(n, 2, rows // n // 2).transpose(0, 2, 1)
+        return order.reshape(-1)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def _libm_powf() -> Callable[[float, float], float] | None:
         return None
     fn.argtypes = [ctypes.c_float, ctypes.c_float]
     fn.restype = ctypes.c_float
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 _POWF = _libm_powf()
@@ -68,7 +68,8 @@ def _pow_f32(base: float, exps: np.ndarray) -> np.ndarray:
     Without a libm ``powf``, float64 rounded once (correctly rounded, as ``powf`` nearly always is).
     """
     if _POWF is None:  # pragma: no cover - every Linux/macOS libc has powf
-        return (np.float64(F32(base)) ** exps.astype(np.float64)).astype(F32)
+        result: np.ndarray = (np.float64(F32(base)) ** exps.astype(np.float64)).astype(F32)
+        return result
     return np.array([_POWF(float(F32(base)), float(e)) for e in exps], dtype=F32)
 
 
@@ -104,7 +105,8 @@ def llama3_rope_factors(cfg: ModelConfig) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):  # the blend is computed everywhere, kept only between
         smooth = ((F32(1.0) / wavelen) * F32(old) - F32(low)) / F32(high - low)
         blend = F32(1.0) / ((F32(1.0) - smooth) / F32(factor) + smooth)
-    return np.where(short, F32(1.0), np.where(long_, F32(factor), blend)).astype(F32)
+    result: np.ndarray = np.where(short, F32(1.0), np.where(long_, F32(factor), blend)).astype(F32)
+    return result
 
 
 def _llama3(cfg: ModelConfig) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -225,10 +226,10 @@ def _conversations(args_as_string: bool) -> dict[str, tuple[list[dict[str, Any]]
     args: Any = {"city": "Paris"}
     if args_as_string:
         args = json.dumps(args)
-    call = {"type": "function", "function": {"name": "get_weather", "arguments": args}}
-    system = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"},
+    call: dict[str, Any] = {"type": "function", "function": {"name": "get_weather", "arguments": args}}
+    system: list[dict[str, Any]] = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"},
               {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
-    tools = [{"role": "user", "content": "Weather in Paris?"},
+    tools: list[dict[str, Any]] = [{"role": "user", "content": "Weather in Paris?"},
              {"role": "assistant", "content": "", "tool_calls": [call]},
              {"role": "tool", "name": "get_weather", "content": "{\"temp_c\": 18}"}]
     return {"with a system message": (system, None), "with tool calls": (tools, [_TOOL])}
@@ -501,7 +502,7 @@ def _check_tensors(gf: GGUFFile) -> list[Check]:
     checks: list[Check] = []
     arch = gf.kv.get(gguf.Keys.General.ARCHITECTURE)
     if isinstance(arch, str):
-        g = lambda k: gf.kv.get(k.format(arch=arch))  # noqa: E731
+        g: Callable[[str], Any] = lambda k: gf.kv.get(k.format(arch=arch))  # noqa: E731
         n_embd, n_head = g(gguf.Keys.LLM.EMBEDDING_LENGTH), g(gguf.Keys.Attention.HEAD_COUNT)
         k_len, v_len = g(gguf.Keys.Attention.KEY_LENGTH), g(gguf.Keys.Attention.VALUE_LENGTH)
         if isinstance(n_embd, int) and isinstance(n_head, int) and n_head > 0:

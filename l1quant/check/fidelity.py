@@ -162,8 +162,10 @@ def _block_amax(src: np.ndarray, ref: np.ndarray, nb: int) -> np.ndarray:
     (they order like |x|), which is half the memory traffic of the float32 path."""
     if src.dtype == np.uint16:
         mag = np.bitwise_and(src.reshape(-1), np.uint16(0x7FFF))
-        return np.left_shift(np.max(mag.reshape(nb, 32), axis=1), 16, dtype=np.uint32).view(np.float32)
-    return np.max(np.abs(ref).reshape(nb, 32), axis=1)
+        bits: np.ndarray = np.left_shift(np.max(mag.reshape(nb, 32), axis=1), 16, dtype=np.uint32).view(np.float32)
+        return bits
+    amax: np.ndarray = np.max(np.abs(ref).reshape(nb, 32), axis=1)
+    return amax
 
 
 @dataclass

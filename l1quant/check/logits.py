@@ -58,7 +58,8 @@ def run_logits(gf: GGUFFile, prep: Any, source: Path, text: str, n_tokens: int, 
 
     def src_weight(name: str) -> np.ndarray:
         pt = planned[name]  # KeyError for an absent tensor (tied output), as decoder_logits expects
-        return to_f32(pt.source.read_rows(0, pt.source.n_rows)).reshape(pt.shape)
+        result: np.ndarray = to_f32(pt.source.read_rows(0, pt.source.n_rows)).reshape(pt.shape)
+        return result
 
     try:
         # the source runs through the plan's sources: in the file's layout (llama's Q/K rows permuted, rope_freqs)

@@ -148,7 +148,8 @@ class VerifyReport:
             "logits": self.logits,
             "runtime_logits": self.runtime_logits,
         }
-        return _json_safe(d)
+        safe: dict[str, Any] = _json_safe(d)
+        return safe
 
     def to_json(self, indent: int | None = 2) -> str:
         """Strict JSON (no NaN/Infinity literals)."""

@@ -31,7 +31,7 @@ from l1quant.output import TERMINATING_SIGNALS
 OUT_TYPES = out_types()  # the registry as the command line is built
 
 
-class _TypeList(click.ParamType):
+class _TypeList(click.ParamType):  # type: ignore[type-arg]  # click 8.1 (allowed) cannot subscript ParamType
     """``--type``: one type or several separated by commas, each one of :data:`OUT_TYPES` (case-insensitive)."""
 
     name = "type"

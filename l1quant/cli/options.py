@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import click
 
@@ -158,7 +158,14 @@ def split_options(f: F) -> F:
     return f
 
 
-def split_write_fields(split_max_size: str | None, split_max_tensors: int | None) -> dict[str, int | None]:
+class SplitFields(TypedDict):
+    """The split fields of :class:`~l1quant.conversion.write.WriteOptions`, as :func:`split_write_fields` gives them."""
+
+    split_max_size: int | None
+    split_max_tensors: int | None
+
+
+def split_write_fields(split_max_size: str | None, split_max_tensors: int | None) -> SplitFields:
     """The WriteOptions fields of the split flags (``--split-max-size 2G`` in bytes).
 
     Example:

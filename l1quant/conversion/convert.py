@@ -199,7 +199,7 @@ def convert_many(
         # one matrix serves every type of the run: kept beside the first output
         options = calibration_options(options, first[0].output, wanted[0])
         calibration_imatrix(first[0].model_dir, calibration, first[0].output, threads=w.threads,
-                            no_repack=no_repack, progress=w.progress)
+                            no_repack=no_repack, progress=bool(w.progress))
     prepared = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options)
     for p in prepared:
         # The input folder is only ever read: no output (let alone one named like an input file) goes into it.

@@ -295,9 +295,9 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mi
     planned: list[tuple[str, TensorSource, QuantType]] = []
     warnings: list[str] = []
     seen: dict[str, str] = {}
-    for name, data in arch.generated_tensors(cfg):
-        planned.append((name, Generated(f"{name} (generated from config.json)", data),
-                        tensor_qtype(name, data.shape[-1], data.ndim, arch, qt)))
+    for gen_name, data in arch.generated_tensors(cfg):
+        planned.append((gen_name, Generated(f"{gen_name} (generated from config.json)", data),
+                        tensor_qtype(gen_name, data.shape[-1], data.ndim, arch, qt)))
     for src_name, st in ckpt.tensors.items():
         if src_name.endswith(arch.skip_suffixes):
             continue
@@ -374,7 +374,8 @@ def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]]
         try:
             w = im.weights_for(name, shape[-1], shape[-3] if len(shape) >= 3 else 1)
         except ImatrixFileError as e:  # the first tensor (in llama-quantize's order) whose size does not match
-            raise ImatrixFileError(f"{os.fspath(options.imatrix)}: {e}") from None  # type: ignore[union-attr]
+            # im is not None only when options.imatrix is set (load_imatrix)
+            raise ImatrixFileError(f"{os.fspath(options.imatrix)}: {e}") from None  # type: ignore[union-attr, arg-type]
         if w is not None:
             weights[name] = w
         elif name in a.needs_imatrix:

@@ -32,13 +32,14 @@ from gguf.constants import GGMLQuantizationType
 from l1quant.arch.from_gguf import check_complete_model
 from l1quant.conversion.mixes import ARCHS, QuantOptions
 from l1quant.conversion.plan import ConversionPlan, apply_mix
+from l1quant.conversion.sources import TensorSource
 from l1quant.conversion.write import OutputFile, WriteOptions, output_parts, output_path, split_flat_options, write_gguf
 from l1quant.errors import InputError, OutputError, clip
 from l1quant.filetypes import get_mix
 from l1quant.gguf.header import Header
 from l1quant.gguf.reader import GGUFFile, TensorInfo
 from l1quant.gguf.split import merged_view, read_parts
-from l1quant.kernels import QUANT_TYPES, get_quant_type
+from l1quant.kernels import QUANT_TYPES, QuantType, get_quant_type
 from l1quant.source.safetensors import SafeTensor
 
 log = logging.getLogger("l1quant")
@@ -186,7 +187,8 @@ def quantize(
         merged_view(read_parts(src))  # a file that is not a (whole) GGUF is refused before the runtime loads it
         out0, _ = output_path(output, default_output(_unsplit_name(src), mix.name), mix.name)
         options = calibration_options(options, out0, type)
-        calibration_imatrix(src, calibration, out0, threads=w.threads, no_repack=no_repack, progress=w.progress)
+        calibration_imatrix(src, calibration, out0, threads=w.threads, no_repack=no_repack,
+                            progress=bool(w.progress))
     job = plan_quantize(input, output, type, allow_requantize=allow_requantize, options=options)
     for warning in job.plan.warnings:
         log.warning(warning)
@@ -227,7 +229,7 @@ def plan_quantize(
     n_head = _int_kv(gf, f"{arch_name}.attention.head_count")
     n_head_kv = _int_kv(gf, f"{arch_name}.attention.head_count_kv") \
         if f"{arch_name}.attention.head_count_kv" in gf.kv else n_head
-    planned = []
+    planned: list[tuple[str, TensorSource, QuantType]] = []
     for part in parts:
         for t in part.tensors:
             st, t_type = _source(part, t, allow_requantize)

@@ -39,11 +39,15 @@ from l1quant.source.safetensors import SafeTensor, View2D
 class TensorSource(Protocol):
     """The interface every planned tensor reads through (see the module docstring)."""
 
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-
+    # read-only: SafeTensor is frozen, so settable protocol members would reject it
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def nbytes(self) -> int: ...
     @property
     def path(self) -> Path | None: ...
     @property
@@ -172,4 +176,5 @@ class Generated(_InMemoryF32):
         return _deliver(self.data.reshape(self.n_rows, self.n_cols)[start:stop], out, self.name)
 
     def read(self) -> np.ndarray:
-        return self.data.copy()
+        result: np.ndarray = self.data.copy()
+        return result

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gguf
 
@@ -333,7 +333,7 @@ def _config_added_tokens(d: Path) -> dict[tuple[int, str], tuple[bool, bool, boo
             named.add(v)
     extra = tc.get("additional_special_tokens")
     if isinstance(extra, list):
-        named |= {(v.get("content") if isinstance(v, dict) else v) for v in extra
+        named |= {(cast(str, v.get("content")) if isinstance(v, dict) else v) for v in extra
                   if isinstance(v, str) or (isinstance(v, dict) and isinstance(v.get("content"), str))}
     out: dict[tuple[int, str], tuple[bool, bool, bool]] = {}
     for k, e in dec.items():

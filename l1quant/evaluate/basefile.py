@@ -66,7 +66,8 @@ class BaseFile:
         if out is None or out.shape != shape or out.dtype != np.dtype("<u2"):
             out = np.empty(shape, dtype="<u2")
         f.seek(self.data_offset + i * self.rows_per_chunk * nv * 2)
-        got = f.readinto(memoryview(out).cast("B"))  # type: ignore[attr-defined]
+        # ignore: typing.BinaryIO declares no readinto (the raw files passed here have it); numpy has no __buffer__ stub
+        got = f.readinto(memoryview(out).cast("B"))  # type: ignore[attr-defined, arg-type]
         if got != out.nbytes:
             raise InputError(f"{self.path}: truncated base log-prob file (chunk {i} of {self.n_chunk})")
         _check_rows(self.path, i, out)
@@ -166,7 +167,7 @@ def _chunk_targets(tokens: np.ndarray, start: int, first: int, n_ctx: int) -> np
     return tokens[start + first + 1:start + n_ctx].astype(np.int64)
 
 
-def write_base(src: LogitSource, tokens: Sequence[int], n_ctx: int, n_chunk: int, out: Path,
+def write_base(src: LogitSource, tokens: Sequence[int] | np.ndarray, n_ctx: int, n_chunk: int, out: Path,
                progress: Callable[[], None] | None = None, threads: int = 1) -> tuple[float, float]:
     """Evaluate the base and write its ``_logits_`` file; return the base's exact (PPL, ±).
 
@@ -189,8 +190,11 @@ def write_base(src: LogitSource, tokens: Sequence[int], n_ctx: int, n_chunk: int
             lg = src.chunk_logits(toks[start:start + n_ctx], first)
             tg = _chunk_targets(toks, start, first, n_ctx)
             spans = [(s, min(s + ROW_BLOCK, tg.size)) for s in range(0, tg.size, ROW_BLOCK)]
-            packs = parallel_map(lambda sp, lg=lg, tg=tg: pack_base_rows(lg[sp[0]:sp[1], :n_vocab], tg[sp[0]:sp[1]]),
-                                 spans, threads)
+
+            def pack(sp: tuple[int, int], lg: np.ndarray = lg, tg: np.ndarray = tg) -> tuple[np.ndarray, np.ndarray]:
+                return pack_base_rows(lg[sp[0]:sp[1], :n_vocab], tg[sp[0]:sp[1]])
+
+            packs = parallel_map(pack, spans, threads)
             for packed, nll in packs:
                 # the array's own bytes when the machine is little-endian (no two 78 MB copies per chunk)
                 f.write(memoryview(packed if sys.byteorder == "little" else packed.astype("<u2")))

@@ -220,7 +220,8 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         toks = toks[:n_chunk * ctx]
         bar.total = n_chunk * len(paths)
         given = base_logits is not None
-        bf_path = Path(base_logits) if given else _base_cache_path(base_path, toks, ctx, n_chunk, runtime)
+        bf_path = (Path(base_logits) if base_logits is not None
+                   else _base_cache_path(base_path, toks, ctx, n_chunk, runtime))
         bf_path.parent.mkdir(parents=True, exist_ok=True)
         base_ppl: tuple[float, float] | None = None
         bf = None
@@ -248,7 +249,7 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     for p, name in zip(paths[1:], names[1:]):
         src = open_logits(p, ctx, threads, runtime, no_repack=no_repack)
         try:
-            stats = score_against_base(src, bf, lambda n=name: bar.step(1, n), threads)
+            stats = score_against_base(src, bf, functools.partial(bar.step, 1, name), threads)
         finally:
             src.close()
         size, bpw = _file_info(p)
@@ -404,6 +405,8 @@ def _add_budgets(rows: list[TypeRow], budgets: Sequence[int], problems: Any, lim
 
 class _Progress:
     """A tqdm bar over chunks x types with an ETA (silent when disabled)."""
+
+    bar: Any  # a tqdm bar, made on the first step (None until then)
 
     def __init__(self, enabled: bool) -> None:
         self.enabled, self.total, self.bar = enabled, 0, None

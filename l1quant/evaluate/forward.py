@@ -174,7 +174,8 @@ def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     # Mean of squares in float64 (cheap: one row vector per token); the scaling itself stays float32 as in HF.
     var = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
     inv = (1.0 / np.sqrt(var + eps)).astype(np.float32)
-    return (x * inv) * w
+    result: np.ndarray = (x * inv) * w
+    return result
 
 
 def _silu(x: np.ndarray) -> np.ndarray:
@@ -314,7 +315,7 @@ def decoder_logits(
         progress(1, total_steps)
 
     def proj(h: np.ndarray, name: str, rows: int) -> np.ndarray:
-        y = h @ _fetch(get_weight, name + ".weight", (rows, E)).T
+        y: np.ndarray = h @ _fetch(get_weight, name + ".weight", (rows, E)).T
         if hp.qkv_bias:
             y += _fetch(get_weight, name + ".bias", (rows,))
         return y
@@ -392,7 +393,8 @@ def random_weights(
     E, D, H, Hkv, F, V = hp.n_embd, hp.d_head, hp.n_head, hp.n_head_kv, hp.n_ff, hp.n_vocab
 
     def lin(rows: int, cols: int) -> np.ndarray:
-        return rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(scale / math.sqrt(cols))
+        result: np.ndarray = rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(scale / math.sqrt(cols))
+        return result
 
     def vec(n: int, center: float) -> np.ndarray:
         return (center + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)

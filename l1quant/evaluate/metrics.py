@@ -98,7 +98,8 @@ def _log_softmax64(x: np.ndarray) -> np.ndarray:
     m = np.where(np.isfinite(m), m, 0.0)  # an all -inf (or inf/NaN) row must not turn the shift itself into NaN
     z = x - m
     with np.errstate(divide="ignore"):
-        return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+        result: np.ndarray = z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+        return result
 
 
 def compare_logits(ref: np.ndarray, test: np.ndarray, tokens: Sequence[int]) -> LogitReport:

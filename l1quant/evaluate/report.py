@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,8 @@ class CompareReport:
                           f"{100 * s['p_diff_rms']['unc']:.3f}"]
             lines.append(cells)
         w = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(hdr)]
-        fmt = lambda cs: "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(cs))  # noqa: E731
+        fmt: Callable[[list[str]], str] = lambda cs: "  ".join(  # noqa: E731
+            c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(cs))
         out = [fmt(hdr), fmt(["-" * x for x in w])] + [fmt(c) for c in lines]
         kind = ("weights only (numpy forward; lower than llama-perplexity's)" if self.weight_only
                 else "llama-perplexity's protocol through llama.cpp")

@@ -52,8 +52,12 @@ class LogitSource(Protocol):
     add_eos: bool
     bos: int
     eos: int
-    #: whether tokenizing pieces cut by :func:`safe_pieces` gives the whole text's ids (a byte-level BPE)
-    streamable: bool
+
+    # read-only here: LlamaCppLogits sets an attribute, NumpyLogits computes a property
+    @property
+    def streamable(self) -> bool:
+        """Whether tokenizing pieces cut by :func:`safe_pieces` gives the whole text's ids (a byte-level BPE)."""
+        ...
 
     def tokenize(self, text: str) -> list[int]:
         """The text's tokens, with the BOS the vocabulary asks for."""
@@ -63,7 +67,7 @@ class LogitSource(Protocol):
         """The ids of ``text`` alone, no BOS/EOS added (special-token text is not parsed)."""
         ...
 
-    def chunk_logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
+    def chunk_logits(self, tokens: Sequence[int] | np.ndarray, first: int) -> np.ndarray:
         """Logits (len(tokens) - first, n_vocab) float32 of positions ``first..`` of ``tokens`` evaluated from an
         empty cache, the first token replaced by BOS when the vocabulary adds one (llama-perplexity's chunks)."""
         ...
@@ -120,7 +124,7 @@ class LlamaCppLogits:
         """``llama_tokenize`` without specials: llama.cpp's BPE adds BOS/EOS around the fragments only."""
         return self.model.tokenize(text, add_bos=False, special=False)
 
-    def chunk_logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
+    def chunk_logits(self, tokens: Sequence[int] | np.ndarray, first: int) -> np.ndarray:
         """See :class:`LogitSource`; a view valid until the next call."""
         toks = [int(t) for t in tokens]
         if self.add_bos:
@@ -191,7 +195,7 @@ class NumpyLogits:
         return self._tok
 
     @property
-    def streamable(self) -> bool:  # type: ignore[override]
+    def streamable(self) -> bool:
         """Whether the checkpoint's tokenizer is a byte-level BPE (pieces cut by :func:`safe_pieces` are safe)."""
         return self._tokenizer()[2]
 
@@ -211,7 +215,7 @@ class NumpyLogits:
         scaling)."""
         return decoder_logits(lambda n: self.gf.read_tensor_f32(self.gf.tensor(n)), self.hp, list(tokens))
 
-    def chunk_logits(self, tokens: Sequence[int], first: int) -> np.ndarray:
+    def chunk_logits(self, tokens: Sequence[int] | np.ndarray, first: int) -> np.ndarray:
         """See :class:`LogitSource`."""
         toks = list(tokens)
         if self.add_bos:

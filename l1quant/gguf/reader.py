@@ -407,7 +407,7 @@ def _read_scalar(cur: _Cursor, vtype: GGUFValueType, what: str) -> Any:
     return v
 
 
-def _read_array(cur: _Cursor, what: str, depth: int) -> tuple[list[Any], tuple[GGUFValueType, ...]]:
+def _read_array(cur: _Cursor, what: str, depth: int) -> tuple[list[Any] | np.ndarray, tuple[GGUFValueType, ...]]:
     if depth > MAX_ARRAY_DEPTH:
         raise cur.fail(f"{what}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels")
     etype = _value_type(cur, cur.u32(f"{what} element type"), f"{what} element type")

@@ -291,7 +291,8 @@ def _dequantize_q8_0(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _dequantize_f32(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    return raw.view(np.float32).copy().reshape(shape)
+    result: np.ndarray = raw.view(np.float32).copy().reshape(shape)
+    return result
 
 
 def _dequantize_f16(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -396,7 +397,8 @@ def _iq_grid(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:
     matrix: without one these kernels raise KernelArgumentError; IQ2_S and IQ1_M run without (their own weights).
     The grid tables (iq_grids.py) are built on first use, not at import. ``facts``: the record's other fields."""
     name = ggml_type.name
-    weighted = (iquants1 if name in iquants1.IQ1_TYPES else iquants2).numpy_kernel(name)
+    weighted: Callable[[np.ndarray, np.ndarray, np.ndarray | None], int] = (
+        iquants1 if name in iquants1.IQ1_TYPES else iquants2).numpy_kernel(name)
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
 
     def plain(x: np.ndarray, out: np.ndarray) -> int:

@@ -52,7 +52,8 @@ def decode_bf16(u16: np.ndarray) -> np.ndarray:
     if u.dtype != np.uint16:
         raise KernelArgumentError(f"decode_bf16: expected uint16 bf16 bits, found dtype {u.dtype}")
     # one pass: the ufunc widens to uint32 as it shifts (measured ~4x faster than copy-then-shift)
-    return np.left_shift(u, 16, dtype=np.uint32).view(np.float32)
+    result: np.ndarray = np.left_shift(u, 16, dtype=np.uint32).view(np.float32)
+    return result
 
 
 def check_source(x: np.ndarray, what: str) -> np.ndarray:

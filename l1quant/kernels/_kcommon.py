@@ -49,7 +49,7 @@ def nearest_int(f: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if f.dtype != np.float32:
         raise KernelArgumentError(f"nearest_int: expected float32, found {f.dtype}")
     s = np.add(f, ROUND_MAGIC, out=out)
-    bits = s.view(np.int32)
+    bits: np.ndarray = s.view(np.int32)
     np.bitwise_and(bits, MANT_MASK, out=bits)
     np.subtract(bits, MANT_OFFSET, out=bits)
     return bits

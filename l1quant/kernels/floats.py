@@ -52,7 +52,8 @@ def to_f32(x: np.ndarray) -> np.ndarray:
 def f32_ref(x: np.ndarray) -> np.ndarray:
     """F32 bytes of ``x`` (rows, ncols) -> uint8 (rows, 4*ncols). Non-finite values pass through."""
     x32 = np.ascontiguousarray(to_f32(x))
-    return x32.view(np.uint8).reshape(x.shape[0], -1).copy()
+    result: np.ndarray = x32.view(np.uint8).reshape(x.shape[0], -1).copy()
+    return result
 
 
 def f16_ref(x: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from gguf import quants as gguf_quants
@@ -65,7 +66,8 @@ def grid_levels(size: int) -> np.ndarray:
         >>> grid_levels(512)[:2].tolist()
         [[0, 0, 0, 0], [1, 0, 0, 0]]
     """
-    cls = {256: gguf_quants.IQ3_XXS, 512: gguf_quants.IQ3_S}.get(size)
+    # Any: gguf-py's grid classes are unannotated (init_grid has no hints)
+    cls: Any = {256: gguf_quants.IQ3_XXS, 512: gguf_quants.IQ3_S}.get(size)
     if cls is None:
         raise ValueError(f"IQ3 grids have 256 or 512 points, not {size}")
     cls.init_grid()
@@ -75,7 +77,8 @@ def grid_levels(size: int) -> np.ndarray:
     # every grid value is one of grid_map's 8 values; its position there is the level
     hit = values[..., None] == grid_map
     assert hit.sum(axis=-1).min() == 1, "gguf grid value outside grid_map"
-    return np.argmax(hit, axis=-1).astype(np.uint8)
+    result: np.ndarray = np.argmax(hit, axis=-1).astype(np.uint8)
+    return result
 
 
 def _key_levels() -> np.ndarray:

@@ -89,7 +89,8 @@ def _levels_from_gguf(cls_name: str) -> np.ndarray:
     lev = np.argmax(values[..., None] == gmap, axis=-1)
     if not np.array_equal(gmap[lev], values):  # every value is one of the map's
         raise AssertionError(f"gguf-py {cls_name} grid holds values outside its grid_map")
-    return lev.astype(np.uint8)
+    result: np.ndarray = lev.astype(np.uint8)
+    return result
 
 
 @functools.lru_cache(maxsize=None)

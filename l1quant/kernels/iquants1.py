@@ -32,6 +32,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ._common import KernelArgumentError
@@ -54,7 +56,8 @@ _BLOCKS_PER_CHUNK = 1024
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return (a / b).astype(F32)
+        result: np.ndarray = (a / b).astype(F32)
+        return result
 
 
 def _levels_from_split(order: np.ndarray, b1: np.ndarray, b2: np.ndarray) -> np.ndarray:
@@ -108,7 +111,8 @@ def _sort_order(X: np.ndarray, stable: bool) -> np.ndarray:
         return np.argsort(X, axis=0, kind="stable")
     # equal values in decreasing index order: sort the reversed groups stably, then map the positions back
     n = X.shape[0]
-    return (n - 1) - np.argsort(X[::-1], axis=0, kind="stable")
+    result: np.ndarray = (n - 1) - np.argsort(X[::-1], axis=0, kind="stable")
+    return result
 
 
 def _iq1_s(xbl: np.ndarray, qw: np.ndarray, stable: bool = True) -> np.ndarray:
@@ -360,7 +364,7 @@ def quantize_iq1(type_name: str, x: np.ndarray, imatrix: np.ndarray | None, *, s
     return out.reshape(rows, nb * nbytes)
 
 
-def numpy_kernel(type_name: str):  # type: ignore[no-untyped-def]
+def numpy_kernel(type_name: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], int]:
     """(x, out, imatrix or None) -> first non-finite flat index or -1: the numpy kernel of one type."""
 
     def kernel(x: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None) -> int:

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -64,7 +65,8 @@ def sequential_sum(terms: np.ndarray) -> np.ndarray:
 
 def nint(v: np.ndarray) -> np.ndarray:
     """ggml's nearest_int of float32 values, as int32."""
-    return nearest_int(np.ascontiguousarray(v, dtype=F32)).copy()
+    result: np.ndarray = nearest_int(np.ascontiguousarray(v, dtype=F32)).copy()
+    return result
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,7 +132,8 @@ def q_table(type_name: str, values: tuple[float, float, float]) -> np.ndarray:
 
 def _levels(xval: np.ndarray, iscale: np.ndarray) -> np.ndarray:
     """MAX(0, MIN(2, nearest_int(0.5f*(id*x - 1)))) per value: (n, lanes) int8."""
-    return np.clip(nint(F32(0.5) * (iscale * xval - F32(1))), 0, 2).astype(np.int8)
+    result: np.ndarray = np.clip(nint(F32(0.5) * (iscale * xval - F32(1))), 0, 2).astype(np.int8)
+    return result
 
 
 def _snap(type_name: str, L: np.ndarray, xval: np.ndarray, waux: np.ndarray, scale: np.ndarray,
@@ -173,7 +176,8 @@ def _sums(w: np.ndarray, xval: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, n
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return (a / b).astype(F32)
+        result: np.ndarray = (a / b).astype(F32)
+        return result
 
 
 def qp_fit(x: np.ndarray, w: np.ndarray, nmax: int) -> np.ndarray:
@@ -406,7 +410,7 @@ def quantize_iq2(type_name: str, x: np.ndarray, imatrix: np.ndarray | None) -> n
     return out.reshape(rows, nb * nbytes)
 
 
-def numpy_kernel(type_name: str):  # type: ignore[no-untyped-def]
+def numpy_kernel(type_name: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], int]:
     """(x, out, imatrix or None) -> first non-finite flat index or -1: the numpy kernel of one type."""
 
     def kernel(x: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None) -> int:

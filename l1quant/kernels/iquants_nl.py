@@ -102,13 +102,15 @@ def _group_scales(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def _pack_nibbles(L: np.ndarray) -> np.ndarray:
     """levels (G, 32) -> (G, 16) bytes: value j in the low nibble, value j+16 in the high one."""
-    return (L[:, :16] | (L[:, 16:] << 4)).astype(np.uint8)
+    result: np.ndarray = (L[:, :16] | (L[:, 16:] << 4)).astype(np.uint8)
+    return result
 
 
 def _inv(v: np.ndarray) -> np.ndarray:
     """``v ? 1/v : 0`` in float32."""
     nz = v != 0
-    return np.where(nz, F32(1.0) / np.where(nz, v, F32(1.0)), F32(0.0)).astype(F32)
+    result: np.ndarray = np.where(nz, F32(1.0) / np.where(nz, v, F32(1.0)), F32(0.0)).astype(F32)
+    return result
 
 
 def _quantize_finite(type_name: str, x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:

@@ -129,7 +129,8 @@ def fit_symmetric(x: np.ndarray, w: np.ndarray, nmax: int) -> tuple[np.ndarray, 
     lo, hi = F32(-nmax), F32(nmax - 1)
 
     def levels(iscale: np.ndarray) -> np.ndarray:
-        return np.clip(_ni(iscale * x), lo, hi)
+        result: np.ndarray = np.clip(_ni(iscale * x), lo, hi)
+        return result
 
     def sums(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lv = levels(iscale)
@@ -302,13 +303,15 @@ def _sigma2_rows(x: np.ndarray) -> np.ndarray:
 
 def _row_weights(x: np.ndarray, qw: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
     """qw * sqrt(sigma2[row] + x²): float32 (m, n); qw is (n,) or (m, n)."""
-    return qw * np.sqrt(sigma2[:, None] + x * x)
+    result: np.ndarray = qw * np.sqrt(sigma2[:, None] + x * x)
+    return result
 
 
 def _pack_nibbles(L: np.ndarray) -> np.ndarray:
     """levels (nb, 32) -> qs (nb, 16): byte j = L[j] | L[j+16] << 4 (low nibbles)."""
     Lu = L.astype(np.uint8)
-    return (Lu[:, :16] & np.uint8(15)) | ((Lu[:, 16:] & np.uint8(15)) << np.uint8(4))
+    result: np.ndarray = (Lu[:, :16] & np.uint8(15)) | ((Lu[:, 16:] & np.uint8(15)) << np.uint8(4))
+    return result
 
 
 def _pack_qh(L: np.ndarray) -> np.ndarray:
@@ -349,7 +352,8 @@ def _pack_2bit(L: np.ndarray) -> np.ndarray:
     """levels (nb, 256) 0..3 -> (nb, 64): byte 32h + l = L[128h+l] | L[128h+l+32] << 2 | .. << 4 | .. << 6."""
     v = L.astype(np.uint8).reshape(-1, 2, 4, 32)
     packed = v[:, :, 0] | (v[:, :, 1] << np.uint8(2)) | (v[:, :, 2] << np.uint8(4)) | (v[:, :, 3] << np.uint8(6))
-    return packed.reshape(-1, 64)
+    result: np.ndarray = packed.reshape(-1, 64)
+    return result
 
 
 def _requant(xg: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: int, L: np.ndarray) -> None:

@@ -145,7 +145,7 @@ def _codes(prod: np.ndarray, nmax: int, exact_lanes: np.ndarray | None) -> np.nd
     exact = None
     if exact_lanes is not None:
         exact = nearest_int_clamped(prod[:, exact_lanes], nmax)
-    lf = np.rint(prod, out=prod)
+    lf: np.ndarray = np.rint(prod, out=prod)
     np.clip(lf, F32(0), F32(nmax), out=lf)
     if exact is not None:
         lf[:, exact_lanes] = exact

@@ -87,7 +87,7 @@ def _nearest_int_bits(v: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     With ``inplace`` the result overwrites ``v``'s memory (returned as an int32 view of it).
     """
     t = np.add(v, _MAGIC, out=v) if inplace else v + _MAGIC
-    bits = t.view(np.int32)
+    bits: np.ndarray = t.view(np.int32)
     bits &= _MANT_MASK
     bits -= _MAGIC_OFFSET
     return bits
@@ -112,7 +112,8 @@ def _f16_to_f32(h: np.ndarray) -> np.ndarray:
 def _nonfinite_blocks(blocks: np.ndarray) -> np.ndarray:
     """bool (n_blocks,): True where a super-block holds a NaN or Inf (exponent bits all ones)."""
     mag = blocks.view(np.uint32) & np.uint32(F32_MAG)
-    return (mag >= np.uint32(F32_INF)).any(axis=1)
+    result: np.ndarray = (mag >= np.uint32(F32_INF)).any(axis=1)
+    return result
 
 
 def _to_lanes(blocks: np.ndarray) -> np.ndarray:
@@ -167,7 +168,8 @@ def _lane_sum(terms: np.ndarray) -> np.ndarray:
 def _round_clamped(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """round-half-even then clamp, in float32; only for |v| well below 2**22, where it equals ``nearest_int``."""
     r = np.rint(v, out=v)
-    return np.clip(r, _F32(lo), _F32(hi), out=r)
+    result: np.ndarray = np.clip(r, _F32(lo), _F32(hi), out=r)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,7 +309,8 @@ def _max_by_abs(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _pack_2bit(v: np.ndarray) -> np.ndarray:
     """uint8 (..., 4, n) of 2-bit values -> uint8 (..., n): entry k of axis -2 goes to bits 2k, 2k+1."""
     two, four, six = np.uint8(2), np.uint8(4), np.uint8(6)
-    return v[..., 0, :] | (v[..., 1, :] << two) | (v[..., 2, :] << four) | (v[..., 3, :] << six)
+    result: np.ndarray = v[..., 0, :] | (v[..., 1, :] << two) | (v[..., 2, :] << four) | (v[..., 3, :] << six)
+    return result
 
 
 def _f16_bytes(h: np.ndarray) -> np.ndarray:

@@ -111,7 +111,7 @@ def _codes(x: np.ndarray, d: np.ndarray, offset: float, cap: int | None, mn: np.
     np.add(v, F32(offset), out=v)
     # v >= 0.49 here (|x*id| <= 8(1 + 2**-22) for absmax, (x-min)*id >= 0 for min-max): the uint8 cast truncates
     # exactly like C's (int8_t)/(uint8_t) of a float in range
-    q = v.astype(np.uint8)
+    q: np.ndarray = v.astype(np.uint8)
     if cap is not None:
         np.minimum(q, np.uint8(cap), out=q)
     if any_wild:

@@ -60,7 +60,8 @@ def roundf_trick(v: np.ndarray) -> np.ndarray:
         [1.0, -3.0, 0.0, 64.0]
     """
     v = np.asarray(v, dtype=np.float32)
-    return np.trunc(v + np.copysign(HALF_BELOW, v))
+    result: np.ndarray = np.trunc(v + np.copysign(HALF_BELOW, v))
+    return result
 
 
 def q8_0_ref(x: np.ndarray) -> np.ndarray:
@@ -211,4 +212,5 @@ def dequantize_q8_0(data: np.ndarray, nvalues: int) -> np.ndarray:
     d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
     q = blocks[:, 2:].view(np.int8).astype(np.float32)
     with np.errstate(invalid="ignore"):
-        return (q * d).reshape(-1)
+        result: np.ndarray = (q * d).reshape(-1)
+        return result

@@ -417,7 +417,8 @@ def _token_content(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping) and isinstance(value.get("content"), str):
-        return value["content"]
+        content: str = value["content"]
+        return content
     raise TokenizerError(f"tokenizer_config.json: expected a token string or AddedToken dict, found {value!r}")
 
 

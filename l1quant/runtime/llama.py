@@ -51,7 +51,7 @@ def lib() -> Any:
         raise RuntimeMissingError(f"llama-cpp-python is not installed: {RUN_INSTALL_HINT}") from None
     if _state.get("lib") is not llama_cpp:
         if os.environ.get("L1QUANT_LLAMA_LOG") != "1":
-            @llama_cpp.llama_log_callback
+            @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes CFUNCTYPE: unannotated
             def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
                 return None
 
@@ -204,7 +204,8 @@ class EvalTensor:
         view = np.ndarray(tuple(ne[::-1]), dtype=dtype, buffer=raw, strides=tuple(int(t.nb[i]) for i in range(4))[::-1])
         if not copy:
             view.flags.writeable = False
-            return view.reshape(self.shape[::-1])
+            result: np.ndarray = view.reshape(self.shape[::-1])
+            return result
         return np.array(view, order="C").reshape(self.shape[::-1])  # a copy: ggml reuses the memory
 
 
@@ -481,7 +482,11 @@ class Model:
                 for s in range(0, len(todo), self.n_batch):
                     piece = todo[s:s + self.n_batch]
                     last = pos0 + len(todo) - 1
-                    self._decode(piece, pos0 + s, lambda p, last=last: p == last)
+
+                    def is_last(p: int, last: int = last) -> bool:
+                        return p == last
+
+                    self._decode(piece, pos0 + s, is_last)
                 self._past += todo
                 with guard(self.label, "sample"):
                     tok = int(self.lc.llama_sampler_sample(smpl, self.ctx, -1))

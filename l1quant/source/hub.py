@@ -105,7 +105,7 @@ def _hub_errors() -> dict[str, tuple[type[BaseException], ...]]:
     }
 
 
-def resolve_model(model: str | Path, *, revision: str | None = None) -> Path:
+def resolve_model(model: str | os.PathLike[str], *, revision: str | None = None) -> Path:
     """Local folder for ``model``: the folder itself, or the cached snapshot of a Hugging Face repo id.
 
     A path that exists as a folder is returned as is (``revision`` is then ignored). A string spelt like
