@@ -50,15 +50,17 @@ def lib() -> Any:
     except ImportError:
         raise RuntimeMissingError(f"llama-cpp-python is not installed: {RUN_INSTALL_HINT}") from None
     if _state.get("lib") is not llama_cpp:
-        if os.environ.get("L1QUANT_LLAMA_LOG") != "1":
-            @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes CFUNCTYPE: unannotated
-            def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-                return None
+        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes CFUNCTYPE: unannotated
+        def _drop(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            return None
 
-            _state["log"] = _drop  # the C side keeps only the pointer: keep the object alive
-            llama_cpp.llama_log_set(_drop, ctypes.c_void_p(0))
+        _state["log"] = _drop  # the C side keeps only the pointer: keep the object alive
         llama_cpp.llama_backend_init()
         _state["lib"] = llama_cpp
+    if os.environ.get("L1QUANT_LLAMA_LOG") != "1":
+        # set again on every use: llama-cpp-python's Llama(...) installs its own (printing) callback in the same
+        # process, and llama.cpp's log callback is one global
+        llama_cpp.llama_log_set(_state["log"], ctypes.c_void_p(0))
     return llama_cpp
 
 
