@@ -54,23 +54,37 @@ def numpy_block_kernel(quantize_blocks: BlockQuantizer, block_size: int) -> Kern
     """
 
     def kernel(x: np.ndarray, out: np.ndarray) -> int:
-        rows, ncols = x.shape
-        if rows == 0 or ncols == 0:
-            return -1
-        step = max(1, VALUES_PER_CALL // ncols)
-        first = -1
-        for r0 in range(0, rows, step):
-            r1 = min(rows, r0 + step)
-            xs = np.ascontiguousarray(to_f32(x[r0:r1]))
-            if first < 0:
-                i = first_nonfinite_flat(xs.reshape(-1))
-                if i >= 0:
-                    first = r0 * ncols + i
-            q = quantize_blocks(xs.reshape(-1, block_size))
-            out[r0:r1] = q.reshape(r1 - r0, -1)
-        return first
+        return quantize_row_chunks(x, out, VALUES_PER_CALL,
+                                   lambda xs: quantize_blocks(xs.reshape(-1, block_size)).reshape(len(xs), -1))
 
     return kernel
+
+
+def quantize_row_chunks(x: np.ndarray, out: np.ndarray, values_per_call: int,
+                        quantize_rows: Callable[[np.ndarray], np.ndarray]) -> int:
+    """The numpy kernels' shared loop: ``x`` (rows, ncols) float32 / float16 / uint16 (bf16 bits) in chunks of whole
+    rows (about ``values_per_call`` values each), each widened to float32 and passed to ``quantize_rows`` (float32
+    (r, ncols) -> uint8 (r, row bytes)) into ``out``; returns the flat index of the first NaN/Inf in ``x`` or -1.
+
+    Example:
+        >>> quantize_row_chunks(np.array([[1.0, np.inf]], np.float32), np.empty((1, 2), np.uint8), 64,
+        ...                     lambda xs: np.zeros((len(xs), 2), np.uint8))
+        1
+    """
+    rows, ncols = x.shape
+    if rows == 0 or ncols == 0:
+        return -1
+    step = max(1, values_per_call // ncols)
+    first = -1
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        xs = np.ascontiguousarray(to_f32(x[r0:r1]))
+        if first < 0:
+            i = first_nonfinite_flat(xs.reshape(-1))
+            if i >= 0:
+                first = r0 * ncols + i
+        out[r0:r1] = quantize_rows(xs)
+    return first
 
 
 def dequantize_gguf(data: np.ndarray, type_name: str, shape: Sequence[int]) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 from gguf import quants as gguf_quants
 
 from ._kcommon import apply_nonfinite_policy, f16_bits, nearest_int, seq_sum_rows, split_nonfinite
-from .floats import first_nonfinite_flat, to_f32
+from .blockwise import quantize_row_chunks
 
 __all__ = ["IQ4_TYPES", "KVALUES", "best_index", "iq4_kernel", "quantize_iq4"]
 
@@ -195,20 +195,7 @@ def iq4_kernel(type_name: str, weighted: bool) -> Callable[..., int]:
         raise ValueError(f"not an IQ4 type: {type_name!r}")
 
     def run(x: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None) -> int:
-        rows, ncols = x.shape
-        if rows == 0 or ncols == 0:
-            return -1
-        step = max(1, _CHUNK_GROUPS * 32 // ncols)
-        first = -1
-        for r0 in range(0, rows, step):
-            r1 = min(rows, r0 + step)
-            xs = np.ascontiguousarray(to_f32(x[r0:r1]))
-            if first < 0:
-                i = first_nonfinite_flat(xs.reshape(-1))
-                if i >= 0:
-                    first = r0 * ncols + i
-            out[r0:r1] = quantize_iq4(type_name, xs, imatrix)
-        return first
+        return quantize_row_chunks(x, out, _CHUNK_GROUPS * 32, lambda xs: quantize_iq4(type_name, xs, imatrix))
 
     if weighted:
         return run

@@ -60,7 +60,7 @@ from ._kcommon import (
     split_nonfinite,
     unpack_scale_min_k4,
 )
-from .floats import first_nonfinite_flat, to_f32
+from .blockwise import quantize_row_chunks
 
 __all__ = ["IMATRIX_TYPES", "check_imatrix", "imatrix_kernel", "quantize_imatrix"]
 
@@ -600,19 +600,6 @@ def imatrix_kernel(type_name: str) -> ImatrixKernel:
         raise KernelArgumentError(f"no importance-weighted search for {type_name!r}: expected one of {IMATRIX_TYPES}")
 
     def kernel(x: np.ndarray, out: np.ndarray, imatrix: np.ndarray) -> int:
-        rows, ncols = x.shape
-        if rows == 0 or ncols == 0:
-            return -1
-        step = max(1, _CHUNK_VALUES // ncols)
-        first = -1
-        for r0 in range(0, rows, step):
-            r1 = min(rows, r0 + step)
-            xs = np.ascontiguousarray(to_f32(x[r0:r1]))
-            if first < 0:
-                i = first_nonfinite_flat(xs.reshape(-1))
-                if i >= 0:
-                    first = r0 * ncols + i
-            out[r0:r1] = _quantize_rows(type_name, xs, imatrix)
-        return first
+        return quantize_row_chunks(x, out, _CHUNK_VALUES, lambda xs: _quantize_rows(type_name, xs, imatrix))
 
     return kernel
