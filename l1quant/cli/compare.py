@@ -5,6 +5,7 @@ Parses options and calls :func:`l1quant.evaluate.compare` with the same paramete
 Example:
     $ l1quant compare L1-Qwen-1.5B-Max --types f16,q8_0,q4_k_m --chunks 20
     $ l1quant compare m-Q8_0.gguf m-Q4_K_M.gguf --base m-F16.gguf --json > table.json
+    $ l1quant compare m-BF16.gguf --types bf16,q4_k_m,q4_k_m+output=q5_0,auto@q4_k_m --calibration --plot p.png
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from l1quant.cli.l1 import NO_REPACK_OPTION, parse_budgets
 from l1quant.cli.options import setup_logging
 
 
-def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+def _entries(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str]:
+    """``--types``: the entries, cut at commas outside brackets (a regex's ``{1,2}`` stays whole)."""
+    from l1quant.evaluate.entries import split_entries
+
+    return split_entries(value or "")
 
 
 def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int]:
@@ -45,8 +49,18 @@ def _clear_cache(ctx: click.Context, param: click.Parameter, value: bool) -> Non
                    "removed at the end (by default they are kept for the next run; the folder is printed).")
 @click.option("--clear-cache", is_flag=True, is_eager=True, expose_value=False, callback=_clear_cache,
               help="Delete the cache folder (converted files, base log-probs) and exit.")
-@click.option("--types", default="f16,q8_0,q6_k,q5_k_m,q4_k_m", show_default=True, callback=_csv,
-              help="With a checkpoint folder: the types to convert and compare; the first is the base.")
+@click.option("--types", default="f16,q8_0,q6_k,q5_k_m,q4_k_m", show_default=True, callback=_entries,
+              help="With a checkpoint folder or one F32/F16/BF16 GGUF: the entries to make and compare; the first "
+                   "is the base. A type or mix (q4_k_m); a hand mix with llama-quantize's per-tensor flags "
+                   "(q4_k_m+token_embd=q4_0+output=q5_0, +REGEX=TYPE for --tensor-type, +pure); or a target-size "
+                   "file: auto@4.0bpw, auto@400M, auto@q3_k_m (that entry's size). See docs/compare.md.")
+@click.option("--imatrix", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              metavar="FILE", help="Quantize the --types with this importance matrix (llama-imatrix's GGUF or .dat), "
+                                   "as convert --imatrix.")
+@click.option("--calibration", is_flag=False, flag_value="", default=None, metavar="[TEXT]",
+              help="Compute an importance matrix from the lossless conversion over TEXT first (without TEXT the "
+                   "bundled calibration text), as convert --calibration, and quantize the --types with it; kept "
+                   "in the cache (or --keep) folder and reused. Needs llama-cpp-python.")
 @click.option("--base", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               metavar="BASE.gguf", help="With GGUF files: the base every file is compared with.")
 @click.option("--text", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, metavar="FILE",
@@ -78,11 +92,11 @@ def compare_cmd(model: tuple[str, ...], types: list[str], base: Path | None, tex
                 chunks: int | None, keep: Path | None, base_logits: Path | None, runtime: str,
                 threads: int | None, no_repack: bool, budgets: list[int], problems: Path | None,
                 limit: int | None, mode: str, as_json: bool, plot_path: Path | None, quiet: bool,
-                no_cache: bool) -> None:
+                no_cache: bool, imatrix: Path | None, calibration: str | None) -> None:
     """Table file size, bits per weight, PPL and KLD for each type, as llama-perplexity computes them.
 
-    MODEL is a checkpoint folder (each --types entry is converted; the first is the base) or GGUF files with
-    --base. Each chunk of --ctx tokens starts with BOS and only its second half is scored; the base's log-probs
+    MODEL is a checkpoint folder (each --types entry is converted; the first is the base), one F32/F16/BF16
+    GGUF (each entry is quantized from it), or GGUF files with --base. Each chunk of --ctx tokens starts with BOS and only its second half is scored; the base's log-probs
     are computed once and cached on disk. KLD, same-top and Δp RMS are llama-perplexity --kl-divergence's.
     """
     from l1quant.evaluate import cache_size, compare, compare_cache_dir
@@ -94,9 +108,10 @@ def compare_cmd(model: tuple[str, ...], types: list[str], base: Path | None, tex
         target = list(model)
     rep = compare(target, types, base=base, text=text, ctx=ctx, chunks=chunks, keep=keep, base_logits=base_logits,
                   threads=threads, runtime=runtime, budgets=budgets, problems=problems, limit=limit,
-                  mode=mode, progress=not quiet, no_repack=no_repack, no_cache=no_cache)
+                  mode=mode, progress=not quiet, no_repack=no_repack, no_cache=no_cache, imatrix=imatrix,
+                  calibration=calibration)
     click.echo(rep.to_json() if as_json else rep.table())
-    converted = len(model) == 1 and not model[0].endswith(".gguf")
+    converted = len(model) == 1 and (not model[0].endswith(".gguf") or base is None)
     if not no_cache and ((converted and keep is None) or base_logits is None):
         # converted files and base log-probs of a 1.5B model take ~13 GB: say where, and how to get it back
         click.echo(f"l1quant: cache: {compare_cache_dir()} holds {cache_size() / 1e9:.2f} GB (reused by the next "

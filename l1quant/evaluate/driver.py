@@ -38,8 +38,10 @@ import hashlib
 import logging
 import os
 import sys
+import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from l1quant.cache import user_cache_dir
 from l1quant.errors import InputError
 from l1quant.evaluate.basefile import (BaseFile, read_base_ppl, score_against_base, sidecar_path, write_base,
                                          write_base_ppl)
+from l1quant.evaluate.entries import CompareEntry, parse_entries
 from l1quant.evaluate.report import SCHEMA, CompareReport, TypeRow
 from l1quant.evaluate.sources import open_logits, text_blocks, tokenize_stream
 from l1quant.l1.prompt import mode_is_max
@@ -153,11 +156,21 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             base_logits: str | os.PathLike[str] | None = None, threads: int | None = None,
             runtime: str = "auto", budgets: Sequence[int] = (), problems: str | os.PathLike[str] | None = None,
             limit: int | None = None, mode: str = "exact", progress: bool = False,
-            no_repack: bool = False, no_cache: bool = False) -> CompareReport:
+            no_repack: bool = False, no_cache: bool = False, imatrix: str | os.PathLike[str] | None = None,
+            calibration: str | os.PathLike[str] | bool | None = None) -> CompareReport:
     """Table size, bits per weight, PPL and KLD statistics per GGUF type against a base, as llama-perplexity does.
 
     ``model``: a checkpoint folder (each of ``types`` is converted with :func:`l1quant.convert`, into ``keep`` or
-    a cache folder; the base is ``types[0]``) or a list of GGUF files (then ``base`` names the base GGUF).
+    a cache folder; the base is ``types[0]``), one F32/F16/BF16 GGUF without ``base`` (each of ``types`` is made
+    with :func:`l1quant.quantize`; the base is ``types[0]`` when that is a float type, else the GGUF itself), or
+    a list of GGUF files (then ``base`` names the base GGUF). ``types``: entries as
+    :mod:`l1quant.evaluate.entries` parses them (a list, or one comma-separated text): named types and mixes
+    (``q4_k_m``), hand mixes with llama-quantize's per-tensor flags (``q4_k_m+token_embd=q4_0+output=q5_0``,
+    ``+REGEX=TYPE``, ``+pure``) and target-size files (``auto@4.0bpw``, ``auto@400M``, ``auto@q3_k_m``: the size of
+    that entry's file as made in this run). ``imatrix``: quantize the entries with this importance matrix
+    (``--imatrix``); ``calibration``: compute one first from the lossless conversion over that text (True or ""
+    for the bundled calibration text), as ``convert --calibration``, kept in the cache/``keep`` folder and reused.
+    Entries that need an importance matrix (Q2_K_S, i-quant overrides, ``auto@``) are refused without one.
     ``text``: a text file (default: the bundled text); ``ctx`` tokens per chunk; ``chunks`` at most that many
     (default all the text gives). ``base_logits``: where to keep the base's log-prob file (default: a cache file
     named by a hash of the base file and tokens, reused on the next run; a llama-perplexity ``--kl-divergence-base``
@@ -184,7 +197,8 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                            keep=keep if keep is not None else Path(td) / "models",
                            base_logits=base_logits if base_logits is not None else Path(td) / "base.kld",
                            threads=threads, runtime=runtime, budgets=budgets, problems=problems,
-                           limit=limit, mode=mode, progress=progress, no_repack=no_repack)
+                           limit=limit, mode=mode, progress=progress, no_repack=no_repack, imatrix=imatrix,
+                           calibration=calibration)
     t0 = time.perf_counter()
     threads = threads or max(1, (os.cpu_count() or 2))
     if ctx < 8 or ctx % 2:
@@ -195,8 +209,11 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         raise InputError("--budgets needs --problems FILE")
     if budgets:
         mode_is_max(mode)  # a bad mode fails now, not after the perplexity runs
-    paths, names = _resolve_models(model, types, base, keep, threads, progress)
+    made = _resolve_models(model, types, base, keep, threads, progress, imatrix, calibration, no_repack)
+    paths, names = made.paths, made.names
     tok_dir = Path(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_dir() else None
+    if tok_dir is None and isinstance(model, (str, os.PathLike)) and base is None:
+        tok_dir = Path(model).parent  # one GGUF quantized here: its tokenizer.json (numpy runtime) sits beside it
     _check_vocabularies(paths)
     if text is None:
         blocks: Any = iter([default_compare_text()])
@@ -245,15 +262,17 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     finally:
         src.close()
     size, bpw = _file_info(base_path)
-    rows = [TypeRow(names[0], str(base_path), size, bpw, *(base_ppl or (float("nan"), float("nan"))))]
-    for p, name in zip(paths[1:], names[1:]):
+    rows = [TypeRow(names[0], str(base_path), size, bpw, *(base_ppl or (float("nan"), float("nan"))),
+                    kind=made.kinds[0], target=made.targets[0])]
+    for p, name, kind, tgt in zip(paths[1:], names[1:], made.kinds[1:], made.targets[1:]):
         src = open_logits(p, ctx, threads, runtime, no_repack=no_repack)
         try:
             stats = score_against_base(src, bf, functools.partial(bar.step, 1, name), threads)
         finally:
             src.close()
         size, bpw = _file_info(p)
-        rows.append(TypeRow(name, str(p), size, bpw, stats["ppl"]["value"], stats["ppl"]["unc"], stats))
+        rows.append(TypeRow(name, str(p), size, bpw, stats["ppl"]["value"], stats["ppl"]["unc"], stats, kind=kind,
+                            target=tgt))
         if base_ppl is None:  # a base file from elsewhere: the base's PPL from its stored log-probs
             base_ppl = (stats["ppl_base_stored"]["value"], stats["ppl_base_stored"]["unc"])
             rows[0].ppl, rows[0].ppl_unc = base_ppl
@@ -265,38 +284,188 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                          base_logits=str(bf_path), threads=threads, rows=rows, seconds=time.perf_counter() - t0)
 
 
-def _resolve_models(model: Any, types: Sequence[str], base: Any, keep: Any, threads: int,
-                    progress: bool) -> tuple[list[Path], list[str]]:
-    if isinstance(model, (str, os.PathLike)) and not str(model).endswith(".gguf"):
-        folder = Path(model)
-        if not types:
-            raise InputError("--types is empty")
+#: The float types: a GGUF of one of them can be quantized to every entry; as the first entry, the base.
+_FLOAT_TYPES = ("f32", "f16", "bf16")
+_FLOAT_TYPES_UPPER = tuple(t.upper() for t in _FLOAT_TYPES)
+
+
+@dataclass
+class _Made:
+    """The files compare made or was given, in table order: paths, names, kinds and auto targets."""
+
+    paths: list[Path]
+    names: list[str]
+    kinds: list[str]
+    targets: list[dict[str, Any] | None]
+
+
+def _resolve_models(model: Any, types: Sequence[str] | str, base: Any, keep: Any, threads: int, progress: bool,
+                    imatrix: Any, calibration: Any, no_repack: bool) -> _Made:
+    one = [Path(model)] if isinstance(model, (str, os.PathLike)) else [Path(m) for m in model]
+    source = one[0] if len(one) == 1 else None
+    if source is not None and (not str(source).endswith(".gguf") or base is None):
+        # a checkpoint folder (converted) or one float GGUF (quantized): --types are made from it
         if base is not None:
             raise InputError("--base is for a list of GGUF files; with a checkpoint the base is the first type")
-        from l1quant.conversion.convert import convert
-
-        out_dir = Path(keep) if keep else _cache_dir() / "models" / _hash(str(folder.resolve()), _dir_stamp(folder))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for t in types:
-            target = out_dir / f"{folder.name}-{t.upper()}.gguf"
-            if not target.exists():
-                if progress:
-                    print(f"converting {folder} -> {target.name}", file=sys.stderr)
-                convert(folder, type=t, output=target, threads=threads)
-            paths.append(target)
-        return paths, [t.upper() for t in types]
-    files = [Path(model)] if isinstance(model, (str, os.PathLike)) else [Path(m) for m in model]
+        if isinstance(types, str) and not types.strip() or not isinstance(types, str) and not types:
+            raise InputError("--types is empty")
+        entries = parse_entries(types)
+        return _make_entries(source, entries, keep, threads, progress, imatrix, calibration, no_repack)
+    if imatrix is not None or calibration is not None:
+        raise InputError("--imatrix/--calibration quantize the --types of a checkpoint folder or of one F32/F16/BF16 "
+                         "GGUF; GGUF files given with --base are compared as they are")
     if base is None:
         raise InputError("comparing GGUF files needs --base BASE.gguf")
-    paths = [Path(base)] + files
+    paths = [Path(base)] + one
     for p in paths:
         if not p.is_file():
             raise InputError(f"{p}: no such GGUF file")
     labels = [_type_label(p) for p in paths]
     if len(set(labels)) != len(labels):
         labels = [p.name for p in paths]
-    return paths, labels
+    return _Made(paths, labels, ["file"] * len(paths), [None] * len(paths))
+
+
+def _file_stem(entry: CompareEntry) -> str:
+    """A file-name-safe form of an entry's name (a hash is added when characters had to be replaced, so two
+    patterns that differ only there do not share a cached file)."""
+    safe = re.sub(r"[^A-Za-z0-9_.=+@-]", "_", entry.name)
+    if safe != entry.name or len(safe) > 80:
+        safe = f"{safe[:60]}-{_hash(entry.name)[:8]}"
+    return safe
+
+
+def _make_entries(source: Path, entries: list[CompareEntry], keep: Any, threads: int, progress: bool,
+                  imatrix: Any, calibration: Any, no_repack: bool) -> _Made:
+    """Make each entry from ``source`` (a checkpoint folder: :func:`l1quant.convert`; one F32/F16/BF16 GGUF:
+    :func:`l1quant.quantize`) into ``keep`` or the cache, reusing a file already there (its name holds the entry
+    and, when one is used, the importance matrix's hash); the auto entries last, after the entries whose size
+    they target. The base is the first entry (for a GGUF: the GGUF itself unless the first entry is a float type)."""
+    is_gguf = source.is_file() and source.suffix == ".gguf"
+    if not is_gguf and not source.is_dir():
+        raise InputError(f"{source}: neither a checkpoint folder nor a GGUF file")
+    if imatrix is not None and calibration is not None:
+        raise InputError("give one of --imatrix FILE and --calibration [TEXT]")
+    if imatrix is not None and not Path(imatrix).is_file():
+        raise InputError(f"{imatrix}: no such importance-matrix file")
+    has_imatrix = imatrix is not None or calibration is not None
+    for e in entries:
+        if not has_imatrix and e.needs_imatrix():
+            raise InputError(f"--types entry {e.text!r}: {'the target-size search' if e.kind == 'auto' else e.name} "
+                             "needs an importance matrix: pass --imatrix FILE or --calibration [TEXT]")
+        if e.kind == "auto":
+            _check_target_support(e)
+    if is_gguf:
+        label = _type_label(source)
+        if label.upper() not in _FLOAT_TYPES_UPPER:
+            raise InputError(f"{source}: a {label} file; compare quantizes --types from an F32, F16 or BF16 GGUF "
+                             "(or pass GGUF files with --base to compare them as they are)")
+    stamp = _file_stamp(source) if is_gguf else _dir_stamp(source)
+    out_dir = Path(keep) if keep else _cache_dir() / "models" / _hash(str(source.resolve()), stamp)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = source.name.removesuffix(".gguf") if is_gguf else source.name
+    im = _imatrix_for(source, out_dir, stem, imatrix, calibration, threads, no_repack, progress)
+    im_tag = f"-imatrix-{_file_hash(Path(im))[:8]}" if im is not None else ""
+
+    made: dict[str, Path] = {}
+
+    def make(e: CompareEntry, target: dict[str, Any] | None) -> Path:
+        if e.name in made:
+            return made[e.name]
+        opts = e.options(im)
+        tag = im_tag if opts is not None and opts.imatrix is not None else ""
+        size_tag = "" if target is None else "-" + _hash(repr(sorted(target.items())))[:8]
+        out = out_dir / f"{stem}-{_file_stem(e)}{tag}{size_tag}.gguf"
+        if is_gguf and e.kind == "named" and e.type.upper() == _type_label(source).upper():
+            out = source  # the GGUF is already that type: quantizing it to its own type copies it
+        elif not out.exists():
+            if progress:
+                print(f"{'converting' if not is_gguf else 'quantizing'} {source} -> {out.name}", file=sys.stderr)
+            extra: dict[str, Any] = {}
+            if target is not None:
+                extra = {"target_size": target.get("size_bytes"), "target_bpw": target.get("bpw")}
+            if is_gguf:
+                from l1quant.conversion.quantize import quantize
+
+                quantize(source, out, e.type, options=opts, threads=threads, **extra)
+            else:
+                from l1quant.conversion.convert import convert
+
+                convert(source, type=e.type, output=out, threads=threads, options=opts, **extra)
+        made[e.name] = out
+        return out
+
+    targets: dict[str, dict[str, Any] | None] = {}
+    for e in entries:  # the named and hand entries first: an auto entry may target one's size
+        if e.kind != "auto":
+            make(e, None)
+    for e in entries:
+        if e.kind == "auto":
+            t = e.target()
+            assert t is not None
+            if e.target_ref is not None:  # an entry of the run (made now if it is not listed)
+                t = {"size_bytes": make(e.target_ref, None).stat().st_size, "size_of": e.target_ref.name}
+            targets[e.name] = t
+            make(e, t)
+    out = _Made([made[e.name] for e in entries], [e.name for e in entries], [e.kind for e in entries],
+                [targets.get(e.name) for e in entries])
+    if is_gguf and not (entries[0].kind == "named" and entries[0].type in _FLOAT_TYPES):
+        # the base is the GGUF itself unless the first entry is a float type (then that, as from a checkpoint)
+        out.paths.insert(0, source)
+        out.names.insert(0, _type_label(source))
+        out.kinds.insert(0, "file")
+        out.targets.insert(0, None)
+    return out
+
+
+def _check_target_support(e: CompareEntry) -> None:
+    """``auto@`` needs the target-size search (``l1quant.quantize(..., target_size=, target_bpw=)``, issue 20)."""
+    import inspect
+
+    from l1quant.conversion.quantize import quantize
+
+    if "target_size" not in inspect.signature(quantize).parameters:
+        raise InputError(f"--types entry {e.text!r}: this build of l1quant has no target-size search "
+                         "(quantize --type auto --target-size)")
+
+
+def _imatrix_for(source: Path, out_dir: Path, stem: str, imatrix: Any, calibration: Any, threads: int,
+                 no_repack: bool, progress: bool) -> str | None:
+    """The importance matrix the entries are made with: ``imatrix`` as given, or (``calibration``: a text file, or
+    True/"" for the bundled calibration text) one computed from ``source`` as ``convert --calibration`` does
+    (:func:`l1quant.imatrix_compute.calibration_imatrix`), kept in ``out_dir`` under a name holding the text's hash
+    and reused by the next run; None without either."""
+    if imatrix is not None:
+        return str(imatrix)
+    if calibration is None or calibration is False:
+        return None
+    from l1quant.imatrix_compute import calibration_imatrix, default_calibration_text, imatrix_path_for
+
+    bundled = calibration is True or calibration == ""
+    if not bundled and not Path(calibration).is_file():
+        raise InputError(f"{calibration}: no such calibration text file")
+    text_hash = _hash(default_calibration_text()) if bundled else _file_hash(Path(calibration))
+    anchor = out_dir / f"{stem}-calibration-{text_hash[:12]}.gguf"
+    kept = imatrix_path_for(anchor)
+    if not kept.exists():
+        if progress:
+            print(f"computing the importance matrix of {source} -> {kept.name}", file=sys.stderr)
+        kept = calibration_imatrix(source, True if bundled else calibration, anchor, threads=threads,
+                                   no_repack=no_repack, progress=progress)
+    return str(kept)
+
+
+def _file_stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _check_vocabularies(paths: Sequence[Path]) -> None:

@@ -25,7 +25,11 @@ SCHEMA = "l1quant.compare/1"
 
 @dataclass
 class TypeRow:
-    """One line of the table: a GGUF file and its statistics against the base (``stats`` None for the base)."""
+    """One line of the table: a GGUF file and its statistics against the base (``stats`` None for the base).
+
+    ``kind``: ``"named"`` (a type or mix by name), ``"hand"`` (with per-tensor overrides), ``"auto"`` (the
+    target-size search) or ``"file"`` (a GGUF given as it is); ``target``: an auto entry's target (``{"bpw": x}``
+    or ``{"size_bytes": n}``, plus ``"size_of": NAME`` when it is another entry's size)."""
 
     name: str
     path: str
@@ -35,6 +39,8 @@ class TypeRow:
     ppl_unc: float
     stats: dict[str, Any] | None = None
     budget: list[dict[str, Any]] = field(default_factory=list)
+    kind: str = "file"
+    target: dict[str, Any] | None = None
 
 
 @dataclass
@@ -68,7 +74,8 @@ class CompareReport:
             "threads": self.threads,
             "seconds": self.seconds,
             "types": [{"name": r.name, "path": r.path, "size_bytes": r.size_bytes, "bpw": r.bpw,
-                       "ppl": {"value": r.ppl, "unc": r.ppl_unc}, "vs_base": r.stats, "budget": r.budget}
+                       "ppl": {"value": r.ppl, "unc": r.ppl_unc}, "vs_base": r.stats, "budget": r.budget,
+                       "kind": r.kind, "target": r.target}
                       for r in self.rows],
         }
 
