@@ -37,8 +37,8 @@ import functools
 import hashlib
 import logging
 import os
-import sys
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass

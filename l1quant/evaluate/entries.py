@@ -36,7 +36,7 @@ from typing import Any
 from l1quant.errors import ConfigError
 from l1quant.units import parse_bpw, parse_size
 
-__all__ = ["CompareEntry", "NO_IMATRIX_TYPES", "parse_entries", "parse_entry", "split_entries"]
+__all__ = ["NO_IMATRIX_TYPES", "CompareEntry", "parse_entries", "parse_entry", "split_entries"]
 
 #: Types an importance matrix does not change (llama-quantize ignores it for them): compare passes none to them.
 NO_IMATRIX_TYPES = frozenset({"f32", "f16", "bf16", "q8_0"})
@@ -127,7 +127,9 @@ def split_entries(text: str) -> list[str]:
         >>> split_entries(r"q4_k_m, q4_k_m+blk\\.[0-9]{1,2}\\.attn_v=q8_0")
         ['q4_k_m', 'q4_k_m+blk\\\\.[0-9]{1,2}\\\\.attn_v=q8_0']
     """
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "([{":
             depth += 1
