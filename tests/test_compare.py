@@ -249,6 +249,9 @@ def test_cli_table_json_plot_budgets(peaky_tiny: Path, eval_text: Path, tmp_path
 
 def test_compare_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="needs --base"):
+        cmp.compare([tmp_path / "a.gguf", tmp_path / "b.gguf"], ctx=64)
+    # one GGUF without --base is quantized to each type: it must exist
+    with pytest.raises(InputError, match="a.gguf: neither a checkpoint folder nor a GGUF file"):
         cmp.compare([tmp_path / "a.gguf"], ctx=64)
     with pytest.raises(InputError, match="even number"):
         cmp.compare([tmp_path / "a.gguf"], base=tmp_path / "b.gguf", ctx=63)

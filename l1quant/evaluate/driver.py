@@ -343,7 +343,8 @@ def _make_entries(source: Path, entries: list[CompareEntry], keep: Any, threads:
     they target. The base is the first entry (for a GGUF: the GGUF itself unless the first entry is a float type)."""
     is_gguf = source.is_file() and source.suffix == ".gguf"
     if not is_gguf and not source.is_dir():
-        raise InputError(f"{source}: neither a checkpoint folder nor a GGUF file")
+        why = "" if source.exists() else " (no such file or folder)"
+        raise InputError(f"{source}: neither a checkpoint folder nor a GGUF file{why}")
     if imatrix is not None and calibration is not None:
         raise InputError("give one of --imatrix FILE and --calibration [TEXT]")
     if imatrix is not None and not Path(imatrix).is_file():
