@@ -211,9 +211,11 @@ def compare(model: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         mode_is_max(mode)  # a bad mode fails now, not after the perplexity runs
     made = _resolve_models(model, types, base, keep, threads, progress, imatrix, calibration, no_repack)
     paths, names = made.paths, made.names
-    tok_dir = Path(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_dir() else None
-    if tok_dir is None and isinstance(model, (str, os.PathLike)) and base is None:
-        tok_dir = Path(model).parent  # one GGUF quantized here: its tokenizer.json (numpy runtime) sits beside it
+    models = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+    tok_dir: Path | None = None
+    if len(models) == 1 and base is None:  # made from a folder or one GGUF: the numpy runtime's tokenizer.json is
+        src_path = Path(models[0])           # in the folder, or beside that GGUF (not beside the made files)
+        tok_dir = src_path if src_path.is_dir() else src_path.parent
     _check_vocabularies(paths)
     if text is None:
         blocks: Any = iter([default_compare_text()])
