@@ -52,6 +52,7 @@ def plot_compare(report: CompareReport, path: str | Path) -> Path:
             ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if len(kinds) > 1:
         ax.legend(fontsize=8)
+    ax.margins(x=0.12)  # room for the labels of the outermost points
     ax.set_xlabel("file size (GB)")
     ax.set_ylabel(f"mean KLD vs {report.base} (nats)")
     ax.set_yscale("log")
