@@ -16,9 +16,10 @@ from llama_quantize import llama_quantize
 import l1quant
 from l1quant.check.structure import file_mix
 from l1quant.cli import main
-from l1quant.conversion.mixes import get_mix
+from l1quant.conversion.mixes import NEEDS_IMATRIX, get_mix
 from l1quant.errors import ConfigError, InputError, OutputError
 from l1quant.gguf.reader import describe, read_gguf
+from l1quant.imatrix_compute import default_calibration_text
 
 #: hidden 256 and ff 512: every matrix row fills 256-value K blocks; 9 layers so use_more_bits picks some
 SHAPE = dict(hidden=256, layers=9, heads=4, kv_heads=2, ff=512)
@@ -165,11 +166,17 @@ def test_quantize_equals_llama_quantize_on_l1quants_own_bf16(bf16: Path, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m", "iq4_xs", "iq3_m"])
+@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m", "iq4_xs", "iq3_m", "iq2_m"])
 def test_llama_cpp_loads_generates_and_agrees_with_the_reference_forward(model: Path, tmp_path: Path, mix: str,
                                                                           llama_cpp: object) -> None:
-    out = l1quant.convert(model, mix, tmp_path / "m.gguf")
-    rep = l1quant.verify(out, source=model, logits=True, runtime="llama.cpp", tokens=128)
+    imatrix = None
+    if get_mix(mix).name in NEEDS_IMATRIX:  # IQ2_M: an importance matrix of the model (l1quant's, as llama-imatrix)
+        text = tmp_path / "calib.txt"
+        text.write_text(default_calibration_text()[:6000], encoding="utf-8")
+        imatrix = tmp_path / "m.imatrix.gguf"
+        l1quant.imatrix(model, text, imatrix, ctx_size=128, chunks=4, threads=2, no_ppl=True)
+    out = l1quant.convert(model, mix, tmp_path / "m.gguf", imatrix=None if imatrix is None else str(imatrix))
+    rep = l1quant.verify(out, source=model, logits=True, runtime="llama.cpp", tokens=128, imatrix=imatrix)
     status = {c.name: c for c in rep.checks}
     assert status["logits"].status == "pass" and status["runtime"].status == "pass", status
     # llama.cpp on the file and the numpy forward on the file's dequantized weights see the same model: their
