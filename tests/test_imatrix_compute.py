@@ -271,7 +271,8 @@ def test_calibration_makes_the_types_that_need_an_imatrix(tiny_factory: Callable
     out = tmp_path / "cal"
     r = subprocess.run([sys.executable, "-m", "l1quant", "convert", str(src), "--type", "q2_k_s,iq2_m,iq3_xxs",
                         "--calibration", str(text), "-o", f"{out}/", "-t", str(THREADS), "-q"],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+                       capture_output=True, text=True, timeout=600, check=False,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     made = sorted(out.glob("*.gguf"))
     kept = [p for p in made if p.name.endswith(".imatrix.gguf")]

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from llama_quantize import llama_quantize
@@ -53,6 +54,30 @@ def test_iq_noise_models_fit(model: Path, tmp_path: Path) -> None:
         iq = [r for r in rep.tensors if r.type.startswith("IQ")]
         assert iq and all(r.expected_rel_rmse is not None for r in iq)
         assert all(0.5 < r.rel_rmse / r.expected_rel_rmse < 1.5 for r in iq), [(r.name, r.rel_rmse) for r in iq]
+
+
+def test_imatrix_mixes_verify_and_inspect(bf16: Path, model: Path, tmp_path: Path) -> None:
+    """The mixes that need an importance matrix (here a synthetic one, random positive column weights for every
+    blk.* matrix, in llama-imatrix's legacy .dat form): verify with it proves every byte; without it every tensor is
+    inside its type's noise model (0.5-1.5x of it, so the 3x net has room); inspect gives their bits per weight."""
+    from test_parity_imatrix import _dat
+
+    rng = np.random.default_rng(7)
+    gf = read_gguf(bf16)
+    im = _dat(tmp_path / "m.imatrix.dat", {t.name: rng.uniform(0.05, 2.0, t.shape[0]).astype(np.float32)
+                                           for t in gf.tensors if t.name.startswith("blk.") and len(t.shape) == 2})
+    for mix in ("iq3_xs", "iq2_m", "iq2_xxs", "iq1_s"):
+        out = l1quant.convert(model, mix, tmp_path / f"{mix}.gguf", imatrix=str(im), threads=2)
+        rep = l1quant.verify(out, source=model, imatrix=im, threads=2)
+        assert rep.passed and rep.file_type == get_mix(mix).name, [c for c in rep.checks if c.status != "pass"]
+        assert all(r.bytes_identical for r in rep.tensors)
+        rep = l1quant.verify(out, source=model, threads=2)
+        assert rep.passed, [c for c in rep.checks if c.status == "fail"]
+        iq = [r for r in rep.tensors if r.type.startswith("IQ")]
+        assert iq and all(0.5 < r.rel_rmse / r.expected_rel_rmse < 1.5 for r in iq), \
+            [(r.name, r.rel_rmse / r.expected_rel_rmse) for r in iq]
+    by = describe(read_gguf(tmp_path / "iq2_xxs.gguf"))["totals"]["by_type"]
+    assert by["IQ2_XXS"]["bpw"] == 2.0625
 
 
 def test_verify_says_per_tensor_options_but_passes(model: Path, tmp_path: Path) -> None:
