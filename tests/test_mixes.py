@@ -159,10 +159,10 @@ def uniform_imatrix(src: GGUFFile) -> dict[str, list[float]]:
 
 def check_types(lc: ModuleType, src_path: Path, out: Path, mix: str, options: QuantOptions | None = None,
                 has_imatrix: bool = False) -> tuple[mixes.TypeAssignment, GGUFFile]:
-    """Quantize ``src_path`` with llama-quantize (with uniform importance weights if ``has_imatrix``; Q2_K_S always
-    needs them) and assert assign_types predicted every tensor's type."""
+    """Quantize ``src_path`` with llama-quantize (with uniform importance weights if ``has_imatrix``; the mixes of
+    NEEDS_IMATRIX always get them) and assert assign_types predicted every tensor's type."""
     src = read_gguf(src_path)
-    has_imatrix = has_imatrix or mix.upper() == "Q2_K_S"
+    has_imatrix = has_imatrix or mix.upper() in NEEDS_IMATRIX
     q = llama_quantize(lc, src_path, out, mix, options, uniform_imatrix(src) if has_imatrix else None)
     assert q.rc == 0, q.log[-2000:]
     got = read_gguf(out)

@@ -91,26 +91,24 @@ def test_quantize_from_the_reference_f16(tiny_factory: Callable[..., Path], llam
 
 ALL_MIXES = ["iq4_nl", "iq4_xs", "iq3_s", "iq3_m", "iq3_xs", "iq3_xxs", "iq2_m", "iq2_s", "iq2_xs", "iq2_xxs",
              "iq1_m", "iq1_s"]
-#: Every mix runs on this one: hidden 256, untied, 9 layers (every grid kernel with importance weights, the IQ1/IQ2
-#: branch's Q2_K/IQ3_S token_embd and Q5_K output, the has_imatrix rows of IQ3_XXS/IQ4). Its 352-token vocabulary
-#: (the toy tokenizer) keeps the embeddings small: with a real 151k vocabulary they are 90% of the values, and
-#: llama-quantize's IQ3_S on them takes most of a minute per mix. The reference converter does not know the toy
-#: tokenizer's pre-tokenizer, so llama-quantize's input here is l1quant's BF16/F16 (byte-identical to the
-#: reference's: tests/test_parity.py); the reference's own BF16/F16 go through IMATRIX_CASES.
-#: 8 layers (the first-eighth and middle-layer rules need 8) of hidden and ff 256: 3.1 M values per file, as few as
-#: exercise every rule, since the grid searches (llama-quantize's most of all) are slow.
+#: Every mix runs on this one: hidden and ff 256, untied, 8 layers (the fewest the first-eighth and middle-layer
+#: rules need; 3.1 M values per file, as the grid searches, llama-quantize's most of all, are slow): every grid
+#: kernel with importance weights, the IQ1/IQ2 branch's Q2_K/IQ3_S token_embd and Q5_K output, the has_imatrix rows
+#: of IQ3_XXS/IQ4. Its 352-token vocabulary (the toy tokenizer) keeps the embeddings small: with a real 151k one
+#: they are 90% of the values, and llama-quantize's IQ3_S on them takes most of a minute per mix. The reference
+#: converter does not know the toy tokenizer's pre-tokenizer, so llama-quantize's input here is l1quant's BF16/F16
+#: (byte-identical to the reference's: tests/test_parity.py); the reference's own go through :data:`IMATRIX_CASES`.
 TOY = dict(tok="toy", vocab=352, hidden=256, layers=8, heads=4, kv_heads=2, ff=256,
            extra_config={"bos_token_id": 0, "eos_token_id": 2})
 #: the mixes also quantized from the F16 (the same kernels see other input values; one per family of base types)
 F16_MIXES = ("iq4_xs", "iq3_xxs", "iq2_s", "iq1_m")
-#: checkpoint -> the mixes run on the reference's BF16 with an imatrix, where the rules differ from the toy model's.
-#: Hidden 256 untied, real vocabulary: IQ2_M (IQ3_S token_embd). Hidden 96 tied: the fallbacks (IQ4_NL for the grid
-#: types, Q8_0 for a tied output, F16 for ff 200). qwen3 tied at GQA 4: attn_v Q4_K in the IQ1/IQ2/IQ3 branches, a
-#: tied token_embd in Q5_K/Q6_K. llama: its Q/K permutation, an untied token_embd off the 256 blocks.
+#: checkpoint -> the mixes run on the reference's BF16 with an imatrix, where the rules differ from the toy model's
+#: (each costs tens of seconds: the 151k-token embeddings). Hidden 96 tied: the fallbacks (IQ4_NL for the grid types,
+#: Q8_0 for a tied output, F16 for ff 200). qwen3 tied at GQA 4, rows of 256: attn_v Q4_K in the IQ1/IQ2 and IQ3
+#: branches, a tied token_embd in Q5_K/Q6_K. llama: its Q/K permutation, an untied token_embd off the 256 blocks.
 IMATRIX_CASES: dict[str, list[str]] = {
-    "h256-untied": ["iq2_m"],
     "h96-tied": ["iq3_xxs", "iq1_m"],
-    "qwen3-h256-gqa4": ["iq3_xs", "iq2_xxs", "iq1_s"],
+    "qwen3-h256-gqa4": ["iq3_xs", "iq1_s"],
     "llama-h96-gqa4": ["iq2_s"],
 }
 
