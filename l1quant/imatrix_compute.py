@@ -593,12 +593,12 @@ def calibration_imatrix(model: str | os.PathLike[str], calibration: str | os.Pat
     return kept
 
 
-def calibration_options(options: Any, output: Path, type: str) -> Any:
+def calibration_options(options: Any, output: Path | None, type: str) -> Any:
     """The quantization options of a ``--calibration`` run: ``options`` (a
     :class:`~l1quant.conversion.mixes.QuantOptions` or None) with ``imatrix`` = :func:`imatrix_path_for`
-    ``output``. Checked before any work: raises :class:`~l1quant.errors.InputError` when ``type`` is one an
-    importance matrix does not change (f32/f16/bf16/q8_0/auto), or when this build's convert/quantize take no
-    importance matrix."""
+    ``output`` (``output`` None: only the checks, ``options`` returned as given). Checked before any work: raises
+    :class:`~l1quant.errors.InputError` when ``type`` is one an importance matrix does not change
+    (f32/f16/bf16/q8_0/auto), or when this build's convert/quantize take no importance matrix."""
     import dataclasses
 
     from l1quant.conversion.mixes import QuantOptions
@@ -609,4 +609,6 @@ def calibration_options(options: Any, output: Path, type: str) -> Any:
     if "imatrix" not in {f.name for f in dataclasses.fields(QuantOptions)}:
         raise InputError("--calibration: this build's convert/quantize cannot quantize with an importance matrix "
                          "(--imatrix)")
+    if output is None:
+        return options
     return dataclasses.replace(options or QuantOptions(), imatrix=str(imatrix_path_for(output)))

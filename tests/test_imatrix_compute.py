@@ -260,6 +260,39 @@ def test_convert_and_quantize_calibration_are_imatrix_then_imatrix_quant(tiny_fa
 
 
 @pytest.mark.slow
+def test_calibration_makes_the_types_that_need_an_imatrix(tiny_factory: Callable[..., Path], tmp_path: Path) -> None:
+    """``--calibration`` on the types llama-quantize refuses without an imatrix (Q2_K_S and the low i-quants): the
+    plan before the matrix exists must not refuse them (it did: the first planning step had no imatrix yet). One
+    convert run makes several (one matrix serves all), quantize another; each equals --imatrix with the kept one."""
+    require_module("llama_cpp")
+    src = tiny_factory(hidden=256, layers=2, heads=4, kv_heads=2, ff=512, dtype="bf16")
+    text = tmp_path / "short.txt"
+    text.write_text(l1quant.imatrix_compute.default_calibration_text()[:9000], encoding="utf-8")  # 2 chunks of 512
+    out = tmp_path / "cal"
+    r = subprocess.run([sys.executable, "-m", "l1quant", "convert", str(src), "--type", "q2_k_s,iq2_m,iq3_xxs",
+                        "--calibration", str(text), "-o", f"{out}/", "-t", str(THREADS), "-q"],
+                       capture_output=True, text=True, timeout=600, check=False,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    made = sorted(out.glob("*.gguf"))
+    kept = [p for p in made if p.name.endswith(".imatrix.gguf")]
+    assert len(kept) == 1 and kept[0].name.endswith("-Q2_K_S.imatrix.gguf"), made
+    for t in ("Q2_K_S", "IQ2_M", "IQ3_XXS"):
+        f = next(p for p in made if p.name.endswith(f"-{t}.gguf"))
+        assert f.read_bytes() == l1quant.convert(src, t, tmp_path / f"again-{t}.gguf", threads=THREADS,
+                                                 imatrix=str(kept[0])).read_bytes(), t
+    bf16 = l1quant.convert(src, "bf16", tmp_path / "m-BF16.gguf", threads=THREADS)
+    q = l1quant.quantize(bf16, tmp_path / "q" / "m-IQ1_S.gguf", "iq1_s", threads=THREADS, calibration=text)
+    kept_q = tmp_path / "q" / "m-IQ1_S.imatrix.gguf"
+    assert q.read_bytes() == l1quant.quantize(bf16, tmp_path / "q2.gguf", "iq1_s", threads=THREADS,
+                                              imatrix=str(kept_q)).read_bytes()
+    # without either, the refusal names the type and both ways to get a matrix
+    _one_line_error(["convert", str(src), "--type", "iq2_xs", "-o", str(tmp_path / "x.gguf")],
+                    "quant type IQ2_XS needs an importance matrix")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.slow
 def test_sigterm_writes_nothing_and_leaves_no_temporary(tiny_factory: Callable[..., Path], calib_text: Path,
                                                        tmp_path: Path) -> None:
     import signal

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from llama_quantize import llama_quantize
@@ -16,9 +17,10 @@ from llama_quantize import llama_quantize
 import l1quant
 from l1quant.check.structure import file_mix
 from l1quant.cli import main
-from l1quant.conversion.mixes import get_mix
+from l1quant.conversion.mixes import NEEDS_IMATRIX, get_mix
 from l1quant.errors import ConfigError, InputError, OutputError
 from l1quant.gguf.reader import describe, read_gguf
+from l1quant.imatrix_compute import default_calibration_text
 
 #: hidden 256 and ff 512: every matrix row fills 256-value K blocks; 9 layers so use_more_bits picks some
 SHAPE = dict(hidden=256, layers=9, heads=4, kv_heads=2, ff=512)
@@ -52,6 +54,31 @@ def test_iq_noise_models_fit(model: Path, tmp_path: Path) -> None:
         iq = [r for r in rep.tensors if r.type.startswith("IQ")]
         assert iq and all(r.expected_rel_rmse is not None for r in iq)
         assert all(0.5 < r.rel_rmse / r.expected_rel_rmse < 1.5 for r in iq), [(r.name, r.rel_rmse) for r in iq]
+
+
+@pytest.mark.slow
+def test_imatrix_mixes_verify_and_inspect(bf16: Path, model: Path, tmp_path: Path) -> None:
+    """The mixes that need an importance matrix (here a synthetic one, random positive column weights for every
+    blk.* matrix, in llama-imatrix's legacy .dat form): verify with it proves every byte; without it every tensor is
+    inside its type's noise model (0.5-1.5x of it, so the 3x net has room); inspect gives their bits per weight."""
+    from test_parity_imatrix import _dat
+
+    rng = np.random.default_rng(7)
+    gf = read_gguf(bf16)
+    im = _dat(tmp_path / "m.imatrix.dat", {t.name: rng.uniform(0.05, 2.0, t.shape[0]).astype(np.float32)
+                                           for t in gf.tensors if t.name.startswith("blk.") and len(t.shape) == 2})
+    for mix in ("iq2_m", "iq1_s"):  # IQ2_S/IQ3_S; IQ1_S/IQ2_XXS (no unweighted quantizer: bytes unchecked)
+        out = l1quant.convert(model, mix, tmp_path / f"{mix}.gguf", imatrix=str(im), threads=2)
+        rep = l1quant.verify(out, source=model, imatrix=im, threads=2)
+        assert rep.passed and rep.file_type == get_mix(mix).name, [c for c in rep.checks if c.status != "pass"]
+        assert all(r.bytes_identical for r in rep.tensors)
+        rep = l1quant.verify(out, source=model, threads=2)
+        assert rep.passed, [c for c in rep.checks if c.status == "fail"]
+        iq = [r for r in rep.tensors if r.type.startswith("IQ")]
+        assert iq and all(0.5 < r.rel_rmse / r.expected_rel_rmse < 1.5 for r in iq), \
+            [(r.name, r.rel_rmse / r.expected_rel_rmse) for r in iq]
+    by = describe(read_gguf(tmp_path / "iq1_s.gguf"))["totals"]["by_type"]
+    assert (by["IQ1_S"]["bpw"], by["IQ2_XXS"]["bpw"]) == (1.5625, 2.0625)
 
 
 def test_verify_says_per_tensor_options_but_passes(model: Path, tmp_path: Path) -> None:
@@ -165,11 +192,17 @@ def test_quantize_equals_llama_quantize_on_l1quants_own_bf16(bf16: Path, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m", "iq4_xs", "iq3_m"])
+@pytest.mark.parametrize("mix", ["q4_k_m", "q3_k_m", "iq4_xs", "iq3_m", "iq2_m"])
 def test_llama_cpp_loads_generates_and_agrees_with_the_reference_forward(model: Path, tmp_path: Path, mix: str,
                                                                           llama_cpp: object) -> None:
-    out = l1quant.convert(model, mix, tmp_path / "m.gguf")
-    rep = l1quant.verify(out, source=model, logits=True, runtime="llama.cpp", tokens=128)
+    imatrix = None
+    if get_mix(mix).name in NEEDS_IMATRIX:  # IQ2_M: an importance matrix of the model (l1quant's, as llama-imatrix)
+        text = tmp_path / "calib.txt"
+        text.write_text(default_calibration_text()[:6000], encoding="utf-8")
+        imatrix = tmp_path / "m.imatrix.gguf"
+        l1quant.imatrix(model, text, imatrix, ctx_size=128, chunks=4, threads=2, no_ppl=True)
+    out = l1quant.convert(model, mix, tmp_path / "m.gguf", imatrix=None if imatrix is None else str(imatrix))
+    rep = l1quant.verify(out, source=model, logits=True, runtime="llama.cpp", tokens=128, imatrix=imatrix)
     status = {c.name: c for c in rep.checks}
     assert status["logits"].status == "pass" and status["runtime"].status == "pass", status
     # llama.cpp on the file and the numpy forward on the file's dequantized weights see the same model: their

@@ -159,10 +159,10 @@ def uniform_imatrix(src: GGUFFile) -> dict[str, list[float]]:
 
 def check_types(lc: ModuleType, src_path: Path, out: Path, mix: str, options: QuantOptions | None = None,
                 has_imatrix: bool = False) -> tuple[mixes.TypeAssignment, GGUFFile]:
-    """Quantize ``src_path`` with llama-quantize (with uniform importance weights if ``has_imatrix``; Q2_K_S always
-    needs them) and assert assign_types predicted every tensor's type."""
+    """Quantize ``src_path`` with llama-quantize (with uniform importance weights if ``has_imatrix``; the mixes of
+    NEEDS_IMATRIX always get them) and assert assign_types predicted every tensor's type."""
     src = read_gguf(src_path)
-    has_imatrix = has_imatrix or mix.upper() == "Q2_K_S"
+    has_imatrix = has_imatrix or mix.upper() in NEEDS_IMATRIX
     q = llama_quantize(lc, src_path, out, mix, options, uniform_imatrix(src) if has_imatrix else None)
     assert q.rc == 0, q.log[-2000:]
     got = read_gguf(out)
@@ -243,9 +243,15 @@ IQ_MIXES = [m for m in MIXES if m.startswith("IQ")]
 
 
 def test_iq_mixes_served() -> None:
-    # the i-quant mixes made without an importance matrix; the others refuse (test_get_mix)
-    assert IQ_MIXES == ["IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_M"]
-    assert [MIXES[m].base for m in IQ_MIXES] == [T.IQ4_NL, T.IQ4_XS, T.IQ3_S, T.IQ3_S]
+    # llama-quantize's twelve i-quant mixes, their llama_ftype numbers and base types (llama_ftype_get_default_type)
+    assert IQ_MIXES == ["IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_M", "IQ3_XS", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS",
+                        "IQ2_XXS", "IQ1_M", "IQ1_S"]
+    assert [MIXES[m].base for m in IQ_MIXES] == [T.IQ4_NL, T.IQ4_XS, T.IQ3_S, T.IQ3_S, T.IQ3_S, T.IQ3_XXS, T.IQ2_S,
+                                                 T.IQ2_XS, T.IQ2_XS, T.IQ2_XXS, T.IQ1_M, T.IQ1_S]
+    assert [MIXES[m].file_type for m in IQ_MIXES] == [25, 30, 26, 27, 22, 23, 29, 28, 20, 19, 31, 24]
+    # the ones llama-quantize makes only with an importance matrix
+    assert set(NEEDS_IMATRIX) == {"Q2_K_S", "IQ3_XS", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M",
+                                  "IQ1_S"} and set(NEEDS_IMATRIX) <= set(MIXES)
 
 
 def test_iq_rules_are_exercised(llama_cpp: ModuleType, gguf_of: Callable[[Model], Path], tmp_path: Path) -> None:
@@ -447,15 +453,35 @@ def test_get_mix() -> None:
     for name, m in MIXES.items():
         assert get_mix(name.lower()) is m and get_mix(m.file_type) is m
     assert get_mix("q4_k_m").base == T.Q4_K and get_mix("F32").file_type == 0 and get_mix("bf16").file_type == 32
-    for name in [*NEEDS_IMATRIX, "iq2_xxs", "iq2_m", "iq1_s", "iq3_xs", "iq3_xxs"]:
-        with pytest.raises(ConfigError, match=rf"'{name}' is not made by l1quant yet .*llama-quantize --imatrix"):
-            get_mix(name)
     for name in NOT_SERVED:
         with pytest.raises(ConfigError, match="not supported"):
             get_mix(name)
     for bad in ("q4_k_x", "", 999, None):
         with pytest.raises(ConfigError):
             get_mix(bad)  # type: ignore[arg-type]
+
+
+def test_imatrix_mixes_refused_without_one() -> None:
+    """Every mix llama-quantize makes only with an importance matrix is refused without one, naming the type, the
+    first tensor in llama-quantize's order that needs it (never token_embd/output: tensor_requires_imatrix exempts
+    them) and both ways to get one; with one, token_embd/output still need none."""
+    layers = 8
+    tensors = [("token_embd.weight", (256, 1000)), ("output.weight", (256, 1000))] + [
+        (f"blk.{i}.{r}.weight", (256, 256)) for i in range(layers)
+        for r in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")]
+    kw: dict[str, Any] = dict(n_layer=layers, n_head=4, n_head_kv=2, arch="qwen2")
+    for name in NEEDS_IMATRIX:
+        want = (rf"^quant type {name} needs an importance matrix \(blk\.0\.\w+\.weight gets \w+\): "
+                r"pass --imatrix FILE \(or --calibration")
+        with pytest.raises(ConfigError, match=want):
+            assign_types(tensors, name.lower(), **kw)
+        a = assign_types(tensors, name, has_imatrix=True, **kw)
+        assert a.needs_imatrix and not a.needs_imatrix & {"token_embd.weight", "output.weight"}, name
+    # IQ1_M's token_embd is Q2_K and its output Q5_K: neither needs an imatrix, in IQ1_M or elsewhere
+    a = assign_types(tensors, "IQ1_M", has_imatrix=True, **kw)
+    assert (a.types["token_embd.weight"], a.types["output.weight"]) == (T.Q2_K, T.Q5_K)
+    for name in set(MIXES) - set(NEEDS_IMATRIX):  # the others are made without one
+        assert not assign_types(tensors, name, **kw).needs_imatrix, name
 
 
 def test_llama_cpp_agrees_on_ftype_numbers(llama_cpp: ModuleType) -> None:

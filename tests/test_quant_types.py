@@ -79,7 +79,8 @@ def test_derived_tables_are_llama_cpps() -> None:
     noise = {"Q4_0": (32, 4, True), "Q4_1": (32, 4, False), "Q5_0": (32, 5, True), "Q5_1": (32, 5, False),
              "Q2_K": (16, 2, False), "Q3_K": (16, 3, True), "Q4_K": (32, 4, False), "Q5_K": (32, 5, False),
              "Q6_K": (16, 6, True), "IQ4_NL": (32, 4, True), "IQ4_XS": (32, 4, True), "IQ3_S": (32, 3, True),
-             "IQ3_XXS": (32, 3, True)}
+             "IQ3_XXS": (32, 3, True), "IQ2_S": (16, 2, True), "IQ2_XS": (16, 2, True), "IQ2_XXS": (32, 2, True),
+             "IQ1_M": (32, 2, True), "IQ1_S": (32, 2, True)}
     assert {n: (q.noise.group, q.noise.bits, q.noise.symmetric) for n, q in QUANT_TYPES.items() if q.noise} == noise
     # which source dtypes can never overflow which output (the scan is skipped for these pairs)
     pairs = {(n, d) for n in QUANT_TYPES for d in ("F32", "F16", "BF16") if not can_overflow(n, d)}
@@ -108,16 +109,17 @@ def test_out_types_and_resolution() -> None:
     assert convert_types() == ("auto", "f32", "f16", "bf16", "q8_0")
     assert out_types() == convert_types() + (
         "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q2_k_s", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k", "q4_k_s", "q4_k_m",
-        "q4_k", "q5_k_s", "q5_k_m", "q5_k", "q6_k", "iq4_nl", "iq4_xs", "iq3_s", "iq3_m")
+        "q4_k", "q5_k_s", "q5_k_m", "q5_k", "q6_k", "iq4_nl", "iq4_xs", "iq3_s", "iq3_m", "iq3_xs", "iq3_xxs",
+        "iq2_m", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
     assert resolve_type("auto") is None
     assert resolve_type("Q8_0") is get_quant_type("q8_0")
     assert resolve_type("q8_0", as_mix=True) is MIXES["Q8_0"] is resolve_type("q8_0", per_tensor=True)
     assert resolve_type("q5_k") is MIXES["Q5_K_M"] and resolve_type(MIXES["Q2_K"]) is MIXES["Q2_K"]
     assert resolve_type(get_quant_type("bf16"), per_tensor=True) is MIXES["BF16"]
     assert resolve_type("IQ3_M") is MIXES["IQ3_M"] and MIXES["IQ3_M"].base == T.IQ3_S
-    for bad, msg in (("mxfp4", "is not one of"), ("iq2_xxs", "is not made by l1quant yet.*--imatrix")):
-        with pytest.raises(ConfigError, match=msg):
-            resolve_type(bad)
+    assert resolve_type("iq2_m") is MIXES["IQ2_M"] and MIXES["IQ2_M"].base == T.IQ2_S
+    with pytest.raises(ConfigError, match="is not one of"):
+        resolve_type("mxfp4")
     with pytest.raises(ConfigError, match="auto cannot be combined"):
         resolve_type("auto", per_tensor=True)
 

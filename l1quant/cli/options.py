@@ -42,7 +42,7 @@ def per_tensor_options(f: F) -> F:
                      help="Copy output.weight unquantized (as the input has it)."),
         click.option("--imatrix", metavar="FILE", default=None,
                      help="Quantize with this importance matrix (llama-imatrix's GGUF or legacy .dat), as "
-                          "llama-quantize --imatrix; needed by q2_k_s."),
+                          "llama-quantize --imatrix; needed by q2_k_s, iq3_xs, iq3_xxs and the iq2/iq1 mixes."),
         click.option("--include-weights", "include_weights", metavar="NAME", multiple=True,
                      help="Use the imatrix only for tensors whose name contains NAME (repeatable)."),
         click.option("--exclude-weights", "exclude_weights", metavar="NAME", multiple=True,

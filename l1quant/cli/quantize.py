@@ -18,7 +18,7 @@ from l1quant.conversion.mixes import quant_options
 from l1quant.conversion.quantize import plan_quantize, quantize
 from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_parts, output_report,
                                      written_report)
-from l1quant.filetypes import ALIASES, MIXES, NEEDS_IMATRIX
+from l1quant.filetypes import ALIASES, MIXES
 from l1quant.gguf.split import read_parts
 
 _TYPES = tuple(n.lower() for n in (*MIXES, *ALIASES))
@@ -52,13 +52,15 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
     """Quantize an F32/F16/BF16 GGUF to TYPE, byte-identical to llama-quantize.
 
     TYPE is one of q4_0 q4_1 q5_0 q5_1 q2_k q2_k_s q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k q8_0 f16
-    bf16 f32 (q3_k, q4_k, q5_k mean the _m mixes). Without OUTPUT.gguf the result is written beside the input
-    as {name}-{TYPE}.gguf. Works on any qwen2, qwen3 or llama GGUF, not only l1quant's.
+    bf16 f32 iq4_nl iq4_xs iq3_s iq3_m iq3_xs iq3_xxs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s (q3_k, q4_k, q5_k
+    mean the _m mixes; q2_k_s, iq3_xs and below need --imatrix or --calibration). Without OUTPUT.gguf the result
+    is written beside the input as {name}-{TYPE}.gguf. Works on any qwen2, qwen3 or llama GGUF, not only
+    l1quant's.
     """
     if len(args) > 2:
         raise click.UsageError(f"expected INPUT.gguf [OUTPUT.gguf] TYPE, found {len(args) + 1} arguments")
     type_ = args[-1]
-    if type_.lower() not in _TYPES and type_.upper() not in NEEDS_IMATRIX:  # those: the library's refusal
+    if type_.lower() not in _TYPES:
         raise click.UsageError(f"TYPE {type_!r} is not one of {', '.join(_TYPES)}{did_you_mean(type_, _TYPES)}")
     output = args[0] if len(args) == 2 else None
     setup_logging(quiet)

@@ -23,7 +23,7 @@ from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.prepare import Prepared, prepare
 from l1quant.conversion.write import OutputFile, WriteOptions, output_parts, split_flat_options, write_gguf_many
 from l1quant.errors import ConfigError, L1QuantError, OutputError, VerifyError
-from l1quant.filetypes import NEEDS_IMATRIX, get_mix, out_types
+from l1quant.filetypes import out_types
 from l1quant.output import inside_folder
 
 __all__ = ["CardStepError", "WriteOptions", "convert", "convert_many", "parse_types", "prepare_many"]
@@ -97,18 +97,12 @@ def parse_types(type: str | Sequence[str]) -> list[str]:
         >>> parse_types("q8_0,q9")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        l1quant.errors.ConfigError: --type 'q9' is not one of 'auto', 'f32', 'f16', 'bf16', 'q8_0', ..., 'iq3_m'
-        >>> parse_types("iq2_m")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        l1quant.errors.ConfigError: quant type 'iq2_m' is not made by l1quant yet (...
+        l1quant.errors.ConfigError: --type 'q9' is not one of 'auto', 'f32', 'f16', 'bf16', 'q8_0', ..., 'iq1_s'
     """
     items = type.split(",") if isinstance(type, str) else list(type)
     out: list[str] = []
     for item in items:
         t = str(item).strip().lower()
-        if t.upper() in NEEDS_IMATRIX:
-            get_mix(t)  # refuses, naming the type and --imatrix
         if t not in out_types():
             # each choice quoted, as click's Choice lists them (the usage-error line reads the same either way)
             raise ConfigError(f"--type {str(item).strip()!r} is not one of {', '.join(map(repr, out_types()))}")
@@ -129,8 +123,11 @@ def prepare_many(
     metadata: str | os.PathLike[str] | None = None,
     pre: str | None = None,
     options: QuantOptions | None = None,
+    assume_imatrix: bool = False,
 ) -> list[Prepared]:
     """:func:`prepare` for each of ``types`` (``"q8_0,q4_k_m"`` or a list); reads no tensor data, writes nothing.
+    ``assume_imatrix``: plan the types as with an importance matrix not computed yet (``--calibration``'s checks
+    before it computes one: the mixes that need one are not refused).
 
     With several types ``output`` must name a folder (or hold ``{ftype}``, filled per type): each file gets the
     name a single run would give it there. Raises ``ConfigError`` for a plain file name with several types, or
@@ -147,7 +144,8 @@ def prepare_many(
                 t in Path(o).name for t in ("{ftype}", "{FTYPE}", "{outtype}"))):
             raise ConfigError(f"{o}: with several types (--type {','.join(wanted)}) the output must be a folder "
                               "(end it with /) or a file name holding {ftype}")
-    prepared = [prepare(model, t, output, name=name, metadata=metadata, pre=pre, options=options) for t in wanted]
+    prepared = [prepare(model, t, output, name=name, metadata=metadata, pre=pre, options=options,
+                        assume_imatrix=assume_imatrix) for t in wanted]
     seen: dict[Path, str] = {}
     for t, p in zip(wanted, prepared):
         if p.output in seen:
@@ -188,14 +186,17 @@ def convert_many(
     if calibration is not None and calibration is not False:
         from l1quant.imatrix_compute import calibration_imatrix, calibration_options  # runs llama.cpp: lazily
 
-        first = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options)
-        for p in first:  # refusals before the long step
+        wanted = parse_types(types)
+        for t in wanted:  # each type must be one an importance matrix changes
+            calibration_options(options, None, t)
+        # refusals before the long step; the matrix does not exist yet, so the types are planned as with one (the
+        # mixes that need one, q2_k_s and the low i-quants, would be refused otherwise)
+        first = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options,
+                             assume_imatrix=True)
+        for p in first:
             if inside_folder(p.output, p.model_dir):
                 raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; "
                                   "pass -o elsewhere")
-        wanted = parse_types(types)
-        for t in wanted:  # each type must be one an importance matrix changes
-            calibration_options(options, first[0].output, t)
         # one matrix serves every type of the run: kept beside the first output
         options = calibration_options(options, first[0].output, wanted[0])
         calibration_imatrix(first[0].model_dir, calibration, first[0].output, threads=w.threads,

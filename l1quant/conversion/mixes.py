@@ -40,9 +40,8 @@ What llama-quantize's output file looks like next to its input (read from ``llam
   file size is ``data_offset + sum(pad32(nbytes))``. A tensor whose assigned type equals its input type (1-D F32
   tensors, or every tensor of an F32 mix on an F32 input) is copied byte for byte.
 
-The mixes here are the ones l1quant serves, and the i-quant mixes that need an importance matrix (their rows are
-data here; :func:`get_mix` refuses them until they are served); MoE/other-architecture branches are left out on
-purpose (see :data:`NEEDS_IMATRIX` and :data:`NOT_SERVED`).
+The mixes here are the ones l1quant serves (those of :data:`NEEDS_IMATRIX` only with an importance matrix, as
+llama-quantize); MoE/other-architecture branches are left out on purpose (see :data:`NOT_SERVED`).
 
 Example:
     >>> a = assign_types([("token_embd.weight", (256, 1000)), ("blk.0.attn_v.weight", (256, 64)),
@@ -467,15 +466,14 @@ def _mixes(*names: str) -> frozenset[str]:
 _QUANTIZED = frozenset(n for n, m in MIXES.items() if m.quantized)
 _K_Q2, _K_Q3M, _K_Q3L, _K_Q4S = _mixes("Q2_K"), _mixes("Q3_K_M"), _mixes("Q3_K_L"), _mixes("Q4_K_S")
 _K_Q2S = _mixes("Q2_K_S")
-#: The i-quant mixes by family, llama-quantize's names (their rows below name mixes l1quant may not serve yet:
-#: :data:`~l1quant.filetypes.NEEDS_IMATRIX`; get_mix refuses those before the table is read).
+#: The i-quant mixes by family, llama-quantize's names.
 _IQ_12 = _mixes("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")  # llama.cpp's branch of its own
 _IQ_2SM = _mixes("IQ2_S", "IQ2_M")
 _IQ_LOW_OUTPUT = _IQ_12 | _mixes("IQ3_XXS")  # output.weight in Q5_K
 _IQ4 = _mixes("IQ4_NL", "IQ4_XS")
 _IQ_ALL = _IQ_12 | _IQ4 | _mixes("IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M")
 
-#: ``llama_tensor_get_type_impl`` for the served mixes (and the i-quant mixes that need an importance matrix) and dense qwen2/qwen3/llama. For a (mix, role) the first
+#: ``llama_tensor_get_type_impl`` for the served mixes and dense qwen2/qwen3/llama. For a (mix, role) the first
 #: rule whose condition holds gives the type; no rule -> the mix's base type. The output rules also serve
 #: ``token_embd.weight`` when the embeddings are tied. Roles without rules here keep the base type (llama.cpp's
 #: other branches concern 8-expert models and Falcon). The IQ1/IQ2 mixes (``_IQ_12``) have a branch of their own in
@@ -752,15 +750,16 @@ def assign_types(
                 fallbacks[name] = (wanted, used)
                 warnings.append(f"{name}: row length {row} is not a multiple of {block_size(wanted)} "
                                 f"({wanted.name}): falling back to {used.name}")
-        if used in IMATRIX_TYPES and not has_imatrix:
-            # llama-quantize exempts token_embd/output from its check, but their i-quant quantizers then abort
-            raise ConfigError(f"{name}: type {used.name} needs an importance matrix: pass --imatrix FILE")
         if requires_imatrix(name, used, m):
             if not has_imatrix:
                 # llama-quantize's "this quantization requires an imatrix!", naming the first such tensor
                 raise ConfigError(f"quant type {m.name} needs an importance matrix ({name} gets {used.name}): "
                                   "pass --imatrix FILE (or --calibration TEXT to compute one)")
             needs.add(name)
+        elif used in IMATRIX_TYPES and not has_imatrix:
+            # llama-quantize exempts token_embd/output from its check, but their i-quant quantizers then abort
+            raise ConfigError(f"{name}: type {used.name} needs an importance matrix: pass --imatrix FILE "
+                              "(or --calibration TEXT to compute one)")
         types[name] = used
     return TypeAssignment(types=types, order=order, fallbacks=fallbacks, warnings=tuple(warnings),
                           needs_imatrix=frozenset(needs))

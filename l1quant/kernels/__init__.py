@@ -236,8 +236,9 @@ class QuantType:
         into a larger buffer). ``impl``: "auto" (compiled if built, else numpy), "native", "numpy" or "ref".
         ``imatrix``: importance weights, float32 (ncols,), finite (as llama-quantize passes an imatrix entry's
         per-column means to ``ggml_quantize_chunk``): Q4_0..Q5_1 and Q2_K..Q6_K then run ggml's weighted searches
-        (kernels/kquants_imatrix.py), as do IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S (kernels/iquants_nl.py,
-        kernels/iquants3.py); the other types ignore it, as ggml does. None: the unweighted path.
+        (kernels/kquants_imatrix.py), as do the i-quants (kernels/iquants_nl.py, iquants3.py, iquants2.py,
+        iquants1.py); the other types ignore it, as ggml does. None: the unweighted path (IQ2_XXS, IQ2_XS and
+        IQ1_S refuse it, as ggml's quantizers do).
 
         Example:
             >>> qt = get_quant_type("f16")
@@ -469,15 +470,20 @@ KNOWN_TYPES: dict[str, QuantType] = {
         _make(_T.TQ2_0, None, fallback=_T.Q4_0),
         # Served grid i-quants of 2 bits and below (needs_imatrix: llama-quantize's rule; ggml's kernels for IQ2_S
         # and IQ1_M also run without). IQ1_M keeps its f16 scale split into nibbles: no plain float field.
+        # Noise models (a 2-bit symmetric uniform quantizer over the type's scale group: 16 values for IQ2_XS/IQ2_S,
+        # whose 4-bit scales cover 16, else 32), measured as the IQ3/IQ4 ones below, with random importance weights:
+        # rel RMSE / model on 256x1024 random-normal (Student-t4) weights is IQ2_S 0.63 (0.62), IQ2_XS 0.76 (0.69),
+        # IQ2_XXS 0.77 (0.67), IQ1_M 1.26 (0.95), IQ1_S 1.10 (0.94): inside NOISE_SLACK.
         _iq_grid(_T.IQ1_S, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,     # d, qs[32], qh[8]
-                 needs_imatrix=True),
-        _iq_grid(_T.IQ1_M, fallback=_T.IQ4_NL, takes_imatrix=True, needs_imatrix=True),      # qs, qh, scales
+                 needs_imatrix=True, noise=NoiseModel(32, 2, True)),
+        _iq_grid(_T.IQ1_M, fallback=_T.IQ4_NL, takes_imatrix=True, needs_imatrix=True,       # qs, qh, scales
+                 noise=NoiseModel(32, 2, True)),
         _iq_grid(_T.IQ2_XXS, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,   # d, qs[32]
-                 needs_imatrix=True),
+                 needs_imatrix=True, noise=NoiseModel(32, 2, True)),
         _iq_grid(_T.IQ2_XS, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,    # d, qs[32], scales
-                 needs_imatrix=True),
+                 needs_imatrix=True, noise=NoiseModel(16, 2, True)),
         _iq_grid(_T.IQ2_S, float_fields=_f16(0), fallback=_T.IQ4_NL, takes_imatrix=True,     # d, qs, qh, scales
-                 needs_imatrix=True),
+                 needs_imatrix=True, noise=NoiseModel(16, 2, True)),
         # Served i-quants; their file types depend on the mix as for the K types (IQ3_M vs IQ3_S ...).
         # Noise models (one scale per 32 values; the grids' values as a symmetric uniform quantizer of that many
         # bits), measured as the K types' were: rel RMSE / model on 256x1024 random-normal (and Student-t4) weights
