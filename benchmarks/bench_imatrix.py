@@ -195,8 +195,8 @@ def main() -> None:
             for s, r in zip(steps, runs):
                 s.runs.append(r)
             ref_s.runs.append(Run(sum(r.wall for r in runs), sum(r.cpu for r in runs), max(r.rss for r in runs)))
-            print(f"  reference 3 steps {ref_s.runs[-1].wall:7.1f} s ({', '.join(f'{r.wall:.1f}' for r in runs)})",
-                  flush=True)
+            print(f"  reference 3 steps {ref_s.runs[-1].wall:7.1f} s ({', '.join(f'{r.wall:.1f}' for r in runs)}), "
+                  f"peak RSS {ref_s.runs[-1].rss / 2**20:.0f} MiB", flush=True)
             shas_c.setdefault("ref", (sha256(im_c), sha256(out_c)))
             for p in (out_c, im_c, bf16_c):
                 p.unlink()
@@ -204,7 +204,8 @@ def main() -> None:
         def our_c() -> None:
             our_s.runs.append(timed(l1quant_cmd("convert", str(ckpt), "--type", args.type, "--calibration", str(text),
                                                 "-o", str(out_c), "-t", t)))
-            print(f"  l1quant one command {our_s.runs[-1].wall:7.1f} s", flush=True)
+            print(f"  l1quant one command {our_s.runs[-1].wall:7.1f} s, peak RSS {our_s.runs[-1].rss / 2**20:.0f} MiB",
+                  flush=True)
             shas_c.setdefault("ours", (sha256(im_c), sha256(out_c)))
             for p in (out_c, im_c):
                 p.unlink()
