@@ -26,6 +26,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import gguf
 import numpy as np
@@ -121,7 +122,11 @@ class ConversionPlan:
     quantized_layout: bool = False
     #: The ``quantize.imatrix.*`` (key, value type, value) llama-quantize appends after ``general.file_type``
     #: (:func:`l1quant.imatrix_file.quantize_keys`); empty without an importance matrix.
-    imatrix_keys: list[tuple[str, gguf.GGUFValueType, str | bytes | int]] = field(default_factory=list)
+    imatrix_keys: list[tuple[str, gguf.GGUFValueType, str | bytes | int | float]] = field(default_factory=list)
+    #: For type ``auto``: the target-size search's answer (:class:`l1quant.conversion.target.TargetChoice`: the
+    #: table, the predicted KLD, the tensor-type file); None otherwise. Its ``quantize.target*`` keys come first in
+    #: ``imatrix_keys`` (llama-quantize appends ``--override-kv`` entries before the imatrix ones).
+    target: Any = None
 
     @property
     def data_nbytes(self) -> int:
