@@ -149,3 +149,11 @@ def test_dry_run_and_refusals(env: dict[str, Path], tmp_path: Path) -> None:
     r = _cli("quantize", env["bf16"], out, "q4_k_m", "--imatrix", env["imatrix"], "--target-size", str(high - 1))
     assert r.exit_code != 0 and "type auto" in r.output and len(r.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_convert_writes_what_quantize_writes(env: dict[str, Path], tmp_path: Path) -> None:
+    """One pass from the checkpoint = quantize of the reference BF16 (= llama-quantize, above), same table."""
+    a = l1quant.quantize(env["bf16"], tmp_path / "q.gguf", "auto", imatrix=str(env["imatrix"]), target_bpw=5.5)
+    b = l1quant.convert(env["model"], "auto", tmp_path / "c.gguf", imatrix=str(env["imatrix"]), target_bpw=5.5)
+    assert a.read_bytes() == b.read_bytes()
+    assert tensor_types_path(a).read_text() == tensor_types_path(b).read_text()

@@ -43,6 +43,8 @@ def convert(
     write: WriteOptions | None = None,
     calibration: str | os.PathLike[str] | bool | None = None,
     no_repack: bool = False,
+    target_size: str | int | None = None,
+    target_bpw: float | str | None = None,
     **flags: Any,
 ) -> Path:
     """Convert a checkpoint (folder or Hugging Face repo id) to GGUF in one pass; return the output path.
@@ -74,6 +76,12 @@ def convert(
     as ``NAME.imatrix.gguf`` beside the output) and then quantizes with it; ``no_repack`` is llama.cpp's ``-nr``
     for that step.
 
+    ``target_size`` (bytes, or ``"432M"``, ``"1.5GiB"``) or ``target_bpw`` (bits per parameter) with ``type``
+    ``"auto"`` and an importance matrix (``imatrix=`` or ``calibration``): each tensor's type is chosen by
+    measurement so the whole file fits (:mod:`l1quant.conversion.target`); the table is also written beside the
+    output as ``NAME.tensor-types.txt`` for llama-quantize ``--tensor-type-file``, applied to the converter's
+    lossless (BF16) output.
+
     Nothing is written until everything has been validated; the output appears atomically, and on any error
     no partial file is left and an existing file at ``output`` is untouched.
 
@@ -84,7 +92,8 @@ def convert(
         PosixPath('L1-Qwen-1.5B-Max-Q4_K_M.gguf')
     """
     return convert_many(model, [type], output, name=name, metadata=metadata, pre=pre, card=card, options=options,
-                        write=write, calibration=calibration, no_repack=no_repack, **flags)[0]
+                        write=write, calibration=calibration, no_repack=no_repack, target_size=target_size,
+                        target_bpw=target_bpw, **flags)[0]
 
 
 def parse_types(type: str | Sequence[str]) -> list[str]:
@@ -129,6 +138,8 @@ def prepare_many(
     metadata: str | os.PathLike[str] | None = None,
     pre: str | None = None,
     options: QuantOptions | None = None,
+    target_size: str | int | None = None,
+    target_bpw: float | str | None = None,
 ) -> list[Prepared]:
     """:func:`prepare` for each of ``types`` (``"q8_0,q4_k_m"`` or a list); reads no tensor data, writes nothing.
 
@@ -147,7 +158,8 @@ def prepare_many(
                 t in Path(o).name for t in ("{ftype}", "{FTYPE}", "{outtype}"))):
             raise ConfigError(f"{o}: with several types (--type {','.join(wanted)}) the output must be a folder "
                               "(end it with /) or a file name holding {ftype}")
-    prepared = [prepare(model, t, output, name=name, metadata=metadata, pre=pre, options=options) for t in wanted]
+    prepared = [prepare(model, t, output, name=name, metadata=metadata, pre=pre, options=options,
+                        target_size=target_size, target_bpw=target_bpw) for t in wanted]
     seen: dict[Path, str] = {}
     for t, p in zip(wanted, prepared):
         if p.output in seen:
@@ -169,6 +181,8 @@ def convert_many(
     write: WriteOptions | None = None,
     calibration: str | os.PathLike[str] | bool | None = None,
     no_repack: bool = False,
+    target_size: str | int | None = None,
+    target_bpw: float | str | None = None,
     **flags: Any,
 ) -> list[Path]:
     """Convert a checkpoint to several types in one run, reading its tensors once; return the output paths.
@@ -194,13 +208,16 @@ def convert_many(
                 raise OutputError(f"{p.output}: refusing to write into the input folder {p.model_dir}; "
                                   "pass -o elsewhere")
         wanted = parse_types(types)
+        has_target = target_size is not None or target_bpw is not None
+        wanted = ["q4_k_m" if t == "auto" and has_target else t for t in wanted]  # auto searched: uses the matrix
         for t in wanted:  # each type must be one an importance matrix changes
             calibration_options(options, first[0].output, t)
         # one matrix serves every type of the run: kept beside the first output
         options = calibration_options(options, first[0].output, wanted[0])
         calibration_imatrix(first[0].model_dir, calibration, first[0].output, threads=w.threads,
                             no_repack=no_repack, progress=bool(w.progress))
-    prepared = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options)
+    prepared = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options,
+                            target_size=target_size, target_bpw=target_bpw)
     for p in prepared:
         # The input folder is only ever read: no output (let alone one named like an input file) goes into it.
         # Checked here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its
@@ -213,6 +230,11 @@ def convert_many(
     write_gguf_many([OutputFile(p.plan, p.header, p.output, p.create_folder) for p in prepared], w)
     # a split output is named by its first part (what llama.cpp loads, and what quantize/verify/inspect take)
     outs = [output_parts(p.output, p.header, w)[0][0] for p in prepared]
+    for p in prepared:
+        if p.plan.target is not None:
+            from l1quant.conversion.target import export_target
+
+            export_target(p.plan.target, "BF16.gguf", p.output, options)
     if card:
         _card_step(outs, model, w.threads)
     return outs

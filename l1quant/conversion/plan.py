@@ -268,13 +268,15 @@ def source_for(arch: Arch, cfg: ModelConfig, name: str, st: SafeTensor, warnings
 
 def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mix | QuantType,
               options: QuantOptions | None = None, *, as_mix: bool = False,
-              assume_imatrix: bool = False) -> ConversionPlan:
+              assume_imatrix: bool = False, target: Any = None) -> ConversionPlan:
     """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
 
     ``out_type`` is a converter type or a llama-quantize mix (see the module docstring), as typed or resolved
     (:func:`l1quant.filetypes.resolve_type`); ``options`` are llama-quantize's per-tensor flags; ``as_mix``
     applies a converter type as llama-quantize's mix of that name; ``assume_imatrix`` chooses types as with an
-    importance matrix whose weights are unknown (verify). Refuses (``TensorError``): a tensor name the
+    importance matrix whose weights are unknown (verify); ``target`` (type ``auto`` with a target size): called
+    as ``target(arch_name, planned, options, warnings, n_layer=, n_head=, n_head_kv=)`` on the lossless file's
+    tensors, it returns the plan (:func:`l1quant.conversion.target.apply_target`). Refuses (``TensorError``): a tensor name the
     architecture cannot map, a non-float weight, a tensor with the wrong shape, a tensor missing, or two source
     tensors mapping to one GGUF
     name; (``ConfigError``) an unknown type or a per-tensor type l1quant has no kernel for, or a config the
@@ -288,9 +290,12 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mi
     """
     arch.validate(cfg)
     check_layer_count(ckpt, cfg)
-    requested = resolve_type(out_type, per_tensor=options is not None and options != QuantOptions(), as_mix=as_mix)
+    requested = None if target is not None else resolve_type(
+        out_type, per_tensor=options is not None and options != QuantOptions(), as_mix=as_mix)
     mix: Mix | None = None
-    if isinstance(requested, Mix):
+    if target is not None:  # type auto with a target size: the lossless file, then the searched overrides
+        qt = lossless_type(ckpt, arch.skip_suffixes)
+    elif isinstance(requested, Mix):
         mix, qt = requested, lossless_type(ckpt, arch.skip_suffixes)
     else:
         qt = resolve_out_type(requested or "auto", ckpt, arch.skip_suffixes)
@@ -335,6 +340,9 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mi
     if missing:
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
         raise TensorError(f"{ckpt.model_dir}: tensor {missing[0]} is missing from the checkpoint{more}")
+    if target is not None:
+        return target(arch.name, planned, options, warnings, n_layer=cfg.num_hidden_layers,
+                      n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads)  # type: ignore[no-any-return]
     if mix is None:
         return layout(arch.name, qt.name, qt.file_type or 0, planned, warnings)
     return apply_mix(arch.name, planned, mix, options, warnings, n_layer=cfg.num_hidden_layers,

@@ -572,6 +572,7 @@ def apply_target(
     choice.kv = list(target_kv(choice))
     plan = make(choice.mix, choice.options, target_kv(choice))
     plan.target = choice
+    plan.type_name = "auto"  # the output's default name; general.file_type is the base mix's
     return plan
 
 
