@@ -120,9 +120,9 @@ def gf_mix(gf: object) -> str:
 def test_llama_cpp_loads_and_generates(env: dict[str, Path], tmp_path: Path) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
     out = l1quant.quantize(env["bf16"], tmp_path / "auto.gguf", "auto", imatrix=str(env["imatrix"]),
-                           target_bpw=4.0)
+                           target_bpw=5.0)
     n_params = sum(t.n_elements for t in read_gguf(out).tensors)
-    assert out.stat().st_size <= int(4.0 * n_params / 8)
+    assert out.stat().st_size <= int(5.0 * n_params / 8)
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False)
     text = llm("The quick brown fox", max_tokens=4, temperature=0)["choices"][0]["text"]
     assert isinstance(text, str)

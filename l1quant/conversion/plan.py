@@ -341,8 +341,9 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mi
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
         raise TensorError(f"{ckpt.model_dir}: tensor {missing[0]} is missing from the checkpoint{more}")
     if target is not None:
-        return target(arch.name, planned, options, warnings, n_layer=cfg.num_hidden_layers,
-                      n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads)  # type: ignore[no-any-return]
+        chosen: ConversionPlan = target(arch.name, planned, options, warnings, n_layer=cfg.num_hidden_layers,
+                                        n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads)
+        return chosen
     if mix is None:
         return layout(arch.name, qt.name, qt.file_type or 0, planned, warnings)
     return apply_mix(arch.name, planned, mix, options, warnings, n_layer=cfg.num_hidden_layers,
@@ -398,7 +399,7 @@ def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]]
                   imatrix=weights)
     if im is not None:
         assert options is not None and options.imatrix is not None
-        plan.imatrix_keys = quantize_keys(im, os.fspath(options.imatrix))
+        plan.imatrix_keys = list(quantize_keys(im, os.fspath(options.imatrix)))
     return plan
 
 
