@@ -234,7 +234,7 @@ def convert_many(
         if p.plan.target is not None:
             from l1quant.conversion.target import export_target
 
-            export_target(p.plan.target, "BF16.gguf", p.output, options)
+            export_target(p.plan.target, "LOSSLESS.gguf", p.output, options)  # the converter's lossless file
     if card:
         _card_step(outs, model, w.threads)
     return outs

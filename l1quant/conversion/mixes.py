@@ -811,7 +811,7 @@ def quant_options(
     """
     pairs: list[tuple[str, GGMLQuantizationType | str]] = []
     if tensor_type_file is not None:
-        tensor_types = [*tensor_types, *_read_tensor_type_file(tensor_type_file)]  # type: ignore[list-item]
+        tensor_types = [*tensor_types, *_read_tensor_type_file(tensor_type_file)]
     for item in tensor_types:
         if isinstance(item, str):
             pattern, sep, type_name = item.rpartition("=")
