@@ -36,7 +36,7 @@ def _tool(env: str, name: str) -> Path:
 
 
 def _run(cmd: list[str | Path]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600,
+    return subprocess.run([str(c) for c in cmd], check=False, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "GGML_NO_BACKTRACE": "1"})
 
 
@@ -54,7 +54,7 @@ def env(tiny_factory: Callable[..., Path], tmp_path_factory: pytest.TempPathFact
     im = d / "imatrix.gguf"
     r = _run([imatrix_tool, "-m", bf16, "-f", text, "-o", im, "-c", "128", "--chunks", "3", "-t", "2", "--no-ppl"])
     assert r.returncode == 0 and im.is_file(), (r.stdout + r.stderr)[-3000:]
-    return dict(model=model, bf16=bf16, imatrix=im, quantize=quantize_tool, dir=d)
+    return {"model": model, "bf16": bf16, "imatrix": im, "quantize": quantize_tool, "dir": d}
 
 
 class _Result:
@@ -63,7 +63,7 @@ class _Result:
 
 
 def _cli(*args: str | Path) -> _Result:
-    return _Result(subprocess.run([*cli(), *map(str, args)], capture_output=True, text=True, timeout=600,
+    return _Result(subprocess.run([*cli(), *map(str, args)], check=False, capture_output=True, text=True, timeout=600,
                                   env=clean_env()))
 
 

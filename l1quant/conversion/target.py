@@ -45,18 +45,31 @@ from gguf.constants import GGMLQuantizationType, GGUFValueType
 
 from l1quant.conversion.mixes import QuantOptions, Role, is_quantizable, tensor_role
 from l1quant.conversion.plan import ConversionPlan, apply_mix, load_imatrix
-from l1quant.conversion.write import file_nbytes
-from l1quant.gguf.header import Header
 from l1quant.conversion.sources import TensorSource
+from l1quant.conversion.write import file_nbytes
 from l1quant.errors import ConfigError, OutputError, clip
 from l1quant.filetypes import MIXES, Mix
-from l1quant.gguf.header import pad
+from l1quant.gguf.header import Header, pad
 from l1quant.imatrix_file import Imatrix
 from l1quant.kernels import QuantType, get_quant_type
 
-__all__ = ["CANDIDATES", "apply_target", "KEY_TARGET", "KEY_TARGET_KLD", "SAMPLE_ROWS", "SENSITIVITY", "TargetChoice",
-           "TensorChoice", "base_mix", "candidates_for", "choose_types", "llama_quantize_command", "parse_size",
-           "parse_target", "tensor_type_file"]
+__all__ = [
+    "CANDIDATES",
+    "KEY_TARGET",
+    "KEY_TARGET_KLD",
+    "SAMPLE_ROWS",
+    "SENSITIVITY",
+    "TargetChoice",
+    "TensorChoice",
+    "apply_target",
+    "base_mix",
+    "candidates_for",
+    "choose_types",
+    "llama_quantize_command",
+    "parse_size",
+    "parse_target",
+    "tensor_type_file",
+]
 
 T = GGMLQuantizationType
 log = logging.getLogger("l1quant")
@@ -268,7 +281,7 @@ class TargetChoice:
         """The chosen types, one line per searched tensor (name, shape, type, bytes, predicted KLD share)."""
         lines = [f"  {'tensor':<36} {'shape':<16} {'type':<8} {'bytes':>12} {'kld':>10}"]
         for t in self.tensors:
-            lines.append(f"  {t.name:<36} {str(list(reversed(t.shape))):<16} {t.type.name:<8} "
+            lines.append(f"  {t.name:<36} {list(reversed(t.shape))!s:<16} {t.type.name:<8} "
                          f"{t.nbytes[t.chosen]:>12} {t.kld[t.chosen]:>10.2e}")
         return "\n".join(lines)
 
