@@ -17,11 +17,12 @@ import click
 from l1quant.cli import main
 from l1quant.cli.l1 import NO_REPACK_OPTION
 from l1quant.cli.options import (CALIBRATION_OPTION, THREADS, format_tensor_table, per_tensor_options, run_report_options, setup_logging,
-                                 split_options, split_write_fields)
+                                 split_options, split_write_fields, target_options)
 from l1quant.conversion.card import card_path
 from l1quant.conversion.convert import convert_many, parse_types, prepare_many
 from l1quant.conversion.mixes import quant_options
-from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, output_parts,
+from l1quant.conversion.target import summary, target_report
+from l1quant.conversion.write import (DEFAULT_CHUNK_MB, MAX_CHUNK_MB, MIN_CHUNK_MB, WriteOptions, file_nbytes, output_parts,
                                      output_report, written_report)
 from l1quant.errors import ConfigError, Terminated
 from l1quant.filetypes import out_types
@@ -77,6 +78,7 @@ class _TypeList(click.ParamType):  # type: ignore[type-arg]  # click 8.1 (allowe
               help="Also verify the result against the source and write a model card (README.md) beside it: "
                    "source, type, sizes, verify summary, and the L1 budget prompt format.")
 @per_tensor_options
+@target_options
 @CALIBRATION_OPTION
 @NO_REPACK_OPTION
 @run_report_options
@@ -85,8 +87,9 @@ class _TypeList(click.ParamType):  # type: ignore[type-arg]  # click 8.1 (allowe
 def convert_cmd(model: str, type_: str, output: str | None, name: str | None, metadata: Path | None,
                 pre: str | None, threads: int | None, chunk_mb: float, allow_nonfinite: bool, fsync: bool,
                 card: bool, pure: bool, output_tensor_type: str | None, token_embedding_type: str | None,
-                tensor_types: tuple[str, ...], leave_output_tensor: bool, imatrix: str | None,
-                include_weights: tuple[str, ...], exclude_weights: tuple[str, ...], dry_run: bool, as_json: bool,
+                tensor_types: tuple[str, ...], tensor_type_file: str | None, leave_output_tensor: bool,
+                imatrix: str | None, include_weights: tuple[str, ...], exclude_weights: tuple[str, ...],
+                target_size: str | None, target_bpw: float | None, dry_run: bool, as_json: bool,
                 split_max_size: str | None, split_max_tensors: int | None, calibration: str | None,
                 no_repack: bool, quiet: bool) -> None:
     """Convert a Hugging Face checkpoint (L1-Qwen-1.5B-Max/-Exact...) to GGUF, any type, in one pass.
@@ -105,14 +108,23 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
     options = quant_options(pure=pure, output_tensor_type=output_tensor_type,
                             token_embedding_type=token_embedding_type, tensor_types=tensor_types,
                             leave_output_tensor=leave_output_tensor, imatrix=imatrix,
-                            include_weights=include_weights, exclude_weights=exclude_weights)
+                            include_weights=include_weights, exclude_weights=exclude_weights,
+                            tensor_type_file=tensor_type_file)
     split = split_write_fields(split_max_size, split_max_tensors)
     if dry_run:
-        reports = [output_report(h, path)
-                   for p in prepare_many(model, type_, output, name=name, metadata=metadata, pre=pre, options=options)
-                   for path, h in output_parts(p.output, p.header, WriteOptions(**split))]
+        prepared = prepare_many(model, type_, output, name=name, metadata=metadata, pre=pre, options=options,
+                                target_size=target_size, target_bpw=target_bpw)
+        reports = []
+        for p in prepared:
+            reps = [output_report(h, path) for path, h in output_parts(p.output, p.header, WriteOptions(**split))]
+            if p.plan.target is not None:
+                reps[0]["target"] = target_report(p.plan.target)
+            reports += reps
         click.echo(json.dumps({"dry_run": True, "outputs": reports}, indent=2) if as_json
                    else "\n".join(format_tensor_table(r) for r in reports))
+        for p in prepared:
+            if p.plan.target is not None and not as_json:
+                click.echo(summary(p.plan.target, file_nbytes(p.header)))
         return
     with _polite_signals(card):
         started = time.monotonic()
@@ -120,7 +132,8 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
                             options=options,
                             write=WriteOptions(threads=threads, chunk_mb=chunk_mb, allow_nonfinite=allow_nonfinite,
                                                fsync=fsync, progress=not quiet and sys.stderr.isatty(), **split),
-                            calibration=calibration, no_repack=no_repack)
+                            calibration=calibration, no_repack=no_repack, target_size=target_size,
+                            target_bpw=target_bpw)
         seconds = time.monotonic() - started
         if as_json:
             click.echo(json.dumps({"dry_run": False, "outputs": [written_report(gf.path, seconds) for o in outs

@@ -38,6 +38,9 @@ def per_tensor_options(f: F) -> F:
         click.option("--tensor-type", "tensor_types", metavar="REGEX=TYPE", multiple=True,
                      help="Type of the tensors whose name matches REGEX (searched anywhere in the name; the "
                           "first matching option wins). Repeatable, e.g. --tensor-type attn_v=q8_0."),
+        click.option("--tensor-type-file", "tensor_type_file", metavar="FILE", default=None,
+                     help="REGEX=TYPE items from FILE (whitespace-separated, as llama-quantize --tensor-type-file), "
+                          "after the --tensor-type ones."),
         click.option("--leave-output-tensor", is_flag=True,
                      help="Copy output.weight unquantized (as the input has it)."),
         click.option("--imatrix", metavar="FILE", default=None,
@@ -176,3 +179,17 @@ def split_write_fields(split_max_size: str | None, split_max_tensors: int | None
 
     return {"split_max_size": None if split_max_size is None else parse_split_size(split_max_size),
             "split_max_tensors": split_max_tensors}
+
+
+def target_options(f: F) -> F:
+    """Add ``--target-size`` and ``--target-bpw`` (type ``auto``: the parameters ``target_size``/``target_bpw`` of
+    ``convert``/``quantize``)."""
+    for opt in reversed((
+        click.option("--target-size", "target_size", metavar="SIZE", default=None,
+                     help="With type auto: choose each tensor's type by measurement so the whole file fits SIZE "
+                          "(bytes, or 432M, 4.5G, 800MiB...). Needs --imatrix (or --calibration)."),
+        click.option("--target-bpw", "target_bpw", metavar="BPW", type=float, default=None,
+                     help="With type auto: as --target-size, for a size of BPW bits per parameter."),
+    )):
+        f = opt(f)
+    return f

@@ -43,6 +43,8 @@ def convert(
     write: WriteOptions | None = None,
     calibration: str | os.PathLike[str] | bool | None = None,
     no_repack: bool = False,
+    target_size: str | int | None = None,
+    target_bpw: float | str | None = None,
     **flags: Any,
 ) -> Path:
     """Convert a checkpoint (folder or Hugging Face repo id) to GGUF in one pass; return the output path.
@@ -74,6 +76,12 @@ def convert(
     as ``NAME.imatrix.gguf`` beside the output) and then quantizes with it; ``no_repack`` is llama.cpp's ``-nr``
     for that step.
 
+    ``target_size`` (bytes, or ``"432M"``, ``"1.5GiB"``) or ``target_bpw`` (bits per parameter) with ``type``
+    ``"auto"`` and an importance matrix (``imatrix=`` or ``calibration``): each tensor's type is chosen by
+    measurement so the whole file fits (:mod:`l1quant.conversion.target`); the table is also written beside the
+    output as ``NAME.tensor-types.txt`` for llama-quantize ``--tensor-type-file``, applied to the converter's
+    lossless (BF16) output.
+
     Nothing is written until everything has been validated; the output appears atomically, and on any error
     no partial file is left and an existing file at ``output`` is untouched.
 
@@ -84,7 +92,8 @@ def convert(
         PosixPath('L1-Qwen-1.5B-Max-Q4_K_M.gguf')
     """
     return convert_many(model, [type], output, name=name, metadata=metadata, pre=pre, card=card, options=options,
-                        write=write, calibration=calibration, no_repack=no_repack, **flags)[0]
+                        write=write, calibration=calibration, no_repack=no_repack, target_size=target_size,
+                        target_bpw=target_bpw, **flags)[0]
 
 
 def parse_types(type: str | Sequence[str]) -> list[str]:
@@ -124,6 +133,8 @@ def prepare_many(
     pre: str | None = None,
     options: QuantOptions | None = None,
     assume_imatrix: bool = False,
+    target_size: str | int | None = None,
+    target_bpw: float | str | None = None,
 ) -> list[Prepared]:
     """:func:`prepare` for each of ``types`` (``"q8_0,q4_k_m"`` or a list); reads no tensor data, writes nothing.
     ``assume_imatrix``: plan the types as with an importance matrix not computed yet (``--calibration``'s checks
@@ -145,7 +156,8 @@ def prepare_many(
             raise ConfigError(f"{o}: with several types (--type {','.join(wanted)}) the output must be a folder "
                               "(end it with /) or a file name holding {ftype}")
     prepared = [prepare(model, t, output, name=name, metadata=metadata, pre=pre, options=options,
-                        assume_imatrix=assume_imatrix) for t in wanted]
+                        assume_imatrix=assume_imatrix, target_size=target_size, target_bpw=target_bpw)
+                for t in wanted]
     seen: dict[Path, str] = {}
     for t, p in zip(wanted, prepared):
         if p.output in seen:
@@ -167,6 +179,8 @@ def convert_many(
     write: WriteOptions | None = None,
     calibration: str | os.PathLike[str] | bool | None = None,
     no_repack: bool = False,
+    target_size: str | int | None = None,
+    target_bpw: float | str | None = None,
     **flags: Any,
 ) -> list[Path]:
     """Convert a checkpoint to several types in one run, reading its tensors once; return the output paths.
@@ -187,6 +201,8 @@ def convert_many(
         from l1quant.imatrix_compute import calibration_imatrix, calibration_options  # runs llama.cpp: lazily
 
         wanted = parse_types(types)
+        if target_size is not None or target_bpw is not None:  # auto with a target is searched: it uses the matrix
+            wanted = ["q4_k_m" if t == "auto" else t for t in wanted]
         for t in wanted:  # each type must be one an importance matrix changes
             calibration_options(options, None, t)
         # refusals before the long step; the matrix does not exist yet, so the types are planned as with one (the
@@ -201,7 +217,8 @@ def convert_many(
         options = calibration_options(options, first[0].output, wanted[0])
         calibration_imatrix(first[0].model_dir, calibration, first[0].output, threads=w.threads,
                             no_repack=no_repack, progress=bool(w.progress))
-    prepared = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options)
+    prepared = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options,
+                            target_size=target_size, target_bpw=target_bpw)
     for p in prepared:
         # The input folder is only ever read: no output (let alone one named like an input file) goes into it.
         # Checked here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its
@@ -214,6 +231,11 @@ def convert_many(
     write_gguf_many([OutputFile(p.plan, p.header, p.output, p.create_folder) for p in prepared], w)
     # a split output is named by its first part (what llama.cpp loads, and what quantize/verify/inspect take)
     outs = [output_parts(p.output, p.header, w)[0][0] for p in prepared]
+    for p in prepared:
+        if p.plan.target is not None:
+            from l1quant.conversion.target import export_target
+
+            export_target(p.plan.target, "LOSSLESS.gguf", p.output, options)  # the converter's lossless file
     if card:
         _card_step(outs, model, w.threads)
     return outs

@@ -792,11 +792,15 @@ def quant_options(
     imatrix: str | os.PathLike[str] | None = None,
     include_weights: Sequence[str] = (),
     exclude_weights: Sequence[str] = (),
+    tensor_type_file: str | os.PathLike[str] | None = None,
 ) -> QuantOptions | None:
     """:class:`QuantOptions` from llama-quantize's flags as the library and CLI take them, or None when none is set.
 
     ``tensor_types`` items are ``"REGEX=TYPE"`` strings (as ``--tensor-type`` spells them; the last ``=`` splits)
-    or (regex, type) pairs. Raises :class:`ConfigError` on an item without ``=`` or an unknown type name.
+    or (regex, type) pairs. ``tensor_type_file`` (``--tensor-type-file``): a file of such items separated by
+    whitespace (llama-quantize's ``parse_tensor_type_file``), appended after ``tensor_types`` (as llama-quantize
+    with the file option given after the ``--tensor-type`` ones). Raises :class:`ConfigError` on an item without
+    ``=``, an unknown type name or an unreadable file.
 
     Example:
         >>> quant_options() is None
@@ -805,6 +809,8 @@ def quant_options(
         'Q8_0'
     """
     pairs: list[tuple[str, GGMLQuantizationType | str]] = []
+    if tensor_type_file is not None:
+        tensor_types = [*tensor_types, *_read_tensor_type_file(tensor_type_file)]
     for item in tensor_types:
         if isinstance(item, str):
             pattern, sep, type_name = item.rpartition("=")
@@ -817,3 +823,13 @@ def quant_options(
                         tensor_types=pairs, leave_output_tensor=leave_output_tensor, imatrix=imatrix,
                         include_weights=include_weights, exclude_weights=exclude_weights)
     return None if opts == QuantOptions() else opts
+
+
+def _read_tensor_type_file(path: str | os.PathLike[str]) -> list[str]:
+    # whitespace-separated items, as quantize.cpp reads them with ``file >> arg``
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().split()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--tensor-type-file {clip(os.fspath(path))}: cannot read it "
+                          f"({getattr(e, 'strerror', None) or e.__class__.__name__})") from None

@@ -26,6 +26,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import gguf
 import numpy as np
@@ -121,7 +122,11 @@ class ConversionPlan:
     quantized_layout: bool = False
     #: The ``quantize.imatrix.*`` (key, value type, value) llama-quantize appends after ``general.file_type``
     #: (:func:`l1quant.imatrix_file.quantize_keys`); empty without an importance matrix.
-    imatrix_keys: list[tuple[str, gguf.GGUFValueType, str | bytes | int]] = field(default_factory=list)
+    imatrix_keys: list[tuple[str, gguf.GGUFValueType, str | bytes | int | float]] = field(default_factory=list)
+    #: For type ``auto``: the target-size search's answer (:class:`l1quant.conversion.target.TargetChoice`: the
+    #: table, the predicted KLD, the tensor-type file); None otherwise. Its ``quantize.target*`` keys come first in
+    #: ``imatrix_keys`` (llama-quantize appends ``--override-kv`` entries before the imatrix ones).
+    target: Any = None
 
     @property
     def data_nbytes(self) -> int:
@@ -263,13 +268,15 @@ def source_for(arch: Arch, cfg: ModelConfig, name: str, st: SafeTensor, warnings
 
 def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mix | QuantType,
               options: QuantOptions | None = None, *, as_mix: bool = False,
-              assume_imatrix: bool = False) -> ConversionPlan:
+              assume_imatrix: bool = False, target: Any = None) -> ConversionPlan:
     """Validate ``ckpt`` against ``arch``/``cfg`` and lay out every output tensor.
 
     ``out_type`` is a converter type or a llama-quantize mix (see the module docstring), as typed or resolved
     (:func:`l1quant.filetypes.resolve_type`); ``options`` are llama-quantize's per-tensor flags; ``as_mix``
     applies a converter type as llama-quantize's mix of that name; ``assume_imatrix`` chooses types as with an
-    importance matrix whose weights are unknown (verify). Refuses (``TensorError``): a tensor name the
+    importance matrix whose weights are unknown (verify); ``target`` (type ``auto`` with a target size): called
+    as ``target(arch_name, planned, options, warnings, n_layer=, n_head=, n_head_kv=)`` on the lossless file's
+    tensors, it returns the plan (:func:`l1quant.conversion.target.apply_target`). Refuses (``TensorError``): a tensor name the
     architecture cannot map, a non-float weight, a tensor with the wrong shape, a tensor missing, or two source
     tensors mapping to one GGUF
     name; (``ConfigError``) an unknown type or a per-tensor type l1quant has no kernel for, or a config the
@@ -283,9 +290,12 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mi
     """
     arch.validate(cfg)
     check_layer_count(ckpt, cfg)
-    requested = resolve_type(out_type, per_tensor=options is not None and options != QuantOptions(), as_mix=as_mix)
+    requested = None if target is not None else resolve_type(
+        out_type, per_tensor=options is not None and options != QuantOptions(), as_mix=as_mix)
     mix: Mix | None = None
-    if isinstance(requested, Mix):
+    if target is not None:  # type auto with a target size: the lossless file, then the searched overrides
+        qt = lossless_type(ckpt, arch.skip_suffixes)
+    elif isinstance(requested, Mix):
         mix, qt = requested, lossless_type(ckpt, arch.skip_suffixes)
     else:
         qt = resolve_out_type(requested or "auto", ckpt, arch.skip_suffixes)
@@ -330,6 +340,10 @@ def make_plan(ckpt: Checkpoint, cfg: ModelConfig, arch: Arch, out_type: str | Mi
     if missing:
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
         raise TensorError(f"{ckpt.model_dir}: tensor {missing[0]} is missing from the checkpoint{more}")
+    if target is not None:
+        chosen: ConversionPlan = target(arch.name, planned, options, warnings, n_layer=cfg.num_hidden_layers,
+                                        n_head=cfg.num_attention_heads, n_head_kv=cfg.num_key_value_heads)
+        return chosen
     if mix is None:
         return layout(arch.name, qt.name, qt.file_type or 0, planned, warnings)
     return apply_mix(arch.name, planned, mix, options, warnings, n_layer=cfg.num_hidden_layers,
@@ -385,7 +399,7 @@ def apply_mix(arch_name: str, planned: list[tuple[str, TensorSource, QuantType]]
                   imatrix=weights)
     if im is not None:
         assert options is not None and options.imatrix is not None
-        plan.imatrix_keys = quantize_keys(im, os.fspath(options.imatrix))
+        plan.imatrix_keys = list(quantize_keys(im, os.fspath(options.imatrix)))
     return plan
 
 

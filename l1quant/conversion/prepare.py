@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -28,7 +29,7 @@ from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.plan import ConversionPlan, make_plan
 from l1quant.conversion.vocab import Vocab, load_vocab
 from l1quant.conversion.write import output_path
-from l1quant.errors import InputError, read_json
+from l1quant.errors import ConfigError, InputError, clip, read_json
 from l1quant.filetypes import Mix
 from l1quant.gguf.header import Header
 from l1quant.kernels import QuantType
@@ -170,6 +171,16 @@ def add_model_keys(h: Header, plan: ConversionPlan, cfg: ModelConfig, arch: Arch
             h.add(key, value, vtype)
 
 
+def _model_metadata(header: Header, model_dir: Path, display_name: str, metadata: str | os.PathLike[str] | None,
+                    name: str | None) -> gguf.Metadata:
+    """The naming metadata, its size label from the header's parameter count (which the types do not change)."""
+    total, shared, expert, n_expert = header.parameter_count()
+    md = _load_metadata(model_dir, display_name, metadata, name, total)
+    if md.size_label is None and total > 0:
+        md.size_label = gguf.size_label(total, shared, expert, n_expert)
+    return md
+
+
 def prepare(
     model: str | os.PathLike[str],
     type: str | Mix | QuantType = "auto",
@@ -181,12 +192,15 @@ def prepare(
     options: QuantOptions | None = None,
     as_mix: bool = False,
     assume_imatrix: bool = False,
+    target_size: str | int | None = None,
+    target_bpw: float | str | None = None,
 ) -> Prepared:
     """Read and validate everything, build the header and decide the output path; write nothing.
 
     ``as_mix`` treats a converter type (``q8_0``, ``f16``...) as llama-quantize's mix of that name, the layout
     of a file llama-quantize wrote (verify uses it to rebuild such a file); ``assume_imatrix`` picks the types of
-    an imatrix quant without its importance matrix (verify, which then cannot compare bytes).
+    an imatrix quant without its importance matrix (verify, which then cannot compare bytes). ``target_size`` /
+    ``target_bpw`` with type ``auto``: each tensor's type is searched to fit (:mod:`l1quant.conversion.target`).
 
     Example:
         >>> p = prepare("tiny-qwen3", "q8_0")  # doctest: +SKIP
@@ -199,16 +213,35 @@ def prepare(
     # inputs the reference would read into a different file (docs/reference-inputs.md): refused before any work
     check_reference_inputs(model_dir, cfg, arch)
     ckpt = open_checkpoint(model_dir)
-    # before the vocab: tensor problems are refused seconds sooner
-    plan = make_plan(ckpt, cfg, arch, type, options, as_mix=as_mix, assume_imatrix=assume_imatrix)
-    vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
+    has_target = target_size is not None or target_bpw is not None
+    if str(type).lower() == "auto" and has_target:
+        # the search needs the exact header of every candidate table: vocab and naming metadata first
+        from l1quant.conversion.target import apply_target
 
-    header = build_header(plan, cfg, arch, vocab)
-    total, shared, expert, n_expert = header.parameter_count()
-    md = _load_metadata(model_dir, display_name, metadata, name, total)
-    if md.size_label is None and total > 0:
-        md.size_label = gguf.size_label(total, shared, expert, n_expert)
-    add_model_keys(header, plan, cfg, arch, vocab, md)
+        vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
+        mds: list[gguf.Metadata] = []
+
+        def header_for(p: ConversionPlan) -> Header:
+            h = build_header(p, cfg, arch, vocab)
+            if not mds:
+                mds.append(_model_metadata(h, model_dir, display_name, metadata, name))
+            add_model_keys(h, p, cfg, arch, vocab, mds[0])
+            return h
+
+        plan = make_plan(ckpt, cfg, arch, type, options, target=functools.partial(
+            apply_target, target_size=target_size, target_bpw=target_bpw, header_for=header_for))
+        header = header_for(plan)
+    else:
+        if has_target:
+            raise ConfigError(f"--target-size/--target-bpw choose the types themselves: use type auto, not "
+                              f"{clip(str(type))}")
+        # before the vocab: tensor problems are refused seconds sooner
+        plan = make_plan(ckpt, cfg, arch, type, options, as_mix=as_mix, assume_imatrix=assume_imatrix)
+        vocab = load_vocab(model_dir, cfg.vocab_size, pre=pre)
+        header = build_header(plan, cfg, arch, vocab)
+        mds = [_model_metadata(header, model_dir, display_name, metadata, name)]
+        add_model_keys(header, plan, cfg, arch, vocab, mds[0])
+    md = mds[0]
 
     # the reference's default name (e.g. L1-Qwen-1.5B-Max-Q8_0.gguf) in a folder, or a templated file name
     default_name = gguf.naming_convention(md.name, md.basename, md.finetune, md.version, md.size_label,

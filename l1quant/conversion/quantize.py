@@ -34,8 +34,8 @@ from l1quant.conversion.mixes import ARCHS, QuantOptions
 from l1quant.conversion.plan import ConversionPlan, apply_mix
 from l1quant.conversion.sources import TensorSource
 from l1quant.conversion.write import OutputFile, WriteOptions, output_parts, output_path, split_flat_options, write_gguf
-from l1quant.errors import InputError, OutputError, clip
-from l1quant.filetypes import get_mix
+from l1quant.errors import ConfigError, InputError, OutputError, clip
+from l1quant.filetypes import Mix, get_mix
 from l1quant.gguf.header import Header
 from l1quant.gguf.reader import GGUFFile, TensorInfo
 from l1quant.gguf.split import merged_view, read_parts
@@ -156,6 +156,8 @@ def quantize(
     write: WriteOptions | None = None,
     calibration: str | os.PathLike[str] | bool | None = None,
     no_repack: bool = False,
+    target_size: str | int | None = None,
+    target_bpw: float | str | None = None,
     **flags: Any,
 ) -> Path:
     """Quantize the GGUF ``input`` to ``type``, as ``llama-quantize input output type`` does; return the output.
@@ -183,17 +185,36 @@ def quantize(
         from l1quant.imatrix_compute import calibration_imatrix, calibration_options  # runs llama.cpp: lazily
 
         src = Path(input)
-        mix = get_mix(type)
+        mix = _mix_or_auto(type, target_size, target_bpw)
+        name = "auto" if mix is None else mix.name
         merged_view(read_parts(src))  # a file that is not a (whole) GGUF is refused before the runtime loads it
-        out0, _ = output_path(output, default_output(_unsplit_name(src), mix.name), mix.name)
-        options = calibration_options(options, out0, type)
+        out0, _ = output_path(output, default_output(_unsplit_name(src), name), name)
+        options = calibration_options(options, out0, type if mix is not None else "q4_k_m")  # auto: any imatrix type
         calibration_imatrix(src, calibration, out0, threads=w.threads, no_repack=no_repack,
                             progress=bool(w.progress))
-    job = plan_quantize(input, output, type, allow_requantize=allow_requantize, options=options)
+    job = plan_quantize(input, output, type, allow_requantize=allow_requantize, options=options,
+                        target_size=target_size, target_bpw=target_bpw)
     for warning in job.plan.warnings:
         log.warning(warning)
     write_gguf(job.plan, job.header, job.output, w, create_folder=job.create_folder)
+    if job.plan.target is not None:
+        from l1quant.conversion.target import export_target
+
+        export_target(job.plan.target, input, job.output, options)
     return output_parts(job.output, job.header, w)[0][0]
+
+
+def _mix_or_auto(type: str, target_size: str | int | None, target_bpw: float | str | None) -> Mix | None:
+    """The mix ``type`` names, or None for ``auto`` with a target; refuses a target with a named type, and
+    ``auto`` without one, in one line each."""
+    has_target = target_size is not None or target_bpw is not None
+    if str(type).lower() == "auto":
+        if not has_target:
+            raise ConfigError("type auto needs --target-size SIZE or --target-bpw BPW (the file's size to fit)")
+        return None
+    if has_target:
+        raise ConfigError(f"--target-size/--target-bpw choose the types themselves: use type auto, not {clip(type)}")
+    return get_mix(type)
 
 
 def plan_quantize(
@@ -203,6 +224,8 @@ def plan_quantize(
     *,
     allow_requantize: bool = False,
     options: QuantOptions | None = None,
+    target_size: str | int | None = None,
+    target_bpw: float | str | None = None,
 ) -> OutputFile:
     """Everything :func:`quantize` decides before writing -- the plan, the header, the output path -- reading the
     input's header only (``quantize --dry-run``); raises what :func:`quantize` raises for a bad input.
@@ -213,7 +236,7 @@ def plan_quantize(
         ('m-Q4_K_M.gguf', 1117320736)
     """
     src = Path(input)
-    mix = get_mix(type)
+    mix = _mix_or_auto(type, target_size, target_bpw)
     # a split input is read whole from its first part, as llama-quantize does; any other part is refused
     parts = read_parts(src)
     gf = merged_view(parts)
@@ -234,8 +257,17 @@ def plan_quantize(
         for t in part.tensors:
             st, t_type = _source(part, t, allow_requantize)
             planned.append((t.name, st, get_quant_type(t_type.name)))
-    plan = apply_mix(arch_name, planned, mix, options, [], n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv)
-    out, create = output_path(output, default_output(_unsplit_name(src), mix.name), mix.name)
+    if mix is None:
+        from l1quant.conversion.target import apply_target  # the search: only for type auto
+
+        plan = apply_target(arch_name, planned, options, [], n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
+                            target_size=target_size, target_bpw=target_bpw,
+                            header_for=lambda p: quantized_header(gf, p))
+        type_name = "auto"
+    else:
+        plan = apply_mix(arch_name, planned, mix, options, [], n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv)
+        type_name = mix.name
+    out, create = output_path(output, default_output(_unsplit_name(src), type_name), type_name)
     if any(out.exists() and out.resolve() == part.path.resolve() for part in parts):
         raise OutputError(f"{out}: is the input file; write the output elsewhere")
     return OutputFile(plan, quantized_header(gf, plan), out, create)

@@ -107,7 +107,8 @@ _FLAT_NAMES: dict[str, tuple[str, str]] = {
     "durable": ("write", "fsync"),
     "chunk_bytes": ("write", "chunk_bytes"),
     **{n: ("quant", n) for n in ("pure", "output_tensor_type", "token_embedding_type", "tensor_types",
-                                 "leave_output_tensor", "imatrix", "include_weights", "exclude_weights")},
+                                 "leave_output_tensor", "imatrix", "include_weights", "exclude_weights",
+                                 "tensor_type_file")},
 }
 
 
