@@ -6,7 +6,6 @@ scoring uses the numpy runtime (weights only) to stay fast, except where an impo
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,6 @@ from l1quant.units import parse_size
 
 THREADS = 2
 FAST = {"ctx": 16, "chunks": 2, "runtime": "numpy", "threads": 1}
-HAS_TARGET = "target_size" in inspect.signature(l1quant.quantize).parameters
 
 
 def _types(path: Path) -> dict[str, str]:
@@ -194,7 +192,6 @@ def test_calibration_and_imatrix_quantize_the_types(model: Path, calibrated: tup
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(not HAS_TARGET, reason="the target-size search (branch target) is not merged", strict=False)
 def test_auto_entries_beside_named_mixes(model: Path, calibrated: tuple[Any, Path], tmp_path: Path) -> None:
     im = min(calibrated[1].glob("*.imatrix.gguf"))
     q4 = calibrated[0].rows[1].size_bytes  # Q4_K_M's size in bytes: a bare number is bytes
@@ -209,11 +206,3 @@ def test_auto_entries_beside_named_mixes(model: Path, calibrated: tuple[Any, Pat
     assert rows["auto@4.5bpw"].target == {"bpw": 4.5} and rows["auto@4.5bpw"].bpw <= 4.5 + 1e-9
     assert json.loads(rep.to_json())["types"][3]["target"]["size_of"] == "Q3_K_M"
     assert all(r.stats is not None and r.stats["kld"]["mean"] > 0 for r in rep.rows[3:])
-
-
-@pytest.mark.skipif(HAS_TARGET, reason="the target-size search is here: the end-to-end test covers auto@")
-def test_auto_without_the_search_is_one_line(model: Path, tmp_path: Path) -> None:
-    im = tmp_path / "m.imatrix.gguf"
-    im.write_bytes(b"not read: refused before")
-    with pytest.raises(InputError, match="no target-size search"):
-        cmp.compare(model, "f16,auto@4bpw", imatrix=im, **FAST)

@@ -356,8 +356,6 @@ def _make_entries(source: Path, entries: list[CompareEntry], keep: Any, threads:
         if not has_imatrix and e.needs_imatrix():
             raise InputError(f"--types entry {e.text!r}: {'the target-size search' if e.kind == 'auto' else e.name} "
                              "needs an importance matrix: pass --imatrix FILE or --calibration [TEXT]")
-        if e.kind == "auto":
-            _check_target_support(e)
     if is_gguf:
         label = _type_label(source)
         if label.upper() not in _FLOAT_TYPES_UPPER:
@@ -419,17 +417,6 @@ def _make_entries(source: Path, entries: list[CompareEntry], keep: Any, threads:
         out.kinds.insert(0, "file")
         out.targets.insert(0, None)
     return out
-
-
-def _check_target_support(e: CompareEntry) -> None:
-    """``auto@`` needs the target-size search (``l1quant.quantize(..., target_size=, target_bpw=)``, issue 20)."""
-    import inspect
-
-    from l1quant.conversion.quantize import quantize
-
-    if "target_size" not in inspect.signature(quantize).parameters:
-        raise InputError(f"--types entry {e.text!r}: this build of l1quant has no target-size search "
-                         "(quantize --type auto --target-size)")
 
 
 def _imatrix_for(source: Path, out_dir: Path, stem: str, imatrix: Any, calibration: Any, threads: int,
