@@ -56,41 +56,71 @@ typedef struct {
     int ngrid;
 } grid_t;
 
-/* Build the distance loops below also for AVX2 and pick at load time (GCC on x86-64 ELF); the sums per candidate
- * stay sequential over the 8 coordinates, the vectors run across candidates, so every clone gives the same bits. */
+/* Build the search below also for AVX2 and AVX-512 and pick at load time (GCC on x86-64 ELF); each candidate's sum
+ * stays sequential over the 8 coordinates, the vectors run across candidates, so every clone gives the same bits. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES)
-#define IQ_HOT __attribute__((target_clones("avx2", "default")))
+#define IQ_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define IQ_HOT
 #endif
 enum { MAX_LIST = 1024 };
 
-/* Weighted squared distances of the n candidates of a list (coordinates at nlev + pos) to x, each coordinate
- * valued a*level + b and scaled: d2[j] = sum_i w_i * (scale*q - x_i)^2, i in order. a, b are exact for these
- * levels (2l+1 for IQ2; l - 0.875 or l - 1.125 for IQ1's shifted levels). */
-IQ_HOT static void list_d2(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
-                           const float *restrict w, float scale, float a, float b, float *restrict d2) {
-    for (int j = 0; j < n; j++) d2[j] = 0;
-    for (int i = 0; i < 8; i++) {
-        const float *restrict l = nlev + i * stride + pos;
-        const float xi = x[i], wi = w[i];
-        for (int j = 0; j < n; j++) {
-            const float q = a * l[j] + b;
-            const float diff = scale * q - xi;
-            d2[j] += wi * diff * diff;
-        }
-    }
-}
+#if defined(__GNUC__) || defined(__clang__)
+#define IQ_VEC 1
+typedef float iqv_f __attribute__((vector_size(32)));
+typedef int32_t iqv_i __attribute__((vector_size(32)));
+#endif
 
-/* First j with the smallest d2[j] < FLT_MAX (strict, in order), or -1. */
-static inline int first_min(const float *d2, int n) {
+/* The list position (0-based) of the candidate ggml's neighbour search picks: the first j, in list order, with the
+ * least weighted squared distance d2[j] = sum_i w_i * (scale*q - x_i)^2 (i in order, each product as the reference
+ * forms it) strictly below FLT_MAX; -1 if none. The n candidates' coordinates sit at nlev + i*stride + pos; each is
+ * valued a*level + b (exact for these levels: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones).
+ * Vector lanes keep each lane's first strict minimum; lanes and the scalar tail are merged by (value, position),
+ * which is the sequential scan's answer (NaN never compares below, so it never wins in either). */
+IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
+                              const float *restrict w, float scale, float a, float b) {
     float best = FLT_MAX;
     int at = -1;
-    for (int j = 0; j < n; j++)
-        if (d2[j] < best) {
-            best = d2[j];
+    int j0 = 0;
+#ifdef IQ_VEC
+    if (n >= 8) {
+        iqv_f bv = {FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX};
+        iqv_i bi = {-1, -1, -1, -1, -1, -1, -1, -1};
+        iqv_i jv = {0, 1, 2, 3, 4, 5, 6, 7};
+        for (; j0 + 8 <= n; j0 += 8) {
+            iqv_f d = {0};
+            for (int i = 0; i < 8; i++) {
+                iqv_f l;
+                memcpy(&l, nlev + i * stride + pos + j0, sizeof l);
+                const iqv_f q = a * l + b;
+                const iqv_f diff = scale * q - x[i];
+                d += w[i] * diff * diff;
+            }
+            const iqv_i m = d < bv;
+            bv = (iqv_f)((m & (iqv_i)d) | (~m & (iqv_i)bv));
+            bi = (m & jv) | (~m & bi);
+            jv += 8;
+        }
+        for (int k = 0; k < 8; k++)
+            if (bi[k] >= 0 && (bv[k] < best || (bv[k] == best && bi[k] < at))) {
+                best = bv[k];
+                at = bi[k];
+            }
+    }
+#endif
+    for (int j = j0; j < n; j++) {
+        const float *restrict l = nlev + pos + j;
+        float d = 0;
+        for (int i = 0; i < 8; i++) {
+            const float q = a * l[i * stride] + b;
+            const float diff = scale * q - x[i];
+            d += w[i] * diff * diff;
+        }
+        if (d < best) {
+            best = d;
             at = j;
         }
+    }
     return at;
 }
 
@@ -117,9 +147,7 @@ static inline float sum_sq(const float *x, int n) {
 static int iq2_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
                        int8_t *L) {
     const int n = list[0];
-    float d2[MAX_LIST];
-    list_d2(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 2.0f, 1.0f, d2);
-    const int j = first_min(d2, n);
+    const int j = list_argmin(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 2.0f, 1.0f);
     if (j < 0) return -1;
     const int gi = list[1 + j];
     for (int i = 0; i < 8; i++) L[i] = (int8_t)g->lev[8 * (size_t)gi + i];
@@ -453,9 +481,7 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
 static int iq1_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
                        const float *xg, int8_t *L) {
     const int n = list[0];
-    float d2[MAX_LIST];
-    list_d2(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 1.0f, xg[0], d2);
-    const int j = first_min(d2, n);
+    const int j = list_argmin(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 1.0f, xg[0]);
     int gi = j < 0 ? -1 : list[1 + j];
     if (gi < 0) {
         float best = FLT_MAX;
