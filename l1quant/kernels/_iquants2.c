@@ -83,11 +83,13 @@ IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_
     int at = -1;
     int j0 = 0;
 #ifdef IQ_VEC
-    if (n >= 8) {
+    if (pos + 8 <= stride) {
         iqv_f bv = {FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX};
         iqv_i bi = {-1, -1, -1, -1, -1, -1, -1, -1};
         iqv_i jv = {0, 1, 2, 3, 4, 5, 6, 7};
-        for (; j0 + 8 <= n; j0 += 8) {
+        /* 8 at a time while the 8 columns lie inside the table (lanes past the list's end are masked out: they
+         * read the next list's count and points); the table's last few columns go to the scalar tail */
+        for (; j0 < n && pos + j0 + 8 <= stride; j0 += 8) {
             iqv_f d = {0};
             for (int i = 0; i < 8; i++) {
                 iqv_f l;
@@ -96,7 +98,7 @@ IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_
                 const iqv_f diff = scale * q - x[i];
                 d += w[i] * diff * diff;
             }
-            const iqv_i m = d < bv;
+            const iqv_i m = (d < bv) & (jv < n);
             bv = (iqv_f)((m & (iqv_i)d) | (~m & (iqv_i)bv));
             bi = (m & jv) | (~m & bi);
             jv += 8;
@@ -278,10 +280,62 @@ static inline void qx_q2(const float *w, const float *xval, const int8_t *L, int
     *sq2 = b;
 }
 
+/* The trial scales of a group, all at once: trial t's levels of value i at lev[i][t] (iq2_levels with ids[t]),
+ * then each 8-value part snapped to the grid (neighbour search at 1/ids[t] when off-grid): its levels into
+ * L[t][i], 2l+1 as float into q[i][t], on[t][part]. Each trial does exactly what the reference's loop does for
+ * it; only the order in which independent trials are worked through changes. */
+enum { NT_MAX = 32 };
+IQ_HOT static void trial_levels(const float *restrict xval, int n, const float *restrict ids, int32_t (*restrict lev)[NT_MAX]) {
+    for (int i = 0; i < n; i++) {
+        const float xi = xval[i];
+        for (int t = 0; t < NT_MAX; t++) {
+            const float f = 0.5f * (ids[t] * xi - 1) + 12582912.0f;
+            int32_t u;
+            memcpy(&u, &f, sizeof u);
+            const int32_t l = (u & 0x007FFFFF) - 0x00400000;
+            lev[i][t] = l < 0 ? 0 : l > 2 ? 2 : l;
+        }
+    }
+}
+
+/* sumqx, sumq2 of every trial (qx_q2 per lane, i in order) */
+IQ_HOT static void trial_sums(const float *restrict w, const float *restrict xval, int n, const float (*restrict q)[NT_MAX],
+                              float *restrict sqx, float *restrict sq2) {
+    for (int t = 0; t < NT_MAX; t++) sqx[t] = sq2[t] = 0;
+    for (int i = 0; i < n; i++) {
+        const float wx = w[i] * xval[i], wi = w[i];
+        for (int t = 0; t < NT_MAX; t++) {
+            sqx[t] += wx * q[i][t];
+            sq2[t] += wi * q[i][t] * q[i][t];
+        }
+    }
+}
+
+static void trial_snap(const grid_t *g, const float *xval, const float *waux, int nparts, const float *ids,
+                       const float *scales, int nt, const int32_t (*lev)[NT_MAX], int8_t (*L)[32], float (*q)[NT_MAX],
+                       int (*on)[4]) {
+    for (int t = 0; t < nt; t++) {
+        for (int k = 0; k < nparts; k++) {
+            int u = 0;
+            for (int i = 0; i < 8; i++) u |= lev[8 * k + i][t] << 2 * i;
+            int8_t *Lt = L[t] + 8 * k;
+            const int gi = g->map[u];
+            on[t][k] = gi >= 0;
+            if (gi >= 0) {
+                for (int i = 0; i < 8; i++) Lt[i] = (int8_t)lev[8 * k + i][t];
+            } else {
+                iq2_nearest(g, g->nb + (-gi - 1), xval + 8 * k, waux + 8 * k, scales[t], Lt);
+            }
+            for (int i = 0; i < 8; i++) q[8 * k + i][t] = (float)(2 * Lt[i] + 1);
+        }
+    }
+    (void)ids;
+}
+
 /* IQ2_XXS: one super-block (quantize_row_iq2_xxs_impl). y: 66 bytes. */
 static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
     float scales[8], weight[32], waux[32], xval[32];
-    int8_t L[32], Laux[32];
+    int8_t L[32];
     uint8_t signs[4];
     uint32_t q2[16];
     memset(q2, 0, sizeof q2);
@@ -307,19 +361,28 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, u
         }
         float best = 0;
         int on;
-        for (int is = -6; is <= 6; is++) {
-            const float id = (5 + (float)is * 0.1f) / eff_max;
-            const float this_scale = 1 / id;
-            for (int k = 0; k < 4; k++) {
-                iq2_levels(xval + 8 * k, id, Laux + 8 * k, 8);
-                iq2_snap(g, Laux + 8 * k, xval + 8 * k, waux + 8 * k, this_scale, &on);
+        {
+            enum { NT = 13 }; /* is = -6..6 */
+            float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
+            int32_t lev[32][NT_MAX];
+            int8_t La[NT_MAX][32];
+            float q[32][NT_MAX];
+            int ona[NT_MAX][4];
+            for (int t = 0; t < NT_MAX; t++) {
+                ids[t] = t < NT ? (5 + (float)(t - 6) * 0.1f) / eff_max : ids[0];
+                tsc[t] = 1 / ids[t];
             }
-            float sumqx, sumq2;
-            qx_q2(weight, xval, Laux, 32, &sumqx, &sumq2);
-            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-                scale = sumqx / sumq2;
-                best = scale * sumqx;
-                memcpy(L, Laux, 32);
+            trial_levels(xval, 32, ids, lev);
+            trial_snap(g, xval, waux, 4, ids, tsc, NT, lev, La, q, ona);
+            for (int i = 0; i < 32; i++)
+                for (int t = NT; t < NT_MAX; t++) q[i][t] = 1;
+            trial_sums(weight, xval, 32, q, sqx, sq2);
+            for (int t = 0; t < NT; t++) {
+                if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
+                    scale = sqx[t] / sq2[t];
+                    best = scale * sqx[t];
+                    memcpy(L, La[t], 32);
+                }
             }
         }
         if (scale > 0) {
@@ -363,8 +426,8 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, u
  * threshold, the scale's fudge factor and the layout. */
 static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const float *qwb, uint8_t *y) {
     float scales[16], weight[16], waux[16], xval[16];
-    int8_t L[16], Laux[16];
-    int on_grid[2], on_aux[2];
+    int8_t L[16];
+    int on_grid[2];
     uint8_t signs[2];
     uint16_t gidx[32];
     uint8_t sgn[32];
@@ -407,21 +470,30 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
         float best = 0;
         float scale = max / 5;
         on_grid[0] = on_grid[1] = 1;
-        for (int is = -9; is <= 9; is++) {
-            const float id = (5 + (float)is * 0.1f) / max;
-            const float this_scale = 1 / id;
-            for (int k = 0; k < 2; k++) {
-                iq2_levels(xval + 8 * k, id, Laux + 8 * k, 8);
-                iq2_snap(g, Laux + 8 * k, xval + 8 * k, waux + 8 * k, this_scale, &on_aux[k]);
+        {
+            enum { NT = 19 }; /* is = -9..9 */
+            float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
+            int32_t lev[16][NT_MAX];
+            int8_t La[NT_MAX][32];
+            float q[16][NT_MAX];
+            int ona[NT_MAX][4];
+            for (int t = 0; t < NT_MAX; t++) {
+                ids[t] = t < NT ? (5 + (float)(t - 9) * 0.1f) / max : ids[0];
+                tsc[t] = 1 / ids[t];
             }
-            float sumqx, sumq2;
-            qx_q2(weight, xval, Laux, 16, &sumqx, &sumq2);
-            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-                scale = sumqx / sumq2;
-                best = scale * sumqx;
-                memcpy(L, Laux, 16);
-                on_grid[0] = on_aux[0];
-                on_grid[1] = on_aux[1];
+            trial_levels(xval, 16, ids, lev);
+            trial_snap(g, xval, waux, 2, ids, tsc, NT, lev, La, q, ona);
+            for (int i = 0; i < 16; i++)
+                for (int t = NT; t < NT_MAX; t++) q[i][t] = 1;
+            trial_sums(weight, xval, 16, q, sqx, sq2);
+            for (int t = 0; t < NT; t++) {
+                if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
+                    scale = sqx[t] / sq2[t];
+                    best = scale * sqx[t];
+                    memcpy(L, La[t], 16);
+                    on_grid[0] = ona[t][0];
+                    on_grid[1] = ona[t][1];
+                }
             }
         }
         if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
