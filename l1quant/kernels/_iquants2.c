@@ -54,6 +54,8 @@ typedef struct {
     const float *nlev;      /* (8, nbsize): level i of the point at each position of nb, as float */
     int64_t nbsize;
     int ngrid;
+    const int32_t *map3;    /* map by base-3 code sum(level_i * 3**i) (6561 entries, 26 KiB: stays in L1 where the
+                             * 2-bit-code map's 171 KiB does not); built per call from map */
 } grid_t;
 
 /* Build the search below also for AVX2 and AVX-512 and pick at load time (GCC on x86-64 ELF); each candidate's sum
@@ -285,16 +287,26 @@ static inline void qx_q2(const float *w, const float *xval, const int8_t *L, int
  * L[t][i], 2l+1 as float into q[i][t], on[t][part]. Each trial does exactly what the reference's loop does for
  * it; only the order in which independent trials are worked through changes. */
 enum { NT_MAX = 32 };
-IQ_HOT static void trial_levels(const float *restrict xval, int n, const float *restrict ids, int32_t (*restrict lev)[NT_MAX]) {
-    for (int i = 0; i < n; i++) {
-        const float xi = xval[i];
-        for (int t = 0; t < NT_MAX; t++) {
-            const float f = 0.5f * (ids[t] * xi - 1) + 12582912.0f;
-            int32_t u;
-            memcpy(&u, &f, sizeof u);
-            const int32_t l = (u & 0x007FFFFF) - 0x00400000;
-            lev[i][t] = l < 0 ? 0 : l > 2 ? 2 : l;
+IQ_HOT static void trial_levels(const float *restrict xval, int nparts, const float *restrict ids,
+                                float (*restrict q)[NT_MAX], int32_t (*restrict code3)[NT_MAX]) {
+    for (int k = 0; k < nparts; k++) {
+        int32_t c[NT_MAX];
+        for (int t = 0; t < NT_MAX; t++) c[t] = 0;
+        int32_t p3 = 1;
+        for (int i = 8 * k; i < 8 * k + 8; i++) {
+            const float xi = xval[i];
+            for (int t = 0; t < NT_MAX; t++) {
+                const float f = 0.5f * (ids[t] * xi - 1) + 12582912.0f;
+                int32_t u;
+                memcpy(&u, &f, sizeof u);
+                int32_t l = (u & 0x007FFFFF) - 0x00400000;
+                l = l < 0 ? 0 : l > 2 ? 2 : l;
+                q[i][t] = (float)(2 * l + 1);
+                c[t] += l * p3;
+            }
+            p3 *= 3;
         }
+        for (int t = 0; t < NT_MAX; t++) code3[k][t] = c[t];
     }
 }
 
@@ -311,25 +323,26 @@ IQ_HOT static void trial_sums(const float *restrict w, const float *restrict xva
     }
 }
 
-static void trial_snap(const grid_t *g, const float *xval, const float *waux, int nparts, const float *ids,
-                       const float *scales, int nt, const int32_t (*lev)[NT_MAX], int8_t (*L)[32], float (*q)[NT_MAX],
-                       int (*on)[4]) {
+/* the off-grid parts of every trial replaced by their nearest listed neighbour (at the trial's scale) */
+static void trial_snap(const grid_t *g, const float *xval, const float *waux, int nparts, const float *scales, int nt,
+                       const int32_t (*code3)[NT_MAX], float (*q)[NT_MAX], int (*on)[4]) {
     for (int t = 0; t < nt; t++) {
         for (int k = 0; k < nparts; k++) {
-            int u = 0;
-            for (int i = 0; i < 8; i++) u |= lev[8 * k + i][t] << 2 * i;
-            int8_t *Lt = L[t] + 8 * k;
-            const int gi = g->map[u];
+            const int gi = g->map3[code3[k][t]];
             on[t][k] = gi >= 0;
-            if (gi >= 0) {
-                for (int i = 0; i < 8; i++) Lt[i] = (int8_t)lev[8 * k + i][t];
-            } else {
+            if (gi < 0) {
+                int8_t Lt[8]; /* the rounded levels stay when no distance is below FLT_MAX (as iq2_snap) */
+                for (int i = 0; i < 8; i++) Lt[i] = (int8_t)(((int)q[8 * k + i][t] - 1) / 2);
                 iq2_nearest(g, g->nb + (-gi - 1), xval + 8 * k, waux + 8 * k, scales[t], Lt);
+                for (int i = 0; i < 8; i++) q[8 * k + i][t] = (float)(2 * Lt[i] + 1);
             }
-            for (int i = 0; i < 8; i++) q[8 * k + i][t] = (float)(2 * Lt[i] + 1);
         }
     }
-    (void)ids;
+}
+
+/* trial t's levels back from its q column */
+static inline void trial_take(const float (*q)[NT_MAX], int n, int t, int8_t *L) {
+    for (int i = 0; i < n; i++) L[i] = (int8_t)(((int)q[i][t] - 1) / 2);
 }
 
 /* IQ2_XXS: one super-block (quantize_row_iq2_xxs_impl). y: 66 bytes. */
@@ -364,24 +377,21 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, u
         {
             enum { NT = 13 }; /* is = -6..6 */
             float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
-            int32_t lev[32][NT_MAX];
-            int8_t La[NT_MAX][32];
+            int32_t code3[4][NT_MAX];
             float q[32][NT_MAX];
             int ona[NT_MAX][4];
             for (int t = 0; t < NT_MAX; t++) {
                 ids[t] = t < NT ? (5 + (float)(t - 6) * 0.1f) / eff_max : ids[0];
                 tsc[t] = 1 / ids[t];
             }
-            trial_levels(xval, 32, ids, lev);
-            trial_snap(g, xval, waux, 4, ids, tsc, NT, lev, La, q, ona);
-            for (int i = 0; i < 32; i++)
-                for (int t = NT; t < NT_MAX; t++) q[i][t] = 1;
+            trial_levels(xval, 4, ids, q, code3);
+            trial_snap(g, xval, waux, 4, tsc, NT, code3, q, ona);
             trial_sums(weight, xval, 32, q, sqx, sq2);
             for (int t = 0; t < NT; t++) {
                 if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
                     scale = sqx[t] / sq2[t];
                     best = scale * sqx[t];
-                    memcpy(L, La[t], 32);
+                    trial_take(q, 32, t, L);
                 }
             }
         }
@@ -473,24 +483,21 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
         {
             enum { NT = 19 }; /* is = -9..9 */
             float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
-            int32_t lev[16][NT_MAX];
-            int8_t La[NT_MAX][32];
+            int32_t code3[4][NT_MAX];
             float q[16][NT_MAX];
             int ona[NT_MAX][4];
             for (int t = 0; t < NT_MAX; t++) {
                 ids[t] = t < NT ? (5 + (float)(t - 9) * 0.1f) / max : ids[0];
                 tsc[t] = 1 / ids[t];
             }
-            trial_levels(xval, 16, ids, lev);
-            trial_snap(g, xval, waux, 2, ids, tsc, NT, lev, La, q, ona);
-            for (int i = 0; i < 16; i++)
-                for (int t = NT; t < NT_MAX; t++) q[i][t] = 1;
+            trial_levels(xval, 2, ids, q, code3);
+            trial_snap(g, xval, waux, 2, tsc, NT, code3, q, ona);
             trial_sums(weight, xval, 16, q, sqx, sq2);
             for (int t = 0; t < NT; t++) {
                 if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
                     scale = sqx[t] / sq2[t];
                     best = scale * sqx[t];
-                    memcpy(L, La[t], 16);
+                    trial_take(q, 16, t, L);
                     on_grid[0] = ona[t][0];
                     on_grid[1] = ona[t][1];
                 }
@@ -915,8 +922,15 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);
+    int32_t *map3 = (int32_t *)malloc(6561 * sizeof(int32_t));
+    if (map3 == NULL) return PyErr_NoMemory();
+    for (int c = 0, u = 0; c < 6561; c++) {
+        u = 0;
+        for (int i = 0, r = c; i < 8; i++, r /= 3) u |= (r % 3) << 2 * i;
+        map3[c] = ((const int32_t *)(uintptr_t)mp)[u];
+    }
     grid_t g = {(const uint8_t *)(uintptr_t)lv, (const int32_t *)(uintptr_t)mp, (const uint16_t *)(uintptr_t)nb,
-                (const float *)(uintptr_t)nl, (int64_t)nbsize, ngrid};
+                (const float *)(uintptr_t)nl, (int64_t)nbsize, ngrid, map3};
     const uint8_t *src = (const uint8_t *)(uintptr_t)s;
     uint8_t *dst = (uint8_t *)(uintptr_t)d;
     const float *qw = (const float *)(uintptr_t)q;
@@ -953,5 +967,6 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
+    free(map3);
     return PyLong_FromLongLong(first);
 }
