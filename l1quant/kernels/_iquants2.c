@@ -617,7 +617,8 @@ static int iq1_snap(const grid_t *g, const int8_t *L0, const float *xb, const fl
 
 /* The sums of IQ1_S's split (i1, i2) for i2 = i1..32, with the +delta levels (cand[0], cand[1]: sumqx, sumq2) and
  * the -delta ones (cand[2], cand[3]), each formed as the reference forms it. */
-IQ_HOT static void split_sums_s(const float *restrict sumx, const float *restrict sumw, int i1, float cand[4][33]) {
+IQ_HOT static int split_sums_s(const float *restrict sumx, const float *restrict sumw, int i1, float cand[4][33],
+                               float best) {
     const float a = sumx[i1] - sumx[0], wa = sumw[i1] - sumw[0];
     for (int i2 = i1; i2 <= 32; i2++) {
         const float b = sumx[i2] - sumx[i1], c = sumx[32] - sumx[i2];
@@ -627,6 +628,14 @@ IQ_HOT static void split_sums_s(const float *restrict sumx, const float *restric
         cand[2][i2] = a * XM[0] + b * XM[1] + c * XM[2];
         cand[3][i2] = wa * XM[0] * XM[0] + wb * XM[1] * XM[1] + wc * XM[2] * XM[2];
     }
+    /* whether any split of this row passes the reference's test against the best score so far (lanes: the same
+     * comparisons; when none passes, the sequential scan of the row would change nothing) */
+    int any = 0;
+    for (int i2 = i1; i2 <= 32; i2++) {
+        any |= (cand[1][i2] > 0) & (cand[0][i2] * cand[0][i2] > best * cand[1][i2]);
+        any |= (cand[3][i2] > 0) & (cand[2][i2] * cand[2][i2] > best * cand[3][i2]);
+    }
+    return any;
 }
 
 /* IQ1_S super-block (quantize_row_iq1_s_impl): 8 groups of 32, one shift sign each. y: 50 bytes. */
@@ -661,7 +670,7 @@ static void iq1_s_block(const grid_t *g, const float *xbl, const float *qwb, uin
         for (int i1 = 0; i1 <= 32; i1++) {
             /* every split (i1, i2) for this i1 at once (vectorisable), then the reference's scan in its order */
             float cand[4][33];
-            split_sums_s(sumx, sumw, i1, cand);
+            if (!split_sums_s(sumx, sumw, i1, cand, best_score)) continue;
             for (int i2 = i1; i2 <= 32; i2++) {
                 for (int t = 0; t < 2; t++) {
                     const float sqx = cand[2 * t][i2], sq2 = cand[2 * t + 1][i2];
