@@ -732,6 +732,35 @@ static void iq1_s_block(const grid_t *g, const float *xbl, const float *qwb, uin
     }
 }
 
+/* IQ1_M's sums for every split (i1, i2), i2 = i1..16, of one i1, each formed as the reference forms it: c[k][i2] the
+ * sumqx and c[4 + k][i2] the sumq2 of shift choice k (k: first half +/-, second half +/-); returns whether any
+ * passes the reference's test against the best score so far (when none does, the row's scan changes nothing). */
+IQ_HOT static int split_sums_m(const float (*restrict px)[17], const float (*restrict pw)[17], int i1, float c[8][17],
+                               float best) {
+    const float p2 = XP[2], m2 = XM[2];
+    const float cp1 = XP[0] * XP[0] - XP[1] * XP[1], cp2 = XP[1] * XP[1] - XP[2] * XP[2];
+    const float cm1 = XM[0] * XM[0] - XM[1] * XM[1], cm2 = XM[1] * XM[1] - XM[2] * XM[2];
+    const float tx0 = px[0][16], tx1 = px[1][16], tw0 = pw[0][16], tw1 = pw[1][16];
+    int any = 0;
+    for (int i2 = i1; i2 <= 16; i2++) {
+        const float sx0 = px[0][i1] + px[0][i2], sx1 = px[1][i1] + px[1][i2];
+        const float qxp0 = tx0 * p2 - sx0, qxm0 = tx0 * m2 - sx0;
+        const float qxp1 = tx1 * p2 - sx1, qxm1 = tx1 * m2 - sx1;
+        const float q2p0 = tw0 * p2 * p2 + pw[0][i1] * cp1 + pw[0][i2] * cp2;
+        const float q2m0 = tw0 * m2 * m2 + pw[0][i1] * cm1 + pw[0][i2] * cm2;
+        const float q2p1 = tw1 * p2 * p2 + pw[1][i1] * cp1 + pw[1][i2] * cp2;
+        const float q2m1 = tw1 * m2 * m2 + pw[1][i1] * cm1 + pw[1][i2] * cm2;
+        const float sqx[4] = {qxp0 + qxp1, qxp0 + qxm1, qxm0 + qxp1, qxm0 + qxm1};
+        const float sq2[4] = {q2p0 + q2p1, q2p0 + q2m1, q2m0 + q2p1, q2m0 + q2m1};
+        for (int k = 0; k < 4; k++) {
+            c[k][i2] = sqx[k];
+            c[4 + k][i2] = sq2[k];
+            any |= (sq2[k] > 0) & (sqx[k] * sqx[k] > best * sq2[k]);
+        }
+    }
+    return any;
+}
+
 /* IQ1_M super-block (quantize_row_iq1_m_impl): 16 groups of 16, a shift sign per 8-value half. y: 56 bytes:
  * qs[32], qh[16], scales[8] (4 little-endian uint16 holding the 3-bit group scales and the f16 scale's nibbles). */
 static void iq1_m_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
@@ -771,34 +800,17 @@ static void iq1_m_block(const grid_t *g, const float *xbl, const float *qwb, uin
             pw[h][j + 1] = pw[h][j] + weight[i];
             pw[1 - h][j + 1] = pw[1 - h][j];
         }
-        const float txs[2] = {px[0][16], px[1][16]}, tws[2] = {pw[0][16], pw[1][16]};
-        const float p2 = XP[2], m2 = XM[2];
-        const float cp1 = XP[0] * XP[0] - XP[1] * XP[1], cp2 = XP[1] * XP[1] - XP[2] * XP[2];
-        const float cm1 = XM[0] * XM[0] - XM[1] * XM[1], cm2 = XM[1] * XM[1] - XM[2] * XM[2];
         float best_score = -FLT_MAX, scale = max;
         int b1 = -1, b2 = -1, bk = -1;
         for (int i1 = 0; i1 <= 16; i1++) {
+            float c[8][17];
+            if (!split_sums_m((const float (*)[17])px, (const float (*)[17])pw, i1, c, best_score)) continue;
             for (int i2 = i1; i2 <= 16; i2++) {
-                float qxp[2], qxm[2], q2p[2], q2m[2], sqx[4], sq2[4];
-                for (int h = 0; h < 2; h++) {
-                    const float sx = px[h][i1] + px[h][i2];
-                    qxp[h] = txs[h] * p2 - sx;
-                    qxm[h] = txs[h] * m2 - sx;
-                    q2p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
-                    q2m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
-                }
-                sqx[0] = qxp[0] + qxp[1];
-                sqx[1] = qxp[0] + qxm[1];
-                sqx[2] = qxm[0] + qxp[1];
-                sqx[3] = qxm[0] + qxm[1];
-                sq2[0] = q2p[0] + q2p[1];
-                sq2[1] = q2p[0] + q2m[1];
-                sq2[2] = q2m[0] + q2p[1];
-                sq2[3] = q2m[0] + q2m[1];
                 for (int k = 0; k < 4; k++) {
-                    if (sq2[k] > 0 && sqx[k] * sqx[k] > best_score * sq2[k]) {
-                        scale = sqx[k] / sq2[k];
-                        best_score = scale * sqx[k];
+                    const float sqx = c[k][i2], sq2 = c[4 + k][i2];
+                    if (sq2 > 0 && sqx * sqx > best_score * sq2) {
+                        scale = sqx / sq2;
+                        best_score = scale * sqx;
                         b1 = i1;
                         b2 = i2;
                         bk = k;
