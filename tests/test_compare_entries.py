@@ -70,7 +70,6 @@ def test_entries_parse_names_kinds_and_flags() -> None:
     ("auto@4x", "expected bytes"),
     ("auto@0bpw", "above 0"),
     ("auto@auto@4bpw", "another auto entry"),
-    ("iq2_m", "not made by l1quant yet"),
 ])
 def test_entries_refuse_in_one_line(text: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=None) as e:

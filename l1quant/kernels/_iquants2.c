@@ -54,43 +54,77 @@ typedef struct {
     const float *nlev;      /* (8, nbsize): level i of the point at each position of nb, as float */
     int64_t nbsize;
     int ngrid;
+    const int32_t *map3;    /* map by base-3 code sum(level_i * 3**i) (6561 entries, 26 KiB: stays in L1 where the
+                             * 2-bit-code map's 171 KiB does not); built per call from map */
 } grid_t;
 
-/* Build the distance loops below also for AVX2 and pick at load time (GCC on x86-64 ELF); the sums per candidate
- * stay sequential over the 8 coordinates, the vectors run across candidates, so every clone gives the same bits. */
+/* Build the search below also for AVX2 and AVX-512 and pick at load time (GCC on x86-64 ELF); each candidate's sum
+ * stays sequential over the 8 coordinates, the vectors run across candidates, so every clone gives the same bits. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES)
-#define IQ_HOT __attribute__((target_clones("avx2", "default")))
+#define IQ_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define IQ_HOT
 #endif
 enum { MAX_LIST = 1024 };
 
-/* Weighted squared distances of the n candidates of a list (coordinates at nlev + pos) to x, each coordinate
- * valued a*level + b and scaled: d2[j] = sum_i w_i * (scale*q - x_i)^2, i in order. a, b are exact for these
- * levels (2l+1 for IQ2; l - 0.875 or l - 1.125 for IQ1's shifted levels). */
-IQ_HOT static void list_d2(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
-                           const float *restrict w, float scale, float a, float b, float *restrict d2) {
-    for (int j = 0; j < n; j++) d2[j] = 0;
-    for (int i = 0; i < 8; i++) {
-        const float *restrict l = nlev + i * stride + pos;
-        const float xi = x[i], wi = w[i];
-        for (int j = 0; j < n; j++) {
-            const float q = a * l[j] + b;
-            const float diff = scale * q - xi;
-            d2[j] += wi * diff * diff;
-        }
-    }
-}
+#if defined(__GNUC__) || defined(__clang__)
+#define IQ_VEC 1
+typedef float iqv_f __attribute__((vector_size(32)));
+typedef int32_t iqv_i __attribute__((vector_size(32)));
+#endif
 
-/* First j with the smallest d2[j] < FLT_MAX (strict, in order), or -1. */
-static inline int first_min(const float *d2, int n) {
+/* The list position (0-based) of the candidate ggml's neighbour search picks: the first j, in list order, with the
+ * least weighted squared distance d2[j] = sum_i w_i * (scale*q - x_i)^2 (i in order, each product as the reference
+ * forms it) strictly below FLT_MAX; -1 if none. The n candidates' coordinates sit at nlev + i*stride + pos; each is
+ * valued a*level + b (exact for these levels: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones).
+ * Vector lanes keep each lane's first strict minimum; lanes and the scalar tail are merged by (value, position),
+ * which is the sequential scan's answer (NaN never compares below, so it never wins in either). */
+IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
+                              const float *restrict w, float scale, float a, float b) {
     float best = FLT_MAX;
     int at = -1;
-    for (int j = 0; j < n; j++)
-        if (d2[j] < best) {
-            best = d2[j];
+    int j0 = 0;
+#ifdef IQ_VEC
+    if (pos + 8 <= stride) {
+        iqv_f bv = {FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX};
+        iqv_i bi = {-1, -1, -1, -1, -1, -1, -1, -1};
+        iqv_i jv = {0, 1, 2, 3, 4, 5, 6, 7};
+        /* 8 at a time while the 8 columns lie inside the table (lanes past the list's end are masked out: they
+         * read the next list's count and points); the table's last few columns go to the scalar tail */
+        for (; j0 < n && pos + j0 + 8 <= stride; j0 += 8) {
+            iqv_f d = {0};
+            for (int i = 0; i < 8; i++) {
+                iqv_f l;
+                memcpy(&l, nlev + i * stride + pos + j0, sizeof l);
+                const iqv_f q = a * l + b;
+                const iqv_f diff = scale * q - x[i];
+                d += w[i] * diff * diff;
+            }
+            const iqv_i m = (d < bv) & (jv < n);
+            bv = (iqv_f)((m & (iqv_i)d) | (~m & (iqv_i)bv));
+            bi = (m & jv) | (~m & bi);
+            jv += 8;
+        }
+        for (int k = 0; k < 8; k++)
+            if (bi[k] >= 0 && (bv[k] < best || (bv[k] == best && bi[k] < at))) {
+                best = bv[k];
+                at = bi[k];
+            }
+    }
+#endif
+    for (int j = j0; j < n; j++) {
+        const float *restrict l = nlev + pos + j;
+        float d = 0;
+        for (int i = 0; i < 8; i++) {
+            const float q = a * l[i * stride] + b;
+            const float diff = scale * q - x[i];
+            d += w[i] * diff * diff;
+        }
+        if (d < best) {
+            best = d;
             at = j;
         }
+    }
     return at;
 }
 
@@ -117,9 +151,7 @@ static inline float sum_sq(const float *x, int n) {
 static int iq2_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
                        int8_t *L) {
     const int n = list[0];
-    float d2[MAX_LIST];
-    list_d2(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 2.0f, 1.0f, d2);
-    const int j = first_min(d2, n);
+    const int j = list_argmin(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 2.0f, 1.0f);
     if (j < 0) return -1;
     const int gi = list[1 + j];
     for (int i = 0; i < 8; i++) L[i] = (int8_t)g->lev[8 * (size_t)gi + i];
@@ -250,10 +282,73 @@ static inline void qx_q2(const float *w, const float *xval, const int8_t *L, int
     *sq2 = b;
 }
 
+/* The trial scales of a group, all at once: trial t's levels of value i at lev[i][t] (iq2_levels with ids[t]),
+ * then each 8-value part snapped to the grid (neighbour search at 1/ids[t] when off-grid): its levels into
+ * L[t][i], 2l+1 as float into q[i][t], on[t][part]. Each trial does exactly what the reference's loop does for
+ * it; only the order in which independent trials are worked through changes. */
+enum { NT_MAX = 32 };
+IQ_HOT static void trial_levels(const float *restrict xval, int nparts, const float *restrict ids,
+                                float (*restrict q)[NT_MAX], int32_t (*restrict code3)[NT_MAX]) {
+    for (int k = 0; k < nparts; k++) {
+        int32_t c[NT_MAX];
+        for (int t = 0; t < NT_MAX; t++) c[t] = 0;
+        int32_t p3 = 1;
+        for (int i = 8 * k; i < 8 * k + 8; i++) {
+            const float xi = xval[i];
+            for (int t = 0; t < NT_MAX; t++) {
+                const float f = 0.5f * (ids[t] * xi - 1) + 12582912.0f;
+                int32_t u;
+                memcpy(&u, &f, sizeof u);
+                int32_t l = (u & 0x007FFFFF) - 0x00400000;
+                l = l < 0 ? 0 : l > 2 ? 2 : l;
+                q[i][t] = (float)(2 * l + 1);
+                c[t] += l * p3;
+            }
+            p3 *= 3;
+        }
+        for (int t = 0; t < NT_MAX; t++) code3[k][t] = c[t];
+    }
+}
+
+/* sumqx, sumq2 of every trial (qx_q2 per lane, i in order) */
+IQ_HOT static void trial_sums(const float *restrict w, const float *restrict xval, int n, const float (*restrict q)[NT_MAX],
+                              float *restrict sqx, float *restrict sq2) {
+    for (int t = 0; t < NT_MAX; t++) sqx[t] = sq2[t] = 0;
+    for (int i = 0; i < n; i++) {
+        const float wx = w[i] * xval[i], wi = w[i];
+        for (int t = 0; t < NT_MAX; t++) {
+            sqx[t] += wx * q[i][t];
+            sq2[t] += wi * q[i][t] * q[i][t];
+        }
+    }
+}
+
+/* the off-grid parts of every trial replaced by their nearest listed neighbour (at the trial's scale) */
+static void trial_snap(const grid_t *g, const float *xval, const float *waux, int nparts, const float *scales, int nt,
+                       const int32_t (*code3)[NT_MAX], float (*q)[NT_MAX], int (*on)[4]) {
+    for (int t = 0; t < nt; t++) {
+        for (int k = 0; k < nparts; k++) {
+            const int gi = g->map3[code3[k][t]];
+            on[t][k] = gi >= 0;
+            if (gi < 0) {
+                int8_t Lt[8]; /* the rounded levels stay when no distance is below FLT_MAX (as iq2_snap) */
+                for (int i = 0; i < 8; i++) Lt[i] = (int8_t)(((int)q[8 * k + i][t] - 1) / 2);
+                iq2_nearest(g, g->nb + (-gi - 1), xval + 8 * k, waux + 8 * k, scales[t], Lt);
+                for (int i = 0; i < 8; i++) q[8 * k + i][t] = (float)(2 * Lt[i] + 1);
+            }
+        }
+    }
+}
+
+/* trial t's levels back from its q column */
+static inline void trial_take(const float (*q)[NT_MAX], int n, int t, int8_t *L) {
+    for (int i = 0; i < n; i++) L[i] = (int8_t)(((int)q[i][t] - 1) / 2);
+}
+
 /* IQ2_XXS: one super-block (quantize_row_iq2_xxs_impl). y: 66 bytes. */
 static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
     float scales[8], weight[32], waux[32], xval[32];
-    int8_t L[32], Laux[32];
+    int8_t L[32];
     uint8_t signs[4];
     uint32_t q2[16];
     memset(q2, 0, sizeof q2);
@@ -279,19 +374,25 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, u
         }
         float best = 0;
         int on;
-        for (int is = -6; is <= 6; is++) {
-            const float id = (5 + (float)is * 0.1f) / eff_max;
-            const float this_scale = 1 / id;
-            for (int k = 0; k < 4; k++) {
-                iq2_levels(xval + 8 * k, id, Laux + 8 * k, 8);
-                iq2_snap(g, Laux + 8 * k, xval + 8 * k, waux + 8 * k, this_scale, &on);
+        {
+            enum { NT = 13 }; /* is = -6..6 */
+            float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
+            int32_t code3[4][NT_MAX];
+            float q[32][NT_MAX];
+            int ona[NT_MAX][4];
+            for (int t = 0; t < NT_MAX; t++) {
+                ids[t] = t < NT ? (5 + (float)(t - 6) * 0.1f) / eff_max : ids[0];
+                tsc[t] = 1 / ids[t];
             }
-            float sumqx, sumq2;
-            qx_q2(weight, xval, Laux, 32, &sumqx, &sumq2);
-            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-                scale = sumqx / sumq2;
-                best = scale * sumqx;
-                memcpy(L, Laux, 32);
+            trial_levels(xval, 4, ids, q, code3);
+            trial_snap(g, xval, waux, 4, tsc, NT, code3, q, ona);
+            trial_sums(weight, xval, 32, q, sqx, sq2);
+            for (int t = 0; t < NT; t++) {
+                if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
+                    scale = sqx[t] / sq2[t];
+                    best = scale * sqx[t];
+                    trial_take(q, 32, t, L);
+                }
             }
         }
         if (scale > 0) {
@@ -335,8 +436,8 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, u
  * threshold, the scale's fudge factor and the layout. */
 static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const float *qwb, uint8_t *y) {
     float scales[16], weight[16], waux[16], xval[16];
-    int8_t L[16], Laux[16];
-    int on_grid[2], on_aux[2];
+    int8_t L[16];
+    int on_grid[2];
     uint8_t signs[2];
     uint16_t gidx[32];
     uint8_t sgn[32];
@@ -379,21 +480,27 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
         float best = 0;
         float scale = max / 5;
         on_grid[0] = on_grid[1] = 1;
-        for (int is = -9; is <= 9; is++) {
-            const float id = (5 + (float)is * 0.1f) / max;
-            const float this_scale = 1 / id;
-            for (int k = 0; k < 2; k++) {
-                iq2_levels(xval + 8 * k, id, Laux + 8 * k, 8);
-                iq2_snap(g, Laux + 8 * k, xval + 8 * k, waux + 8 * k, this_scale, &on_aux[k]);
+        {
+            enum { NT = 19 }; /* is = -9..9 */
+            float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
+            int32_t code3[4][NT_MAX];
+            float q[16][NT_MAX];
+            int ona[NT_MAX][4];
+            for (int t = 0; t < NT_MAX; t++) {
+                ids[t] = t < NT ? (5 + (float)(t - 9) * 0.1f) / max : ids[0];
+                tsc[t] = 1 / ids[t];
             }
-            float sumqx, sumq2;
-            qx_q2(weight, xval, Laux, 16, &sumqx, &sumq2);
-            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-                scale = sumqx / sumq2;
-                best = scale * sumqx;
-                memcpy(L, Laux, 16);
-                on_grid[0] = on_aux[0];
-                on_grid[1] = on_aux[1];
+            trial_levels(xval, 2, ids, q, code3);
+            trial_snap(g, xval, waux, 2, tsc, NT, code3, q, ona);
+            trial_sums(weight, xval, 16, q, sqx, sq2);
+            for (int t = 0; t < NT; t++) {
+                if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
+                    scale = sqx[t] / sq2[t];
+                    best = scale * sqx[t];
+                    trial_take(q, 16, t, L);
+                    on_grid[0] = ona[t][0];
+                    on_grid[1] = ona[t][1];
+                }
             }
         }
         if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
@@ -453,9 +560,7 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
 static int iq1_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
                        const float *xg, int8_t *L) {
     const int n = list[0];
-    float d2[MAX_LIST];
-    list_d2(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 1.0f, xg[0], d2);
-    const int j = first_min(d2, n);
+    const int j = list_argmin(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 1.0f, xg[0]);
     int gi = j < 0 ? -1 : list[1 + j];
     if (gi < 0) {
         float best = FLT_MAX;
@@ -512,7 +617,8 @@ static int iq1_snap(const grid_t *g, const int8_t *L0, const float *xb, const fl
 
 /* The sums of IQ1_S's split (i1, i2) for i2 = i1..32, with the +delta levels (cand[0], cand[1]: sumqx, sumq2) and
  * the -delta ones (cand[2], cand[3]), each formed as the reference forms it. */
-IQ_HOT static void split_sums_s(const float *restrict sumx, const float *restrict sumw, int i1, float cand[4][33]) {
+IQ_HOT static int split_sums_s(const float *restrict sumx, const float *restrict sumw, int i1, float cand[4][33],
+                               float best) {
     const float a = sumx[i1] - sumx[0], wa = sumw[i1] - sumw[0];
     for (int i2 = i1; i2 <= 32; i2++) {
         const float b = sumx[i2] - sumx[i1], c = sumx[32] - sumx[i2];
@@ -522,6 +628,14 @@ IQ_HOT static void split_sums_s(const float *restrict sumx, const float *restric
         cand[2][i2] = a * XM[0] + b * XM[1] + c * XM[2];
         cand[3][i2] = wa * XM[0] * XM[0] + wb * XM[1] * XM[1] + wc * XM[2] * XM[2];
     }
+    /* whether any split of this row passes the reference's test against the best score so far (lanes: the same
+     * comparisons; when none passes, the sequential scan of the row would change nothing) */
+    int any = 0;
+    for (int i2 = i1; i2 <= 32; i2++) {
+        any |= (cand[1][i2] > 0) & (cand[0][i2] * cand[0][i2] > best * cand[1][i2]);
+        any |= (cand[3][i2] > 0) & (cand[2][i2] * cand[2][i2] > best * cand[3][i2]);
+    }
+    return any;
 }
 
 /* IQ1_S super-block (quantize_row_iq1_s_impl): 8 groups of 32, one shift sign each. y: 50 bytes. */
@@ -556,7 +670,7 @@ static void iq1_s_block(const grid_t *g, const float *xbl, const float *qwb, uin
         for (int i1 = 0; i1 <= 32; i1++) {
             /* every split (i1, i2) for this i1 at once (vectorisable), then the reference's scan in its order */
             float cand[4][33];
-            split_sums_s(sumx, sumw, i1, cand);
+            if (!split_sums_s(sumx, sumw, i1, cand, best_score)) continue;
             for (int i2 = i1; i2 <= 32; i2++) {
                 for (int t = 0; t < 2; t++) {
                     const float sqx = cand[2 * t][i2], sq2 = cand[2 * t + 1][i2];
@@ -618,6 +732,35 @@ static void iq1_s_block(const grid_t *g, const float *xbl, const float *qwb, uin
     }
 }
 
+/* IQ1_M's sums for every split (i1, i2), i2 = i1..16, of one i1, each formed as the reference forms it: c[k][i2] the
+ * sumqx and c[4 + k][i2] the sumq2 of shift choice k (k: first half +/-, second half +/-); returns whether any
+ * passes the reference's test against the best score so far (when none does, the row's scan changes nothing). */
+IQ_HOT static int split_sums_m(const float (*restrict px)[17], const float (*restrict pw)[17], int i1, float c[8][17],
+                               float best) {
+    const float p2 = XP[2], m2 = XM[2];
+    const float cp1 = XP[0] * XP[0] - XP[1] * XP[1], cp2 = XP[1] * XP[1] - XP[2] * XP[2];
+    const float cm1 = XM[0] * XM[0] - XM[1] * XM[1], cm2 = XM[1] * XM[1] - XM[2] * XM[2];
+    const float tx0 = px[0][16], tx1 = px[1][16], tw0 = pw[0][16], tw1 = pw[1][16];
+    int any = 0;
+    for (int i2 = i1; i2 <= 16; i2++) {
+        const float sx0 = px[0][i1] + px[0][i2], sx1 = px[1][i1] + px[1][i2];
+        const float qxp0 = tx0 * p2 - sx0, qxm0 = tx0 * m2 - sx0;
+        const float qxp1 = tx1 * p2 - sx1, qxm1 = tx1 * m2 - sx1;
+        const float q2p0 = tw0 * p2 * p2 + pw[0][i1] * cp1 + pw[0][i2] * cp2;
+        const float q2m0 = tw0 * m2 * m2 + pw[0][i1] * cm1 + pw[0][i2] * cm2;
+        const float q2p1 = tw1 * p2 * p2 + pw[1][i1] * cp1 + pw[1][i2] * cp2;
+        const float q2m1 = tw1 * m2 * m2 + pw[1][i1] * cm1 + pw[1][i2] * cm2;
+        const float sqx[4] = {qxp0 + qxp1, qxp0 + qxm1, qxm0 + qxp1, qxm0 + qxm1};
+        const float sq2[4] = {q2p0 + q2p1, q2p0 + q2m1, q2m0 + q2p1, q2m0 + q2m1};
+        for (int k = 0; k < 4; k++) {
+            c[k][i2] = sqx[k];
+            c[4 + k][i2] = sq2[k];
+            any |= (sq2[k] > 0) & (sqx[k] * sqx[k] > best * sq2[k]);
+        }
+    }
+    return any;
+}
+
 /* IQ1_M super-block (quantize_row_iq1_m_impl): 16 groups of 16, a shift sign per 8-value half. y: 56 bytes:
  * qs[32], qh[16], scales[8] (4 little-endian uint16 holding the 3-bit group scales and the f16 scale's nibbles). */
 static void iq1_m_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
@@ -657,34 +800,17 @@ static void iq1_m_block(const grid_t *g, const float *xbl, const float *qwb, uin
             pw[h][j + 1] = pw[h][j] + weight[i];
             pw[1 - h][j + 1] = pw[1 - h][j];
         }
-        const float txs[2] = {px[0][16], px[1][16]}, tws[2] = {pw[0][16], pw[1][16]};
-        const float p2 = XP[2], m2 = XM[2];
-        const float cp1 = XP[0] * XP[0] - XP[1] * XP[1], cp2 = XP[1] * XP[1] - XP[2] * XP[2];
-        const float cm1 = XM[0] * XM[0] - XM[1] * XM[1], cm2 = XM[1] * XM[1] - XM[2] * XM[2];
         float best_score = -FLT_MAX, scale = max;
         int b1 = -1, b2 = -1, bk = -1;
         for (int i1 = 0; i1 <= 16; i1++) {
+            float c[8][17];
+            if (!split_sums_m((const float (*)[17])px, (const float (*)[17])pw, i1, c, best_score)) continue;
             for (int i2 = i1; i2 <= 16; i2++) {
-                float qxp[2], qxm[2], q2p[2], q2m[2], sqx[4], sq2[4];
-                for (int h = 0; h < 2; h++) {
-                    const float sx = px[h][i1] + px[h][i2];
-                    qxp[h] = txs[h] * p2 - sx;
-                    qxm[h] = txs[h] * m2 - sx;
-                    q2p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
-                    q2m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
-                }
-                sqx[0] = qxp[0] + qxp[1];
-                sqx[1] = qxp[0] + qxm[1];
-                sqx[2] = qxm[0] + qxp[1];
-                sqx[3] = qxm[0] + qxm[1];
-                sq2[0] = q2p[0] + q2p[1];
-                sq2[1] = q2p[0] + q2m[1];
-                sq2[2] = q2m[0] + q2p[1];
-                sq2[3] = q2m[0] + q2m[1];
                 for (int k = 0; k < 4; k++) {
-                    if (sq2[k] > 0 && sqx[k] * sqx[k] > best_score * sq2[k]) {
-                        scale = sqx[k] / sq2[k];
-                        best_score = scale * sqx[k];
+                    const float sqx = c[k][i2], sq2 = c[4 + k][i2];
+                    if (sq2 > 0 && sqx * sqx > best_score * sq2) {
+                        scale = sqx / sq2;
+                        best_score = scale * sqx;
                         b1 = i1;
                         b2 = i2;
                         bk = k;
@@ -817,8 +943,15 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);
+    int32_t *map3 = (int32_t *)malloc(6561 * sizeof(int32_t));
+    if (map3 == NULL) return PyErr_NoMemory();
+    for (int c = 0, u = 0; c < 6561; c++) {
+        u = 0;
+        for (int i = 0, r = c; i < 8; i++, r /= 3) u |= (r % 3) << 2 * i;
+        map3[c] = ((const int32_t *)(uintptr_t)mp)[u];
+    }
     grid_t g = {(const uint8_t *)(uintptr_t)lv, (const int32_t *)(uintptr_t)mp, (const uint16_t *)(uintptr_t)nb,
-                (const float *)(uintptr_t)nl, (int64_t)nbsize, ngrid};
+                (const float *)(uintptr_t)nl, (int64_t)nbsize, ngrid, map3};
     const uint8_t *src = (const uint8_t *)(uintptr_t)s;
     uint8_t *dst = (uint8_t *)(uintptr_t)d;
     const float *qw = (const float *)(uintptr_t)q;
@@ -855,5 +988,6 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
+    free(map3);
     return PyLong_FromLongLong(first);
 }

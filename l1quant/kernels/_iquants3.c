@@ -346,12 +346,54 @@ static inline void iq3_sums(const float *w, const float *xval, const int *L, flo
     *sumq2 = b;
 }
 
+/* The trial scales of a group as lanes: trial t's level of value i (0..7) gives q[i][t] = 2l+1 and the 4-value keys
+ * key[k][t]; every lane does the reference's scalar steps for its trial. */
+enum { IQ3_NT = 32 };
+#if (defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES))
+#define IQ3_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define IQ3_HOT
+#endif
+IQ3_HOT static void iq3_trial_levels(const float *restrict xval, const float *restrict ids,
+                                     float (*restrict q)[IQ3_NT], int32_t (*restrict key)[IQ3_NT]) {
+    for (int k = 0; k < 8; k++) {
+        int32_t c[IQ3_NT];
+        for (int t = 0; t < IQ3_NT; t++) c[t] = 0;
+        for (int i = 4 * k; i < 4 * k + 4; i++) {
+            const float xi = xval[i];
+            const int sh = 3 * (i - 4 * k);
+            for (int t = 0; t < IQ3_NT; t++) {
+                const float f = 0.5f * (ids[t] * xi - 1.0f) + 12582912.0f;
+                int32_t u;
+                memcpy(&u, &f, sizeof u);
+                int32_t l = (u & 0x007FFFFF) - 0x00400000;
+                l = l < 0 ? 0 : l > 7 ? 7 : l;
+                q[i][t] = (float)(2 * l + 1);
+                c[t] |= l << sh;
+            }
+        }
+        for (int t = 0; t < IQ3_NT; t++) key[k][t] = c[t];
+    }
+}
+
+IQ3_HOT static void iq3_trial_sums(const float *restrict w, const float *restrict xval,
+                                   const float (*restrict q)[IQ3_NT], float *restrict sqx, float *restrict sq2) {
+    for (int t = 0; t < IQ3_NT; t++) sqx[t] = sq2[t] = 0;
+    for (int i = 0; i < 32; i++) {
+        const float wx = w[i] * xval[i], wi = w[i];
+        for (int t = 0; t < IQ3_NT; t++) {
+            sqx[t] += wx * q[i][t];
+            sq2[t] += wi * q[i][t] * q[i][t];
+        }
+    }
+}
+
 /* one 256-value super-block */
 static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *qw, uint8_t *y) {
     const int ntry = xxs ? 15 : 9;
     const int size = xxs ? 98 : 110;
     float scales[8], w[32], wa[32], xval[32];
-    int L[32], La[32], on[8], ona[8];
+    int L[32], La[32], on[8];
     uint8_t signs[4];
     uint32_t sas[8];
     memset(y, 0, (size_t)size);
@@ -405,17 +447,33 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
         }
         float best = 0.0f, scale = mx / 15;
         for (int k = 0; k < 8; k++) on[k] = xxs;
-        for (int is = -ntry; is <= ntry; is++) {
-            const float id = (15 + (float)is * 0.2f) / mx;
-            const float this_scale = 1.0f / id;
-            for (int k = 0; k < 8; k++) ona[k] = iq3_round_quad(t, xval + 4 * k, wa + 4 * k, id, this_scale, La + 4 * k);
-            float sumqx, sumq2;
-            iq3_sums(w, xval, La, &sumqx, &sumq2);
-            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-                scale = sumqx / sumq2;
-                best = scale * sumqx;
-                memcpy(L, La, sizeof L);
-                memcpy(on, ona, sizeof on);
+        {
+            const int nt = 2 * ntry + 1;
+            float ids[IQ3_NT], q[32][IQ3_NT], sqx[IQ3_NT], sq2[IQ3_NT];
+            int32_t key[8][IQ3_NT];
+            unsigned offgrid[IQ3_NT];
+            for (int tt = 0; tt < IQ3_NT; tt++) ids[tt] = tt < nt ? (15 + (float)(tt - ntry) * 0.2f) / mx : ids[0];
+            iq3_trial_levels(xval, ids, q, key);
+            for (int tt = 0; tt < nt; tt++) {
+                const float this_scale = 1.0f / ids[tt];
+                unsigned off = 0;
+                for (int k = 0; k < 8; k++) {
+                    if (t->kmap[key[k][tt]] >= 0) continue;
+                    off |= 1u << k;
+                    for (int i = 0; i < 4; i++) La[4 * k + i] = ((int)q[4 * k + i][tt] - 1) / 2;
+                    iq3_neighbour(t, key[k][tt], xval + 4 * k, wa + 4 * k, this_scale, La + 4 * k);
+                    for (int i = 0; i < 4; i++) q[4 * k + i][tt] = (float)(2 * La[4 * k + i] + 1);
+                }
+                offgrid[tt] = off;
+            }
+            iq3_trial_sums(w, xval, q, sqx, sq2);
+            for (int tt = 0; tt < nt; tt++) {
+                if (sq2[tt] > 0 && sqx[tt] * sqx[tt] > best * sq2[tt]) {
+                    scale = sqx[tt] / sq2[tt];
+                    best = scale * sqx[tt];
+                    for (int i = 0; i < 32; i++) L[i] = ((int)q[i][tt] - 1) / 2;
+                    for (int k = 0; k < 8; k++) on[k] = !((offgrid[tt] >> k) & 1);
+                }
             }
         }
         int n_off = 0;

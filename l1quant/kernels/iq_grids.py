@@ -122,7 +122,10 @@ def iq_grid(type_name: str) -> IqGrid:
     off = all_codes[kmap[all_codes] < 0]
     pos = 2 * digits[kmap[all_codes] < 0].astype(np.int32) + 1  # (m, 8)
     gpos = 2 * lev.astype(np.int32) + 1  # (n, 8)
-    d2 = ((pos[:, None, :] - gpos[None, :, :]) ** 2).sum(axis=2)  # (m, n), small ints
+    # (m, n) squared distances, small ints, as |a|^2 + |b|^2 - 2 a.b: exact in int64, and no (m, n, 8) temporary
+    # (363 MB for IQ2_S's grid, which set a convert's peak RSS)
+    pos64, gpos64 = pos.astype(np.int64), gpos.astype(np.int64)
+    d2 = (pos64 * pos64).sum(axis=1)[:, None] + (gpos64 * gpos64).sum(axis=1)[None, :] - 2 * (pos64 @ gpos64.T)
     out: list[np.ndarray] = []
     total = 0
     for r in range(off.size):
