@@ -194,7 +194,7 @@ def test_calibration_and_imatrix_quantize_the_types(model: Path, calibrated: tup
 def test_auto_entries_beside_named_mixes(model: Path, calibrated: tuple[Any, Path], tmp_path: Path) -> None:
     im = min(calibrated[1].glob("*.imatrix.gguf"))
     q4 = calibrated[0].rows[1].size_bytes  # Q4_K_M's size in bytes: a bare number is bytes
-    rep = cmp.compare(model, f"f16,q4_k_m,q3_k_m,auto@q3_k_m,auto@4.5bpw,auto@{q4}", imatrix=im, keep=tmp_path / "k",
+    rep = cmp.compare(model, f"f16,q4_k_m,q3_k_m,auto@q3_k_m,auto@14bpw,auto@{q4}", imatrix=im, keep=tmp_path / "k",
                       base_logits=tmp_path / "b.kld", **FAST)
     rows = {r.name: r for r in rep.rows}
     assert [r.kind for r in rep.rows] == ["named", "named", "named", "auto", "auto", "auto"]
@@ -202,6 +202,6 @@ def test_auto_entries_beside_named_mixes(model: Path, calibrated: tuple[Any, Pat
     assert rows["auto@Q3_K_M"].target == {"size_bytes": q3, "size_of": "Q3_K_M"}
     assert rows["auto@Q3_K_M"].size_bytes <= q3
     assert rows[f"auto@{q4}"].size_bytes <= q4 and rows[f"auto@{q4}"].target == {"size_bytes": q4}
-    assert rows["auto@4.5bpw"].target == {"bpw": 4.5} and rows["auto@4.5bpw"].bpw <= 4.5 + 1e-9
+    assert rows["auto@14bpw"].target == {"bpw": 14.0} and rows["auto@14bpw"].bpw <= 14 + 1e-9
     assert json.loads(rep.to_json())["types"][3]["target"]["size_of"] == "Q3_K_M"
     assert all(r.stats is not None and r.stats["kld"]["mean"] > 0 for r in rep.rows[3:])
