@@ -19,8 +19,8 @@ tokens: ``--calibration`` has no ``--chunks`` (it uses the whole text, as llama-
 how (c) runs the same chunks on both sides. The runs alternate (reference first, then ours first, ...) so that a slow
 spell on a shared machine favours neither; the table gives medians and ratios (``ref / ours`` > 1: l1quant faster).
 
-    python benchmarks/bench_imatrix.py --cache /work/bench --chunks 4 --repeat 3 --parts a,b
-    python benchmarks/bench_imatrix.py --cache /work/bench --chunks 4 --repeat 2 --parts c
+    python benchmarks/bench_imatrix.py --cache .bench-cache --chunks 4 --repeat 3 --parts a,b
+    python benchmarks/bench_imatrix.py --cache .bench-cache --chunks 4 --repeat 2 --parts c
     python benchmarks/bench_imatrix.py --tiny --ctx 128 --chunks 4 --repeat 1      # a quick check that it runs
 """
 
