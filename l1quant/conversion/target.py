@@ -36,6 +36,7 @@ import math
 import os
 import re
 import shlex
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -572,8 +573,11 @@ def apply_target(
     n_params = sum(math.prod(st.shape) or 1 for _, st, _ in planned)
     _, text = parse_target(target_size, target_bpw, n_params)
     kv_probe = [(KEY_TARGET, "str", text), (KEY_TARGET_KLD, "float", "0")]
+    t0 = time.perf_counter()
     choice = choose_types(planned, options, im, target_size=target_size, target_bpw=target_bpw, file_size=size,
                           fixed=_user_fixed(options, tied), tied=tied)
+    # the search's own cost (issue 20's bar: under one llama-quantize run); benchmarks/bench_target.py parses it
+    log.info(f"search: {time.perf_counter() - t0:.2f} s ({len(choice.tensors)} tensors)")
     choice.kv = list(target_kv(choice))
     plan = make(choice.mix, choice.options, target_kv(choice))
     plan.target = choice
