@@ -15,6 +15,7 @@ dry-run / (c) < 0.2. Outputs are deleted after each run.
 Example:
     $ python benchmarks/bench_target.py --repeat 3 -t 2
     $ python benchmarks/bench_target.py --repeat 2 --skip-full   # (a) and (c) only
+    $ python benchmarks/bench_target.py --before /tmp/old   # also (a) with the l1quant package in /tmp/old
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ BENCH = Path("/work/bench/imatrix-bench")
 SEARCH_LINE = re.compile(r"search: ([0-9.]+) s")
 
 
-def timed_log(cmd: list[str]) -> tuple[Run, str]:
+def timed_log(cmd: list[str], env: dict[str, str] | None = None) -> tuple[Run, str]:
     """Like bench_convert.timed, but also return the child's stderr (the log holds the ``search:`` line)."""
     os.sync()
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert p.stderr is not None
     err = p.stderr.read().decode(errors="replace")
     _, status, ru = os.wait4(p.pid, 0)
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-full", action="store_true", help="skip (b), the full auto run")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="a folder holding an older l1quant package: its --dry-run is alternated too (before/after)")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the outputs (default: a temp dir)")
     a = ap.parse_args()
     lq = os.environ.get("L1QUANT_LLAMA_QUANTIZE")
@@ -79,6 +82,9 @@ def main() -> None:
                 str(size), "--imatrix", str(a.imatrix), "-t", t, "-q", *(["--dry-run"] if dry else [])]
 
     ref, dry, full = Series("llama-quantize Q4_K_M"), Series("auto --dry-run"), Series("auto (full)")
+    old = Series(f"auto --dry-run, {a.before}")
+    old_env = None if a.before is None else {**os.environ, "PYTHONPATH": str(a.before)}
+    old_search: list[float] = []
     dry_search: list[float] = []
     full_search: list[float] = []
     r, _ = timed_log(ref_cmd)
@@ -91,6 +97,11 @@ def main() -> None:
         dry.runs.append(r)
         dry_search.append(search_seconds(log))
         print(f"round {i + 1}: dry-run {r.wall:.1f} s (search {dry_search[-1]:.1f} s)", flush=True)
+        if old_env is not None:
+            r, log = timed_log(ours(True, size), old_env)
+            old.runs.append(r)
+            old_search.append(search_seconds(log))
+            print(f"round {i + 1}: dry-run (before) {r.wall:.1f} s (search {old_search[-1]:.1f} s)", flush=True)
         if not a.skip_full:
             r, log = timed_log(ours(False, size))
             full.runs.append(r)
@@ -107,7 +118,7 @@ def main() -> None:
             print(f"round {i + 1}: llama-quantize {r.wall:.1f} s", flush=True)
 
     rows = [["run", "n", "wall s (median)", "CPU s", "peak RSS MiB"]]
-    for s in (ref, dry, full):
+    for s in (ref, dry, old, full):
         if s.runs:
             rows.append([s.tool, str(len(s.runs)), f"{s.med('wall'):.1f}", f"{s.med('cpu'):.1f}",
                          f"{s.med('rss') / 2**20:.0f}"])
@@ -115,6 +126,8 @@ def main() -> None:
     q = ref.med("wall")
     print(f"dry-run / llama-quantize Q4_K_M (wall medians): {dry.med('wall') / q:.2f}  (bar: < 0.20)")
     print(f"search inside the dry-run (median): {statistics.median(dry_search):.1f} s")
+    if old_search:
+        print(f"search inside the dry-run, before (median): {statistics.median(old_search):.1f} s")
     if full_search:
         print(f"search inside the full run (median): {statistics.median(full_search):.1f} s; "
               f"search / llama-quantize Q4_K_M: {statistics.median(full_search) / q:.2f}  (bar: < 1)")
