@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--skip-full", action="store_true", help="skip (b), the full auto run")
     ap.add_argument("--before", type=Path, default=None,
                     help="a folder holding an older l1quant package: its --dry-run is alternated too (before/after)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="the target in bytes (Q4_K_M's size, known from an earlier run): skips the first probe run")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the outputs (default: a temp dir)")
     a = ap.parse_args()
     lq = os.environ.get("L1QUANT_LLAMA_QUANTIZE")
@@ -79,7 +81,7 @@ def main() -> None:
 
     def ours(dry: bool, size: int) -> list[str]:
         return [sys.executable, "-m", "l1quant", "quantize", str(a.model), str(out), "auto", "--target-size",
-                str(size), "--imatrix", str(a.imatrix), "-t", t, "-q", *(["--dry-run"] if dry else [])]
+                str(size), "--imatrix", str(a.imatrix), "-t", t, *(["--dry-run"] if dry else [])]
 
     ref, dry, full = Series("llama-quantize Q4_K_M"), Series("auto --dry-run"), Series("auto (full)")
     old = Series(f"auto --dry-run, {a.before}")
@@ -87,11 +89,14 @@ def main() -> None:
     old_search: list[float] = []
     dry_search: list[float] = []
     full_search: list[float] = []
-    r, _ = timed_log(ref_cmd)
-    size = out.stat().st_size
-    out.unlink()
-    ref.runs.append(r)
-    print(f"target = llama-quantize Q4_K_M's size: {size} bytes; ref run 1: {r.wall:.1f} s", flush=True)
+    if a.size is None:
+        r, _ = timed_log(ref_cmd)
+        size = out.stat().st_size
+        out.unlink()
+        ref.runs.append(r)
+        print(f"target = llama-quantize Q4_K_M's size: {size} bytes; ref run 1: {r.wall:.1f} s", flush=True)
+    else:
+        size = a.size
     for i in range(a.repeat):
         r, log = timed_log(ours(True, size))
         dry.runs.append(r)
