@@ -79,7 +79,7 @@ def quantize_cmd(input_: Path, args: tuple[str, ...], pure: bool, output_tensor_
     split = split_write_fields(split_max_size, split_max_tensors)
     if dry_run:
         job = plan_quantize(input_, output, type_, allow_requantize=allow_requantize, options=options,
-                            target_size=target_size, target_bpw=target_bpw)
+                            target_size=target_size, target_bpw=target_bpw, threads=threads)
         reps = [output_report(h, path) for path, h in output_parts(job.output, job.header, WriteOptions(**split))]
         if job.plan.target is not None:
             reps[0]["target"] = target_report(job.plan.target)

@@ -31,6 +31,7 @@ from gguf.constants import GGMLQuantizationType
 
 from l1quant.arch.from_gguf import check_complete_model
 from l1quant.conversion.mixes import ARCHS, QuantOptions
+from l1quant.conversion.pipeline import default_threads
 from l1quant.conversion.plan import ConversionPlan, apply_mix
 from l1quant.conversion.sources import TensorSource
 from l1quant.conversion.write import OutputFile, WriteOptions, output_parts, output_path, split_flat_options, write_gguf
@@ -193,7 +194,7 @@ def quantize(
         calibration_imatrix(src, calibration, out0, threads=w.threads, no_repack=no_repack,
                             progress=bool(w.progress))
     job = plan_quantize(input, output, type, allow_requantize=allow_requantize, options=options,
-                        target_size=target_size, target_bpw=target_bpw)
+                        target_size=target_size, target_bpw=target_bpw, threads=w.threads)
     for warning in job.plan.warnings:
         log.warning(warning)
     write_gguf(job.plan, job.header, job.output, w, create_folder=job.create_folder)
@@ -226,6 +227,7 @@ def plan_quantize(
     options: QuantOptions | None = None,
     target_size: str | int | None = None,
     target_bpw: float | str | None = None,
+    threads: int | None = None,
 ) -> OutputFile:
     """Everything :func:`quantize` decides before writing -- the plan, the header, the output path -- reading the
     input's header only (``quantize --dry-run``); raises what :func:`quantize` raises for a bad input.
@@ -262,7 +264,8 @@ def plan_quantize(
 
         plan = apply_target(arch_name, planned, options, [], n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
                             target_size=target_size, target_bpw=target_bpw,
-                            header_for=lambda p: quantized_header(gf, p))
+                            header_for=lambda p: quantized_header(gf, p),
+                            threads=threads or default_threads())
         type_name = "auto"
     else:
         plan = apply_mix(arch_name, planned, mix, options, [], n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv)

@@ -36,7 +36,9 @@ import math
 import os
 import re
 import shlex
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -391,6 +393,7 @@ def choose_types(
     file_size: Callable[[Mix, QuantOptions], int],
     fixed: Callable[[str], bool],
     tied: bool,
+    threads: int = 1,
 ) -> TargetChoice:
     """Search each tensor's type so the file fits the target (see the module docstring for the method).
 
@@ -398,6 +401,7 @@ def choose_types(
     ``options``: the user's per-tensor flags (with ``imatrix``); ``imatrix``: its loaded entries.
     ``file_size(mix, options)``: the exact size of the file those would write (header included).
     ``fixed(name)``: the user's flags already decide the tensor (it is not searched). ``tied``: no output.weight.
+    ``threads``: tensors measured at once (the kernels release the GIL); the answer does not depend on it.
 
     Raises :class:`ConfigError` in one line for a target outside the reachable range (which it names).
 
@@ -410,7 +414,8 @@ def choose_types(
     budget, target_text = parse_target(target_size, target_bpw, n_params)
 
     def measure(floor: float, errors: bool = True) -> list[TensorChoice]:
-        out: list[TensorChoice] = []
+        jobs: list[tuple[str, TensorSource, tuple[int, ...], list[QuantType], np.ndarray | None,
+                         list[QuantType | None]]] = []
         for name, st, t_in in planned:
             shape = tuple(st.shape)
             ggml_shape = tuple(reversed(shape)) or (1,)
@@ -424,8 +429,19 @@ def choose_types(
             # types far below the file's mean bits per weight are never chosen: not measured (the grid i-quants
             # are the slowest kernels); they still count for the reachable range
             measured = [q if q.type_size * 8 / q.block_size >= floor or q is cands[-1] else None for q in cands]
-            rel = [math.inf if math.isnan(r) else r for r in measure_errors(st, w, measured)] if errors \
+            jobs.append((name, st, shape, cands, w, measured))
+
+        def errs(job: tuple[str, TensorSource, tuple[int, ...], list[QuantType], np.ndarray | None,
+                            list[QuantType | None]]) -> list[float]:
+            _, st, _, cands, w, measured = job
+            return [math.inf if math.isnan(r) else r for r in measure_errors(st, w, measured)] if errors \
                 else [0.0] * len(cands)
+
+        # one tensor per worker (its kernels release the GIL); map keeps the order, so the answer is the same
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            rels = list(pool.map(errs, jobs))
+        out: list[TensorChoice] = []
+        for (name, _, shape, cands, _, _), rel in zip(jobs, rels):
             role = tensor_role(name)
             s = TIED_EMBD_SENSITIVITY if (role is Role.TOKEN_EMBD and tied) else SENSITIVITY[role]
             out.append(TensorChoice(name, shape, cands, [pad(q.nbytes(shape)) for q in cands], [s * r for r in rel]))
@@ -537,10 +553,12 @@ def apply_target(
     target_size: str | int | None,
     target_bpw: float | str | None,
     header_for: Callable[[ConversionPlan], Header],
+    threads: int = 1,
 ) -> ConversionPlan:
     """:func:`l1quant.conversion.plan.apply_mix` for type ``auto``: search the types (:func:`choose_types`) for the
     target, then lay the file out as llama-quantize would with the chosen overrides; ``header_for(plan)`` is the
-    header the caller writes for a plan (its size counts). The plan's ``target`` holds the answer and its first
+    header the caller writes for a plan (its size counts); ``threads`` measure tensors at once. The plan's
+    ``target`` holds the answer and its first
     kv entries the ``quantize.target*`` keys.
 
     Raises :class:`ConfigError` without an importance matrix or for a target out of reach.
@@ -572,8 +590,11 @@ def apply_target(
     n_params = sum(math.prod(st.shape) or 1 for _, st, _ in planned)
     _, text = parse_target(target_size, target_bpw, n_params)
     kv_probe = [(KEY_TARGET, "str", text), (KEY_TARGET_KLD, "float", "0")]
+    t0 = time.perf_counter()
     choice = choose_types(planned, options, im, target_size=target_size, target_bpw=target_bpw, file_size=size,
-                          fixed=_user_fixed(options, tied), tied=tied)
+                          fixed=_user_fixed(options, tied), tied=tied, threads=threads)
+    # the search's own cost (issue 20's bar: under one llama-quantize run); benchmarks/bench_target.py parses it
+    log.info(f"search: {time.perf_counter() - t0:.2f} s ({len(choice.tensors)} tensors)")
     choice.kv = list(target_kv(choice))
     plan = make(choice.mix, choice.options, target_kv(choice))
     plan.target = choice
