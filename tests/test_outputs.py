@@ -24,18 +24,19 @@ from click.testing import CliRunner
 
 from l1quant.cli import main
 from l1quant.conversion.convert import convert, convert_many, prepare_many
-from l1quant.conversion.mixes import QuantOptions, requires_imatrix
+from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.prepare import prepare
 from l1quant.conversion.quantize import plan_quantize, quantize
 from l1quant.conversion.write import output_report, written_report
-from l1quant.filetypes import ALIASES, MIXES, convert_types
+from l1quant.filetypes import ALIASES, MIXES, NEEDS_IMATRIX, convert_types
 from l1quant.gguf.reader import read_gguf
 from l1quant.imatrix_file import write_imatrix
 
 from cliutil import clean_env, cli, tree_hash
 
 #: the mixes llama-quantize refuses without an importance matrix (Q2_K_S: its Q2_K tensors need one)
-IMATRIX_MIXES = [m.lower() for m, mix in MIXES.items() if requires_imatrix("blk.0.ffn_up.weight", mix.base, mix)]
+#: the mixes llama-quantize makes only with an importance matrix (IQ3_XS too: its attn_k/attn_q get IQ3_XXS)
+IMATRIX_MIXES = [m.lower() for m in MIXES if m in NEEDS_IMATRIX]
 #: every distinct file type: the converter's types (auto is bf16 here) and every mix (aliases name the same file)
 #: that needs no importance matrix
 ALL_TYPES = [t for t in convert_types() if t != "auto"] + [m.lower() for m in MIXES
