@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -27,17 +25,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from ggml_oracle import ggml_quantize  # noqa: E402
 
 from l1quant.kernels import get_quant_type  # noqa: E402
+from bench_kernels_iquants12 import cpu_best  # noqa: E402  (the script's folder is on sys.path)
 
 TYPES = ("IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M")
-
-
-def cpu_best(f: Callable[[], object], n: int) -> float:
-    best = float("inf")
-    for _ in range(n):
-        t = time.process_time()
-        f()
-        best = min(best, time.process_time() - t)
-    return best
 
 
 def main() -> None:

@@ -345,6 +345,36 @@ static inline void trial_take(const float (*q)[NT_MAX], int n, int t, int8_t *L)
     for (int i = 0; i < n; i++) L[i] = (int8_t)(((int)q[i][t] - 1) / 2);
 }
 
+/* ggml's scale trials for nparts groups of 8 values: trial t uses the scale (5 + (t - half) / 10) / div, t = 0..2*half,
+   snapped to the grid; the first trial with the largest sumqx^2 / sumq2 wins (ggml's strict >, in trial order). Its
+   levels go to L and its on-grid flags to on_grid[0..nparts-1]; the winner's least-squares scale is returned, or
+   scale0 when no trial has sumq2 > 0 (L and on_grid are then left as they were). */
+static float trial_best(const grid_t *g, const float *xval, const float *waux, const float *weight, int nparts,
+                        int half, float div, float scale0, int8_t *L, int *on_grid) {
+    const int n = 8 * nparts, nt = 2 * half + 1;
+    float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
+    int32_t code3[4][NT_MAX];
+    float q[32][NT_MAX];
+    int ona[NT_MAX][4];
+    for (int t = 0; t < NT_MAX; t++) {
+        ids[t] = t < nt ? (5 + (float)(t - half) * 0.1f) / div : ids[0];
+        tsc[t] = 1 / ids[t];
+    }
+    trial_levels(xval, nparts, ids, q, code3);
+    trial_snap(g, xval, waux, nparts, tsc, nt, code3, q, ona);
+    trial_sums(weight, xval, n, q, sqx, sq2);
+    float best = 0, scale = scale0;
+    for (int t = 0; t < nt; t++) {
+        if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
+            scale = sqx[t] / sq2[t];
+            best = scale * sqx[t];
+            trial_take(q, n, t, L);
+            for (int k = 0; k < nparts; k++) on_grid[k] = ona[t][k];
+        }
+    }
+    return scale;
+}
+
 /* IQ2_XXS: one super-block (quantize_row_iq2_xxs_impl). y: 66 bytes. */
 static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
     float scales[8], weight[32], waux[32], xval[32];
@@ -372,29 +402,8 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, u
             scales[ib] = 0;
             continue;
         }
-        float best = 0;
-        int on;
-        {
-            enum { NT = 13 }; /* is = -6..6 */
-            float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
-            int32_t code3[4][NT_MAX];
-            float q[32][NT_MAX];
-            int ona[NT_MAX][4];
-            for (int t = 0; t < NT_MAX; t++) {
-                ids[t] = t < NT ? (5 + (float)(t - 6) * 0.1f) / eff_max : ids[0];
-                tsc[t] = 1 / ids[t];
-            }
-            trial_levels(xval, 4, ids, q, code3);
-            trial_snap(g, xval, waux, 4, tsc, NT, code3, q, ona);
-            trial_sums(weight, xval, 32, q, sqx, sq2);
-            for (int t = 0; t < NT; t++) {
-                if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
-                    scale = sqx[t] / sq2[t];
-                    best = scale * sqx[t];
-                    trial_take(q, 32, t, L);
-                }
-            }
-        }
+        int on, on4[4];
+        scale = trial_best(g, xval, waux, weight, 4, 6, eff_max, scale, L, on4);  /* is = -6..6 */
         if (scale > 0) {
             const float id = 1 / scale;
             for (int k = 0; k < 4; k++) {
@@ -477,32 +486,8 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
             scales[ib] = 0;
             continue;
         }
-        float best = 0;
-        float scale = max / 5;
         on_grid[0] = on_grid[1] = 1;
-        {
-            enum { NT = 19 }; /* is = -9..9 */
-            float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
-            int32_t code3[4][NT_MAX];
-            float q[16][NT_MAX];
-            int ona[NT_MAX][4];
-            for (int t = 0; t < NT_MAX; t++) {
-                ids[t] = t < NT ? (5 + (float)(t - 9) * 0.1f) / max : ids[0];
-                tsc[t] = 1 / ids[t];
-            }
-            trial_levels(xval, 2, ids, q, code3);
-            trial_snap(g, xval, waux, 2, tsc, NT, code3, q, ona);
-            trial_sums(weight, xval, 16, q, sqx, sq2);
-            for (int t = 0; t < NT; t++) {
-                if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
-                    scale = sqx[t] / sq2[t];
-                    best = scale * sqx[t];
-                    trial_take(q, 16, t, L);
-                    on_grid[0] = ona[t][0];
-                    on_grid[1] = ona[t][1];
-                }
-            }
-        }
+        float scale = trial_best(g, xval, waux, weight, 2, 9, max, max / 5, L, on_grid);  /* is = -9..9 */
         if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
             const float id = 1 / scale;
             int on;
