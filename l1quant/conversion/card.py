@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Any
 import gguf
 
 from l1quant.check.verifier import verify
+from l1quant.conversion.write import file_sha256
 from l1quant.gguf.split import merged_view, read_parts
 from l1quant.l1.prompt import l1_prompt
 from l1quant.output import AtomicOutput, pwrite_all
@@ -42,14 +42,6 @@ def _human(n: float) -> str:
             return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.2f} GiB"  # pragma: no cover
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 #: Where a repo id can be read from a hub cache folder: .../models--ORG--NAME/snapshots/<commit>
@@ -175,7 +167,7 @@ def render_card(gguf_path: Path, source: Path | None, report: Any | None = None,
         "| | |",
         "|---|---|",
         f"| file | `{gguf_path.name}` |",
-        f"| sha256 | `{_sha256(gguf_path)}` |",
+        f"| sha256 | `{file_sha256(gguf_path)}` |",
         f"| architecture | {arch}, {kv.get(f'{arch}.block_count', '?')} layers, "
         f"hidden {kv.get(f'{arch}.embedding_length', '?')}, "
         f"{kv.get(f'{arch}.attention.head_count', '?')}/{kv.get(f'{arch}.attention.head_count_kv', '?')} heads |",

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from l1quant.cache import user_cache_dir
+from l1quant.conversion.write import file_sha256
 from l1quant.errors import InputError
 from l1quant.evaluate.basefile import (BaseFile, read_base_ppl, score_against_base, sidecar_path, write_base,
                                          write_base_ppl)
@@ -366,7 +367,7 @@ def _make_entries(source: Path, entries: list[CompareEntry], keep: Any, threads:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = source.name.removesuffix(".gguf") if is_gguf else source.name
     im = _imatrix_for(source, out_dir, stem, imatrix, calibration, threads, no_repack, progress)
-    im_tag = f"-imatrix-{_file_hash(Path(im))[:8]}" if im is not None else ""
+    im_tag = f"-imatrix-{file_sha256(Path(im))[:8]}" if im is not None else ""
 
     made: dict[str, Path] = {}
 
@@ -434,7 +435,7 @@ def _imatrix_for(source: Path, out_dir: Path, stem: str, imatrix: Any, calibrati
     bundled = calibration is True or calibration == ""
     if not bundled and not Path(calibration).is_file():
         raise InputError(f"{calibration}: no such calibration text file")
-    text_hash = _hash(default_calibration_text()) if bundled else _file_hash(Path(calibration))
+    text_hash = _hash(default_calibration_text()) if bundled else file_sha256(Path(calibration))
     anchor = out_dir / f"{stem}-calibration-{text_hash[:12]}.gguf"
     kept = imatrix_path_for(anchor)
     if not kept.exists():
@@ -448,14 +449,6 @@ def _imatrix_for(source: Path, out_dir: Path, stem: str, imatrix: Any, calibrati
 def _file_stamp(path: Path) -> str:
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_vocabularies(paths: Sequence[Path]) -> None:
