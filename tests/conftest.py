@@ -76,6 +76,26 @@ def toy_tokenizer(out: Path) -> Path:
     return out
 
 
+#: Folders under pytest's basetemp that outlive the module that made them (the session-wide tiny checkpoints).
+_KEEP: set[Path] = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """When a test module ends with every test passed, delete the folders its module-scoped fixtures made under
+    basetemp (pytest itself keeps them to the session's end: ~7 GB at the peak of a full run, which once filled
+    the disk CI shares and failed 490 tests at setup). Torn down after the module's other fixtures (autouse
+    fixtures are set up first). A module with a failure keeps everything, as ``tmp_path_retention_policy``."""
+    root = tmp_path_factory.getbasetemp()
+    before = set(root.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failed:
+        return
+    for p in set(root.iterdir()) - before - _KEEP:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Build (once per distinct arguments) a tiny random checkpoint: ``tiny_factory(tok="r1", **kw)``.
@@ -83,22 +103,28 @@ def tiny_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path
     ``tok`` is "r1", "qwen2.5", "qwen2.5-orig" (see :func:`original_qwen_tokenizer`) or "toy" (see
     :func:`toy_tokenizer`; pass ``vocab=352`` or so, and convert with ``pre="qwen2"``) for a qwen2 checkpoint, or
     "qwen3" / "r1-llama" for a qwen3 / llama one (:data:`TOKENIZER_DEFAULTS`; ``kw`` overrides them), or
-    "r1-llama-asp" (see :func:`llama_tokenizer_with_prefix_space`)."""
+    "r1-llama-asp" (see :func:`llama_tokenizer_with_prefix_space`).
+
+    A folder made while a module runs is deleted when it ends (:func:`_free_module_tmp`), so one that is gone is
+    made again; ``keep=True`` (a session fixture's checkpoint) keeps it for the whole session."""
     cache: dict[tuple[Any, ...], Path] = {}
     toks = dict(TOKENIZERS)
 
-    def make(tok: str = "r1", **kw: Any) -> Path:
-        if tok not in toks:
+    def make(tok: str = "r1", keep: bool = False, **kw: Any) -> Path:
+        if tok not in toks or not toks[tok].exists():
             make_tok = {"qwen2.5-orig": original_qwen_tokenizer, "toy": toy_tokenizer,
                         "r1-llama-asp": llama_tokenizer_with_prefix_space}[tok]
             toks[tok] = make_tok(tmp_path_factory.mktemp(f"{tok}-tok"))
         key = (tok, tuple(sorted((k, repr(v)) for k, v in kw.items())))
-        if key not in cache:
+        if key not in cache or not cache[key].exists():
             d = tmp_path_factory.mktemp(f"tiny-{tok}")
             args = {**TOKENIZER_DEFAULTS.get(tok.removesuffix("-asp"), {}), **kw}
             folder = {"qwen3": "Tiny-Qwen3-Test", "llama": "Tiny-Llama-Test"}.get(args.get("arch", "qwen2"),
                                                                                 "Tiny-Qwen2-Test")
             cache[key] = make_checkpoint(d / folder, tokenizer_dir=toks[tok], **args)
+        if keep:
+            _KEEP.add(cache[key].parent)
+            _KEEP.update(p for p in tmp_path_factory.getbasetemp().iterdir() if toks[tok].is_relative_to(p))
         return cache[key]
 
     return make
@@ -106,12 +132,12 @@ def tiny_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path
 
 @pytest.fixture(scope="session")
 def tiny_r1(tiny_factory: Callable[..., Path]) -> Path:
-    return tiny_factory("r1")
+    return tiny_factory("r1", keep=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen(tiny_factory: Callable[..., Path]) -> Path:
-    return tiny_factory("qwen2.5")
+    return tiny_factory("qwen2.5", keep=True)
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,7 @@ class ParityEnv:
         return self.futures[case].result()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def parity_env(request: pytest.FixtureRequest, tiny_factory: Callable[..., Path],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParityEnv]:
     ref = require_reference()

@@ -12,8 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 #: hypothesis examples per fuzz test (CI keeps the default; see README.md in this folder)
@@ -25,6 +28,19 @@ MAX_PARSE_S = float(os.environ.get("L1QUANT_FUZZ_MAX_PARSE_S", "1.0"))
 #: the most memory one parse may allocate (traced Python and numpy allocations, in MiB): a count taken from the
 #: input must never turn a few bytes into gigabytes of objects
 MAX_PARSE_MIB = float(os.environ.get("L1QUANT_FUZZ_MAX_PARSE_MIB", "64"))
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh temporary folder for a fuzz module's inputs, deleted when the process exits (a hypothesis run
+    writes thousands of files there; left behind, every run added ~50 MB to a shared disk).
+
+    Example:
+        >>> scratch_dir("l1quant-doc-").is_dir()
+        True
+    """
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 class Budget:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,11 @@ from l1quant.evaluate import BaseFile, read_base_ppl, score_against_base, write_
 from l1quant.l1.budget import load_problems
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzzkit import EXAMPLES, Budget, CrashCorpus, assert_one_line
+from fuzzkit import EXAMPLES, Budget, CrashCorpus, assert_one_line, scratch_dir
 from test_fuzz_gguf import mutate
 
 CRASHES = CrashCorpus(Path(__file__).parent / "corpus_compare")
-_TMP = Path(tempfile.mkdtemp(prefix="l1quant-fuzz-compare-"))
+_TMP = scratch_dir("l1quant-fuzz-compare-")
 N_VOCAB, CTX, CHUNKS = 50, 16, 2
 PROBLEMS = Path(__file__).resolve().parents[2] / "examples" / "problems.jsonl"
 

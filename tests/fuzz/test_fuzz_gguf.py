@@ -12,7 +12,6 @@ import json
 import re
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +24,11 @@ from l1quant.errors import GGUFFormatError
 from l1quant.gguf.reader import describe, read_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzzkit import EXAMPLES, MAX_PARSE_S, Budget, CrashCorpus, assert_one_line
+from fuzzkit import EXAMPLES, MAX_PARSE_S, Budget, CrashCorpus, assert_one_line, scratch_dir
 from gguf_builders import all_types_file, field_offsets, valid_file
 
 CRASHES = CrashCorpus(Path(__file__).parent / "corpus_gguf")
-_TMP = Path(tempfile.mkdtemp(prefix="l1quant-fuzz-"))
+_TMP = scratch_dir("l1quant-fuzz-")
 
 HUGE = [0, 1, 2**8, 2**16 - 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**60, 2**62, 2**63 - 1, 2**63,
         2**64 - 32, 2**64 - 1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import struct
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,12 +23,12 @@ from l1quant.errors import L1QuantError
 from l1quant.gguf.reader import read_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzzkit import EXAMPLES, Budget, CrashCorpus, assert_one_line
+from fuzzkit import EXAMPLES, Budget, CrashCorpus, assert_one_line, scratch_dir
 from gguf_builders import field_offsets
 from test_fuzz_gguf import mutate
 
 CRASHES = CrashCorpus(Path(__file__).parent / "corpus_quantize")
-_TMP = Path(tempfile.mkdtemp(prefix="l1quant-fuzz-quantize-"))
+_TMP = scratch_dir("l1quant-fuzz-quantize-")
 _SEED: list[tuple[bytes, list[int], list[int]]] = []
 
 

@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fuzzkit import EXAMPLES, MAX_PARSE_S, CrashCorpus, assert_one_line  # this folder: pytest puts it on sys.path
+from fuzzkit import EXAMPLES, MAX_PARSE_S, CrashCorpus, assert_one_line, scratch_dir  # this folder: pytest puts it on sys.path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +35,7 @@ from l1quant.source.safetensors import DTYPES, open_checkpoint, require_float
 #: Peak Python+numpy allocation allowed while parsing and reading one (small) input.
 MAX_PEAK = 32 << 20
 CRASHES = CrashCorpus(Path(__file__).parent / "corpus_safetensors")
-_TMP = Path(tempfile.mkdtemp(prefix="l1quant-fuzz-st-"))
+_TMP = scratch_dir("l1quant-fuzz-st-")
 
 HUGE = [-(2**63), -1, 0, 1, 7, 2**16, 2**31 - 1, 2**32, 2**53 + 1, 2**62, 2**63 - 1, 2**63, 2**64 - 1, 2**64,
         10**30]
