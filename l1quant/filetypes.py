@@ -31,7 +31,6 @@ import gguf
 from gguf.constants import GGMLQuantizationType, LlamaFileType
 
 from l1quant.errors import ConfigError, clip
-from l1quant.imatrix_file import IMATRIX_KEY_PREFIX
 from l1quant.kernels import QUANT_TYPES, QuantType, describe, get_quant_type
 
 __all__ = [
@@ -50,6 +49,10 @@ __all__ = [
 
 T = GGMLQuantizationType
 _FLOAT_TYPES = frozenset({T.F32, T.F16, T.BF16})
+
+#: The namespace of the keys llama-quantize appends after ``general.file_type`` in what l1quant writes (its
+#: ``--override-kv``: ``quantize.imatrix.*`` with an importance matrix, ``quantize.target*`` for type auto).
+QUANTIZE_KEY_PREFIX = "quantize."
 
 
 @dataclass(frozen=True)
@@ -314,9 +317,10 @@ class FileType:
 def file_type_of(gf: _FileLike) -> FileType:
     """Recognise ``gf`` (anything with the reader's ``kv`` mapping, in file order, and ``tensors``).
 
-    A llama-quantize file ends with ``general.file_type`` (it appends it, then only its ``quantize.imatrix.*``
-    keys when it had an importance matrix; the converter writes it before the tokenizer keys): then the number is
-    looked up among the mixes. Otherwise among the converter types.
+    A llama-quantize file ends with ``general.file_type`` (it appends it, then only its ``--override-kv`` keys:
+    ``quantize.imatrix.*`` with an importance matrix, ``quantize.target*`` for a target-size file; the converter
+    writes it before the tokenizer keys): then the number is looked up among the mixes. Otherwise among the
+    converter types.
 
     Example:
         >>> from types import SimpleNamespace as NS
@@ -325,7 +329,7 @@ def file_type_of(gf: _FileLike) -> FileType:
         (None, 'Q8_0')
     """
     key = gguf.Keys.General.FILE_TYPE
-    keys = [k for k in gf.kv if not k.startswith(IMATRIX_KEY_PREFIX)]
+    keys = [k for k in gf.kv if not k.startswith(QUANTIZE_KEY_PREFIX)]
     value = gf.kv.get(key)
     mix = None
     if keys and keys[-1] == key and isinstance(value, int) and not isinstance(value, bool):

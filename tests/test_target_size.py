@@ -157,3 +157,23 @@ def test_convert_writes_what_quantize_writes(env: dict[str, Path], tmp_path: Pat
     b = l1quant.convert(env["model"], "auto", tmp_path / "c.gguf", imatrix=str(env["imatrix"]), target_bpw=5.5)
     assert a.read_bytes() == b.read_bytes()
     assert tensor_types_path(a).read_text() == tensor_types_path(b).read_text()
+
+
+def test_verify_rebuilds_each_chosen_type(env: dict[str, Path], tmp_path: Path) -> None:
+    """verify --source rebuilds every tensor with the type the search gave it (not the base mix's): byte-identical
+    with the imatrix, within the noise bounds without it; the quantize.target* keys are recorded, not refused."""
+    out = l1quant.convert(env["model"], "auto", tmp_path / "a.gguf", imatrix=str(env["imatrix"]), target_bpw=4.5,
+                          threads=2)
+    # the table really departs from the base mix, so the source check cannot pass by planning the base mix
+    rep = l1quant.verify(out)
+    mix = next(c for c in rep.checks if c.name == "tensors.mix")
+    assert mix.status == "pass" and "typed by the target-size search" in mix.message, mix
+    with_im = l1quant.verify(out, source=env["model"], imatrix=env["imatrix"], threads=2)
+    assert with_im.passed, [c for c in with_im.checks if c.status == "fail"]
+    tensors = next(c for c in with_im.checks if c.name == "source.tensors")
+    assert "byte-identical" in tensors.message and "cannot check" not in tensors.message, tensors
+    without = l1quant.verify(out, source=env["model"], threads=2)
+    assert without.passed, [c for c in without.checks if c.status == "fail"]
+    # the command line says the same (exit 0)
+    r = _cli("verify", out, "--source", env["model"], "--imatrix", env["imatrix"])
+    assert r.exit_code == 0, r.output

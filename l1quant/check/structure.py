@@ -16,7 +16,8 @@ from l1quant.check.report import FAIL, PASS, SKIP, Check, problems_check
 from l1quant.conversion.metadata import FIELDS
 from l1quant.conversion.mixes import assign_types
 from l1quant.conversion.plan import stays_f32, tensor_qtype
-from l1quant.errors import ConfigError, quote
+from l1quant.conversion.target import KEY_TARGET
+from l1quant.errors import ConfigError, clip, quote
 from l1quant.filetypes import FileType, Mix, file_type_of
 from l1quant.gguf.reader import (  # one type-naming rule for reader and verifier
     GGUFFile,
@@ -305,7 +306,12 @@ def check_tensors(gf: GGUFFile, arch: Arch, cfg: ModelConfig, ft: FileType | Non
     problems, deviations = _mix_types(gf, arch, cfg, mix)
     checks.append(problems_check("tensors.types", types + problems,
                          f"norms/biases F32, every type known, in llama-quantize's order for {mix.name}"))
-    if deviations:
+    if deviations and KEY_TARGET in gf.kv:
+        # type auto: the search chose these types (the source check rebuilds each with its chosen type)
+        checks.append(Check("tensors.mix", PASS, f"{len(deviations)} tensor(s) typed by the target-size search "
+                                                 f"({KEY_TARGET} = {clip(gf.kv[KEY_TARGET])}) on the {mix.name} "
+                                                 "rule"))
+    elif deviations:
         # per-tensor flags (--pure, --tensor-type ...) legitimately change types: said, not failed
         checks.append(Check("tensors.mix", SKIP, f"{len(deviations)} tensor(s) differ from the default {mix.name} "
                                                  f"rule (made with per-tensor options?): {'; '.join(deviations[:3])}"

@@ -59,6 +59,7 @@ from l1quant.check.structure import (
 )
 from l1quant.conversion.mixes import QuantOptions
 from l1quant.conversion.prepare import prepare
+from l1quant.conversion.target import KEY_TARGET, TARGET_KEYS, override_pattern
 from l1quant.errors import ConfigError, GGUFFormatError, InputError, L1QuantError, TokenizerError, read_text
 from l1quant.evaluate.forward import default_text
 from l1quant.filetypes import FileType, file_type_of
@@ -218,10 +219,18 @@ def _imatrix_quant(gf: GGUFFile) -> bool:
 def _recorded_imatrix_keys(gf: GGUFFile, expected: Header, have_imatrix: bool) -> None:
     """What the source cannot tell about an imatrix quant, taken from the file into ``expected`` (the header the
     source gives): the imatrix path (recorded as it was typed, so it may name the same file differently), and,
-    without ``--imatrix``, all four keys."""
+    without ``--imatrix``, all four keys; a target-size file's ``quantize.target*`` keys (the target as asked, the
+    search's prediction), before the imatrix keys as written."""
     found = Header.from_file(gf)
     for key, kv in found.kv.items():
-        if key.startswith(IMATRIX_KEY_PREFIX) and (not have_imatrix or key == KEY_QUANTIZE_FILE):
+        if key in TARGET_KEYS:
+            # before any imatrix key already expected, as llama-quantize appends its --override-kv keys
+            tail = {k: v for k, v in expected.kv.items() if k.startswith(IMATRIX_KEY_PREFIX)}
+            for k in tail:
+                del expected.kv[k]
+            expected.add(key, kv.value, kv.type)
+            expected.kv.update(tail)
+        elif key.startswith(IMATRIX_KEY_PREFIX) and (not have_imatrix or key == KEY_QUANTIZE_FILE):
             if have_imatrix and key not in expected.kv:
                 continue  # the source with this imatrix writes no such key: the metadata check reports it
             if key in expected.kv:
@@ -239,10 +248,16 @@ def _prepare_like(prepare: Any, src: Path, ft: FileType, gf: GGUFFile,
     Repeated calls are cheap: the tokenizer, the slow part, is cached by
     :func:`l1quant.conversion.vocab.load_vocab` while the source files are unchanged."""
     kw: dict[str, Any] = {}
+    # a target-size file's types were chosen per tensor: each is rebuilt with the type the file gives it (one
+    # anchored override per tensor on the base mix, as the search wrote it; the bytes are still checked)
+    chosen = [(override_pattern(t.name), t.ggml_type) for t in gf.tensors] \
+        if ft.mix is not None and KEY_TARGET in gf.kv else []
     if imatrix is not None:
-        kw["options"] = QuantOptions(imatrix=imatrix)
+        kw["options"] = QuantOptions(imatrix=imatrix, tensor_types=chosen)
     elif ft.mix is not None and _imatrix_quant(gf):
         kw["assume_imatrix"] = True
+        if chosen:
+            kw["options"] = QuantOptions(tensor_types=chosen)
     try:
         return prepare(src, ft.request, gf.path, **kw)
     except TokenizerError as e:

@@ -113,7 +113,7 @@ def convert_cmd(model: str, type_: str, output: str | None, name: str | None, me
     split = split_write_fields(split_max_size, split_max_tensors)
     if dry_run:
         prepared = prepare_many(model, type_, output, name=name, metadata=metadata, pre=pre, options=options,
-                                target_size=target_size, target_bpw=target_bpw)
+                                target_size=target_size, target_bpw=target_bpw, threads=threads)
         reports = []
         for p in prepared:
             reps = [output_report(h, path) for path, h in output_parts(p.output, p.header, WriteOptions(**split))]

@@ -135,8 +135,10 @@ def prepare_many(
     assume_imatrix: bool = False,
     target_size: str | int | None = None,
     target_bpw: float | str | None = None,
+    threads: int | None = None,
 ) -> list[Prepared]:
-    """:func:`prepare` for each of ``types`` (``"q8_0,q4_k_m"`` or a list); reads no tensor data, writes nothing.
+    """:func:`prepare` for each of ``types`` (``"q8_0,q4_k_m"`` or a list); reads no tensor data, writes nothing
+    (``threads``: the ``auto`` search's, as :func:`prepare`'s).
     ``assume_imatrix``: plan the types as with an importance matrix not computed yet (``--calibration``'s checks
     before it computes one: the mixes that need one are not refused).
 
@@ -156,7 +158,8 @@ def prepare_many(
             raise ConfigError(f"{o}: with several types (--type {','.join(wanted)}) the output must be a folder "
                               "(end it with /) or a file name holding {ftype}")
     prepared = [prepare(model, t, output, name=name, metadata=metadata, pre=pre, options=options,
-                        assume_imatrix=assume_imatrix, target_size=target_size, target_bpw=target_bpw)
+                        assume_imatrix=assume_imatrix, target_size=target_size, target_bpw=target_bpw,
+                        threads=threads)
                 for t in wanted]
     seen: dict[Path, str] = {}
     for t, p in zip(wanted, prepared):
@@ -218,7 +221,7 @@ def convert_many(
         calibration_imatrix(first[0].model_dir, calibration, first[0].output, threads=w.threads,
                             no_repack=no_repack, progress=bool(w.progress))
     prepared = prepare_many(model, types, output, name=name, metadata=metadata, pre=pre, options=options,
-                            target_size=target_size, target_bpw=target_bpw)
+                            target_size=target_size, target_bpw=target_bpw, threads=w.threads)
     for p in prepared:
         # The input folder is only ever read: no output (let alone one named like an input file) goes into it.
         # Checked here, not in prepare(), which writes nothing and also serves verify for a GGUF kept beside its

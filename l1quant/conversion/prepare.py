@@ -26,6 +26,7 @@ import gguf
 from l1quant.arch import Arch, get_arch
 from l1quant.conversion.metadata import check_model_card, validate_metadata
 from l1quant.conversion.mixes import QuantOptions
+from l1quant.conversion.pipeline import default_threads
 from l1quant.conversion.plan import ConversionPlan, make_plan
 from l1quant.conversion.vocab import Vocab, load_vocab
 from l1quant.conversion.write import output_path
@@ -194,13 +195,15 @@ def prepare(
     assume_imatrix: bool = False,
     target_size: str | int | None = None,
     target_bpw: float | str | None = None,
+    threads: int | None = None,
 ) -> Prepared:
     """Read and validate everything, build the header and decide the output path; write nothing.
 
     ``as_mix`` treats a converter type (``q8_0``, ``f16``...) as llama-quantize's mix of that name, the layout
     of a file llama-quantize wrote (verify uses it to rebuild such a file); ``assume_imatrix`` picks the types of
     an imatrix quant without its importance matrix (verify, which then cannot compare bytes). ``target_size`` /
-    ``target_bpw`` with type ``auto``: each tensor's type is searched to fit (:mod:`l1quant.conversion.target`).
+    ``target_bpw`` with type ``auto``: each tensor's type is searched to fit (:mod:`l1quant.conversion.target`),
+    measuring ``threads`` tensors at once (the answer does not depend on it).
 
     Example:
         >>> p = prepare("tiny-qwen3", "q8_0")  # doctest: +SKIP
@@ -229,7 +232,8 @@ def prepare(
             return h
 
         plan = make_plan(ckpt, cfg, arch, type, options, target=functools.partial(
-            apply_target, target_size=target_size, target_bpw=target_bpw, header_for=header_for))
+            apply_target, target_size=target_size, target_bpw=target_bpw, header_for=header_for,
+            threads=threads or default_threads()))
         header = header_for(plan)
     else:
         if has_target:

@@ -60,6 +60,7 @@ __all__ = [
     "CANDIDATES",
     "KEY_TARGET",
     "KEY_TARGET_KLD",
+    "TARGET_KEYS",
     "SAMPLE_ROWS",
     "SENSITIVITY",
     "TargetChoice",
@@ -109,6 +110,7 @@ TIED_EMBD_SENSITIVITY = SENSITIVITY[Role.OUTPUT] + SENSITIVITY[Role.TOKEN_EMBD]
 #: (f32, nats/token).
 KEY_TARGET = "quantize.target"
 KEY_TARGET_KLD = "quantize.target.kld"
+TARGET_KEYS = (KEY_TARGET, KEY_TARGET_KLD)
 
 def parse_size(text: str | int) -> int:
     """Bytes of a ``--target-size``: an int as it is, a text as :func:`l1quant.units.parse_size` reads it (K/M/G/T
