@@ -205,3 +205,18 @@ def test_auto_entries_beside_named_mixes(model: Path, calibrated: tuple[Any, Pat
     assert rows["auto@14bpw"].target == {"bpw": 14.0} and rows["auto@14bpw"].bpw <= 14 + 1e-9
     assert json.loads(rep.to_json())["types"][3]["target"]["size_of"] == "Q3_K_M"
     assert all(r.stats is not None and r.stats["kld"]["mean"] > 0 for r in rep.rows[3:])
+
+
+def test_a_file_row_is_labelled_by_its_type_only_when_named_for_it(tiny_factory: Callable[..., Path],
+                                                                   tmp_path: Path) -> None:
+    """A hand mix or a target-size file holds its base mix's general.file_type: labelled by that, a table of
+    Q4_K_M and Q4_K_M+token_embd=q4_0 would show two rows called Q4_K_M. m-Q8_0.gguf still reads Q8_0."""
+    import shutil
+
+    from l1quant.evaluate.driver import _file_label
+
+    named = l1quant.convert(tiny_factory("toy", vocab=352), "q8_0", tmp_path / "m-Q8_0.gguf", pre="qwen2")
+    hand = tmp_path / "Q4_K_M+e4_0.gguf"
+    shutil.copyfile(named, hand)
+    assert _file_label(named) == "Q8_0"
+    assert _file_label(hand) == "Q4_K_M+e4_0"

@@ -100,6 +100,14 @@ def _type_label(path: Path) -> str:
         return path.stem
 
 
+def _file_label(path: Path) -> str:
+    """A compared file's row label: its type name when the file is named for it (``m-Q4_K_M.gguf``: ``Q4_K_M``),
+    else its own name, since a hand mix or a target-size file holds its base mix's ``general.file_type`` and
+    would pass for that mix."""
+    name = _type_label(path)
+    return name if path.stem.upper().endswith(name.upper()) else path.stem
+
+
 def default_compare_text() -> str:
     """The bundled evaluation text (``l1quant/data/compare_text.txt``), built by ``benchmarks/make_compare_text.py``
     (prose written for this project, then worked problems from a fixed seed; the README says more)."""
@@ -323,7 +331,7 @@ def _resolve_models(model: Any, types: Sequence[str] | str, base: Any, keep: Any
     for p in paths:
         if not p.is_file():
             raise InputError(f"{p}: no such GGUF file")
-    labels = [_type_label(p) for p in paths]
+    labels = [_type_label(paths[0])] + [_file_label(p) for p in paths[1:]]
     if len(set(labels)) != len(labels):
         labels = [p.name for p in paths]
     return _Made(paths, labels, ["file"] * len(paths), [None] * len(paths))
