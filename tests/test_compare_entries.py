@@ -215,7 +215,8 @@ def test_a_file_row_is_labelled_by_its_type_only_when_named_for_it(tiny_factory:
 
     from l1quant.evaluate.driver import _file_label
 
-    named = l1quant.convert(tiny_factory("toy", vocab=352), "q8_0", tmp_path / "m-Q8_0.gguf", pre="qwen2")
+    model = tiny_factory("toy", vocab=352, extra_config={"bos_token_id": 0, "eos_token_id": 2})
+    named = l1quant.convert(model, "q8_0", tmp_path / "m-Q8_0.gguf", pre="qwen2")
     hand = tmp_path / "Q4_K_M+e4_0.gguf"
     shutil.copyfile(named, hand)
     assert _file_label(named) == "Q8_0"
