@@ -230,11 +230,12 @@ def measure_errors(source: TensorSource, weights: np.ndarray | None,
     lossless input type; NaN for a candidate marked None (not measured). ``source`` is 2-D or 3-D (experts:
     matrix j's rows take weights row j).
 
-    The denominator is exact (:func:`row_energies`, every row). The numerator is exact on the :data:`TOP_ROWS`
-    rows of largest energy and estimated from the even sample (:func:`sample_runs`) on the rest: a real model's
-    few outlier rows (an early ``ffn_down``'s massive-activation channels) carry most of a tensor's energy and can
-    break a grid type alone (Qwen2.5-Coder-1.5B ``blk.2.ffn_down``: IQ3_S's error is 0.44 of the output energy on
-    all rows, 0.003 on an even sample of 128).
+    The numerator is exact on the :data:`TOP_ROWS` rows of largest energy (:func:`row_energies`, every row read)
+    and estimated from the even sample (:func:`sample_runs`) on the rest; the denominator is the exact energy of
+    the rows outside the top ones. A real model's few outlier rows (an early ``ffn_down``'s massive-activation
+    channels) can break a grid type alone (Qwen2.5-Coder-1.5B ``blk.2.ffn_down``: IQ3_S's error is 0.44 of the
+    output energy on all rows, 0.003 on an even sample of 128), and, in the denominator, would hide the error of
+    every other row.
 
     Example:
         >>> measure_errors(src, None, [get_quant_type("q8_0")])  # doctest: +SKIP
@@ -246,14 +247,17 @@ def measure_errors(source: TensorSource, weights: np.ndarray | None,
     n_mat = 1 if weights is None else weights.shape[0]
     per_mat = n_rows // n_mat
     energy = row_energies(source, weights)
-    den = float(energy.sum())
     if n_rows <= SAMPLE_ROWS + TOP_ROWS:
         top = np.arange(n_rows)
         rest: list[int] = []
+        den = float(energy.sum())
     else:
         top = np.sort(np.argpartition(energy, n_rows - TOP_ROWS)[n_rows - TOP_ROWS:])
         in_top = set(top.tolist())
         rest = [r for a, b in sample_runs(n_rows) for r in range(a, b) if r not in in_top]
+        # relative to the other rows' energy: a few massive-activation channels would otherwise make every other
+        # row's error look negligible (IQ1_S for 1.5B's blk.2.ffn_down looked cheap); their own error still counts
+        den = float(energy.sum() - energy[top].sum())
     # the rest's sampled error stands for every row outside the top ones
     scale = (n_rows - len(top)) / len(rest) if rest else 0.0
     # rows grouped by matrix (weights differ per expert), each group quantized with one kernel call per candidate
