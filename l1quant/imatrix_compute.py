@@ -297,8 +297,7 @@ def _as_gguf(model: str | os.PathLike[str], scratch: Path, threads: int | None) 
     from l1quant.conversion.write import WriteOptions, write_gguf
 
     folder = resolve_source(model)
-    if not (folder / "config.json").is_file():
-        raise InputError(f"{folder}: not a model (a GGUF file, or a folder with config.json)")
+    _check_model_folder(folder)
     typ = lossless_type(folder)
     with tempfile.TemporaryDirectory(prefix=".l1q-imatrix-", dir=scratch) as d:
         prep = prepare(folder, typ, Path(d) / f"source-{typ.upper()}.gguf")
@@ -432,6 +431,8 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, 
             raise InputError(f"{out}: refusing to write into the input folder {p}; pass -o elsewhere")
     if p.is_file() and _magic(p) != b"GGUF":
         raise InputError(f"{p}: not a GGUF file (expected a GGUF or a model folder)")
+    if p.is_dir():
+        _check_model_folder(p)  # a wrong input is named before a missing library (llama-cpp-python)
     prompt = _read_prompt(text)
     require("l1quant imatrix")
     if output_format == "gguf" and not out.name.endswith(".gguf"):
@@ -464,6 +465,11 @@ def imatrix(model: str | os.PathLike[str], text: str | os.PathLike[str] | None, 
                   chunk_size=ctx_size, output_format=output_format)
     return ImatrixReport(out, output_format, collector.last_chunk, ctx_size, len(collector.stats), len(tokens),
                          tuple(chunk_ppl), ppl, unc, time.monotonic() - t0)
+
+
+def _check_model_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{folder}: not a model (a GGUF file, or a folder with config.json)")
 
 
 def _magic(p: Path) -> bytes:
