@@ -86,7 +86,7 @@ CANDIDATES: tuple[GGMLQuantizationType, ...] = (
 
 #: Rows sampled per tensor for the error measurement (in :data:`SAMPLE_RUNS` contiguous runs spread evenly), besides
 #: the :data:`TOP_ROWS` of largest energy. Few, not 128: on Qwen2.5-Coder-1.5B (real weights, one imatrix) a table
-#: chosen from 32 evenly sampled rows costs +0.3 %, +1.1 % and +0.5 % predicted KLD (judged with 128-row errors)
+#: chosen from 32 evenly sampled rows costs +1.5 %, +1.1 % and +0.5 % predicted KLD (judged with 128-row errors)
 #: at Q4_K_M's, Q3_K_M's and IQ2_M's sizes, for a quarter of the kernel time; what even samples of any size miss
 #: is the outlier rows, which TOP_ROWS measures exactly (docs/target-size.md).
 SAMPLE_ROWS = 24
