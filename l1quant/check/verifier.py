@@ -196,7 +196,7 @@ def verify(
         if prep is not None:
             checks.append(Check("source", PASS, f"{src}: {prep.cfg.architecture}, "
                                                 f"{len(prep.plan.tensors)} tensors, vocab {prep.cfg.vocab_size}"))
-            _recorded_imatrix_keys(gf, prep.header, imatrix is not None)
+            _recorded_quantize_keys(gf, prep.header, imatrix is not None)
             checks += check_metadata(gf, prep.header, arch)
             fchecks, rows = check_fidelity(gf, prep.plan, n_threads, own_types=ft.mix is not None,
                                            bytes_checked=imatrix is not None or not _imatrix_quant(gf))
@@ -216,7 +216,7 @@ def _imatrix_quant(gf: GGUFFile) -> bool:
     return any(k.startswith(IMATRIX_KEY_PREFIX) for k in gf.kv)
 
 
-def _recorded_imatrix_keys(gf: GGUFFile, expected: Header, have_imatrix: bool) -> None:
+def _recorded_quantize_keys(gf: GGUFFile, expected: Header, have_imatrix: bool) -> None:
     """What the source cannot tell about an imatrix quant, taken from the file into ``expected`` (the header the
     source gives): the imatrix path (recorded as it was typed, so it may name the same file differently), and,
     without ``--imatrix``, all four keys; a target-size file's ``quantize.target*`` keys (the target as asked, the

@@ -8,9 +8,10 @@ The method (docs/target-size.md says more, and what did worse):
    llama-imatrix collects none) cannot take the types that need them (``needs_imatrix``: IQ1_S ... IQ3_XXS).
 2. **Error per candidate.** On the :data:`TOP_ROWS` rows of largest output energy and a deterministic sample of the
    rest (:data:`SAMPLE_ROWS`, in a few contiguous runs spread over the tensor), each candidate quantizes the rows
-   exactly as the file will (same kernels, same importance weights) and the importance-weighted squared error ``sum_j E[x_j^2] (w_ij - q_ij)^2`` (the expected energy of
-   the output perturbation per token, ``E[x^2]`` = the imatrix entry) is divided by the tensor's own output energy
-   ``sum_j E[x_j^2] w_ij^2``: a relative error, comparable between tensors.
+   exactly as the file will (same kernels, same importance weights) and the importance-weighted squared error
+   ``sum_j E[x_j^2] (w_ij - q_ij)^2`` (the expected energy of the output perturbation per token, ``E[x^2]`` = the
+   imatrix entry) is divided by the output energy ``sum_j E[x_j^2] w_ij^2`` of the rows outside the top ones: a
+   relative error, comparable between tensors.
 3. **From errors to KLD.** The model's KLD is predicted as ``sum_t s(role_t) * rel_t``: each tensor's relative
    output error times a sensitivity per role (:data:`SENSITIVITY`), measured once with real forward passes
    (KLD of files where one role at a time is quantized, divided by that role's summed relative error; see the docs).
@@ -207,6 +208,7 @@ def row_energies(source: TensorSource, weights: np.ndarray | None) -> np.ndarray
     n_rows = math.prod(shape[:-1])
     n_mat = 1 if weights is None else weights.shape[0]
     per_mat = n_rows // n_mat
+    imps = np.ones((1, n_cols), np.float32) if weights is None else np.maximum(weights, 0).astype(np.float32)
     out = np.empty(n_rows, np.float64)
     step = max(1, (1 << 22) // max(1, n_cols))
     for a in range(0, n_rows, step):
@@ -217,8 +219,7 @@ def row_energies(source: TensorSource, weights: np.ndarray | None) -> np.ndarray
         while r < b:
             j = r // per_mat
             e = min(b, (j + 1) * per_mat)
-            imp = np.ones(n_cols, np.float32) if weights is None else np.maximum(weights[j], 0).astype(np.float32)
-            out[r:e] = x[r - a:e - a] @ imp
+            out[r:e] = x[r - a:e - a] @ imps[j]
             r = e
     return out
 
