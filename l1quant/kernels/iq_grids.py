@@ -34,6 +34,9 @@ __all__ = ["GRID_TYPES", "KMAP_SIZE", "IqGrid", "iq_grid"]
 
 #: ggml's map size: every 16-bit code with 2-bit fields up to 0b10 in the top field (0xAAAA + 2).
 KMAP_SIZE = 43692
+#: Codes per block of the neighbour derivation (a 512 x 1024 int32 block is 2 MiB).
+_BLOCK = 512
+
 #: type -> (gguf-py class name whose grid it uses, nwant).
 GRID_TYPES: dict[str, tuple[str, int]] = {
     "IQ2_XXS": ("IQ2_XXS", 2),
@@ -122,21 +125,22 @@ def iq_grid(type_name: str) -> IqGrid:
     off = all_codes[kmap[all_codes] < 0]
     pos = 2 * digits[kmap[all_codes] < 0].astype(np.int32) + 1  # (m, 8)
     gpos = 2 * lev.astype(np.int32) + 1  # (n, 8)
-    # (m, n) squared distances, small ints, as |a|^2 + |b|^2 - 2 a.b: exact in int64, and no (m, n, 8) temporary
-    # (363 MB for IQ2_S's grid, which set a convert's peak RSS)
-    pos64, gpos64 = pos.astype(np.int64), gpos.astype(np.int64)
-    d2 = (pos64 * pos64).sum(axis=1)[:, None] + (gpos64 * gpos64).sum(axis=1)[None, :] - 2 * (pos64 @ gpos64.T)
+    # squared distances (small ints: exact in int32) as |a|^2 + |b|^2 - 2 a.b, no (m, n, 8) temporary, and a block of
+    # codes at a time: the whole (m, n) matrix and its sort were the peak RSS of an IQ2_M convert (+90 MB for IQ2_S)
+    gsq = (gpos * gpos).sum(axis=1)
     out: list[np.ndarray] = []
     total = 0
-    for r in range(off.size):
-        row = d2[r]
-        o = np.argsort(row, kind="stable")  # (distance, index) order: indices are unique, ties go by index
-        dist = row[o]
-        distinct = np.unique(dist)[:nwant]
-        keep = o[dist <= distinct[-1]]
-        kmap[off[r]] = -(total + 1)
-        out.append(np.concatenate(([keep.size], keep)).astype(np.uint16))
-        total += keep.size + 1
+    for b0 in range(0, off.size, _BLOCK):
+        p = pos[b0: b0 + _BLOCK]
+        d2 = (p * p).sum(axis=1)[:, None] + gsq[None, :] - 2 * (p @ gpos.T)
+        order = np.argsort(d2, axis=1, kind="stable")  # (distance, index) order: ties go by index
+        dist = np.take_along_axis(d2, order, axis=1)
+        for r in range(p.shape[0]):
+            distinct = np.unique(dist[r])[:nwant]
+            keep = order[r][dist[r] <= distinct[-1]]
+            kmap[off[b0 + r]] = -(total + 1)
+            out.append(np.concatenate(([keep.size], keep)).astype(np.uint16))
+            total += keep.size + 1
     neighbours = np.concatenate(out)
     for a in (lev, codes, kmap, neighbours):
         a.setflags(write=False)
