@@ -19,7 +19,7 @@ setup(
             "l1quant.kernels._fastq8",
             sources=["l1quant/kernels/_fastq8.c", "l1quant/kernels/_kquants.c",
                      "l1quant/kernels/_iquants2.c", "l1quant/kernels/_iquants3.c"],
-            depends=["l1quant/kernels/_halfconv.h"],  # rebuild when the shared f16 helpers change; ships in sdists
+            depends=["l1quant/kernels/_halfconv.h", "l1quant/kernels/_iqrun.h"],  # rebuild when the shared f16 helpers change; ships in sdists
             extra_compile_args=[] if sys.platform == "win32" else _UNIX_FLAGS,
             optional=True,
         )

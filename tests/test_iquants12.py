@@ -39,8 +39,8 @@ TYPES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"]
 OPTIONAL_IMATRIX = {"IQ2_S", "IQ1_M"}
 NCOLS = 1024
 ROWS_PER_KIND = 10
-DATA_KINDS = ["normal", "tiny", "huge", "pm65504", "ties", "levels", "zero_blocks", "constant_blocks", "outliers",
-              "positive", "negative", "bf16_rounded", "subnormal"]
+DATA_KINDS = ["normal", "tiny", "huge", "pm65504", "ties", "levels", "near_ties", "zero_blocks", "constant_blocks",
+              "outliers", "positive", "negative", "bf16_rounded", "subnormal"]
 WEIGHT_KINDS = ["uniform", "scaled", "some_zero", "all_zero", "large_column", "subnormal", "ones", "lognormal"]
 
 
@@ -62,6 +62,10 @@ def make_data(kind: str, rng: np.random.Generator, rows: int, n: int) -> np.ndar
         return rng.integers(-3, 4, shape).astype(np.float32) * np.float32(0.5)
     if kind == "levels":  # few distinct values per group, both signs: long runs of equal values in the sort
         return rng.choice(np.array([-1.0, -0.25, 0.0, 0.25, 1.0, 2.0], np.float32), shape)
+    if kind == "near_ties":  # "levels" moved by a few ulps: candidates whose float distances differ by an ulp or
+        # two, where one search's pick can stand for a run of trial scales only with the margin _iqrun.h proves
+        x = rng.choice(np.array([-1.0, -0.5, -0.25, 0.25, 0.5, 1.0], np.float32), shape)
+        return (x * (1 + rng.integers(-3, 4, shape) * np.float32(2**-23))).astype(np.float32)
     if kind == "zero_blocks":
         x = rng.standard_normal(shape).astype(np.float32)
         x.reshape(-1, 16)[rng.random(rows * n // 16) < 0.4] = 0

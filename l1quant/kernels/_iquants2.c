@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "_halfconv.h"
+#include "_iqrun.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -70,60 +71,54 @@ enum { MAX_LIST = 1024 };
 #if defined(__GNUC__) || defined(__clang__)
 #define IQ_VEC 1
 typedef float iqv_f __attribute__((vector_size(32)));
-typedef int32_t iqv_i __attribute__((vector_size(32)));
 #endif
 
-/* The list position (0-based) of the candidate ggml's neighbour search picks: the first j, in list order, with the
- * least weighted squared distance d2[j] = sum_i w_i * (scale*q - x_i)^2 (i in order, each product as the reference
- * forms it) strictly below FLT_MAX; -1 if none. The n candidates' coordinates sit at nlev + i*stride + pos; each is
- * valued a*level + b (exact for these levels: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones).
- * Vector lanes keep each lane's first strict minimum; lanes and the scalar tail are merged by (value, position),
- * which is the sequential scan's answer (NaN never compares below, so it never wins in either). */
-IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
-                              const float *restrict w, float scale, float a, float b) {
-    float best = FLT_MAX;
-    int at = -1;
+/* Every candidate's weighted squared distance d[j] = sum_i w_i * (scale*q - x_i)^2 (i in order, each product as
+ * the reference forms it), j = 0..n-1. The n candidates' coordinates sit at nlev + i*stride + pos; each is valued
+ * a*level + b (exact for these levels: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones). Vector lanes
+ * run across candidates, 16 at a time while the 16 columns lie inside the table (lanes past the list's end read
+ * the next list's count and points: d needs room for n rounded up to 16, and those entries are ignored); the
+ * table's last few columns go to the scalar tail. */
+IQ_HOT static void list_dists(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
+                              const float *restrict w, float scale, float a, float b, float *restrict d) {
     int j0 = 0;
 #ifdef IQ_VEC
-    if (pos + 8 <= stride) {
-        iqv_f bv = {FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX};
-        iqv_i bi = {-1, -1, -1, -1, -1, -1, -1, -1};
-        iqv_i jv = {0, 1, 2, 3, 4, 5, 6, 7};
-        /* 8 at a time while the 8 columns lie inside the table (lanes past the list's end are masked out: they
-         * read the next list's count and points); the table's last few columns go to the scalar tail */
-        for (; j0 < n && pos + j0 + 8 <= stride; j0 += 8) {
-            iqv_f d = {0};
-            for (int i = 0; i < 8; i++) {
-                iqv_f l;
-                memcpy(&l, nlev + i * stride + pos + j0, sizeof l);
-                const iqv_f q = a * l + b;
-                const iqv_f diff = scale * q - x[i];
-                d += w[i] * diff * diff;
-            }
-            const iqv_i m = (d < bv) & (jv < n);
-            bv = (iqv_f)((m & (iqv_i)d) | (~m & (iqv_i)bv));
-            bi = (m & jv) | (~m & bi);
-            jv += 8;
+    for (; j0 < n && pos + j0 + 8 <= stride; j0 += 8) {
+        iqv_f dv = {0};
+        for (int i = 0; i < 8; i++) {
+            iqv_f l;
+            memcpy(&l, nlev + i * stride + pos + j0, sizeof l);
+            const iqv_f q = a * l + b;
+            const iqv_f diff = scale * q - x[i];
+            dv += w[i] * diff * diff;
         }
-        for (int k = 0; k < 8; k++)
-            if (bi[k] >= 0 && (bv[k] < best || (bv[k] == best && bi[k] < at))) {
-                best = bv[k];
-                at = bi[k];
-            }
+        memcpy(d + j0, &dv, sizeof dv);
     }
 #endif
     for (int j = j0; j < n; j++) {
         const float *restrict l = nlev + pos + j;
-        float d = 0;
+        float dj = 0;
         for (int i = 0; i < 8; i++) {
             const float q = a * l[i * stride] + b;
             const float diff = scale * q - x[i];
-            d += w[i] * diff * diff;
+            dj += w[i] * diff * diff;
         }
-        if (d < best) {
-            best = d;
-            at = j;
-        }
+        d[j] = dj;
+    }
+}
+
+/* The list position (0-based) of the candidate ggml's neighbour search picks: the first j, in list order, with the
+ * least distance strictly below FLT_MAX; -1 if none (NaN never compares below, so it never wins). */
+static int list_argmin(const float *nlev, int64_t stride, int64_t pos, int n, const float *x, const float *w,
+                       float scale, float a, float b) {
+    float d[MAX_LIST + 16];
+    list_dists(nlev, stride, pos, n, x, w, scale, a, b, d);
+    float best = FLT_MAX;
+    int at = -1;
+    for (int j = 0; j < n; j++) { /* branch-free: which candidate wins is data */
+        const int take = d[j] < best;
+        best = take ? d[j] : best;
+        at = take ? j : at;
     }
     return at;
 }
@@ -323,19 +318,57 @@ IQ_HOT static void trial_sums(const float *restrict w, const float *restrict xva
     }
 }
 
-/* the off-grid parts of every trial replaced by their nearest listed neighbour (at the trial's scale) */
+/* trial t's levels of part k replaced by those of grid point gi */
+static inline void put_point(const grid_t *g, int gi, int k, int t, float (*q)[NT_MAX]) {
+    for (int i = 0; i < 8; i++) q[8 * k + i][t] = (float)(2 * g->lev[8 * (size_t)gi + i] + 1);
+}
+
+/* IQ2's side of an _iqrun.h run: the part's list and the q columns the picks go to */
+typedef struct {
+    iqrun r;
+    const grid_t *g;
+    const uint16_t *list;
+    int64_t pos;
+    int n, k;
+    float (*q)[NT_MAX];
+    float *d;
+} iq2_run;
+
+static void iq2_run_put(iqrun *r, int j, int t) {
+    const iq2_run *p = (const iq2_run *)r;
+    put_point(p->g, p->list[1 + j], p->k, t, p->q);
+}
+
+static int iq2_run_search(iqrun *r, int t, float *best, float *second) {
+    const iq2_run *p = (const iq2_run *)r;
+    list_dists(p->g->nlev, p->g->nbsize, p->pos, p->n, r->x, r->w, r->scales[t], 2.0f, 1.0f, p->d);
+    const int j = iqrun_first_min2(p->d, p->n, best, second);
+    if (j >= 0) iq2_run_put(r, j, t);
+    return j;
+}
+
+/* The off-grid parts of every trial replaced by their nearest listed neighbour at the trial's scale, as the
+ * reference's per-trial search picks it (the rounded levels stay when no distance is below FLT_MAX); a run of
+ * trials rounding a part to the same code goes through iqrun_snap. */
 static void trial_snap(const grid_t *g, const float *xval, const float *waux, int nparts, const float *scales, int nt,
                        const int32_t (*code3)[NT_MAX], float (*q)[NT_MAX], int (*on)[4]) {
-    for (int t = 0; t < nt; t++) {
-        for (int k = 0; k < nparts; k++) {
-            const int gi = g->map3[code3[k][t]];
-            on[t][k] = gi >= 0;
+    float d[MAX_LIST + 16];
+    for (int k = 0; k < nparts; k++) {
+        iq2_run p = {{iq2_run_search, iq2_run_put, scales, xval + 8 * k, waux + 8 * k, 8, 5.0, -1, 0, 0},
+                     g, NULL, 0, 0, k, q, d};
+        for (int t = 0; t < nt;) {
+            const int32_t code = code3[k][t];
+            int t2 = t;
+            while (t2 + 1 < nt && code3[k][t2 + 1] == code) t2++;
+            const int gi = g->map3[code];
+            for (int tt = t; tt <= t2; tt++) on[tt][k] = gi >= 0;
             if (gi < 0) {
-                int8_t Lt[8]; /* the rounded levels stay when no distance is below FLT_MAX (as iq2_snap) */
-                for (int i = 0; i < 8; i++) Lt[i] = (int8_t)(((int)q[8 * k + i][t] - 1) / 2);
-                iq2_nearest(g, g->nb + (-gi - 1), xval + 8 * k, waux + 8 * k, scales[t], Lt);
-                for (int i = 0; i < 8; i++) q[8 * k + i][t] = (float)(2 * Lt[i] + 1);
+                p.list = g->nb + (-gi - 1);
+                p.n = p.list[0];
+                p.pos = (int64_t)(p.list - g->nb) + 1;
+                iqrun_snap(&p.r, t, t2);
             }
+            t = t2 + 1;
         }
     }
 }

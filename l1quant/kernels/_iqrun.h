@@ -1,0 +1,175 @@
+/*
+ * l1quant.kernels._fastq8 (a header of it): one neighbour search for a run of trial scales.
+ *
+ * ggml's IQ2 and IQ3 quantizers try 13 to 31 scales per group. At each trial a part (8 values for IQ2, 4 for IQ3)
+ * is rounded to levels; an off-grid code is replaced by the candidate of its neighbour list with the least
+ * d(s) = sum_i w_i * (s*q_i - x_i)^2, computed in float in the reference's order (first strict minimum wins), at
+ * the trial's scale s. Neighbouring trials often round a part to the same code (on a normal(0, 0.02) slab with an
+ * imatrix, IQ2_S: 10.8 searches per 8-value part over 19 trials, in 1.84 runs of one code), so they search the same
+ * list at scales a few percent apart, and almost always pick the same candidate.
+ *
+ * This header proves that, and leaves every other case to the per-trial search:
+ *
+ *   In exact arithmetic, d_j(s) - d_k(s) = s * (s*(A_j - A_k) - 2*(B_j - B_k)) with A = sum w q^2, B = sum w q x.
+ *   Let E(s) bound |fl(d_j(s)) - d_j(s)| for every candidate (err_bound below). Run the float search at the run's
+ *   first and last trial scales s_a > s_b (trial scales fall as the trial index rises). If both pick the same j*
+ *   and, at both, every other candidate's float distance exceeds j*'s by more than 4 E(s), then the exact gap
+ *   g_j(s) = d_j(s) - d_j*(s) exceeds 2 E(s) at both ends. g_j(s)/s is linear in s and E(s)/s convex for s > 0, so
+ *   (g_j(s) - 2 E(s))/s is concave and stays positive over [s_b, s_a]: at every trial scale of the run,
+ *   fl(d_j) >= d_j - E > d_j* + E >= fl(d_j*), so j* is the unique float minimum there, which is what the
+ *   reference's scan returns.
+ *
+ *   E(s): ggml forms diff = s*q - x and adds w*diff*diff over n <= 8 coordinates, each operation rounded to float
+ *   (u = 2^-24). |diff| <= s*q + x, the two roundings in diff add at most 2u (s*q + x), the products and the
+ *   sequential sum at most (2 + 7)u of each term (with higher-order terms): in all < 14u * sum w (s*q + x)^2
+ *   <= 28u * (s^2 qmax^2 W + C), W = sum w, C = sum w x^2. kappa = 2^-18 = 64u leaves more than 2x spare.
+ *   Products that fall below float's normal range lose up to 2^-150 each, independently of their size; the second
+ *   term covers them (each term's three products, amplified by at most 1 + (w + 1)(s qmax + x)). Runs where any
+ *   distance could approach FLT_MAX are not certified.
+ *
+ * The double arithmetic that evaluates E is far finer than the float it bounds (its relative error ~1e-16 against
+ * kappa's 4e-6).
+ */
+#ifndef L1Q_IQRUN_H
+#define L1Q_IQRUN_H
+
+#include <float.h>
+#include <stdint.h>
+#include <string.h>
+
+/* E(s): a bound on |ggml's float distance - the exact distance| for any candidate of a part at scale s (> 0).
+ * n coordinates (<= 8), candidate values 0 < q <= qmax, weights w >= 0 with sum wsum, values x >= 0 with sum xsum
+ * and sum w x^2 = c. Returns +inf when a distance could reach FLT_MAX (no certificate then). */
+static inline double iqrun_err_bound(double s, int n, double qmax, double wsum, double c, double xsum) {
+    const double big = s * s * qmax * qmax * wsum + c;
+    if (!(big < 1e30)) return HUGE_VAL;
+    return 0x1p-18 * big + 0x1p-140 * 3.0 * ((double)n + wsum * (1.0 + s * qmax + xsum) + n * s * qmax + xsum);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+/* 4 lanes: SSE2, every x86-64's baseline (the callers are not built per ISA) */
+typedef float iqr_f __attribute__((vector_size(16)));
+typedef int32_t iqr_i __attribute__((vector_size(16)));
+
+static inline iqr_f iqr_sel(iqr_i m, iqr_f a, iqr_f b) { return (iqr_f)((m & (iqr_i)a) | (~m & (iqr_i)b)); }
+static inline iqr_i iqr_seli(iqr_i m, iqr_i a, iqr_i b) { return (m & a) | (~m & b); }
+
+#endif
+
+/* The reference's pick over d[0..n) (the first strict minimum below FLT_MAX, -1 if none), with the least distance
+ * of the other candidates in *second (FLT_MAX when there is none below it; equal to *best on a tie). d is read in
+ * whole 4-lane steps: it needs room for n rounded up to 4 (entries past n are ignored). Branch-free: which
+ * candidate wins is data, and a scan's mispredicted branches cost more than the lanes. */
+static inline int iqrun_first_min2(const float *d, int n, float *best, float *second) {
+#if defined(__GNUC__) || defined(__clang__)
+    /* per lane: least value, its position (the lane's first), the lane's second least; then the lanes merged */
+    const iqr_f fmax = {FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX};
+    iqr_i p = {0, 1, 2, 3};
+    iqr_f b = fmax, s2 = fmax;
+    iqr_i at = {-1, -1, -1, -1};
+    for (int j0 = 0; j0 < n; j0 += 4) {
+        iqr_f v;
+        memcpy(&v, d + j0, sizeof v);
+        const iqr_i in = p < n;
+        const iqr_i lt = (v < b) & in;
+        const iqr_i lt2 = (v < s2) & in;
+        s2 = iqr_sel(lt, b, iqr_sel(lt2, v, s2));
+        b = iqr_sel(lt, v, b);
+        at = iqr_seli(lt, p, at);
+        p += 4;
+    }
+    /* lanes merged without branches (the winner is data): the least value, then the least position holding it */
+    float bw = b[0];
+    for (int l = 1; l < 4; l++) bw = b[l] < bw ? b[l] : bw;
+    int j = INT32_MAX, w = 0;
+    for (int l = 0; l < 4; l++) {
+        const int take = b[l] == bw && at[l] >= 0 && at[l] < j;
+        j = take ? at[l] : j;
+        w = take ? l : w;
+    }
+    float sec = FLT_MAX;
+    for (int l = 0; l < 4; l++) {
+        sec = s2[l] < sec ? s2[l] : sec;
+        sec = (l != w && b[l] < sec) ? b[l] : sec;
+    }
+    *best = bw;
+    *second = sec;
+    return bw < FLT_MAX ? j : -1;
+#else
+    float b = FLT_MAX, s2 = FLT_MAX;
+    int at = -1;
+    for (int j = 0; j < n; j++) {
+        if (d[j] < b) {
+            s2 = b;
+            b = d[j];
+            at = j;
+        } else if (d[j] < s2) {
+            s2 = d[j];
+        }
+    }
+    *best = b;
+    *second = s2;
+    return at;
+#endif
+}
+
+/* Whether the picks at a run's two end scales certify the same pick for every scale between them (see above):
+ * same candidate, and at each end its float lead over every other candidate exceeds 4 E(s). A list of one
+ * candidate is certified when its distance is finite at both ends (second = FLT_MAX then). */
+static inline int iqrun_certified(int at_a, float best_a, float second_a, double err_a, int at_b, float best_b,
+                                  float second_b, double err_b) {
+    if (at_a < 0 || at_a != at_b) return 0;
+    return (double)second_a - (double)best_a > 4.0 * err_a && (double)second_b - (double)best_b > 4.0 * err_b;
+}
+
+/* One part's run of trials that round it to the same off-grid code. The quantizer embeds this as the first member
+ * of its own struct and supplies the search and the write. */
+typedef struct iqrun_s iqrun;
+struct iqrun_s {
+    /* the reference's search at trial t: writes its pick as t's levels, returns it (-1: none below FLT_MAX, the
+     * rounded levels stay), the least distance in *best and the least of the others in *second */
+    int (*search)(iqrun *r, int t, float *best, float *second);
+    void (*put)(iqrun *r, int j, int t); /* candidate j's levels as trial t's */
+    const float *scales;                 /* trial scales, falling as t rises */
+    const float *x, *w;                  /* the part's values (>= 0) and distance weights */
+    int dim;                             /* values per part */
+    double qmax;                         /* largest candidate value */
+    double wsum, c, xsum;                /* the error bound's sums; wsum < 0 until first needed */
+};
+
+/* Trials strictly between ta and tb (both searched: picks ja, jb) take the reference's picks: all ja when the
+ * certificate holds, else the trial halfway is searched and each half done the same way. */
+static void iqrun_between(iqrun *r, int ta, int ja, float ba, float sa, int tb, int jb, float bb, float sb) {
+    if (tb - ta < 2) return;
+    if (ja >= 0 && ja == jb) {
+        if (r->wsum < 0) {
+            r->wsum = 0;
+            for (int i = 0; i < r->dim; i++) {
+                r->wsum += r->w[i];
+                r->c += (double)r->w[i] * r->x[i] * r->x[i];
+                r->xsum += r->x[i];
+            }
+        }
+        const double ea = iqrun_err_bound(r->scales[ta], r->dim, r->qmax, r->wsum, r->c, r->xsum);
+        const double eb = iqrun_err_bound(r->scales[tb], r->dim, r->qmax, r->wsum, r->c, r->xsum);
+        if (iqrun_certified(ja, ba, sa, ea, jb, bb, sb, eb)) {
+            for (int t = ta + 1; t < tb; t++) r->put(r, ja, t);
+            return;
+        }
+    }
+    const int tm = ta + (tb - ta) / 2;
+    float bm, sm;
+    const int jm = r->search(r, tm, &bm, &sm);
+    iqrun_between(r, ta, ja, ba, sa, tm, jm, bm, sm);
+    iqrun_between(r, tm, jm, bm, sm, tb, jb, bb, sb);
+}
+
+/* every trial t..t2 of a run (same off-grid code) snapped as the reference's per-trial search snaps it */
+static inline void iqrun_snap(iqrun *r, int t, int t2) {
+    float ba, sa, bb = 0, sb = 0;
+    const int ja = r->search(r, t, &ba, &sa);
+    const int jb = t2 > t ? r->search(r, t2, &bb, &sb) : ja;
+    iqrun_between(r, t, ja, ba, sa, t2, jb, bb, sb);
+}
+
+#endif
