@@ -11,12 +11,13 @@ params, bf16; built once under ``--cache`` by bench_convert's builder):
    subprocess: wall time, CPU time and the child's peak RSS (``os.wait4``); medians;
 3. byte identity (sha256) of the two outputs, on the first run.
 
-Types l1quant does not serve as a mix yet (``--type iq2_m`` says "not made by l1quant yet" until its per-tensor
-rule is in the mix table) are run through l1quant's per-tensor options instead: the script reads the tensor types
-of llama-quantize's output and passes them as ``--tensor-type`` patterns (plus ``--token-embedding-type`` /
-``--output-tensor-type``) over a served base mix (``--base``, default iq4_xs). The work is the same tensors in the
-same types; the file differs only in ``general.file_type``, so the identity column then says whether every other
-byte is equal.
+l1quant serves every IQ mix by name (``--type iq4_xs``, ``--type iq2_m``, ...). For a type name it does not serve, the
+script reads the tensor types of llama-quantize's output and passes them as ``--tensor-type`` patterns (plus
+``--token-embedding-type`` / ``--output-tensor-type``) over a served base mix (``--base``, default iq4_xs): the same
+tensors in the same types, the file differing only in ``general.file_type``; the identity column then says whether
+every other byte is equal.
+
+Results and how to read them: benchmarks/README.md, "bench_iquants.py".
 
 Example:
     $ python benchmarks/bench_iquants.py --repeat 3 --types iq4_xs,iq2_m --threads 2

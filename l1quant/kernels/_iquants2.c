@@ -71,14 +71,17 @@ enum { MAX_LIST = 1024 };
 #if defined(__GNUC__) || defined(__clang__)
 #define IQ_VEC 1
 typedef float iqv_f __attribute__((vector_size(32)));
+typedef int32_t iqv_i __attribute__((vector_size(32)));
 #endif
 
 /* Every candidate's weighted squared distance d[j] = sum_i w_i * (scale*q - x_i)^2 (i in order, each product as
  * the reference forms it), j = 0..n-1. The n candidates' coordinates sit at nlev + i*stride + pos; each is valued
  * a*level + b (exact for these levels: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones). Vector lanes
- * run across candidates, 16 at a time while the 16 columns lie inside the table (lanes past the list's end read
- * the next list's count and points: d needs room for n rounded up to 16, and those entries are ignored); the
- * table's last few columns go to the scalar tail. */
+ * run across candidates, 8 at a time while the 8 columns lie inside the table (lanes past the list's end read the
+ * next list's count and points: d needs room for n rounded up to 8, and those entries are ignored); the table's
+ * last few columns go to the scalar tail. The run searches (trial_snap) use this: they need the runner-up's
+ * distance too. A single search uses list_argmin below, which keeps its minimum in registers (IQ1's lists of ~70
+ * ran ~5 % slower through the array). */
 IQ_HOT static void list_dists(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
                               const float *restrict w, float scale, float a, float b, float *restrict d) {
     int j0 = 0;
@@ -108,17 +111,56 @@ IQ_HOT static void list_dists(const float *restrict nlev, int64_t stride, int64_
 }
 
 /* The list position (0-based) of the candidate ggml's neighbour search picks: the first j, in list order, with the
- * least distance strictly below FLT_MAX; -1 if none (NaN never compares below, so it never wins). */
-static int list_argmin(const float *nlev, int64_t stride, int64_t pos, int n, const float *x, const float *w,
-                       float scale, float a, float b) {
-    float d[MAX_LIST + 16];
-    list_dists(nlev, stride, pos, n, x, w, scale, a, b, d);
+ * least weighted squared distance d2[j] = sum_i w_i * (scale*q - x_i)^2 (i in order, each product as the reference
+ * forms it) strictly below FLT_MAX; -1 if none. The n candidates' coordinates sit at nlev + i*stride + pos; each is
+ * valued a*level + b (exact for these levels: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones).
+ * Vector lanes keep each lane's first strict minimum; lanes and the scalar tail are merged by (value, position),
+ * which is the sequential scan's answer (NaN never compares below, so it never wins in either). */
+IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
+                              const float *restrict w, float scale, float a, float b) {
     float best = FLT_MAX;
     int at = -1;
-    for (int j = 0; j < n; j++) { /* branch-free: which candidate wins is data */
-        const int take = d[j] < best;
-        best = take ? d[j] : best;
-        at = take ? j : at;
+    int j0 = 0;
+#ifdef IQ_VEC
+    if (pos + 8 <= stride) {
+        iqv_f bv = {FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX};
+        iqv_i bi = {-1, -1, -1, -1, -1, -1, -1, -1};
+        iqv_i jv = {0, 1, 2, 3, 4, 5, 6, 7};
+        /* 8 at a time while the 8 columns lie inside the table (lanes past the list's end are masked out: they
+         * read the next list's count and points); the table's last few columns go to the scalar tail */
+        for (; j0 < n && pos + j0 + 8 <= stride; j0 += 8) {
+            iqv_f d = {0};
+            for (int i = 0; i < 8; i++) {
+                iqv_f l;
+                memcpy(&l, nlev + i * stride + pos + j0, sizeof l);
+                const iqv_f q = a * l + b;
+                const iqv_f diff = scale * q - x[i];
+                d += w[i] * diff * diff;
+            }
+            const iqv_i m = (d < bv) & (jv < n);
+            bv = (iqv_f)((m & (iqv_i)d) | (~m & (iqv_i)bv));
+            bi = (m & jv) | (~m & bi);
+            jv += 8;
+        }
+        for (int k = 0; k < 8; k++)
+            if (bi[k] >= 0 && (bv[k] < best || (bv[k] == best && bi[k] < at))) {
+                best = bv[k];
+                at = bi[k];
+            }
+    }
+#endif
+    for (int j = j0; j < n; j++) {
+        const float *restrict l = nlev + pos + j;
+        float d = 0;
+        for (int i = 0; i < 8; i++) {
+            const float q = a * l[i * stride] + b;
+            const float diff = scale * q - x[i];
+            d += w[i] * diff * diff;
+        }
+        if (d < best) {
+            best = d;
+            at = j;
+        }
     }
     return at;
 }
