@@ -221,10 +221,10 @@ def test_safetensors_header_entry_count_is_bounded(tmp_path: Path, n: int) -> No
     raw = ("{" + entries + "}").encode()
     p = tmp_path / "model.safetensors"
     p.write_bytes(struct.pack("<Q", len(raw)) + raw)
-    t0 = time.monotonic()
+    t0 = time.process_time()  # this process's CPU: other jobs on a shared machine do not stretch it
     with pytest.raises(SafetensorsError, match="more than"):
         read_header(p)
-    assert time.monotonic() - t0 < 2
+    assert time.process_time() - t0 < 2
 
 
 def test_index_weight_map_is_bounded(model: Path, out: Path) -> None:
@@ -251,10 +251,10 @@ def test_index_weight_map_is_bounded(model: Path, out: Path) -> None:
     ("{{ 7 ** 100000000 }}", "exponent"),
 ])
 def test_chat_template_render_is_bounded(template: str, why: str) -> None:
-    t0 = time.monotonic()
+    t0 = time.process_time()  # CPU, not wall: a shared machine's load must not fail a bound on work done
     with pytest.raises(ChatTemplateError, match=why):
         render_chat("hi", template)
-    assert time.monotonic() - t0 < 5
+    assert time.process_time() - t0 < 5
 
 
 def test_chat_template_bounds_keep_honest_templates() -> None:
