@@ -223,12 +223,12 @@ def _reject(tmp_path: Path, data: bytes, *fragments: str, name: str = "bad.gguf"
     p = tmp_path / name
     p.write_bytes(data)
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # this process's CPU: a shared machine's load does not stretch it
     try:
         with pytest.raises(GGUFFormatError) as ei:
             read_gguf(p)
     finally:
-        elapsed = time.perf_counter() - t0
+        elapsed = time.process_time() - t0
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     msg = str(ei.value)
@@ -546,9 +546,9 @@ def test_real_vocabulary_size(tmp_path: Path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     gf = read_gguf(p)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert gf.kv["tokenizer.ggml.tokens"] == vocab and gf.kv["tokenizer.ggml.merges"] == merges
     assert gf.kv_types["tokenizer.ggml.merges"] == (V.ARRAY, V.STRING)
     assert elapsed < 5.0, f"{elapsed:.2f}s"
