@@ -74,6 +74,21 @@ typedef float iqv_f __attribute__((vector_size(32)));
 typedef int32_t iqv_i __attribute__((vector_size(32)));
 #endif
 
+/* D = the weighted squared distance of the candidate at column COL of the neighbour table (T float), or of the 8
+ * candidates from COL on (T iqv_f, one per lane): sum_i w_i * (scale*q - x_i)^2, i in order, each product formed as
+ * the reference forms it, q = a*level + b. Expects nlev, stride, x, w, scale, a, b in scope. */
+#define IQ2_DIST(T, D, COL)                                                                                        \
+    do {                                                                                                           \
+        D = (T){0};                                                                                                \
+        for (int i_ = 0; i_ < 8; i_++) {                                                                           \
+            T l_;                                                                                                  \
+            memcpy(&l_, nlev + i_ * stride + (COL), sizeof l_);                                                    \
+            const T q_ = a * l_ + b;                                                                               \
+            const T diff_ = scale * q_ - x[i_];                                                                    \
+            D += w[i_] * diff_ * diff_;                                                                            \
+        }                                                                                                          \
+    } while (0)
+
 /* Every candidate's weighted squared distance d[j] = sum_i w_i * (scale*q - x_i)^2 (i in order, each product as
  * the reference forms it), j = 0..n-1. The n candidates' coordinates sit at nlev + i*stride + pos; each is valued
  * a*level + b (exact for these levels: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones). Vector lanes
@@ -87,34 +102,16 @@ IQ_HOT static void list_dists(const float *restrict nlev, int64_t stride, int64_
     int j0 = 0;
 #ifdef IQ_VEC
     for (; j0 < n && pos + j0 + 8 <= stride; j0 += 8) {
-        iqv_f dv = {0};
-        for (int i = 0; i < 8; i++) {
-            iqv_f l;
-            memcpy(&l, nlev + i * stride + pos + j0, sizeof l);
-            const iqv_f q = a * l + b;
-            const iqv_f diff = scale * q - x[i];
-            dv += w[i] * diff * diff;
-        }
+        iqv_f dv;
+        IQ2_DIST(iqv_f, dv, pos + j0);
         memcpy(d + j0, &dv, sizeof dv);
     }
 #endif
-    for (int j = j0; j < n; j++) {
-        const float *restrict l = nlev + pos + j;
-        float dj = 0;
-        for (int i = 0; i < 8; i++) {
-            const float q = a * l[i * stride] + b;
-            const float diff = scale * q - x[i];
-            dj += w[i] * diff * diff;
-        }
-        d[j] = dj;
-    }
+    for (int j = j0; j < n; j++) IQ2_DIST(float, d[j], pos + j);
 }
 
 /* The list position (0-based) of the candidate ggml's neighbour search picks: the first j, in list order, with the
- * least weighted squared distance d2[j] = sum_i w_i * (scale*q - x_i)^2 (i in order, each product as the reference
- * forms it) strictly below FLT_MAX; -1 if none. The n candidates' coordinates sit at nlev + i*stride + pos; each is
- * valued a*level + b (exact for these levels: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones).
- * Vector lanes keep each lane's first strict minimum; lanes and the scalar tail are merged by (value, position),
+ * least distance (list_dists' d[j]) strictly below FLT_MAX; -1 if none. Vector lanes keep each lane's first strict minimum; lanes and the scalar tail are merged by (value, position),
  * which is the sequential scan's answer (NaN never compares below, so it never wins in either). */
 IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
                               const float *restrict w, float scale, float a, float b) {
@@ -129,14 +126,8 @@ IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_
         /* 8 at a time while the 8 columns lie inside the table (lanes past the list's end are masked out: they
          * read the next list's count and points); the table's last few columns go to the scalar tail */
         for (; j0 < n && pos + j0 + 8 <= stride; j0 += 8) {
-            iqv_f d = {0};
-            for (int i = 0; i < 8; i++) {
-                iqv_f l;
-                memcpy(&l, nlev + i * stride + pos + j0, sizeof l);
-                const iqv_f q = a * l + b;
-                const iqv_f diff = scale * q - x[i];
-                d += w[i] * diff * diff;
-            }
+            iqv_f d;
+            IQ2_DIST(iqv_f, d, pos + j0);
             const iqv_i m = (d < bv) & (jv < n);
             bv = (iqv_f)((m & (iqv_i)d) | (~m & (iqv_i)bv));
             bi = (m & jv) | (~m & bi);
@@ -150,13 +141,8 @@ IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_
     }
 #endif
     for (int j = j0; j < n; j++) {
-        const float *restrict l = nlev + pos + j;
-        float d = 0;
-        for (int i = 0; i < 8; i++) {
-            const float q = a * l[i * stride] + b;
-            const float diff = scale * q - x[i];
-            d += w[i] * diff * diff;
-        }
+        float d;
+        IQ2_DIST(float, d, pos + j);
         if (d < best) {
             best = d;
             at = j;
