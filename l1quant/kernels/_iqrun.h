@@ -1,8 +1,8 @@
 /*
  * l1quant.kernels._fastq8 (a header of it): one neighbour search for a run of trial scales.
  *
- * ggml's IQ2 and IQ3 quantizers try 13 to 31 scales per group. At each trial a part (8 values for IQ2, 4 for IQ3)
- * is rounded to levels; an off-grid code is replaced by the candidate of its neighbour list with the least
+ * ggml's IQ2 quantizers try 13 or 19 scales per group. At each trial an 8-value part is rounded to levels; an
+ * off-grid code is replaced by the candidate of its neighbour list with the least
  * d(s) = sum_i w_i * (s*q_i - x_i)^2, computed in float in the reference's order (first strict minimum wins), at
  * the trial's scale s. Neighbouring trials often round a part to the same code (on a normal(0, 0.02) slab with an
  * imatrix, IQ2_S: 10.8 searches per 8-value part over 19 trials, in 1.84 runs of one code), so they search the same
@@ -11,7 +11,7 @@
  * This header proves that, and leaves every other case to the per-trial search:
  *
  *   In exact arithmetic, d_j(s) - d_k(s) = s * (s*(A_j - A_k) - 2*(B_j - B_k)) with A = sum w q^2, B = sum w q x.
- *   Let E(s) bound |fl(d_j(s)) - d_j(s)| for every candidate (err_bound below). Run the float search at the run's
+ *   Let E(s) bound |fl(d_j(s)) - d_j(s)| for every candidate (iqrun_err_bound below). Run the float search at the run's
  *   first and last trial scales s_a > s_b (trial scales fall as the trial index rises). If both pick the same j*
  *   and, at both, every other candidate's float distance exceeds j*'s by more than 4 E(s), then the exact gap
  *   g_j(s) = d_j(s) - d_j*(s) exceeds 2 E(s) at both ends. g_j(s)/s is linear in s and E(s)/s convex for s > 0, so
@@ -20,12 +20,16 @@
  *   reference's scan returns.
  *
  *   E(s): ggml forms diff = s*q - x and adds w*diff*diff over n <= 8 coordinates, each operation rounded to float
- *   (u = 2^-24). |diff| <= s*q + x, the two roundings in diff add at most 2u (s*q + x), the products and the
- *   sequential sum at most (2 + 7)u of each term (with higher-order terms): in all < 14u * sum w (s*q + x)^2
+ *   (u = 2^-24). |diff| <= s*q + |x|, the two roundings in diff add at most 2u (s*q + |x|), the products and the
+ *   sequential sum at most (2 + 7)u of each term (with higher-order terms): in all < 14u * sum w (s*q + |x|)^2
  *   <= 28u * (s^2 qmax^2 W + C), W = sum w, C = sum w x^2. kappa = 2^-18 = 64u leaves more than 2x spare.
  *   Products that fall below float's normal range lose up to 2^-150 each, independently of their size; the second
- *   term covers them (each term's three products, amplified by at most 1 + (w + 1)(s qmax + x)). Runs where any
- *   distance could approach FLT_MAX are not certified.
+ *   term covers them (each term's three products, amplified by at most 1 + (w + 1)(s qmax + |x|)). Runs where any
+ *   distance could approach FLT_MAX are not certified. (x is a magnitude except for one value of an IQ2_XXS or
+ *   IQ2_XS part with an odd number of negatives, which the format's sign parity negates: hence |x| throughout.)
+ *
+ * IQ3's trial searches were tried this way too: half the searches, ~7% slower (its cost is the first read of each
+ * key's lane block, which a run does not save), so _iquants3.c keeps its per-trial loop.
  *
  * The double arithmetic that evaluates E is far finer than the float it bounds (its relative error ~1e-16 against
  * kappa's 4e-6).
@@ -34,11 +38,12 @@
 #define L1Q_IQRUN_H
 
 #include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 /* E(s): a bound on |ggml's float distance - the exact distance| for any candidate of a part at scale s (> 0).
- * n coordinates (<= 8), candidate values 0 < q <= qmax, weights w >= 0 with sum wsum, values x >= 0 with sum xsum
+ * n coordinates (<= 8), candidate values 0 < q <= qmax, weights w >= 0 with sum wsum, values x with sum |x| = xsum
  * and sum w x^2 = c. Returns +inf when a distance could reach FLT_MAX (no certificate then). */
 static inline double iqrun_err_bound(double s, int n, double qmax, double wsum, double c, double xsum) {
     const double big = s * s * qmax * qmax * wsum + c;
@@ -131,7 +136,7 @@ struct iqrun_s {
     int (*search)(iqrun *r, int t, float *best, float *second);
     void (*put)(iqrun *r, int j, int t); /* candidate j's levels as trial t's */
     const float *scales;                 /* trial scales, falling as t rises */
-    const float *x, *w;                  /* the part's values (>= 0) and distance weights */
+    const float *x, *w;                  /* the part's values and distance weights */
     int dim;                             /* values per part */
     double qmax;                         /* largest candidate value */
     double wsum, c, xsum;                /* the error bound's sums; wsum < 0 until first needed */
@@ -147,7 +152,7 @@ static void iqrun_between(iqrun *r, int ta, int ja, float ba, float sa, int tb, 
             for (int i = 0; i < r->dim; i++) {
                 r->wsum += r->w[i];
                 r->c += (double)r->w[i] * r->x[i] * r->x[i];
-                r->xsum += r->x[i];
+                r->xsum += fabs((double)r->x[i]);
             }
         }
         const double ea = iqrun_err_bound(r->scales[ta], r->dim, r->qmax, r->wsum, r->c, r->xsum);
