@@ -111,8 +111,9 @@ IQ_HOT static void list_dists(const float *restrict nlev, int64_t stride, int64_
 }
 
 /* The list position (0-based) of the candidate ggml's neighbour search picks: the first j, in list order, with the
- * least distance (list_dists' d[j]) strictly below FLT_MAX; -1 if none. Vector lanes keep each lane's first strict minimum; lanes and the scalar tail are merged by (value, position),
- * which is the sequential scan's answer (NaN never compares below, so it never wins in either). */
+ * least distance (list_dists' d[j]) strictly below FLT_MAX; -1 if none. Vector lanes keep each lane's first strict
+ * minimum; lanes and the scalar tail are merged by (value, position), which is the sequential scan's answer (NaN
+ * never compares below, so it never wins in either). */
 IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
                               const float *restrict w, float scale, float a, float b) {
     float best = FLT_MAX;
