@@ -148,16 +148,20 @@ def weight_cases(type_name: str) -> list[str | None]:
     return [*WEIGHT_KINDS, None] if type_name in OPTIONAL_IMATRIX else list(WEIGHT_KINDS)
 
 
+@pytest.mark.parametrize("isa", ["default", "portable"])
 @pytest.mark.parametrize("type_name", TYPES)
-def test_native_matches_ggml(type_name: str) -> None:
-    """The compiled path on the whole corpus (>= 10**6 values) equals ggml_quantize_chunk."""
+def test_native_matches_ggml(type_name: str, isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled path on the whole corpus (>= 10**6 values) equals ggml_quantize_chunk: its neighbour searches
+    as 8 vector lanes (the default on a CPU with AVX2) and one candidate at a time (L1QUANT_IQUANT_ISA=portable)."""
     require_native()
+    if isa != "default":
+        monkeypatch.setenv("L1QUANT_IQUANT_ISA", isa)
     n_values = 0
     for wk in weight_cases(type_name):
         x, qw = corpus(wk or "uniform")
         got, first = run(type_name, x, None if wk is None else qw, "native")
         assert first is None
-        assert_same(got, expected(type_name, wk), f"{type_name} native, weights {wk}")
+        assert_same(got, expected(type_name, wk), f"{type_name} native ({isa}), weights {wk}")
         n_values += x.size
     assert n_values >= 10**6
 

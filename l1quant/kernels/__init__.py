@@ -413,7 +413,7 @@ def _iq_grid(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:
             if qw is None and name in ("IQ2_XXS", "IQ2_XS", "IQ1_S"):
                 raise KernelArgumentError(f"{name} needs an importance matrix (ggml refuses to quantize it without one)")
             g = iq_grid(name)
-            return _native.iquant_grid(int(ggml_type), x, out, qw, g.levels, g.kmap, g.neighbours, g.neighbour_levels)
+            return _native.iquant_grid(int(ggml_type), x, out, qw, g.levels, g.kmap, g.neighbours, g.neighbour_codes)
 
         def compiled(x: np.ndarray, out: np.ndarray) -> int:
             return compiled_imatrix(x, out, None)

@@ -454,7 +454,7 @@ static PyMethodDef methods[] = {
      "non-finite or -1"},
     {"iquant_grid", l1q_py_iquant_grid, METH_VARARGS,
      "iquant_grid(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, levels, kmap, neighbours, "
-     "neighbour_levels, neighbours_size, ngrid) -> first non-finite or -1"},
+     "neighbour_codes, neighbours_size, ngrid) -> first non-finite or -1"},
     {"first_nonfinite", py_first_nonfinite, METH_VARARGS, "first_nonfinite(src, kind, n) -> index or -1"},
     {NULL, NULL, 0, NULL},
 };

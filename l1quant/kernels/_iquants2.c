@@ -52,9 +52,13 @@ typedef struct {
     const uint8_t *lev;     /* (ngrid, 8) levels 0..2 */
     const int32_t *map;     /* code -> index, or -(offset + 1) into nb */
     const uint16_t *nb;     /* at an offset: count, then the list */
-    const float *nlev;      /* (8, nbsize): level i of the point at each position of nb, as float */
+    const uint16_t *nc;     /* nb with each listed point's code (its levels as 2-bit fields) in place of its index:
+                             * a search reads one run of 2 bytes per candidate */
     int64_t nbsize;
     int ngrid;
+    int vec;                /* whether list_min2 may use its 8-lane vectors: the CPU has 32-byte vectors (AVX2)
+                             * where the function is cloned per ISA; without them GCC lowers those vectors' compares
+                             * lane by lane, slower than the scalar loop (measured: IQ2_S 3.2 against 7.6 M/s) */
     const int32_t *map3;    /* map by base-3 code sum(level_i * 3**i) (6561 entries, 26 KiB: stays in L1 where the
                              * 2-bit-code map's 171 KiB does not); built per call from map */
 } grid_t;
@@ -62,6 +66,7 @@ typedef struct {
 /* Build the search below also for AVX2 and AVX-512 and pick at load time (GCC on x86-64 ELF); each candidate's sum
  * stays sequential over the 8 coordinates, the vectors run across candidates, so every clone gives the same bits. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES)
+#define IQ_CLONES 1
 #define IQ_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define IQ_HOT
@@ -72,84 +77,154 @@ enum { MAX_LIST = 1024 };
 #define IQ_VEC 1
 typedef float iqv_f __attribute__((vector_size(32)));
 typedef int32_t iqv_i __attribute__((vector_size(32)));
+typedef uint16_t iqv_u16 __attribute__((vector_size(16)));
 #endif
 
-/* D = the weighted squared distance of the candidate at column COL of the neighbour table (T float), or of the 8
- * candidates from COL on (T iqv_f, one per lane): sum_i w_i * (scale*q - x_i)^2, i in order, each product formed as
- * the reference forms it, q = a*level + b. Expects nlev, stride, x, w, scale, a, b in scope. */
-#define IQ2_DIST(T, D, COL)                                                                                        \
-    do {                                                                                                           \
-        D = (T){0};                                                                                                \
-        for (int i_ = 0; i_ < 8; i_++) {                                                                           \
-            T l_;                                                                                                  \
-            memcpy(&l_, nlev + i_ * stride + (COL), sizeof l_);                                                    \
-            const T q_ = a * l_ + b;                                                                               \
-            const T diff_ = scale * q_ - x[i_];                                                                    \
-            D += w[i_] * diff_ * diff_;                                                                            \
-        }                                                                                                          \
-    } while (0)
-
-/* Every candidate's weighted squared distance d[j] = sum_i w_i * (scale*q - x_i)^2 (i in order, each product as
- * the reference forms it), j = 0..n-1. The n candidates' coordinates sit at nlev + i*stride + pos; each is valued
- * a*level + b (exact for these levels: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones). Vector lanes
- * run across candidates, 8 at a time while the 8 columns lie inside the table (lanes past the list's end read the
- * next list's count and points: d needs room for n rounded up to 8, and those entries are ignored); the table's
- * last few columns go to the scalar tail. The run searches (trial_snap) use this: they need the runner-up's
- * distance too. A single search uses list_argmin below, which keeps its minimum in registers (IQ1's lists of ~70
- * ran ~5 % slower through the array). */
-IQ_HOT static void list_dists(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
-                              const float *restrict w, float scale, float a, float b, float *restrict d) {
-    int j0 = 0;
-#ifdef IQ_VEC
-    for (; j0 < n && pos + j0 + 8 <= stride; j0 += 8) {
-        iqv_f dv;
-        IQ2_DIST(iqv_f, dv, pos + j0);
-        memcpy(d + j0, &dv, sizeof dv);
+/* A candidate's distance sum_i w_i * (scale*q_i - x_i)^2, as the reference forms it: q_i = a*l_i + b for its level
+ * l_i (exact: 2l+1 for IQ2, l - 0.875 or l - 1.125 for IQ1's shifted ones), diff = scale*q - x, the term
+ * (w*diff)*diff, and the terms summed in order i = 0..7 from 0. A coordinate's term depends only on its level, so
+ * dist_terms forms the 3 x 8 possible terms once per search, each with the reference's operations on the same
+ * operands (the same floats), and a candidate's distance is the in-order sum of its levels' terms: 8 selects and
+ * 8 adds per candidate instead of 8 x 7 operations. */
+static inline void dist_terms(const float *restrict x, const float *restrict w, float scale, float a, float b,
+                              float e[3][8]) {
+    for (int l = 0; l < 3; l++) {
+        const float sq = scale * (a * (float)l + b);
+        for (int i = 0; i < 8; i++) {
+            const float diff = sq - x[i];
+            e[l][i] = w[i] * diff * diff;
+        }
     }
-#endif
-    for (int j = j0; j < n; j++) IQ2_DIST(float, d[j], pos + j);
 }
 
-/* The list position (0-based) of the candidate ggml's neighbour search picks: the first j, in list order, with the
- * least distance (list_dists' d[j]) strictly below FLT_MAX; -1 if none. Vector lanes keep each lane's first strict
- * minimum; lanes and the scalar tail are merged by (value, position), which is the sequential scan's answer (NaN
- * never compares below, so it never wins in either). */
-IQ_HOT static int list_argmin(const float *restrict nlev, int64_t stride, int64_t pos, int n, const float *restrict x,
-                              const float *restrict w, float scale, float a, float b) {
-    float best = FLT_MAX;
+/* D = the distance of the candidate with code C (levels in 2-bit fields), from dist_terms' E */
+#define IQ2_DIST_S(D, C, E)                                                                                        \
+    do {                                                                                                           \
+        D = 0;                                                                                                     \
+        for (int i_ = 0; i_ < 8; i_++) D += (E)[((C) >> 2 * i_) & 3][i_];                                          \
+    } while (0)
+
+#ifdef IQ_VEC
+#define IQ2_SPLAT(v) ((iqv_f){(v), (v), (v), (v), (v), (v), (v), (v)})
+#define IQ_SPLATI(v) ((iqv_i){(v), (v), (v), (v), (v), (v), (v), (v)})
+/* the helpers below are always inlined into the ISA clones; GCC's note that a 32-byte vector return has no fixed
+ * ABI without AVX does not apply to them */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#if defined(__clang__)
+#define IQ_SHUF8(v, a, b, c, d, e, f, g, h) __builtin_shufflevector((v), (v), a, b, c, d, e, f, g, h)
+#else
+#define IQ_SHUF8(v, a, b, c, d, e, f, g, h) __builtin_shuffle((v), (iqv_i){a, b, c, d, e, f, g, h})
+#endif
+/* lane-wise minimum as a select (the operands here are never NaN), and the minimum of all 8 lanes in every lane */
+static inline __attribute__((always_inline)) iqv_f iq_minf(iqv_f u, iqv_f v) {
+    const iqv_i m = u < v;
+    return (iqv_f)((m & (iqv_i)u) | (~m & (iqv_i)v));
+}
+static inline __attribute__((always_inline)) iqv_i iq_mini(iqv_i u, iqv_i v) {
+    const iqv_i m = u < v;
+    return (m & u) | (~m & v);
+}
+static inline __attribute__((always_inline)) iqv_f iq_hmin_f(iqv_f v) {
+    v = iq_minf(v, IQ_SHUF8(v, 4, 5, 6, 7, 0, 1, 2, 3));
+    v = iq_minf(v, IQ_SHUF8(v, 2, 3, 0, 1, 6, 7, 4, 5));
+    return iq_minf(v, IQ_SHUF8(v, 1, 0, 3, 2, 5, 4, 7, 6));
+}
+static inline __attribute__((always_inline)) iqv_i iq_hmin_i(iqv_i v) {
+    v = iq_mini(v, IQ_SHUF8(v, 4, 5, 6, 7, 0, 1, 2, 3));
+    v = iq_mini(v, IQ_SHUF8(v, 2, 3, 0, 1, 6, 7, 4, 5));
+    return iq_mini(v, IQ_SHUF8(v, 1, 0, 3, 2, 5, 4, 7, 6));
+}
+/* D = the distances of 8 candidates (their codes in the lanes of the iqv_i C): a lane's level-1 bit of coordinate
+ * i is bit 2i, its level-2 bit 2i + 1 (levels are 0..2); shifted to the sign bit, each picks its term */
+#define IQ2_DIST_V(D, C, E)                                                                                        \
+    do {                                                                                                           \
+        D = (iqv_f){0};                                                                                            \
+        for (int i_ = 0; i_ < 8; i_++) {                                                                           \
+            const iqv_i one_ = ((C) << (31 - 2 * i_)) < 0, two_ = ((C) << (30 - 2 * i_)) < 0;                      \
+            const iqv_i t_ = (two_ & (iqv_i)IQ2_SPLAT((E)[2][i_])) |                                               \
+                             (~two_ & ((one_ & (iqv_i)IQ2_SPLAT((E)[1][i_])) |                                     \
+                                       (~one_ & (iqv_i)IQ2_SPLAT((E)[0][i_]))));                                   \
+            D += (iqv_f)t_;                                                                                        \
+        }                                                                                                          \
+    } while (0)
+#endif
+
+#ifdef IQ_VEC
+/* the 8 codes at nc + COL widened to int32 lanes, into the iqv_i C (a macro: a function returning a 32-byte vector
+ * has no fixed ABI across the ISA clones) */
+#define IQ2_CODES8(C, NC, COL)                                                                                     \
+    do {                                                                                                           \
+        iqv_u16 c16_;                                                                                              \
+        memcpy(&c16_, (NC) + (COL), sizeof c16_);                                                                  \
+        C = __builtin_convertvector(c16_, iqv_i);                                                                  \
+    } while (0)
+#endif
+
+/* The reference's pick among the n candidates whose codes sit at nc[pos .. pos + n) (the first j, in list order,
+ * with the least distance strictly below FLT_MAX; -1 if none), its distance in *best and the least distance of the
+ * other candidates in *second (FLT_MAX when none is below it; equal to *best on a tie): what a run search
+ * (_iqrun.h) needs. Vector lanes run across candidates, 8 at a time while the 8 codes lie inside the table (lanes
+ * past the list's end read the next list's count and points and are masked out), each lane keeping its least, its
+ * position and its second least; the lanes are merged without branches (which lane wins is data); the table's last
+ * few codes go to the scalar tail. */
+IQ_HOT static int list_min2(const grid_t *g, int64_t pos, int n, const float *restrict x, const float *restrict w,
+                            float scale, float a, float b, float *best, float *second) {
+    const uint16_t *restrict nc = g->nc;
+    float e[3][8];
+    dist_terms(x, w, scale, a, b, e);
+    float bst = FLT_MAX, sec = FLT_MAX;
     int at = -1;
     int j0 = 0;
 #ifdef IQ_VEC
-    if (pos + 8 <= stride) {
-        iqv_f bv = {FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX, FLT_MAX};
+    if (g->vec && pos + 8 <= g->nbsize) {
+        iqv_f bv = IQ2_SPLAT(FLT_MAX), sv = IQ2_SPLAT(FLT_MAX);
         iqv_i bi = {-1, -1, -1, -1, -1, -1, -1, -1};
         iqv_i jv = {0, 1, 2, 3, 4, 5, 6, 7};
-        /* 8 at a time while the 8 columns lie inside the table (lanes past the list's end are masked out: they
-         * read the next list's count and points); the table's last few columns go to the scalar tail */
-        for (; j0 < n && pos + j0 + 8 <= stride; j0 += 8) {
+        for (; j0 < n && pos + j0 + 8 <= g->nbsize; j0 += 8) {
+            iqv_i c;
+            IQ2_CODES8(c, nc, pos + j0);
             iqv_f d;
-            IQ2_DIST(iqv_f, d, pos + j0);
-            const iqv_i m = (d < bv) & (jv < n);
-            bv = (iqv_f)((m & (iqv_i)d) | (~m & (iqv_i)bv));
-            bi = (m & jv) | (~m & bi);
+            IQ2_DIST_V(d, c, e);
+            const iqv_i in = jv < n;
+            const iqv_i lt = (d < bv) & in, lt2 = (d < sv) & in;
+            sv = (iqv_f)((lt & (iqv_i)bv) | (~lt & ((lt2 & (iqv_i)d) | (~lt2 & (iqv_i)sv))));
+            bv = (iqv_f)((lt & (iqv_i)d) | (~lt & (iqv_i)bv));
+            bi = (lt & jv) | (~lt & bi);
             jv += 8;
         }
-        for (int k = 0; k < 8; k++)
-            if (bi[k] >= 0 && (bv[k] < best || (bv[k] == best && bi[k] < at))) {
-                best = bv[k];
-                at = bi[k];
-            }
+        /* lanes merged by shuffles (log2 8 = 3 steps each), no lane extracts: the least value, the least position
+         * holding it (a lane's position is its first), then the least of every other value */
+        const iqv_f bm = iq_hmin_f(bv);
+        const iqv_i bw = iq_hmin_i(((bv == bm) & (bi >= 0) & bi) | (~((bv == bm) & (bi >= 0)) & IQ_SPLATI(INT32_MAX)));
+        const iqv_i other = bi != bw;
+        const iqv_f sm = iq_hmin_f(iq_minf(sv, (iqv_f)((other & (iqv_i)bv) | (~other & (iqv_i)IQ2_SPLAT(FLT_MAX)))));
+        bst = bm[0];
+        sec = sm[0];
+        at = bw[0] == INT32_MAX ? -1 : bw[0];
     }
 #endif
     for (int j = j0; j < n; j++) {
         float d;
-        IQ2_DIST(float, d, pos + j);
-        if (d < best) {
-            best = d;
+        IQ2_DIST_S(d, nc[pos + j], e);
+        if (d < bst) {
+            sec = bst;
+            bst = d;
             at = j;
+        } else if (d < sec) {
+            sec = d;
         }
     }
+    *best = bst;
+    *second = sec;
     return at;
+}
+
+/* The list position (0-based) of the candidate ggml's neighbour search picks: list_min2's pick (the runner-up is not
+ * needed here; tracking it costs two lane operations per 8 candidates). */
+static inline int list_argmin(const grid_t *g, int64_t pos, int n, const float *x, const float *w, float scale, float a,
+                              float b) {
+    float best, second;
+    return list_min2(g, pos, n, x, w, scale, a, b, &best, &second);
 }
 
 /* ggml's nearest_int: adds 1.5 * 2**23 and reads the mantissa; out-of-range arguments give its same garbage. */
@@ -170,36 +245,39 @@ static inline float sum_sq(const float *x, int n) {
 }
 
 /* ------------------------------------------------------------------------------------------------------------ */
-/* IQ2: the nearest grid point among a code's neighbours by weighted squared distance (iq2_find_best_neighbour).
- * Writes the point's levels to L, returns its index (-1 if every distance is NaN or >= FLT_MAX; ggml aborts). */
-static int iq2_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
-                       int8_t *L) {
-    const int n = list[0];
-    const int j = list_argmin(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 2.0f, 1.0f);
+/* The map entry of 8 levels in 0..2 (every search input is: levels are clamped to kMaxQ - 1 = 2, IQ1 has three),
+ * through the base-3 map: 26 KiB that stay in L1, where the 2-bit-code map's 171 KiB missed on every lookup. */
+static inline int32_t map_of(const grid_t *g, const int8_t *L) {
+    int32_t c = 0;
+    for (int i = 7; i >= 0; i--) c = 3 * c + L[i];
+    return g->map3[c];
+}
+
+/* a point's 8 levels from its code */
+static inline void levels_of(uint16_t code, int8_t *L) {
+    for (int i = 0; i < 8; i++) L[i] = (int8_t)((code >> 2 * i) & 3);
+}
+
+/* IQ2: the nearest grid point among a code's neighbours by weighted squared distance (iq2_find_best_neighbour); off:
+ * the list's offset (-map - 1). Writes the point's levels to L, returns its index (-1 if every distance is NaN or
+ * >= FLT_MAX; ggml aborts). */
+static int iq2_nearest(const grid_t *g, int64_t off, const float *xval, const float *w, float scale, int8_t *L) {
+    const int j = list_argmin(g, off + 1, g->nc[off], xval, w, scale, 2.0f, 1.0f);
     if (j < 0) return -1;
-    const int gi = list[1 + j];
-    for (int i = 0; i < 8; i++) L[i] = (int8_t)g->lev[8 * (size_t)gi + i];
-    return gi;
+    levels_of(g->nc[off + 1 + j], L);
+    return g->nb[off + 1 + j];
 }
 
 /* The grid index of 8 levels, searching the neighbours of an off-grid code (levels rewritten to the point's). */
 static inline int iq2_snap(const grid_t *g, int8_t *L, const float *xval, const float *w, float scale, int *on) {
-    uint16_t u = 0;
-    for (int i = 0; i < 8; i++) u |= (uint16_t)(L[i] << 2 * i);
-    int gi = g->map[u];
+    int gi = map_of(g, L);
     *on = gi >= 0;
-    if (gi < 0) gi = iq2_nearest(g, g->nb + (-g->map[u] - 1), xval, w, scale, L);
+    if (gi < 0) gi = iq2_nearest(g, -(int64_t)gi - 1, xval, w, scale, L);
     return gi;
 }
 
 static inline void iq2_levels(const float *xval, float id, int8_t *L, int n) {
     for (int i = 0; i < n; i++) L[i] = (int8_t)imax(0, imin(2, nint(0.5f * (id * xval[i] - 1))));
-}
-
-static inline int code_of(const int8_t *L) {
-    uint16_t u = 0;
-    for (int i = 0; i < 8; i++) u |= (uint16_t)(L[i] << 2 * i);
-    return u;
 }
 
 /* make_qp_quants(n, nmax, x, L, w) with L kept as uint8_t, as the reference does: a negative level wraps. */
@@ -306,72 +384,71 @@ static inline void qx_q2(const float *w, const float *xval, const int8_t *L, int
     *sq2 = b;
 }
 
-/* The trial scales of a group, all at once: trial t's levels of value i at lev[i][t] (iq2_levels with ids[t]),
- * then each 8-value part snapped to the grid (neighbour search at 1/ids[t] when off-grid): its levels into
- * L[t][i], 2l+1 as float into q[i][t], on[t][part]. Each trial does exactly what the reference's loop does for
- * it; only the order in which independent trials are worked through changes. */
+/* The trial scales of a group, all at once. Trial t rounds part k (8 values) to levels (iq2_levels with ids[t]);
+ * code3[k][t] is their base-3 code (the map3 key), code2[k][t] their 2-bit code (level i in bits 2i, 2i+1). Each
+ * trial does exactly what the reference's loop does for it; only the order in which independent trials are worked
+ * through changes. A trial's levels are kept as its code, not as 8 floats: writing and reading those floats for
+ * every trial and pick was ~20 % of the kernel's instructions. */
 enum { NT_MAX = 32 };
 IQ_HOT static void trial_levels(const float *restrict xval, int nparts, const float *restrict ids,
-                                float (*restrict q)[NT_MAX], int32_t (*restrict code3)[NT_MAX]) {
+                                int32_t (*restrict code2)[NT_MAX], int32_t (*restrict code3)[NT_MAX]) {
     for (int k = 0; k < nparts; k++) {
-        int32_t c[NT_MAX];
-        for (int t = 0; t < NT_MAX; t++) c[t] = 0;
+        int32_t c3[NT_MAX], c2[NT_MAX];
+        for (int t = 0; t < NT_MAX; t++) c3[t] = c2[t] = 0;
         int32_t p3 = 1;
-        for (int i = 8 * k; i < 8 * k + 8; i++) {
-            const float xi = xval[i];
+        for (int i = 0; i < 8; i++) {
+            const float xi = xval[8 * k + i];
             for (int t = 0; t < NT_MAX; t++) {
                 const float f = 0.5f * (ids[t] * xi - 1) + 12582912.0f;
                 int32_t u;
                 memcpy(&u, &f, sizeof u);
                 int32_t l = (u & 0x007FFFFF) - 0x00400000;
                 l = l < 0 ? 0 : l > 2 ? 2 : l;
-                q[i][t] = (float)(2 * l + 1);
-                c[t] += l * p3;
+                c3[t] += l * p3;
+                c2[t] |= l << 2 * i;
             }
             p3 *= 3;
         }
-        for (int t = 0; t < NT_MAX; t++) code3[k][t] = c[t];
-    }
-}
-
-/* sumqx, sumq2 of every trial (qx_q2 per lane, i in order) */
-IQ_HOT static void trial_sums(const float *restrict w, const float *restrict xval, int n, const float (*restrict q)[NT_MAX],
-                              float *restrict sqx, float *restrict sq2) {
-    for (int t = 0; t < NT_MAX; t++) sqx[t] = sq2[t] = 0;
-    for (int i = 0; i < n; i++) {
-        const float wx = w[i] * xval[i], wi = w[i];
         for (int t = 0; t < NT_MAX; t++) {
-            sqx[t] += wx * q[i][t];
-            sq2[t] += wi * q[i][t] * q[i][t];
+            code3[k][t] = c3[t];
+            code2[k][t] = c2[t];
         }
     }
 }
 
-/* trial t's levels of part k replaced by those of grid point gi */
-static inline void put_point(const grid_t *g, int gi, int k, int t, float (*q)[NT_MAX]) {
-    for (int i = 0; i < 8; i++) q[8 * k + i][t] = (float)(2 * g->lev[8 * (size_t)gi + i] + 1);
+/* sumqx, sumq2 of every trial from its parts' 2-bit codes (qx_q2 per lane, i in order, q = 2*level + 1) */
+IQ_HOT static void trial_sums(const float *restrict w, const float *restrict xval, int nparts,
+                              const int32_t (*restrict code2)[NT_MAX], float *restrict sqx, float *restrict sq2) {
+    for (int t = 0; t < NT_MAX; t++) sqx[t] = sq2[t] = 0;
+    for (int k = 0; k < nparts; k++) {
+        for (int i = 0; i < 8; i++) {
+            const float wx = w[8 * k + i] * xval[8 * k + i], wi = w[8 * k + i];
+            for (int t = 0; t < NT_MAX; t++) {
+                const float q = (float)(2 * ((code2[k][t] >> 2 * i) & 3) + 1);
+                sqx[t] += wx * q;
+                sq2[t] += wi * q * q;
+            }
+        }
+    }
 }
 
-/* IQ2's side of an _iqrun.h run: the part's list and the q columns the picks go to */
+/* IQ2's side of an _iqrun.h run: the part's list and the codes the picks go to */
 typedef struct {
     iqrun r;
     const grid_t *g;
-    const uint16_t *list;
-    int64_t pos;
-    int n, k;
-    float (*q)[NT_MAX];
-    float *d;
+    int64_t pos; /* the list's first candidate in nc */
+    int n;
+    int32_t *code2; /* the part's 2-bit codes, one per trial */
 } iq2_run;
 
 static void iq2_run_put(iqrun *r, int j, int t) {
     const iq2_run *p = (const iq2_run *)r;
-    put_point(p->g, p->list[1 + j], p->k, t, p->q);
+    p->code2[t] = p->g->nc[p->pos + j];
 }
 
 static int iq2_run_search(iqrun *r, int t, float *best, float *second) {
     const iq2_run *p = (const iq2_run *)r;
-    list_dists(p->g->nlev, p->g->nbsize, p->pos, p->n, r->x, r->w, r->scales[t], 2.0f, 1.0f, p->d);
-    const int j = iqrun_first_min2(p->d, p->n, best, second);
+    const int j = list_min2(p->g, p->pos, p->n, r->x, r->w, r->scales[t], 2.0f, 1.0f, best, second);
     if (j >= 0) iq2_run_put(r, j, t);
     return j;
 }
@@ -380,31 +457,23 @@ static int iq2_run_search(iqrun *r, int t, float *best, float *second) {
  * reference's per-trial search picks it (the rounded levels stay when no distance is below FLT_MAX); a run of
  * trials rounding a part to the same code goes through iqrun_snap. */
 static void trial_snap(const grid_t *g, const float *xval, const float *waux, int nparts, const float *scales, int nt,
-                       const int32_t (*code3)[NT_MAX], float (*q)[NT_MAX], int (*on)[4]) {
-    float d[MAX_LIST + 16];
+                       const int32_t (*code3)[NT_MAX], int32_t (*code2)[NT_MAX]) {
     for (int k = 0; k < nparts; k++) {
         iq2_run p = {{iq2_run_search, iq2_run_put, scales, xval + 8 * k, waux + 8 * k, 8, 5.0, -1, 0, 0},
-                     g, NULL, 0, 0, k, q, d};
+                     g, 0, 0, code2[k]};
         for (int t = 0; t < nt;) {
             const int32_t code = code3[k][t];
             int t2 = t;
             while (t2 + 1 < nt && code3[k][t2 + 1] == code) t2++;
             const int gi = g->map3[code];
-            for (int tt = t; tt <= t2; tt++) on[tt][k] = gi >= 0;
             if (gi < 0) {
-                p.list = g->nb + (-gi - 1);
-                p.n = p.list[0];
-                p.pos = (int64_t)(p.list - g->nb) + 1;
+                p.pos = -(int64_t)gi;  /* the list's count sits at -gi - 1 */
+                p.n = g->nc[p.pos - 1];
                 iqrun_snap(&p.r, t, t2);
             }
             t = t2 + 1;
         }
     }
-}
-
-/* trial t's levels back from its q column */
-static inline void trial_take(const float (*q)[NT_MAX], int n, int t, int8_t *L) {
-    for (int i = 0; i < n; i++) L[i] = (int8_t)(((int)q[i][t] - 1) / 2);
 }
 
 /* ggml's scale trials for nparts groups of 8 values: trial t uses the scale (5 + (t - half) / 10) / div, t = 0..2*half,
@@ -413,25 +482,29 @@ static inline void trial_take(const float (*q)[NT_MAX], int n, int t, int8_t *L)
    scale0 when no trial has sumq2 > 0 (L and on_grid are then left as they were). */
 static float trial_best(const grid_t *g, const float *xval, const float *waux, const float *weight, int nparts,
                         int half, float div, float scale0, int8_t *L, int *on_grid) {
-    const int n = 8 * nparts, nt = 2 * half + 1;
+    const int nt = 2 * half + 1;
     float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
-    int32_t code3[4][NT_MAX];
-    float q[32][NT_MAX];
-    int ona[NT_MAX][4];
+    int32_t code3[4][NT_MAX], code2[4][NT_MAX];
     for (int t = 0; t < NT_MAX; t++) {
         ids[t] = t < nt ? (5 + (float)(t - half) * 0.1f) / div : ids[0];
         tsc[t] = 1 / ids[t];
     }
-    trial_levels(xval, nparts, ids, q, code3);
-    trial_snap(g, xval, waux, nparts, tsc, nt, code3, q, ona);
-    trial_sums(weight, xval, n, q, sqx, sq2);
+    trial_levels(xval, nparts, ids, code2, code3);
+    trial_snap(g, xval, waux, nparts, tsc, nt, code3, code2);
+    trial_sums(weight, xval, nparts, code2, sqx, sq2);
     float best = 0, scale = scale0;
+    int tb = -1;
     for (int t = 0; t < nt; t++) {
         if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
             scale = sqx[t] / sq2[t];
             best = scale * sqx[t];
-            trial_take(q, n, t, L);
-            for (int k = 0; k < nparts; k++) on_grid[k] = ona[t][k];
+            tb = t;
+        }
+    }
+    if (tb >= 0) {
+        for (int k = 0; k < nparts; k++) {
+            levels_of((uint16_t)code2[k][tb], L + 8 * k);
+            on_grid[k] = g->map3[code3[k][tb]] >= 0;
         }
     }
     return scale;
@@ -482,7 +555,7 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, u
             for (int k = 0; k < 4; k++) signs[k] = (uint8_t)(~signs[k] & 127);
         }
         for (int k = 0; k < 4; k++) {
-            const int gi = g->map[code_of(L + 8 * k)];
+            const int gi = map_of(g, L + 8 * k);
             q2[2 * ib] |= (uint32_t)gi << 8 * k;
             q2[2 * ib + 1] |= (uint32_t)signs[k] << 7 * k;
         }
@@ -567,7 +640,7 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
             for (int k = 0; k < 2; k++) signs[k] = is_s ? (uint8_t)~signs[k] : (uint8_t)(~signs[k] & 127);
         }
         for (int k = 0; k < 2; k++) {
-            gidx[2 * ib + k] = (uint16_t)g->map[code_of(L + 8 * k)];
+            gidx[2 * ib + k] = (uint16_t)map_of(g, L + 8 * k);
             sgn[2 * ib + k] = signs[k];
         }
         scales[ib] = scale;
@@ -604,11 +677,10 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
  * below FLT_MAX, reading its values with the grid index (out of the group's bounds); that happens only for
  * non-finite distances, which the inputs this project passes do not produce: the whole-grid pass here reads the
  * group's own values. */
-static int iq1_nearest(const grid_t *g, const uint16_t *list, const float *xval, const float *w, float scale,
-                       const float *xg, int8_t *L) {
-    const int n = list[0];
-    const int j = list_argmin(g->nlev, g->nbsize, (int64_t)(list - g->nb) + 1, n, xval, w, scale, 1.0f, xg[0]);
-    int gi = j < 0 ? -1 : list[1 + j];
+static int iq1_nearest(const grid_t *g, int64_t off, const float *xval, const float *w, float scale, const float *xg,
+                       int8_t *L) {
+    const int j = list_argmin(g, off + 1, g->nc[off], xval, w, scale, 1.0f, xg[0]);
+    int gi = j < 0 ? -1 : g->nb[off + 1 + j];
     if (gi < 0) {
         float best = FLT_MAX;
         for (int k = 0; k < g->ngrid; k++) {
@@ -651,11 +723,10 @@ static int iq1_snap(const grid_t *g, const int8_t *L0, const float *xb, const fl
     int8_t L[8];
     for (int k = 0; k < nparts; k++) {
         memcpy(L, L0 + 8 * k, 8);
-        const int u = code_of(L);
-        int gi = g->map[u];
+        int gi = map_of(g, L);
         if (gi < 0) {
             all_on = 0;
-            gi = iq1_nearest(g, g->nb + (-g->map[u] - 1), xb + 8 * k, w + 8 * k, scale, xx[k], L);
+            gi = iq1_nearest(g, -(int64_t)gi - 1, xb + 8 * k, w + 8 * k, scale, xx[k], L);
         }
         index[k] = (uint16_t)gi;
     }
@@ -967,9 +1038,9 @@ static void quant_block(int type, const grid_t *g, const float *x, const float *
 }
 
 /* iquant_grid(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, levels, kmap, neighbours,
- *        neighbour_levels, neighbours_size, ngrid)
+ *        neighbour_codes, neighbours_size, ngrid)
  * -> flat index of the first non-finite value, or -1. imatrix: address of float32 (ncols,) or 0 for none (only
- * IQ2_S and IQ1_M; the caller refuses the others). levels/kmap/neighbours/neighbour_levels: kernels/iq_grids.py's
+ * IQ2_S and IQ1_M; the caller refuses the others). levels/kmap/neighbours/neighbour_codes: kernels/iq_grids.py's
  * arrays (every list no longer than MAX_LIST, checked by the caller). */
 PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
     int type, kind, ngrid;
@@ -998,7 +1069,15 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
         map3[c] = ((const int32_t *)(uintptr_t)mp)[u];
     }
     grid_t g = {(const uint8_t *)(uintptr_t)lv, (const int32_t *)(uintptr_t)mp, (const uint16_t *)(uintptr_t)nb,
-                (const float *)(uintptr_t)nl, (int64_t)nbsize, ngrid, map3};
+                (const uint16_t *)(uintptr_t)nl, (int64_t)nbsize, ngrid, 1, map3};
+#if defined(IQ_CLONES)
+    g.vec = __builtin_cpu_supports("avx2");
+#elif defined(__x86_64__) && !defined(__AVX2__)
+    g.vec = 0; /* built for x86-64's baseline without clones: see grid_t.vec */
+#endif
+    /* L1QUANT_IQUANT_ISA=portable (or sse2): the scalar search, so that tests can hold it against ggml too */
+    const char *isa = getenv("L1QUANT_IQUANT_ISA");
+    if (isa != NULL && (strcmp(isa, "portable") == 0 || strcmp(isa, "sse2") == 0)) g.vec = 0;
     const uint8_t *src = (const uint8_t *)(uintptr_t)s;
     uint8_t *dst = (uint8_t *)(uintptr_t)d;
     const float *qw = (const float *)(uintptr_t)q;

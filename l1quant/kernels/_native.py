@@ -190,22 +190,25 @@ def first_nonfinite(x: np.ndarray) -> int:
 
 
 def iquant_grid(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None, levels: np.ndarray,
-                kmap: np.ndarray, neighbours: np.ndarray, neighbour_levels: np.ndarray) -> int:
+                kmap: np.ndarray, neighbours: np.ndarray, neighbour_codes: np.ndarray) -> int:
     """IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S or IQ1_M kernel (compiled, kernels/_iquants2.c).
 
     ``x``: (rows, ncols) float32 / float16 / uint16 (bf16 bits), C-contiguous, ncols a multiple of 256; ``out``:
     uint8 rows, contiguous; ``imatrix``: float32 (ncols,) or None (IQ2_S and IQ1_M only); ``levels`` (uint8
-    (n, 8)), ``kmap`` (int32) and ``neighbours`` (uint16): the type's tables from kernels/iq_grids.py, C-contiguous.
+    (n, 8)), ``kmap`` (int32), ``neighbours`` and ``neighbour_codes`` (uint16, the same size): the type's tables from
+    kernels/iq_grids.py, C-contiguous.
     Bytes equal ggml's ``ggml_quantize_chunk``; a super-block holding NaN/Inf is written as zeros with a NaN f16
-    scale. Returns the flat index of the first non-finite value, or -1.
+    scale. Returns the flat index of the first non-finite value, or -1. The neighbour searches run 8 candidates as
+    vector lanes where the CPU has AVX2, else one at a time; ``L1QUANT_IQUANT_ISA=portable`` (or ``sse2``, read at
+    each call) asks for the scalar search; both give the same bytes (tests/test_iquants12.py).
     """
     assert _mod is not None
     rows, ncols = x.shape
     if rows == 0 or ncols == 0:
         return -1
-    if neighbour_levels.shape != (8, neighbours.size):
-        raise ValueError("iquant_grid: neighbour_levels must be (8, neighbours.size)")
-    for a, dt in ((levels, np.uint8), (kmap, np.int32), (neighbours, np.uint16), (neighbour_levels, np.float32)):
+    if neighbour_codes.shape != neighbours.shape:
+        raise ValueError("iquant_grid: neighbour_codes must have the shape of neighbours")
+    for a, dt in ((levels, np.uint8), (kmap, np.int32), (neighbours, np.uint16), (neighbour_codes, np.uint16)):
         if a.dtype != dt or not a.flags.c_contiguous:
             raise ValueError(f"iquant_grid: grid table must be C-contiguous {np.dtype(dt)}, found {a.dtype}")
     q = 0
@@ -216,7 +219,7 @@ def iquant_grid(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndar
         q = imatrix.ctypes.data
     return int(_mod.iquant_grid(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
                                 out.strides[0], q, levels.ctypes.data, kmap.ctypes.data, neighbours.ctypes.data,
-                           neighbour_levels.ctypes.data, neighbours.size, levels.shape[0]))
+                           neighbour_codes.ctypes.data, neighbours.size, levels.shape[0]))
 
 
 def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None,
