@@ -48,7 +48,7 @@ from . import (
     q8_0,
 )
 from .iq_grids import iq_grid
-from .iq3_grids import iq3_tables, lane_tables
+from .iq3_grids import iq3_tables, lane_codes
 from ._common import (
     Kernel,
     KernelArgumentError,
@@ -360,7 +360,7 @@ def _iq_tables(ggml_type: GGMLQuantizationType) -> tuple[np.ndarray, ...]:
         return (iquants_nl.KVALUES,)
     size = 256 if ggml_type == GGMLQuantizationType.IQ3_XXS else 512
     t = iq3_tables(size)
-    return (t.grid, t.kmap, t.neighbours, *lane_tables(size))
+    return (t.grid, t.kmap, t.neighbours, lane_codes(size))
 
 
 def _iq(ggml_type: GGMLQuantizationType, **facts: object) -> QuantType:

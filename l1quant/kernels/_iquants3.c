@@ -14,7 +14,8 @@
  * Code paths (L1QUANT_IQUANT_ISA, read at each call: portable, sse2, avx2, avx512; default the fastest this CPU
  * runs): the portable one follows the reference loop by loop; on x86-64 with GCC/Clang the lane paths compute the
  * IQ4 group search's 16 independent trial evaluations as vector lanes and score the IQ3 neighbour candidates as
- * lanes, each lane doing exactly the scalar operations in the same order; the choices among lanes stay sequential.
+ * lanes (AVX2 / AVX-512; the sse2 path scores them one at a time from the same per-search terms), each lane doing
+ * exactly the scalar operations in the same order; the choices among lanes stay sequential.
  * All give the same bytes (tests/test_iquants34.py runs each against ggml).
  *
  * Non-finite policy (l1quant's): a block (32 values for IQ4_NL, 256 for the others) holding NaN/Inf is written as
@@ -89,6 +90,7 @@ static void iq4_sums_portable(const float *kv, const float *x, const float *w, c
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(L1Q_NO_LANES)
 #define IQ_HAVE_LANES 1
+#include <immintrin.h> /* the IQ3 picks' variable permutes (vpermps), in functions built for AVX2 / AVX-512 */
 typedef float iq_v4f __attribute__((vector_size(16)));
 typedef int32_t iq_v4i __attribute__((vector_size(16)));
 typedef float iq_v8f __attribute__((vector_size(32)));
@@ -246,63 +248,108 @@ static void iq4_xs_block(iq4_sums_fn sums, const float *kv, const float *x, cons
 /* IQ3_XXS / IQ3_S */
 
 typedef struct iq3_tabs_s iq3_tabs;
-/* scores the candidates of an off-grid key (d2 per candidate into d2, +inf-free padding ignored by the caller) */
-typedef void (*iq3_score_fn)(const iq3_tabs *t, int key, int n, const float *xv, const float *wa, float scale,
-                             float *d2);
+/* the reference's pick among an off-grid key's n listed candidates: the list position of the first least distance
+ * strictly below FLT_MAX, or -1 */
+typedef int (*iq3_pick_fn)(const iq3_tabs *t, int key, int n, const float *xv, const float *wa, float scale);
 struct iq3_tabs_s {
     const int8_t *grid;         /* (n, 4): 2l+1 */
     const int32_t *kmap;        /* (4096,) */
     const uint16_t *neighbours; /* flat lists: count, indices */
-    const float *lane_q;        /* (4096, 4, width): candidate components, 0-padded (iq3_grids.lane_tables) */
-    const int32_t *lane_idx;    /* (4096, width): candidate grid indices, -1 padded */
+    const uint16_t *lane_code;  /* (4096, width): each candidate's key (4 levels as 3-bit fields), 0-padded
+                                 * (iq3_grids.lane_codes) */
     int width;                  /* a multiple of 16, at most IQ3_MAX_WIDTH */
-    iq3_score_fn score;         /* NULL: the portable per-candidate loop */
+    iq3_pick_fn pick;           /* NULL: the portable per-candidate loop */
 };
 enum { IQ3_MAX_WIDTH = 64 };
 
+/* A candidate's distance sum_i wa_i * (scale*q_i - x_i)^2 as the reference forms it: diff = scale*q - x with
+ * q = 2l+1 for its level l (0..7), the term (wa*diff)*diff, the 4 terms summed in order from 0. A coordinate's term
+ * depends only on its level, so each search forms the 4 x 8 possible terms once, with the reference's operations
+ * on the same operands (the same floats): e[i][l]. A candidate's distance is then the in-order sum of 4 looked-up
+ * terms. */
+static inline void iq3_terms(const float *xv, const float *wa, float scale, float e[4][8]) {
+    for (int i = 0; i < 4; i++) {
+        for (int l = 0; l < 8; l++) {
+            const float diff = scale * (float)(2 * l + 1) - xv[i];
+            e[i][l] = wa[i] * diff * diff;
+        }
+    }
+}
+
+/* the scalar pick from the terms (the sse2 path: 4-lane SSE2 has no variable permute) */
+static int iq3_pick_terms(const iq3_tabs *t, int key, int n, const float *xv, const float *wa, float scale) {
+    float e[4][8];
+    iq3_terms(xv, wa, scale, e);
+    const uint16_t *c = t->lane_code + (size_t)key * t->width;
+    float best = FLT_MAX;
+    int at = -1;
+    for (int j = 0; j < n; j++) {
+        float d = 0.0f;
+        for (int i = 0; i < 4; i++) d += e[i][(c[j] >> 3 * i) & 7];
+        const int take = d < best; /* branch-free: the winner is data */
+        best = take ? d : best;
+        at = take ? j : at;
+    }
+    return at;
+}
+
 #ifdef IQ_HAVE_LANES
-/* d2 of W candidates at a time, each lane computing exactly the scalar expression in the same order */
-#define IQ3_SCORE_BODY(VF, W)                                                                                    \
+/* W candidates' distances at a time (VF/VI/VU: W floats, int32s, uint16s): each lane's level of coordinate i
+ * indexes the row of iq3_terms' e[i] (one variable permute PERM: vpermps on AVX2 / AVX-512), the 4 terms added in order;
+ * then the reference's scan, first least wins. The rows are formed in registers as iq3_terms forms them, lane l
+ * from q = QV[l] = 2(l mod 8) + 1 (a 16-lane row repeats the 8 terms; a level indexes only the first 8). Merging
+ * the lanes by shuffles instead of the scan was slower here: its dependent steps sat on the critical path. */
+#define IQ3_PICK_BODY(VF, VI, VU, W, QV, PERM)                                                                   \
     {                                                                                                            \
-        const float *q = t->lane_q + (size_t)key * 4 * t->width;                                                 \
-        for (int c = 0; c < n; c += (W)) {                                                                \
+        const VF qv = QV;                                                                                        \
+        VF row[4];                                                                                               \
+        for (int i = 0; i < 4; i++) {                                                                            \
+            const VF diff = scale * qv - xv[i];                                                                  \
+            row[i] = wa[i] * diff * diff;                                                                        \
+        }                                                                                                        \
+        const uint16_t *code = t->lane_code + (size_t)key * t->width;                                            \
+        float d2[IQ3_MAX_WIDTH];                                                                                 \
+        for (int c = 0; c < n; c += (W)) {                                                                       \
+            VU cu;                                                                                               \
+            memcpy(&cu, code + c, sizeof cu);                                                                    \
+            const VI cv = __builtin_convertvector(cu, VI);                                                       \
             VF d = {0};                                                                                          \
-            for (int i = 0; i < 4; i++) {                                                                        \
-                VF qi;                                                                                           \
-                memcpy(&qi, q + i * t->width + c, sizeof qi);                                                    \
-                const VF diff = scale * qi - xv[i];                                                              \
-                d += wa[i] * diff * diff;                                                                        \
-            }                                                                                                    \
+            for (int i = 0; i < 4; i++) d += PERM(row[i], (cv >> 3 * i) & 7);                                    \
             memcpy(d2 + c, &d, sizeof d);                                                                        \
         }                                                                                                        \
+        float best = FLT_MAX;                                                                                    \
+        int at = -1;                                                                                             \
+        for (int j = 0; j < n; j++) { /* the list's order: first least wins (branch-free: the winner is data) */ \
+            const int take = d2[j] < best;                                                                       \
+            best = take ? d2[j] : best;                                                                          \
+            at = take ? j : at;                                                                                  \
+        }                                                                                                        \
+        return at;                                                                                               \
     }
-static void iq3_score_sse2(const iq3_tabs *t, int key, int n, const float *xv, const float *wa, float scale,
-                           float *d2)
-    IQ3_SCORE_BODY(iq_v4f, 4)
-__attribute__((target("avx2"))) static void iq3_score_avx2(const iq3_tabs *t, int key, int n, const float *xv,
-                                                           const float *wa, float scale, float *d2)
-    IQ3_SCORE_BODY(iq_v8f, 8)
-__attribute__((target("avx512f"))) static void iq3_score_avx512(const iq3_tabs *t, int key, int n, const float *xv,
-                                                                const float *wa, float scale, float *d2)
-    IQ3_SCORE_BODY(iq_v16f, 16)
+typedef uint16_t iq_v8u __attribute__((vector_size(16)));
+typedef uint16_t iq_v16u __attribute__((vector_size(32)));
+#define IQ3_PERM8(row, idx) ((iq_v8f)_mm256_permutevar8x32_ps((__m256)(row), (__m256i)(idx)))
+#define IQ3_PERM16(row, idx) ((iq_v16f)_mm512_permutexvar_ps((__m512i)(idx), (__m512)(row)))
+#define IQ3_Q8 {1, 3, 5, 7, 9, 11, 13, 15}
+#define IQ3_Q16 {1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15}
+__attribute__((target("avx2"))) static int iq3_pick_avx2(const iq3_tabs *t, int key, int n, const float *xv,
+                                                         const float *wa, float scale)
+    IQ3_PICK_BODY(iq_v8f, iq_v8i, iq_v8u, 8, (iq_v8f)IQ3_Q8, IQ3_PERM8)
+__attribute__((target("avx512f"))) static int iq3_pick_avx512(const iq3_tabs *t, int key, int n, const float *xv,
+                                                              const float *wa, float scale)
+    IQ3_PICK_BODY(iq_v16f, iq_v16i, iq_v16u, 16, (iq_v16f)IQ3_Q16, IQ3_PERM16)
 #endif
 
 /* best listed neighbour of an off-grid key: least sum w*(scale*q - x)^2 (w = sqrt of the value weights), first
- * wins; writes the levels to L and returns the grid index (ggml aborts when none is below FLT_MAX: first kept). */
+ * wins; returns the grid index (ggml aborts when none is below FLT_MAX: first kept) and writes its levels to L
+ * unless L is NULL. */
 static int iq3_neighbour(const iq3_tabs *t, int key, const float *xv, const float *wa, float scale, int *L) {
     const uint16_t *nb = t->neighbours + (-t->kmap[key] - 1);
     int n = nb[0];
     float best = FLT_MAX;
     int gi = nb[1];
-    if (t->score != NULL) {
-        float d2[IQ3_MAX_WIDTH];
-        t->score(t, key, n, xv, wa, scale, d2);
-        int at = -1;
-        for (int j = 0; j < n; j++) { /* the lists' order: first least wins (branch-free: the winner is random) */
-            const int take = d2[j] < best;
-            best = take ? d2[j] : best;
-            at = take ? j : at;
-        }
+    if (t->pick != NULL) {
+        const int at = t->pick(t, key, n, xv, wa, scale);
         if (at >= 0) gi = nb[at + 1];
         n = 0; /* skip the portable loop */
     }
@@ -318,8 +365,10 @@ static int iq3_neighbour(const iq3_tabs *t, int key, const float *xv, const floa
             gi = nb[j];
         }
     }
-    const int8_t *pg = t->grid + 4 * gi;
-    for (int i = 0; i < 4; i++) L[i] = (pg[i] - 1) / 2;
+    if (L != NULL) {
+        const int8_t *pg = t->grid + 4 * gi;
+        for (int i = 0; i < 4; i++) L[i] = (pg[i] - 1) / 2;
+    }
     return gi;
 }
 
@@ -393,7 +442,7 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
     const int ntry = xxs ? 15 : 9;
     const int size = xxs ? 98 : 110;
     float scales[8], w[32], wa[32], xval[32];
-    int L[32], La[32], on[8];
+    int L[32], on[8];
     uint8_t signs[4];
     uint32_t sas[8];
     memset(y, 0, (size_t)size);
@@ -460,20 +509,24 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
                 for (int k = 0; k < 8; k++) {
                     if (t->kmap[key[k][tt]] >= 0) continue;
                     off |= 1u << k;
-                    for (int i = 0; i < 4; i++) La[4 * k + i] = ((int)q[4 * k + i][tt] - 1) / 2;
-                    iq3_neighbour(t, key[k][tt], xval + 4 * k, wa + 4 * k, this_scale, La + 4 * k);
-                    for (int i = 0; i < 4; i++) q[4 * k + i][tt] = (float)(2 * La[4 * k + i] + 1);
+                    /* the neighbour's 2l+1 values are its grid entries */
+                    const int gi = iq3_neighbour(t, key[k][tt], xval + 4 * k, wa + 4 * k, this_scale, NULL);
+                    for (int i = 0; i < 4; i++) q[4 * k + i][tt] = (float)t->grid[4 * gi + i];
                 }
                 offgrid[tt] = off;
             }
             iq3_trial_sums(w, xval, q, sqx, sq2);
+            int tb = -1;
             for (int tt = 0; tt < nt; tt++) {
                 if (sq2[tt] > 0 && sqx[tt] * sqx[tt] > best * sq2[tt]) {
                     scale = sqx[tt] / sq2[tt];
                     best = scale * sqx[tt];
-                    for (int i = 0; i < 32; i++) L[i] = ((int)q[i][tt] - 1) / 2;
-                    for (int k = 0; k < 8; k++) on[k] = !((offgrid[tt] >> k) & 1);
+                    tb = tt;
                 }
+            }
+            if (tb >= 0) { /* the last trial that improved: its levels and on-grid flags */
+                for (int i = 0; i < 32; i++) L[i] = ((int)q[i][tb] - 1) / 2;
+                for (int k = 0; k < 8; k++) on[k] = !((offgrid[tb] >> k) & 1);
             }
         }
         int n_off = 0;
@@ -550,39 +603,39 @@ static inline int bad_at(const float *x, int n) {
     return -1;
 }
 
-/* The IQ3 candidate scoring path by the same name as iq4_pick (the caller checked the name there). */
-static int iq3_pick(const char *name, iq3_score_fn *out) {
+/* The IQ3 candidate search by the same name as iq4_pick (the caller checked the name there): the lane picks on
+ * AVX2 / AVX-512, the scalar pick from the terms on sse2, the reference's per-candidate loop on portable. */
+static int iq3_pick(const char *name, iq3_pick_fn *out) {
     int want_default = name == NULL || name[0] == '\0' || strcmp(name, "auto") == 0;
     *out = NULL;
 #ifdef IQ_HAVE_LANES
     if (want_default) {
-        *out = __builtin_cpu_supports("avx512f") ? iq3_score_avx512
-               : __builtin_cpu_supports("avx2")  ? iq3_score_avx2
-                                                 : iq3_score_sse2;
+        *out = __builtin_cpu_supports("avx512f") ? iq3_pick_avx512
+               : __builtin_cpu_supports("avx2")  ? iq3_pick_avx2
+                                                 : iq3_pick_terms;
         return 1;
     }
-    if (strcmp(name, "avx512") == 0 && __builtin_cpu_supports("avx512f")) *out = iq3_score_avx512;
-    if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2")) *out = iq3_score_avx2;
-    if (strcmp(name, "sse2") == 0) *out = iq3_score_sse2;
-    if (*out != NULL) return 1;
+    if (strcmp(name, "avx512") == 0 && __builtin_cpu_supports("avx512f")) *out = iq3_pick_avx512;
+    if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2")) *out = iq3_pick_avx2;
 #endif
-    return want_default || strcmp(name, "portable") == 0;
+    if (want_default || (name != NULL && strcmp(name, "sse2") == 0)) *out = iq3_pick_terms;
+    if (*out != NULL) return 1;
+    return strcmp(name, "portable") == 0;
 }
 
 /* iquant(ggml_type, src, kind, rows, ncols, dst, dst_row_stride, imatrix, table_a, table_b, table_c)
  *   -> flat index of the first non-finite value or -1.
  * Addresses as integers; imatrix 0 for none (else ncols finite float32). IQ4_*: table_a = the 16 int8 levels.
  * IQ3_*: table_a = grid int8 (n, 4), table_b = kmap int32 (4096), table_c = neighbour lists uint16; optionally
- * table_d, table_e, width = iq3_grids.lane_tables (candidate components float32 (4096, 4, width), indices int32
- * (4096, width)) for the lane paths, which score 4/8/16 candidates at a time. */
+ * table_d, width = iq3_grids.lane_codes (uint16 (4096, width): each candidate's key) for the faster searches. */
 PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
     int type, kind;
-    unsigned long long s, d, q, ta, tb, tc, td = 0, te = 0;
+    unsigned long long s, d, q, ta, tb, tc, td = 0;
     long long rows, ncols, stride;
     int width = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iKiLLKLKKKK|KKi", &type, &s, &kind, &rows, &ncols, &d, &stride, &q, &ta, &tb, &tc,
-                          &td, &te, &width))
+    if (!PyArg_ParseTuple(args, "iKiLLKLKKKK|Ki", &type, &s, &kind, &rows, &ncols, &d, &stride, &q, &ta, &tb, &tc,
+                          &td, &width))
         return NULL;
     int qk, bytes;
     switch (type) {
@@ -619,8 +672,8 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
     const float *qw = (const float *)(uintptr_t)q;
     float kv[16];
     iq3_tabs t = {(const int8_t *)(uintptr_t)ta, (const int32_t *)(uintptr_t)tb, (const uint16_t *)(uintptr_t)tc,
-                  (const float *)(uintptr_t)td, (const int32_t *)(uintptr_t)te, width, NULL};
-    if (td != 0 && te != 0 && width > 0 && width % 16 == 0 && width <= IQ3_MAX_WIDTH) iq3_pick(isa, &t.score);
+                  (const uint16_t *)(uintptr_t)td, width, NULL};
+    if (td != 0 && width > 0 && width % 16 == 0 && width <= IQ3_MAX_WIDTH) iq3_pick(isa, &t.pick);
     if (type == IT_IQ4_NL || type == IT_IQ4_XS)
         for (int i = 0; i < 16; i++) kv[i] = (float)((const int8_t *)(uintptr_t)ta)[i];
     const size_t src_row = (size_t)ncols * (kind == IS_F32 ? 4u : 2u);

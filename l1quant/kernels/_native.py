@@ -229,7 +229,8 @@ def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray |
     ``x``: (rows, ncols) float32 / float16 / uint16 (bf16 bits), C-contiguous, ncols a multiple of the block (32 for
     IQ4_NL, else 256); ``out``: uint8 (rows, row bytes) with contiguous rows; ``imatrix``: float32 (ncols,),
     C-contiguous, finite, or None. ``tables``: (the 16 int8 IQ4 levels,) or (IQ3 grid int8 (n, 4), kmap int32
-    (4096,), neighbour lists uint16, and ``iq3_grids.lane_tables``' two arrays) from kernels/iq3_grids.py, C-contiguous (the caller keeps them alive). Bytes
+    (4096,), neighbour lists uint16, and ``iq3_grids.lane_codes``' uint16 (4096, W)) from kernels/iq3_grids.py,
+    C-contiguous (the caller keeps them alive). Bytes
     equal ``ggml_quantize_chunk`` for finite blocks; a block holding NaN/Inf becomes zeros with d = 0x7E00.
     Returns the flat index of the first non-finite value, or -1. The IQ4 searches run on the code path named by
     ``L1QUANT_IQUANT_ISA`` (portable, sse2, avx2, avx512; default: the fastest this CPU runs; read at each call);
@@ -244,7 +245,7 @@ def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray |
     for t in tables:
         if not t.flags.c_contiguous:
             raise ValueError("iquant: tables must be C-contiguous")
-    addr = [t.ctypes.data for t in tables] + [0] * (5 - len(tables))
-    width = tables[4].shape[1] if len(tables) == 5 else 0
+    addr = [t.ctypes.data for t in tables] + [0] * (4 - len(tables))
+    width = tables[3].shape[1] if len(tables) == 4 else 0
     return int(_mod.iquant(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
                            out.strides[0], 0 if imatrix is None else imatrix.ctypes.data, *addr, width))

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from gguf import quants as gguf_quants
 
-__all__ = ["IQ3Tables", "KMAP_SIZE", "iq3_tables", "lane_tables"]
+__all__ = ["IQ3Tables", "KMAP_SIZE", "iq3_tables", "lane_codes"]
 
 KMAP_SIZE = 4096  # 8 levels ** 4 values
 
@@ -137,22 +137,21 @@ def iq3_tables(size: int) -> IQ3Tables:
 
 
 @functools.lru_cache(maxsize=None)
-def lane_tables(size: int, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate lists laid out for a search that scores many candidates at once (kernels/_iquants3.c):
-    (q float32 (4096, 4, W): component i of each candidate's 2l+1 values, idx int32 (4096, W): its grid index),
-    W = the longest list rounded up to ``multiple``; padding has idx -1 and q 0; rows of grid keys are padding.
+def lane_codes(size: int, multiple: int = 16) -> np.ndarray:
+    """The candidate lists laid out for a search that scores many candidates at once (kernels/_iquants3.c): uint16
+    (4096, W), row = key, each candidate's key (its 4 levels as 3-bit fields, level i at bit 3i) in list order,
+    W = the longest list rounded up to ``multiple``; padding and the rows of grid keys hold 0. Two bytes per
+    candidate: a key's whole list is one or two cache lines (a float table of its values was 1 KiB per key, and
+    reading it was most of the IQ3 search's cost).
 
     Example:
-        >>> q, idx = lane_tables(256)
-        >>> q.shape[1:2], idx.shape[1] % 16, int(idx[0, 0])
-        ((4,), 0, -1)
+        >>> c = lane_codes(256)
+        >>> c.dtype, c.shape[1] % 16, int(c[0, 0])
+        (dtype('uint16'), 0, 0)
     """
     t = iq3_tables(size)
     width = -(-t.padded.shape[1] // multiple) * multiple
-    idx = np.full((KMAP_SIZE, width), -1, np.int32)
-    idx[:, : t.padded.shape[1]] = t.padded
-    q = t.grid.astype(np.float32)[np.maximum(idx, 0)].transpose(0, 2, 1).copy()  # (4096, 4, W)
-    q[np.broadcast_to((idx < 0)[:, None, :], q.shape)] = 0
-    for a in (q, idx):
-        a.setflags(write=False)
-    return q, idx
+    out = np.zeros((KMAP_SIZE, width), np.uint16)
+    out[:, : t.padded.shape[1]] = np.where(t.padded >= 0, t.keys[np.maximum(t.padded, 0)], 0)
+    out.setflags(write=False)
+    return out
