@@ -75,7 +75,7 @@ class IqGrid:
             >>> int(g.neighbour_codes[off]), [int(c) for c in g.neighbour_codes[off + 1: off + 4]]
             (9, [0, 2, 5])
         """
-        out = self.codes[np.minimum(self.neighbours, self.levels.shape[0] - 1)].astype(np.uint16)
+        out: np.ndarray = self.codes[np.minimum(self.neighbours, self.levels.shape[0] - 1)].astype(np.uint16)
         counts = np.unique(-self.kmap[self.kmap < 0] - 1)  # every list's count position (unreached codes: list 0's)
         out[counts] = self.neighbours[counts]
         out.setflags(write=False)
