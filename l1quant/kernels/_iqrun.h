@@ -28,8 +28,9 @@
  *   distance could approach FLT_MAX are not certified. (x is a magnitude except for one value of an IQ2_XXS or
  *   IQ2_XS part with an odd number of negatives, which the format's sign parity negates: hence |x| throughout.)
  *
- * IQ3's trial searches were tried this way too: half the searches, ~7% slower (its cost is the first read of each
- * key's lane block, which a run does not save), so _iquants3.c keeps its per-trial loop.
+ * IQ3's trial searches were tried this way too, when its candidate table was 1 KiB of floats per key: half the
+ * searches, ~7% slower (the cost was the first read of each key's block, which a run does not save), so
+ * _iquants3.c keeps its per-trial loop (not remeasured since its keys became 128 B of codes).
  *
  * The double arithmetic that evaluates E is far finer than the float it bounds (its relative error ~1e-16 against
  * kappa's 4e-6).
@@ -64,10 +65,10 @@ static inline int iqrun_certified(int at_a, float best_a, float second_a, double
  * of its own struct and supplies the search and the write. */
 typedef struct iqrun_s iqrun;
 struct iqrun_s {
-    /* the reference's search at trial t: writes its pick as t's levels, returns it (-1: none below FLT_MAX, the
-     * rounded levels stay), the least distance in *best and the least of the others in *second */
+    /* the reference's search at trial t: records its pick as trial t's point, returns it (-1: none below FLT_MAX,
+     * the rounded levels stay), the least distance in *best and the least of the others in *second */
     int (*search)(iqrun *r, int t, float *best, float *second);
-    void (*put)(iqrun *r, int j, int t); /* candidate j's levels as trial t's */
+    void (*put)(iqrun *r, int j, int t); /* candidate j as trial t's point */
     const float *scales;                 /* trial scales, falling as t rises */
     const float *x, *w;                  /* the part's values and distance weights */
     int dim;                             /* values per part */

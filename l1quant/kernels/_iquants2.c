@@ -71,12 +71,12 @@ typedef struct {
 #else
 #define IQ_HOT
 #endif
-enum { MAX_LIST = 1024 };
 
 #if defined(__GNUC__) || defined(__clang__)
 #define IQ_VEC 1
 typedef float iqv_f __attribute__((vector_size(32)));
 typedef int32_t iqv_i __attribute__((vector_size(32)));
+typedef uint32_t iqv_u __attribute__((vector_size(32)));
 typedef uint16_t iqv_u16 __attribute__((vector_size(16)));
 #endif
 
@@ -109,7 +109,9 @@ static inline void dist_terms(const float *restrict x, const float *restrict w, 
 #define IQ_SPLATI(v) ((iqv_i){(v), (v), (v), (v), (v), (v), (v), (v)})
 /* the helpers below are always inlined into the ISA clones; GCC's note that a 32-byte vector return has no fixed
  * ABI without AVX does not apply to them */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 #if defined(__clang__)
 #define IQ_SHUF8(v, a, b, c, d, e, f, g, h) __builtin_shufflevector((v), (v), a, b, c, d, e, f, g, h)
 #else
@@ -140,7 +142,8 @@ static inline __attribute__((always_inline)) iqv_i iq_hmin_i(iqv_i v) {
     do {                                                                                                           \
         D = (iqv_f){0};                                                                                            \
         for (int i_ = 0; i_ < 8; i_++) {                                                                           \
-            const iqv_i one_ = ((C) << (31 - 2 * i_)) < 0, two_ = ((C) << (30 - 2 * i_)) < 0;                      \
+            const iqv_i one_ = (iqv_i)((iqv_u)(C) << (31 - 2 * i_)) < 0,                                          \
+                        two_ = (iqv_i)((iqv_u)(C) << (30 - 2 * i_)) < 0;                                          \
             const iqv_i t_ = (two_ & (iqv_i)IQ2_SPLAT((E)[2][i_])) |                                               \
                              (~two_ & ((one_ & (iqv_i)IQ2_SPLAT((E)[1][i_])) |                                     \
                                        (~one_ & (iqv_i)IQ2_SPLAT((E)[0][i_]))));                                   \
@@ -219,8 +222,8 @@ IQ_HOT static int list_min2(const grid_t *g, int64_t pos, int n, const float *re
     return at;
 }
 
-/* The list position (0-based) of the candidate ggml's neighbour search picks: list_min2's pick (the runner-up is not
- * needed here; tracking it costs two lane operations per 8 candidates). */
+/* The list position (0-based) of the candidate ggml's neighbour search picks: list_min2's pick, its runner-up
+ * unused (one search for both: the runner-up costs two lane operations per 8 candidates). */
 static inline int list_argmin(const grid_t *g, int64_t pos, int n, const float *x, const float *w, float scale, float a,
                               float b) {
     float best, second;
@@ -246,11 +249,13 @@ static inline float sum_sq(const float *x, int n) {
 
 /* ------------------------------------------------------------------------------------------------------------ */
 /* The map entry of 8 levels in 0..2 (every search input is: levels are clamped to kMaxQ - 1 = 2, IQ1 has three),
- * through the base-3 map: 26 KiB that stay in L1, where the 2-bit-code map's 171 KiB missed on every lookup. */
+ * through the base-3 map: 26 KiB that stay in L1, where the 2-bit-code map's 171 KiB missed on every lookup. Levels
+ * outside 0..2 arise only where ggml aborts (IQ2_XXS when every distance is inf/NaN, or its first fit is NaN and no
+ * trial improves on it); they read grid point 0, to stay inside the map. */
 static inline int32_t map_of(const grid_t *g, const int8_t *L) {
     int32_t c = 0;
     for (int i = 7; i >= 0; i--) c = 3 * c + L[i];
-    return g->map3[c];
+    return (uint32_t)c < 6561u ? g->map3[c] : 0;
 }
 
 /* a point's 8 levels from its code */
@@ -544,7 +549,8 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, u
             for (int k = 0; k < 4; k++) {
                 iq2_levels(xval + 8 * k, id, L + 8 * k, 8);
                 const int gi = iq2_snap(g, L + 8 * k, xval + 8 * k, waux + 8 * k, scale, &on);
-                for (int i = 0; i < 8; i++) L[8 * k + i] = (int8_t)g->lev[8 * (size_t)gi + i];
+                if (gi >= 0) /* -1: every distance inf/NaN, where ggml aborts */
+                    for (int i = 0; i < 8; i++) L[8 * k + i] = (int8_t)g->lev[8 * (size_t)gi + i];
             }
             float sumqx, sumq2;
             qx_q2(weight, xval, L, 32, &sumqx, &sumq2);
@@ -1041,7 +1047,7 @@ static void quant_block(int type, const grid_t *g, const float *x, const float *
  *        neighbour_codes, neighbours_size, ngrid)
  * -> flat index of the first non-finite value, or -1. imatrix: address of float32 (ncols,) or 0 for none (only
  * IQ2_S and IQ1_M; the caller refuses the others). levels/kmap/neighbours/neighbour_codes: kernels/iq_grids.py's
- * arrays (every list no longer than MAX_LIST, checked by the caller). */
+ * arrays. */
 PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
     int type, kind, ngrid;
     unsigned long long s, d, q, lv, mp, nb, nl;
@@ -1072,8 +1078,8 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
                 (const uint16_t *)(uintptr_t)nl, (int64_t)nbsize, ngrid, 1, map3};
 #if defined(IQ_CLONES)
     g.vec = __builtin_cpu_supports("avx2");
-#elif defined(__x86_64__) && !defined(__AVX2__)
-    g.vec = 0; /* built for x86-64's baseline without clones: see grid_t.vec */
+#elif (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX2__)
+    g.vec = 0; /* built for x86's baseline without clones: see grid_t.vec */
 #endif
     /* L1QUANT_IQUANT_ISA=portable (or sse2): the scalar search, so that tests can hold it against ggml too */
     const char *isa = getenv("L1QUANT_IQUANT_ISA");

@@ -604,7 +604,8 @@ static inline int bad_at(const float *x, int n) {
 }
 
 /* The IQ3 candidate search by the same name as iq4_pick (the caller checked the name there): the lane picks on
- * AVX2 / AVX-512, the scalar pick from the terms on sse2, the reference's per-candidate loop on portable. */
+ * AVX2 / AVX-512, the scalar pick from the terms on sse2 (and by default on a build without the x86 lane paths),
+ * the reference's per-candidate loop on portable. */
 static int iq3_pick(const char *name, iq3_pick_fn *out) {
     int want_default = name == NULL || name[0] == '\0' || strcmp(name, "auto") == 0;
     *out = NULL;

@@ -199,8 +199,9 @@ def iquant_grid(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndar
     kernels/iq_grids.py, C-contiguous.
     Bytes equal ggml's ``ggml_quantize_chunk``; a super-block holding NaN/Inf is written as zeros with a NaN f16
     scale. Returns the flat index of the first non-finite value, or -1. The neighbour searches run 8 candidates as
-    vector lanes where the CPU has AVX2, else one at a time; ``L1QUANT_IQUANT_ISA=portable`` (or ``sse2``, read at
-    each call) asks for the scalar search; both give the same bytes (tests/test_iquants12.py).
+    vector lanes (on x86 where the CPU has AVX2, and on other targets through the compiler's generic vectors), else
+    one at a time; ``L1QUANT_IQUANT_ISA=portable`` (or ``sse2``, read at each call) asks for the scalar search; both
+    give the same bytes (tests/test_iquants12.py).
     """
     assert _mod is not None
     rows, ncols = x.shape
