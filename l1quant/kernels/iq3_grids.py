@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from gguf import quants as gguf_quants
 
+from .iq_grids import _BLOCK  # keys per block of the neighbour derivation, as for the IQ2/IQ1 grids
+
 __all__ = ["IQ3Tables", "KMAP_SIZE", "iq3_tables", "lane_codes"]
 
 KMAP_SIZE = 4096  # 8 levels ** 4 values
@@ -109,14 +111,14 @@ def iq3_tables(size: int) -> IQ3Tables:
     gsq = (grid.astype(np.int32) ** 2).sum(axis=1)
     order = np.empty((KMAP_SIZE, size), np.int16)
     counts = np.empty(KMAP_SIZE, np.int64)
-    for b0 in range(0, KMAP_SIZE, 512):
-        p = pos[b0: b0 + 512].astype(np.int32)
+    for b0 in range(0, KMAP_SIZE, _BLOCK):
+        p = pos[b0: b0 + _BLOCK].astype(np.int32)
         d2 = (p * p).sum(axis=1)[:, None] + gsq[None, :] - 2 * (p @ grid.T.astype(np.int32))
         o = np.argsort(d2, axis=1, kind="stable")
         dist = np.take_along_axis(d2, o, axis=1)
         step = np.concatenate([np.ones((p.shape[0], 1), bool), dist[:, 1:] != dist[:, :-1]], axis=1)
-        counts[b0: b0 + 512] = (np.cumsum(step, axis=1) <= nwant).sum(axis=1)
-        order[b0: b0 + 512] = o
+        counts[b0: b0 + _BLOCK] = (np.cumsum(step, axis=1) <= nwant).sum(axis=1)
+        order[b0: b0 + _BLOCK] = o
     off = np.flatnonzero(kmap < 0)
     width = int(counts[off].max())
     padded = np.full((KMAP_SIZE, width), -1, np.int32)
@@ -141,8 +143,8 @@ def lane_codes(size: int, multiple: int = 16) -> np.ndarray:
     """The candidate lists laid out for a search that scores many candidates at once (kernels/_iquants3.c): uint16
     (4096, W), row = key, each candidate's key (its 4 levels as 3-bit fields, level i at bit 3i) in list order,
     W = the longest list rounded up to ``multiple``; padding and the rows of grid keys hold 0. Two bytes per
-    candidate: a key's whole list is one or two cache lines (a float table of its values was 1 KiB per key, and
-    reading it was most of the IQ3 search's cost).
+    candidate: a key's whole list is one or two cache lines, where the float table of its values was 1 KiB per key
+    (the search reads a candidate's levels from its key and its distance terms from a per-search table).
 
     Example:
         >>> c = lane_codes(256)

