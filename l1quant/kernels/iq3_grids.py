@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 from gguf import quants as gguf_quants
 
-from .iq_grids import _BLOCK  # keys per block of the neighbour derivation, as for the IQ2/IQ1 grids
+#: Keys per block of the neighbour derivation (a 512 x 512 int32 distance block is 1 MiB).
+_BLOCK = 512
 
 __all__ = ["IQ3Tables", "KMAP_SIZE", "iq3_tables", "lane_codes"]
 
