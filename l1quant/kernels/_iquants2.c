@@ -56,9 +56,9 @@ typedef struct {
                              * a search reads one run of 2 bytes per candidate */
     int64_t nbsize;
     int ngrid;
-    int vec;                /* whether list_min2 may use its 8-lane vectors: the CPU has 32-byte vectors (AVX2)
-                             * where the function is cloned per ISA; without them GCC lowers those vectors' compares
-                             * lane by lane, slower than the scalar loop (measured: IQ2_S 3.2 against 7.6 M/s) */
+    int vec;                /* list_min2's lanes: 2 = 16 (AVX-512), 1 = 8 (needs 32-byte vectors: AVX2, where the
+                             * function is cloned per ISA; without them GCC lowers those vectors' compares lane by
+                             * lane, slower than the scalar loop: IQ2_S 3.2 against 7.6 M/s), 0 = the scalar loop */
     const int32_t *map3;    /* map by base-3 code sum(level_i * 3**i) (6561 entries, 26 KiB: stays in L1 where the
                              * 2-bit-code map's 171 KiB does not); built per call from map */
 } grid_t;
@@ -163,6 +163,70 @@ static inline __attribute__((always_inline)) iqv_i iq_hmin_i(iqv_i v) {
     } while (0)
 #endif
 
+#if defined(IQ_CLONES)
+#include <immintrin.h>
+#define IQ2_HAVE_512 1
+/* list_min2 with 16 lanes on AVX-512, while 16 codes lie inside the table from pos (nc + pos + 16 <= table end; the
+ * caller checks): one pass for the lists of 9..16 candidates that most IQ2_S searches meet (mean 9.9), where the
+ * 8-lane loop needs two. A coordinate's term is one vpermps: table T_i holds coordinate i's three terms at lanes
+ * l, l + 4, l + 8, l + 12 (l = level), so the index is the code shifted by 2i, its low 4 bits being level i plus 4
+ * times level i + 1. Same terms, same sums in the same order as dist_terms and IQ2_DIST_S. Returns the position in
+ * the list reached (a multiple of 16, or n), the pick in *at, its distance in *best, the others' least in *second. */
+__attribute__((target("avx512f"))) static int list_min2_512(const uint16_t *restrict nc, int64_t pos, int64_t nbsize,
+                                                             int n, const float *restrict x, const float *restrict w,
+                                                             float scale, float a, float b, int *at, float *best,
+                                                             float *second) {
+    static const int32_t pick[8][16] = {
+#define IQ2_T(i) {i, 8 + i, 16 + i, i, i, 8 + i, 16 + i, i, i, 8 + i, 16 + i, i, i, 8 + i, 16 + i, i}
+        IQ2_T(0), IQ2_T(1), IQ2_T(2), IQ2_T(3), IQ2_T(4), IQ2_T(5), IQ2_T(6), IQ2_T(7)
+#undef IQ2_T
+    };
+    const __m256 xv = _mm256_loadu_ps(x), wv = _mm256_loadu_ps(w);
+    __m256 e[3];
+    for (int l = 0; l < 3; l++) { /* dist_terms' operations, 8 coordinates at once */
+        const __m256 diff = _mm256_sub_ps(_mm256_set1_ps(scale * (a * (float)l + b)), xv);
+        e[l] = _mm256_mul_ps(_mm256_mul_ps(wv, diff), diff);
+    }
+    const __m512 e01 = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(e[0])),
+                                                            _mm256_castps_pd(e[1]), 1));
+    const __m512 e2 = _mm512_castps256_ps512(e[2]);
+    __m512 t[8];
+    for (int i = 0; i < 8; i++) t[i] = _mm512_permutex2var_ps(e01, _mm512_loadu_si512(pick[i]), e2);
+    __m512 bv = _mm512_set1_ps(FLT_MAX), sv = bv;
+    __m512i bi = _mm512_set1_epi32(-1), jv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i nv = _mm512_set1_epi32(n), sixteen = _mm512_set1_epi32(16);
+    int j0 = 0;
+    for (; j0 < n && pos + j0 + 16 <= nbsize; j0 += 16) {
+        const __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(nc + pos + j0)));
+        __m512 d = _mm512_permutexvar_ps(c, t[0]);
+        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 2), t[1]));
+        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), t[2]));
+        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 6), t[3]));
+        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 8), t[4]));
+        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 10), t[5]));
+        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 12), t[6]));
+        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 14), t[7]));
+        const __mmask16 in = _mm512_cmplt_epi32_mask(jv, nv);
+        const __mmask16 lt = _mm512_mask_cmp_ps_mask(in, d, bv, _CMP_LT_OQ);
+        const __mmask16 lt2 = _mm512_mask_cmp_ps_mask(in, d, sv, _CMP_LT_OQ);
+        sv = _mm512_mask_blend_ps(lt, _mm512_mask_blend_ps(lt2, sv, d), bv);
+        bv = _mm512_mask_blend_ps(lt, bv, d);
+        bi = _mm512_mask_blend_epi32(lt, bi, jv);
+        jv = _mm512_add_epi32(jv, sixteen);
+    }
+    /* the lanes merged: the least value, the least position holding it, the least of every other value */
+    const float bm = _mm512_reduce_min_ps(bv);
+    const __mmask16 hit = _mm512_cmpeq_ps_mask(bv, _mm512_set1_ps(bm)) & _mm512_cmpge_epi32_mask(bi, _mm512_setzero_si512());
+    const int bw = _mm512_mask_reduce_min_epi32(hit, bi); /* INT32_MAX when no lane holds a candidate */
+    const __mmask16 other = _mm512_cmpneq_epi32_mask(bi, _mm512_set1_epi32(bw));
+    const float so = _mm512_mask_reduce_min_ps(other, bv), ss = _mm512_reduce_min_ps(sv);
+    *best = bm;
+    *second = so < ss ? so : ss;
+    *at = bw == INT32_MAX ? -1 : bw;
+    return j0;
+}
+#endif
+
 /* The reference's pick among the n candidates whose codes sit at nc[pos .. pos + n) (the first j, in list order,
  * with the least distance strictly below FLT_MAX; -1 if none), its distance in *best and the least distance of the
  * other candidates in *second (FLT_MAX when none is below it; equal to *best on a tie): what a run search
@@ -174,12 +238,23 @@ IQ_HOT static int list_min2(const grid_t *g, int64_t pos, int n, const float *re
                             float scale, float a, float b, float *best, float *second) {
     const uint16_t *restrict nc = g->nc;
     float e[3][8];
-    dist_terms(x, w, scale, a, b, e);
     float bst = FLT_MAX, sec = FLT_MAX;
     int at = -1;
-    int j0 = 0;
+    int j0 = 0, wide = 0;
+#ifdef IQ2_HAVE_512
+    if (g->vec == 2 && pos + 16 <= g->nbsize) {
+        j0 = list_min2_512(nc, pos, g->nbsize, n, x, w, scale, a, b, &at, &bst, &sec);
+        if (j0 >= n) {
+            *best = bst;
+            *second = sec;
+            return at;
+        }
+        wide = 1; /* the rest (past the table's last 16 codes) goes to the scalar tail */
+    }
+#endif
+    dist_terms(x, w, scale, a, b, e);
 #ifdef IQ_VEC
-    if (g->vec && pos + 8 <= g->nbsize) {
+    if (g->vec && !wide && pos + 8 <= g->nbsize) {
         iqv_f bv = IQ2_SPLAT(FLT_MAX), sv = IQ2_SPLAT(FLT_MAX);
         iqv_i bi = {-1, -1, -1, -1, -1, -1, -1, -1};
         iqv_i jv = {0, 1, 2, 3, 4, 5, 6, 7};
@@ -394,7 +469,7 @@ static inline void qx_q2(const float *w, const float *xval, const int8_t *L, int
  * trial does exactly what the reference's loop does for it; only the order in which independent trials are worked
  * through changes. A trial's levels are kept as its code, not as 8 floats: writing and reading those floats for
  * every trial and pick was ~20 % of the kernel's instructions. */
-enum { NT_MAX = 32 };
+enum { NT_MAX = 24 }; /* 19 trials at most (IQ2_XS, IQ2_S), padded to whole 8-lane vectors */
 IQ_HOT static void trial_levels(const float *restrict xval, int nparts, const float *restrict ids,
                                 int32_t (*restrict code2)[NT_MAX], int32_t (*restrict code3)[NT_MAX]) {
     for (int k = 0; k < nparts; k++) {
@@ -490,9 +565,12 @@ static float trial_best(const grid_t *g, const float *xval, const float *waux, c
     const int nt = 2 * half + 1;
     float ids[NT_MAX], tsc[NT_MAX], sqx[NT_MAX], sq2[NT_MAX];
     int32_t code3[4][NT_MAX], code2[4][NT_MAX];
-    for (int t = 0; t < NT_MAX; t++) {
-        ids[t] = t < nt ? (5 + (float)(t - half) * 0.1f) / div : ids[0];
-        tsc[t] = 1 / ids[t];
+    /* separate loops so that the divisions vectorize (64 scalar divisions were ~6 % of the IQ2_S kernel) */
+    for (int t = 0; t < nt; t++) ids[t] = (5 + (float)(t - half) * 0.1f) / div;
+    for (int t = 0; t < nt; t++) tsc[t] = 1 / ids[t];
+    for (int t = nt; t < NT_MAX; t++) {  /* padding lanes repeat trial 0: trial_levels and trial_sums run them */
+        ids[t] = ids[0];
+        tsc[t] = tsc[0];
     }
     trial_levels(xval, nparts, ids, code2, code3);
     trial_snap(g, xval, waux, nparts, tsc, nt, code3, code2);
@@ -1066,6 +1144,35 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "_fastq8.iquant_grid: this type needs an importance matrix");
         return NULL;
     }
+    /* the search's lanes (L1QUANT_IQUANT_ISA as for the IQ3/IQ4 kernels: portable and sse2 take the scalar loop,
+     * avx2 the 8 lanes, avx512 the 16; unset or auto the widest this CPU runs). Every choice gives the same bytes
+     * and the tests run each. */
+    int vec = 0;
+#if defined(IQ_CLONES)
+    __builtin_cpu_init();
+    const int have512 = __builtin_cpu_supports("avx512f"), have256 = __builtin_cpu_supports("avx2");
+    vec = have512 ? 2 : have256;
+#elif !(defined(__x86_64__) || defined(__i386__)) || defined(__AVX2__)
+    const int have512 = 0, have256 = 1;
+    vec = 1; /* built with vectors the 8 lanes run on, or not x86 (see grid_t.vec) */
+#else
+    const int have512 = 0, have256 = 0; /* x86's baseline without clones: the scalar loop */
+#endif
+    const char *isa = getenv("L1QUANT_IQUANT_ISA");
+    if (isa != NULL && isa[0] != '\0' && strcmp(isa, "auto") != 0) {
+        if (strcmp(isa, "portable") == 0 || strcmp(isa, "sse2") == 0) {
+            vec = 0;
+        } else if (strcmp(isa, "avx2") == 0 && have256) {
+            vec = 1;
+        } else if (strcmp(isa, "avx512") == 0 && have512) {
+            vec = 2;
+        } else {
+            PyErr_Format(PyExc_ValueError,
+                         "L1QUANT_IQUANT_ISA=%s: expected auto, portable, sse2, avx2 or avx512 (one this CPU runs)",
+                         isa);
+            return NULL;
+        }
+    }
     if (rows == 0 || ncols == 0) return PyLong_FromLongLong(-1);
     int32_t *map3 = (int32_t *)malloc(6561 * sizeof(int32_t));
     if (map3 == NULL) return PyErr_NoMemory();
@@ -1075,15 +1182,7 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
         map3[c] = ((const int32_t *)(uintptr_t)mp)[u];
     }
     grid_t g = {(const uint8_t *)(uintptr_t)lv, (const int32_t *)(uintptr_t)mp, (const uint16_t *)(uintptr_t)nb,
-                (const uint16_t *)(uintptr_t)nl, (int64_t)nbsize, ngrid, 1, map3};
-#if defined(IQ_CLONES)
-    g.vec = __builtin_cpu_supports("avx2");
-#elif (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX2__)
-    g.vec = 0; /* built for x86's baseline without clones: see grid_t.vec */
-#endif
-    /* L1QUANT_IQUANT_ISA=portable (or sse2): the scalar search, so that tests can hold it against ggml too */
-    const char *isa = getenv("L1QUANT_IQUANT_ISA");
-    if (isa != NULL && (strcmp(isa, "portable") == 0 || strcmp(isa, "sse2") == 0)) g.vec = 0;
+                (const uint16_t *)(uintptr_t)nl, (int64_t)nbsize, ngrid, vec, map3};
     const uint8_t *src = (const uint8_t *)(uintptr_t)s;
     uint8_t *dst = (uint8_t *)(uintptr_t)d;
     const float *qw = (const float *)(uintptr_t)q;

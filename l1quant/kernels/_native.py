@@ -198,10 +198,11 @@ def iquant_grid(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndar
     (n, 8)), ``kmap`` (int32), ``neighbours`` and ``neighbour_codes`` (uint16, the same size): the type's tables from
     kernels/iq_grids.py, C-contiguous.
     Bytes equal ggml's ``ggml_quantize_chunk``; a super-block holding NaN/Inf is written as zeros with a NaN f16
-    scale. Returns the flat index of the first non-finite value, or -1. The neighbour searches run 8 candidates as
-    vector lanes (on x86 where the CPU has AVX2, and on other targets through the compiler's generic vectors), else
-    one at a time; ``L1QUANT_IQUANT_ISA=portable`` (or ``sse2``, read at each call) asks for the scalar search; both
-    give the same bytes (tests/test_iquants12.py).
+    scale. Returns the flat index of the first non-finite value, or -1. The neighbour searches run 16 candidates as
+    vector lanes on x86 with AVX-512, 8 with AVX2 (and on other targets through the compiler's generic vectors),
+    else one at a time. ``L1QUANT_IQUANT_ISA`` (read at each call) picks one: ``avx512``, ``avx2``, ``portable`` or
+    ``sse2`` (the scalar search), ``auto``; every path gives the same bytes (tests/test_iquants12.py). Raises
+    ValueError for a name it does not know or a path this CPU lacks.
     """
     assert _mod is not None
     rows, ncols = x.shape
