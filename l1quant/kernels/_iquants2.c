@@ -196,16 +196,34 @@ __attribute__((target("avx512f"))) static int list_min2_512(const uint16_t *rest
     __m512i bi = _mm512_set1_epi32(-1), jv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i nv = _mm512_set1_epi32(n), sixteen = _mm512_set1_epi32(16);
     int j0 = 0;
+#define IQ2_D16(d, c)                                                                                              \
+    do {                                                                                                           \
+        d = _mm512_permutexvar_ps(c, t[0]);                                                                        \
+        for (int i_ = 1; i_ < 8; i_++)                                                                             \
+            d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 2 * i_), t[i_]));                     \
+    } while (0)
+    if (n <= 16) { /* one pass, a candidate per lane: the merge needs only the least, its first lane, the rest's least */
+        const __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(nc + pos)));
+        __m512 d;
+        IQ2_D16(d, c);
+        const __mmask16 ok = _mm512_mask_cmp_ps_mask((__mmask16)((1u << n) - 1), d, _mm512_set1_ps(FLT_MAX), _CMP_LT_OQ);
+        if (ok == 0) {
+            *at = -1;
+            *best = *second = FLT_MAX;
+            return n;
+        }
+        const float bm = _mm512_mask_reduce_min_ps(ok, d);
+        const int j = __builtin_ctz((unsigned)(ok & _mm512_cmpeq_ps_mask(d, _mm512_set1_ps(bm))));
+        const __mmask16 rest = (__mmask16)(ok & ~(1u << j));
+        *at = j;
+        *best = bm;
+        *second = rest ? _mm512_mask_reduce_min_ps(rest, d) : FLT_MAX;
+        return n;
+    }
     for (; j0 < n && pos + j0 + 16 <= nbsize; j0 += 16) {
         const __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(nc + pos + j0)));
-        __m512 d = _mm512_permutexvar_ps(c, t[0]);
-        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 2), t[1]));
-        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), t[2]));
-        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 6), t[3]));
-        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 8), t[4]));
-        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 10), t[5]));
-        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 12), t[6]));
-        d = _mm512_add_ps(d, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 14), t[7]));
+        __m512 d;
+        IQ2_D16(d, c);
         const __mmask16 in = _mm512_cmplt_epi32_mask(jv, nv);
         const __mmask16 lt = _mm512_mask_cmp_ps_mask(in, d, bv, _CMP_LT_OQ);
         const __mmask16 lt2 = _mm512_mask_cmp_ps_mask(in, d, sv, _CMP_LT_OQ);
@@ -224,6 +242,7 @@ __attribute__((target("avx512f"))) static int list_min2_512(const uint16_t *rest
     *second = so < ss ? so : ss;
     *at = bw == INT32_MAX ? -1 : bw;
     return j0;
+#undef IQ2_D16
 }
 #endif
 
@@ -575,15 +594,22 @@ static float trial_best(const grid_t *g, const float *xval, const float *waux, c
     trial_levels(xval, nparts, ids, code2, code3);
     trial_snap(g, xval, waux, nparts, tsc, nt, code3, code2);
     trial_sums(weight, xval, nparts, code2, sqx, sq2);
+    /* what scale and best become if trial t wins, formed for every trial up front (vector divisions) so that the
+     * serial scan below carries no division (a divss per improving trial sat on its critical path) */
+    float tscale[NT_MAX], tbest[NT_MAX];
+    for (int t = 0; t < NT_MAX; t++) {
+        tscale[t] = sqx[t] / sq2[t]; /* inf/NaN where sq2 is 0: never read, the scan skips those trials */
+        tbest[t] = tscale[t] * sqx[t];
+    }
     float best = 0, scale = scale0;
     int tb = -1;
     for (int t = 0; t < nt; t++) {
         if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
-            scale = sqx[t] / sq2[t];
-            best = scale * sqx[t];
+            best = tbest[t];
             tb = t;
         }
     }
+    if (tb >= 0) scale = tscale[tb];
     if (tb >= 0) {
         for (int k = 0; k < nparts; k++) {
             levels_of((uint16_t)code2[k][tb], L + 8 * k);
