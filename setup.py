@@ -11,7 +11,9 @@ import sys
 from setuptools import Extension, setup
 
 # -ffp-contract=off: x * id + 0.49999997 must round twice; a fused multiply-add would change Q8_0 bytes.
-_UNIX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c99"]
+# -fno-math-errno: sqrtf needs no errno path, so it compiles to the (correctly rounded, same bits) instruction and
+# vectorizes: the IQ2 weights' 32 square roots per 16 values were scalar calls guarded for errno (IQ2_S +3.6%).
+_UNIX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-std=c99"]
 
 setup(
     ext_modules=[

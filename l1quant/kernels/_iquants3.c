@@ -332,12 +332,82 @@ typedef uint16_t iq_v16u __attribute__((vector_size(32)));
 #define IQ3_PERM16(row, idx) ((iq_v16f)_mm512_permutexvar_ps((__m512i)(idx), (__m512)(row)))
 #define IQ3_Q8 {1, 3, 5, 7, 9, 11, 13, 15}
 #define IQ3_Q16 {1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15}
-__attribute__((target("avx2"))) static int iq3_pick_avx2(const iq3_tabs *t, int key, int n, const float *xv,
-                                                         const float *wa, float scale)
-    IQ3_PICK_BODY(iq_v8f, iq_v8i, iq_v8u, 8, (iq_v8f)IQ3_Q8, IQ3_PERM8)
-__attribute__((target("avx512f"))) static int iq3_pick_avx512(const iq3_tabs *t, int key, int n, const float *xv,
+__attribute__((target("avx2"))) static int iq3_pick_avx2_scan(const iq3_tabs *t, int key, int n, const float *xv,
                                                               const float *wa, float scale)
+    IQ3_PICK_BODY(iq_v8f, iq_v8i, iq_v8u, 8, (iq_v8f)IQ3_Q8, IQ3_PERM8)
+__attribute__((target("avx512f"))) static int iq3_pick_avx512_scan(const iq3_tabs *t, int key, int n,
+                                                                   const float *xv, const float *wa, float scale)
     IQ3_PICK_BODY(iq_v16f, iq_v16i, iq_v16u, 16, (iq_v16f)IQ3_Q16, IQ3_PERM16)
+
+/* The picks for the short lists (IQ3_S: mean 7, 99th percentile 21; IQ3_XXS: 4.9 and 18): the distances of up to
+ * 2 vectors of candidates, their least by a min-reduction and its first position by a bit scan of the lanes equal
+ * to it, in place of the serial scan (IQ3_S ~1.2x). Terms as iq3_terms forms them (diff = scale*q - x,
+ * (wa*diff)*diff), each candidate's 4 summed in order from 0. Longer lists take the scan. */
+__attribute__((target("avx2"))) static int iq3_pick_avx2(const iq3_tabs *t, int key, int n, const float *xv,
+                                                         const float *wa, float scale) {
+    if (n > 16) return iq3_pick_avx2_scan(t, key, n, xv, wa, scale);
+    const __m256 qv = _mm256_setr_ps(1, 3, 5, 7, 9, 11, 13, 15), sq = _mm256_mul_ps(_mm256_set1_ps(scale), qv);
+    __m256 row[4];
+    for (int i = 0; i < 4; i++) {
+        const __m256 diff = _mm256_sub_ps(sq, _mm256_set1_ps(xv[i]));
+        row[i] = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(wa[i]), diff), diff);
+    }
+    const uint16_t *code = t->lane_code + (size_t)key * t->width;
+    const __m256 big = _mm256_set1_ps(FLT_MAX);
+    __m256 d[2];
+    for (int h = 0; h < 2; h++) {
+        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(code + 8 * h)));
+        __m256 v = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++)
+            v = _mm256_add_ps(v, _mm256_permutevar8x32_ps(row[i], _mm256_srli_epi32(c, 3 * i)));
+        /* lanes past the list, and distances not below FLT_MAX (never picked), become FLT_MAX */
+        const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * h));
+        const __m256 keep = _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane)),
+                                          _mm256_cmp_ps(v, big, _CMP_LT_OQ));
+        d[h] = _mm256_blendv_ps(big, v, keep);
+    }
+    __m256 m = _mm256_min_ps(d[0], d[1]);
+    m = _mm256_min_ps(m, _mm256_permute2f128_ps(m, m, 1));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4E));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0xB1));
+    const unsigned eq = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(d[0], m, _CMP_EQ_OQ)) |
+                        (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(d[1], m, _CMP_EQ_OQ)) << 8;
+    if (_mm256_cvtss_f32(m) == FLT_MAX) return -1; /* nothing below FLT_MAX */
+    return __builtin_ctz(eq);
+}
+__attribute__((target("avx512f"))) static int iq3_pick_avx512(const iq3_tabs *t, int key, int n, const float *xv,
+                                                              const float *wa, float scale) {
+    if (n > 32) return iq3_pick_avx512_scan(t, key, n, xv, wa, scale);
+    const __m512 qv = _mm512_setr_ps(1, 3, 5, 7, 9, 11, 13, 15, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m512 sq = _mm512_mul_ps(_mm512_set1_ps(scale), qv);
+    __m512 row[4];
+    for (int i = 0; i < 4; i++) {
+        const __m512 diff = _mm512_sub_ps(sq, _mm512_set1_ps(xv[i]));
+        row[i] = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(wa[i]), diff), diff);
+    }
+    const uint16_t *code = t->lane_code + (size_t)key * t->width;
+    const __m512 big = _mm512_set1_ps(FLT_MAX);
+    const int halves = n > 16 ? 2 : 1; /* rows are 16-code multiples wide: a second vector is inside the row */
+    __m512 d[2] = {big, big};
+    __mmask16 ok[2] = {0, 0};
+    for (int h = 0; h < halves; h++) {
+        const __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(code + 16 * h)));
+        __m512 v = _mm512_setzero_ps();
+        for (int i = 0; i < 4; i++) /* vpermps reads the index's low 4 bits: a row repeats its 8 terms */
+            v = _mm512_add_ps(v, _mm512_permutexvar_ps(_mm512_srli_epi32(c, 3 * i), row[i]));
+        const int left = n - 16 * h;
+        const __mmask16 in = (__mmask16)(left >= 16 ? 0xFFFFu : (1u << left) - 1);
+        ok[h] = _mm512_mask_cmp_ps_mask(in, v, big, _CMP_LT_OQ);
+        d[h] = v;
+    }
+    if ((ok[0] | ok[1]) == 0) return -1;
+    const float bm = _mm512_reduce_min_ps(_mm512_min_ps(_mm512_mask_blend_ps(ok[0], big, d[0]),
+                                                        _mm512_mask_blend_ps(ok[1], big, d[1])));
+    const __m512 bv = _mm512_set1_ps(bm);
+    const unsigned eq = (unsigned)(ok[0] & _mm512_cmpeq_ps_mask(d[0], bv)) |
+                        (unsigned)(ok[1] & _mm512_cmpeq_ps_mask(d[1], bv)) << 16;
+    return __builtin_ctz(eq);
+}
 #endif
 
 /* best listed neighbour of an off-grid key: least sum w*(scale*q - x)^2 (w = sqrt of the value weights), first
