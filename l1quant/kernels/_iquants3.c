@@ -411,20 +411,17 @@ __attribute__((target("avx512f"))) static int iq3_pick_avx512(const iq3_tabs *t,
 #endif
 
 /* best listed neighbour of an off-grid key: least sum w*(scale*q - x)^2 (w = sqrt of the value weights), first
- * wins; returns the grid index (ggml aborts when none is below FLT_MAX: first kept) and writes its levels to L
- * unless L is NULL. */
-static int iq3_neighbour(const iq3_tabs *t, int key, const float *xv, const float *wa, float scale, int *L) {
+ * wins. iq3_neighbour_at returns its list position (-1 when no distance is below FLT_MAX); iq3_neighbour its grid
+ * index (ggml aborts in that case: the first is kept) and writes its levels to L unless L is NULL. The portable path
+ * is the reference's per-candidate loop. */
+static inline int iq3_neighbour_at(const iq3_tabs *t, int key, const float *xv, const float *wa, float scale) {
     const uint16_t *nb = t->neighbours + (-t->kmap[key] - 1);
-    int n = nb[0];
+    const int n = nb[0];
+    if (t->pick != NULL) return t->pick(t, key, n, xv, wa, scale);
     float best = FLT_MAX;
-    int gi = nb[1];
-    if (t->pick != NULL) {
-        const int at = t->pick(t, key, n, xv, wa, scale);
-        if (at >= 0) gi = nb[at + 1];
-        n = 0; /* skip the portable loop */
-    }
-    for (int j = 1; j <= n; j++) {
-        const int8_t *pg = t->grid + 4 * nb[j];
+    int at = -1;
+    for (int j = 0; j < n; j++) {
+        const int8_t *pg = t->grid + 4 * nb[j + 1];
         float d2 = 0.0f;
         for (int i = 0; i < 4; i++) {
             const float diff = scale * (float)pg[i] - xv[i];
@@ -432,9 +429,16 @@ static int iq3_neighbour(const iq3_tabs *t, int key, const float *xv, const floa
         }
         if (d2 < best) {
             best = d2;
-            gi = nb[j];
+            at = j;
         }
     }
+    return at;
+}
+
+static int iq3_neighbour(const iq3_tabs *t, int key, const float *xv, const float *wa, float scale, int *L) {
+    const uint16_t *nb = t->neighbours + (-t->kmap[key] - 1);
+    const int at = iq3_neighbour_at(t, key, xv, wa, scale);
+    const int gi = nb[at >= 0 ? at + 1 : 1];
     if (L != NULL) {
         const int8_t *pg = t->grid + 4 * gi;
         for (int i = 0; i < 4; i++) L[i] = (pg[i] - 1) / 2;
@@ -573,17 +577,27 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
             unsigned offgrid[IQ3_NT];
             for (int tt = 0; tt < IQ3_NT; tt++) ids[tt] = tt < nt ? (15 + (float)(tt - ntry) * 0.2f) / mx : ids[0];
             iq3_trial_levels(xval, ids, q, key);
+            /* the searches first, keeping only each pick's list position, then the picks' grid values: the loads
+             * and conversions that follow a pick kept its whole latency on the critical path (IQ3_S ~8 %) */
+            int8_t at[IQ3_NT][8];
             for (int tt = 0; tt < nt; tt++) {
                 const float this_scale = 1.0f / ids[tt];
                 unsigned off = 0;
                 for (int k = 0; k < 8; k++) {
                     if (t->kmap[key[k][tt]] >= 0) continue;
                     off |= 1u << k;
-                    /* the neighbour's 2l+1 values are its grid entries */
-                    const int gi = iq3_neighbour(t, key[k][tt], xval + 4 * k, wa + 4 * k, this_scale, NULL);
-                    for (int i = 0; i < 4; i++) q[4 * k + i][tt] = (float)t->grid[4 * gi + i];
+                    at[tt][k] = (int8_t)iq3_neighbour_at(t, key[k][tt], xval + 4 * k, wa + 4 * k, this_scale);
                 }
                 offgrid[tt] = off;
+            }
+            for (int tt = 0; tt < nt; tt++) {
+                for (int k = 0; k < 8; k++) {
+                    if (!((offgrid[tt] >> k) & 1)) continue;
+                    /* the neighbour's 2l+1 values are its grid entries; none below FLT_MAX: ggml keeps the first */
+                    const uint16_t *nb = t->neighbours + (-t->kmap[key[k][tt]] - 1);
+                    const int8_t *pg = t->grid + 4 * nb[at[tt][k] >= 0 ? at[tt][k] + 1 : 1];
+                    for (int i = 0; i < 4; i++) q[4 * k + i][tt] = (float)pg[i];
+                }
             }
             iq3_trial_sums(w, xval, q, sqx, sq2);
             int tb = -1;
