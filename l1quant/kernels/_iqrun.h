@@ -28,9 +28,9 @@
  *   distance could approach FLT_MAX are not certified. (x is a magnitude except for one value of an IQ2_XXS or
  *   IQ2_XS part with an odd number of negatives, which the format's sign parity negates: hence |x| throughout.)
  *
- * IQ3's trial searches were tried this way too, when its candidate table was 1 KiB of floats per key: half the
- * searches, ~7% slower (the cost was the first read of each key's block, which a run does not save), so
- * _iquants3.c keeps its per-trial loop (not remeasured since its keys became 128 B of codes).
+ * IQ3's trial searches were tried this way too: half the searches (IQ3_S: 13.5 -> ~7 per 4-value quad), but slower,
+ * ~7% when its candidate table was 1 KiB of floats per key and 22% with its 2-byte keys and reduction picks (a
+ * pick of a short list costs less than this bookkeeping), so _iquants3.c keeps its per-trial loop.
  *
  * The double arithmetic that evaluates E is far finer than the float it bounds (its relative error ~1e-16 against
  * kappa's 4e-6).
