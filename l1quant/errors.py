@@ -64,6 +64,11 @@ class VerifyError(L1QuantError):
     """A verification check failed (used when verify is asked to raise rather than report)."""
 
 
+class SettingError(L1QuantError, ValueError):
+    """An ``L1QUANT_*`` environment variable holds a value l1quant does not accept (a code path this build and CPU
+    cannot run): a one-line refusal for the CLI, and still a ``ValueError`` for code that expects one."""
+
+
 class RuntimeMissingError(L1QuantError):
     """An optional extra (llama-cpp-python, matplotlib, huggingface_hub) is needed but not installed."""
 

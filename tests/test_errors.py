@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from l1quant.kernels import _native
 from l1quant.testing import make_checkpoint
 
 DATA = Path(__file__).parent / "data"
@@ -33,6 +34,7 @@ R1_TOK = DATA / "r1-distill-tokenizer"
 #: The tiny valid checkpoint every case starts from (tied: one 151936 x 32 embedding, ~10 MB).
 TINY: dict[str, Any] = {"hidden": 32, "heads": 4, "kv_heads": 2, "ff": 64, "layers": 2, "tied": True}
 from cliutil import PRECIOUS, TARGET, clean_env, cli, tree_hash  # tests/ is on sys.path (pytest rootdir import)
+from reference import unavailable
 
 # ---------------------------------------------------------------------------------------------- file surgery
 
@@ -432,6 +434,29 @@ def test_hostile_metadata_override_refused_in_one_line(bases: dict[str, Path], t
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("l1quant: error: ") and str(meta) in lines[0] and why in lines[0]
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("var, type_", [("L1QUANT_KQUANT_ISA", "q4_k_m"), ("L1QUANT_IQUANT_ISA", "iq4_nl")])
+@pytest.mark.parametrize("value", ["mmx", "AVX2 ", "avx1024"])
+def test_unknown_code_path_setting_refused_in_one_line(bases: dict[str, Path], tmp_path: Path, var: str,
+                                                       type_: str, value: str) -> None:
+    """A code-path variable naming no path this build and CPU run is the user's setting, not a bug: one line naming
+    the variable, the value and the choices, exit 1, the existing target untouched (the IQ kernels read
+    L1QUANT_IQUANT_ISA as written, so a case or blank difference is refused too)."""
+    if not _native.AVAILABLE:
+        unavailable("l1quant.kernels._fastq8 is not built: the code-path variables only steer it")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / TARGET).write_bytes(PRECIOUS)
+    r = subprocess.run([*cli(), "convert", str(bases["single"]), "--type", type_, "-o", str(out / TARGET), "-q"],
+                       check=False, capture_output=True, text=True, timeout=120, env={**clean_env(), var: value})
+    if var == "L1QUANT_KQUANT_ISA" and value.strip().lower() in _native.KQUANT_PATHS:
+        assert r.returncode == 0, r.stderr  # that variable is read with case and blanks ignored
+        return
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"l1quant: error: {var}=") and "expected auto" in lines[0], lines
+    assert (out / TARGET).read_bytes() == PRECIOUS and os.listdir(out) == [TARGET]
 
 
 def test_debug_shows_traceback(bases: dict[str, Path], tmp_path: Path) -> None:

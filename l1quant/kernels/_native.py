@@ -11,7 +11,8 @@ The block kernels (``kquant``: Q4_0..Q5_1, Q2_K..Q6_K) have several code paths t
 16 groups per instruction; Q4_0..Q5_1 keep their SSE2 code). ``KQUANT_PATHS`` lists those this build and CPU
 support, fastest last; ``KQUANT_PATH`` is the one ``kquant`` uses: the fastest, or the one named by
 ``L1QUANT_KQUANT_ISA`` (``portable``, ``sse2``, ``avx2``, ``avx512``; ``auto`` or empty: the fastest). A name this
-machine cannot run makes each ``kquant`` call raise ValueError rather than quietly run another path.
+machine cannot run makes each ``kquant`` call raise SettingError (a ValueError: a one-line refusal in the CLI)
+rather than quietly run another path; ``L1QUANT_IQUANT_ISA`` likewise for the IQ kernels.
 
 Example:
     >>> import numpy as np
@@ -31,6 +32,8 @@ from collections.abc import Mapping
 from types import ModuleType
 
 import numpy as np
+
+from l1quant.errors import SettingError
 
 _mod: ModuleType | None
 DISABLED: bool = os.environ.get("L1QUANT_NO_NATIVE", "") not in ("", "0")
@@ -133,6 +136,31 @@ def default_kquant_path(environ: Mapping[str, str]) -> str:
 KQUANT_PATH: str = default_kquant_path(os.environ)
 
 
+def _refuse_path(var: str, value: str) -> SettingError:
+    choices = ", ".join(KQUANT_PATHS) or "none: the compiled kernels are not loaded"
+    return SettingError(f"{var}={value!r}: expected auto or a code path this build and CPU run ({choices})")
+
+
+def iquant_isa(environ: Mapping[str, str]) -> str:
+    """``L1QUANT_IQUANT_ISA`` as the compiled IQ kernels read it (at each call, as written): "" when unset.
+
+    Raises SettingError (a ValueError) for a name that is not "auto" or one of ``KQUANT_PATHS`` (the IQ kernels'
+    paths are the same names: the C side would refuse it too, with a message the CLI could only call a bug).
+
+    Example:
+        >>> iquant_isa({}), iquant_isa({"L1QUANT_IQUANT_ISA": "auto"})
+        ('', 'auto')
+        >>> iquant_isa({"L1QUANT_IQUANT_ISA": "mmx"})
+        Traceback (most recent call last):
+        ...
+        l1quant.errors.SettingError: L1QUANT_IQUANT_ISA='mmx': expected auto or a code path ...
+    """
+    value = environ.get("L1QUANT_IQUANT_ISA", "")
+    if value not in ("", "auto") and value not in KQUANT_PATHS:
+        raise _refuse_path("L1QUANT_IQUANT_ISA", value)
+    return value
+
+
 def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True, isa: str | None = None) -> int:
     """Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K kernel (compiled, kernels/_kquants.c).
 
@@ -147,6 +175,8 @@ def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True
     assert _mod is not None
     rows, ncols = x.shape
     path = isa if isa is not None else (KQUANT_PATH if lanes else "portable")
+    if isa is None and path not in KQUANT_PATHS:
+        raise _refuse_path("L1QUANT_KQUANT_ISA", path)
     if rows == 0 or ncols == 0:
         if path not in KQUANT_PATHS:
             raise ValueError(f"kquant: code path {path!r} is not available here (available: {KQUANT_PATHS})")
@@ -168,6 +198,8 @@ def kquant_imatrix(
     """
     assert _mod is not None
     rows, ncols = x.shape
+    if isa is None and KQUANT_PATH not in KQUANT_PATHS:
+        raise _refuse_path("L1QUANT_KQUANT_ISA", KQUANT_PATH)
     if rows == 0 or ncols == 0:
         path = isa if isa is not None else KQUANT_PATH
         if path not in KQUANT_PATHS:
@@ -202,9 +234,10 @@ def iquant_grid(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndar
     vector lanes on x86 with AVX-512, 8 with AVX2 (and on other targets through the compiler's generic vectors),
     else one at a time. ``L1QUANT_IQUANT_ISA`` (read at each call) picks one: ``avx512``, ``avx2``, ``portable`` or
     ``sse2`` (the scalar search), ``auto``; every path gives the same bytes (tests/test_iquants12.py). Raises
-    ValueError for a name it does not know or a path this CPU lacks.
+    SettingError (a ValueError) for a name it does not know or a path this CPU lacks.
     """
     assert _mod is not None
+    iquant_isa(os.environ)
     rows, ncols = x.shape
     if rows == 0 or ncols == 0:
         return -1
@@ -236,9 +269,11 @@ def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray |
     equal ``ggml_quantize_chunk`` for finite blocks; a block holding NaN/Inf becomes zeros with d = 0x7E00.
     Returns the flat index of the first non-finite value, or -1. The IQ4 searches run on the code path named by
     ``L1QUANT_IQUANT_ISA`` (portable, sse2, avx2, avx512; default: the fastest this CPU runs; read at each call);
-    an unknown or unavailable name raises ValueError. All paths give the same bytes (tests/test_iquants34.py).
+    an unknown or unavailable name raises SettingError (a ValueError). All paths give the same bytes
+    (tests/test_iquants34.py).
     """
     assert _mod is not None
+    iquant_isa(os.environ)
     rows, ncols = x.shape
     if imatrix is not None and (imatrix.dtype != np.float32 or imatrix.shape != (ncols,)
                                 or not imatrix.flags.c_contiguous):
