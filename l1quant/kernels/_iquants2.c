@@ -1239,7 +1239,7 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
             vec = 2;
         } else {
             PyErr_Format(PyExc_ValueError,
-                         "L1QUANT_IQUANT_ISA=%s: expected auto, portable, sse2, avx2 or avx512 (one this CPU runs)",
+                         "L1QUANT_IQUANT_ISA=%s: expected auto, portable, sse2, avx2 or avx512 (one this build and CPU run)",
                          isa);
             return NULL;
         }

@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 
 import numpy as np
@@ -144,8 +144,9 @@ def _refuse_path(var: str, value: str) -> SettingError:
 def iquant_isa(environ: Mapping[str, str]) -> str:
     """``L1QUANT_IQUANT_ISA`` as the compiled IQ kernels read it (at each call, as written): "" when unset.
 
-    Raises SettingError (a ValueError) for a name that is not "auto" or one of ``KQUANT_PATHS`` (the IQ kernels'
-    paths are the same names: the C side would refuse it too, with a message the CLI could only call a bug).
+    Raises SettingError (a ValueError) for a name that is none of "auto", ``KQUANT_PATH_NAMES``. Whether this build
+    and CPU run the named path is each kernel's to say (``_iq_call`` turns its refusal into a SettingError too):
+    the IQ2/IQ1 searches need GCC's per-ISA clones for theirs, the IQ3/IQ4 ones only x86-64.
 
     Example:
         >>> iquant_isa({}), iquant_isa({"L1QUANT_IQUANT_ISA": "auto"})
@@ -153,12 +154,26 @@ def iquant_isa(environ: Mapping[str, str]) -> str:
         >>> iquant_isa({"L1QUANT_IQUANT_ISA": "mmx"})
         Traceback (most recent call last):
         ...
-        l1quant.errors.SettingError: L1QUANT_IQUANT_ISA='mmx': expected auto or a code path ...
+        l1quant.errors.SettingError: L1QUANT_IQUANT_ISA='mmx': expected auto, portable, sse2, avx2 or avx512
     """
     value = environ.get("L1QUANT_IQUANT_ISA", "")
-    if value not in ("", "auto") and value not in KQUANT_PATHS:
-        raise _refuse_path("L1QUANT_IQUANT_ISA", value)
+    if value not in ("", "auto", *KQUANT_PATH_NAMES):
+        raise SettingError(f"L1QUANT_IQUANT_ISA={value!r}: expected auto, {', '.join(KQUANT_PATH_NAMES[:-1])} or "
+                           f"{KQUANT_PATH_NAMES[-1]}")
     return value
+
+
+def _iq_call(fn: Callable[..., int], *args: int) -> int:
+    """Run a compiled IQ kernel; its refusal of the L1QUANT_IQUANT_ISA path (a ValueError naming the variable) as a
+    SettingError: the user's setting, which the CLI reports in one line."""
+    value = iquant_isa(os.environ)
+    try:
+        return int(fn(*args))
+    except ValueError as e:
+        if "L1QUANT_IQUANT_ISA" not in str(e):
+            raise
+        raise SettingError(f"L1QUANT_IQUANT_ISA={value!r}: this build and CPU do not run that code path for these "
+                           f"kernels ({e})") from None
 
 
 def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True, isa: str | None = None) -> int:
@@ -237,7 +252,6 @@ def iquant_grid(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndar
     SettingError (a ValueError) for a name it does not know or a path this CPU lacks.
     """
     assert _mod is not None
-    iquant_isa(os.environ)
     rows, ncols = x.shape
     if rows == 0 or ncols == 0:
         return -1
@@ -252,9 +266,9 @@ def iquant_grid(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndar
             raise ValueError(f"iquant: imatrix must be C-contiguous float32 ({ncols},), found "
                              f"{imatrix.dtype} {imatrix.shape}")
         q = imatrix.ctypes.data
-    return int(_mod.iquant_grid(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
-                                out.strides[0], q, levels.ctypes.data, kmap.ctypes.data, neighbours.ctypes.data,
-                           neighbour_codes.ctypes.data, neighbours.size, levels.shape[0]))
+    return _iq_call(_mod.iquant_grid, int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
+                    out.strides[0], q, levels.ctypes.data, kmap.ctypes.data, neighbours.ctypes.data,
+                    neighbour_codes.ctypes.data, neighbours.size, levels.shape[0])
 
 
 def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray | None,
@@ -273,7 +287,6 @@ def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray |
     (tests/test_iquants34.py).
     """
     assert _mod is not None
-    iquant_isa(os.environ)
     rows, ncols = x.shape
     if imatrix is not None and (imatrix.dtype != np.float32 or imatrix.shape != (ncols,)
                                 or not imatrix.flags.c_contiguous):
@@ -284,5 +297,5 @@ def iquant(ggml_type: int, x: np.ndarray, out: np.ndarray, imatrix: np.ndarray |
             raise ValueError("iquant: tables must be C-contiguous")
     addr = [t.ctypes.data for t in tables] + [0] * (4 - len(tables))
     width = tables[3].shape[1] if len(tables) == 4 else 0
-    return int(_mod.iquant(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
-                           out.strides[0], 0 if imatrix is None else imatrix.ctypes.data, *addr, width))
+    return _iq_call(_mod.iquant, int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
+                    out.strides[0], 0 if imatrix is None else imatrix.ctypes.data, *addr, width)
