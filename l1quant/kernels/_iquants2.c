@@ -654,8 +654,8 @@ static float trial_best(const grid_t *g, const float *xval, const float *waux, c
             tb = t;
         }
     }
-    if (tb >= 0) scale = tscale[tb];
     if (tb >= 0) {
+        scale = tscale[tb];
         for (int k = 0; k < nparts; k++) {
             levels_of((uint16_t)code2[k][tb], L + 8 * k);
             on_grid[k] = g->map3[code3[k][tb]] >= 0;

@@ -136,9 +136,17 @@ def default_kquant_path(environ: Mapping[str, str]) -> str:
 KQUANT_PATH: str = default_kquant_path(os.environ)
 
 
-def _refuse_path(var: str, value: str) -> SettingError:
-    choices = ", ".join(KQUANT_PATHS) or "none: the compiled kernels are not loaded"
-    return SettingError(f"{var}={value!r}: expected auto or a code path this build and CPU run ({choices})")
+def _kquant_path(kernel: str, isa: str | None, default: str) -> str:
+    """The code path a block kernel runs: ``isa``, else ``default``; one this build and CPU lack is refused before
+    the call (SettingError when it came from L1QUANT_KQUANT_ISA: the user's setting; ValueError for an argument)."""
+    path = isa if isa is not None else default
+    if path not in KQUANT_PATHS:
+        choices = ", ".join(KQUANT_PATHS) or "none: the compiled kernels are not loaded"
+        if isa is None:
+            raise SettingError(f"L1QUANT_KQUANT_ISA={path!r}: expected auto or a code path this build and CPU run "
+                               f"({choices})")
+        raise ValueError(f"{kernel}: code path {path!r} is not available here (available: {choices})")
+    return path
 
 
 def iquant_isa(environ: Mapping[str, str]) -> str:
@@ -189,12 +197,8 @@ def kquant(ggml_type: int, x: np.ndarray, out: np.ndarray, *, lanes: bool = True
     """
     assert _mod is not None
     rows, ncols = x.shape
-    path = isa if isa is not None else (KQUANT_PATH if lanes else "portable")
-    if isa is None and path not in KQUANT_PATHS:
-        raise _refuse_path("L1QUANT_KQUANT_ISA", path)
+    path = _kquant_path("kquant", isa, KQUANT_PATH if lanes else "portable")
     if rows == 0 or ncols == 0:
-        if path not in KQUANT_PATHS:
-            raise ValueError(f"kquant: code path {path!r} is not available here (available: {KQUANT_PATHS})")
         return -1
     return int(_mod.kquant(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
                            out.strides[0], path))
@@ -213,17 +217,12 @@ def kquant_imatrix(
     """
     assert _mod is not None
     rows, ncols = x.shape
-    if isa is None and KQUANT_PATH not in KQUANT_PATHS:
-        raise _refuse_path("L1QUANT_KQUANT_ISA", KQUANT_PATH)
+    path = _kquant_path("kquant_imatrix", isa, KQUANT_PATH)
     if rows == 0 or ncols == 0:
-        path = isa if isa is not None else KQUANT_PATH
-        if path not in KQUANT_PATHS:
-            raise ValueError(f"kquant_imatrix: code path {path!r} is not available here (available: {KQUANT_PATHS})")
         return -1
     if imatrix.dtype != np.float32 or imatrix.shape != (ncols,) or not imatrix.flags.c_contiguous:
         raise ValueError(f"kquant_imatrix: imatrix must be C-contiguous float32 ({ncols},), found "
                          f"{imatrix.dtype} {imatrix.shape}")
-    path = isa if isa is not None else KQUANT_PATH
     return int(_mod.kquant_imatrix(int(ggml_type), x.ctypes.data, _KIND[x.dtype], rows, ncols, out.ctypes.data,
                                    out.strides[0], imatrix.ctypes.data, path))
 
