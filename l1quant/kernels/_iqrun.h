@@ -42,6 +42,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* E(s): a bound on |ggml's float distance - the exact distance| for any candidate of a part at scale s (> 0).
  * n coordinates (<= 8), candidate values 0 < q <= qmax, weights w >= 0 with sum wsum, values x with sum |x| = xsum
@@ -110,5 +113,134 @@ static inline void iqrun_snap(iqrun *r, int t, int t2) {
     const int jb = t2 > t ? r->search(r, t2, &bb, &sb) : ja;
     iqrun_between(r, t, ja, ba, sa, t2, jb, bb, sb);
 }
+
+
+/* ---- A run's picks certified without float searches (lists scored from each candidate's scale-free sums) ----
+ *
+ * In exact arithmetic a candidate's distance at scale s is d_c(s) = s^2 A_c - 2 s B_c + C, with A_c = sum w q^2,
+ * B_c = sum w x q, C = sum w x^2 (q the candidate's values), so (d_c - d_j)/s = f_c(s) - f_j(s) for
+ * f_c(s) = s A_c - 2 B_c: one multiply and one subtraction per candidate and trial once A and B are formed (once
+ * per run; a float search forms the terms and n sums per candidate at every trial). The caller forms A as the
+ * in-order sum of fl(w q^2) and B of fl(fl(w x) q) over its n <= 8 coordinates; here f = fl(fl(s A) - 2B). That f
+ * is within (n + 3)u (s A_c + 2|B|_c) <= 11u (qmax^2 s W + 2 qmax X1) of the exact one (W = sum w, X1 = sum w |x|,
+ * u = 2^-24), and products that underflow add at most ~2^-145 in all. The reference's float distance lies within
+ * E(s) of d_c (iqrun_err_bound). So where the least f leads every other by more than
+ *     M(s) = 2 E(s) / s + 2^-18 (qmax^2 s W + 2 qmax X1) + 2^-100,
+ * the exact gap d_c - d_j exceeds 2 E(s) for every other c, and j is the unique float minimum: the reference's
+ * pick. Each trial is certified on its own, so the argument needs no run structure; runs only share A and B. */
+
+/* The constants of M(s) = P1 s + P2 / s + P3 (E(s) written out; all terms positive) for a part's n values x and
+ * distance weights w, each rounded up to float, into p[0..2]; all +inf where iqrun_err_bound is unbounded at the
+ * largest trial scale smax (no certificate then). */
+static inline void iqrun_env_consts(const float *x, const float *w, int n, double qmax, double smax, float *p) {
+    double W = 0, C = 0, xs = 0, X1 = 0;
+    for (int i = 0; i < n; i++) {
+        W += w[i];
+        C += (double)w[i] * x[i] * x[i];
+        xs += fabs((double)x[i]);
+        X1 += (double)w[i] * fabs((double)x[i]);
+    }
+    p[0] = p[1] = p[2] = INFINITY;
+    if (smax * smax * qmax * qmax * W + C < 1e30) {
+        const double up = 1 + 0x1p-20; /* the conversions to float round up by no more than this */
+        p[0] = (float)(qmax * qmax * W * (0x1p-17 + 0x1p-18) * up);
+        p[1] = (float)((0x1p-17 * C + 0x1p-139 * 3.0 * (n + W * (1.0 + xs) + xs)) * up);
+        p[2] = (float)((0x1p-18 * 2.0 * qmax * X1 + 0x1p-139 * 3.0 * qmax * (W + n) + 0x1p-100) * up);
+    }
+}
+
+/* The runs of a part's trials 0..nt-1 (nt <= 32) as bits: bit t set where trial t ends a run (its code differs
+ * from trial t + 1's, or t = nt - 1), so that a run's end is one bit scan. code: at least nt entries. */
+static inline uint32_t iqrun_ends(const int32_t *code, int nt) {
+    uint32_t ends = 1u << (nt - 1);
+    for (int t = 0; t + 1 < nt; t++) ends |= (uint32_t)(code[t] != code[t + 1]) << t;
+    return ends;
+}
+
+/* The reference's sign split of 8 values (every IQ2/IQ3 quantizer's first step): xval = x where x >= 0, else -x
+ * (so -0 stays -0), and the bits of the values that are not >= 0 returned. Branch-free: the signs are data, and
+ * their branches were ~5 % of the IQ2_S kernel. */
+static inline unsigned iqrun_split_signs8(const float *x, float *xval) {
+#if defined(__SSE2__)
+    const __m128 zero = _mm_setzero_ps(), sbit = _mm_set1_ps(-0.0f);
+    unsigned s = 0;
+    for (int h = 0; h < 2; h++) {
+        const __m128 v = _mm_loadu_ps(x + 4 * h), neg = _mm_cmpnge_ps(v, zero);
+        _mm_storeu_ps(xval + 4 * h, _mm_xor_ps(v, _mm_and_ps(neg, sbit)));
+        s |= (unsigned)_mm_movemask_ps(neg) << 4 * h;
+    }
+    return s;
+#else
+    unsigned s = 0;
+    for (int i = 0; i < 8; i++) {
+        const int neg = !(x[i] >= 0);
+        xval[i] = neg ? -x[i] : x[i];
+        s |= (unsigned)neg << i;
+    }
+    return s;
+#endif
+}
+
+/* the number of set bits of an 8-bit mask */
+static inline int iqrun_popcount8(unsigned v) {
+    v = (v & 0x55u) + ((v >> 1) & 0x55u);
+    v = (v & 0x33u) + ((v >> 2) & 0x33u);
+    return (int)((v & 0x0Fu) + (v >> 4));
+}
+
+/* the index of v's lowest set bit (v != 0) */
+static inline int iqrun_ctz(uint32_t v) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctz(v);
+#else
+    int n = 0;
+    for (; !(v & 1u); v >>= 1) n++;
+    return n;
+#endif
+}
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(L1Q_NO_LANES)
+#include <immintrin.h>
+#define IQRUN_HAVE_ENV 1
+/* The picks of a run's trials t..t2 from the n candidates' av = A and b2v = 2B (AVX2): the trials are the lanes, 8
+ * at a time, the candidates a loop keeping each lane's least f, its position and its second least (no lane
+ * reduction on the path). pick[tt] = the position where fl(second - least) > M'(s), else -1 (the caller then runs
+ * the reference's float search: near-ties, distances near FLT_MAX, unusable scales). M'(s) = fl(P1 s + P2 id + P3)
+ * (1 + 2^-16) with p = iqrun_env_consts and id = ids[tt] (the reference's 1/s before its fl(1/id)): the roundings of
+ * M' (each < 2^-24 relative, the two reciprocals included) and of the comparison's subtraction are far inside that
+ * factor; M' counts as +inf unless s and id are positive and finite. scales and ids hold whole 8-lane vectors from
+ * t on. */
+__attribute__((target("avx2"), unused)) static void iqrun_env_picks(const float *restrict av,
+                                                                    const float *restrict b2v, int n,
+                                                                    const float *restrict scales,
+                                                                    const float *restrict ids, const float *p,
+                                                                    int t, int t2, int8_t *pick) {
+    const __m256 p1 = _mm256_set1_ps(p[0]), p2 = _mm256_set1_ps(p[1]), p3 = _mm256_set1_ps(p[2]);
+    const __m256 zero = _mm256_setzero_ps(), big = _mm256_set1_ps(FLT_MAX);
+    for (int t0 = t; t0 <= t2; t0 += 8) {
+        const __m256 sv = _mm256_loadu_ps(scales + t0), iv = _mm256_loadu_ps(ids + t0);
+        __m256 m1 = _mm256_set1_ps(INFINITY), m2 = m1;
+        __m256i at = _mm256_set1_epi32(-1);
+        for (int c = 0; c < n; c++) {
+            const __m256 f = _mm256_sub_ps(_mm256_mul_ps(sv, _mm256_broadcast_ss(av + c)), _mm256_broadcast_ss(b2v + c));
+            m2 = _mm256_min_ps(m2, _mm256_max_ps(m1, f));
+            at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(at),
+                                                      _mm256_castsi256_ps(_mm256_set1_epi32(c)),
+                                                      _mm256_cmp_ps(f, m1, _CMP_LT_OQ)));
+            m1 = _mm256_min_ps(m1, f);
+        }
+        const __m256 mg = _mm256_mul_ps(_mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p1, sv), _mm256_mul_ps(p2, iv)), p3),
+                                        _mm256_set1_ps(1.0f + 0x1p-16f));
+        const __m256 usable = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(sv, zero, _CMP_GT_OQ), _mm256_cmp_ps(sv, big, _CMP_LT_OQ)),
+                                            _mm256_and_ps(_mm256_cmp_ps(iv, zero, _CMP_GT_OQ), _mm256_cmp_ps(iv, big, _CMP_LT_OQ)));
+        /* certified: usable and fl(m2 - m1) > M' (false for NaN and an infinite M'); others get -1 (all ones) */
+        const __m256 ok = _mm256_and_ps(usable, _mm256_cmp_ps(_mm256_sub_ps(m2, m1), mg, _CMP_GT_OQ));
+        int32_t j[8];
+        _mm256_storeu_si256((__m256i *)j, _mm256_or_si256(at, _mm256_castps_si256(_mm256_andnot_ps(ok, _mm256_castsi256_ps(_mm256_set1_epi32(-1))))));
+        const int e = t2 - t0 < 7 ? t2 - t0 : 7;
+        for (int l = 0; l <= e; l++) pick[t0 + l] = (int8_t)j[l];
+    }
+}
+#endif
 
 #endif

@@ -30,9 +30,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "_halfconv.h"
 #include "_iqrun.h"
@@ -289,31 +286,18 @@ __attribute__((target("avx2"))) static int list_min2_256(const uint16_t *restric
     return j;
 }
 
-/* A run's picks from each candidate's scale-free sums (lists of up to 16, AVX2). In exact arithmetic a candidate's
- * distance at scale s is d_c(s) = s^2 A_c - 2 s B_c + C with A_c = sum w q^2, B_c = sum w x q, C = sum w x^2, so
- * (d_c - d_j)/s = f_c(s) - f_j(s) with f_c(s) = s A_c - 2 B_c: one multiply and one subtraction per candidate and
- * trial once A and B are formed (once per run; a float search forms 24 terms and 8 sums per candidate per trial).
- * f is formed in float: A as the in-order sum of fl(w q^2), B of fl(fl(w x) q), then fl(fl(s A) - 2B); its error
- * is below 11u s A_c + 10u 2|B|_c <= 11u (25 s W + 10 X1) (W = sum w, X1 = sum w |x|; q <= 5), and products that
- * underflow add at most 2^-145 in all. The reference's float distance lies within E(s) of d_c (iqrun_err_bound).
- * So when the least f is ahead of every other by more than
- *     M(s) = 2 E(s) / s + 2^-18 (25 s W + 10 X1) + 2^-100      (iq2_env_margins)
- * the exact gap d_c - d_j exceeds 2 E(s) for every other c, and j is the unique float minimum: the reference's pick.
- * Each trial is certified on its own; the trials of the run are the lanes (8 at a time), the candidates a loop, so
- * no lane reduction sits on the path. pick[tt] gets trial tt's certified list position, or -1 where the caller
- * must search (near-ties, distances near FLT_MAX, scales that are not positive and finite). scales and margin
- * hold whole 8-lane vectors from t on. */
-__attribute__((target("avx2"))) static void iq2_env_picks(const uint16_t *restrict nc, int64_t pos, int n,
-                                                          const float *restrict x, const float *restrict w,
-                                                          const float *restrict scales, const float *restrict margin,
-                                                          int t, int t2, int8_t *pick) {
+/* The scale-free sums of the candidates at nc[pos .. pos + n) (n <= 16, AVX2) for iqrun_env_picks: av[c] = A_c =
+ * sum_i fl(w_i q_i^2) and b2v[c] = 2 B_c = 2 sum_i fl(fl(w_i x_i) q_i) (q = 2l + 1 <= 5), each in order i = 0..7;
+ * a coordinate's two terms by one vpermps each from tables holding its three values at lanes l and l + 4. */
+__attribute__((target("avx2"))) static void iq2_env_sums(const uint16_t *restrict nc, int64_t pos,
+                                                         const float *restrict x, const float *restrict w,
+                                                         float *restrict av, float *restrict b2v) {
     const __m256 q2 = _mm256_setr_ps(1, 9, 25, 0, 1, 9, 25, 0), q1 = _mm256_setr_ps(1, 3, 5, 0, 1, 3, 5, 0);
     __m256 ta[8], tb[8];
     for (int i = 0; i < 8; i++) {
         ta[i] = _mm256_mul_ps(_mm256_set1_ps(w[i]), q2);
         tb[i] = _mm256_mul_ps(_mm256_set1_ps(w[i] * x[i]), q1);
     }
-    float av[16], b2v[16];
     for (int h = 0; h < 2; h++) {
         const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(nc + pos + 8 * h)));
         __m256 a = _mm256_permutevar8x32_ps(ta[0], c), b = _mm256_permutevar8x32_ps(tb[0], c);
@@ -325,51 +309,6 @@ __attribute__((target("avx2"))) static void iq2_env_picks(const uint16_t *restri
         _mm256_storeu_ps(av + 8 * h, a);
         _mm256_storeu_ps(b2v + 8 * h, _mm256_add_ps(b, b));
     }
-    for (int t0 = t; t0 <= t2; t0 += 8) {
-        const __m256 sv = _mm256_loadu_ps(scales + t0);
-        __m256 m1 = _mm256_set1_ps(INFINITY), m2 = m1;
-        __m256i at = _mm256_set1_epi32(-1);
-        for (int c = 0; c < n; c++) {
-            const __m256 f = _mm256_sub_ps(_mm256_mul_ps(sv, _mm256_broadcast_ss(av + c)), _mm256_broadcast_ss(b2v + c));
-            m2 = _mm256_min_ps(m2, _mm256_max_ps(m1, f));
-            at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(at),
-                                                      _mm256_castsi256_ps(_mm256_set1_epi32(c)),
-                                                      _mm256_cmp_ps(f, m1, _CMP_LT_OQ)));
-            m1 = _mm256_min_ps(m1, f);
-        }
-        /* certified: fl(m2 - m1) > margin (margin carries the slack for this subtraction's rounding) */
-        const __m256 ok = _mm256_cmp_ps(_mm256_sub_ps(m2, m1), _mm256_loadu_ps(margin + t0), _CMP_GT_OQ);
-        int32_t j[8];
-        _mm256_storeu_si256((__m256i *)j, _mm256_or_si256(at, _mm256_castps_si256(_mm256_xor_ps(ok, _mm256_castsi256_ps(_mm256_set1_epi32(-1))))));
-        const int e = t2 - t0 < 7 ? t2 - t0 : 7;
-        for (int l = 0; l <= e; l++) pick[t0 + l] = (int8_t)j[l];
-    }
-}
-
-/* iq2_env_picks' M(s) for each trial scale, as a float at least M(s) (1 + 2^-20) (covering the rounding of the
- * float comparison there), +inf where no certificate holds (E(s) unbounded; s not positive and finite); lanes nt..
- * padded with +inf. part: W = sum w, C = sum w x^2, sum |x|, X1 = sum w |x| of the 8 values. With E(s) written
- * out (n = 8, qmax = 5), M(s) = P1 s + P2 / s + P3 for the part's constants below, all terms positive; it is formed
- * in float with ids[t] (= fl(1 / fl(1 / s))) for 1/s, and the few roundings (each < 2^-24 relative, the two
- * reciprocals included) are covered by the final factor 1 + 2^-16. */
-static void iq2_env_margins(const float *scales, const float *ids, int nt, const double *part, float *margin,
-                            int lanes) {
-    const double W = part[0], C = part[1], xs = part[2], X1 = part[3];
-    const double smax = scales[0] > scales[nt - 1] ? scales[0] : scales[nt - 1];
-    float p1 = INFINITY, p2 = INFINITY, p3 = INFINITY;
-    if (smax * smax * 25.0 * W + C < 1e30) { /* iqrun_err_bound's range, at the run's largest scale */
-        const double up = 1 + 0x1p-20;       /* the conversions to float round up by no more than this */
-        p1 = (float)(25.0 * W * (0x1p-17 + 0x1p-18) * up);
-        p2 = (float)((0x1p-17 * C + 0x1p-139 * 3.0 * (8.0 + W * (1.0 + xs) + xs)) * up);
-        p3 = (float)((0x1p-18 * 10.0 * X1 + 0x1p-139 * 3.0 * (5.0 * W + 40.0) + 0x1p-100) * up);
-    }
-    for (int t = 0; t < nt; t++) { /* branch-free, so that it runs as vectors */
-        const float s = scales[t], id = ids[t];
-        const float m = (p1 * s + p2 * id + p3) * (1.0f + 0x1p-16f);
-        const int ok = (s > 0) & (s < FLT_MAX) & (id > 0) & (id < FLT_MAX) & (m < FLT_MAX);
-        margin[t] = ok ? m : INFINITY;
-    }
-    for (int t = nt; t < lanes; t++) margin[t] = INFINITY;
 }
 #endif
 
@@ -461,16 +400,6 @@ static inline int nint(float f) {
     return (int)(u & 0x007FFFFFu) - 0x00400000;
 }
 static inline int imin(int a, int b) { return a < b ? a : b; }
-/* the index of v's lowest set bit (v != 0) */
-static inline int ctz32(uint32_t v) {
-#if defined(__GNUC__) || defined(__clang__)
-    return __builtin_ctz(v);
-#else
-    int n = 0;
-    for (; !(v & 1u); v >>= 1) n++;
-    return n;
-#endif
-}
 static inline int imax(int a, int b) { return a > b ? a : b; }
 static inline float fmaxr(float a, float b) { return a > b ? a : b; } /* MAX(a, b) as ggml's macro */
 static inline uint16_t f16b(float f) { return f32_to_f16_bits(f32_to_bits(f)); }
@@ -586,17 +515,8 @@ static float qp_fit(int n, int nmax, const float *x, uint8_t *L, const float *w)
 /* Sign handling of IQ2_XXS / IQ2_XS: magnitudes in xval; an odd number of negatives flips back the one of least
  * weight*x*x (the format stores 7 sign bits, the 8th is the parity). Returns the 7 stored sign bits. */
 static inline uint8_t even_signs(const float *xb, const float *w, float *xval) {
-    int nflip = 0;
-    uint8_t s = 0;
-    for (int i = 0; i < 8; i++) {
-        if (xb[i] >= 0) {
-            xval[i] = xb[i];
-        } else {
-            xval[i] = -xb[i];
-            nflip++;
-            s |= (uint8_t)(1 << i);
-        }
-    }
+    uint8_t s = (uint8_t)iqrun_split_signs8(xb, xval);
+    const int nflip = iqrun_popcount8(s);
     if (nflip % 2) {
         int im = 0;
         float mn = w[0] * xb[0] * xb[0];
@@ -702,35 +622,26 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
     for (int k = 0; k < nparts; k++) {
         iq2_run p = {{iq2_run_search, iq2_run_put, scales, xval + 8 * k, waux + 8 * k, 8, 5.0, -1, 0, 0},
                      g, 0, 0, code2[k]};
-        float margin[NT_MAX + 8]; /* iq2_env_picks' margins for the part, formed when first needed */
-        int have_margin = 0;
-        /* the runs' last trials as bits (a run ends where the code changes; the last trial ends one), so that a
-         * run's end is one bit scan rather than a compare and branch per trial */
-        uint32_t ends = 1u << (nt - 1);
-        for (int t = 0; t + 1 < nt; t++) ends |= (uint32_t)(code3[k][t] != code3[k][t + 1]) << t;
+        float pc[3];  /* iqrun_env_picks' margin constants for the part, formed when first needed */
+        int have_pc = 0;
+        const uint32_t ends = iqrun_ends(code3[k], nt);
         for (int t = 0; t < nt;) {
             const int32_t code = code3[k][t];
-            const int t2 = ctz32(ends >> t) + t;
+            const int t2 = iqrun_ctz(ends >> t) + t;
             const int gi = g->map3[code];
             if (gi < 0) {
                 p.pos = -(int64_t)gi;  /* the list's count sits at -gi - 1 */
                 p.n = g->nc[p.pos - 1];
-#ifdef IQ2_HAVE_512
+#if defined(IQ2_HAVE_512) && defined(IQRUN_HAVE_ENV)
                 if (g->vec && p.n <= 16 && p.pos + 16 <= g->nbsize) {
-                    if (!have_margin) {
-                        const float *x = xval + 8 * k, *w = waux + 8 * k;
-                        double part[4] = {0, 0, 0, 0};
-                        for (int i = 0; i < 8; i++) {
-                            part[0] += w[i];
-                            part[1] += (double)w[i] * x[i] * x[i];
-                            part[2] += fabs((double)x[i]);
-                            part[3] += (double)w[i] * fabs((double)x[i]);
-                        }
-                        iq2_env_margins(scales, ids, nt, part, margin, NT_MAX + 8);
-                        have_margin = 1;
+                    if (!have_pc) {
+                        iqrun_env_consts(xval + 8 * k, waux + 8 * k, 8, 5.0, scales[0], pc);
+                        have_pc = 1;
                     }
+                    float av[16], b2v[16];
                     int8_t pick[NT_MAX];
-                    iq2_env_picks(g->nc, p.pos, p.n, xval + 8 * k, waux + 8 * k, scales, margin, t, t2, pick);
+                    iq2_env_sums(g->nc, p.pos, xval + 8 * k, waux + 8 * k, av, b2v);
+                    iqrun_env_picks(av, b2v, p.n, scales, ids, pc, t, t2, pick);
                     for (int tt = t; tt <= t2; tt++) {
                         if (pick[tt] >= 0) {
                             iq2_run_put(&p.r, pick[tt], tt);
@@ -755,13 +666,15 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
 static float trial_best(const grid_t *g, const float *xval, const float *waux, const float *weight, int nparts,
                         int half, float div, float scale0, int8_t *L, int *on_grid) {
     const int nt = 2 * half + 1;
-    float ids[NT_MAX], tsc[NT_MAX + 8], sqx[NT_MAX], sq2[NT_MAX]; /* tsc: iq2_env_picks reads 8 lanes from any trial */
+    float ids[NT_MAX + 8], tsc[NT_MAX + 8], sqx[NT_MAX], sq2[NT_MAX]; /* iqrun_env_picks reads 8 lanes from any trial */
     int32_t code3[4][NT_MAX], code2[4][NT_MAX];
     /* separate loops so that the divisions vectorize (64 scalar divisions were ~6 % of the IQ2_S kernel) */
     for (int t = 0; t < nt; t++) ids[t] = (5 + (float)(t - half) * 0.1f) / div;
     for (int t = 0; t < nt; t++) tsc[t] = 1 / ids[t];
-    for (int t = nt; t < NT_MAX; t++) ids[t] = ids[0]; /* padding lanes repeat trial 0: trial_levels and trial_sums run them */
-    for (int t = nt; t < NT_MAX + 8; t++) tsc[t] = tsc[0];
+    for (int t = nt; t < NT_MAX + 8; t++) { /* padding lanes repeat trial 0: trial_levels and trial_sums run them */
+        ids[t] = ids[0];
+        tsc[t] = tsc[0];
+    }
     trial_levels(xval, nparts, ids, code2, code3);
     trial_snap(g, xval, waux, nparts, tsc, ids, nt, code3, code2);
     trial_sums(weight, xval, nparts, code2, sqx, sq2);
@@ -881,26 +794,7 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
         for (int i = 0; i < 16; i++) waux[i] = sqrtf(weight[i]);
         for (int k = 0; k < 2; k++) {
             if (is_s) {
-                /* xval = x where x >= 0, else -x (so -0 stays -0), the sign bits where not x >= 0: branch-free,
-                 * the signs being data (their branches were ~5 % of the IQ2_S kernel) */
-#if defined(__SSE2__)
-                const __m128 zero = _mm_setzero_ps(), sbit = _mm_set1_ps(-0.0f);
-                unsigned s = 0;
-                for (int h = 0; h < 2; h++) {
-                    const __m128 v = _mm_loadu_ps(xb + 8 * k + 4 * h), neg = _mm_cmpnge_ps(v, zero);
-                    _mm_storeu_ps(xval + 8 * k + 4 * h, _mm_xor_ps(v, _mm_and_ps(neg, sbit)));
-                    s |= (unsigned)_mm_movemask_ps(neg) << 4 * h;
-                }
-#else
-                unsigned s = 0;
-                for (int i = 0; i < 8; i++) {
-                    const float v = xb[8 * k + i];
-                    const int neg = !(v >= 0);
-                    xval[8 * k + i] = neg ? -v : v;
-                    s |= (unsigned)neg << i;
-                }
-#endif
-                signs[k] = (uint8_t)s;
+                signs[k] = (uint8_t)iqrun_split_signs8(xb + 8 * k, xval + 8 * k);
             } else {
                 signs[k] = even_signs(xb + 8 * k, weight + 8 * k, xval + 8 * k);
             }

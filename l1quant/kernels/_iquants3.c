@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "_halfconv.h"
+#include "_iqrun.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -259,6 +260,8 @@ struct iq3_tabs_s {
                                  * (iq3_grids.lane_codes) */
     int width;                  /* a multiple of 16, at most IQ3_MAX_WIDTH */
     iq3_pick_fn pick;           /* NULL: the portable per-candidate loop */
+    int env;                    /* the trial searches certified from scale-free sums (iq3_env_sums), on the lane
+                                 * paths (AVX2 / AVX-512) */
 };
 enum { IQ3_MAX_WIDTH = 64 };
 
@@ -408,6 +411,34 @@ __attribute__((target("avx512f"))) static int iq3_pick_avx512(const iq3_tabs *t,
                         (unsigned)(ok[1] & _mm512_cmpeq_ps_mask(d[1], bv)) << 16;
     return __builtin_ctz(eq);
 }
+
+#ifdef IQRUN_HAVE_ENV
+/* The scale-free sums of an off-grid key's n candidates for iqrun_env_picks (_iqrun.h): av[c] = A_c =
+ * sum_i fl(wa_i q_i^2), b2v[c] = 2 B_c = 2 sum_i fl(fl(wa_i x_i) q_i) (q = 2l + 1 <= 15), each in order i = 0..3; a
+ * coordinate's two terms by one vpermps each from its 8 levels' values. Reads whole 8-code vectors of the key's row
+ * (rows are 16-code multiples wide). */
+__attribute__((target("avx2"))) static void iq3_env_sums(const iq3_tabs *t, int key, int n, const float *xv,
+                                                         const float *wa, float *av, float *b2v) {
+    const __m256 q1 = _mm256_setr_ps(1, 3, 5, 7, 9, 11, 13, 15), q2 = _mm256_mul_ps(q1, q1);
+    __m256 ta[4], tb[4];
+    for (int i = 0; i < 4; i++) {
+        ta[i] = _mm256_mul_ps(_mm256_set1_ps(wa[i]), q2);
+        tb[i] = _mm256_mul_ps(_mm256_set1_ps(wa[i] * xv[i]), q1);
+    }
+    const uint16_t *code = t->lane_code + (size_t)key * t->width;
+    for (int c0 = 0; c0 < n; c0 += 8) {
+        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(code + c0)));
+        __m256 a = _mm256_permutevar8x32_ps(ta[0], c), b = _mm256_permutevar8x32_ps(tb[0], c);
+        for (int i = 1; i < 4; i++) {
+            const __m256i ci = _mm256_srli_epi32(c, 3 * i);
+            a = _mm256_add_ps(a, _mm256_permutevar8x32_ps(ta[i], ci));
+            b = _mm256_add_ps(b, _mm256_permutevar8x32_ps(tb[i], ci));
+        }
+        _mm256_storeu_ps(av + c0, a);
+        _mm256_storeu_ps(b2v + c0, _mm256_add_ps(b, b));
+    }
+}
+#endif
 #endif
 
 /* best listed neighbour of an off-grid key: least sum w*(scale*q - x)^2 (w = sqrt of the value weights), first
@@ -469,8 +500,10 @@ static inline void iq3_sums(const float *w, const float *xval, const int *L, flo
     *sumq2 = b;
 }
 
-/* The trial scales of a group as lanes: trial t's level of value i (0..7) gives q[i][t] = 2l+1 and the 4-value keys
- * key[k][t]; every lane does the reference's scalar steps for its trial. */
+/* The trial scales of a group as lanes: trial t's levels (0..7) of quad k's 4 values as the key key[k][t] (level
+ * i in bits 3i..3i+2); every lane does the reference's scalar steps for its trial. A trial's levels are kept as
+ * keys, not as 32 floats: writing every pick's 4 values into a float per value and trial was ~17 % of the IQ3_S
+ * kernel. */
 enum { IQ3_NT = 32 };
 #if (defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES))
 #define IQ3_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -478,7 +511,7 @@ enum { IQ3_NT = 32 };
 #define IQ3_HOT
 #endif
 IQ3_HOT static void iq3_trial_levels(const float *restrict xval, const float *restrict ids,
-                                     float (*restrict q)[IQ3_NT], int32_t (*restrict key)[IQ3_NT]) {
+                                     int32_t (*restrict key)[IQ3_NT]) {
     for (int k = 0; k < 8; k++) {
         int32_t c[IQ3_NT];
         for (int t = 0; t < IQ3_NT; t++) c[t] = 0;
@@ -491,7 +524,6 @@ IQ3_HOT static void iq3_trial_levels(const float *restrict xval, const float *re
                 memcpy(&u, &f, sizeof u);
                 int32_t l = (u & 0x007FFFFF) - 0x00400000;
                 l = l < 0 ? 0 : l > 7 ? 7 : l;
-                q[i][t] = (float)(2 * l + 1);
                 c[t] |= l << sh;
             }
         }
@@ -499,16 +531,29 @@ IQ3_HOT static void iq3_trial_levels(const float *restrict xval, const float *re
     }
 }
 
+/* sumqx, sumq2 of every trial from its quads' keys (iq3_sums per lane: values i in order, q = 2 * level + 1) */
 IQ3_HOT static void iq3_trial_sums(const float *restrict w, const float *restrict xval,
-                                   const float (*restrict q)[IQ3_NT], float *restrict sqx, float *restrict sq2) {
+                                   const int32_t (*restrict code)[IQ3_NT], float *restrict sqx,
+                                   float *restrict sq2) {
     for (int t = 0; t < IQ3_NT; t++) sqx[t] = sq2[t] = 0;
-    for (int i = 0; i < 32; i++) {
-        const float wx = w[i] * xval[i], wi = w[i];
-        for (int t = 0; t < IQ3_NT; t++) {
-            sqx[t] += wx * q[i][t];
-            sq2[t] += wi * q[i][t] * q[i][t];
+    for (int k = 0; k < 8; k++) {
+        for (int i = 0; i < 4; i++) {
+            const float wx = w[4 * k + i] * xval[4 * k + i], wi = w[4 * k + i];
+            for (int t = 0; t < IQ3_NT; t++) {
+                const float q = (float)(2 * ((code[k][t] >> 3 * i) & 7) + 1);
+                sqx[t] += wx * q;
+                sq2[t] += wi * q * q;
+            }
         }
     }
+}
+
+/* the key (levels in 3-bit fields) of grid point gi */
+static inline int32_t iq3_point_key(const iq3_tabs *t, int gi) {
+    const int8_t *pg = t->grid + 4 * gi;
+    int32_t c = 0;
+    for (int i = 0; i < 4; i++) c |= ((pg[i] - 1) / 2) << (3 * i);
+    return c;
 }
 
 /* one 256-value super-block */
@@ -535,18 +580,8 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
         }
         for (int i = 0; i < 32; i++) wa[i] = sqrtf(w[i]);
         for (int k = 0; k < 4; k++) {
-            int nflip = 0;
-            unsigned s = 0;
-            for (int i = 0; i < 8; i++) {
-                if (xb[8 * k + i] >= 0) {
-                    xval[8 * k + i] = xb[8 * k + i];
-                } else {
-                    xval[8 * k + i] = -xb[8 * k + i];
-                    nflip++;
-                    s |= 1u << i;
-                }
-            }
-            if (xxs && nflip % 2) {
+            unsigned s = iqrun_split_signs8(xb + 8 * k, xval + 8 * k);
+            if (xxs && iqrun_popcount8(s) % 2) {
                 int imin = 0;
                 float mn = w[8 * k] * xb[8 * k] * xb[8 * k];
                 for (int i = 1; i < 8; i++) {
@@ -572,34 +607,75 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
         for (int k = 0; k < 8; k++) on[k] = xxs;
         {
             const int nt = 2 * ntry + 1;
-            float ids[IQ3_NT], q[32][IQ3_NT], sqx[IQ3_NT], sq2[IQ3_NT];
-            int32_t key[8][IQ3_NT];
+            float ids[IQ3_NT + 8], sqx[IQ3_NT], sq2[IQ3_NT]; /* ids: iqrun_env_picks reads 8 lanes from any trial */
+            int32_t key[8][IQ3_NT], code[8][IQ3_NT]; /* code: each trial's levels after its searches */
             unsigned offgrid[IQ3_NT];
-            for (int tt = 0; tt < IQ3_NT; tt++) ids[tt] = tt < nt ? (15 + (float)(tt - ntry) * 0.2f) / mx : ids[0];
-            iq3_trial_levels(xval, ids, q, key);
-            /* the searches first, keeping only each pick's list position, then the picks' grid values: the loads
-             * and conversions that follow a pick kept its whole latency on the critical path (IQ3_S ~8 %) */
-            int8_t at[IQ3_NT][8];
-            for (int tt = 0; tt < nt; tt++) {
-                const float this_scale = 1.0f / ids[tt];
-                unsigned off = 0;
+            for (int tt = 0; tt < IQ3_NT + 8; tt++) ids[tt] = tt < nt ? (15 + (float)(tt - ntry) * 0.2f) / mx : ids[0];
+            iq3_trial_levels(xval, ids, key);
+            memcpy(code, key, sizeof code);
+#ifdef IQRUN_HAVE_ENV
+            if (t->env) {
+                /* per quad, runs of trials with the same off-grid key share their candidates' scale-free sums,
+                 * and each trial's pick is certified from them (iqrun_env_picks), the float search only where not
+                 * (near-ties); this_scale is the reference's 1 / id */
+                float tsc[IQ3_NT + 8];
+                for (int tt = 0; tt < IQ3_NT + 8; tt++) tsc[tt] = 1.0f / ids[tt];
+                for (int tt = 0; tt < nt; tt++) offgrid[tt] = 0;
                 for (int k = 0; k < 8; k++) {
-                    if (t->kmap[key[k][tt]] >= 0) continue;
-                    off |= 1u << k;
-                    at[tt][k] = (int8_t)iq3_neighbour_at(t, key[k][tt], xval + 4 * k, wa + 4 * k, this_scale);
+                    const uint32_t ends = iqrun_ends(key[k], nt);
+                    float pc[3]; /* iqrun_env_picks' margin constants for the quad, formed when first needed */
+                    int have_pc = 0;
+                    for (int t1 = 0; t1 < nt;) {
+                        const int kk = key[k][t1];
+                        const int t2 = iqrun_ctz(ends >> t1) + t1;
+                        const int32_t m = t->kmap[kk];
+                        if (m < 0) {
+                            const int n = t->neighbours[-m - 1];
+                            if (!have_pc) {
+                                iqrun_env_consts(xval + 4 * k, wa + 4 * k, 4, 15.0, tsc[0], pc);
+                                have_pc = 1;
+                            }
+                            float av[IQ3_MAX_WIDTH], b2v[IQ3_MAX_WIDTH];
+                            int8_t pick[IQ3_NT];
+                            iq3_env_sums(t, kk, n, xval + 4 * k, wa + 4 * k, av, b2v);
+                            iqrun_env_picks(av, b2v, n, tsc, ids, pc, t1, t2, pick);
+                            const uint16_t *row = t->lane_code + (size_t)kk * t->width;
+                            for (int tt = t1; tt <= t2; tt++) {
+                                offgrid[tt] |= 1u << k;
+                                const int j = pick[tt] >= 0 ? pick[tt]
+                                                            : iq3_neighbour_at(t, kk, xval + 4 * k, wa + 4 * k, tsc[tt]);
+                                code[k][tt] = row[j >= 0 ? j : 0]; /* none below FLT_MAX: ggml keeps the first */
+                            }
+                        }
+                        t1 = t2 + 1;
+                    }
                 }
-                offgrid[tt] = off;
-            }
-            for (int tt = 0; tt < nt; tt++) {
-                for (int k = 0; k < 8; k++) {
-                    if (!((offgrid[tt] >> k) & 1)) continue;
-                    /* the neighbour's 2l+1 values are its grid entries; none below FLT_MAX: ggml keeps the first */
-                    const uint16_t *nb = t->neighbours + (-t->kmap[key[k][tt]] - 1);
-                    const int8_t *pg = t->grid + 4 * nb[at[tt][k] >= 0 ? at[tt][k] + 1 : 1];
-                    for (int i = 0; i < 4; i++) q[4 * k + i][tt] = (float)pg[i];
+            } else
+#endif
+            {
+                /* the searches first, keeping only each pick's list position, then the picks' keys: the loads that
+                 * follow a pick kept its whole latency on the critical path (IQ3_S ~8 %) */
+                int8_t at[IQ3_NT][8];
+                for (int tt = 0; tt < nt; tt++) {
+                    const float this_scale = 1.0f / ids[tt];
+                    unsigned off = 0;
+                    for (int k = 0; k < 8; k++) {
+                        if (t->kmap[key[k][tt]] >= 0) continue;
+                        off |= 1u << k;
+                        at[tt][k] = (int8_t)iq3_neighbour_at(t, key[k][tt], xval + 4 * k, wa + 4 * k, this_scale);
+                    }
+                    offgrid[tt] = off;
+                }
+                for (int tt = 0; tt < nt; tt++) {
+                    for (int k = 0; k < 8; k++) {
+                        if (!((offgrid[tt] >> k) & 1)) continue;
+                        /* none below FLT_MAX: ggml keeps the first */
+                        const uint16_t *nb = t->neighbours + (-t->kmap[key[k][tt]] - 1);
+                        code[k][tt] = iq3_point_key(t, nb[at[tt][k] >= 0 ? at[tt][k] + 1 : 1]);
+                    }
                 }
             }
-            iq3_trial_sums(w, xval, q, sqx, sq2);
+            iq3_trial_sums(w, xval, code, sqx, sq2);
             int tb = -1;
             for (int tt = 0; tt < nt; tt++) {
                 if (sq2[tt] > 0 && sqx[tt] * sqx[tt] > best * sq2[tt]) {
@@ -609,7 +685,7 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
                 }
             }
             if (tb >= 0) { /* the last trial that improved: its levels and on-grid flags */
-                for (int i = 0; i < 32; i++) L[i] = ((int)q[i][tb] - 1) / 2;
+                for (int i = 0; i < 32; i++) L[i] = (code[i / 4][tb] >> (3 * (i % 4))) & 7;
                 for (int k = 0; k < 8; k++) on[k] = !((offgrid[tb] >> k) & 1);
             }
         }
@@ -757,8 +833,11 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
     const float *qw = (const float *)(uintptr_t)q;
     float kv[16];
     iq3_tabs t = {(const int8_t *)(uintptr_t)ta, (const int32_t *)(uintptr_t)tb, (const uint16_t *)(uintptr_t)tc,
-                  (const uint16_t *)(uintptr_t)td, width, NULL};
+                  (const uint16_t *)(uintptr_t)td, width, NULL, 0};
     if (td != 0 && width > 0 && width % 16 == 0 && width <= IQ3_MAX_WIDTH) iq3_pick(isa, &t.pick);
+#if defined(IQ_HAVE_LANES) && defined(IQRUN_HAVE_ENV)
+    t.env = t.pick == iq3_pick_avx2 || t.pick == iq3_pick_avx512;
+#endif
     if (type == IT_IQ4_NL || type == IT_IQ4_XS)
         for (int i = 0; i < 16; i++) kv[i] = (float)((const int8_t *)(uintptr_t)ta)[i];
     const size_t src_row = (size_t)ncols * (kind == IS_F32 ? 4u : 2u);
