@@ -286,10 +286,11 @@ __attribute__((target("avx2"))) static int list_min2_256(const uint16_t *restric
     return j;
 }
 
-/* The scale-free sums of the candidates at nc[pos .. pos + n) (n <= 16, AVX2) for iqrun_env_picks: av[c] = A_c =
+/* The scale-free sums of the candidates at nc[pos .. pos + n) (AVX2) for iqrun_env_picks: av[c] = A_c =
  * sum_i fl(w_i q_i^2) and b2v[c] = 2 B_c = 2 sum_i fl(fl(w_i x_i) q_i) (q = 2l + 1 <= 5), each in order i = 0..7;
- * a coordinate's two terms by one vpermps each from tables holding its three values at lanes l and l + 4. */
-__attribute__((target("avx2"))) static void iq2_env_sums(const uint16_t *restrict nc, int64_t pos,
+ * a coordinate's two terms by one vpermps each from tables holding its three values at lanes l and l + 4. Reads
+ * whole vectors of 8 codes (the caller checks they lie inside the table). */
+__attribute__((target("avx2"))) static void iq2_env_sums(const uint16_t *restrict nc, int64_t pos, int n,
                                                          const float *restrict x, const float *restrict w,
                                                          float *restrict av, float *restrict b2v) {
     const __m256 q2 = _mm256_setr_ps(1, 9, 25, 0, 1, 9, 25, 0), q1 = _mm256_setr_ps(1, 3, 5, 0, 1, 3, 5, 0);
@@ -298,16 +299,16 @@ __attribute__((target("avx2"))) static void iq2_env_sums(const uint16_t *restric
         ta[i] = _mm256_mul_ps(_mm256_set1_ps(w[i]), q2);
         tb[i] = _mm256_mul_ps(_mm256_set1_ps(w[i] * x[i]), q1);
     }
-    for (int h = 0; h < 2; h++) {
-        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(nc + pos + 8 * h)));
+    for (int c0 = 0; c0 < n; c0 += 8) {
+        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(nc + pos + c0)));
         __m256 a = _mm256_permutevar8x32_ps(ta[0], c), b = _mm256_permutevar8x32_ps(tb[0], c);
         for (int i = 1; i < 8; i++) {
             const __m256i ci = _mm256_srli_epi32(c, 2 * i);
             a = _mm256_add_ps(a, _mm256_permutevar8x32_ps(ta[i], ci));
             b = _mm256_add_ps(b, _mm256_permutevar8x32_ps(tb[i], ci));
         }
-        _mm256_storeu_ps(av + 8 * h, a);
-        _mm256_storeu_ps(b2v + 8 * h, _mm256_add_ps(b, b));
+        _mm256_storeu_ps(av + c0, a);
+        _mm256_storeu_ps(b2v + c0, _mm256_add_ps(b, b));
     }
 }
 #endif
@@ -549,7 +550,9 @@ static inline void qx_q2(const float *w, const float *xval, const int8_t *L, int
  * trial does exactly what the reference's loop does for it; only the order in which independent trials are worked
  * through changes. A trial's levels are kept as its code, not as 8 floats: writing and reading those floats for
  * every trial and pick was ~20 % of the kernel's instructions. */
-enum { NT_MAX = 24 }; /* 19 trials at most (IQ2_XS, IQ2_S), padded to whole 8-lane vectors */
+enum { NT_MAX = 24 };
+enum { IQ2_ENV_MAX = 64 }; /* lists certified from scale-free sums up to this long (IQ2_S's longest is 70, IQ2_XS's 292);
+                             * longer ones take _iqrun.h's run searches */ /* 19 trials at most (IQ2_XS, IQ2_S), padded to whole 8-lane vectors */
 IQ_HOT static void trial_levels(const float *restrict xval, int nparts, const float *restrict ids,
                                 int32_t (*restrict code2)[NT_MAX], int32_t (*restrict code3)[NT_MAX]) {
     for (int k = 0; k < nparts; k++) {
@@ -633,14 +636,14 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
                 p.pos = -(int64_t)gi;  /* the list's count sits at -gi - 1 */
                 p.n = g->nc[p.pos - 1];
 #if defined(IQ2_HAVE_512) && defined(IQRUN_HAVE_ENV)
-                if (g->vec && p.n <= 16 && p.pos + 16 <= g->nbsize) {
+                if (g->vec && p.n <= IQ2_ENV_MAX && p.pos + ((p.n + 7) & ~7) <= g->nbsize) {
                     if (!have_pc) {
                         iqrun_env_consts(xval + 8 * k, waux + 8 * k, 8, 5.0, scales[0], pc);
                         have_pc = 1;
                     }
-                    float av[16], b2v[16];
+                    float av[IQ2_ENV_MAX], b2v[IQ2_ENV_MAX];
                     int8_t pick[NT_MAX];
-                    iq2_env_sums(g->nc, p.pos, xval + 8 * k, waux + 8 * k, av, b2v);
+                    iq2_env_sums(g->nc, p.pos, p.n, xval + 8 * k, waux + 8 * k, av, b2v);
                     iqrun_env_picks(av, b2v, p.n, scales, ids, pc, t, t2, pick);
                     for (int tt = t; tt <= t2; tt++) {
                         if (pick[tt] >= 0) {
