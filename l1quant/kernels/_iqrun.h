@@ -204,43 +204,66 @@ static inline int iqrun_ctz(uint32_t v) {
 #define IQRUN_HAVE_ENV 1
 /* The picks of a run's trials t..t2 from the n candidates' av = A and b2v = 2B (AVX2): the trials are the lanes, 8
  * at a time, the candidates a loop keeping each lane's least f, its position and its second least (no lane
- * reduction on the path). pick[tt] = the position where fl(second - least) > M'(s), else -1 (the caller then runs
- * the reference's float search: near-ties, distances near FLT_MAX, unusable scales). M'(s) = fl(P1 s + P2 id + P3)
- * (1 + 2^-16) with p = iqrun_env_consts and id = ids[tt] (the reference's 1/s before its fl(1/id)): the roundings of
- * M' (each < 2^-24 relative, the two reciprocals included) and of the comparison's subtraction are far inside that
- * factor; M' counts as +inf unless s and id are positive and finite. scales and ids hold whole 8-lane vectors from
- * t on. */
-__attribute__((target("avx2"), unused)) static void iqrun_env_picks(const float *restrict av,
-                                                                    const float *restrict b2v, int n,
-                                                                    const float *restrict scales,
-                                                                    const float *restrict ids, const float *p,
-                                                                    int t, int t2, int8_t *pick) {
-    const __m256 p1 = _mm256_set1_ps(p[0]), p2 = _mm256_set1_ps(p[1]), p3 = _mm256_set1_ps(p[2]);
-    const __m256 zero = _mm256_setzero_ps(), big = _mm256_set1_ps(FLT_MAX);
-    for (int t0 = t; t0 <= t2; t0 += 8) {
-        const __m256 sv = _mm256_loadu_ps(scales + t0), iv = _mm256_loadu_ps(ids + t0);
-        __m256 m1 = _mm256_set1_ps(INFINITY), m2 = m1;
-        __m256i at = _mm256_set1_epi32(-1);
-        for (int c = 0; c < n; c++) {
-            const __m256 f = _mm256_sub_ps(_mm256_mul_ps(sv, _mm256_broadcast_ss(av + c)), _mm256_broadcast_ss(b2v + c));
-            m2 = _mm256_min_ps(m2, _mm256_max_ps(m1, f));
-            at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(at),
-                                                      _mm256_castsi256_ps(_mm256_set1_epi32(c)),
-                                                      _mm256_cmp_ps(f, m1, _CMP_LT_OQ)));
-            m1 = _mm256_min_ps(m1, f);
-        }
-        const __m256 mg = _mm256_mul_ps(_mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p1, sv), _mm256_mul_ps(p2, iv)), p3),
-                                        _mm256_set1_ps(1.0f + 0x1p-16f));
-        const __m256 usable = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(sv, zero, _CMP_GT_OQ), _mm256_cmp_ps(sv, big, _CMP_LT_OQ)),
-                                            _mm256_and_ps(_mm256_cmp_ps(iv, zero, _CMP_GT_OQ), _mm256_cmp_ps(iv, big, _CMP_LT_OQ)));
-        /* certified: usable and fl(m2 - m1) > M' (false for NaN and an infinite M'); others get -1 (all ones) */
-        const __m256 ok = _mm256_and_ps(usable, _mm256_cmp_ps(_mm256_sub_ps(m2, m1), mg, _CMP_GT_OQ));
-        int32_t j[8];
-        _mm256_storeu_si256((__m256i *)j, _mm256_or_si256(at, _mm256_castps_si256(_mm256_andnot_ps(ok, _mm256_castsi256_ps(_mm256_set1_epi32(-1))))));
-        const int e = t2 - t0 < 7 ? t2 - t0 : 7;
-        for (int l = 0; l <= e; l++) pick[t0 + l] = (int8_t)j[l];
+ * reduction on the path). Where fl(second - least) > M'(s), the pick is certified and its code (codes[j], the
+ * candidates' codes in list order) goes to out[tt]; the other trials' bits are returned (bit tt), for the caller
+ * to run the reference's float search there (near-ties, distances near FLT_MAX, unusable scales). M'(s) =
+ * fl(P1 s + P2 id + P3) (1 + 2^-16) with p = iqrun_env_consts and id = ids[tt] (the reference's 1/s before its
+ * fl(1/id)): the roundings of M' (each < 2^-24 relative, the two reciprocals included) and of the comparison's
+ * subtraction are far inside that factor; M' counts as +inf unless s and id are positive and finite. scales and
+ * ids hold whole 8-lane vectors from t on, codes whole vectors of 8 past n. t2 < 32. Two builds below, by how
+ * the codes are stored. */
+#define IQRUN_ENV_PICKS_BODY(STORE)                                                                              \
+    {                                                                                                              \
+        const __m256 p1 = _mm256_set1_ps(p[0]), p2 = _mm256_set1_ps(p[1]), p3 = _mm256_set1_ps(p[2]);              \
+        const __m256 zero = _mm256_setzero_ps(), big = _mm256_set1_ps(FLT_MAX);                                    \
+        const __m256 slack = _mm256_set1_ps(1.0f + 0x1p-16f);                                                      \
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                                           \
+        uint32_t miss = 0;                                                                                         \
+        for (int t0 = t; t0 <= t2; t0 += 8) {                                                                      \
+            const __m256 sv = _mm256_loadu_ps(scales + t0), iv = _mm256_loadu_ps(ids + t0);                        \
+            __m256 m1 = _mm256_set1_ps(INFINITY), m2 = m1;                                                         \
+            __m256i at = _mm256_setzero_si256();                                                                   \
+            for (int c = 0; c < n; c++) {                                                                          \
+                const __m256 f =                                                                                   \
+                    _mm256_sub_ps(_mm256_mul_ps(sv, _mm256_broadcast_ss(av + c)), _mm256_broadcast_ss(b2v + c));   \
+                m2 = _mm256_min_ps(m2, _mm256_max_ps(m1, f));                                                      \
+                at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(at),                                 \
+                                                          _mm256_castsi256_ps(_mm256_set1_epi32(c)),               \
+                                                          _mm256_cmp_ps(f, m1, _CMP_LT_OQ)));                      \
+                m1 = _mm256_min_ps(m1, f);                                                                         \
+            }                                                                                                      \
+            const __m256 mg = _mm256_mul_ps(                                                                       \
+                _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p1, sv), _mm256_mul_ps(p2, iv)), p3), slack);            \
+            const __m256 usable =                                                                                  \
+                _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(sv, zero, _CMP_GT_OQ), _mm256_cmp_ps(sv, big, _CMP_LT_OQ)), \
+                              _mm256_and_ps(_mm256_cmp_ps(iv, zero, _CMP_GT_OQ), _mm256_cmp_ps(iv, big, _CMP_LT_OQ))); \
+            /* certified: within the run, usable, and fl(m2 - m1) > M' (false for NaN and an infinite M') */      \
+            const __m256i in = _mm256_cmpgt_epi32(_mm256_set1_epi32(t2 - t0 + 1), lanes);                          \
+            const __m256i ok = _mm256_and_si256(                                                                   \
+                in, _mm256_castps_si256(_mm256_and_ps(usable, _mm256_cmp_ps(_mm256_sub_ps(m2, m1), mg, _CMP_GT_OQ)))); \
+            /* each lane's code: codes[at], 8 codes at a time by vpermd on the position's low 3 bits */            \
+            __m256i code = _mm256_setzero_si256();                                                                 \
+            for (int c0 = 0; c0 < n; c0 += 8) {                                                                    \
+                const __m256i c8 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(codes + c0)));          \
+                const __m256i here = _mm256_cmpeq_epi32(_mm256_srli_epi32(at, 3), _mm256_set1_epi32(c0 >> 3));     \
+                code = _mm256_blendv_epi8(code, _mm256_permutevar8x32_epi32(c8, at), here);                        \
+            }                                                                                                      \
+            const uint32_t okb = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(ok)),                            \
+                           inb = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(in));                            \
+            STORE;                                                                                                 \
+            miss |= (inb & ~okb) << t0;                                                                            \
+        }                                                                                                          \
+        return miss;                                                                                               \
     }
-}
+/* the certified lanes' codes stored under a mask: vpmaskmovd (AVX2), or AVX-512VL's masked store, one micro-op on
+ * AMD where vpmaskmovd's store is slow (IQ2_S 8 % faster with it on Zen 4) */
+#define IQRUN_ENV_PICKS_ARGS                                                                                       \
+    (const float *restrict av, const float *restrict b2v, const uint16_t *restrict codes, int n,                   \
+     const float *restrict scales, const float *restrict ids, const float *p, int t, int t2, int32_t *restrict out)
+__attribute__((target("avx2"), unused)) static uint32_t iqrun_env_picks_avx2 IQRUN_ENV_PICKS_ARGS
+    IQRUN_ENV_PICKS_BODY(_mm256_maskstore_epi32(out + t0, ok, code))
+__attribute__((target("avx2,avx512f,avx512vl"), unused)) static uint32_t iqrun_env_picks_avx512 IQRUN_ENV_PICKS_ARGS
+    IQRUN_ENV_PICKS_BODY(_mm256_mask_storeu_epi32(out + t0, (__mmask8)okb, code))
 #endif
 
 #endif

@@ -61,6 +61,7 @@ typedef struct {
                              * lane, slower than the scalar loop: IQ2_S 3.2 against 7.6 M/s), 0 = the scalar loop */
     const int32_t *map3;    /* map by base-3 code sum(level_i * 3**i) (6561 entries, 26 KiB: stays in L1 where the
                              * 2-bit-code map's 171 KiB does not); built per call from map */
+    int vl;                 /* vec == 2 and the CPU has AVX-512VL: iqrun_env_picks_avx512 */
 } grid_t;
 
 /* Build the search below also for AVX2 and AVX-512 and pick at load time (GCC on x86-64 ELF); each candidate's sum
@@ -550,9 +551,10 @@ static inline void qx_q2(const float *w, const float *xval, const int8_t *L, int
  * trial does exactly what the reference's loop does for it; only the order in which independent trials are worked
  * through changes. A trial's levels are kept as its code, not as 8 floats: writing and reading those floats for
  * every trial and pick was ~20 % of the kernel's instructions. */
-enum { NT_MAX = 24 };
-enum { IQ2_ENV_MAX = 64 }; /* lists certified from scale-free sums up to this long (IQ2_S's longest is 70, IQ2_XS's 292);
-                             * longer ones take _iqrun.h's run searches */ /* 19 trials at most (IQ2_XS, IQ2_S), padded to whole 8-lane vectors */
+enum { NT_MAX = 24 }; /* 19 trials at most (IQ2_XS, IQ2_S), padded to whole 8-lane vectors */
+/* lists certified from scale-free sums up to this long (IQ2_S's longest is 70, IQ2_XS's 292); longer ones take
+ * _iqrun.h's run searches */
+enum { IQ2_ENV_MAX = 64 };
 IQ_HOT static void trial_levels(const float *restrict xval, int nparts, const float *restrict ids,
                                 int32_t (*restrict code2)[NT_MAX], int32_t (*restrict code3)[NT_MAX]) {
     for (int k = 0; k < nparts; k++) {
@@ -642,16 +644,12 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
                         have_pc = 1;
                     }
                     float av[IQ2_ENV_MAX], b2v[IQ2_ENV_MAX];
-                    int8_t pick[NT_MAX];
                     iq2_env_sums(g->nc, p.pos, p.n, xval + 8 * k, waux + 8 * k, av, b2v);
-                    iqrun_env_picks(av, b2v, p.n, scales, ids, pc, t, t2, pick);
-                    for (int tt = t; tt <= t2; tt++) {
-                        if (pick[tt] >= 0) {
-                            iq2_run_put(&p.r, pick[tt], tt);
-                        } else {
-                            float best, second;
-                            iq2_run_search(&p.r, tt, &best, &second);
-                        }
+                    uint32_t miss = (g->vl ? iqrun_env_picks_avx512 : iqrun_env_picks_avx2)(
+                        av, b2v, g->nc + p.pos, p.n, scales, ids, pc, t, t2, code2[k]);
+                    for (; miss; miss &= miss - 1) {
+                        float best, second;
+                        iq2_run_search(&p.r, iqrun_ctz(miss), &best, &second);
                     }
                 } else
 #endif
@@ -1286,7 +1284,10 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
         map3[c] = ((const int32_t *)(uintptr_t)mp)[u];
     }
     grid_t g = {(const uint8_t *)(uintptr_t)lv, (const int32_t *)(uintptr_t)mp, (const uint16_t *)(uintptr_t)nb,
-                (const uint16_t *)(uintptr_t)nl, (int64_t)nbsize, ngrid, vec, map3};
+                (const uint16_t *)(uintptr_t)nl, (int64_t)nbsize, ngrid, vec, map3, 0};
+#if defined(IQ_CLONES)
+    g.vl = vec == 2 && __builtin_cpu_supports("avx512vl");
+#endif
     const uint8_t *src = (const uint8_t *)(uintptr_t)s;
     uint8_t *dst = (uint8_t *)(uintptr_t)d;
     const float *qw = (const float *)(uintptr_t)q;

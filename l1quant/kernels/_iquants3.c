@@ -261,7 +261,7 @@ struct iq3_tabs_s {
     int width;                  /* a multiple of 16, at most IQ3_MAX_WIDTH */
     iq3_pick_fn pick;           /* NULL: the portable per-candidate loop */
     int env;                    /* the trial searches certified from scale-free sums (iq3_env_sums), on the lane
-                                 * paths (AVX2 / AVX-512) */
+                                 * paths: 1 AVX2, 2 AVX-512 with VL (iqrun_env_picks_avx512) */
 };
 enum { IQ3_MAX_WIDTH = 64 };
 
@@ -636,16 +636,16 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
                                 have_pc = 1;
                             }
                             float av[IQ3_MAX_WIDTH], b2v[IQ3_MAX_WIDTH];
-                            int8_t pick[IQ3_NT];
                             iq3_env_sums(t, kk, n, xval + 4 * k, wa + 4 * k, av, b2v);
-                            iqrun_env_picks(av, b2v, n, tsc, ids, pc, t1, t2, pick);
                             const uint16_t *row = t->lane_code + (size_t)kk * t->width;
-                            for (int tt = t1; tt <= t2; tt++) {
-                                offgrid[tt] |= 1u << k;
-                                const int j = pick[tt] >= 0 ? pick[tt]
-                                                            : iq3_neighbour_at(t, kk, xval + 4 * k, wa + 4 * k, tsc[tt]);
+                            uint32_t miss = (t->env == 2 ? iqrun_env_picks_avx512 : iqrun_env_picks_avx2)(
+                                av, b2v, row, n, tsc, ids, pc, t1, t2, code[k]);
+                            for (; miss; miss &= miss - 1) {
+                                const int tt = iqrun_ctz(miss);
+                                const int j = iq3_neighbour_at(t, kk, xval + 4 * k, wa + 4 * k, tsc[tt]);
                                 code[k][tt] = row[j >= 0 ? j : 0]; /* none below FLT_MAX: ggml keeps the first */
                             }
+                            for (int tt = t1; tt <= t2; tt++) offgrid[tt] |= 1u << k;
                         }
                         t1 = t2 + 1;
                     }
@@ -836,7 +836,7 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
                   (const uint16_t *)(uintptr_t)td, width, NULL, 0};
     if (td != 0 && width > 0 && width % 16 == 0 && width <= IQ3_MAX_WIDTH) iq3_pick(isa, &t.pick);
 #if defined(IQ_HAVE_LANES) && defined(IQRUN_HAVE_ENV)
-    t.env = t.pick == iq3_pick_avx2 || t.pick == iq3_pick_avx512;
+    t.env = t.pick == iq3_pick_avx2 ? 1 : t.pick == iq3_pick_avx512 ? 1 + __builtin_cpu_supports("avx512vl") : 0;
 #endif
     if (type == IT_IQ4_NL || type == IT_IQ4_XS)
         for (int i = 0; i < 16; i++) kv[i] = (float)((const int8_t *)(uintptr_t)ta)[i];
