@@ -836,7 +836,7 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
                   (const uint16_t *)(uintptr_t)td, width, NULL, 0};
     if (td != 0 && width > 0 && width % 16 == 0 && width <= IQ3_MAX_WIDTH) iq3_pick(isa, &t.pick);
 #if defined(IQ_HAVE_LANES) && defined(IQRUN_HAVE_ENV)
-    t.env = t.pick == iq3_pick_avx2 ? 1 : t.pick == iq3_pick_avx512 ? 1 + __builtin_cpu_supports("avx512vl") : 0;
+    t.env = t.pick == iq3_pick_avx2 ? 1 : t.pick == iq3_pick_avx512 ? 1 + !!__builtin_cpu_supports("avx512vl") : 0;
 #endif
     if (type == IT_IQ4_NL || type == IT_IQ4_XS)
         for (int i = 0; i < 16; i++) kv[i] = (float)((const int8_t *)(uintptr_t)ta)[i];
