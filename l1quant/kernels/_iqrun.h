@@ -150,11 +150,19 @@ static inline void iqrun_env_consts(const float *x, const float *w, int n, doubl
 }
 
 /* The runs of a part's trials 0..nt-1 (nt <= 32) as bits: bit t set where trial t ends a run (its code differs
- * from trial t + 1's, or t = nt - 1), so that a run's end is one bit scan. code: at least nt entries. */
-static inline uint32_t iqrun_ends(const int32_t *code, int nt) {
-    uint32_t ends = 1u << (nt - 1);
-    for (int t = 0; t + 1 < nt; t++) ends |= (uint32_t)(code[t] != code[t + 1]) << t;
-    return ends;
+ * from trial t + 1's, or t = nt - 1), so that a run's end is one bit scan. code: len >= nt entries (SSE2 compares 4
+ * neighbours at a time while 5 lie inside). */
+static inline uint32_t iqrun_ends(const int32_t *code, int nt, int len) {
+    uint32_t ends = 0;
+    int t = 0;
+#if defined(__SSE2__)
+    for (; t + 5 <= len && t + 1 < nt; t += 4) {
+        const __m128i a = _mm_loadu_si128((const __m128i *)(code + t)), b = _mm_loadu_si128((const __m128i *)(code + t + 1));
+        ends |= (uint32_t)(~_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(a, b))) & 15) << t;
+    }
+#endif
+    for (; t + 1 < nt; t++) ends |= (uint32_t)(code[t] != code[t + 1]) << t;
+    return (ends & ((1u << (nt - 1)) - 1)) | 1u << (nt - 1);
 }
 
 /* The reference's sign split of 8 values (every IQ2/IQ3 quantizer's first step): xval = x where x >= 0, else -x

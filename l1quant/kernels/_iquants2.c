@@ -629,7 +629,7 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
                      g, 0, 0, code2[k]};
         float pc[3];  /* iqrun_env_picks' margin constants for the part, formed when first needed */
         int have_pc = 0;
-        const uint32_t ends = iqrun_ends(code3[k], nt);
+        const uint32_t ends = iqrun_ends(code3[k], nt, NT_MAX);
         for (int t = 0; t < nt;) {
             const int32_t code = code3[k][t];
             const int t2 = iqrun_ctz(ends >> t) + t;

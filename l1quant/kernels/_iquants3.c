@@ -609,7 +609,7 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
             const int nt = 2 * ntry + 1;
             float ids[IQ3_NT + 8], sqx[IQ3_NT], sq2[IQ3_NT]; /* ids: iqrun_env_picks reads 8 lanes from any trial */
             int32_t key[8][IQ3_NT], code[8][IQ3_NT]; /* code: each trial's levels after its searches */
-            unsigned offgrid[IQ3_NT];
+            uint32_t offq[8]; /* per quad, the trials (bits) whose key is off the grid */
             for (int tt = 0; tt < IQ3_NT + 8; tt++) ids[tt] = tt < nt ? (15 + (float)(tt - ntry) * 0.2f) / mx : ids[0];
             iq3_trial_levels(xval, ids, key);
             memcpy(code, key, sizeof code);
@@ -620,9 +620,9 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
                  * (near-ties); this_scale is the reference's 1 / id */
                 float tsc[IQ3_NT + 8];
                 for (int tt = 0; tt < IQ3_NT + 8; tt++) tsc[tt] = 1.0f / ids[tt];
-                for (int tt = 0; tt < nt; tt++) offgrid[tt] = 0;
                 for (int k = 0; k < 8; k++) {
-                    const uint32_t ends = iqrun_ends(key[k], nt);
+                    const uint32_t ends = iqrun_ends(key[k], nt, IQ3_NT);
+                    offq[k] = 0;
                     float pc[3]; /* iqrun_env_picks' margin constants for the quad, formed when first needed */
                     int have_pc = 0;
                     for (int t1 = 0; t1 < nt;) {
@@ -645,7 +645,7 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
                                 const int j = iq3_neighbour_at(t, kk, xval + 4 * k, wa + 4 * k, tsc[tt]);
                                 code[k][tt] = row[j >= 0 ? j : 0]; /* none below FLT_MAX: ggml keeps the first */
                             }
-                            for (int tt = t1; tt <= t2; tt++) offgrid[tt] |= 1u << k;
+                            offq[k] |= (uint32_t)((2ull << t2) - (1ull << t1)); /* trials t1..t2 */
                         }
                         t1 = t2 + 1;
                     }
@@ -656,19 +656,18 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
                 /* the searches first, keeping only each pick's list position, then the picks' keys: the loads that
                  * follow a pick kept its whole latency on the critical path (IQ3_S ~8 %) */
                 int8_t at[IQ3_NT][8];
+                for (int k = 0; k < 8; k++) offq[k] = 0;
                 for (int tt = 0; tt < nt; tt++) {
                     const float this_scale = 1.0f / ids[tt];
-                    unsigned off = 0;
                     for (int k = 0; k < 8; k++) {
                         if (t->kmap[key[k][tt]] >= 0) continue;
-                        off |= 1u << k;
+                        offq[k] |= 1u << tt;
                         at[tt][k] = (int8_t)iq3_neighbour_at(t, key[k][tt], xval + 4 * k, wa + 4 * k, this_scale);
                     }
-                    offgrid[tt] = off;
                 }
                 for (int tt = 0; tt < nt; tt++) {
                     for (int k = 0; k < 8; k++) {
-                        if (!((offgrid[tt] >> k) & 1)) continue;
+                        if (!((offq[k] >> tt) & 1)) continue;
                         /* none below FLT_MAX: ggml keeps the first */
                         const uint16_t *nb = t->neighbours + (-t->kmap[key[k][tt]] - 1);
                         code[k][tt] = iq3_point_key(t, nb[at[tt][k] >= 0 ? at[tt][k] + 1 : 1]);
@@ -686,7 +685,7 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
             }
             if (tb >= 0) { /* the last trial that improved: its levels and on-grid flags */
                 for (int i = 0; i < 32; i++) L[i] = (code[i / 4][tb] >> (3 * (i % 4))) & 7;
-                for (int k = 0; k < 8; k++) on[k] = !((offgrid[tb] >> k) & 1);
+                for (int k = 0; k < 8; k++) on[k] = !((offq[k] >> tb) & 1);
             }
         }
         int n_off = 0;
