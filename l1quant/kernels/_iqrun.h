@@ -129,23 +129,27 @@ static inline void iqrun_snap(iqrun *r, int t, int t2) {
  * the exact gap d_c - d_j exceeds 2 E(s) for every other c, and j is the unique float minimum: the reference's
  * pick. Each trial is certified on its own, so the argument needs no run structure; runs only share A and B. */
 
-/* The constants of M(s) = P1 s + P2 / s + P3 (E(s) written out; all terms positive) for a part's n values x and
- * distance weights w, each rounded up to float, into p[0..2]; all +inf where iqrun_err_bound is unbounded at the
- * largest trial scale smax (no certificate then). */
-static inline void iqrun_env_consts(const float *x, const float *w, int n, double qmax, double smax, float *p) {
-    double W = 0, C = 0, xs = 0, X1 = 0;
+/* The constants of M(s) = P1 s + P2 / s + P3 (E(s) written out; all terms positive) for a part's n <= 8 values x and
+ * distance weights w, each rounded up, into p[0..2]; all +inf where iqrun_err_bound is unbounded at the largest
+ * trial scale smax (no certificate then). Formed in float: every sum and product here is of nonnegative terms, each
+ * within ~12u relative of the exact (u = 2^-24), which the factor 1 + 2^-18 covers; products that underflow lose at
+ * most 2^-149 each, which the 2^-100 of P3 covers however large 1/s is (below 2^53 here). E(s)'s underflow terms
+ * 3 * 2^-139 (...) are taken as 2^-120 (...), a normal float. */
+static inline void iqrun_env_consts(const float *x, const float *w, int n, float qmax, float smax, float *p) {
+    float W = 0, C = 0, xs = 0, X1 = 0;
     for (int i = 0; i < n; i++) {
+        const float ax = fabsf(x[i]);
         W += w[i];
-        C += (double)w[i] * x[i] * x[i];
-        xs += fabs((double)x[i]);
-        X1 += (double)w[i] * fabs((double)x[i]);
+        C += w[i] * ax * ax;
+        xs += ax;
+        X1 += w[i] * ax;
     }
     p[0] = p[1] = p[2] = INFINITY;
-    if (smax * smax * qmax * qmax * W + C < 1e30) {
-        const double up = 1 + 0x1p-20; /* the conversions to float round up by no more than this */
-        p[0] = (float)(qmax * qmax * W * (0x1p-17 + 0x1p-18) * up);
-        p[1] = (float)((0x1p-17 * C + 0x1p-139 * 3.0 * (n + W * (1.0 + xs) + xs)) * up);
-        p[2] = (float)((0x1p-18 * 2.0 * qmax * X1 + 0x1p-139 * 3.0 * qmax * (W + n) + 0x1p-100) * up);
+    if (smax * smax * (qmax * qmax) * W + C < 1e30f) {
+        const float up = 1 + 0x1p-18f, nf = (float)n;
+        p[0] = qmax * qmax * W * (0x1p-17f + 0x1p-18f) * up;
+        p[1] = (0x1p-17f * C + 0x1p-120f * (nf + W * (1 + xs) + xs)) * up;
+        p[2] = (0x1p-18f * 2 * qmax * X1 + 0x1p-120f * qmax * (W + nf) + 0x1p-100f) * up;
     }
 }
 
