@@ -161,7 +161,8 @@ static inline uint32_t iqrun_ends(const int32_t *code, int nt, int len) {
     int t = 0;
 #if defined(__SSE2__)
     for (; t + 5 <= len && t + 1 < nt; t += 4) {
-        const __m128i a = _mm_loadu_si128((const __m128i *)(code + t)), b = _mm_loadu_si128((const __m128i *)(code + t + 1));
+        const __m128i a = _mm_loadu_si128((const __m128i *)(code + t));
+        const __m128i b = _mm_loadu_si128((const __m128i *)(code + t + 1));
         ends |= (uint32_t)(~_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(a, b))) & 15) << t;
     }
 #endif
