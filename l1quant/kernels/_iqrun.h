@@ -1,14 +1,19 @@
 /*
- * l1quant.kernels._fastq8 (a header of it): one neighbour search for a run of trial scales.
+ * l1quant.kernels._fastq8 (a header of it): the neighbour searches of a run of trial scales, shared by the IQ2
+ * (_iquants2.c) and IQ3 (_iquants3.c) quantizers.
  *
- * ggml's IQ2 quantizers try 13 or 19 scales per group. At each trial an 8-value part is rounded to levels; an
- * off-grid code is replaced by the candidate of its neighbour list with the least
- * d(s) = sum_i w_i * (s*q_i - x_i)^2, computed in float in the reference's order (first strict minimum wins), at
- * the trial's scale s. Neighbouring trials often round a part to the same code (on a normal(0, 0.02) slab with an
- * imatrix, IQ2_S: 10.8 searches per 8-value part over 19 trials, in 1.84 runs of one code), so they search the same
- * list at scales a few percent apart, and almost always pick the same candidate.
+ * ggml's IQ2 and IQ3 quantizers try 13 to 31 scales per group. At each trial a part (8 values for IQ2, a 4-value
+ * quad for IQ3) is rounded to levels; an off-grid code is replaced by the candidate of its neighbour list with the
+ * least d(s) = sum_i w_i * (s*q_i - x_i)^2, computed in float in the reference's order (first strict minimum wins),
+ * at the trial's scale s. Neighbouring trials often round a part to the same code (on a normal(0, 0.02) slab with
+ * an imatrix, IQ2_S: 10.8 searches per 8-value part over 19 trials, in 1.84 runs of one code; IQ3_S: 13.5 per quad
+ * in 2.4 runs), so they search the same list at scales a few percent apart.
  *
- * This header proves that, and leaves every other case to the per-trial search:
+ * Two ways to give the reference's picks without its per-trial float search, both proved below:
+ *  - iqrun_env_picks (used on the AVX2 / AVX-512 paths for lists up to 64, runs of 2 trials or more): each
+ *    candidate's scale-free sums A, B formed once per run, every trial's pick certified from them, the float search
+ *    only where a pick is not certified (near-ties);
+ *  - iqrun_snap (the other IQ2 runs): float searches at the run's ends, certified in between, else bisection.
  *
  *   In exact arithmetic, d_j(s) - d_k(s) = s * (s*(A_j - A_k) - 2*(B_j - B_k)) with A = sum w q^2, B = sum w q x.
  *   Let E(s) bound |fl(d_j(s)) - d_j(s)| for every candidate (iqrun_err_bound below). Run the float search at the run's
@@ -25,12 +30,12 @@
  *   <= 28u * (s^2 qmax^2 W + C), W = sum w, C = sum w x^2. kappa = 2^-18 = 64u leaves more than 2x spare.
  *   Products that fall below float's normal range lose up to 2^-150 each, independently of their size; the second
  *   term covers them (each term's three products, amplified by at most 1 + (w + 1)(s qmax + |x|)). Runs where any
- *   distance could approach FLT_MAX are not certified. (x is a magnitude except for one value of an IQ2_XXS or
- *   IQ2_XS part with an odd number of negatives, which the format's sign parity negates: hence |x| throughout.)
+ *   distance could approach FLT_MAX are not certified. (x is a magnitude except for one value of an IQ2_XXS,
+ *   IQ2_XS or IQ3_XXS part with an odd number of negatives, which the format's sign parity negates: hence |x|.)
  *
- * IQ3's trial searches were tried this way too: half the searches (IQ3_S: 13.5 -> ~7 per 4-value quad), but slower,
- * ~7% when its candidate table was 1 KiB of floats per key and 22% with its 2-byte keys and reduction picks (a
- * pick of a short list costs less than this bookkeeping), so _iquants3.c keeps its per-trial loop.
+ * History: the run searches of iqrun_snap were tried for IQ3 first and were slower (a pick of a short list costs
+ * less than their bookkeeping); the scale-free certificate (with the trials kept as keys) made its kernel ~1.5x
+ * faster.
  *
  * The double arithmetic that evaluates E is far finer than the float it bounds (its relative error ~1e-16 against
  * kappa's 4e-6).

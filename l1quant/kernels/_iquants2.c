@@ -619,8 +619,9 @@ static int iq2_run_search(iqrun *r, int t, float *best, float *second) {
 }
 
 /* The off-grid parts of every trial replaced by their nearest listed neighbour at the trial's scale, as the
- * reference's per-trial search picks it (the rounded levels stay when no distance is below FLT_MAX); a run of
- * trials rounding a part to the same code goes through iqrun_snap. */
+ * reference's per-trial search picks it (the rounded levels stay when no distance is below FLT_MAX). A run of
+ * trials rounding a part to the same code is certified from its candidates' scale-free sums (iqrun_env_picks, on
+ * the AVX2 / AVX-512 paths), a run of one trial takes the float search, and the rest go through iqrun_snap. */
 static void trial_snap(const grid_t *g, const float *xval, const float *waux, int nparts, const float *scales,
                        const float *ids, int nt,
                        const int32_t (*code3)[NT_MAX], int32_t (*code2)[NT_MAX]) {
