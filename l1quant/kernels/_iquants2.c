@@ -287,6 +287,8 @@ __attribute__((target("avx2"))) static int list_min2_256(const uint16_t *restric
     return j;
 }
 
+#ifdef IQRUN_HAVE_ENV
+#define IQ2_ENV 1 /* runs certified from scale-free sums (iqrun_env_picks) */
 /* The scale-free sums of the candidates at nc[pos .. pos + n) (AVX2) for iqrun_env_picks: av[c] = A_c =
  * sum_i fl(w_i q_i^2) and b2v[c] = 2 B_c = 2 sum_i fl(fl(w_i x_i) q_i) (q = 2l + 1 <= 5), each in order i = 0..7;
  * a coordinate's two terms by one vpermps each from tables holding its three values at lanes l and l + 4. Reads
@@ -312,6 +314,7 @@ __attribute__((target("avx2"))) static void iq2_env_sums(const uint16_t *restric
         _mm256_storeu_ps(b2v + c0, _mm256_add_ps(b, b));
     }
 }
+#endif
 #endif
 
 /* The reference's pick among the n candidates whose codes sit at nc[pos .. pos + n) (the first j, in list order,
@@ -628,8 +631,12 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
     for (int k = 0; k < nparts; k++) {
         iq2_run p = {{iq2_run_search, iq2_run_put, scales, xval + 8 * k, waux + 8 * k, 8, 5.0, -1, 0, 0},
                      g, 0, 0, code2[k]};
+#ifdef IQ2_ENV
         float pc[3];  /* iqrun_env_picks' margin constants for the part, formed when first needed */
         int have_pc = 0;
+#else
+        (void)ids;
+#endif
         const uint32_t ends = iqrun_ends(code3[k], nt, NT_MAX);
         for (int t = 0; t < nt;) {
             const int32_t code = code3[k][t];
@@ -638,7 +645,7 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
             if (gi < 0) {
                 p.pos = -(int64_t)gi;  /* the list's count sits at -gi - 1 */
                 p.n = g->nc[p.pos - 1];
-#if defined(IQ2_HAVE_512) && defined(IQRUN_HAVE_ENV)
+#ifdef IQ2_ENV
                 if (t2 == t) { /* one trial: its float search costs less than the sums (IQ2_S 3.5 %) */
                     float best, second;
                     iq2_run_search(&p.r, t, &best, &second);
