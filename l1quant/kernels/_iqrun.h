@@ -25,11 +25,12 @@
  *   reference's scan returns.
  *
  *   E(s): ggml forms diff = s*q - x and adds w*diff*diff over n <= 8 coordinates, each operation rounded to float
- *   (u = 2^-24). |diff| <= s*q + |x|, the two roundings in diff add at most 2u (s*q + |x|), the products and the
- *   sequential sum at most (2 + 7)u of each term (with higher-order terms): in all < 14u * sum w (s*q + |x|)^2
- *   <= 28u * (s^2 qmax^2 W + C), W = sum w, C = sum w x^2. kappa = 2^-18 = 64u leaves more than 2x spare.
- *   Products that fall below float's normal range lose up to 2^-150 each, independently of their size; the second
- *   term covers them (each term's three products, amplified by at most 1 + (w + 1)(s qmax + |x|)). Runs where any
+ *   (u = 2^-24). |diff| <= s*q + |x|, the two roundings in diff add at most 2u (s*q + |x|), which the square
+ *   doubles, the products and the sequential sum at most (2 + 7)u of each term (with higher-order terms): in all
+ *   < 14u * sum w (s*q + |x|)^2 <= 28u * (s^2 qmax^2 W + C), W = sum w, C = sum w x^2. kappa = 2^-18 = 64u leaves
+ *   more than 2x spare. Products that fall below float's normal range lose up to 2^-150 each, independently of
+ *   their size; the second term covers them (each term's three products, amplified by at most
+ *   1 + (2w + 1)(s qmax + |x|), inside its factor 3 * 2^10). Runs where any
  *   distance could approach FLT_MAX are not certified. (x is a magnitude except for one value of an IQ2_XXS,
  *   IQ2_XS or IQ3_XXS part with an odd number of negatives, which the format's sign parity negates: hence |x|.)
  *
@@ -128,7 +129,7 @@ static inline void iqrun_snap(iqrun *r, int t, int t2) {
  * per run; a float search forms the terms and n sums per candidate at every trial). The caller forms A as the
  * in-order sum of fl(w q^2) and B of fl(fl(w x) q) over its n <= 8 coordinates; here f = fl(fl(s A) - 2B). That f
  * is within (n + 3)u (s A_c + 2|B|_c) <= 11u (qmax^2 s W + 2 qmax X1) of the exact one (W = sum w, X1 = sum w |x|,
- * u = 2^-24), and products that underflow add at most ~2^-145 in all. The reference's float distance lies within
+ * u = 2^-24), and products that underflow add at most ~2^-143 in all. The reference's float distance lies within
  * E(s) of d_c (iqrun_err_bound). So where the least f leads every other by more than
  *     M(s) = 2 E(s) / s + 2^-18 (qmax^2 s W + 2 qmax X1) + 2^-100,
  * the exact gap d_c - d_j exceeds 2 E(s) for every other c, and j is the unique float minimum: the reference's
@@ -137,9 +138,11 @@ static inline void iqrun_snap(iqrun *r, int t, int t2) {
 /* The constants of M(s) = P1 s + P2 / s + P3 (E(s) written out; all terms positive) for a part's n <= 8 values x and
  * distance weights w, each rounded up, into p[0..2]; all +inf where iqrun_err_bound is unbounded at the largest
  * trial scale smax (no certificate then). Formed in float: every sum and product here is of nonnegative terms, each
- * within ~12u relative of the exact (u = 2^-24), which the factor 1 + 2^-18 covers; products that underflow lose at
- * most 2^-149 each, which the 2^-100 of P3 covers however large 1/s is (below 2^53 here). E(s)'s underflow terms
- * 3 * 2^-139 (...) are taken as 2^-120 (...), a normal float. */
+ * within ~12u relative of the exact (u = 2^-24), which the factor 1 + 2^-18 covers, and products that underflow
+ * lose at most 2^-149 each, which the floors cover: P2 >= 2^-120 n and P3 >= 2^-100 are normal floats far above
+ * those losses (C's, divided by s, stay below P2's floor; X1's below 2^-100), and P1 gets 2^-126 added, so that a
+ * tiny W (a subnormal P1 rounds with an absolute error up to 2^-150, which s multiplies) still leaves it an upper
+ * bound. E(s)'s underflow terms 3 * 2^-139 (...) are taken as 2^-120 (...), a normal float. */
 static inline void iqrun_env_consts(const float *x, const float *w, int n, float qmax, float smax, float *p) {
     float W = 0, C = 0, xs = 0, X1 = 0;
     for (int i = 0; i < n; i++) {
@@ -152,7 +155,7 @@ static inline void iqrun_env_consts(const float *x, const float *w, int n, float
     p[0] = p[1] = p[2] = INFINITY;
     if (smax * smax * (qmax * qmax) * W + C < 1e30f) {
         const float up = 1 + 0x1p-18f, nf = (float)n;
-        p[0] = qmax * qmax * W * (0x1p-17f + 0x1p-18f) * up;
+        p[0] = qmax * qmax * W * (0x1p-17f + 0x1p-18f) * up + 0x1p-126f;
         p[1] = (0x1p-17f * C + 0x1p-120f * (nf + W * (1 + xs) + xs)) * up;
         p[2] = (0x1p-18f * 2 * qmax * X1 + 0x1p-120f * qmax * (W + nf) + 0x1p-100f) * up;
     }
@@ -226,7 +229,7 @@ static inline int iqrun_ctz(uint32_t v) {
  * candidates' codes in list order) goes to out[tt]; the other trials' bits are returned (bit tt), for the caller
  * to run the reference's float search there (near-ties, distances near FLT_MAX, unusable scales). M'(s) =
  * fl(P1 s + P2 id + P3) (1 + 2^-16) with p = iqrun_env_consts and id = ids[tt] (the reference's 1/s before its
- * fl(1/id)): the roundings of M' (each < 2^-24 relative, the two reciprocals included) and of the comparison's
+ * fl(1/id)): the roundings of M' (a few 2^-24 relative each, a subnormal s's reciprocal included) and of the comparison's
  * subtraction are far inside that factor; M' counts as +inf unless s and id are positive and finite. scales and
  * ids hold whole 8-lane vectors from t on, codes whole vectors of 8 past n. t2 < 32. Two builds below, by how
  * the codes are stored. */

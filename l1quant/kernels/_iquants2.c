@@ -871,9 +871,10 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
 /* ------------------------------------------------------------------------------------------------------------ */
 /* IQ1: the nearest grid point among a code's neighbours, the point's levels valued through xg (the three shifted
  * levels) times scale (iq1_find_best_neighbour2). ggml then tries the whole grid when no neighbour's distance is
- * below FLT_MAX, reading its values with the grid index (out of the group's bounds); that happens only for
- * non-finite distances, which the inputs this project passes do not produce: the whole-grid pass here reads the
- * group's own values. */
+ * below FLT_MAX, reading the value at the grid index (xval[i], i up to 2047: the input that follows the part,
+ * past the row and the tensor's buffer), so its bytes there depend on memory beyond the group. That happens when
+ * every distance overflows: finite inputs can do it (|x| of 1e3..1e10 with importance weights near 1e30, found by
+ * fuzzing), and there l1quant cannot give ggml's bytes; the whole-grid pass here reads the part's own values. */
 static int iq1_nearest(const grid_t *g, int64_t off, const float *xval, const float *w, float scale, const float *xg,
                        int8_t *L) {
     const int j = list_argmin(g, off + 1, g->nc[off], xval, w, scale, 1.0f, xg[0]);
