@@ -416,6 +416,7 @@ static inline float sum_sq(const float *x, int n) {
     return s;
 }
 
+
 /* ------------------------------------------------------------------------------------------------------------ */
 /* The map entry of 8 levels in 0..2 (every search input is: levels are clamped to kMaxQ - 1 = 2, IQ1 has three),
  * through the base-3 map: 26 KiB that stay in L1, where the 2-bit-code map's 171 KiB missed on every lookup. Levels
@@ -716,14 +717,14 @@ static float trial_best(const grid_t *g, const float *xval, const float *waux, c
 }
 
 /* IQ2_XXS: one super-block (quantize_row_iq2_xxs_impl). y: 66 bytes. */
-static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
+static void iq2_xxs_block(const grid_t *g, const float *xbl, float ssq, const float *qwb, uint8_t *y) {
     float scales[8], weight[32], waux[32], xval[32];
     int8_t L[32];
     uint8_t signs[4];
     uint32_t q2[16];
     memset(q2, 0, sizeof q2);
     float max_scale = 0;
-    const float sigma2 = sum_sq(xbl, QK) / QK;
+    const float sigma2 = ssq / QK;
     for (int ib = 0; ib < 8; ib++) {
         const float *xb = xbl + 32 * ib;
         const float *qw = qwb + 32 * ib;
@@ -784,7 +785,8 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, const float *qwb, u
 /* IQ2_XS (quantize_row_iq2_xs_impl) and IQ2_S (quantize_row_iq2_s_impl): 16-value groups, 19 trial scales, only
  * off-grid halves re-searched at the end. They differ in the weights, the signs (IQ2_S stores all 8), the group
  * threshold, the scale's fudge factor and the layout. */
-static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const float *qwb, uint8_t *y) {
+static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, float ssq, const float *qwb,
+                           uint8_t *y) {
     float scales[16], weight[16], waux[16], xval[16];
     int8_t L[16];
     int on_grid[2];
@@ -792,7 +794,7 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, const fl
     uint16_t gidx[32];
     uint8_t sgn[32];
     float max_scale = 0;
-    const float sigma2 = is_s ? 2 * sum_sq(xbl, QK) / QK : sum_sq(xbl, QK) / QK;
+    const float sigma2 = is_s ? 2 * ssq / QK : ssq / QK;
     memset(gidx, 0, sizeof gidx);
     memset(sgn, 0, sizeof sgn);
     for (int ib = 0; ib < 16; ib++) {
@@ -955,14 +957,14 @@ IQ_HOT static int split_sums_s(const float *restrict sumx, const float *restrict
 }
 
 /* IQ1_S super-block (quantize_row_iq1_s_impl): 8 groups of 32, one shift sign each. y: 50 bytes. */
-static void iq1_s_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
+static void iq1_s_block(const grid_t *g, const float *xbl, float ssq, const float *qwb, uint8_t *y) {
     float scales[8], weight[32], sumx[33], sumw[33];
     int8_t L[32], shifts[8];
     int idx[32];
     uint16_t index[4];
     memset(y, 0, 50);
     float max_scale = 0;
-    const float sigma2 = 2 * sum_sq(xbl, QK) / QK;
+    const float sigma2 = 2 * ssq / QK;
     for (int ib = 0; ib < 8; ib++) {
         const float *xb = xbl + 32 * ib;
         const float *qw = qwb + 32 * ib;
@@ -1079,7 +1081,7 @@ IQ_HOT static int split_sums_m(const float (*restrict px)[17], const float (*res
 
 /* IQ1_M super-block (quantize_row_iq1_m_impl): 16 groups of 16, a shift sign per 8-value half. y: 56 bytes:
  * qs[32], qh[16], scales[8] (4 little-endian uint16 holding the 3-bit group scales and the f16 scale's nibbles). */
-static void iq1_m_block(const grid_t *g, const float *xbl, const float *qwb, uint8_t *y) {
+static void iq1_m_block(const grid_t *g, const float *xbl, float ssq, const float *qwb, uint8_t *y) {
     static const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
     float scales[16], weight[16];
     int8_t L[16], shifts[16];
@@ -1089,7 +1091,7 @@ static void iq1_m_block(const grid_t *g, const float *xbl, const float *qwb, uin
     uint16_t sc[4] = {0, 0, 0, 0};
     memset(y, 0, 56);
     float max_scale = 0;
-    const float sigma2 = 2 * sum_sq(xbl, QK) / QK;
+    const float sigma2 = 2 * ssq / QK;
     for (int ib = 0; ib < 16; ib++) {
         const float *xb = xbl + 16 * ib;
         if (qwb) {
@@ -1225,13 +1227,14 @@ static void poison(int type, uint8_t *y) {
     }
 }
 
-static void quant_block(int type, const grid_t *g, const float *x, const float *qw, uint8_t *y) {
+/* one super-block; ssq: sum_sq of its 256 values */
+static void quant_block(int type, const grid_t *g, const float *x, float ssq, const float *qw, uint8_t *y) {
     switch (type) {
-    case GT_IQ2_XXS: iq2_xxs_block(g, x, qw, y); break;
-    case GT_IQ2_XS: iq2_xs_s_block(g, 0, x, qw, y); break;
-    case GT_IQ2_S: iq2_xs_s_block(g, 1, x, qw, y); break;
-    case GT_IQ1_S: iq1_s_block(g, x, qw, y); break;
-    default: iq1_m_block(g, x, qw, y); break;
+    case GT_IQ2_XXS: iq2_xxs_block(g, x, ssq, qw, y); break;
+    case GT_IQ2_XS: iq2_xs_s_block(g, 0, x, ssq, qw, y); break;
+    case GT_IQ2_S: iq2_xs_s_block(g, 1, x, ssq, qw, y); break;
+    case GT_IQ1_S: iq1_s_block(g, x, ssq, qw, y); break;
+    default: iq1_m_block(g, x, ssq, qw, y); break;
     }
 }
 
@@ -1307,32 +1310,39 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
     const int64_t nb_row = ncols / QK;
     int64_t first = -1;
     Py_BEGIN_ALLOW_THREADS
-    float buf[QK];
+    float buf[4 * QK], ssq[4];
     for (int64_t r = 0; r < rows; r++) {
-        for (int64_t b = 0; b < nb_row; b++) {
-            const uint8_t *p = src + ((size_t)r * (size_t)ncols + (size_t)b * QK) * esz;
-            const float *xb;
+        for (int64_t b0 = 0; b0 < nb_row; b0 += 4) {
+            /* four super-blocks at a time, so that their sums of squares advance together (iqrun_sum_sq4) */
+            const int nb = nb_row - b0 < 4 ? (int)(nb_row - b0) : 4;
+            const uint8_t *p = src + ((size_t)r * (size_t)ncols + (size_t)b0 * QK) * esz;
+            const float *xs;
             if (kind == SRC_F32) {
-                xb = (const float *)p;
+                xs = (const float *)p;
             } else {
                 const uint16_t *h = (const uint16_t *)p;
-                for (int i = 0; i < QK; i++)
+                for (int i = 0; i < nb * QK; i++)
                     buf[i] = kind == SRC_BF16 ? bits_to_f32((uint32_t)h[i] << 16) : bits_to_f32(f16_to_f32_bits(h[i]));
-                xb = buf;
+                xs = buf;
             }
-            uint8_t *y = dst + r * stride + b * bytes;
-            int bad = -1;
-            for (int i = 0; i < QK; i++)
-                if ((f32_to_bits(xb[i]) & 0x7F800000u) == 0x7F800000u) {
-                    bad = i;
-                    break;
+            iqrun_sum_sq4(xs, nb, ssq);
+            for (int j = 0; j < nb; j++) {
+                const int64_t b = b0 + j;
+                const float *xb = xs + j * QK;
+                uint8_t *y = dst + r * stride + b * bytes;
+                int bad = -1;
+                for (int i = 0; i < QK; i++)
+                    if ((f32_to_bits(xb[i]) & 0x7F800000u) == 0x7F800000u) {
+                        bad = i;
+                        break;
+                    }
+                if (bad >= 0) {
+                    if (first < 0) first = r * ncols + b * QK + bad;
+                    poison(type, y);
+                    continue;
                 }
-            if (bad >= 0) {
-                if (first < 0) first = r * ncols + b * QK + bad;
-                poison(type, y);
-                continue;
+                quant_block(type, &g, xb, ssq[j], qw ? qw + b * QK : NULL, y);
             }
-            quant_block(type, &g, xb, qw ? qw + b * QK : NULL, y);
         }
     }
     Py_END_ALLOW_THREADS

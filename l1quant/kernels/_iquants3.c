@@ -557,7 +557,7 @@ static inline int32_t iq3_point_key(const iq3_tabs *t, int gi) {
 }
 
 /* one 256-value super-block */
-static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *qw, uint8_t *y) {
+static void iq3_block(int xxs, const iq3_tabs *t, const float *x, float sumx2, const float *qw, uint8_t *y) {
     const int ntry = xxs ? 15 : 9;
     const int size = xxs ? 98 : 110;
     float scales[8], w[32], wa[32], xval[32];
@@ -567,9 +567,7 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, const float *q
     memset(y, 0, (size_t)size);
     memset(sas, 0, sizeof sas);
     uint8_t *qs = y + 2, *qh = y + 66, *sg = y + 74;
-    float sumx2 = 0.0f;
-    for (int i = 0; i < 256; i++) sumx2 += x[i] * x[i];
-    const float sigma2 = 2 * sumx2 / 256;
+    const float sigma2 = 2 * sumx2 / 256; /* sumx2: the block's sequential sum of x^2 (iqrun_sum_sq4) */
     float max_scale = 0.0f;
     for (int ib = 0; ib < 8; ib++) {
         const float *xb = x + 32 * ib;
@@ -849,6 +847,7 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
     const size_t src_row = (size_t)ncols * (kind == IS_F32 ? 4u : 2u);
     const int64_t nb = ncols / qk;
     int64_t first = -1;
+    float ssq[4] = {0, 0, 0, 0}; /* IQ3: the next four super-blocks' sums of squares */
     Py_BEGIN_ALLOW_THREADS
     for (int64_t r = 0; r < rows; r++) {
         const void *row = src + (size_t)r * src_row;
@@ -860,6 +859,8 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
         for (int64_t b = 0; b < nb; b++) {
             const float *xb = buf + b * qk;
             uint8_t *yb = y + b * bytes;
+            if ((type == IT_IQ3_XXS || type == IT_IQ3_S) && b % 4 == 0)
+                iqrun_sum_sq4(xb, nb - b < 4 ? (int)(nb - b) : 4, ssq);
             const int i = bad_at(xb, qk);
             if (i >= 0) {
                 if (first < 0) first = r * ncols + b * qk + i;
@@ -872,8 +873,8 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
             switch (type) {
             case IT_IQ4_NL: iq4_nl_block(sums, kv, xb, wb, yb); break;
             case IT_IQ4_XS: iq4_xs_block(sums, kv, xb, wb, yb); break;
-            case IT_IQ3_XXS: iq3_block(1, &t, xb, wb, yb); break;
-            default: iq3_block(0, &t, xb, wb, yb); break;
+            case IT_IQ3_XXS: iq3_block(1, &t, xb, ssq[b % 4], wb, yb); break;
+            default: iq3_block(0, &t, xb, ssq[b % 4], wb, yb); break;
             }
         }
     }
