@@ -291,6 +291,34 @@ static inline int iqrun_ctz(uint32_t v) {
         }                                                                                                          \
         return miss;                                                                                               \
     }
+/* The scale-free sums of n candidates (their codes at codes[0 .. n), levels in bits-wide fields, dim <= 8
+ * coordinates) for iqrun_env_picks: av[c] = A_c = sum_i fl(w_i q_i^2) and b2v[c] = 2 B_c = 2 sum_i fl(fl(w_i x_i) q_i),
+ * each in order i = 0..dim-1, q = q1[level] (q1: 8 lanes, a vpermps index's low 3 bits; IQ2 holds its three values
+ * at lanes l and l + 4, IQ3 its eight). A coordinate's two terms come from one vpermps each. Reads whole vectors
+ * of 8 codes past n (the caller checks they lie inside its table). */
+__attribute__((target("avx2"), unused)) static void iqrun_env_sums(const uint16_t *restrict codes, int n,
+                                                                   const float *restrict x, const float *restrict w,
+                                                                   int dim, int bits, const float *restrict q1,
+                                                                   float *restrict av, float *restrict b2v) {
+    const __m256 qv = _mm256_loadu_ps(q1), q2 = _mm256_mul_ps(qv, qv);
+    __m256 ta[8], tb[8];
+    for (int i = 0; i < dim; i++) {
+        ta[i] = _mm256_mul_ps(_mm256_set1_ps(w[i]), q2);
+        tb[i] = _mm256_mul_ps(_mm256_set1_ps(w[i] * x[i]), qv);
+    }
+    for (int c0 = 0; c0 < n; c0 += 8) {
+        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(codes + c0)));
+        __m256 a = _mm256_permutevar8x32_ps(ta[0], c), b = _mm256_permutevar8x32_ps(tb[0], c);
+        for (int i = 1; i < dim; i++) {
+            const __m256i ci = _mm256_srli_epi32(c, bits * i);
+            a = _mm256_add_ps(a, _mm256_permutevar8x32_ps(ta[i], ci));
+            b = _mm256_add_ps(b, _mm256_permutevar8x32_ps(tb[i], ci));
+        }
+        _mm256_storeu_ps(av + c0, a);
+        _mm256_storeu_ps(b2v + c0, _mm256_add_ps(b, b));
+    }
+}
+
 /* the certified lanes' codes stored under a mask: vpmaskmovd (AVX2), or AVX-512VL's masked store, one micro-op on
  * AMD where vpmaskmovd's store is slow (IQ2_S 8 % faster with it on Zen 4) */
 #define IQRUN_ENV_PICKS_ARGS                                                                                       \

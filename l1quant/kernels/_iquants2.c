@@ -289,31 +289,6 @@ __attribute__((target("avx2"))) static int list_min2_256(const uint16_t *restric
 
 #ifdef IQRUN_HAVE_ENV
 #define IQ2_ENV 1 /* runs certified from scale-free sums (iqrun_env_picks) */
-/* The scale-free sums of the candidates at nc[pos .. pos + n) (AVX2) for iqrun_env_picks: av[c] = A_c =
- * sum_i fl(w_i q_i^2) and b2v[c] = 2 B_c = 2 sum_i fl(fl(w_i x_i) q_i) (q = 2l + 1 <= 5), each in order i = 0..7;
- * a coordinate's two terms by one vpermps each from tables holding its three values at lanes l and l + 4. Reads
- * whole vectors of 8 codes (the caller checks they lie inside the table). */
-__attribute__((target("avx2"))) static void iq2_env_sums(const uint16_t *restrict nc, int64_t pos, int n,
-                                                         const float *restrict x, const float *restrict w,
-                                                         float *restrict av, float *restrict b2v) {
-    const __m256 q2 = _mm256_setr_ps(1, 9, 25, 0, 1, 9, 25, 0), q1 = _mm256_setr_ps(1, 3, 5, 0, 1, 3, 5, 0);
-    __m256 ta[8], tb[8];
-    for (int i = 0; i < 8; i++) {
-        ta[i] = _mm256_mul_ps(_mm256_set1_ps(w[i]), q2);
-        tb[i] = _mm256_mul_ps(_mm256_set1_ps(w[i] * x[i]), q1);
-    }
-    for (int c0 = 0; c0 < n; c0 += 8) {
-        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(nc + pos + c0)));
-        __m256 a = _mm256_permutevar8x32_ps(ta[0], c), b = _mm256_permutevar8x32_ps(tb[0], c);
-        for (int i = 1; i < 8; i++) {
-            const __m256i ci = _mm256_srli_epi32(c, 2 * i);
-            a = _mm256_add_ps(a, _mm256_permutevar8x32_ps(ta[i], ci));
-            b = _mm256_add_ps(b, _mm256_permutevar8x32_ps(tb[i], ci));
-        }
-        _mm256_storeu_ps(av + c0, a);
-        _mm256_storeu_ps(b2v + c0, _mm256_add_ps(b, b));
-    }
-}
 #endif
 #endif
 
@@ -656,7 +631,8 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
                         have_pc = 1;
                     }
                     float av[IQ2_ENV_MAX], b2v[IQ2_ENV_MAX];
-                    iq2_env_sums(g->nc, p.pos, p.n, xval + 8 * k, waux + 8 * k, av, b2v);
+                    static const float q1[8] = {1, 3, 5, 0, 1, 3, 5, 0}; /* a level at lanes l and l + 4 */
+                    iqrun_env_sums(g->nc + p.pos, p.n, xval + 8 * k, waux + 8 * k, 8, 2, q1, av, b2v);
                     uint32_t miss = (g->vl ? iqrun_env_picks_avx512 : iqrun_env_picks_avx2)(
                         av, b2v, g->nc + p.pos, p.n, scales, ids, pc, t, t2, code2[k]);
                     for (; miss; miss &= miss - 1) {

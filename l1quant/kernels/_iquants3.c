@@ -260,7 +260,7 @@ struct iq3_tabs_s {
                                  * (iq3_grids.lane_codes) */
     int width;                  /* a multiple of 16, at most IQ3_MAX_WIDTH */
     iq3_pick_fn pick;           /* NULL: the portable per-candidate loop */
-    int env;                    /* the trial searches certified from scale-free sums (iq3_env_sums), on the lane
+    int env;                    /* the trial searches certified from scale-free sums (iqrun_env_sums), on the lane
                                  * paths: 1 AVX2, 2 AVX-512 with VL (iqrun_env_picks_avx512) */
 };
 enum { IQ3_MAX_WIDTH = 64 };
@@ -412,33 +412,6 @@ __attribute__((target("avx512f"))) static int iq3_pick_avx512(const iq3_tabs *t,
     return __builtin_ctz(eq);
 }
 
-#ifdef IQRUN_HAVE_ENV
-/* The scale-free sums of an off-grid key's n candidates for iqrun_env_picks (_iqrun.h): av[c] = A_c =
- * sum_i fl(wa_i q_i^2), b2v[c] = 2 B_c = 2 sum_i fl(fl(wa_i x_i) q_i) (q = 2l + 1 <= 15), each in order i = 0..3; a
- * coordinate's two terms by one vpermps each from its 8 levels' values. Reads whole 8-code vectors of the key's row
- * (rows are 16-code multiples wide). */
-__attribute__((target("avx2"))) static void iq3_env_sums(const iq3_tabs *t, int key, int n, const float *xv,
-                                                         const float *wa, float *av, float *b2v) {
-    const __m256 q1 = _mm256_setr_ps(1, 3, 5, 7, 9, 11, 13, 15), q2 = _mm256_mul_ps(q1, q1);
-    __m256 ta[4], tb[4];
-    for (int i = 0; i < 4; i++) {
-        ta[i] = _mm256_mul_ps(_mm256_set1_ps(wa[i]), q2);
-        tb[i] = _mm256_mul_ps(_mm256_set1_ps(wa[i] * xv[i]), q1);
-    }
-    const uint16_t *code = t->lane_code + (size_t)key * t->width;
-    for (int c0 = 0; c0 < n; c0 += 8) {
-        const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(code + c0)));
-        __m256 a = _mm256_permutevar8x32_ps(ta[0], c), b = _mm256_permutevar8x32_ps(tb[0], c);
-        for (int i = 1; i < 4; i++) {
-            const __m256i ci = _mm256_srli_epi32(c, 3 * i);
-            a = _mm256_add_ps(a, _mm256_permutevar8x32_ps(ta[i], ci));
-            b = _mm256_add_ps(b, _mm256_permutevar8x32_ps(tb[i], ci));
-        }
-        _mm256_storeu_ps(av + c0, a);
-        _mm256_storeu_ps(b2v + c0, _mm256_add_ps(b, b));
-    }
-}
-#endif
 #endif
 
 /* best listed neighbour of an off-grid key: least sum w*(scale*q - x)^2 (w = sqrt of the value weights), first
@@ -641,8 +614,9 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, float sumx2, c
                                 have_pc = 1;
                             }
                             float av[IQ3_MAX_WIDTH], b2v[IQ3_MAX_WIDTH];
-                            iq3_env_sums(t, kk, n, xval + 4 * k, wa + 4 * k, av, b2v);
-                            const uint16_t *row = t->lane_code + (size_t)kk * t->width;
+                            static const float q1[8] = {1, 3, 5, 7, 9, 11, 13, 15};
+                            const uint16_t *row = t->lane_code + (size_t)kk * t->width; /* 16-code multiples */
+                            iqrun_env_sums(row, n, xval + 4 * k, wa + 4 * k, 4, 3, q1, av, b2v);
                             uint32_t miss = (t->env == 2 ? iqrun_env_picks_avx512 : iqrun_env_picks_avx2)(
                                 av, b2v, row, n, tsc, ids, pc, t1, t2, code[k]);
                             for (; miss; miss &= miss - 1) {
