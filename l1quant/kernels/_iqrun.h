@@ -244,8 +244,8 @@ static inline int iqrun_ctz(uint32_t v) {
  * candidates' codes in list order) goes to out[tt]; the other trials' bits are returned (bit tt), for the caller
  * to run the reference's float search there (near-ties, distances near FLT_MAX, unusable scales). M'(s) =
  * fl(P1 s + P2 id + P3) (1 + 2^-16) with p = iqrun_env_consts and id = ids[tt] (the reference's 1/s before its
- * fl(1/id)): the roundings of M' (a few 2^-24 relative each, a subnormal s's reciprocal included) and of the comparison's
- * subtraction are far inside that factor; M' counts as +inf unless s and id are positive and finite. scales and
+ * fl(1/id)): the roundings of M' (a few 2^-24 relative each, a subnormal s's reciprocal included) and of the
+ * comparison's subtraction are far inside that factor; M' counts as +inf unless s and id are positive and finite. scales and
  * ids hold whole 8-lane vectors from t on, codes whole vectors of 8 past n. t2 < 32. Two builds below, by how
  * the codes are stored. */
 #define IQRUN_ENV_PICKS_BODY(STORE)                                                                              \
