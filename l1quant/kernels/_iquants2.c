@@ -385,13 +385,6 @@ static inline float fmaxr(float a, float b) { return a > b ? a : b; } /* MAX(a, 
 static inline uint16_t f16b(float f) { return f32_to_f16_bits(f32_to_bits(f)); }
 static inline void put16(uint8_t *p, uint16_t h) { p[0] = (uint8_t)h; p[1] = (uint8_t)(h >> 8); }
 
-static inline float sum_sq(const float *x, int n) {
-    float s = 0;
-    for (int i = 0; i < n; i++) s += x[i] * x[i];
-    return s;
-}
-
-
 /* ------------------------------------------------------------------------------------------------------------ */
 /* The map entry of 8 levels in 0..2 (every search input is: levels are clamped to kMaxQ - 1 = 2, IQ1 has three),
  * through the base-3 map: 26 KiB that stay in L1, where the 2-bit-code map's 171 KiB missed on every lookup. Levels
@@ -600,7 +593,7 @@ static int iq2_run_search(iqrun *r, int t, float *best, float *second) {
 /* The off-grid parts of every trial replaced by their nearest listed neighbour at the trial's scale, as the
  * reference's per-trial search picks it (the rounded levels stay when no distance is below FLT_MAX). A run of
  * trials rounding a part to the same code is certified from its candidates' scale-free sums (iqrun_env_picks, on
- * the AVX2 / AVX-512 paths), a run of one trial takes the float search, and the rest go through iqrun_snap. */
+ * the AVX2 / AVX-512 paths); runs of one trial and the rest go through iqrun_snap. */
 static void trial_snap(const grid_t *g, const float *xval, const float *waux, int nparts, const float *scales,
                        const float *ids, int nt,
                        const int32_t (*code3)[NT_MAX], int32_t (*code2)[NT_MAX]) {
@@ -622,10 +615,8 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
                 p.pos = -(int64_t)gi;  /* the list's count sits at -gi - 1 */
                 p.n = g->nc[p.pos - 1];
 #ifdef IQ2_ENV
-                if (t2 == t) { /* one trial: its float search costs less than the sums (IQ2_S 3.5 %) */
-                    float best, second;
-                    iq2_run_search(&p.r, t, &best, &second);
-                } else if (g->vec && p.n <= IQ2_ENV_MAX && p.pos + ((p.n + 7) & ~7) <= g->nbsize) {
+                /* a run of one trial takes its float search, cheaper than forming the sums (IQ2_S 3.5 %) */
+                if (t2 > t && g->vec && p.n <= IQ2_ENV_MAX && p.pos + ((p.n + 7) & ~7) <= g->nbsize) {
                     if (!have_pc) {
                         iqrun_env_consts(xval + 8 * k, waux + 8 * k, 8, 5.0, scales[0], pc);
                         have_pc = 1;

@@ -411,7 +411,6 @@ __attribute__((target("avx512f"))) static int iq3_pick_avx512(const iq3_tabs *t,
                         (unsigned)(ok[1] & _mm512_cmpeq_ps_mask(d[1], bv)) << 16;
     return __builtin_ctz(eq);
 }
-
 #endif
 
 /* best listed neighbour of an off-grid key: least sum w*(scale*q - x)^2 (w = sqrt of the value weights), first
@@ -602,23 +601,21 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, float sumx2, c
                         const int32_t m = t->kmap[kk];
                         if (m < 0) {
                             const int n = t->neighbours[-m - 1];
-                            if (t2 == t1) { /* one trial: its float search costs less than the sums (IQ3_S 2.5 %) */
-                                const int j = iq3_neighbour_at(t, kk, xval + 4 * k, wa + 4 * k, tsc[t1]);
-                                code[k][t1] = t->lane_code[(size_t)kk * t->width + (j >= 0 ? j : 0)];
-                                offq[k] |= 1u << t1;
-                                t1 = t2 + 1;
-                                continue;
-                            }
-                            if (!have_pc) {
-                                iqrun_env_consts(xval + 4 * k, wa + 4 * k, 4, 15.0, tsc[0], pc);
-                                have_pc = 1;
-                            }
-                            float av[IQ3_MAX_WIDTH], b2v[IQ3_MAX_WIDTH];
-                            static const float q1[8] = {1, 3, 5, 7, 9, 11, 13, 15};
                             const uint16_t *row = t->lane_code + (size_t)kk * t->width; /* 16-code multiples */
-                            iqrun_env_sums(row, n, xval + 4 * k, wa + 4 * k, 4, 3, q1, av, b2v);
-                            uint32_t miss = (t->env == 2 ? iqrun_env_picks_avx512 : iqrun_env_picks_avx2)(
-                                av, b2v, row, n, tsc, ids, pc, t1, t2, code[k]);
+                            /* trials left to the float search: a run of one trial takes it, cheaper than forming
+                             * the sums (IQ3_S 2.5 %) */
+                            uint32_t miss = 1u << t1;
+                            if (t2 > t1) {
+                                if (!have_pc) {
+                                    iqrun_env_consts(xval + 4 * k, wa + 4 * k, 4, 15.0, tsc[0], pc);
+                                    have_pc = 1;
+                                }
+                                float av[IQ3_MAX_WIDTH], b2v[IQ3_MAX_WIDTH];
+                                static const float q1[8] = {1, 3, 5, 7, 9, 11, 13, 15};
+                                iqrun_env_sums(row, n, xval + 4 * k, wa + 4 * k, 4, 3, q1, av, b2v);
+                                miss = (t->env == 2 ? iqrun_env_picks_avx512 : iqrun_env_picks_avx2)(
+                                    av, b2v, row, n, tsc, ids, pc, t1, t2, code[k]);
+                            }
                             for (; miss; miss &= miss - 1) {
                                 const int tt = iqrun_ctz(miss);
                                 const int j = iq3_neighbour_at(t, kk, xval + 4 * k, wa + 4 * k, tsc[tt]);
