@@ -135,29 +135,34 @@ static inline void iqrun_snap(iqrun *r, int t, int t2) {
  * the exact gap d_c - d_j exceeds 2 E(s) for every other c, and j is the unique float minimum: the reference's
  * pick. Each trial is certified on its own, so the argument needs no run structure; runs only share A and B. */
 
-/* The constants of M(s) = P1 s + P2 / s + P3 (E(s) written out; all terms positive) for a part's n <= 8 values x and
- * distance weights w, each rounded up, into p[0..2]; all +inf where iqrun_err_bound is unbounded at the largest
+/* The constants of M(s) = P1 s + P2 / s + P3 (E(s) written out; all terms positive) for each of np <= 8 parts of n <= 8
+ * values (part k's values x and distance weights w at n * k), each rounded up, into p[k][0..2]; all +inf where iqrun_err_bound is unbounded at the largest
  * trial scale smax (no certificate then). Formed in float: every sum and product here is of nonnegative terms, each
  * within ~12u relative of the exact (u = 2^-24), which the factor 1 + 2^-18 covers, and products that underflow
  * lose at most 2^-149 each, which the floors cover: P2 >= 2^-120 n and P3 >= 2^-100 are normal floats far above
  * those losses (C's, divided by s, stay below P2's floor; X1's below 2^-100), and P1 gets 2^-126 added, so that a
  * tiny W (a subnormal P1 rounds with an absolute error up to 2^-150, which s multiplies) still leaves it an upper
  * bound. E(s)'s underflow terms 3 * 2^-139 (...) are taken as 2^-120 (...), a normal float. */
-static inline void iqrun_env_consts(const float *x, const float *w, int n, float qmax, float smax, float *p) {
-    float W = 0, C = 0, xs = 0, X1 = 0;
+static inline void iqrun_env_consts(const float *x, const float *w, int n, int np, float qmax, float smax,
+                                    float (*p)[3]) {
+    /* the parts are the inner loop so that it vectorizes across them (IQ3's eight quads: their scalar chains were
+     * ~3 % of an IQ2_M convert); each part's sums in order i = 0..n-1, as for one part */
+    float W[8] = {0}, C[8] = {0}, xs[8] = {0}, X1[8] = {0};
     for (int i = 0; i < n; i++) {
-        const float ax = fabsf(x[i]);
-        W += w[i];
-        C += w[i] * ax * ax;
-        xs += ax;
-        X1 += w[i] * ax;
+        for (int k = 0; k < np; k++) {
+            const float ax = fabsf(x[n * k + i]), wi = w[n * k + i];
+            W[k] += wi;
+            C[k] += wi * ax * ax;
+            xs[k] += ax;
+            X1[k] += wi * ax;
+        }
     }
-    p[0] = p[1] = p[2] = INFINITY;
-    if (smax * smax * (qmax * qmax) * W + C < 1e30f) {
-        const float up = 1 + 0x1p-18f, nf = (float)n;
-        p[0] = qmax * qmax * W * (0x1p-17f + 0x1p-18f) * up + 0x1p-126f;
-        p[1] = (0x1p-17f * C + 0x1p-120f * (nf + W * (1 + xs) + xs)) * up;
-        p[2] = (0x1p-18f * 2 * qmax * X1 + 0x1p-120f * qmax * (W + nf) + 0x1p-100f) * up;
+    const float up = 1 + 0x1p-18f, nf = (float)n;
+    for (int k = 0; k < np; k++) {
+        const int ok = smax * smax * (qmax * qmax) * W[k] + C[k] < 1e30f;
+        p[k][0] = ok ? qmax * qmax * W[k] * (0x1p-17f + 0x1p-18f) * up + 0x1p-126f : INFINITY;
+        p[k][1] = ok ? (0x1p-17f * C[k] + 0x1p-120f * (nf + W[k] * (1 + xs[k]) + xs[k])) * up : INFINITY;
+        p[k][2] = ok ? (0x1p-18f * 2 * qmax * X1[k] + 0x1p-120f * qmax * (W[k] + nf) + 0x1p-100f) * up : INFINITY;
     }
 }
 

@@ -601,7 +601,7 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
         iq2_run p = {{iq2_run_search, iq2_run_put, scales, xval + 8 * k, waux + 8 * k, 8, 5.0, -1, 0, 0},
                      g, 0, 0, code2[k]};
 #ifdef IQ2_ENV
-        float pc[3];  /* iqrun_env_picks' margin constants for the part, formed when first needed */
+        float pc[1][3]; /* iqrun_env_picks' margin constants for the part, formed when first needed */
         int have_pc = 0;
 #else
         (void)ids;
@@ -618,14 +618,14 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
                 /* a run of one trial takes its float search, cheaper than forming the sums (IQ2_S 3.5 %) */
                 if (t2 > t && g->vec && p.n <= IQ2_ENV_MAX && p.pos + ((p.n + 7) & ~7) <= g->nbsize) {
                     if (!have_pc) {
-                        iqrun_env_consts(xval + 8 * k, waux + 8 * k, 8, 5.0, scales[0], pc);
+                        iqrun_env_consts(xval + 8 * k, waux + 8 * k, 8, 1, 5.0, scales[0], pc);
                         have_pc = 1;
                     }
                     float av[IQ2_ENV_MAX], b2v[IQ2_ENV_MAX];
                     static const float q1[8] = {1, 3, 5, 0, 1, 3, 5, 0}; /* a level at lanes l and l + 4 */
                     iqrun_env_sums(g->nc + p.pos, p.n, xval + 8 * k, waux + 8 * k, 8, 2, q1, av, b2v);
                     uint32_t miss = (g->vl ? iqrun_env_picks_avx512 : iqrun_env_picks_avx2)(
-                        av, b2v, g->nc + p.pos, p.n, scales, ids, pc, t, t2, code2[k]);
+                        av, b2v, g->nc + p.pos, p.n, scales, ids, pc[0], t, t2, code2[k]);
                     for (; miss; miss &= miss - 1) {
                         float best, second;
                         iq2_run_search(&p.r, iqrun_ctz(miss), &best, &second);
@@ -641,10 +641,10 @@ static void trial_snap(const grid_t *g, const float *xval, const float *waux, in
 
 /* ggml's scale trials for nparts groups of 8 values: trial t uses the scale (5 + (t - half) / 10) / div, t = 0..2*half,
    snapped to the grid; the first trial with the largest sumqx^2 / sumq2 wins (ggml's strict >, in trial order). Its
-   levels go to L and its on-grid flags to on_grid[0..nparts-1]; the winner's least-squares scale is returned, or
-   scale0 when no trial has sumq2 > 0 (L and on_grid are then left as they were). */
-static float trial_best(const grid_t *g, const float *xval, const float *waux, const float *weight, int nparts,
-                        int half, float div, float scale0, int8_t *L, int *on_grid) {
+   levels go to L, its on-grid flags to on_grid[0..nparts-1] and its least-squares scale sumqx / sumq2 to *scale, and
+   the winner is returned; -1 when no trial has sumq2 > 0 (L, on_grid and *scale are then left as they were). */
+static int trial_best(const grid_t *g, const float *xval, const float *waux, const float *weight, int nparts,
+                      int half, float div, float *scale, int8_t *L, int *on_grid) {
     const int nt = 2 * half + 1;
     float ids[NT_MAX + 8], tsc[NT_MAX + 8], sqx[NT_MAX], sq2[NT_MAX]; /* iqrun_env_picks reads 8 lanes from any trial */
     int32_t code3[4][NT_MAX], code2[4][NT_MAX];
@@ -665,7 +665,7 @@ static float trial_best(const grid_t *g, const float *xval, const float *waux, c
         tscale[t] = sqx[t] / sq2[t]; /* inf/NaN where sq2 is 0: never read, the scan skips those trials */
         tbest[t] = tscale[t] * sqx[t];
     }
-    float best = 0, scale = scale0;
+    float best = 0;
     int tb = -1;
     for (int t = 0; t < nt; t++) {
         if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
@@ -674,13 +674,13 @@ static float trial_best(const grid_t *g, const float *xval, const float *waux, c
         }
     }
     if (tb >= 0) {
-        scale = tscale[tb];
+        *scale = tscale[tb];
         for (int k = 0; k < nparts; k++) {
             levels_of((uint16_t)code2[k][tb], L + 8 * k);
             on_grid[k] = g->map3[code3[k][tb]] >= 0;
         }
     }
-    return scale;
+    return tb;
 }
 
 /* IQ2_XXS: one super-block (quantize_row_iq2_xxs_impl). y: 66 bytes. */
@@ -711,18 +711,23 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, float ssq, const fl
             continue;
         }
         int on, on4[4];
-        scale = trial_best(g, xval, waux, weight, 4, 6, eff_max, scale, L, on4);  /* is = -6..6 */
+        const int won = trial_best(g, xval, waux, weight, 4, 6, eff_max, &scale, L, on4) >= 0; /* is = -6..6 */
         if (scale > 0) {
             const float id = 1 / scale;
+            int8_t Lw[32]; /* the winner's levels, whose sums gave scale */
+            memcpy(Lw, L, sizeof Lw);
             for (int k = 0; k < 4; k++) {
                 iq2_levels(xval + 8 * k, id, L + 8 * k, 8);
                 const int gi = iq2_snap(g, L + 8 * k, xval + 8 * k, waux + 8 * k, scale, &on);
                 if (gi >= 0) /* -1: every distance inf/NaN, where ggml aborts */
                     for (int i = 0; i < 8; i++) L[8 * k + i] = (int8_t)g->lev[8 * (size_t)gi + i];
             }
-            float sumqx, sumq2;
-            qx_q2(weight, xval, L, 32, &sumqx, &sumq2);
-            if (sumq2 > 0) scale = sumqx / sumq2;
+            /* a trial's levels unchanged give its sums again, in the same order: the same scale */
+            if (!won || memcmp(L, Lw, sizeof Lw)) {
+                float sumqx, sumq2;
+                qx_q2(weight, xval, L, 32, &sumqx, &sumq2);
+                if (sumq2 > 0) scale = sumqx / sumq2;
+            }
         }
         if (scale < 0) {
             scale = -scale;
@@ -788,18 +793,25 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, float ss
             continue;
         }
         on_grid[0] = on_grid[1] = 1;
-        float scale = trial_best(g, xval, waux, weight, 2, 9, max, max / 5, L, on_grid);  /* is = -9..9 */
+        float scale = max / 5;
+        trial_best(g, xval, waux, weight, 2, 9, max, &scale, L, on_grid); /* is = -9..9 */
         if ((!on_grid[0] || !on_grid[1]) && scale > 0) {
             const float id = 1 / scale;
             int on;
+            int8_t Lw[16]; /* the winner's levels, whose sums gave scale */
+            memcpy(Lw, L, sizeof Lw);
             for (int k = 0; k < 2; k++) {
                 if (on_grid[k]) continue;
                 iq2_levels(xval + 8 * k, id, L + 8 * k, 8);
                 iq2_snap(g, L + 8 * k, xval + 8 * k, waux + 8 * k, scale, &on);
             }
-            float sumqx, sumq2;
-            qx_q2(weight, xval, L, 16, &sumqx, &sumq2);
-            if (sumq2 > 0) scale = sumqx / sumq2;
+            /* the winner's levels unchanged give its sums again, in the same order: the same scale (on_grid[k] is
+             * 0 only where a trial won) */
+            if (memcmp(L, Lw, sizeof Lw)) {
+                float sumqx, sumq2;
+                qx_q2(weight, xval, L, 16, &sumqx, &sumq2);
+                if (sumq2 > 0) scale = sumqx / sumq2;
+            }
         }
         if (scale < 0) {
             scale = -scale;

@@ -590,11 +590,11 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, float sumx2, c
                  * (near-ties); this_scale is the reference's 1 / id */
                 float tsc[IQ3_NT + 8];
                 for (int tt = 0; tt < IQ3_NT + 8; tt++) tsc[tt] = 1.0f / ids[tt];
+                float pc[8][3]; /* iqrun_env_picks' margin constants per quad, all eight at once */
+                iqrun_env_consts(xval, wa, 4, 8, 15.0, tsc[0], pc);
                 for (int k = 0; k < 8; k++) {
                     const uint32_t ends = iqrun_ends(key[k], nt, IQ3_NT);
                     offq[k] = 0;
-                    float pc[3]; /* iqrun_env_picks' margin constants for the quad, formed when first needed */
-                    int have_pc = 0;
                     for (int t1 = 0; t1 < nt;) {
                         const int kk = key[k][t1];
                         const int t2 = iqrun_ctz(ends >> t1) + t1;
@@ -606,15 +606,11 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, float sumx2, c
                              * the sums (IQ3_S 2.5 %) */
                             uint32_t miss = 1u << t1;
                             if (t2 > t1) {
-                                if (!have_pc) {
-                                    iqrun_env_consts(xval + 4 * k, wa + 4 * k, 4, 15.0, tsc[0], pc);
-                                    have_pc = 1;
-                                }
                                 float av[IQ3_MAX_WIDTH], b2v[IQ3_MAX_WIDTH];
                                 static const float q1[8] = {1, 3, 5, 7, 9, 11, 13, 15};
                                 iqrun_env_sums(row, n, xval + 4 * k, wa + 4 * k, 4, 3, q1, av, b2v);
                                 miss = (t->env == 2 ? iqrun_env_picks_avx512 : iqrun_env_picks_avx2)(
-                                    av, b2v, row, n, tsc, ids, pc, t1, t2, code[k]);
+                                    av, b2v, row, n, tsc, ids, pc[k], t1, t2, code[k]);
                             }
                             for (; miss; miss &= miss - 1) {
                                 const int tt = iqrun_ctz(miss);
