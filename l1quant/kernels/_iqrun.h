@@ -52,6 +52,34 @@
 #include <emmintrin.h>
 #endif
 
+/* The hot functions are built for AVX-512, AVX2 and the baseline, picked at load time (GCC on x86-64 ELF); each
+ * gives the same bits (the operations and their order are written out, the vectors only run them side by side). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES)
+#define IQRUN_CLONES 1
+#define IQRUN_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define IQRUN_HOT
+#endif
+
+/* A super-block's 256 distance weights and their square roots, as the IQ2 quantizers form them per group:
+ * w = qw * sqrt(sigma2 + x^2) with importance weights qw, else add_sigma * sigma2 + x^2 where add_sigma (IQ2_XS,
+ * IQ2_S: 0.25) is not 0, else x^2 (IQ3's rule, whose sigma2 may be inf where x^2 is not); wa = sqrt(w). All 256 at
+ * once, vectorized per ISA: a group's 16 at a time were two dependent passes of baseline-SSE2 square roots (IQ2_S
+ * +1-4 %; IQ3_S, its groups of 32, measured 1 % slower this way and keeps its own). Element by element the
+ * reference's operations, so its values. */
+IQRUN_HOT static inline void iqrun_block_weights(const float *restrict x, const float *restrict qw, float sigma2,
+                                                 float add_sigma, float *restrict w, float *restrict wa) {
+    if (qw) {
+        for (int i = 0; i < 256; i++) w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
+    } else if (add_sigma != 0) {
+        const float a = add_sigma * sigma2;
+        for (int i = 0; i < 256; i++) w[i] = a + x[i] * x[i];
+    } else {
+        for (int i = 0; i < 256; i++) w[i] = x[i] * x[i];
+    }
+    for (int i = 0; i < 256; i++) wa[i] = sqrtf(w[i]);
+}
+
 /* E(s): a bound on |ggml's float distance - the exact distance| for any candidate of a part at scale s (> 0).
  * n coordinates (<= 8), candidate values 0 < q <= qmax, weights w >= 0 with sum wsum, values x with sum |x| = xsum
  * and sum w x^2 = c. Returns +inf when a distance could reach FLT_MAX (no certificate then). */

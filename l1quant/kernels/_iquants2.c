@@ -66,12 +66,10 @@ typedef struct {
 
 /* Build the search below also for AVX2 and AVX-512 and pick at load time (GCC on x86-64 ELF); each candidate's sum
  * stays sequential over the 8 coordinates, the vectors run across candidates, so every clone gives the same bits. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES)
+#ifdef IQRUN_CLONES
 #define IQ_CLONES 1
-#define IQ_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define IQ_HOT
 #endif
+#define IQ_HOT IQRUN_HOT
 
 #if defined(__GNUC__) || defined(__clang__)
 #define IQ_VEC 1
@@ -685,18 +683,17 @@ static int trial_best(const grid_t *g, const float *xval, const float *waux, con
 
 /* IQ2_XXS: one super-block (quantize_row_iq2_xxs_impl). y: 66 bytes. */
 static void iq2_xxs_block(const grid_t *g, const float *xbl, float ssq, const float *qwb, uint8_t *y) {
-    float scales[8], weight[32], waux[32], xval[32];
+    float scales[8], wblk[QK], wablk[QK], xval[32];
     int8_t L[32];
     uint8_t signs[4];
     uint32_t q2[16];
     memset(q2, 0, sizeof q2);
     float max_scale = 0;
     const float sigma2 = ssq / QK;
+    iqrun_block_weights(xbl, qwb, sigma2, 0, wblk, wablk); /* qwb: IQ2_XXS always has one */
     for (int ib = 0; ib < 8; ib++) {
         const float *xb = xbl + 32 * ib;
-        const float *qw = qwb + 32 * ib;
-        for (int i = 0; i < 32; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
-        for (int i = 0; i < 32; i++) waux[i] = sqrtf(weight[i]);
+        const float *weight = wblk + 32 * ib, *waux = wablk + 32 * ib;
         for (int k = 0; k < 4; k++) signs[k] = even_signs(xb + 8 * k, weight + 8 * k, xval + 8 * k);
         float max = xval[0];
         for (int i = 1; i < 32; i++) max = fmaxr(max, xval[i]);
@@ -759,7 +756,7 @@ static void iq2_xxs_block(const grid_t *g, const float *xbl, float ssq, const fl
  * threshold, the scale's fudge factor and the layout. */
 static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, float ssq, const float *qwb,
                            uint8_t *y) {
-    float scales[16], weight[16], waux[16], xval[16];
+    float scales[16], wblk[QK], wablk[QK], xval[16];
     int8_t L[16];
     int on_grid[2];
     uint8_t signs[2];
@@ -769,15 +766,10 @@ static void iq2_xs_s_block(const grid_t *g, int is_s, const float *xbl, float ss
     const float sigma2 = is_s ? 2 * ssq / QK : ssq / QK;
     memset(gidx, 0, sizeof gidx);
     memset(sgn, 0, sizeof sgn);
+    iqrun_block_weights(xbl, qwb, sigma2, 0.25f, wblk, wablk);
     for (int ib = 0; ib < 16; ib++) {
         const float *xb = xbl + 16 * ib;
-        if (qwb) {
-            const float *qw = qwb + 16 * ib;
-            for (int i = 0; i < 16; i++) weight[i] = qw[i] * sqrtf(sigma2 + xb[i] * xb[i]);
-        } else {
-            for (int i = 0; i < 16; i++) weight[i] = 0.25f * sigma2 + xb[i] * xb[i];
-        }
-        for (int i = 0; i < 16; i++) waux[i] = sqrtf(weight[i]);
+        const float *weight = wblk + 16 * ib, *waux = wablk + 16 * ib;
         for (int k = 0; k < 2; k++) {
             if (is_s) {
                 signs[k] = (uint8_t)iqrun_split_signs8(xb + 8 * k, xval + 8 * k);

@@ -477,11 +477,7 @@ static inline void iq3_sums(const float *w, const float *xval, const int *L, flo
  * keys, not as 32 floats: writing every pick's 4 values into a float per value and trial was ~17 % of the IQ3_S
  * kernel. */
 enum { IQ3_NT = 32 };
-#if (defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && !defined(L1Q_NO_CLONES))
-#define IQ3_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define IQ3_HOT
-#endif
+#define IQ3_HOT IQRUN_HOT
 IQ3_HOT static void iq3_trial_levels(const float *restrict xval, const float *restrict ids,
                                      int32_t (*restrict key)[IQ3_NT]) {
     for (int k = 0; k < 8; k++) {
