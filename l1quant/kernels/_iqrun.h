@@ -1,7 +1,7 @@
 /*
  * l1quant.kernels._fastq8 (a header of it): what the IQ2 (_iquants2.c) and IQ3 (_iquants3.c) quantizers share: the
  * neighbour searches of a run of trial scales (most of this header), and the steps around them that both take
- * alike (the clone condition IQRUN_HOT, the distance weights, the sign split, the sums of squares, the run ends).
+ * alike (the clone condition IQRUN_HOT, the sign split, the sums of squares, the run ends).
  *
  * ggml's IQ2 and IQ3 quantizers try 13 to 31 scales per group. At each trial a part (8 values for IQ2, a 4-value
  * quad for IQ3) is rounded to levels; an off-grid code is replaced by the candidate of its neighbour list with the
@@ -61,25 +61,6 @@
 #else
 #define IQRUN_HOT
 #endif
-
-/* A super-block's 256 distance weights and their square roots, as the IQ2 quantizers form them per group:
- * w = qw * sqrt(sigma2 + x^2) with importance weights qw, else add_sigma * sigma2 + x^2 where add_sigma (IQ2_XS,
- * IQ2_S: 0.25) is not 0, else x^2 (IQ3's rule, whose sigma2 may be inf where x^2 is not); wa = sqrt(w). All 256 at
- * once, vectorized per ISA: a group's 16 at a time were two dependent passes of baseline-SSE2 square roots (IQ2_S
- * +1-4 %; IQ3_S, its groups of 32, measured 1 % slower this way and keeps its own). Element by element the
- * reference's operations, so its values. */
-IQRUN_HOT static inline void iqrun_block_weights(const float *restrict x, const float *restrict qw, float sigma2,
-                                                 float add_sigma, float *restrict w, float *restrict wa) {
-    if (qw) {
-        for (int i = 0; i < 256; i++) w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
-    } else if (add_sigma != 0) {
-        const float a = add_sigma * sigma2;
-        for (int i = 0; i < 256; i++) w[i] = a + x[i] * x[i];
-    } else {
-        for (int i = 0; i < 256; i++) w[i] = x[i] * x[i];
-    }
-    for (int i = 0; i < 256; i++) wa[i] = sqrtf(w[i]);
-}
 
 /* E(s): a bound on |ggml's float distance - the exact distance| for any candidate of a part at scale s (> 0).
  * n coordinates (<= 8), candidate values 0 < q <= qmax, weights w >= 0 with sum wsum, values x with sum |x| = xsum
@@ -164,11 +145,11 @@ static inline void iqrun_snap(iqrun *r, int t, int t2) {
  * the exact gap d_c - d_j exceeds 2 E(s) for every other c, and j is the unique float minimum: the reference's
  * pick. Each trial is certified on its own, so the argument needs no run structure; runs only share A and B. */
 
-/* The constants of M(s) = P1 s + P2 / s + P3 (E(s) written out; all terms positive) for each of np <= 8 parts of n <= 8
- * values (part k's values x and distance weights w at n * k), each rounded up, into p[k][0..2]; all +inf where iqrun_err_bound is unbounded at the largest
- * trial scale smax (no certificate then). Formed in float: every sum and product here is of nonnegative terms, each
- * within ~12u relative of the exact (u = 2^-24), which the factor 1 + 2^-18 covers, and products that underflow
- * lose at most 2^-149 each, which the floors cover: P2 >= 2^-120 n and P3 >= 2^-100 are normal floats far above
+/* The constants of M(s) = P1 s + P2 / s + P3 (E(s) written out; all terms positive) for each of np <= 8 parts of
+ * n <= 8 values (part k's values x and distance weights w at n * k), each rounded up, into p[k][0..2]; all +inf
+ * where iqrun_err_bound is unbounded at the largest trial scale smax (no certificate then). Formed in float:
+ * every sum and product here is of nonnegative terms, each within ~12u relative of the exact (u = 2^-24), which
+ * the factor 1 + 2^-18 covers, and products that underflow lose at most 2^-149 each, which the floors cover: P2 >= 2^-120 n and P3 >= 2^-100 are normal floats far above
  * those losses (C's, divided by s, stay below P2's floor; X1's below 2^-100), and P1 gets 2^-126 added, so that a
  * tiny W (a subnormal P1 rounds with an absolute error up to 2^-150, which s multiplies) still leaves it an upper
  * bound. E(s)'s underflow terms 3 * 2^-139 (...) are taken as 2^-120 (...), a normal float. */

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 from gguf import quants as gguf_quants
 
+from l1quant.kernels.iq_grids import counted_lists, neighbour_lists
+
 #: Keys per block of the neighbour derivation (a 512 x 512 int32 distance block is 1 MiB).
-_BLOCK = 512
 
 __all__ = ["IQ3Tables", "KMAP_SIZE", "iq3_tables", "lane_codes"]
 
@@ -106,33 +107,14 @@ def iq3_tables(size: int) -> IQ3Tables:
     kmap = np.full(KMAP_SIZE, -1, np.int32)
     kmap[keys] = np.arange(size, dtype=np.int32)
     pos = 2 * _key_levels() + 1
-    # per key: candidates ordered by (distance, index) (a stable sort by distance keeps index order among ties),
-    # kept while their distance is among the nwant smallest distinct ones. Squared distances are exact in int32; a
-    # block of keys at a time (the whole (4096, size, 4) int64 difference was 67 MB, an IQ2_M convert's peak RSS).
-    gsq = (grid.astype(np.int32) ** 2).sum(axis=1)
-    order = np.empty((KMAP_SIZE, size), np.int16)
-    counts = np.empty(KMAP_SIZE, np.int64)
-    for b0 in range(0, KMAP_SIZE, _BLOCK):
-        p = pos[b0: b0 + _BLOCK].astype(np.int32)
-        d2 = (p * p).sum(axis=1)[:, None] + gsq[None, :] - 2 * (p @ grid.T.astype(np.int32))
-        o = np.argsort(d2, axis=1, kind="stable")
-        dist = np.take_along_axis(d2, o, axis=1)
-        step = np.concatenate([np.ones((p.shape[0], 1), bool), dist[:, 1:] != dist[:, :-1]], axis=1)
-        counts[b0: b0 + _BLOCK] = (np.cumsum(step, axis=1) <= nwant).sum(axis=1)
-        order[b0: b0 + _BLOCK] = o
+    # per off-grid key, the nwant nearest distinct distances' grid points (iq_grids.neighbour_lists: the rule is
+    # ggml's for IQ2 and IQ3 alike)
     off = np.flatnonzero(kmap < 0)
-    width = int(counts[off].max())
-    padded = np.full((KMAP_SIZE, width), -1, np.int32)
-    flat = np.empty(int(counts[off].sum()) + len(off), np.int64)
-    at = 0
-    for key in off:
-        n = int(counts[key])
-        kmap[key] = -(at + 1)
-        flat[at] = n
-        flat[at + 1 : at + 1 + n] = order[key, :n]
-        padded[key, :n] = order[key, :n]
-        at += 1 + n
-    flat = flat.astype(np.uint16)
+    counts, cand = neighbour_lists(pos[off], grid, nwant)
+    flat, starts = counted_lists(counts, cand)
+    kmap[off] = -(starts + 1)
+    padded = np.full((KMAP_SIZE, int(counts.max())), -1, np.int32)
+    padded[np.repeat(off, counts), np.arange(cand.size) - np.repeat(np.cumsum(counts) - counts, counts)] = cand
     arrays = (levels, grid, keys, kmap, flat, padded)
     for a in arrays:
         a.setflags(write=False)

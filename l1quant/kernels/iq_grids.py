@@ -107,6 +107,60 @@ def _levels_from_gguf(cls_name: str) -> np.ndarray:
     return result
 
 
+def neighbour_lists(pos: np.ndarray, gpos: np.ndarray, nwant: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each off-grid point's neighbour list, as ggml's grid inits build it (``iq2xs_init_impl``,
+    ``iq3xs_init_impl``): the grid points at the ``nwant`` least distinct squared distances (all of them when
+    fewer exist), in (distance, grid index) order.
+
+    pos: (m, d) and gpos: (n, d) small integers (the points' values 2 * level + 1). Returns the list sizes,
+    (m,) int64, and the candidates' grid indices one list after another, (sizes.sum(),) int64.
+
+    Example:
+        >>> size, cand = neighbour_lists(np.array([[2, 2]]), np.array([[1, 1], [3, 3], [1, 3], [9, 9]]), 1)
+        >>> size.tolist(), cand.tolist()
+        ([3], [0, 1, 2])
+    """
+    sizes: list[np.ndarray] = []
+    cands: list[np.ndarray] = []
+    gsq = (gpos.astype(np.int64) ** 2).sum(axis=1)
+    gposf = gpos.T.astype(np.float32)  # small integers: float products and sums are exact, and BLAS forms them
+    n = gpos.shape[0]
+    big = np.iinfo(np.int64).max
+    # a block of points at a time: a whole (m, n) distance matrix was the peak RSS of an IQ2_M convert
+    for b0 in range(0, pos.shape[0], _BLOCK):
+        p = pos[b0: b0 + _BLOCK]
+        d2 = (p.astype(np.int64) ** 2).sum(axis=1)[:, None] + gsq[None, :] - \
+            (2 * (p.astype(np.float32) @ gposf)).astype(np.int64)
+        # the threshold by nwant successive minima, then only the kept candidates sorted: a stable argsort of every
+        # row and a np.unique per point took 0.35 of IQ2_S's 0.47 s, a startup cost of every IQ convert
+        thr = d2.min(axis=1)
+        for _ in range(nwant - 1):
+            above = np.where(d2 > thr[:, None], d2, big).min(axis=1)
+            thr = np.where(above == big, thr, above)
+        r, c = np.nonzero(d2 <= thr[:, None])
+        cands.append(c[np.argsort((r * (int(d2.max()) + 1) + d2[r, c]) * n + c)])
+        sizes.append(np.bincount(r, minlength=p.shape[0]))
+    return np.concatenate(sizes), np.concatenate(cands)
+
+
+def counted_lists(size: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lists of :func:`neighbour_lists` as ggml stores them: each list's count, then its candidates, the lists
+    one after another (uint16), and where each list starts (int64, its count's position).
+
+    Example:
+        >>> flat, starts = counted_lists(np.array([2, 1]), np.array([5, 7, 9]))
+        >>> flat.tolist(), starts.tolist()
+        ([2, 5, 7, 1, 9], [0, 3])
+    """
+    starts = np.concatenate(([0], np.cumsum(size + 1)[:-1])).astype(np.int64)
+    flat = np.empty(int((size + 1).sum()), np.uint16)
+    head = np.zeros(flat.size, bool)
+    head[starts] = True
+    flat[head] = size
+    flat[~head] = cand
+    return flat, starts
+
+
 @functools.lru_cache(maxsize=None)
 def iq_grid(type_name: str) -> IqGrid:
     """The tables of one IQ type ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"), built once per process.
@@ -136,37 +190,9 @@ def iq_grid(type_name: str) -> IqGrid:
     off = all_codes[kmap[all_codes] < 0]
     pos = 2 * digits[kmap[all_codes] < 0].astype(np.int32) + 1  # (m, 8)
     gpos = 2 * lev.astype(np.int32) + 1  # (n, 8)
-    # squared distances (small ints: exact in int32) as |a|^2 + |b|^2 - 2 a.b, no (m, n, 8) temporary, and a block of
-    # codes at a time: the whole (m, n) matrix and its sort were the peak RSS of an IQ2_M convert (+90 MB for IQ2_S)
-    gsq = (gpos * gpos).sum(axis=1)
-    out: list[np.ndarray] = []
-    total = 0
-    gposf = gpos.T.astype(np.float32)  # small integers: float products and sums exact, and BLAS does them
-    for b0 in range(0, off.size, _BLOCK):
-        p = pos[b0: b0 + _BLOCK]
-        d2 = (p * p).sum(axis=1)[:, None] + gsq[None, :] - (2 * (p.astype(np.float32) @ gposf)).astype(np.int32)
-        # a candidate is kept while its distance is among the nwant least distinct ones of its code (all, when fewer
-        # exist): the threshold by nwant successive minima, then only the kept candidates sorted, by (code,
-        # distance, index). A stable argsort of every row and a np.unique per code took 0.35 of IQ2_S's 0.47 s, a
-        # startup cost of every IQ2 convert.
-        thr = d2.min(axis=1)
-        for _ in range(nwant - 1):
-            above = np.where(d2 > thr[:, None], d2, np.iinfo(np.int32).max).min(axis=1)
-            thr = np.where(above == np.iinfo(np.int32).max, thr, above)
-        r, c = np.nonzero(d2 <= thr[:, None])
-        c = c[np.argsort((r.astype(np.int64) * (int(d2.max()) + 1) + d2[r, c]) * n + c)]
-        size = np.bincount(r, minlength=p.shape[0])
-        # each code's list: its count, then its candidates, the lists one after another
-        starts = np.concatenate(([0], np.cumsum(size + 1)[:-1]))
-        block = np.empty(int((size + 1).sum()), np.uint16)
-        head = np.zeros(block.size, bool)
-        head[starts] = True
-        block[head] = size
-        block[~head] = c
-        out.append(block)
-        kmap[off[b0: b0 + p.shape[0]]] = -(total + starts + 1)
-        total += block.size
-    neighbours = np.concatenate(out)
+    size, cand = neighbour_lists(pos, gpos, nwant)
+    neighbours, starts = counted_lists(size, cand)
+    kmap[off] = -(starts + 1)
     for a in (lev, codes, kmap, neighbours):
         a.setflags(write=False)
     return IqGrid(type_name.upper(), nwant, lev, codes, kmap, neighbours)
