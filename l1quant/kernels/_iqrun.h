@@ -232,6 +232,25 @@ static inline void iqrun_sum_sq4(const float *x, int nb, float *out) {
     for (int b = 0; b < nb; b++) out[b] = s[b];
 }
 
+/* The index of x[0..n)'s first NaN or infinity (exponent bits all set), or -1. The whole block is OR-reduced
+ * first, which vectorizes (a scan that stops at the first hit does not, and as that it was ~1 % of an IQ2_M convert's
+ * CPU); the scan runs only where there is one. */
+static inline int iqrun_first_nonfinite(const float *x, int n) {
+    uint32_t any = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        any |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+    }
+    if (!any) return -1;
+    for (int i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        if ((u & 0x7F800000u) == 0x7F800000u) return i;
+    }
+    return -1;
+}
+
 /* the number of set bits of an 8-bit mask */
 static inline int iqrun_popcount8(unsigned v) {
     v = (v & 0x55u) + ((v >> 1) & 0x55u);
@@ -247,6 +266,50 @@ static inline int iqrun_ctz(uint32_t v) {
     int n = 0;
     for (; !(v & 1u); v >>= 1) n++;
     return n;
+#endif
+}
+
+/* The winner of ggml's serial scan over a group's trials t = 0..nt-1 (best = 0; trial t improves when sq2 > 0 and
+ * sqx^2 > best * sq2, and then best = tbest = fl(fl(sqx / sq2) * sqx)), found without the scan's chain of
+ * dependent compares, or -2 where that is not certain (the caller then runs the scan). The scan's compare is the
+ * float form of R_t > R_best with R = sqx^2 / sq2; tbest is R within 3u (u = 2^-24) where no value leaves float's
+ * normal range. If one trial m holds the largest tbest, M, and every other trial with sq2 > 0 has tbest below
+ * M (1 - 2^-16), then the scan takes m when it gets there (whatever it holds then is another trial's tbest, or 0,
+ * below M by far more than the compare's few u) and nothing after (its R is as far below M). Guards keep every
+ * product and quotient normal: sq2 in [2^-50, 2^50] and |sqx| <= 2^50 for every trial with sq2 > 0, and M in
+ * [2^-50, 2^50]; else -2. A product that underflows there (sqx^2 of a tiny trial) errs by 2^-150 against a
+ * compare operand of at least 2^-100. sqx, sq2, tbest: readable up to nt rounded up to 4 (lanes past nt are
+ * ignored). The scan's mispredicted branches were ~5 % of an IQ2_M convert. */
+static inline int iqrun_winner(const float *sqx, const float *sq2, const float *tbest, int nt) {
+#if defined(__SSE2__)
+    const __m128 zero = _mm_setzero_ps(), lo = _mm_set1_ps(0x1p-50f), hi = _mm_set1_ps(0x1p50f);
+    const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+    const __m128i lane = _mm_setr_epi32(0, 1, 2, 3), ntv = _mm_set1_epi32(nt);
+    __m128 mx = zero, bad = zero;
+    for (int t = 0; t < nt; t += 4) {
+        const __m128 in = _mm_castsi128_ps(_mm_cmplt_epi32(_mm_add_epi32(_mm_set1_epi32(t), lane), ntv));
+        const __m128 q2 = _mm_loadu_ps(sq2 + t), qx = _mm_loadu_ps(sqx + t), b = _mm_loadu_ps(tbest + t);
+        const __m128 valid = _mm_and_ps(in, _mm_cmpgt_ps(q2, zero));
+        const __m128 good = _mm_and_ps(_mm_and_ps(_mm_cmpge_ps(q2, lo), _mm_cmple_ps(q2, hi)),
+                                       _mm_cmple_ps(_mm_and_ps(qx, absmask), hi));
+        bad = _mm_or_ps(bad, _mm_andnot_ps(good, valid));
+        mx = _mm_max_ps(mx, _mm_and_ps(valid, b)); /* valid lanes' tbest are finite here unless bad */
+    }
+    mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(1, 0, 3, 2)));
+    mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
+    const float m = _mm_cvtss_f32(mx);
+    if (_mm_movemask_ps(bad) || !(m >= 0x1p-50f && m <= 0x1p50f)) return -2;
+    const __m128 thr = _mm_set1_ps(m * (1 - 0x1p-16f));
+    uint32_t near = 0;
+    for (int t = 0; t < nt; t += 4) {
+        const __m128 in = _mm_castsi128_ps(_mm_cmplt_epi32(_mm_add_epi32(_mm_set1_epi32(t), lane), ntv));
+        const __m128 valid = _mm_and_ps(in, _mm_cmpgt_ps(_mm_loadu_ps(sq2 + t), zero));
+        near |= (uint32_t)_mm_movemask_ps(_mm_and_ps(valid, _mm_cmpge_ps(_mm_loadu_ps(tbest + t), thr))) << t;
+    }
+    return near && !(near & (near - 1)) ? iqrun_ctz(near) : -2;
+#else
+    (void)sqx, (void)sq2, (void)tbest, (void)nt;
+    return -2;
 #endif
 }
 

@@ -663,12 +663,15 @@ static int trial_best(const grid_t *g, const float *xval, const float *waux, con
         tscale[t] = sqx[t] / sq2[t]; /* inf/NaN where sq2 is 0: never read, the scan skips those trials */
         tbest[t] = tscale[t] * sqx[t];
     }
-    float best = 0;
-    int tb = -1;
-    for (int t = 0; t < nt; t++) {
-        if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
-            best = tbest[t];
-            tb = t;
+    int tb = iqrun_winner(sqx, sq2, tbest, nt);
+    if (tb == -2) { /* not certain there (near-ties, extreme values): the scan itself */
+        float best = 0;
+        tb = -1;
+        for (int t = 0; t < nt; t++) {
+            if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
+                best = tbest[t];
+                tb = t;
+            }
         }
     }
     if (tb >= 0) {
@@ -1308,8 +1311,11 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
                 xs = (const float *)p;
             } else {
                 const uint16_t *h = (const uint16_t *)p;
-                for (int i = 0; i < nb * QK; i++)
-                    buf[i] = kind == SRC_BF16 ? bits_to_f32((uint32_t)h[i] << 16) : bits_to_f32(f16_to_f32_bits(h[i]));
+                if (kind == SRC_BF16) { /* two loops: the bf16 one vectorizes */
+                    for (int i = 0; i < nb * QK; i++) buf[i] = bits_to_f32((uint32_t)h[i] << 16);
+                } else {
+                    for (int i = 0; i < nb * QK; i++) buf[i] = bits_to_f32(f16_to_f32_bits(h[i]));
+                }
                 xs = buf;
             }
             iqrun_sum_sq4(xs, nb, ssq);
@@ -1317,12 +1323,7 @@ PyObject *l1q_py_iquant_grid(PyObject *self, PyObject *args) {
                 const int64_t b = b0 + j;
                 const float *xb = xs + j * QK;
                 uint8_t *y = dst + r * stride + b * bytes;
-                int bad = -1;
-                for (int i = 0; i < QK; i++)
-                    if ((f32_to_bits(xb[i]) & 0x7F800000u) == 0x7F800000u) {
-                        bad = i;
-                        break;
-                    }
+                const int bad = iqrun_first_nonfinite(xb, QK);
                 if (bad >= 0) {
                     if (first < 0) first = r * ncols + b * QK + bad;
                     poison(type, y);

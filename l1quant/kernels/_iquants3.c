@@ -643,15 +643,25 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, float sumx2, c
                 }
             }
             iq3_trial_sums(w, xval, code, sqx, sq2);
-            int tb = -1;
-            for (int tt = 0; tt < nt; tt++) {
-                if (sq2[tt] > 0 && sqx[tt] * sqx[tt] > best * sq2[tt]) {
-                    scale = sqx[tt] / sq2[tt];
-                    best = scale * sqx[tt];
-                    tb = tt;
+            /* what scale and best become if trial tt wins, for every trial at once (vector divisions), and the
+             * winner without the serial scan where that is certain (iqrun_winner) */
+            float tscale[IQ3_NT], tbest[IQ3_NT];
+            for (int tt = 0; tt < IQ3_NT; tt++) {
+                tscale[tt] = sqx[tt] / sq2[tt]; /* inf/NaN where sq2 is 0: never read */
+                tbest[tt] = tscale[tt] * sqx[tt];
+            }
+            int tb = iqrun_winner(sqx, sq2, tbest, nt);
+            if (tb == -2) {
+                tb = -1;
+                for (int tt = 0; tt < nt; tt++) {
+                    if (sq2[tt] > 0 && sqx[tt] * sqx[tt] > best * sq2[tt]) {
+                        best = tbest[tt];
+                        tb = tt;
+                    }
                 }
             }
-            if (tb >= 0) { /* the last trial that improved: its levels and on-grid flags */
+            if (tb >= 0) { /* the last trial that improved: its levels, on-grid flags and scale */
+                scale = tscale[tb];
                 for (int i = 0; i < 32; i++) L[i] = (code[i / 4][tb] >> (3 * (i % 4))) & 7;
                 for (int k = 0; k < 8; k++) on[k] = !((offq[k] >> tb) & 1);
             }
@@ -722,12 +732,6 @@ static inline void widen_row(const uint16_t *src, int kind, int64_t n, float *bu
     } else {
         for (int64_t i = 0; i < n; i++) buf[i] = bits_to_f32(f16_to_f32_bits(src[i]));
     }
-}
-
-static inline int bad_at(const float *x, int n) {
-    for (int i = 0; i < n; i++)
-        if ((f32_to_bits(x[i]) & 0x7F800000u) == 0x7F800000u) return i;
-    return -1;
 }
 
 /* The IQ3 candidate search by the same name as iq4_pick (the caller checked the name there): the lane picks on
@@ -824,7 +828,7 @@ PyObject *l1q_py_iquant(PyObject *self, PyObject *args) {
             uint8_t *yb = y + b * bytes;
             if ((type == IT_IQ3_XXS || type == IT_IQ3_S) && b % 4 == 0)
                 iqrun_sum_sq4(xb, nb - b < 4 ? (int)(nb - b) : 4, ssq);
-            const int i = bad_at(xb, qk);
+            const int i = iqrun_first_nonfinite(xb, qk);
             if (i >= 0) {
                 if (first < 0) first = r * ncols + b * qk + i;
                 memset(yb, 0, (size_t)bytes);
