@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,8 +72,28 @@ class Series:
         return statistics.median(getattr(r, attr) for r in self.runs)
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> Run:
-    """Run ``cmd`` to completion; fail loudly (with its stderr tail) if it fails."""
+def warm(paths: Sequence[Path]) -> None:
+    """Read every file of ``paths`` (a folder: its files) once, so that a timed run finds them in the page cache.
+
+    Why: this VM runs DAMON reclaim (``/sys/kernel/mm/damon``: page out what nobody touched for 60 s), so the input
+    of the tool that runs second is partly paged out while the first tool's run lasts minutes. Measured 2026-12-07
+    (IQ2_M bench inputs): after one llama-quantize run, 1.7 of the checkpoint's 3.3 GB were still cached; the
+    l1quant run that followed took 30.4 s (3.8 s sys) against 28.7 s (1.0 s sys) 20 s later. Every tool's inputs
+    are read before its timer starts, so each run starts from the same warm cache.
+    """
+    buf = bytearray(16 << 20)
+    for p in paths:
+        for f in sorted(p.iterdir()) if p.is_dir() else [p]:
+            if f.is_file():
+                with open(f, "rb", buffering=0) as fh:
+                    while fh.readinto(buf):
+                        pass
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, inputs: Sequence[Path] = ()) -> Run:
+    """Run ``cmd`` to completion; fail loudly (with its stderr tail) if it fails. ``inputs``: files or folders
+    the command reads, read once before the timer starts (:func:`warm`)."""
+    warm(inputs)
     os.sync()  # start every run from a clean dirty-page state: the previous run's writeback is not billed to it
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -227,17 +247,18 @@ def main() -> None:
             identical: bool | None = None
             for i in range(args.repeat):
                 o = out_dir / f"ours-{typ}.gguf"
-                ours.runs.append(timed(ours_cmd(model, typ, o, args.threads, args.chunk_mb)))
+                ours.runs.append(timed(ours_cmd(model, typ, o, args.threads, args.chunk_mb), inputs=[model]))
                 print(f"  {label} {typ} l1quant   run {i + 1}: {ours.runs[-1].wall:6.2f} s "
                       f"{ours.runs[-1].rss / 2**20:7.0f} MiB", flush=True)
                 if args.fsync_variant:
                     o.unlink()
-                    durable.runs.append(timed(ours_cmd(model, typ, o, args.threads, args.chunk_mb, durable=True)))
+                    durable.runs.append(timed(ours_cmd(model, typ, o, args.threads, args.chunk_mb, durable=True),
+                                               inputs=[model]))
                     print(f"  {label} {typ} l1quant --fsync run {i + 1}: {durable.runs[-1].wall:6.2f} s",
                           flush=True)
                 if run_ref:
                     r = out_dir / f"ref-{typ}.gguf"
-                    ref.runs.append(timed(ref_cmd(reference, model, typ, r)))
+                    ref.runs.append(timed(ref_cmd(reference, model, typ, r), inputs=[model]))
                     print(f"  {label} {typ} llama.cpp run {i + 1}: {ref.runs[-1].wall:6.2f} s "
                           f"{ref.runs[-1].rss / 2**20:7.0f} MiB", flush=True)
                     if identical is None:

@@ -117,11 +117,12 @@ def main() -> None:
         identical = ""
         for i in range(args.repeat):
             lq.runs.append(timed([args.llama_quantize, "--imatrix", str(imatrix), str(bf16), str(o_lq),
-                                  typ.upper(), str(threads)]))
+                                  typ.upper(), str(threads)], inputs=[bf16, imatrix]))
             if not extra:
                 extra = ["--type", args.base, *tensor_type_flags(o_lq)]
             ours.runs.append(timed(l1quant_cmd("convert", str(model), "--imatrix", str(imatrix), *extra,
-                                               "-o", str(o_ours), "--threads", str(threads))))
+                                               "-o", str(o_ours), "--threads", str(threads)),
+                                   inputs=[model, imatrix]))
             if i == 0:
                 if sha256(o_ours) == sha256(o_lq):
                     identical = "yes (sha256)"

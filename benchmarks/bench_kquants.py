@@ -106,11 +106,11 @@ def main() -> None:
         for i in range(args.repeat):
             o_conv, o_quant, o_lq = out / f"conv-{typ}.gguf", out / f"quant-{typ}.gguf", out / f"lq-{typ}.gguf"
             conv.runs.append(timed(l1quant_cmd("convert", str(model), "--type", typ, "-o", str(o_conv),
-                                               "--threads", str(threads))))
+                                               "--threads", str(threads)), inputs=[model]))
             lq.runs.append(timed([sys.executable, "-c", QUANTIZE_SNIPPET, str(bf16), str(o_lq), str(threads),
-                                  typ.upper()]))
+                                  typ.upper()], inputs=[bf16]))
             quant.runs.append(timed(l1quant_cmd("quantize", str(bf16), str(o_quant), typ, "--threads",
-                                                str(threads))))
+                                                str(threads)), inputs=[bf16]))
             if args.reference and typ == types[0]:
                 r = out / "ref-BF16.gguf"
                 ref_convert.runs.append(timed(ref_cmd(reference, model, "bf16", r)))  # type: ignore[arg-type]
