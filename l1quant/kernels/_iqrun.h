@@ -270,16 +270,19 @@ static inline int iqrun_ctz(uint32_t v) {
 }
 
 /* The winner of ggml's serial scan over a group's trials t = 0..nt-1 (best = 0; trial t improves when sq2 > 0 and
- * sqx^2 > best * sq2, and then best = tbest = fl(fl(sqx / sq2) * sqx)), found without the scan's chain of
- * dependent compares, or -2 where that is not certain (the caller then runs the scan). The scan's compare is the
+ * sqx^2 > best * sq2, and then best = tbest = fl(fl(sqx / sq2) * sqx)), with the scan run only over the trials
+ * near the top, or -2 where that is not certain (the caller then runs the whole scan). The scan's compare is the
  * float form of R_t > R_best with R = sqx^2 / sq2; tbest is R within 3u (u = 2^-24) where no value leaves float's
- * normal range. If one trial m holds the largest tbest, M, and every other trial with sq2 > 0 has tbest below
- * M (1 - 2^-16), then the scan takes m when it gets there (whatever it holds then is another trial's tbest, or 0,
- * below M by far more than the compare's few u) and nothing after (its R is as far below M). Guards keep every
- * product and quotient normal: sq2 in [2^-50, 2^50] and |sqx| <= 2^50 for every trial with sq2 > 0, and M in
- * [2^-50, 2^50]; else -2. A product that underflows there (sqx^2 of a tiny trial) errs by 2^-150 against a
- * compare operand of at least 2^-100. sqx, sq2, tbest: readable up to nt rounded up to 4 (lanes past nt are
- * ignored). The scan's mispredicted branches were ~5 % of an IQ2_M convert. */
+ * normal range. With M the largest tbest, the near trials are those with tbest >= M (1 - 2^-16); if every other
+ * trial with sq2 > 0 lies below M (1 - 2^-15), then whatever the scan holds when it reaches the first near trial
+ * (0, or a far trial's tbest) is below it by ~2^-16 M, far more than the compare's few u, so that trial improves;
+ * from there on the far trials never do (their R is as far below), and the near ones meet the same compares, with
+ * the same best, as in the whole scan. Near-ties among the near trials (trials whose levels come out equal have
+ * equal sums) are so decided exactly as the reference decides them. Guards keep every product and quotient
+ * normal: sq2 in [2^-50, 2^50] and |sqx| <= 2^50 for every trial with sq2 > 0, and M in [2^-50, 2^50]; else -2.
+ * A product that underflows there (sqx^2 of a tiny trial) errs by 2^-150 against a compare operand of at least
+ * 2^-100. sqx, sq2, tbest: readable up to nt rounded up to 4 (lanes past nt are ignored). The whole scan's
+ * mispredicted branches were ~5 % of an IQ2_M convert. */
 static inline int iqrun_winner(const float *sqx, const float *sq2, const float *tbest, int nt) {
 #if defined(__SSE2__)
     const __m128 zero = _mm_setzero_ps(), lo = _mm_set1_ps(0x1p-50f), hi = _mm_set1_ps(0x1p50f);
@@ -299,14 +302,26 @@ static inline int iqrun_winner(const float *sqx, const float *sq2, const float *
     mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
     const float m = _mm_cvtss_f32(mx);
     if (_mm_movemask_ps(bad) || !(m >= 0x1p-50f && m <= 0x1p50f)) return -2;
-    const __m128 thr = _mm_set1_ps(m * (1 - 0x1p-16f));
-    uint32_t near = 0;
+    const __m128 near_at = _mm_set1_ps(m * (1 - 0x1p-16f)), band_at = _mm_set1_ps(m * (1 - 0x1p-15f));
+    uint32_t near = 0, band = 0;
     for (int t = 0; t < nt; t += 4) {
         const __m128 in = _mm_castsi128_ps(_mm_cmplt_epi32(_mm_add_epi32(_mm_set1_epi32(t), lane), ntv));
         const __m128 valid = _mm_and_ps(in, _mm_cmpgt_ps(_mm_loadu_ps(sq2 + t), zero));
-        near |= (uint32_t)_mm_movemask_ps(_mm_and_ps(valid, _mm_cmpge_ps(_mm_loadu_ps(tbest + t), thr))) << t;
+        const __m128 b = _mm_loadu_ps(tbest + t);
+        near |= (uint32_t)_mm_movemask_ps(_mm_and_ps(valid, _mm_cmpge_ps(b, near_at))) << t;
+        band |= (uint32_t)_mm_movemask_ps(_mm_and_ps(valid, _mm_cmpge_ps(b, band_at))) << t;
     }
-    return near && !(near & (near - 1)) ? iqrun_ctz(near) : -2;
+    if (near == 0 || band != near) return -2;
+    float best = 0;
+    int tb = -1;
+    for (; near; near &= near - 1) {
+        const int t = iqrun_ctz(near);
+        if (sqx[t] * sqx[t] > best * sq2[t]) {
+            best = tbest[t];
+            tb = t;
+        }
+    }
+    return tb;
 #else
     (void)sqx, (void)sq2, (void)tbest, (void)nt;
     return -2;
