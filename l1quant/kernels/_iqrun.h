@@ -1,7 +1,8 @@
 /*
  * l1quant.kernels._fastq8 (a header of it): what the IQ2 (_iquants2.c) and IQ3 (_iquants3.c) quantizers share: the
  * neighbour searches of a run of trial scales (most of this header), and the steps around them that both take
- * alike (the clone condition IQRUN_HOT, the sign split, the sums of squares, the run ends).
+ * alike (the clone condition IQRUN_HOT, the sign split, the sums of squares, the NaN/Inf check, the run ends, the
+ * winner of the trial scan).
  *
  * ggml's IQ2 and IQ3 quantizers try 13 to 31 scales per group. At each trial a part (8 values for IQ2, a 4-value
  * quad for IQ3) is rounded to levels; an off-grid code is replaced by the candidate of its neighbour list with the
