@@ -150,10 +150,11 @@ static inline void iqrun_snap(iqrun *r, int t, int t2) {
  * n <= 8 values (part k's values x and distance weights w at n * k), each rounded up, into p[k][0..2]; all +inf
  * where iqrun_err_bound is unbounded at the largest trial scale smax (no certificate then). Formed in float:
  * every sum and product here is of nonnegative terms, each within ~12u relative of the exact (u = 2^-24), which
- * the factor 1 + 2^-18 covers, and products that underflow lose at most 2^-149 each, which the floors cover: P2 >= 2^-120 n and P3 >= 2^-100 are normal floats far above
- * those losses (C's, divided by s, stay below P2's floor; X1's below 2^-100), and P1 gets 2^-126 added, so that a
- * tiny W (a subnormal P1 rounds with an absolute error up to 2^-150, which s multiplies) still leaves it an upper
- * bound. E(s)'s underflow terms 3 * 2^-139 (...) are taken as 2^-120 (...), a normal float. */
+ * the factor 1 + 2^-18 covers, and products that underflow lose at most 2^-149 each, which the floors cover:
+ * P2 >= 2^-120 n and P3 >= 2^-100 are normal floats far above those losses (C's, divided by s, stay below P2's
+ * floor; X1's below 2^-100), and P1 gets 2^-126 added, so that a tiny W (a subnormal P1 rounds with an absolute
+ * error up to 2^-150, which s multiplies) still leaves it an upper bound. E(s)'s underflow terms 3 * 2^-139 (...)
+ * are taken as 2^-120 (...), a normal float. */
 static inline void iqrun_env_consts(const float *x, const float *w, int n, int np, float qmax, float smax,
                                     float (*p)[3]) {
     /* the parts are the inner loop so that it vectorizes across them (IQ3's eight quads: their scalar chains were
@@ -270,63 +271,76 @@ static inline int iqrun_ctz(uint32_t v) {
 #endif
 }
 
-/* The winner of ggml's serial scan over a group's trials t = 0..nt-1 (best = 0; trial t improves when sq2 > 0 and
- * sqx^2 > best * sq2, and then best = tbest = fl(fl(sqx / sq2) * sqx)), with the scan run only over the trials
- * near the top, or -2 where that is not certain (the caller then runs the whole scan). The scan's compare is the
- * float form of R_t > R_best with R = sqx^2 / sq2; tbest is R within 3u (u = 2^-24) where no value leaves float's
- * normal range. With M the largest tbest, the near trials are those with tbest >= M (1 - 2^-16); if every other
- * trial with sq2 > 0 lies below M (1 - 2^-15), then whatever the scan holds when it reaches the first near trial
- * (0, or a far trial's tbest) is below it by ~2^-16 M, far more than the compare's few u, so that trial improves;
- * from there on the far trials never do (their R is as far below), and the near ones meet the same compares, with
- * the same best, as in the whole scan. Near-ties among the near trials (trials whose levels come out equal have
- * equal sums) are so decided exactly as the reference decides them. Guards keep every product and quotient
- * normal: sq2 in [2^-50, 2^50] and |sqx| <= 2^50 for every trial with sq2 > 0, and M in [2^-50, 2^50]; else -2.
- * A product that underflows there (sqx^2 of a tiny trial) errs by 2^-150 against a compare operand of at least
- * 2^-100. sqx, sq2, tbest: readable up to nt rounded up to 4 (lanes past nt are ignored). The whole scan's
- * mispredicted branches were ~5 % of an IQ2_M convert. */
-static inline int iqrun_winner(const float *sqx, const float *sq2, const float *tbest, int nt) {
+/* The winner of ggml's serial scan over a group's trials t = 0..nt-1 (nt <= 32): best = 0; trial t improves when
+ * sq2 > 0 and sqx^2 > best * sq2, and then scale = fl(sqx / sq2), best = tbest = fl(scale * sqx). Returns the last
+ * trial that improved, its scale in *scale (untouched when none did: -1). sqx, sq2: readable up to nt rounded up to
+ * 4 (lanes past nt are ignored).
+ *
+ * The quotients of every trial are formed up front (vector divisions: a divss per improving trial sat on the
+ * scan's critical path), and where it is certain the scan runs only over the trials near the top: its chain of
+ * dependent, mispredicted compares was ~5 % of an IQ2_M convert. The scan's compare is the float form of
+ * R_t > R_best with R = sqx^2 / sq2; tbest is R within 3u (u = 2^-24) where no value leaves float's normal range.
+ * With M the largest tbest, the near trials are those with tbest >= M (1 - 2^-16); if every other trial with
+ * sq2 > 0 lies below M (1 - 2^-15), then whatever the scan holds when it reaches the first near trial (0, or a far
+ * trial's tbest) is below it by ~2^-16 M, far more than the compare's few u, so that trial improves; from there on
+ * the far trials never do (their R is as far below), and the near ones meet the same compares, with the same best,
+ * as in the whole scan. Near-ties among them (trials whose levels come out equal have equal sums) are so decided
+ * exactly as the reference decides them. Guards keep every product and quotient normal: sq2 in [2^-50, 2^50] and
+ * |sqx| <= 2^50 for every trial with sq2 > 0, and M in [2^-50, 2^50]. A product that underflows there (sqx^2 of
+ * a tiny trial) errs by 2^-150 against a compare operand of at least 2^-100. Elsewhere (and without SSE2) the
+ * whole scan runs. */
+static inline int iqrun_winner(const float *sqx, const float *sq2, int nt, float *scale) {
+    float tsc[32], tbest[32];
+    uint32_t near = 0;
 #if defined(__SSE2__)
     const __m128 zero = _mm_setzero_ps(), lo = _mm_set1_ps(0x1p-50f), hi = _mm_set1_ps(0x1p50f);
     const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
     const __m128i lane = _mm_setr_epi32(0, 1, 2, 3), ntv = _mm_set1_epi32(nt);
+    __m128 valid[8];
     __m128 mx = zero, bad = zero;
     for (int t = 0; t < nt; t += 4) {
         const __m128 in = _mm_castsi128_ps(_mm_cmplt_epi32(_mm_add_epi32(_mm_set1_epi32(t), lane), ntv));
-        const __m128 q2 = _mm_loadu_ps(sq2 + t), qx = _mm_loadu_ps(sqx + t), b = _mm_loadu_ps(tbest + t);
-        const __m128 valid = _mm_and_ps(in, _mm_cmpgt_ps(q2, zero));
+        const __m128 q2 = _mm_loadu_ps(sq2 + t), qx = _mm_loadu_ps(sqx + t);
+        const __m128 ts = _mm_div_ps(qx, q2), b = _mm_mul_ps(ts, qx); /* inf/NaN where sq2 is 0: never read */
+        _mm_storeu_ps(tsc + t, ts);
+        _mm_storeu_ps(tbest + t, b);
+        const __m128 v = valid[t / 4] = _mm_and_ps(in, _mm_cmpgt_ps(q2, zero));
         const __m128 good = _mm_and_ps(_mm_and_ps(_mm_cmpge_ps(q2, lo), _mm_cmple_ps(q2, hi)),
                                        _mm_cmple_ps(_mm_and_ps(qx, absmask), hi));
-        bad = _mm_or_ps(bad, _mm_andnot_ps(good, valid));
-        mx = _mm_max_ps(mx, _mm_and_ps(valid, b)); /* valid lanes' tbest are finite here unless bad */
+        bad = _mm_or_ps(bad, _mm_andnot_ps(good, v));
+        mx = _mm_max_ps(mx, _mm_and_ps(v, b)); /* valid lanes' tbest are finite here unless bad */
     }
     mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(1, 0, 3, 2)));
     mx = _mm_max_ps(mx, _mm_shuffle_ps(mx, mx, _MM_SHUFFLE(2, 3, 0, 1)));
     const float m = _mm_cvtss_f32(mx);
-    if (_mm_movemask_ps(bad) || !(m >= 0x1p-50f && m <= 0x1p50f)) return -2;
-    const __m128 near_at = _mm_set1_ps(m * (1 - 0x1p-16f)), band_at = _mm_set1_ps(m * (1 - 0x1p-15f));
-    uint32_t near = 0, band = 0;
-    for (int t = 0; t < nt; t += 4) {
-        const __m128 in = _mm_castsi128_ps(_mm_cmplt_epi32(_mm_add_epi32(_mm_set1_epi32(t), lane), ntv));
-        const __m128 valid = _mm_and_ps(in, _mm_cmpgt_ps(_mm_loadu_ps(sq2 + t), zero));
-        const __m128 b = _mm_loadu_ps(tbest + t);
-        near |= (uint32_t)_mm_movemask_ps(_mm_and_ps(valid, _mm_cmpge_ps(b, near_at))) << t;
-        band |= (uint32_t)_mm_movemask_ps(_mm_and_ps(valid, _mm_cmpge_ps(b, band_at))) << t;
+    if (!_mm_movemask_ps(bad) && m >= 0x1p-50f && m <= 0x1p50f) {
+        const __m128 near_at = _mm_set1_ps(m * (1 - 0x1p-16f)), band_at = _mm_set1_ps(m * (1 - 0x1p-15f));
+        uint32_t band = 0;
+        for (int t = 0; t < nt; t += 4) {
+            const __m128 b = _mm_loadu_ps(tbest + t);
+            near |= (uint32_t)_mm_movemask_ps(_mm_and_ps(valid[t / 4], _mm_cmpge_ps(b, near_at))) << t;
+            band |= (uint32_t)_mm_movemask_ps(_mm_and_ps(valid[t / 4], _mm_cmpge_ps(b, band_at))) << t;
+        }
+        if (band != near) near = 0;
     }
-    if (near == 0 || band != near) return -2;
+#else
+    for (int t = 0; t < nt; t++) {
+        tsc[t] = sqx[t] / sq2[t];
+        tbest[t] = tsc[t] * sqx[t];
+    }
+#endif
+    if (near == 0) near = nt == 32 ? ~0u : (1u << nt) - 1; /* not certain: the whole scan */
     float best = 0;
     int tb = -1;
     for (; near; near &= near - 1) {
         const int t = iqrun_ctz(near);
-        if (sqx[t] * sqx[t] > best * sq2[t]) {
+        if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
             best = tbest[t];
             tb = t;
         }
     }
+    if (tb >= 0) *scale = tsc[tb];
     return tb;
-#else
-    (void)sqx, (void)sq2, (void)tbest, (void)nt;
-    return -2;
-#endif
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(L1Q_NO_LANES)
@@ -339,9 +353,9 @@ static inline int iqrun_winner(const float *sqx, const float *sq2, const float *
  * to run the reference's float search there (near-ties, distances near FLT_MAX, unusable scales). M'(s) =
  * fl(P1 s + P2 id + P3) (1 + 2^-16) with p = iqrun_env_consts and id = ids[tt] (the reference's 1/s before its
  * fl(1/id)): the roundings of M' (a few 2^-24 relative each, a subnormal s's reciprocal included) and of the
- * comparison's subtraction are far inside that factor; M' counts as +inf unless s and id are positive and finite. scales and
- * ids hold whole 8-lane vectors from t on, codes whole vectors of 8 past n. t2 < 32. Two builds below, by how
- * the codes are stored. */
+ * comparison's subtraction are far inside that factor; M' counts as +inf unless s and id are positive and
+ * finite. scales and ids hold whole 8-lane vectors from t on, codes whole vectors of 8 past n. t2 < 32. Two builds
+ * below, by how the codes are stored. */
 #define IQRUN_ENV_PICKS_BODY(STORE)                                                                              \
     {                                                                                                              \
         const __m256 p1 = _mm256_set1_ps(p[0]), p2 = _mm256_set1_ps(p[1]), p3 = _mm256_set1_ps(p[2]);              \

@@ -656,26 +656,8 @@ static int trial_best(const grid_t *g, const float *xval, const float *waux, con
     trial_levels(xval, nparts, ids, code2, code3);
     trial_snap(g, xval, waux, nparts, tsc, ids, nt, code3, code2);
     trial_sums(weight, xval, nparts, code2, sqx, sq2);
-    /* what scale and best become if trial t wins, formed for every trial up front (vector divisions) so that the
-     * serial scan below carries no division (a divss per improving trial sat on its critical path) */
-    float tscale[NT_MAX], tbest[NT_MAX];
-    for (int t = 0; t < NT_MAX; t++) {
-        tscale[t] = sqx[t] / sq2[t]; /* inf/NaN where sq2 is 0: never read, the scan skips those trials */
-        tbest[t] = tscale[t] * sqx[t];
-    }
-    int tb = iqrun_winner(sqx, sq2, tbest, nt);
-    if (tb == -2) { /* not certain there (near-ties, extreme values): the scan itself */
-        float best = 0;
-        tb = -1;
-        for (int t = 0; t < nt; t++) {
-            if (sq2[t] > 0 && sqx[t] * sqx[t] > best * sq2[t]) {
-                best = tbest[t];
-                tb = t;
-            }
-        }
-    }
+    const int tb = iqrun_winner(sqx, sq2, nt, scale);
     if (tb >= 0) {
-        *scale = tscale[tb];
         for (int k = 0; k < nparts; k++) {
             levels_of((uint16_t)code2[k][tb], L + 8 * k);
             on_grid[k] = g->map3[code3[k][tb]] >= 0;

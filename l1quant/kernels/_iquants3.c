@@ -569,7 +569,7 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, float sumx2, c
             scales[ib] = 0.0f;
             continue; /* IQ3_S: qs and signs do not advance (ggml's layout) */
         }
-        float best = 0.0f, scale = mx / 15;
+        float scale = mx / 15;
         for (int k = 0; k < 8; k++) on[k] = xxs;
         {
             const int nt = 2 * ntry + 1;
@@ -643,25 +643,8 @@ static void iq3_block(int xxs, const iq3_tabs *t, const float *x, float sumx2, c
                 }
             }
             iq3_trial_sums(w, xval, code, sqx, sq2);
-            /* what scale and best become if trial tt wins, for every trial at once (vector divisions), and the
-             * winner without the serial scan where that is certain (iqrun_winner) */
-            float tscale[IQ3_NT], tbest[IQ3_NT];
-            for (int tt = 0; tt < IQ3_NT; tt++) {
-                tscale[tt] = sqx[tt] / sq2[tt]; /* inf/NaN where sq2 is 0: never read */
-                tbest[tt] = tscale[tt] * sqx[tt];
-            }
-            int tb = iqrun_winner(sqx, sq2, tbest, nt);
-            if (tb == -2) {
-                tb = -1;
-                for (int tt = 0; tt < nt; tt++) {
-                    if (sq2[tt] > 0 && sqx[tt] * sqx[tt] > best * sq2[tt]) {
-                        best = tbest[tt];
-                        tb = tt;
-                    }
-                }
-            }
-            if (tb >= 0) { /* the last trial that improved: its levels, on-grid flags and scale */
-                scale = tscale[tb];
+            const int tb = iqrun_winner(sqx, sq2, nt, &scale);
+            if (tb >= 0) { /* the last trial that improved: its levels and on-grid flags */
                 for (int i = 0; i < 32; i++) L[i] = (code[i / 4][tb] >> (3 * (i % 4))) & 7;
                 for (int k = 0; k < 8; k++) on[k] = !((offq[k] >> tb) & 1);
             }

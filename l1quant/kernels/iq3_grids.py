@@ -37,8 +37,6 @@ from gguf import quants as gguf_quants
 
 from l1quant.kernels.iq_grids import counted_lists, neighbour_lists
 
-#: Keys per block of the neighbour derivation (a 512 x 512 int32 distance block is 1 MiB).
-
 __all__ = ["IQ3Tables", "KMAP_SIZE", "iq3_tables", "lane_codes"]
 
 KMAP_SIZE = 4096  # 8 levels ** 4 values
