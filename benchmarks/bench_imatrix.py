@@ -31,7 +31,8 @@ import os
 import sys
 from pathlib import Path
 
-from bench_convert import REFERENCE_CANDIDATES, SMALL_SHAPE, Run, Series, build, fmt_table, sha256, timed
+from bench_convert import (REFERENCE_CANDIDATES, SMALL_SHAPE, Run, Series, build, compile_l1quant, fmt_table,
+                           sha256, timed)
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_TEXT = REPO / "l1quant" / "data" / "calibration.txt"
@@ -96,6 +97,8 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from l1quant.testing import L1_SHAPE
+
+    compile_l1quant()
 
     shape, name = dict(L1_SHAPE), "L1-shaped"
     if args.small:

@@ -33,7 +33,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from bench_convert import Series, build, fmt_table, sha256, timed
+from bench_convert import Series, build, compile_l1quant, fmt_table, sha256, timed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,7 @@ def main() -> None:
     from l1quant.filetypes import resolve_type
     from l1quant.testing import L1_SHAPE
 
+    compile_l1quant()
     threads = args.threads or default_threads()
     types = [t.strip().lower() for t in args.types.split(",") if t.strip()]
     model = build(args.cache, "L1-shaped", dict(L1_SHAPE))

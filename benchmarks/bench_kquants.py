@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_convert import REFERENCE_CANDIDATES, Series, build, fmt_table, ref_cmd, sha256, timed
+from bench_convert import REFERENCE_CANDIDATES, Series, build, compile_l1quant, fmt_table, ref_cmd, sha256, timed
 from bench_kernels import _rate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +82,7 @@ def main() -> None:
     from l1quant.conversion.pipeline import default_threads
     from l1quant.testing import L1_SHAPE
 
+    compile_l1quant()
     threads = args.threads or default_threads()
     types = [t.strip().lower() for t in args.types.split(",") if t.strip()]
     args.cache.mkdir(parents=True, exist_ok=True)
