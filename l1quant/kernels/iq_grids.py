@@ -37,10 +37,11 @@ KMAP_SIZE = 43692
 #: Codes per block of the neighbour derivation (a 512 x 1024 int32 block is 2 MiB).
 _BLOCK = 512
 
-#: Rows per matrix product of the neighbour derivation: products this small (32 x 8 x 1024) stay on the calling
-#: thread in OpenBLAS (its threshold is m*n*k <= 4 * 65536), whose helper threads otherwise spin after each call:
-#: 0.3 s of CPU per process for IQ2_S + IQ3_S's tables (0.31-0.45 s of wall), taken from the quantizing threads.
-_GEMM_ROWS = 32
+#: The largest m*n*k of a matrix product that OpenBLAS runs on the calling thread (SMP_THRESHOLD_MIN 65536 times
+#: GEMM_MULTITHREAD_THRESHOLD 4, interface/gemm.c). The neighbour derivation's products stay under it, a few rows
+#: each: OpenBLAS's helper threads spin after every larger one, 0.3 s of CPU per process for IQ2_S + IQ3_S's
+#: tables (wall the same, 0.10 s), taken from the threads that quantize.
+_GEMM_ONE_THREAD = 4 * 65536
 
 #: type -> (gguf-py class name whose grid it uses, nwant).
 GRID_TYPES: dict[str, tuple[str, int]] = {
@@ -130,14 +131,15 @@ def neighbour_lists(pos: np.ndarray, gpos: np.ndarray, nwant: int) -> tuple[np.n
     gsq = (gpos.astype(np.int64) ** 2).sum(axis=1)
     gposf = gpos.T.astype(np.float32)  # small integers: float products and sums are exact, and BLAS forms them
     n = gpos.shape[0]
+    rows = max(1, _GEMM_ONE_THREAD // max(1, n * gpos.shape[1]))  # per product (32 for IQ2_S's 1024 x 8 grid)
     big = np.iinfo(np.int64).max
     # a block of points at a time: a whole (m, n) distance matrix was the peak RSS of an IQ2_M convert
     for b0 in range(0, pos.shape[0], _BLOCK):
         p = pos[b0: b0 + _BLOCK]
         pf = p.astype(np.float32)
         dot = np.empty((p.shape[0], n), np.float32)
-        for r0 in range(0, p.shape[0], _GEMM_ROWS):
-            np.matmul(pf[r0: r0 + _GEMM_ROWS], gposf, out=dot[r0: r0 + _GEMM_ROWS])
+        for r0 in range(0, p.shape[0], rows):
+            np.matmul(pf[r0: r0 + rows], gposf, out=dot[r0: r0 + rows])
         d2 = (p.astype(np.int64) ** 2).sum(axis=1)[:, None] + gsq[None, :] - (2 * dot).astype(np.int64)
         # the threshold by nwant successive minima, then only the kept candidates sorted: a stable argsort of every
         # row and a np.unique per point took 0.35 of IQ2_S's 0.47 s, a startup cost of every IQ convert
